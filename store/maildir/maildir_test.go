@@ -1,0 +1,356 @@
+package maildir
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/store"
+	"github.com/pouchmail/pouch/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Backend { return New(t.TempDir()) })
+}
+
+// put writes a file into a Maildir the way another MDA would.
+func put(t *testing.T, dir, sub, name, content string) {
+	t.Helper()
+	if err := ensure(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, sub, name), []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openT(t *testing.T, s *Store, user string) store.Maildrop {
+	t.Helper()
+	m, err := s.Open(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func body(t *testing.T, m store.Maildrop, i int) string {
+	t.Helper()
+	r, err := m.Open(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestForeignFiles(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "u")
+	// Written by Postfix (no size fields), Dovecot (S= and W=), and one with flags in cur/.
+	put(t, dir, "new", "1700000002.V801I2M3.mx", "Subject: postfix\n\nlf body\n")
+	put(t, dir, "cur", "1700000001.M5P6.mx,S=20,W=22:2,S", "Subject: dovecot\n\nx\n")
+	put(t, dir, "new", "1700000003.M1P1.mx,S=4", "abc\n")
+	put(t, dir, "new", ".hidden", "not a message")
+	m := openT(t, New(root), "u")
+	msgs := m.Messages()
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages, want 3", len(msgs))
+	}
+	wantUIDs := []string{"1700000001.M5P6.mx,S=20,W=22", "1700000002.V801I2M3.mx", "1700000003.M1P1.mx,S=4"}
+	wantSizes := []int64{22, 29, 5}
+	for i := range msgs {
+		if msgs[i].UID != wantUIDs[i] || msgs[i].Size != wantSizes[i] {
+			t.Errorf("message %d = %+v, want %s size %d", i+1, msgs[i], wantUIDs[i], wantSizes[i])
+		}
+	}
+	if got := body(t, m, 1); got != "Subject: postfix\r\n\r\nlf body\r\n" {
+		t.Errorf("body %q", got)
+	}
+}
+
+func TestUIDStableAcrossRenames(t *testing.T) {
+	root := t.TempDir()
+	s := New(root)
+	if err := s.Deliver(context.Background(), "u", strings.NewReader("hello\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	m := openT(t, s, "u")
+	uid := m.Messages()[0].UID
+	m.Close()
+
+	// Another program moves it to cur/ and sets a flag, between sessions.
+	dir := filepath.Join(root, "u")
+	names, _ := readNames(filepath.Join(dir, "new"))
+	if err := os.Rename(filepath.Join(dir, "new", names[0]), filepath.Join(dir, "cur", names[0]+":2,S")); err != nil {
+		t.Fatal(err)
+	}
+	m = openT(t, s, "u")
+	if got := m.Messages()[0].UID; got != uid {
+		t.Fatalf("UID after rename %q, want %q", got, uid)
+	}
+	// And again during a session: the message is still readable and deletable.
+	if err := os.Rename(filepath.Join(dir, "cur", names[0]+":2,S"), filepath.Join(dir, "cur", names[0]+":2,RS")); err != nil {
+		t.Fatal(err)
+	}
+	if got := body(t, m, 0); got != "hello\r\n" {
+		t.Fatalf("body after rename %q", got)
+	}
+	if err := m.Commit([]int{0}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if n := len(openT(t, s, "u").Messages()); n != 0 {
+		t.Fatalf("%d messages after delete, want 0", n)
+	}
+}
+
+func TestLongNameGetsDigestUID(t *testing.T) {
+	root := t.TempDir()
+	long := "1700000000.M1P1." + strings.Repeat("h", 80)
+	put(t, filepath.Join(root, "u"), "new", long, "x\r\n")
+	put(t, filepath.Join(root, "u"), "new", "1700000001.sp ace", "y\r\n")
+	m := openT(t, New(root), "u")
+	for _, msg := range m.Messages() {
+		if len(msg.UID) > 70 || strings.ContainsAny(msg.UID, " ") {
+			t.Errorf("UID %q not valid", msg.UID)
+		}
+	}
+	if m.Messages()[0].UID == m.Messages()[1].UID {
+		t.Error("digest UIDs collide")
+	}
+}
+
+func TestIndexRebuiltAndPruned(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "u")
+	for i := range 5 {
+		put(t, dir, "new", fmt.Sprintf("170000000%d.M1P1.mx", i), fmt.Sprintf("m%d\n", i))
+	}
+	s := New(root)
+	m := openT(t, s, "u")
+	first := m.Messages()
+	m.Close()
+	idx, err := os.ReadFile(filepath.Join(dir, indexFile))
+	if err != nil || bytes.Count(idx, []byte("\n")) != 5 {
+		t.Fatalf("index %q, %v", idx, err)
+	}
+	// A damaged index is rebuilt with the same answers.
+	os.WriteFile(filepath.Join(dir, indexFile), []byte("garbage\n"), 0o600)
+	m = openT(t, s, "u")
+	for i, msg := range m.Messages() {
+		if msg != first[i] {
+			t.Errorf("after rebuild message %d = %+v, want %+v", i+1, msg, first[i])
+		}
+	}
+	m.Close()
+	// A file removed behind our back is pruned from the index.
+	os.Remove(filepath.Join(dir, "new", "1700000002.M1P1.mx"))
+	m = openT(t, s, "u")
+	if n := len(m.Messages()); n != 4 {
+		t.Fatalf("%d messages, want 4", n)
+	}
+	m.Close()
+	idx, _ = os.ReadFile(filepath.Join(dir, indexFile))
+	if bytes.Contains(idx, []byte("1700000002")) {
+		t.Errorf("index still lists a removed message: %q", idx)
+	}
+}
+
+func TestIndexKeepsArrivalOrder(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "u")
+	put(t, dir, "new", "1700000005.M1P1.mx", "late\n")
+	s := New(root)
+	openT(t, s, "u").Close()
+	// A file with an older time that shows up later is still newer for POP3.
+	put(t, dir, "new", "1600000000.M1P1.mx", "early\n")
+	m := openT(t, s, "u")
+	if got := body(t, m, 1); got != "early\r\n" {
+		t.Fatalf("message 2 = %q, want the later arrival", got)
+	}
+}
+
+func TestMessageGoneDuringSession(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "u")
+	put(t, dir, "new", "1700000000.M1P1.mx", "x\n")
+	m := openT(t, New(root), "u")
+	os.Remove(filepath.Join(dir, "new", "1700000000.M1P1.mx"))
+	if _, err := m.Open(0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Open of a vanished message: %v, want ErrNotFound", err)
+	}
+	if err := m.Commit([]int{0}); err != nil {
+		t.Fatalf("Commit of a vanished message: %v", err)
+	}
+}
+
+func TestDeliverLeavesNothingOnError(t *testing.T) {
+	root := t.TempDir()
+	s := New(root)
+	err := s.Deliver(context.Background(), "u", io.MultiReader(strings.NewReader("partial"), errReader{}))
+	if err == nil {
+		t.Fatal("Deliver succeeded with a failing reader")
+	}
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if names, _ := readNames(filepath.Join(root, "u", sub)); len(names) != 0 {
+			t.Errorf("%s/ holds %v after a failed delivery", sub, names)
+		}
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection lost") }
+
+// The crash tests run a child process (this test binary) that opens a maildrop
+// and commits deletions with POUCH_CRASHPOINT set, so that it is SIGKILLed at that
+// moment. The parent then checks that the next Open sees all or none.
+const helperEnv = "POUCH_MAILDIR_CRASH_ROOT"
+
+func TestMain(m *testing.M) {
+	if root := os.Getenv(helperEnv); root != "" {
+		crashHelper(root)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func crashHelper(root string) {
+	if user := os.Getenv("POUCH_CRASH_DELIVER"); user != "" {
+		New(root).Deliver(context.Background(), user, strings.NewReader("crash delivery\r\n"))
+		os.Exit(0)
+	}
+	md, err := New(root).Open(context.Background(), "u")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	var del []int
+	for _, s := range strings.Split(os.Getenv("POUCH_CRASH_DELETE"), ",") {
+		n, _ := strconv.Atoi(s)
+		del = append(del, n)
+	}
+	if err := md.Commit(del); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Exit(0)
+}
+
+func runCrash(t *testing.T, root, point string, env ...string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+root, crashpoint.Env+"="+point)
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("helper was not killed at %s: %v\n%s", point, err, out)
+	}
+}
+
+func TestCrashDuringCommit(t *testing.T) {
+	for _, tc := range []struct {
+		point    string
+		wantLeft int
+	}{
+		{"maildir.commit.before-journal", 6}, // nothing decided yet: nothing removed
+		{"maildir.commit.journaled", 3},      // decided: the next Open finishes it
+		{"maildir.commit.first-unlinked", 3}, // half done: the next Open finishes it
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			root := t.TempDir()
+			s := New(root)
+			for i := range 6 {
+				if err := s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			runCrash(t, root, tc.point, "POUCH_CRASH_DELETE=0,2,4")
+			m := openT(t, s, "u")
+			msgs := m.Messages()
+			if len(msgs) != tc.wantLeft {
+				t.Fatalf("%d messages after crash, want %d", len(msgs), tc.wantLeft)
+			}
+			for i := range msgs {
+				want := fmt.Sprintf("m%d\r\n", i)
+				if tc.wantLeft == 3 {
+					want = fmt.Sprintf("m%d\r\n", 2*i+1)
+				}
+				if got := body(t, m, i); got != want {
+					t.Errorf("message %d = %q, want %q", i+1, got, want)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(root, "u", expungeFile)); !os.IsNotExist(err) {
+				t.Errorf("expunge journal left behind: %v", err)
+			}
+		})
+	}
+}
+
+func TestCrashDuringDelivery(t *testing.T) {
+	root := t.TempDir()
+	runCrash(t, root, "maildir.deliver.synced", "POUCH_CRASH_DELIVER=u")
+	// Not acknowledged, so not delivered: nothing in new/ or cur/.
+	if n := len(openT(t, New(root), "u").Messages()); n != 0 {
+		t.Fatalf("%d messages after a crash before the rename, want 0", n)
+	}
+}
+
+func TestLockReleasedWhenProcessDies(t *testing.T) {
+	root := t.TempDir()
+	s := New(root)
+	s.Deliver(context.Background(), "u", strings.NewReader("x\r\n"))
+	runCrash(t, root, "maildir.commit.journaled", "POUCH_CRASH_DELETE=0")
+	m, err := s.Open(context.Background(), "u")
+	if err != nil {
+		t.Fatalf("Open after the holder died: %v", err)
+	}
+	m.Close()
+}
+
+func BenchmarkOpen100k(b *testing.B) {
+	root := b.TempDir()
+	dir := filepath.Join(root, "u")
+	if err := ensure(dir); err != nil {
+		b.Fatal(err)
+	}
+	for i := range 100_000 {
+		name := fmt.Sprintf("%d.M%dP1Q%d.bench,S=1000,W=1020", 1700000000+i/100, i%100, i)
+		if err := os.WriteFile(filepath.Join(dir, "cur", name+":2,S"), nil, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s := New(root)
+	m, err := s.Open(context.Background(), "u") // builds the index
+	if err != nil {
+		b.Fatal(err)
+	}
+	m.Close()
+	b.ResetTimer()
+	for b.Loop() {
+		m, err := s.Open(context.Background(), "u")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(m.Messages()) != 100_000 {
+			b.Fatal("wrong count")
+		}
+		m.Close()
+	}
+}
