@@ -1,0 +1,184 @@
+package pop3
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"strings"
+)
+
+// Writer writes replies, commands and dot-stuffed bodies to one connection
+// through a buffer; nothing reaches the connection before Flush. It is not
+// safe for concurrent use.
+//
+// The methods writing one line return ErrBadLine, writing nothing, if their
+// text contains CR, LF or NUL, so that no caller can inject a reply.
+type Writer struct {
+	bw  *bufio.Writer
+	dot dotWriter
+}
+
+// NewWriter returns a Writer writing to w through a 32 KiB buffer.
+func NewWriter(w io.Writer) *Writer {
+	return &Writer{bw: bufio.NewWriterSize(w, 32<<10)}
+}
+
+// OK writes "+OK text" (RFC 1939 §3), or "+OK" alone if text is empty.
+func (w *Writer) OK(text string) error {
+	return w.status("+OK", "", text)
+}
+
+// Err writes "-ERR [code] text" (RFC 2449 §8), or "-ERR text" if code is
+// empty.
+func (w *Writer) Err(code Code, text string) error {
+	return w.status("-ERR", code, text)
+}
+
+func (w *Writer) status(status string, code Code, text string) error {
+	if !safe(string(code)) || !safe(text) {
+		return ErrBadLine
+	}
+	w.bw.WriteString(status)
+	if code != "" {
+		w.bw.WriteString(" [")
+		w.bw.WriteString(string(code))
+		w.bw.WriteString("]")
+	}
+	if text != "" {
+		w.bw.WriteString(" ")
+		w.bw.WriteString(text)
+	}
+	_, err := w.bw.WriteString("\r\n")
+	return err
+}
+
+// Continue writes a SASL challenge "+ b64" (RFC 5034 §4), keeping the space
+// when b64 is empty.
+func (w *Writer) Continue(b64 string) error {
+	return w.Line("+ " + b64)
+}
+
+// Line writes s followed by CRLF, unstuffed: it is meant for lines that can
+// never start with ".", such as "1 120" in a LIST response.
+func (w *Writer) Line(s string) error {
+	if !safe(s) {
+		return ErrBadLine
+	}
+	w.bw.WriteString(s)
+	_, err := w.bw.WriteString("\r\n")
+	return err
+}
+
+// WriteCommand writes the command "name arg arg" followed by CRLF
+// (RFC 1939 §3) without flushing.
+func WriteCommand(w *Writer, name string, args ...string) error {
+	if !safe(name) {
+		return ErrBadLine
+	}
+	for _, a := range args {
+		if !safe(a) {
+			return ErrBadLine
+		}
+	}
+	w.bw.WriteString(name)
+	for _, a := range args {
+		w.bw.WriteString(" ")
+		w.bw.WriteString(a)
+	}
+	_, err := w.bw.WriteString("\r\n")
+	return err
+}
+
+// Flush writes any buffered data to the connection.
+func (w *Writer) Flush() error {
+	return w.bw.Flush()
+}
+
+// Buffered returns the number of octets written but not yet flushed.
+func (w *Writer) Buffered() int {
+	return w.bw.Buffered()
+}
+
+// DotWriter returns a writer of the body of a multi-line response, to be
+// used after its status line (RFC 1939 §3). It turns every LF not preceded
+// by CR into CRLF and stuffs a "." before every line starting with ".".
+// Close ends an unterminated last line with CRLF and writes the terminating
+// ".\r\n" but does not flush. No other Writer method may be called until
+// Close; the returned writer is valid until the next DotWriter call.
+func (w *Writer) DotWriter() io.WriteCloser {
+	w.dot = dotWriter{bw: w.bw, bol: true}
+	return &w.dot
+}
+
+type dotWriter struct {
+	bw     *bufio.Writer
+	bol    bool // the next octet starts a line
+	cr     bool // the last octet written was CR
+	closed bool
+}
+
+// Write writes p in runs between the places where an octet must be added: a
+// CR before a bare LF, or a "." at the start of a line beginning with ".".
+func (d *dotWriter) Write(p []byte) (int, error) {
+	if d.closed {
+		return 0, errClosed
+	}
+	start := 0 // start of the run not yet written
+	for i := 0; i < len(p); {
+		if d.bol && p[i] == '.' {
+			if err := d.flushRun(p[start:i], "."); err != nil {
+				return start, err
+			}
+			start = i // the original "." begins the next run
+		}
+		d.bol = false
+		j := bytes.IndexByte(p[i:], '\n')
+		if j < 0 {
+			break
+		}
+		j += i
+		if !((j > 0 && p[j-1] == '\r') || (j == 0 && d.cr)) {
+			if err := d.flushRun(p[start:j], "\r\n"); err != nil {
+				return start, err
+			}
+			start = j + 1
+		}
+		d.cr = false
+		d.bol = true
+		i = j + 1
+	}
+	if start < len(p) {
+		if _, err := d.bw.Write(p[start:]); err != nil {
+			return start, err
+		}
+		d.cr = p[len(p)-1] == '\r'
+	}
+	return len(p), nil
+}
+
+// flushRun writes run followed by extra.
+func (d *dotWriter) flushRun(run []byte, extra string) error {
+	d.bw.Write(run)
+	_, err := d.bw.WriteString(extra)
+	return err
+}
+
+// Close ends the last line with CRLF unless the body is empty or already
+// ends with LF, and writes the terminating ".\r\n". Calling Close again does
+// nothing.
+func (d *dotWriter) Close() error {
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if !d.bol {
+		d.bw.WriteString("\r\n")
+	}
+	_, err := d.bw.WriteString(".\r\n")
+	return err
+}
+
+// safe reports whether s can be written inside one line.
+func safe(s string) bool {
+	return !strings.ContainsAny(s, "\r\n\x00")
+}

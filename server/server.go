@@ -1,0 +1,233 @@
+// Package server is Pouch's POP3 server: listeners, graceful shutdown, and the
+// per-connection state machine of RFC 1939 with the extensions of RFC 2449
+// (CAPA, response codes, PIPELINING) and SASL authentication (RFC 5034).
+//
+// The server knows neither the storage backend nor the user database: it talks
+// to a store.Store and an Authenticator.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pouchmail/pouch/store"
+)
+
+// Authenticator checks credentials. auth.Users implements it.
+type Authenticator interface {
+	// Verify reports whether password is user's password. It takes the same
+	// time whether or not the user exists.
+	Verify(user, password string) bool
+	// APOPSecret returns the shared secret for APOP (RFC 1939 §7), if user
+	// has one stored in a form that allows APOP.
+	APOPSecret(user string) (string, bool)
+	// APOPAvailable reports whether any user could use APOP; the greeting
+	// carries an APOP timestamp only then.
+	APOPAvailable() bool
+}
+
+// Config configures a Server. Zero durations and limits take the defaults.
+type Config struct {
+	Store  store.Store
+	Auth   Authenticator
+	Logger *slog.Logger
+
+	// Hostname appears in the greeting's APOP timestamp.
+	Hostname string
+	// MaxLineLength bounds a command line, CRLF included (RFC 2449 §4: 255).
+	MaxLineLength int
+	// PreLoginTimeout bounds the wait for each command before login (60 s).
+	PreLoginTimeout time.Duration
+	// IdleTimeout is the autologout timer after login (RFC 1939 §3: 10 min).
+	IdleTimeout time.Duration
+	// AuthFailDelay is how long every failed authentication waits before its
+	// -ERR, the same for unknown users and wrong passwords (2 s). Negative
+	// means no delay.
+	AuthFailDelay time.Duration
+	// MaxBadCommands is how many bad commands a session may send before it is
+	// disconnected (10).
+	MaxBadCommands int
+	// TLS, if set, is used by ServeTLS.
+	TLS *tls.Config
+}
+
+const (
+	defaultMaxLine         = 255
+	defaultPreLoginTimeout = 60 * time.Second
+	defaultIdleTimeout     = 10 * time.Minute
+	defaultAuthFailDelay   = 2 * time.Second
+	defaultMaxBadCommands  = 10
+	// maxSASLLine bounds a SASL response line; RFC 5034 §4 lets it exceed 255.
+	maxSASLLine = 16 * 1024
+	// ShutdownGrace is how long open sessions get to finish on shutdown.
+	ShutdownGrace = 10 * time.Second
+)
+
+// Server serves POP3 on any number of listeners.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	closing   bool
+	wg        sync.WaitGroup // one per session goroutine and per Serve loop
+	ids       atomic.Uint64
+	idPrefix  string
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	if cfg.MaxLineLength <= 0 {
+		cfg.MaxLineLength = defaultMaxLine
+	}
+	if cfg.PreLoginTimeout <= 0 {
+		cfg.PreLoginTimeout = defaultPreLoginTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.AuthFailDelay == 0 {
+		cfg.AuthFailDelay = defaultAuthFailDelay
+	}
+	if cfg.MaxBadCommands <= 0 {
+		cfg.MaxBadCommands = defaultMaxBadCommands
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+		if cfg.Hostname == "" {
+			cfg.Hostname = "localhost"
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{
+		cfg:       cfg,
+		log:       log,
+		listeners: make(map[net.Listener]struct{}),
+		sessions:  make(map[*session]struct{}),
+		idPrefix:  randomHex(3),
+	}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("server: closed")
+
+// Serve accepts plaintext POP3 connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error { return s.serve(l, false) }
+
+// ServeTLS accepts POP3S connections (implicit TLS, RFC 8314 §3.3) on l.
+func (s *Server) ServeTLS(l net.Listener) error {
+	if s.cfg.TLS == nil {
+		return errors.New("server: ServeTLS without a TLS configuration")
+	}
+	return s.serve(l, true)
+}
+
+func (s *Server) serve(l net.Listener, implicitTLS bool) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if !s.startSession(c, implicitTLS) {
+			c.Close()
+		}
+	}
+}
+
+// isTemporary reports accept errors worth retrying (EMFILE, ECONNABORTED, …).
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	sess := newSession(s, c, implicitTLS)
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		sess.run()
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		s.mu.Unlock()
+	}()
+	return true
+}
+
+// Shutdown stops accepting connections and waits for open sessions to end. When
+// ctx is done first, the remaining connections are closed without entering the
+// UPDATE state (no deletions), and Shutdown waits for their goroutines: a commit
+// that already began completes, so no UPDATE is left half done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.abort()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// Sessions returns the number of open sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}

@@ -1,0 +1,675 @@
+package server
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+
+	"github.com/pouchmail/pouch/pop3"
+	"github.com/pouchmail/pouch/store"
+)
+
+// Implementation is the IMPLEMENTATION capability's value (RFC 2449 §6.9).
+const Implementation = "Pouch"
+
+type state int
+
+const (
+	stateAuthorization state = iota // RFC 1939 §4
+	stateTransaction                // RFC 1939 §5
+	stateDone                       // QUIT handled or connection ending
+)
+
+// session is one POP3 connection.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	dc   *deadlineConn
+	r    *pop3.Reader
+	w    *pop3.Writer
+	log  *slog.Logger
+	id   string
+
+	implicitTLS bool
+	state       state
+	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
+	user        string // from USER, waiting for PASS
+	bad         int    // bad commands so far
+
+	// TRANSACTION state.
+	mailbox  string
+	md       store.Maildrop
+	msgs     []store.Message
+	deleted  []bool
+	retrs    int
+	sent     int64
+
+	closeOnce sync.Once
+}
+
+func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
+	id := fmt.Sprintf("%s%06x", s.idPrefix, s.ids.Add(1))
+	return &session{
+		srv:         s,
+		conn:        c,
+		id:          id,
+		implicitTLS: implicitTLS,
+		log:         s.log.With("session", id, "remote", c.RemoteAddr().String()),
+	}
+}
+
+// abort closes the connection from another goroutine (shutdown): the session's
+// next read or write fails and it ends without UPDATE.
+func (s *session) abort() {
+	s.closeOnce.Do(func() { s.conn.Close() })
+}
+
+// deadlineConn sets a fresh deadline before every read and write, so that the
+// timeout measures inactivity, not session length.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *deadlineConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(p)
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(p)
+}
+
+func (s *session) run() {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("session panic", "panic", v)
+		}
+		s.finish()
+	}()
+	s.dc = &deadlineConn{Conn: s.conn, timeout: s.srv.cfg.PreLoginTimeout}
+	var rw net.Conn = s.dc
+	if s.implicitTLS {
+		tc := tls.Server(s.dc, s.srv.cfg.TLS)
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.PreLoginTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Info("TLS handshake failed", "err", err)
+			return
+		}
+		rw = tc
+	}
+	s.r = pop3.NewReader(rw)
+	s.w = pop3.NewWriter(rw)
+	s.log.Debug("connected", "tls", s.implicitTLS)
+
+	greeting := "Pouch ready."
+	if s.srv.cfg.Auth.APOPAvailable() {
+		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), randomHex(8), s.srv.cfg.Hostname)
+		greeting += " " + s.timestamp
+	}
+	s.w.OK(greeting)
+	if s.w.Flush() != nil {
+		return
+	}
+	for s.state != stateDone {
+		line, err := s.r.ReadLine(s.srv.cfg.MaxLineLength)
+		switch {
+		case errors.Is(err, pop3.ErrLineTooLong):
+			s.badCommand("line too long")
+		case errors.Is(err, pop3.ErrBadLine):
+			s.badCommand("invalid characters in command")
+		case err != nil:
+			s.readFailed(err)
+			return
+		default:
+			s.dispatch(line)
+		}
+		// PIPELINING (RFC 2449 §6.6): replies go out in order; flush only when
+		// no further command is already waiting.
+		if s.r.Buffered() == 0 || s.state == stateDone {
+			if err := s.w.Flush(); err != nil {
+				s.log.Info("write failed", "err", err)
+				return
+			}
+		}
+	}
+}
+
+// readFailed logs why reading stopped and says goodbye on a timeout. No path
+// from here enters UPDATE.
+func (s *session) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		s.log.Info("autologout: idle timeout", "user", s.mailbox)
+		s.w.Err("", "autologout: idle for too long")
+		s.w.Flush()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		s.log.Debug("connection closed by peer", "user", s.mailbox)
+	default:
+		s.log.Info("read failed", "err", err, "user", s.mailbox)
+	}
+}
+
+// finish releases the maildrop without committing and closes the connection.
+func (s *session) finish() {
+	if s.md != nil {
+		if err := s.md.Close(); err != nil {
+			s.log.Error("closing maildrop", "err", err, "user", s.mailbox)
+		}
+		s.md = nil
+		s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", 0, "bytes", s.sent, "committed", false)
+	}
+	s.abort()
+}
+
+// badCommand answers a command that cannot be run and drops the client after
+// too many of them.
+func (s *session) badCommand(msg string) {
+	s.bad++
+	if s.bad >= s.srv.cfg.MaxBadCommands {
+		s.log.Info("too many bad commands; disconnecting", "user", s.mailbox)
+		s.w.Err("", "too many bad commands; bye")
+		s.state = stateDone
+		return
+	}
+	s.w.Err("", msg)
+}
+
+type handler struct {
+	fn    func(*session, pop3.Command)
+	state state
+	// checkArgs applies the 40-octet argument limit of RFC 1939 §3.
+	checkArgs bool
+}
+
+var handlers map[string]handler
+
+func init() {
+	auth, trans := stateAuthorization, stateTransaction
+	handlers = map[string]handler{
+		"USER": {(*session).cmdUSER, auth, false},
+		"PASS": {(*session).cmdPASS, auth, false},
+		"APOP": {(*session).cmdAPOP, auth, true},
+		"AUTH": {(*session).cmdAUTH, auth, false},
+		"STAT": {(*session).cmdSTAT, trans, true},
+		"LIST": {(*session).cmdLIST, trans, true},
+		"RETR": {(*session).cmdRETR, trans, true},
+		"DELE": {(*session).cmdDELE, trans, true},
+		"NOOP": {(*session).cmdNOOP, trans, true},
+		"RSET": {(*session).cmdRSET, trans, true},
+		"TOP":  {(*session).cmdTOP, trans, true},
+		"UIDL": {(*session).cmdUIDL, trans, true},
+	}
+}
+
+func (s *session) dispatch(line []byte) {
+	cmd, err := pop3.ParseCommand(line)
+	if err != nil {
+		s.badCommand("unknown command")
+		return
+	}
+	switch cmd.Name {
+	case "QUIT": // RFC 1939 §4, §6: valid in both states
+		s.cmdQUIT()
+		return
+	case "CAPA": // RFC 2449 §5
+		s.cmdCAPA()
+		return
+	}
+	h, ok := handlers[cmd.Name]
+	if !ok {
+		s.badCommand("unknown command")
+		return
+	}
+	if h.state != s.state {
+		if s.state == stateAuthorization {
+			s.badCommand("not allowed before login")
+		} else {
+			s.badCommand("not allowed after login")
+		}
+		return
+	}
+	if h.checkArgs && cmd.CheckArgs() != nil {
+		s.badCommand("argument too long")
+		return
+	}
+	h.fn(s, cmd)
+}
+
+// capabilities lists the CAPA response for the current state (RFC 2449 §6).
+func (s *session) capabilities() []string {
+	caps := []string{
+		"TOP",
+		"UIDL",
+		"USER",
+		"SASL PLAIN",
+		"RESP-CODES",
+		"AUTH-RESP-CODE",
+		"PIPELINING",
+		"EXPIRE NEVER",
+	}
+	if s.state == stateTransaction {
+		caps = append(caps, "IMPLEMENTATION "+Implementation)
+	}
+	return caps
+}
+
+func (s *session) cmdCAPA() {
+	s.w.OK("Capability list follows")
+	for _, c := range s.capabilities() {
+		s.w.Line(c)
+	}
+	s.w.Line(".")
+}
+
+func (s *session) cmdQUIT() {
+	s.state = stateDone
+	if s.md == nil {
+		s.w.OK("Pouch signing off")
+		return
+	}
+	// RFC 1939 §6: the UPDATE state. Only this path removes mail.
+	var del []int
+	for i, d := range s.deleted {
+		if d {
+			del = append(del, i)
+		}
+	}
+	md := s.md
+	s.md = nil
+	err := md.Commit(del)
+	if cerr := md.Close(); cerr != nil {
+		s.log.Error("closing maildrop", "err", cerr, "user", s.mailbox)
+	}
+	if err != nil {
+		s.log.Error("commit failed", "err", err, "user", s.mailbox, "deleted", len(del))
+		s.w.Err(pop3.CodeSysTemp, "some deleted messages not removed")
+		s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", 0, "bytes", s.sent, "committed", false)
+		return
+	}
+	left := len(s.msgs) - len(del)
+	s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", len(del), "bytes", s.sent, "committed", true)
+	if left == 0 {
+		s.w.OK("Pouch signing off (maildrop empty)")
+	} else {
+		s.w.OK(fmt.Sprintf("Pouch signing off (%d messages left)", left))
+	}
+}
+
+// --- AUTHORIZATION state (RFC 1939 §4, §7; RFC 5034) ---
+
+func (s *session) cmdUSER(cmd pop3.Command) {
+	if len(cmd.Args) != 1 || cmd.CheckArgs() != nil {
+		s.user = ""
+		s.badCommand("USER takes one user name")
+		return
+	}
+	// The same answer for every name: nothing tells whether the user exists.
+	s.user = cmd.Args[0]
+	s.w.OK("send PASS")
+}
+
+func (s *session) cmdPASS(cmd pop3.Command) {
+	user := s.user
+	s.user = ""
+	if user == "" {
+		s.badCommand("send USER first")
+		return
+	}
+	// RFC 1939 §7: the password is the rest of the line and may hold spaces.
+	s.login(user, "PASS", s.srv.cfg.Auth.Verify(user, cmd.Rest))
+}
+
+func (s *session) cmdAPOP(cmd pop3.Command) {
+	s.user = ""
+	if s.timestamp == "" {
+		s.badCommand("APOP is not available")
+		return
+	}
+	if len(cmd.Args) != 2 {
+		s.badCommand("APOP takes a user name and a digest")
+		return
+	}
+	user, digest := cmd.Args[0], strings.ToLower(cmd.Args[1])
+	secret, ok := s.srv.cfg.Auth.APOPSecret(user)
+	if !ok {
+		secret = randomHex(16) // compare anyway, so that timing tells nothing
+	}
+	sum := md5.Sum([]byte(s.timestamp + secret))
+	want := hex.EncodeToString(sum[:])
+	match := subtle.ConstantTimeCompare([]byte(want), []byte(digest)) == 1
+	s.login(user, "APOP", ok && match)
+}
+
+// cmdAUTH runs a SASL exchange (RFC 5034). Only PLAIN is offered here.
+func (s *session) cmdAUTH(cmd pop3.Command) {
+	s.user = ""
+	if len(cmd.Args) == 0 {
+		// The mechanism list of RFC 1734 clients.
+		s.w.OK("SASL mechanisms follow")
+		s.w.Line("PLAIN")
+		s.w.Line(".")
+		return
+	}
+	if len(cmd.Args) > 2 {
+		s.badCommand("AUTH takes a mechanism and an optional initial response")
+		return
+	}
+	if !strings.EqualFold(cmd.Args[0], "PLAIN") {
+		s.w.Err("", "unsupported SASL mechanism")
+		return
+	}
+	var user string
+	var ok bool
+	mech := sasl.NewPlainServer(func(identity, username, password string) error {
+		user = username
+		if identity != "" && identity != username {
+			return errors.New("authorization identity differs")
+		}
+		ok = s.srv.cfg.Auth.Verify(username, password)
+		if !ok {
+			return errors.New("invalid credentials")
+		}
+		return nil
+	})
+	var response []byte
+	haveInitial := len(cmd.Args) == 2
+	if haveInitial {
+		// RFC 5034 §4: "=" is an empty initial response.
+		response = []byte{}
+		if cmd.Args[1] != "=" {
+			var err error
+			if response, err = base64.StdEncoding.DecodeString(cmd.Args[1]); err != nil {
+				s.w.Err("", "invalid base64 in initial response")
+				return
+			}
+		}
+	}
+	for {
+		if !haveInitial {
+			if s.w.Continue("") != nil || s.w.Flush() != nil {
+				s.state = stateDone
+				return
+			}
+			line, err := s.r.ReadLine(maxSASLLine)
+			if err != nil {
+				if errors.Is(err, pop3.ErrLineTooLong) || errors.Is(err, pop3.ErrBadLine) {
+					s.badCommand("invalid SASL response")
+					return
+				}
+				s.readFailed(err)
+				s.state = stateDone
+				return
+			}
+			if string(line) == "*" {
+				s.w.Err("", "authentication cancelled")
+				return
+			}
+			if response, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
+				s.w.Err("", "invalid base64 in SASL response")
+				return
+			}
+		}
+		haveInitial = false
+		challenge, done, err := mech.Next(response)
+		if err != nil || done {
+			if err != nil && user == "" {
+				// Malformed PLAIN message: still fail like a wrong password.
+				s.srv.cfg.Auth.Verify("", "")
+			}
+			s.login(user, "AUTH PLAIN", err == nil && ok)
+			return
+		}
+		if len(challenge) > 0 {
+			// PLAIN never challenges; a mechanism that does would send it here.
+			s.w.Continue(base64.StdEncoding.EncodeToString(challenge))
+		}
+	}
+}
+
+// login finishes an authentication attempt: on success it opens the maildrop
+// and enters TRANSACTION; on failure it waits the configured delay and answers
+// with the same reply whatever the reason (RFC 3206 [AUTH]).
+func (s *session) login(user, method string, ok bool) {
+	if !ok {
+		s.log.Info("authentication failed", "user", user, "method", method)
+		if d := s.srv.cfg.AuthFailDelay; d > 0 {
+			s.w.Flush()
+			time.Sleep(d)
+		}
+		s.w.Err(pop3.CodeAuth, "invalid user name or password")
+		return
+	}
+	md, err := s.srv.cfg.Store.Open(context.Background(), user)
+	switch {
+	case errors.Is(err, store.ErrLocked):
+		// RFC 2449 §8.1.2.
+		s.log.Info("maildrop in use", "user", user)
+		s.w.Err(pop3.CodeInUse, "maildrop already locked by another session")
+		return
+	case errors.Is(err, store.ErrBadUser):
+		s.log.Error("user name cannot name a maildrop", "user", user)
+		s.w.Err(pop3.CodeSysPerm, "maildrop unavailable")
+		return
+	case err != nil:
+		s.log.Error("opening maildrop", "err", err, "user", user)
+		s.w.Err(pop3.CodeSysTemp, "maildrop unavailable, try again later")
+		return
+	}
+	s.md = md
+	s.mailbox = user
+	s.msgs = md.Messages()
+	s.deleted = make([]bool, len(s.msgs))
+	s.state = stateTransaction
+	s.dc.timeout = s.srv.cfg.IdleTimeout
+	var size int64
+	for _, m := range s.msgs {
+		size += m.Size
+	}
+	s.log.Info("login", "user", user, "method", method, "messages", len(s.msgs), "octets", size)
+	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", len(s.msgs), size))
+}
+
+// --- TRANSACTION state (RFC 1939 §5, §7) ---
+
+// message parses a message-number argument and checks that the message exists
+// and is not deleted; it answers -ERR and returns false otherwise.
+func (s *session) message(arg string) (int, bool) {
+	n, ok := pop3.ParseNumber(arg)
+	if !ok || n > len(s.msgs) {
+		s.w.Err("", "no such message")
+		return 0, false
+	}
+	if s.deleted[n-1] {
+		s.w.Err("", fmt.Sprintf("message %d already deleted", n))
+		return 0, false
+	}
+	return n - 1, true
+}
+
+func (s *session) stat() (count int, size int64) {
+	for i, m := range s.msgs {
+		if !s.deleted[i] {
+			count++
+			size += m.Size
+		}
+	}
+	return count, size
+}
+
+func (s *session) cmdSTAT(cmd pop3.Command) {
+	if len(cmd.Args) != 0 {
+		s.badCommand("STAT takes no argument")
+		return
+	}
+	n, size := s.stat()
+	s.w.OK(fmt.Sprintf("%d %d", n, size))
+}
+
+func (s *session) cmdLIST(cmd pop3.Command) {
+	s.listing(cmd, "LIST", func(i int) string { return strconv.FormatInt(s.msgs[i].Size, 10) })
+}
+
+func (s *session) cmdUIDL(cmd pop3.Command) {
+	s.listing(cmd, "UIDL", func(i int) string { return s.msgs[i].UID })
+}
+
+// listing answers LIST and UIDL: one message, or all that are not deleted.
+func (s *session) listing(cmd pop3.Command, name string, value func(int) string) {
+	switch len(cmd.Args) {
+	case 1:
+		if i, ok := s.message(cmd.Args[0]); ok {
+			s.w.OK(fmt.Sprintf("%d %s", i+1, value(i)))
+		}
+	case 0:
+		n, size := s.stat()
+		if name == "LIST" {
+			s.w.OK(fmt.Sprintf("%d messages (%d octets)", n, size))
+		} else {
+			s.w.OK("unique-id listing follows")
+		}
+		var b []byte
+		for i := range s.msgs {
+			if s.deleted[i] {
+				continue
+			}
+			b = strconv.AppendInt(b[:0], int64(i+1), 10)
+			b = append(b, ' ')
+			b = append(b, value(i)...)
+			s.w.Line(string(b))
+		}
+		s.w.Line(".")
+	default:
+		s.badCommand(name + " takes at most one argument")
+	}
+}
+
+func (s *session) cmdRETR(cmd pop3.Command) {
+	if len(cmd.Args) != 1 {
+		s.badCommand("RETR takes a message number")
+		return
+	}
+	i, ok := s.message(cmd.Args[0])
+	if !ok {
+		return
+	}
+	s.send(i, -1, fmt.Sprintf("%d octets", s.msgs[i].Size))
+	s.retrs++
+}
+
+func (s *session) cmdTOP(cmd pop3.Command) {
+	if len(cmd.Args) != 2 {
+		s.badCommand("TOP takes a message number and a line count")
+		return
+	}
+	lines, err := strconv.ParseUint(cmd.Args[1], 10, 31)
+	if err != nil || cmd.Args[1][0] == '+' {
+		s.w.Err("", "invalid line count")
+		return
+	}
+	i, ok := s.message(cmd.Args[0])
+	if !ok {
+		return
+	}
+	s.send(i, int(lines), "top of message follows")
+}
+
+// send streams message i as a multi-line response: whole (lines < 0) or its
+// header and first lines of body (TOP).
+func (s *session) send(i, lines int, text string) {
+	r, err := s.md.Open(i)
+	if errors.Is(err, store.ErrNotFound) {
+		s.log.Warn("message vanished from storage", "user", s.mailbox, "msg", i+1, "uid", s.msgs[i].UID)
+		s.w.Err(pop3.CodeSysPerm, fmt.Sprintf("message %d is no longer available", i+1))
+		return
+	}
+	if err != nil {
+		s.log.Error("opening message", "err", err, "user", s.mailbox, "msg", i+1)
+		s.w.Err(pop3.CodeSysTemp, "cannot read message now, try again later")
+		return
+	}
+	defer r.Close()
+	var src io.Reader = r
+	if lines >= 0 {
+		src = newTopReader(r, lines)
+	}
+	s.w.OK(text)
+	dw := s.w.DotWriter()
+	bufp := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(dw, onlyReader{src}, *bufp)
+	copyBufs.Put(bufp)
+	s.sent += n
+	if err != nil {
+		// The +OK is out and part of the message may be too: there is no way
+		// to say -ERR now, and ending the response would pass a truncated
+		// message as whole. Drop the connection; nothing is deleted.
+		s.log.Error("sending message failed; closing connection", "err", err, "user", s.mailbox, "msg", i+1)
+		s.state = stateDone
+		s.abort()
+		return
+	}
+	dw.Close()
+}
+
+// onlyReader hides WriterTo so that io.CopyBuffer uses the pooled buffer.
+type onlyReader struct{ io.Reader }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+func (s *session) cmdDELE(cmd pop3.Command) {
+	if len(cmd.Args) != 1 {
+		s.badCommand("DELE takes a message number")
+		return
+	}
+	i, ok := s.message(cmd.Args[0])
+	if !ok {
+		return
+	}
+	// Only a mark: the message is removed at QUIT (RFC 1939 §5, §6).
+	s.deleted[i] = true
+	s.w.OK(fmt.Sprintf("message %d deleted", i+1))
+}
+
+func (s *session) cmdNOOP(cmd pop3.Command) {
+	if len(cmd.Args) != 0 {
+		s.badCommand("NOOP takes no argument")
+		return
+	}
+	s.w.OK("")
+}
+
+func (s *session) cmdRSET(cmd pop3.Command) {
+	if len(cmd.Args) != 0 {
+		s.badCommand("RSET takes no argument")
+		return
+	}
+	clear(s.deleted)
+	n, size := s.stat()
+	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", n, size))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
