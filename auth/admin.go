@@ -1,0 +1,242 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Errors of the administration functions.
+var (
+	// ErrUserExists means AddUser was given a name the users file already has.
+	ErrUserExists = errors.New("auth: user already exists")
+	// ErrNoSuchUser means SetPassword or DeleteUser was given a name the
+	// users file does not have.
+	ErrNoSuchUser = errors.New("auth: no such user")
+)
+
+// AddUser adds name with password, stored as {ARGON2ID}, as the last line
+// "name:{ARGON2ID}...::::::" (see the package documentation for how the file
+// is changed). It creates the file (mode 0600) and its
+// directory (mode 0700) if they are missing. It fails with ErrUserExists if
+// name is in the file already, and refuses an invalid name or an empty
+// password.
+func AddUser(path, name, password string) error {
+	if err := ValidName(name); err != nil {
+		return err
+	}
+	hash, err := HashPassword(password)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	return update(path, func(lines []string) ([]string, error) {
+		if findUser(lines, name) >= 0 {
+			return nil, fmt.Errorf("%w: %s", ErrUserExists, name)
+		}
+		return append(lines, userLine{name: name, password: hash, rest: "::::::"}.String()), nil
+	})
+}
+
+// SetPassword stores a new password, as {ARGON2ID}, for name. Only the
+// password field of the user's line changes: fields 3 and later are kept. It
+// fails with ErrNoSuchUser if name is not in the file, and refuses an empty
+// password.
+func SetPassword(path, name, password string) error {
+	hash, err := HashPassword(password)
+	if err != nil {
+		return err
+	}
+	return updateExisting(path, name, func(lines []string) ([]string, error) {
+		i := findUser(lines, name)
+		if i < 0 {
+			return nil, fmt.Errorf("%w: %s", ErrNoSuchUser, name)
+		}
+		l, _, _, _ := parseLine(lines[i])
+		l.password = hash
+		lines[i] = l.String()
+		return lines, nil
+	})
+}
+
+// DeleteUser removes the line of name (every line, should it be listed more
+// than once). It fails with ErrNoSuchUser if name is not in the file.
+func DeleteUser(path, name string) error {
+	return updateExisting(path, name, func(lines []string) ([]string, error) {
+		if findUser(lines, name) < 0 {
+			return nil, fmt.Errorf("%w: %s", ErrNoSuchUser, name)
+		}
+		kept := lines[:0]
+		for _, line := range lines {
+			if l, _, ok, _ := parseLine(line); !ok || l.name != name {
+				kept = append(kept, line)
+			}
+		}
+		return kept, nil
+	})
+}
+
+// ListUsers returns the names of the users in the file, in file order, each
+// once: the users that Exists reports. A missing file has none. It takes no
+// lock: the file is only ever replaced whole.
+func ListUsers(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	var names []string
+	seen := make(map[string]bool)
+	for _, line := range splitLines(data) {
+		if l, _, ok, _ := parseLine(line); ok && !seen[l.name] {
+			seen[l.name] = true
+			names = append(names, l.name)
+		}
+	}
+	return names, nil
+}
+
+// findUser returns the index of the first line of name, or -1.
+func findUser(lines []string, name string) int {
+	for i, line := range lines {
+		if l, _, ok, _ := parseLine(line); ok && l.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// updateExisting is update for a change that needs the user to exist already:
+// a missing users file is ErrNoSuchUser, and neither it nor its directory
+// or lock file is created.
+func updateExisting(path, name string, change func([]string) ([]string, error)) error {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrNoSuchUser, name)
+	}
+	return update(path, change)
+}
+
+// update locks the users file at path, reads its lines (none if it is
+// missing), and writes back what change returns, unless change fails.
+func update(path string, change func([]string) ([]string, error)) error {
+	unlock, err := lockFile(path + ".lock")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	data, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("auth: %w", err)
+	}
+	lines, err := change(splitLines(data))
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, lines)
+}
+
+// lockFile takes an exclusive flock on the file at path, creating it (mode
+// 0600) if needed, waiting as long as another holder has it. The returned
+// function releases it.
+func lockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("auth: locking %s: %w", path, err)
+	}
+	// Closing the file releases the lock.
+	return func() { f.Close() }, nil
+}
+
+// writeAtomic replaces the file at path with lines, each ended by "\n",
+// through a temporary file as the package documentation describes.
+func writeAtomic(path string, lines []string) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+			err = fmt.Errorf("auth: writing %s: %w", path, err)
+		}
+	}()
+	if err = tmp.Chmod(0o600); err != nil {
+		return err
+	}
+	if err = keepOwner(tmp, path); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, line := range lines {
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	if _, err = tmp.WriteString(b.String()); err != nil {
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// keepOwner gives f the owner and group of the file at path, if that exists
+// and they differ, so that a users file edited by root stays readable by the
+// server's user. Only root may give away a file: for anyone else that fails.
+func keepOwner(f *os.File, path string) error {
+	old, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	cur, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	o, ok1 := old.Sys().(*syscall.Stat_t)
+	c, ok2 := cur.Sys().(*syscall.Stat_t)
+	if !ok1 || !ok2 || (o.Uid == c.Uid && o.Gid == c.Gid) {
+		return nil
+	}
+	return f.Chown(int(o.Uid), int(o.Gid))
+}
+
+// syncDir fsyncs the directory dir, making a rename in it durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

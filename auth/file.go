@@ -1,0 +1,115 @@
+// Package auth is Pouch's user database: a Dovecot passwd-file compatible users
+// file, password hashing and verification.
+//
+// The users file has one user per line, "name:{SCHEME}secret:uid:gid:gecos:home:shell:extra".
+// Only the name and the password are used; the other fields may be absent and
+// are kept as they are when a password changes. Blank lines and lines starting
+// with '#' are ignored and kept on rewrite. A name listed twice means its first
+// line (as in Dovecot).
+//
+// Schemes read: {ARGON2ID}, {BLF-CRYPT} ($2a$, $2b$, $2y$), {SHA512-CRYPT},
+// {PLAIN}, {CLEARTEXT} (and its alias {CLEAR}), and {CRYPT} or no prefix for a
+// crypt(3) string starting with $6$, $2a$, $2b$, $2y$ or $argon2id$. Scheme
+// names are case-insensitive; user names are case-sensitive. A user whose
+// password cannot be used (another scheme, a malformed hash) exists but cannot
+// log in. New passwords are always stored as {ARGON2ID}.
+//
+// The administration functions (AddUser, SetPassword, DeleteUser) each take an
+// exclusive flock on the users file's path + ".lock" (waiting for it; the lock
+// file is created 0600 and left in place), read the file, change it and replace
+// it atomically: a temporary file in the same directory, with mode 0600 and
+// the previous file's owner and group, is written and fsynced, renamed over the
+// users file, and the directory is fsynced. After they return nil the change
+// survives a crash; on error the file is unchanged. Lines they do not change,
+// comments and blank lines included, are kept byte for byte. Passwords are
+// hashed before the lock is taken, so a slow hash does not hold up other writers.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// maxNameLen is the longest user name in octets.
+const maxNameLen = 255
+
+// ValidName reports whether name may be a user name: 1–255 octets of valid
+// UTF-8, no control characters, no white space (POP3 USER takes one argument),
+// no ':' (the users file separator), no '/' or '\\', and not starting with '.'
+// (so never "." or ".."). The error says what is wrong.
+func ValidName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("auth: empty user name")
+	case len(name) > maxNameLen:
+		return fmt.Errorf("auth: user name is %d octets long, more than %d", len(name), maxNameLen)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("auth: user name %q is not valid UTF-8", name)
+	case name[0] == '.':
+		return fmt.Errorf("auth: user name %q starts with '.'", name)
+	}
+	for _, r := range name {
+		switch {
+		case unicode.IsControl(r):
+			return fmt.Errorf("auth: user name %q contains a control character", name)
+		case unicode.IsSpace(r):
+			return fmt.Errorf("auth: user name %q contains white space", name)
+		case r == ':', r == '/', r == '\\':
+			return fmt.Errorf("auth: user name %q contains %q", name, r)
+		}
+	}
+	return nil
+}
+
+// userLine is a line of the users file split into its fields.
+type userLine struct {
+	name     string // field 1
+	password string // field 2
+	rest     string // fields 3..n with their leading ':', or ""
+}
+
+// String returns the line in file form.
+func (l userLine) String() string {
+	return l.name + ":" + l.password + l.rest
+}
+
+// parseLine parses one line of the users file, given without its line ending
+// (a trailing CR is ignored). It reports ok false for a blank or comment line
+// and for a line that names no valid user, with err saying why in the last
+// case. For a user line (ok true) sec is the parsed password, or nil with an
+// error saying why the user cannot log in. It never panics.
+func parseLine(line string) (l userLine, sec secret, ok bool, err error) {
+	line = strings.TrimSuffix(line, "\r")
+	if strings.TrimSpace(line) == "" || line[0] == '#' {
+		return userLine{}, nil, false, nil
+	}
+	name, after, found := strings.Cut(line, ":")
+	if !found {
+		return userLine{}, nil, false, errors.New("no ':' after the user name")
+	}
+	if err := ValidName(name); err != nil {
+		return userLine{}, nil, false, err
+	}
+	l.name = name
+	l.password, l.rest = after, ""
+	if i := strings.IndexByte(after, ':'); i >= 0 {
+		l.password, l.rest = after[:i], after[i:]
+	}
+	sec, err = parseSecret(l.password)
+	if err != nil {
+		err = fmt.Errorf("user %s cannot log in: %w", name, err)
+	}
+	return l, sec, true, err
+}
+
+// splitLines splits the contents of a users file into lines, without their
+// line endings. A missing final newline is tolerated.
+func splitLines(data []byte) []string {
+	if len(data) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+}

@@ -1,0 +1,222 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Users is the users file, as of its last load. Every lookup (Verify,
+// APOPSecret, Exists) first stats the file and reloads it when its device,
+// inode, size or modification time changed, so changes made by the
+// administration functions or by hand take effect on the next lookup. If that
+// reload fails, the previous contents stay in use and Warnings says so.
+//
+// A Users is safe for concurrent use.
+type Users struct {
+	path string
+	mu   sync.Mutex               // serializes loads
+	db   atomic.Pointer[database] // never nil after OpenUsers
+}
+
+// database is one load of the users file. It is never modified.
+type database struct {
+	stamp    fileStamp
+	users    map[string]secret // a nil secret: the user exists but cannot log in
+	warnings []string
+	// apop is whether any user has a secret that allows APOP.
+	apop bool
+	// reloadErr is why the file, changed since this load, could not be
+	// loaded again.
+	reloadErr error
+}
+
+// fileStamp identifies a version of the users file.
+type fileStamp struct {
+	exists   bool
+	dev, ino uint64
+	size     int64
+	mtime    int64 // ns
+}
+
+func stampOf(fi fs.FileInfo) fileStamp {
+	s := fileStamp{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		s.dev, s.ino = uint64(st.Dev), uint64(st.Ino)
+	}
+	return s
+}
+
+// OpenUsers loads the users file at path. A missing file is an empty database,
+// not an error; problems with single lines are not errors either (see
+// Warnings).
+func OpenUsers(path string) (*Users, error) {
+	u := &Users{path: path}
+	if err := u.Reload(); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// Reload reads the users file now, whether or not it changed. On error the
+// previous contents stay in use.
+func (u *Users) Reload() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	db, err := load(u.path)
+	if err != nil {
+		return err
+	}
+	u.db.Store(db)
+	return nil
+}
+
+// Warnings describes the problems of the loaded users file, one per string:
+// lines that were skipped, users who cannot log in (unsupported scheme or
+// malformed hash), duplicate names, and a failed automatic reload. It is
+// meant for the log after OpenUsers or Reload, and for a configuration check.
+func (u *Users) Warnings() []string {
+	db := u.current()
+	w := append([]string(nil), db.warnings...)
+	if db.reloadErr != nil {
+		w = append(w, fmt.Sprintf("%v; still using the users file as loaded before", db.reloadErr))
+	}
+	return w
+}
+
+// current returns the database, reloading it first if the file changed.
+func (u *Users) current() *database {
+	db := u.db.Load()
+	if u.statStamp() == db.stamp {
+		return db
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if db = u.db.Load(); u.statStamp() == db.stamp { // another goroutine reloaded it
+		return db
+	}
+	fresh, err := load(u.path)
+	if err != nil {
+		// Keep the old contents; later lookups retry, since the stamp
+		// still differs.
+		old := *db
+		old.reloadErr = err
+		u.db.Store(&old)
+		return &old
+	}
+	u.db.Store(fresh)
+	return fresh
+}
+
+// statStamp returns the stamp of the file at u.path. Any error other than a
+// missing file gives a stamp that matches no load, forcing a reload attempt.
+func (u *Users) statStamp() fileStamp {
+	fi, err := os.Stat(u.path)
+	switch {
+	case err == nil:
+		return stampOf(fi)
+	case errors.Is(err, fs.ErrNotExist):
+		return fileStamp{}
+	}
+	return fileStamp{exists: true, size: -1}
+}
+
+// load reads and parses the users file at path. The stamp is taken from the
+// open file before reading it, so a change during the read is seen as a
+// change by the next lookup.
+func load(path string) (*database, error) {
+	db := &database{users: make(map[string]secret)}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return db, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("auth: reading %s: %w", path, err)
+	}
+	db.stamp = stampOf(fi)
+	for i, line := range splitLines(data) {
+		l, sec, ok, err := parseLine(line)
+		where := fmt.Sprintf("%s:%d", path, i+1)
+		if !ok {
+			if err != nil {
+				db.warnings = append(db.warnings, fmt.Sprintf("%s: line skipped: %v", where, err))
+			}
+			continue
+		}
+		if _, dup := db.users[l.name]; dup {
+			db.warnings = append(db.warnings,
+				fmt.Sprintf("%s: user %s listed again; the first line counts", where, l.name))
+			continue
+		}
+		if err != nil {
+			db.warnings = append(db.warnings, fmt.Sprintf("%s: %v", where, err))
+		}
+		db.users[l.name] = sec
+		if p, ok := sec.(plainSecret); ok && p != "" {
+			db.apop = true
+		}
+	}
+	return db, nil
+}
+
+// lookup returns the secret of a user, nil if the user cannot log in, and
+// whether the user exists.
+func (u *Users) lookup(name string) (secret, bool) {
+	sec, ok := u.current().users[name]
+	return sec, ok
+}
+
+// Verify reports whether name is a known user whose stored password matches
+// password. So that its time does not tell whether a user exists, it always
+// costs at least one Argon2id computation with the parameters of new
+// passwords: for an unknown user, or one who cannot log in, it checks password
+// against a dummy hash of that kind and returns false; for a user stored with
+// a scheme other than Argon2id it does that dummy check besides the real one.
+// (A scheme much slower than that, such as bcrypt at a high cost, still
+// stands out.)
+//
+// Each call holds about 19 MiB (more for stored Argon2id hashes with a higher
+// m) while it runs: callers should bound concurrent verifications.
+func (u *Users) Verify(name, password string) bool {
+	sec, _ := u.lookup(name)
+	if _, ok := sec.(*argon2Secret); !ok {
+		dummySecret().verify(password)
+	}
+	return sec != nil && sec.verify(password)
+}
+
+// APOPSecret returns the cleartext password of name for APOP (RFC 1939 §7).
+// Only users stored as {PLAIN} or {CLEARTEXT} have one; ok is false for all
+// others and for unknown users.
+func (u *Users) APOPSecret(name string) (secret string, ok bool) {
+	sec, _ := u.lookup(name)
+	p, ok := sec.(plainSecret)
+	return string(p), ok
+}
+
+// APOPAvailable reports whether any user has a secret that allows APOP, so
+// that the greeting carries an APOP timestamp only when APOP can succeed.
+func (u *Users) APOPAvailable() bool {
+	return u.current().apop
+}
+
+// Exists reports whether the users file has a line for name, whether or not
+// that user can log in.
+func (u *Users) Exists(name string) bool {
+	_, ok := u.lookup(name)
+	return ok
+}

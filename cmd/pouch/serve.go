@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/tlsutil"
+	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/store/maildir"
+)
+
+// serveConfig is the configuration of pouch serve. Every field is a flag, and
+// the same name is a key of the TOML file given by --config; flags win.
+type serveConfig struct {
+	configFile      string
+	data            string
+	pop3            string
+	pop3s           string
+	tlsCert         string
+	tlsKey          string
+	hostname        string
+	logLevel        string
+	logFormat       string
+	maxLine         int
+	preLoginTimeout time.Duration
+	idleTimeout     time.Duration
+	authFailDelay   time.Duration
+	maxBadCommands  int
+}
+
+func defaultAddr(privileged, unprivileged string) string {
+	if os.Geteuid() == 0 {
+		return privileged
+	}
+	return unprivileged
+}
+
+func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
+	c := &serveConfig{}
+	fs := flag.NewFlagSet("pouch serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.configFile, "config", "", "read settings from this TOML `file` (keys are the flag names; flags win)")
+	fs.StringVar(&c.data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/USER/")
+	fs.StringVar(&c.pop3, "pop3", defaultAddr(":110", "127.0.0.1:1110"), "POP3 listen `address`; empty disables it")
+	fs.StringVar(&c.pop3s, "pop3s", defaultAddr(":995", "127.0.0.1:1995"), "POP3S (implicit TLS) listen `address`; empty disables it")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "TLS certificate `file` (PEM); default: a self-signed one in DATA/tls/")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key `file` (PEM)")
+	fs.StringVar(&c.hostname, "hostname", "", "host `name` for the greeting and the self-signed certificate (default: the system's)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.IntVar(&c.maxLine, "max-line-length", 255, "longest command line in `octets`, CRLF included")
+	fs.DurationVar(&c.preLoginTimeout, "pre-login-timeout", 60*time.Second, "disconnect a client idle this `long` before login")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "autologout after this `long` idle after login (RFC 1939: at least 10m)")
+	fs.DurationVar(&c.authFailDelay, "auth-fail-delay", 2*time.Second, "wait this `long` before answering a failed login")
+	fs.IntVar(&c.maxBadCommands, "max-bad-commands", 10, "disconnect after this `many` bad commands")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: pouch serve [flags]\n\nRuns the POP3 server. With no flags it keeps everything under ./pouch-data.\n\nExample:\n  pouch serve --data /var/lib/pouch --pop3 '' --pop3s :995\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs, c
+}
+
+// applyConfigFile sets every flag not given on the command line from the TOML
+// file, naming the file and key of any error.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	var values map[string]any
+	if _, err := toml.DecodeFile(path, &values); err != nil {
+		return fmt.Errorf("config %s: %v", path, err)
+	}
+	set := flagNames(fs)
+	keys := make([]string, 0, len(values))
+	for k := range values {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		if key == "config" || fs.Lookup(key) == nil {
+			return fmt.Errorf("config %s: unknown key %q", path, key)
+		}
+		if set[key] {
+			continue
+		}
+		var s string
+		switch v := values[key].(type) {
+		case []any:
+			s = joinList(v)
+		default:
+			s = fmt.Sprint(v)
+		}
+		if err := fs.Set(key, s); err != nil {
+			return fmt.Errorf("config %s: key %q: %v", path, key, err)
+		}
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError("log level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageError("log format %q: use text or json", format)
+}
+
+func runServe(args []string, stderr io.Writer) error {
+	fs, c := serveFlags(stderr)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError("serve takes no arguments, got %q", pos[0])
+	}
+	if c.configFile != "" {
+		if err := applyConfigFile(fs, c.configFile); err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+	}
+	log, err := newLogger(stderr, c.logLevel, c.logFormat)
+	if err != nil {
+		return err
+	}
+	if c.pop3 == "" && c.pop3s == "" {
+		return usageError("both --pop3 and --pop3s are empty: nothing to serve")
+	}
+	if err := os.MkdirAll(c.data, 0o700); err != nil {
+		return fmt.Errorf("data directory: %v", err)
+	}
+	hostname := c.hostname
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	users, err := auth.OpenUsers(filepath.Join(c.data, "users"))
+	if err != nil {
+		return fmt.Errorf("users file: %v", err)
+	}
+	cfg := server.Config{
+		Store:           maildir.New(filepath.Join(c.data, "mail")),
+		Auth:            users,
+		Logger:          log,
+		Hostname:        hostname,
+		MaxLineLength:   c.maxLine,
+		PreLoginTimeout: c.preLoginTimeout,
+		IdleTimeout:     c.idleTimeout,
+		AuthFailDelay:   c.authFailDelay,
+		MaxBadCommands:  c.maxBadCommands,
+	}
+	if c.authFailDelay == 0 {
+		cfg.AuthFailDelay = -1 // explicitly none
+	}
+	if c.pop3s != "" {
+		tcfg, fingerprint, err := tlsutil.Config(c.tlsCert, c.tlsKey, filepath.Join(c.data, "tls"), hostname)
+		if err != nil {
+			return err
+		}
+		cfg.TLS = tcfg
+		log.Info("TLS certificate loaded", "sha256", fingerprint)
+	}
+	srv := server.New(cfg)
+
+	// Listen on everything first, so that a bad address fails before serving.
+	type listener struct {
+		net.Listener
+		name string
+		tls  bool
+	}
+	var ls []listener
+	for _, l := range []struct {
+		name, addr string
+		tls        bool
+	}{{"pop3", c.pop3, false}, {"pop3s", c.pop3s, true}} {
+		if l.addr == "" {
+			continue
+		}
+		nl, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, prev := range ls {
+				prev.Close()
+			}
+			return fmt.Errorf("listen %s on %s: %v", l.name, l.addr, err)
+		}
+		ls = append(ls, listener{nl, l.name, l.tls})
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ls))
+	for _, l := range ls {
+		log.Info("listening", "protocol", l.name, "addr", l.Addr().String(), "data", c.data)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if l.tls {
+				err = srv.ServeTLS(l)
+			} else {
+				err = srv.Serve(l)
+			}
+			if err != nil && !errors.Is(err, server.ErrServerClosed) {
+				errs <- fmt.Errorf("%s on %s: %v", l.name, l.Addr(), err)
+			}
+		}()
+	}
+	var failure error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "sessions", srv.Sessions(), "grace", server.ShutdownGrace)
+	case failure = <-errs:
+		log.Error("listener failed; shutting down", "err", failure)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), server.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("sessions still open after the grace period were closed without deleting anything")
+	}
+	wg.Wait()
+	log.Info("stopped")
+	return failure
+}
