@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/store/maildir"
 )
 
 const userUsage = `Usage: pouch user add|passwd|del|list [--data DIR] [NAME]
@@ -69,7 +70,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err := auth.ValidName(name); err != nil {
 			return usageError("user %s: %v", action, err)
 		}
-		if action == "passwd" && !slicesContains(path, name) {
+		if action == "passwd" && !userExists(path, name) {
 			return fmt.Errorf("user passwd: no user %q in %s", name, path)
 		}
 		pw, err := readPassword(stdin, stderr)
@@ -85,8 +86,8 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
 		}
 		if action == "add" {
-			if err := os.MkdirAll(filepath.Join(*data, "mail"), 0o700); err != nil {
-				return fmt.Errorf("user add: %v", err)
+			if err := maildir.New(filepath.Join(*data, "mail")).Create(name); err != nil {
+				return fmt.Errorf("user add: creating the maildir: %v", err)
 			}
 			fmt.Fprintf(stderr, "added user %s\n", name)
 		} else {
@@ -103,7 +104,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return usageError("user: unknown action %q (use add, passwd, del or list)", action)
 }
 
-func slicesContains(path, name string) bool {
+func userExists(path, name string) bool {
 	list, err := auth.ListUsers(path)
 	if err != nil {
 		return true // let SetPassword report the real error

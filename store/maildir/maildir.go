@@ -60,6 +60,16 @@ func (s *Store) dir(user string) (string, error) {
 	return filepath.Join(s.root, user), nil
 }
 
+// Create makes user's Maildir (new/, cur/ and tmp/) if it does not exist, so
+// that other delivery agents can write into it before the first login.
+func (s *Store) Create(user string) error {
+	dir, err := s.dir(user)
+	if err != nil {
+		return err
+	}
+	return ensure(dir)
+}
+
 // ensure creates the Maildir's directories.
 func ensure(dir string) error {
 	for _, sub := range []string{"tmp", "new", "cur"} {

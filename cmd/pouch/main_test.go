@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// pouch runs the command in-process and returns its output and exit status.
+func pouch(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(args, strings.NewReader(stdin), &out, &errb)
+	if err != nil {
+		code = 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		errb.WriteString("pouch: " + err.Error() + "\n")
+	}
+	return out.String(), errb.String(), code
+}
+
+func TestUserCommands(t *testing.T) {
+	data := t.TempDir()
+	if _, e, code := pouch(t, "first pw\n", "user", "add", "--data", data, "alice"); code != 0 {
+		t.Fatalf("add: %d %s", code, e)
+	}
+	if fi, err := os.Stat(filepath.Join(data, "mail", "alice", "new")); err != nil || !fi.IsDir() {
+		t.Fatalf("user add did not make the Maildir: %v", err)
+	}
+	// Flags may follow the name.
+	if _, e, code := pouch(t, "bob pw\r\n", "user", "add", "bob", "--data", data); code != 0 {
+		t.Fatalf("add: %d %s", code, e)
+	}
+	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "alice\nbob\n" {
+		t.Fatalf("list = %q", out)
+	}
+	users, _ := os.ReadFile(filepath.Join(data, "users"))
+	if !strings.HasPrefix(string(users), "alice:{ARGON2ID}$argon2id$") {
+		t.Fatalf("users file: %q", users)
+	}
+	if fi, _ := os.Stat(filepath.Join(data, "users")); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("users file mode %v", fi.Mode())
+	}
+	for _, tc := range []struct {
+		stdin string
+		args  []string
+		code  int
+		msg   string
+	}{
+		{"x\n", []string{"user", "add", "--data", data, "alice"}, 1, `user "alice" already exists`},
+		{"x\n", []string{"user", "add", "--data", data, "../evil"}, 2, "user add:"},
+		{"", []string{"user", "add", "--data", data, "carol"}, 1, "no password on standard input"},
+		{"\n", []string{"user", "add", "--data", data, "carol"}, 1, "user add:"},
+		{"x\n", []string{"user", "passwd", "--data", data, "nobody"}, 1, `no user "nobody"`},
+		{"", []string{"user", "del", "--data", data, "nobody"}, 1, `no user "nobody"`},
+		{"", []string{"user", "frob", "--data", data, "alice"}, 2, "unknown action"},
+		{"", []string{"user", "add", "--data", data}, 2, "exactly one user name"},
+		{"", []string{"user"}, 2, "say add, passwd, del or list"},
+		{"", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+	} {
+		_, e, code := pouch(t, tc.stdin, tc.args...)
+		if code != tc.code || !strings.Contains(e, tc.msg) {
+			t.Errorf("pouch %v: exit %d, %q; want exit %d with %q", tc.args, code, e, tc.code, tc.msg)
+		}
+		if strings.Count(strings.TrimSpace(e), "\n") > 0 && tc.code == 1 {
+			t.Errorf("pouch %v: more than one line of error: %q", tc.args, e)
+		}
+	}
+	if _, e, code := pouch(t, "second pw\n", "user", "passwd", "--data", data, "alice"); code != 0 {
+		t.Fatalf("passwd: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "user", "del", "--data", data, "bob"); code != 0 {
+		t.Fatalf("del: %d %s", code, e)
+	}
+	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "alice\n" {
+		t.Fatalf("list after del = %q", out)
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "pouch.toml")
+	os.WriteFile(cfgPath, []byte(`
+data = "/srv/mail"
+pop3 = ""
+idle-timeout = "15m"
+max-bad-commands = 3
+`), 0o600)
+	fs, c := serveFlags(&bytes.Buffer{})
+	if _, err := parseInterleaved(fs, []string{"--config", cfgPath, "--max-bad-commands", "7"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfigFile(fs, cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	if c.data != "/srv/mail" || c.pop3 != "" || c.idleTimeout != 15*time.Minute {
+		t.Errorf("config not applied: %+v", c)
+	}
+	if c.maxBadCommands != 7 {
+		t.Errorf("max-bad-commands = %d; the flag must win over the file", c.maxBadCommands)
+	}
+
+	for content, want := range map[string]string{
+		"colour = \"blue\"\n":          `unknown key "colour"`,
+		"idle-timeout = \"soon\"\n":    `key "idle-timeout"`,
+		"data = \n":                    cfgPath,
+		"max-bad-commands = \"x\"\n":   `key "max-bad-commands"`,
+		"config = \"other.toml\"\n":    `unknown key "config"`,
+		"pop3 = [\"a\", \"b\"]\nx=1\n": `unknown key "x"`,
+	} {
+		os.WriteFile(cfgPath, []byte(content), 0o600)
+		fs, _ := serveFlags(&bytes.Buffer{})
+		err := applyConfigFile(fs, cfgPath)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), cfgPath) {
+			t.Errorf("config %q: error %v, want one naming %s and %q", content, err, cfgPath, want)
+		}
+	}
+}
+
+func TestServeRefusesBadSettings(t *testing.T) {
+	data := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"serve", "--data", data, "--pop3", "", "--pop3s", ""}, 2, "nothing to serve"},
+		{[]string{"serve", "--data", data, "--pop3", "127.0.0.1:notaport", "--pop3s", ""}, 1, "listen pop3 on 127.0.0.1:notaport"},
+		{[]string{"serve", "--data", data, "--log-level", "loud"}, 2, `log level "loud"`},
+		{[]string{"serve", "--data", data, "--pop3", "", "--tls-cert", "/nonexistent.pem"}, 1, "certificate"},
+		{[]string{"serve", "extra"}, 2, "serve takes no arguments"},
+		{[]string{"serve", "--no-such-flag"}, 2, "no-such-flag"},
+	} {
+		_, e, code := pouch(t, "", tc.args...)
+		if code != tc.code || !strings.Contains(e, tc.msg) {
+			t.Errorf("pouch %v: exit %d, %q; want exit %d with %q", tc.args, code, e, tc.code, tc.msg)
+		}
+	}
+}
