@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,9 @@ type Config struct {
 	MaxBadCommands int
 	// TLS, if set, is used by ServeTLS.
 	TLS *tls.Config
+	// MaxConcurrentAuth bounds password verifications running at once, since
+	// each costs tens of milliseconds and megabytes (2 × the number of CPUs).
+	MaxConcurrentAuth int
 }
 
 const (
@@ -82,6 +86,7 @@ type Server struct {
 	wg        sync.WaitGroup // one per session goroutine and per Serve loop
 	ids       atomic.Uint64
 	idPrefix  string
+	authSem   chan struct{}
 }
 
 // New returns a Server for cfg.
@@ -101,9 +106,15 @@ func New(cfg Config) *Server {
 	if cfg.MaxBadCommands <= 0 {
 		cfg.MaxBadCommands = defaultMaxBadCommands
 	}
+	if cfg.MaxConcurrentAuth <= 0 {
+		cfg.MaxConcurrentAuth = 2 * runtime.NumCPU()
+	}
 	if cfg.Hostname == "" {
 		cfg.Hostname, _ = os.Hostname()
-		if cfg.Hostname == "" {
+		if cfg.MaxConcurrentAuth <= 0 {
+		cfg.MaxConcurrentAuth = 2 * runtime.NumCPU()
+	}
+	if cfg.Hostname == "" {
 			cfg.Hostname = "localhost"
 		}
 	}
@@ -117,7 +128,16 @@ func New(cfg Config) *Server {
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 		idPrefix:  randomHex(3),
+		authSem:   make(chan struct{}, cfg.MaxConcurrentAuth),
 	}
+}
+
+// verify checks a password with at most MaxConcurrentAuth checks at once, so
+// that a login storm queues instead of exhausting memory and CPU.
+func (s *Server) verify(user, password string) bool {
+	s.authSem <- struct{}{}
+	defer func() { <-s.authSem }()
+	return s.cfg.Auth.Verify(user, password)
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.

@@ -337,7 +337,7 @@ func (s *session) cmdPASS(cmd pop3.Command) {
 		return
 	}
 	// RFC 1939 §7: the password is the rest of the line and may hold spaces.
-	s.login(user, "PASS", s.srv.cfg.Auth.Verify(user, cmd.Rest))
+	s.login(user, "PASS", s.srv.verify(user, cmd.Rest))
 }
 
 func (s *session) cmdAPOP(cmd pop3.Command) {
@@ -386,7 +386,7 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 		if identity != "" && identity != username {
 			return errors.New("authorization identity differs")
 		}
-		ok = s.srv.cfg.Auth.Verify(username, password)
+		ok = s.srv.verify(username, password)
 		if !ok {
 			return errors.New("invalid credentials")
 		}
@@ -435,7 +435,7 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 		if err != nil || done {
 			if err != nil && user == "" {
 				// Malformed PLAIN message: still fail like a wrong password.
-				s.srv.cfg.Auth.Verify("", "")
+				s.srv.verify("", "")
 			}
 			s.login(user, "AUTH PLAIN", err == nil && ok)
 			return
