@@ -627,3 +627,24 @@ func FuzzParseLine(f *testing.F) {
 		}
 	})
 }
+
+func TestExtraFields(t *testing.T) {
+	t.Parallel()
+	u := openUsers(t, writeFile(t,
+		"a:{PLAIN}x:1000:1000::/home/a:/bin/sh:quota_storage=1G nopop3 allow_nets=10.0.0.0/8,::1",
+		"b:{PLAIN}y::::::",
+		"c:{PLAIN}z",
+	))
+	f := u.Fields("a")
+	if f["quota_storage"] != "1G" || f["allow_nets"] != "10.0.0.0/8,::1" || len(f) != 3 {
+		t.Errorf("Fields(a) = %v", f)
+	}
+	if _, ok := f["nopop3"]; !ok {
+		t.Errorf("Fields(a) lacks a bare key: %v", f)
+	}
+	for _, name := range []string{"b", "c", "nobody"} {
+		if f := u.Fields(name); f != nil {
+			t.Errorf("Fields(%s) = %v, want nil", name, f)
+		}
+	}
+}

@@ -105,6 +105,24 @@ func parseLine(line string) (l userLine, sec secret, ok bool, err error) {
 	return l, sec, true, err
 }
 
+// extraFields parses the eighth field of a user line, Dovecot's extra fields:
+// space-separated "key=value" pairs (a key alone means "key=").
+func (l userLine) extraFields() map[string]string {
+	if l.rest == "" {
+		return nil
+	}
+	parts := strings.SplitN(l.rest[1:], ":", 6) // uid gid gecos home shell extra
+	if len(parts) < 6 || strings.TrimSpace(parts[5]) == "" {
+		return nil
+	}
+	fields := make(map[string]string)
+	for _, kv := range strings.Fields(parts[5]) {
+		k, v, _ := strings.Cut(kv, "=")
+		fields[k] = v
+	}
+	return fields
+}
+
 // splitLines splits the contents of a users file into lines, without their
 // line endings. A missing final newline is tolerated.
 func splitLines(data []byte) []string {

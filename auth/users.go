@@ -29,6 +29,8 @@ type database struct {
 	stamp    fileStamp
 	users    map[string]secret // a nil secret: the user exists but cannot log in
 	warnings []string
+	// fields holds the extra fields of users that have any.
+	fields map[string]map[string]string
 	// apop is whether any user has a secret that allows APOP.
 	apop bool
 	// reloadErr is why the file, changed since this load, could not be
@@ -166,6 +168,12 @@ func load(path string) (*database, error) {
 			db.warnings = append(db.warnings, fmt.Sprintf("%s: %v", where, err))
 		}
 		db.users[l.name] = sec
+		if f := l.extraFields(); f != nil {
+			if db.fields == nil {
+				db.fields = make(map[string]map[string]string)
+			}
+			db.fields[l.name] = f
+		}
 		if p, ok := sec.(plainSecret); ok && p != "" {
 			db.apop = true
 		}
@@ -212,6 +220,13 @@ func (u *Users) APOPSecret(name string) (secret string, ok bool) {
 // that the greeting carries an APOP timestamp only when APOP can succeed.
 func (u *Users) APOPAvailable() bool {
 	return u.current().apop
+}
+
+// Fields returns the extra fields of name's line (the eighth field of
+// Dovecot's passwd-file: space-separated key=value pairs, such as
+// "quota_storage=1G"), or nil. The map must not be modified.
+func (u *Users) Fields(name string) map[string]string {
+	return u.current().fields[name]
 }
 
 // Exists reports whether the users file has a line for name, whether or not
