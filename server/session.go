@@ -53,12 +53,12 @@ type session struct {
 	bad         int    // bad commands so far
 
 	// TRANSACTION state.
-	mailbox  string
-	md       store.Maildrop
-	msgs     []store.Message
-	deleted  []bool
-	retrs    int
-	sent     int64
+	mailbox string
+	md      store.Maildrop
+	msgs    []store.Message
+	deleted []bool
+	retrs   int
+	sent    int64
 
 	closeOnce sync.Once
 }
