@@ -111,9 +111,6 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Hostname == "" {
 		cfg.Hostname, _ = os.Hostname()
-		if cfg.MaxConcurrentAuth <= 0 {
-			cfg.MaxConcurrentAuth = 2 * runtime.NumCPU()
-		}
 		if cfg.Hostname == "" {
 			cfg.Hostname = "localhost"
 		}
