@@ -31,7 +31,7 @@ func AddUser(path, name, password string) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
-	hash, err := HashPassword(password)
+	line, err := newPasswordLine(name, password)
 	if err != nil {
 		return err
 	}
@@ -42,7 +42,7 @@ func AddUser(path, name, password string) error {
 		if findUser(lines, name) >= 0 {
 			return nil, fmt.Errorf("%w: %s", ErrUserExists, name)
 		}
-		return append(lines, userLine{name: name, password: hash, rest: "::::::"}.String()), nil
+		return append(lines, line.String()), nil
 	})
 }
 
@@ -51,7 +51,7 @@ func AddUser(path, name, password string) error {
 // fails with ErrNoSuchUser if name is not in the file, and refuses an empty
 // password.
 func SetPassword(path, name, password string) error {
-	hash, err := HashPassword(password)
+	fresh, err := newPasswordLine(name, password)
 	if err != nil {
 		return err
 	}
@@ -61,7 +61,9 @@ func SetPassword(path, name, password string) error {
 			return nil, fmt.Errorf("%w: %s", ErrNoSuchUser, name)
 		}
 		l, _, _, _ := parseLine(lines[i])
-		l.password = hash
+		l.password = fresh.password
+		_, scramValue, _ := strings.Cut(fresh.rest, scramField+"=")
+		l.setExtra(scramField, scramValue)
 		lines[i] = l.String()
 		return lines, nil
 	})
@@ -104,6 +106,22 @@ func ListUsers(path string) ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+// newPasswordLine returns the line of a new user: the password as {ARGON2ID},
+// and its SCRAM-SHA-256 credentials in the extra fields.
+func newPasswordLine(name, password string) (userLine, error) {
+	hash, err := HashPassword(password)
+	if err != nil {
+		return userLine{}, err
+	}
+	l := userLine{name: name, password: hash, rest: "::::::"}
+	creds, err := scramCredentials(password)
+	if err != nil {
+		return userLine{}, err
+	}
+	l.setExtra(scramField, creds)
+	return l, nil
 }
 
 // findUser returns the index of the first line of name, or -1.

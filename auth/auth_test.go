@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xdg-go/scram"
 )
 
 // Test vectors, made with real tools (never computed by this package):
@@ -399,6 +402,7 @@ func TestAdminRoundTrip(t *testing.T) {
 		}
 	}
 	const hash = `\{ARGON2ID\}\$argon2id\$v=19\$m=19456,t=2,p=1\$[^$:]+\$[^$:]+`
+	const scramKeys = `scram_sha_256=\{SCRAM-SHA-256\}4096,[A-Za-z0-9+/=]{24},[A-Za-z0-9+/=]{44},[A-Za-z0-9+/=]{44}`
 	u := openUsers(t, path)
 
 	if err := AddUser(path, "alice", "a1"); err != nil {
@@ -427,10 +431,14 @@ func TestAdminRoundTrip(t *testing.T) {
 	checkFile(
 		`# Pouch users`,
 		``,
-		`carol:`+hash+`:1000:1000:Carol:/home/carol:/bin/sh:userdb_quota_rule=\*:storage=1G`,
+		`carol:`+hash+`:1000:1000:Carol:/home/carol:/bin/sh:userdb_quota_rule=\*:storage=1G `+scramKeys,
 		`dave:\{PLAIN\}dave`,
-		`alice:`+hash+`::::::`,
+		`alice:`+hash+`::::::`+scramKeys,
 	)
+	// A second change replaces the SCRAM keys instead of adding more.
+	if err := SetPassword(path, "alice", "a1"); err != nil {
+		t.Fatal(err)
+	}
 	if !u.Verify("carol", "c2") || u.Verify("carol", "old") || !u.Verify("alice", "a1") {
 		t.Error("Verify does not see the changes")
 	}
@@ -646,5 +654,44 @@ func TestExtraFields(t *testing.T) {
 		if f := u.Fields(name); f != nil {
 			t.Errorf("Fields(%s) = %v, want nil", name, f)
 		}
+	}
+}
+
+func TestSCRAMCredentials(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "users")
+	if err := AddUser(path, "alice", "pencil"); err != nil {
+		t.Fatal(err)
+	}
+	// RFC 7677 §3's example credentials, as Dovecot stores them.
+	const rfc7677 = "{SCRAM-SHA-256}4096,W22ZaJ0SNY7soEsUEjb6gQ==,WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=,wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// doveadm pw -s SCRAM-SHA-256 -p pencil
+	const doveadm = "{SCRAM-SHA-256}4096,DzyNAbrCWQKMcvyhx2CiRw==,EaTxfpkTNIftW5zyOpZ1y3XhLmYCC2Ak1lES717bw/M=,o0kQS8TQNOSMJIr0TgRoRzr42HH7dR1BoIkCITG7zzk="
+	fmt.Fprintf(f, "user:%s::::::\nold:{PLAIN}x\ndv:%s\n", rfc7677, doveadm)
+	f.Close()
+	u := openUsers(t, path)
+	if !u.SCRAMAvailable() {
+		t.Fatal("SCRAMAvailable is false")
+	}
+	for _, name := range []string{"alice", "user", "dv"} {
+		creds, ok := u.SCRAMCredentials(name)
+		if !ok || creds.Iters != 4096 || len(creds.StoredKey) != 32 {
+			t.Fatalf("SCRAMCredentials(%s) = %+v, %v", name, creds, ok)
+		}
+		client, _ := scram.SHA256.NewClient(name, "pencil", "")
+		if got := client.GetStoredCredentials(creds.KeyFactors); !bytes.Equal(got.StoredKey, creds.StoredKey) || !bytes.Equal(got.ServerKey, creds.ServerKey) {
+			t.Errorf("%s: stored keys do not come from the password", name)
+		}
+	}
+	if _, ok := u.SCRAMCredentials("old"); ok {
+		t.Error("a {PLAIN} user without SCRAM keys has SCRAM credentials")
+	}
+	// A {SCRAM-SHA-256} password also serves plain logins.
+	if !u.Verify("user", "pencil") || u.Verify("user", "pen") {
+		t.Error("Verify against {SCRAM-SHA-256} is wrong")
 	}
 }

@@ -104,6 +104,8 @@ func parseSecret(field string) (secret, error) {
 		return parseBcrypt(value)
 	case "SHA512-CRYPT":
 		return parseSHA512Crypt(value)
+	case "SCRAM-SHA-256":
+		return parseSCRAM(value)
 	}
 	return nil, fmt.Errorf("unsupported password scheme {%s}", scheme)
 }

@@ -31,6 +31,8 @@ type database struct {
 	warnings []string
 	// fields holds the extra fields of users that have any.
 	fields map[string]map[string]string
+	// scram is whether any user has SCRAM-SHA-256 credentials.
+	scram bool
 	// apop is whether any user has a secret that allows APOP.
 	apop bool
 	// reloadErr is why the file, changed since this load, could not be
@@ -173,6 +175,9 @@ func load(path string) (*database, error) {
 				db.fields = make(map[string]map[string]string)
 			}
 			db.fields[l.name] = f
+		}
+		if _, ok := scramOf(sec, db.fields[l.name]); ok {
+			db.scram = true
 		}
 		if p, ok := sec.(plainSecret); ok && p != "" {
 			db.apop = true
