@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -171,12 +172,14 @@ func runServe(args []string, stderr io.Writer) error {
 		cfg.AuthFailDelay = -1 // explicitly none
 	}
 	if c.pop3s != "" {
-		tcfg, fingerprint, err := tlsutil.Config(c.tlsCert, c.tlsKey, filepath.Join(c.data, "tls"), hostname)
+		certs, err := tlsutil.NewManager(splitList(c.tlsCert), splitList(c.tlsKey), filepath.Join(c.data, "tls"), hostname, log)
 		if err != nil {
 			return err
 		}
-		cfg.TLS = tcfg
-		log.Info("TLS certificate loaded", "sha256", fingerprint)
+		if cfg.TLS, err = certs.ServerConfig(""); err != nil {
+			return err
+		}
+		log.Info("TLS certificate loaded", "sha256", strings.Join(certs.Fingerprints(), ","))
 	}
 	srv := server.New(cfg)
 
