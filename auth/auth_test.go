@@ -695,3 +695,19 @@ func TestSCRAMCredentials(t *testing.T) {
 		t.Error("Verify against {SCRAM-SHA-256} is wrong")
 	}
 }
+
+func TestPasswordNormalization(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "users")
+	// "é" composed (U+00E9) when set, decomposed (e + U+0301) when typed.
+	if err := AddUser(path, "zoe", "caf\u00e9 au lait"); err != nil {
+		t.Fatal(err)
+	}
+	u := openUsers(t, path)
+	if !u.Verify("zoe", "cafe\u0301 au lait") {
+		t.Error("a decomposed form of the password does not verify")
+	}
+	if u.Verify("zoe", "cafe au lait") {
+		t.Error("a different password verifies")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/GehirnInc/crypt/sha512_crypt"
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/text/secure/precis"
 )
 
 // Parameters of new password hashes: Argon2id at the OWASP minimum
@@ -56,6 +57,7 @@ func HashPassword(password string) (string, error) {
 	if password == "" {
 		return "", errEmptyPassword
 	}
+	password = normalizePassword(password)
 	salt := make([]byte, argon2SaltLen)
 	rand.Read(salt) // never fails: crypto/rand crashes the program instead
 	s := &argon2Secret{
@@ -66,6 +68,18 @@ func HashPassword(password string) (string, error) {
 	}
 	s.key = s.derive(password, argon2KeyLen)
 	return "{ARGON2ID}" + s.String(), nil
+}
+
+// normalizePassword applies the PRECIS OpaqueString profile (RFC 8265 §4.2,
+// as RFC 6856 §4 asks of POP3 servers) to a password, so that the same
+// password typed on systems that compose characters differently matches. A
+// password the profile refuses (one with control characters) is used as it
+// is. ASCII passwords without control characters are unchanged.
+func normalizePassword(password string) string {
+	if n, err := precis.OpaqueString.String(password); err == nil {
+		return n
+	}
+	return password
 }
 
 // secret is a usable stored password.

@@ -205,6 +205,7 @@ func (u *Users) lookup(name string) (secret, bool) {
 // Each call holds about 19 MiB (more for stored Argon2id hashes with a higher
 // m) while it runs: callers should bound concurrent verifications.
 func (u *Users) Verify(name, password string) bool {
+	password = normalizePassword(password)
 	sec, _ := u.lookup(name)
 	if _, ok := sec.(*argon2Secret); !ok {
 		dummySecret().verify(password)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -57,6 +58,13 @@ type Config struct {
 	MaxBadCommands int
 	// TLS, if set, is used by ServeTLS.
 	TLS *tls.Config
+	// InsecureAuthNetworks are the networks from which passwords may be sent
+	// without TLS (USER/PASS, APOP, AUTH PLAIN and LOGIN, bearer tokens).
+	// Nil means loopback only; an empty, non-nil slice means nowhere.
+	InsecureAuthNetworks []netip.Prefix
+	// Tokens, if set, checks OAuth 2.0 bearer tokens for OAUTHBEARER and
+	// XOAUTH2.
+	Tokens TokenVerifier
 	// MaxConcurrentAuth bounds password verifications running at once, since
 	// each costs tens of milliseconds and megabytes (2 × the number of CPUs).
 	MaxConcurrentAuth int
@@ -87,6 +95,7 @@ type Server struct {
 	ids       atomic.Uint64
 	idPrefix  string
 	authSem   chan struct{}
+	fakeKey   []byte // keys the made-up SCRAM salts of unknown users
 }
 
 // New returns a Server for cfg.
@@ -109,6 +118,9 @@ func New(cfg Config) *Server {
 	if cfg.MaxConcurrentAuth <= 0 {
 		cfg.MaxConcurrentAuth = 2 * runtime.NumCPU()
 	}
+	if cfg.InsecureAuthNetworks == nil {
+		cfg.InsecureAuthNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
 	if cfg.Hostname == "" {
 		cfg.Hostname, _ = os.Hostname()
 		if cfg.Hostname == "" {
@@ -126,6 +138,7 @@ func New(cfg Config) *Server {
 		sessions:  make(map[*session]struct{}),
 		idPrefix:  randomHex(3),
 		authSem:   make(chan struct{}, cfg.MaxConcurrentAuth),
+		fakeKey:   []byte(randomHex(32)),
 	}
 }
 

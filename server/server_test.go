@@ -193,11 +193,23 @@ func TestCapa(t *testing.T) {
 		S: TOP
 		S: UIDL
 		S: USER
-		S: SASL PLAIN
+		S: SASL PLAIN LOGIN
 		S: RESP-CODES
 		S: AUTH-RESP-CODE
 		S: PIPELINING
-		S: EXPIRE NEVER`
+		S: EXPIRE NEVER
+		S: UTF8 USER
+		S: LANG`
+	after := `
+		S: \+OK Capability list follows
+		S: TOP
+		S: UIDL
+		S: RESP-CODES
+		S: AUTH-RESP-CODE
+		S: PIPELINING
+		S: EXPIRE NEVER
+		S: UTF8 USER
+		S: LANG`
 	c.transcript(`S: \+OK Pouch ready\.
 		C: CAPA` + want + `
 		S: \.
@@ -205,7 +217,7 @@ func TestCapa(t *testing.T) {
 		S: \+OK send PASS
 		C: PASS secret
 		S: \+OK maildrop has 0 messages \(0 octets\)
-		C: capa` + want + `
+		C: capa` + after + `
 		S: IMPLEMENTATION Pouch
 		S: \.`)
 }
@@ -520,6 +532,7 @@ func TestAuthPlain(t *testing.T) {
 		C: AUTH
 		S: \+OK SASL mechanisms follow
 		S: PLAIN
+		S: LOGIN
 		S: \.
 		C: AUTH CRAM-MD5
 		S: -ERR unsupported SASL mechanism

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,8 +17,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-sasl"
 
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
@@ -47,6 +44,10 @@ type session struct {
 	id   string
 
 	implicitTLS bool
+	stream      net.Conn             // the connection as read and written: TLS or not
+	tls         *tls.ConnectionState // nil before TLS
+	trusted     bool                 // from a network where cleartext passwords are allowed
+	utf8        bool                 // UTF8 command given (RFC 6856)
 	state       state
 	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
 	user        string // from USER, waiting for PASS
@@ -105,24 +106,15 @@ func (s *session) run() {
 		s.finish()
 	}()
 	s.dc = &deadlineConn{Conn: s.conn, timeout: s.srv.cfg.PreLoginTimeout}
-	var rw net.Conn = s.dc
-	if s.implicitTLS {
-		tc := tls.Server(s.dc, s.srv.cfg.TLS)
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.PreLoginTimeout)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			s.log.Info("TLS handshake failed", "err", err)
-			return
-		}
-		rw = tc
+	s.trusted = s.srv.trusted(s.conn.RemoteAddr())
+	s.setStream(s.dc)
+	if s.implicitTLS && !s.startTLS() {
+		return
 	}
-	s.r = pop3.NewReader(rw)
-	s.w = pop3.NewWriter(rw)
-	s.log.Debug("connected", "tls", s.implicitTLS)
+	s.log.Debug("connected", "tls", s.tls != nil, "trusted", s.trusted)
 
 	greeting := "Pouch ready."
-	if s.srv.cfg.Auth.APOPAvailable() {
+	if s.srv.cfg.Auth.APOPAvailable() && s.cleartextAllowed() {
 		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), randomHex(8), s.srv.cfg.Hostname)
 		greeting += " " + s.timestamp
 	}
@@ -154,6 +146,39 @@ func (s *session) run() {
 	}
 }
 
+// setStream makes rw the connection that commands are read from and replies
+// written to.
+func (s *session) setStream(rw net.Conn) {
+	s.r = pop3.NewReader(rw)
+	s.w = pop3.NewWriter(rw)
+	s.stream = rw
+}
+
+// startTLS runs the server side of a TLS handshake (implicit TLS, or after
+// STLS), bounded by the pre-login timeout. It reports false, after logging,
+// when the handshake fails; the session then ends.
+func (s *session) startTLS() bool {
+	tc := tls.Server(s.dc, s.srv.cfg.TLS)
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.PreLoginTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		s.log.Info("TLS handshake failed", "err", err)
+		return false
+	}
+	state := tc.ConnectionState()
+	s.tls = &state
+	s.setStream(tc)
+	s.log.Debug("TLS established", "version", tls.VersionName(state.Version), "cipher", tls.CipherSuiteName(state.CipherSuite))
+	return true
+}
+
+// cleartextAllowed reports whether passwords may be sent on this connection:
+// over TLS, or from a network the operator trusts (RFC 8314 §3, RFC 2595 §2).
+func (s *session) cleartextAllowed() bool {
+	return s.tls != nil || s.trusted
+}
+
 // readFailed logs why reading stopped and says goodbye on a timeout. No path
 // from here enters UPDATE.
 func (s *session) readFailed(err error) {
@@ -178,6 +203,10 @@ func (s *session) finish() {
 		}
 		s.md = nil
 		s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", 0, "bytes", s.sent, "committed", false)
+	}
+	if tc, ok := s.stream.(*tls.Conn); ok {
+		// Sends close_notify (RFC 8446 §6.1) before closing.
+		s.closeOnce.Do(func() { tc.Close() })
 	}
 	s.abort()
 }
@@ -211,6 +240,8 @@ func init() {
 		"PASS": {(*session).cmdPASS, auth, false},
 		"APOP": {(*session).cmdAPOP, auth, true},
 		"AUTH": {(*session).cmdAUTH, auth, false},
+		"STLS": {(*session).cmdSTLS, auth, true},
+		"UTF8": {(*session).cmdUTF8, auth, true},
 		"STAT": {(*session).cmdSTAT, trans, true},
 		"LIST": {(*session).cmdLIST, trans, true},
 		"RETR": {(*session).cmdRETR, trans, true},
@@ -235,6 +266,9 @@ func (s *session) dispatch(line []byte) {
 	case "CAPA": // RFC 2449 §5
 		s.cmdCAPA()
 		return
+	case "LANG": // RFC 6856 §3: valid in both states
+		s.cmdLANG(cmd)
+		return
 	}
 	h, ok := handlers[cmd.Name]
 	if !ok {
@@ -256,18 +290,30 @@ func (s *session) dispatch(line []byte) {
 	h.fn(s, cmd)
 }
 
-// capabilities lists the CAPA response for the current state (RFC 2449 §6).
+// capabilities lists the CAPA response for the current state and connection
+// (RFC 2449 §6): after STLS it is computed anew, and mechanisms that would
+// reveal a password appear only where passwords may be sent.
 func (s *session) capabilities() []string {
-	caps := []string{
-		"TOP",
-		"UIDL",
-		"USER",
-		"SASL PLAIN",
+	caps := []string{"TOP", "UIDL"}
+	if s.state == stateAuthorization {
+		if s.cleartextAllowed() {
+			caps = append(caps, "USER")
+		}
+		if mechs := s.mechanisms(); len(mechs) > 0 {
+			caps = append(caps, "SASL "+strings.Join(mechs, " "))
+		}
+		if s.tls == nil && s.srv.cfg.TLS != nil {
+			caps = append(caps, "STLS") // RFC 2595 §4
+		}
+	}
+	caps = append(caps,
 		"RESP-CODES",
 		"AUTH-RESP-CODE",
 		"PIPELINING",
 		"EXPIRE NEVER",
-	}
+		"UTF8 USER", // RFC 6856 §2
+		"LANG",      // RFC 6856 §3
+	)
 	if s.state == stateTransaction {
 		caps = append(caps, "IMPLEMENTATION "+Implementation)
 	}
@@ -318,14 +364,23 @@ func (s *session) cmdQUIT() {
 
 // --- AUTHORIZATION state (RFC 1939 §4, §7; RFC 5034) ---
 
+// errCleartext is the reply to a password sent where it may not be
+// (RFC 8314 §3; the same whatever the credentials).
+const errCleartext = "cleartext authentication is not allowed without TLS; use STLS or port 995"
+
 func (s *session) cmdUSER(cmd pop3.Command) {
+	if !s.cleartextAllowed() {
+		s.user = ""
+		s.w.Err(pop3.CodeAuth, errCleartext)
+		return
+	}
 	if len(cmd.Args) != 1 || cmd.CheckArgs() != nil {
 		s.user = ""
 		s.badCommand("USER takes one user name")
 		return
 	}
 	// The same answer for every name: nothing tells whether the user exists.
-	s.user = cmd.Args[0]
+	s.user = normalizeName(cmd.Args[0])
 	s.w.OK("send PASS")
 }
 
@@ -343,6 +398,10 @@ func (s *session) cmdPASS(cmd pop3.Command) {
 func (s *session) cmdAPOP(cmd pop3.Command) {
 	s.user = ""
 	if s.timestamp == "" {
+		if !s.cleartextAllowed() {
+			s.w.Err(pop3.CodeAuth, errCleartext)
+			return
+		}
 		s.badCommand("APOP is not available")
 		return
 	}
@@ -350,7 +409,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 		s.badCommand("APOP takes a user name and a digest")
 		return
 	}
-	user, digest := cmd.Args[0], strings.ToLower(cmd.Args[1])
+	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
 	secret, ok := s.srv.cfg.Auth.APOPSecret(user)
 	if !ok {
 		secret = randomHex(16) // compare anyway, so that timing tells nothing
@@ -359,92 +418,6 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 	want := hex.EncodeToString(sum[:])
 	match := subtle.ConstantTimeCompare([]byte(want), []byte(digest)) == 1
 	s.login(user, "APOP", ok && match)
-}
-
-// cmdAUTH runs a SASL exchange (RFC 5034). Only PLAIN is offered here.
-func (s *session) cmdAUTH(cmd pop3.Command) {
-	s.user = ""
-	if len(cmd.Args) == 0 {
-		// The mechanism list of RFC 1734 clients.
-		s.w.OK("SASL mechanisms follow")
-		s.w.Line("PLAIN")
-		s.w.Line(".")
-		return
-	}
-	if len(cmd.Args) > 2 {
-		s.badCommand("AUTH takes a mechanism and an optional initial response")
-		return
-	}
-	if !strings.EqualFold(cmd.Args[0], "PLAIN") {
-		s.w.Err("", "unsupported SASL mechanism")
-		return
-	}
-	var user string
-	var ok bool
-	mech := sasl.NewPlainServer(func(identity, username, password string) error {
-		user = username
-		if identity != "" && identity != username {
-			return errors.New("authorization identity differs")
-		}
-		ok = s.srv.verify(username, password)
-		if !ok {
-			return errors.New("invalid credentials")
-		}
-		return nil
-	})
-	var response []byte
-	haveInitial := len(cmd.Args) == 2
-	if haveInitial {
-		// RFC 5034 §4: "=" is an empty initial response.
-		response = []byte{}
-		if cmd.Args[1] != "=" {
-			var err error
-			if response, err = base64.StdEncoding.DecodeString(cmd.Args[1]); err != nil {
-				s.w.Err("", "invalid base64 in initial response")
-				return
-			}
-		}
-	}
-	for {
-		if !haveInitial {
-			if s.w.Continue("") != nil || s.w.Flush() != nil {
-				s.state = stateDone
-				return
-			}
-			line, err := s.r.ReadLine(maxSASLLine)
-			if err != nil {
-				if errors.Is(err, pop3.ErrLineTooLong) || errors.Is(err, pop3.ErrBadLine) {
-					s.badCommand("invalid SASL response")
-					return
-				}
-				s.readFailed(err)
-				s.state = stateDone
-				return
-			}
-			if string(line) == "*" {
-				s.w.Err("", "authentication cancelled")
-				return
-			}
-			if response, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
-				s.w.Err("", "invalid base64 in SASL response")
-				return
-			}
-		}
-		haveInitial = false
-		challenge, done, err := mech.Next(response)
-		if err != nil || done {
-			if err != nil && user == "" {
-				// Malformed PLAIN message: still fail like a wrong password.
-				s.srv.verify("", "")
-			}
-			s.login(user, "AUTH PLAIN", err == nil && ok)
-			return
-		}
-		if len(challenge) > 0 {
-			// PLAIN never challenges; a mechanism that does would send it here.
-			s.w.Continue(base64.StdEncoding.EncodeToString(challenge))
-		}
-	}
 }
 
 // login finishes an authentication attempt: on success it opens the maildrop

@@ -1,0 +1,517 @@
+package server
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	"github.com/xdg-go/scram"
+	"golang.org/x/text/secure/precis"
+
+	"github.com/pouchmail/pouch/pop3"
+)
+
+// SCRAMAuthenticator is implemented by an Authenticator that keeps
+// SCRAM-SHA-256 credentials (RFC 5802, RFC 7677).
+type SCRAMAuthenticator interface {
+	// SCRAMCredentials returns user's stored SCRAM-SHA-256 credentials.
+	SCRAMCredentials(user string) (scram.StoredCredentials, bool)
+	// SCRAMAvailable reports whether any user has them.
+	SCRAMAvailable() bool
+}
+
+// UserChecker is implemented by an Authenticator that can tell whether a user
+// exists; SASL EXTERNAL, which has no password to check, needs it.
+type UserChecker interface {
+	Exists(user string) bool
+}
+
+// TokenVerifier checks OAuth 2.0 bearer tokens (OAUTHBEARER, RFC 7628, and
+// XOAUTH2).
+type TokenVerifier interface {
+	// VerifyToken checks token (signature, issuer, audience, expiry) and
+	// returns the user name it was issued for.
+	VerifyToken(token string) (user string, err error)
+}
+
+// saslMechanism is a SASL mechanism the server offers (RFC 5034).
+type saslMechanism struct {
+	name string
+	// available reports whether the mechanism can succeed on this session;
+	// only then is it advertised and accepted.
+	available func(s *session) bool
+	// start begins an exchange; the server's Next reports success by
+	// returning done with a nil error, after setting res.user.
+	start func(s *session, res *saslResult) sasl.Server
+}
+
+// saslResult is what an exchange found out.
+type saslResult struct {
+	user string // the user authenticated, or who tried
+}
+
+// mechanismList is in order of preference, strongest first.
+var mechanismList []saslMechanism
+
+func init() {
+	mechanismList = []saslMechanism{
+		{"SCRAM-SHA-256-PLUS", func(s *session) bool { return s.tls != nil && s.scram() != nil }, startSCRAMPlus},
+		{"SCRAM-SHA-256", func(s *session) bool { return s.scram() != nil }, startSCRAM},
+		{"EXTERNAL", func(s *session) bool { return s.clientCertName() != "" && s.userChecker() != nil }, startExternal},
+		{"OAUTHBEARER", func(s *session) bool { return s.srv.cfg.Tokens != nil && s.cleartextAllowed() }, startOAuthBearer},
+		{"XOAUTH2", func(s *session) bool { return s.srv.cfg.Tokens != nil && s.cleartextAllowed() }, startXOAuth2},
+		{"PLAIN", (*session).cleartextAllowed, startPlain},
+		{"LOGIN", (*session).cleartextAllowed, startLogin},
+	}
+}
+
+// mechanisms lists the names of the mechanisms that can succeed now.
+func (s *session) mechanisms() []string {
+	var names []string
+	for _, m := range mechanismList {
+		if m.available(s) {
+			names = append(names, m.name)
+		}
+	}
+	return names
+}
+
+func (s *session) scram() SCRAMAuthenticator {
+	if a, ok := s.srv.cfg.Auth.(SCRAMAuthenticator); ok && a.SCRAMAvailable() {
+		return a
+	}
+	return nil
+}
+
+func (s *session) userChecker() UserChecker {
+	c, _ := s.srv.cfg.Auth.(UserChecker)
+	return c
+}
+
+// clientCertName is the common name of a client certificate verified against
+// the configured client CAs, or "".
+func (s *session) clientCertName() string {
+	if s.tls == nil || len(s.tls.VerifiedChains) == 0 {
+		return ""
+	}
+	return s.tls.VerifiedChains[0][0].Subject.CommonName
+}
+
+// cmdAUTH runs a SASL exchange (RFC 5034 §4).
+func (s *session) cmdAUTH(cmd pop3.Command) {
+	s.user = ""
+	if len(cmd.Args) == 0 {
+		// The mechanism list of RFC 1734 clients.
+		s.w.OK("SASL mechanisms follow")
+		for _, name := range s.mechanisms() {
+			s.w.Line(name)
+		}
+		s.w.Line(".")
+		return
+	}
+	if len(cmd.Args) > 2 {
+		s.badCommand("AUTH takes a mechanism and an optional initial response")
+		return
+	}
+	var mech *saslMechanism
+	for i := range mechanismList {
+		if strings.EqualFold(mechanismList[i].name, cmd.Args[0]) {
+			mech = &mechanismList[i]
+		}
+	}
+	if mech == nil {
+		s.w.Err("", "unsupported SASL mechanism")
+		return
+	}
+	if !mech.available(s) {
+		if s.cleartextAllowed() {
+			s.w.Err("", "SASL mechanism not available on this connection")
+		} else {
+			s.w.Err(pop3.CodeAuth, errCleartext)
+		}
+		return
+	}
+	var res saslResult
+	server := mech.start(s, &res)
+	var response []byte // nil: no initial response
+	if len(cmd.Args) == 2 {
+		response = []byte{} // "=" is an empty initial response
+		if cmd.Args[1] != "=" {
+			var err error
+			if response, err = base64.StdEncoding.DecodeString(cmd.Args[1]); err != nil {
+				s.w.Err("", "invalid base64 in initial response")
+				return
+			}
+		}
+	}
+	for {
+		challenge, done, err := server.Next(response)
+		if err != nil || done {
+			if err != nil {
+				s.log.Debug("SASL exchange failed", "mechanism", mech.name, "err", err)
+			}
+			s.login(res.user, "AUTH "+mech.name, err == nil)
+			return
+		}
+		if s.w.Continue(base64.StdEncoding.EncodeToString(challenge)) != nil || s.w.Flush() != nil {
+			s.state = stateDone
+			return
+		}
+		line, err := s.r.ReadLine(maxSASLLine)
+		switch {
+		case errors.Is(err, pop3.ErrLineTooLong), errors.Is(err, pop3.ErrBadLine):
+			s.badCommand("invalid SASL response")
+			return
+		case err != nil:
+			s.readFailed(err)
+			s.state = stateDone
+			return
+		case string(line) == "*":
+			s.w.Err("", "authentication cancelled")
+			return
+		}
+		if response, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
+			s.w.Err("", "invalid base64 in SASL response")
+			return
+		}
+	}
+}
+
+// errBadCredentials is what failed mechanisms return; the client sees only the
+// one -ERR [AUTH] reply of login.
+var errBadCredentials = errors.New("invalid credentials")
+
+// checkAuthz accepts an authorization identity that is empty or the
+// authenticated user: Pouch has no proxy authorization.
+func checkAuthz(authz, user string) error {
+	if authz != "" && authz != user {
+		return errors.New("authorization identity differs from the user")
+	}
+	return nil
+}
+
+// startPlain is SASL PLAIN (RFC 4616).
+func startPlain(s *session, res *saslResult) sasl.Server {
+	return sasl.NewPlainServer(func(identity, username, password string) error {
+		res.user = normalizeName(username)
+		ok := s.srv.verify(res.user, password)
+		if err := checkAuthz(identity, username); err != nil {
+			return err
+		}
+		if !ok {
+			return errBadCredentials
+		}
+		return nil
+	})
+}
+
+// loginServer is the LOGIN mechanism (draft-murchison-sasl-login): the user
+// name and the password in answer to two prompts.
+type loginServer struct {
+	s        *session
+	res      *saslResult
+	username *string
+}
+
+func startLogin(s *session, res *saslResult) sasl.Server { return &loginServer{s: s, res: res} }
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch {
+	case l.username == nil && response == nil:
+		return []byte("Username:"), false, nil
+	case l.username == nil:
+		name := normalizeName(string(response))
+		l.username, l.res.user = &name, name
+		return []byte("Password:"), false, nil
+	}
+	if !l.s.srv.verify(*l.username, string(response)) {
+		return nil, true, errBadCredentials
+	}
+	return nil, true, nil
+}
+
+// scramServer is SCRAM-SHA-256 and SCRAM-SHA-256-PLUS (RFC 5802, RFC 7677).
+// Unknown users get made-up credentials, stable per name, so that the
+// exchange fails only at the proof, as a wrong password does.
+type scramServer struct {
+	s       *session
+	res     *saslResult
+	plus    bool
+	conv    *scram.ServerConversation
+	success bool // the server-final message was sent; the empty response is next
+}
+
+func startSCRAM(s *session, res *saslResult) sasl.Server {
+	return &scramServer{s: s, res: res}
+}
+
+func startSCRAMPlus(s *session, res *saslResult) sasl.Server {
+	return &scramServer{s: s, res: res, plus: true}
+}
+
+func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
+	if response == nil {
+		return []byte{}, false, nil // the client-first message comes next
+	}
+	if m.success {
+		// RFC 5034 §4: the client answers the server-final challenge with
+		// an empty response.
+		if len(response) != 0 {
+			return nil, true, errors.New("non-empty response after server-final")
+		}
+		return nil, true, nil
+	}
+	if m.conv == nil {
+		conv, err := m.conversation(string(response))
+		if err != nil {
+			return nil, true, err
+		}
+		m.conv = conv
+	}
+	out, err := m.conv.Step(string(response))
+	if m.conv.Username() != "" {
+		m.res.user = m.conv.Username()
+	}
+	if err != nil {
+		return nil, true, err
+	}
+	if m.conv.Done() {
+		if !m.conv.Valid() {
+			return nil, true, errBadCredentials
+		}
+		if err := checkAuthz(m.conv.AuthzID(), m.conv.Username()); err != nil {
+			return nil, true, err
+		}
+		m.success = true
+	}
+	return []byte(out), false, nil
+}
+
+// conversation sets up the SCRAM conversation for the channel binding that
+// the client-first message asks for (RFC 5802 §6: its GS2 header).
+func (m *scramServer) conversation(clientFirst string) (*scram.ServerConversation, error) {
+	server, err := scram.SHA256.NewServer(m.s.scramLookup)
+	if err != nil {
+		return nil, err
+	}
+	flag, _, _ := strings.Cut(clientFirst, ",")
+	if m.plus != strings.HasPrefix(flag, "p=") {
+		return nil, errors.New("channel binding flag does not fit the mechanism")
+	}
+	if m.s.tls == nil {
+		return server.NewConversation(), nil
+	}
+	var cb scram.ChannelBinding
+	switch t := scram.ChannelBindingType(strings.TrimPrefix(flag, "p=")); {
+	case !m.plus || t == scram.ChannelBindingTLSExporter:
+		cb, err = scram.NewTLSExporterBinding(m.s.tls)
+	case t == scram.ChannelBindingTLSServerEndpoint:
+		cb, err = scram.NewTLSServerEndpointBinding(m.s.tls)
+	default:
+		return nil, fmt.Errorf("unsupported channel binding type %q", t)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m.plus {
+		return server.NewConversationWithChannelBindingRequired(cb), nil
+	}
+	// PLUS is advertised on TLS: a client saying "y" was downgraded.
+	return server.NewConversationWithChannelBinding(cb), nil
+}
+
+// scramLookup returns the credentials of user, or made-up ones.
+func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
+	if a := s.scram(); a != nil {
+		if creds, ok := a.SCRAMCredentials(user); ok {
+			return creds, nil
+		}
+	}
+	mac := hmac.New(sha256.New, s.srv.fakeKey)
+	mac.Write([]byte(user))
+	salt := mac.Sum(nil)[:16]
+	keys := make([]byte, 64)
+	rand.Read(keys)
+	return scram.StoredCredentials{
+		KeyFactors: scram.KeyFactors{Salt: string(salt), Iters: 4096},
+		StoredKey:  keys[:32],
+		ServerKey:  keys[32:],
+	}, nil
+}
+
+// startExternal is SASL EXTERNAL (RFC 4422 Appendix A) with a client
+// certificate: the user is the certificate's common name.
+func startExternal(s *session, res *saslResult) sasl.Server {
+	return sasl.NewExternalServer(func(identity string) error {
+		name := s.clientCertName()
+		res.user = name
+		if err := checkAuthz(identity, name); err != nil {
+			return err
+		}
+		if !s.userChecker().Exists(name) {
+			return errBadCredentials
+		}
+		return nil
+	})
+}
+
+// tokenUser checks a bearer token for user: the token's user must be user,
+// or have user as its local part (alice@example.org for alice).
+func (s *session) tokenUser(user, token string) error {
+	tokenUser, err := s.srv.cfg.Tokens.VerifyToken(token)
+	if err != nil {
+		return err
+	}
+	if tokenUser == user {
+		return nil
+	}
+	if local, _, ok := strings.Cut(tokenUser, "@"); ok && local == user {
+		return nil
+	}
+	return errors.New("token issued for another user")
+}
+
+// startOAuthBearer is OAUTHBEARER (RFC 7628).
+func startOAuthBearer(s *session, res *saslResult) sasl.Server {
+	return sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
+		res.user = normalizeName(opts.Username)
+		if err := s.tokenUser(res.user, opts.Token); err != nil {
+			s.log.Debug("bearer token refused", "user", res.user, "err", err)
+			return &sasl.OAuthBearerError{Status: "invalid_token", Schemes: "bearer"}
+		}
+		return nil
+	})
+}
+
+// xoauth2Server is Google's XOAUTH2: "user=U^Aauth=Bearer T^A^A". A failure
+// is told in a JSON challenge that the client answers with an empty response.
+type xoauth2Server struct {
+	s      *session
+	res    *saslResult
+	failed bool
+}
+
+func startXOAuth2(s *session, res *saslResult) sasl.Server { return &xoauth2Server{s: s, res: res} }
+
+func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
+	if response == nil {
+		return []byte{}, false, nil
+	}
+	if x.failed {
+		return nil, true, errBadCredentials
+	}
+	var user, token string
+	for _, part := range strings.Split(string(response), "\x01") {
+		if v, ok := strings.CutPrefix(part, "user="); ok {
+			user = v
+		} else if v, ok := strings.CutPrefix(part, "auth="); ok {
+			scheme, t, _ := strings.Cut(v, " ")
+			if strings.EqualFold(scheme, "Bearer") {
+				token = t
+			}
+		}
+	}
+	x.res.user = normalizeName(user)
+	if user == "" || token == "" {
+		return nil, true, errors.New("malformed XOAUTH2 response")
+	}
+	if err := x.s.tokenUser(x.res.user, token); err != nil {
+		x.s.log.Debug("bearer token refused", "user", x.res.user, "err", err)
+		x.failed = true
+		return []byte(`{"status":"401","schemes":"bearer"}`), false, nil
+	}
+	return nil, true, nil
+}
+
+// cmdSTLS starts TLS on the plaintext port (RFC 2595 §4). Anything the client
+// sent after STLS before the handshake is discarded, never run.
+func (s *session) cmdSTLS(cmd pop3.Command) {
+	switch {
+	case len(cmd.Args) != 0:
+		s.badCommand("STLS takes no argument")
+		return
+	case s.tls != nil:
+		s.badCommand("TLS is already active")
+		return
+	case s.srv.cfg.TLS == nil:
+		s.badCommand("TLS is not available")
+		return
+	}
+	s.w.OK("Begin TLS negotiation")
+	if s.w.Flush() != nil {
+		s.state = stateDone
+		return
+	}
+	if n := s.r.Buffered(); n > 0 {
+		s.log.Warn("discarding commands pipelined after STLS", "octets", n)
+	}
+	s.r.Discard()
+	s.user = ""
+	if !s.startTLS() {
+		s.state = stateDone
+	}
+}
+
+// cmdUTF8 enables UTF-8 mode (RFC 6856 §2). Pouch sends messages as stored
+// and takes UTF-8 user names and passwords in any mode, so it only answers.
+func (s *session) cmdUTF8(cmd pop3.Command) {
+	if len(cmd.Args) != 0 {
+		s.badCommand("UTF8 takes no argument")
+		return
+	}
+	s.utf8 = true
+	s.w.OK("UTF8 enabled")
+}
+
+// cmdLANG lists or selects the language of responses (RFC 6856 §3); Pouch
+// speaks English.
+func (s *session) cmdLANG(cmd pop3.Command) {
+	switch {
+	case len(cmd.Args) == 0:
+		s.w.OK("language listing follows")
+		s.w.Line("en English")
+		s.w.Line(".")
+	case len(cmd.Args) == 1 && (cmd.Args[0] == "*" || strings.EqualFold(cmd.Args[0], "en") || strings.HasPrefix(strings.ToLower(cmd.Args[0]), "en-")):
+		s.w.OK("en language selected")
+	case len(cmd.Args) == 1:
+		s.w.Err("", "unsupported language")
+	default:
+		s.badCommand("LANG takes at most one argument")
+	}
+}
+
+// normalizeName applies the PRECIS UsernameCasePreserved profile (RFC 8265
+// §3.4) to a user name given by a client, as RFC 6856 §4 asks; a name the
+// profile refuses is used as given, and then matches no user.
+func normalizeName(name string) string {
+	if n, err := precis.UsernameCasePreserved.String(name); err == nil {
+		return n
+	}
+	return name
+}
+
+// trusted reports whether addr is in a network where cleartext passwords
+// are allowed.
+func (s *Server) trusted(addr net.Addr) bool {
+	var ip netip.Addr
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	default:
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range s.cfg.InsecureAuthNetworks {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
