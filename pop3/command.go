@@ -8,7 +8,7 @@ import (
 // maxArg is the longest argument allowed by RFC 1939 §3.
 const maxArg = 40
 
-var errKeyword = fmt.Errorf("%w: command keyword must be 3 or 4 letters", ErrProtocol)
+var errKeyword = fmt.Errorf("%w: command keyword must be 3 or 4 letters or digits", ErrProtocol)
 
 // Command is one client command line (RFC 1939 §3, RFC 2449 §3).
 type Command struct {
@@ -18,7 +18,8 @@ type Command struct {
 }
 
 // ParseCommand parses a command line without its terminator. It fails only
-// for an empty line or a keyword that is not 3 or 4 ASCII letters; keywords
+// for an empty line or a keyword that is not 3 or 4 ASCII letters or digits
+// (RFC 6856 defines UTF8); keywords
 // are case-insensitive (RFC 1939 §3). Argument lengths are checked by
 // CheckArgs, since PASS and AUTH take Rest under other length rules.
 func ParseCommand(line []byte) (Command, error) {
@@ -28,7 +29,7 @@ func ParseCommand(line []byte) (Command, error) {
 		return Command{}, errKeyword
 	}
 	for i := 0; i < len(name); i++ {
-		if c := name[i] | 0x20; c < 'a' || c > 'z' {
+		if c := name[i]; (c|0x20 < 'a' || c|0x20 > 'z') && (c < '0' || c > '9') {
 			return Command{}, errKeyword
 		}
 	}

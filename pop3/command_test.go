@@ -16,6 +16,7 @@ func TestParseCommand(t *testing.T) {
 		want pop3.Command
 	}{
 		{"STAT", pop3.Command{Name: "STAT"}},
+		{"utf8", pop3.Command{Name: "UTF8"}},
 		{"stat", pop3.Command{Name: "STAT"}},
 		{"Top 1 10", pop3.Command{Name: "TOP", Args: []string{"1", "10"}, Rest: "1 10"}},
 		{"USER mrose", pop3.Command{Name: "USER", Args: []string{"mrose"}, Rest: "mrose"}},
@@ -33,7 +34,7 @@ func TestParseCommand(t *testing.T) {
 			t.Errorf("ParseCommand(%q) = %#v, %v; want %#v", tt.line, got, err, tt.want)
 		}
 	}
-	for _, line := range []string{"", " ", " STAT", "ST", "STATS", "ST1T", "STA\x00", "ÄÖÜ", "\tSTAT", "NO-P", "STAT\t1"} {
+	for _, line := range []string{"", " ", " STAT", "ST", "STATS", "ST-T", "STA\x00", "ÄÖÜ", "\tSTAT", "NO-P", "STAT\t1"} {
 		if got, err := pop3.ParseCommand([]byte(line)); !errors.Is(err, pop3.ErrProtocol) {
 			t.Errorf("ParseCommand(%q) = %#v, %v; want ErrProtocol", line, got, err)
 		}

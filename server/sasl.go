@@ -4,6 +4,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -313,7 +315,11 @@ func (m *scramServer) conversation(clientFirst string) (*scram.ServerConversatio
 	case !m.plus || t == scram.ChannelBindingTLSExporter:
 		cb, err = scram.NewTLSExporterBinding(m.s.tls)
 	case t == scram.ChannelBindingTLSServerEndpoint:
-		cb, err = scram.NewTLSServerEndpointBinding(m.s.tls)
+		if m.s.localLeaf == nil {
+			return nil, errors.New("server certificate unknown")
+		}
+		// The binding hashes the server's own certificate (RFC 5929 §4.1).
+		cb, err = scram.NewTLSServerEndpointBinding(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{m.s.localLeaf}})
 	default:
 		return nil, fmt.Errorf("unsupported channel binding type %q", t)
 	}

@@ -104,7 +104,17 @@ type client struct {
 
 func (ts *testServer) dial(t *testing.T) *client {
 	t.Helper()
-	c, err := net.Dial("tcp", ts.addr)
+	return ts.dialFrom(t, "")
+}
+
+// dialFrom connects from the local address ip ("" for any).
+func (ts *testServer) dialFrom(t *testing.T, ip string) *client {
+	t.Helper()
+	var d net.Dialer
+	if ip != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ip)}
+	}
+	c, err := d.Dial("tcp", ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +160,8 @@ func (c *client) transcript(script string) {
 		switch {
 		case l == "S:":
 			c.expect("")
+		case l == "C:":
+			c.send("\r\n")
 		case strings.HasPrefix(l, "C: "):
 			c.send(l[3:] + "\r\n")
 		case strings.HasPrefix(l, "S: "):

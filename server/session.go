@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -46,6 +47,8 @@ type session struct {
 	implicitTLS bool
 	stream      net.Conn             // the connection as read and written: TLS or not
 	tls         *tls.ConnectionState // nil before TLS
+	localCert   *tls.Certificate     // the certificate the server presented
+	localLeaf   *x509.Certificate    // and its parsed leaf
 	trusted     bool                 // from a network where cleartext passwords are allowed
 	utf8        bool                 // UTF8 command given (RFC 6856)
 	state       state
@@ -158,7 +161,7 @@ func (s *session) setStream(rw net.Conn) {
 // STLS), bounded by the pre-login timeout. It reports false, after logging,
 // when the handshake fails; the session then ends.
 func (s *session) startTLS() bool {
-	tc := tls.Server(s.dc, s.srv.cfg.TLS)
+	tc := tls.Server(s.dc, s.tlsConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.PreLoginTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -168,9 +171,42 @@ func (s *session) startTLS() bool {
 	}
 	state := tc.ConnectionState()
 	s.tls = &state
+	if s.localCert != nil && len(s.localCert.Certificate) > 0 {
+		s.localLeaf, _ = x509.ParseCertificate(s.localCert.Certificate[0])
+	}
 	s.setStream(tc)
 	s.log.Debug("TLS established", "version", tls.VersionName(state.Version), "cipher", tls.CipherSuiteName(state.CipherSuite))
 	return true
+}
+
+// tlsConfig is the server's TLS configuration with certificate selection
+// wrapped so that the session learns which certificate it presented, for
+// tls-server-end-point channel binding (RFC 5929 §4).
+func (s *session) tlsConfig() *tls.Config {
+	cfg := s.srv.cfg.TLS.Clone()
+	pick := cfg.GetCertificate
+	certs := cfg.Certificates
+	cfg.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		var c *tls.Certificate
+		var err error
+		switch {
+		case pick != nil:
+			c, err = pick(hello)
+		case len(certs) == 0:
+			err = errors.New("no certificate configured")
+		default:
+			c = &certs[0]
+			for i := range certs {
+				if hello.SupportsCertificate(&certs[i]) == nil {
+					c = &certs[i]
+					break
+				}
+			}
+		}
+		s.localCert = c
+		return c, err
+	}
+	return cfg
 }
 
 // cleartextAllowed reports whether passwords may be sent on this connection:

@@ -1,0 +1,672 @@
+package server
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdg-go/scram"
+
+	"github.com/pouchmail/pouch/internal/tlsutil"
+)
+
+// scramAuth adds SCRAM credentials and user lookup to fakeAuth.
+type scramAuth struct{ fakeAuth }
+
+func (a scramAuth) SCRAMCredentials(user string) (scram.StoredCredentials, bool) {
+	pw, ok := a.users[user]
+	if !ok {
+		return scram.StoredCredentials{}, false
+	}
+	c, _ := scram.SHA256.NewClient(user, pw, "")
+	return c.GetStoredCredentials(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096}), true
+}
+
+func (a scramAuth) SCRAMAvailable() bool             { return true }
+func (a scramAuth) Exists(user string) bool          { _, ok := a.users[user]; return ok }
+func (a scramAuth) APOPAvailable() bool              { return false }
+func (a scramAuth) Verify(u, p string) bool          { return a.fakeAuth.Verify(u, p) }
+func (a scramAuth) APOPSecret(string) (string, bool) { return "", false }
+
+// fakeTokens accepts "good-TOKEN-for-USER" for USER.
+type fakeTokens struct{}
+
+func (fakeTokens) VerifyToken(token string) (string, error) {
+	if user, ok := strings.CutPrefix(token, "good-token-for-"); ok {
+		return user, nil
+	}
+	return "", errors.New("bad token")
+}
+
+// tlsServer is a test server with TLS on both a POP3 (STLS) and a POP3S
+// listener, listening on addr's IP.
+type tlsServer struct {
+	*testServer
+	tlsAddr string
+	certs   *tlsutil.Manager
+	roots   *x509.CertPool
+	certDir string
+}
+
+func newTLSServer(t *testing.T, ip string, mod func(*Config)) *tlsServer {
+	t.Helper()
+	dir := t.TempDir()
+	certs, err := tlsutil.NewManager(nil, nil, dir, "localhost", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCA, caKey := newCA(t)
+	cfg, err := certs.ServerConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ClientCAs = x509.NewCertPool()
+	cfg.ClientCAs.AddCert(clientCA)
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	ts := &tlsServer{certs: certs, certDir: dir}
+	ts.testServer = newTestServerOn(t, ip, func(c *Config) {
+		c.TLS = cfg
+		c.Auth = scramAuth{fakeAuth{users: map[string]string{"alice": "secret", "bob": "pass word with spaces"}}}
+		c.Tokens = fakeTokens{}
+		if mod != nil {
+			mod(c)
+		}
+	})
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ts.srv.ServeTLS(l)
+	ts.tlsAddr = l.Addr().String()
+	ts.roots = x509.NewCertPool()
+	leaf, _ := x509.ParseCertificate(mustCert(t, certs).Certificate[0])
+	ts.roots.AddCert(leaf)
+	clientCAKey = caKey
+	clientCACert = clientCA
+	return ts
+}
+
+var (
+	clientCAKey  *ecdsa.PrivateKey
+	clientCACert *x509.Certificate
+)
+
+func mustCert(t *testing.T, m *tlsutil.Manager) *tls.Certificate {
+	c, err := m.GetCertificate(&tls.ClientHelloInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Test client CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return cert, key
+}
+
+// clientCert makes a client certificate for name signed by the test CA.
+func clientCert(t *testing.T, name string) tls.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, clientCACert, &key.PublicKey, clientCAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// newTestServerOn is newTestServer listening on ip.
+func newTestServerOn(t *testing.T, ip string, mod func(*Config)) *testServer {
+	var ts *testServer
+	ts = newTestServer(t, func(c *Config) {
+		if mod != nil {
+			mod(c)
+		}
+	})
+	if ip == "127.0.0.1" {
+		return ts
+	}
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Skipf("cannot listen on %s: %v", ip, err)
+	}
+	go ts.srv.Serve(l)
+	ts.addr = l.Addr().String()
+	return ts
+}
+
+func (ts *tlsServer) dialTLS(t *testing.T, cfg *tls.Config) *client {
+	t.Helper()
+	if cfg == nil {
+		cfg = &tls.Config{}
+	}
+	cfg.RootCAs = ts.roots
+	cfg.ServerName = "localhost"
+	c, err := tls.Dial("tcp", ts.tlsAddr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return &client{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+// starttls upgrades a plaintext client after "+OK Begin TLS negotiation".
+func (c *client) starttls(roots *x509.CertPool) *tls.ConnectionState {
+	c.t.Helper()
+	c.send("STLS\r\n")
+	c.expect(`\+OK Begin TLS negotiation`)
+	if c.r.Buffered() != 0 {
+		c.t.Fatal("data after the STLS reply")
+	}
+	tc := tls.Client(c.conn, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	st := tc.ConnectionState()
+	return &st
+}
+
+func (c *client) capa() []string {
+	c.t.Helper()
+	c.send("CAPA\r\n")
+	c.expect(`\+OK Capability list follows`)
+	var caps []string
+	for {
+		l := c.line()
+		if l == "." {
+			return caps
+		}
+		caps = append(caps, l)
+	}
+}
+
+func has(caps []string, want string) bool {
+	for _, c := range caps {
+		if c == want {
+			return true
+		}
+	}
+	return false
+}
+
+func TestSTLS(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	c := ts.dial(t)
+	c.expect(`\+OK Pouch ready\.`)
+	if caps := c.capa(); !has(caps, "STLS") || !has(caps, "USER") || has(caps, "SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 OAUTHBEARER XOAUTH2 PLAIN LOGIN") {
+		t.Fatalf("CAPA before TLS: %v", caps)
+	}
+	st := c.starttls(ts.roots)
+	if st.Version < tls.VersionTLS12 {
+		t.Fatalf("TLS version %x", st.Version)
+	}
+	caps := c.capa()
+	if has(caps, "STLS") || !has(caps, "SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 OAUTHBEARER XOAUTH2 PLAIN LOGIN") {
+		t.Fatalf("CAPA after TLS: %v", caps)
+	}
+	c.transcript(`
+		C: STLS
+		S: -ERR TLS is already active
+		C: USER alice
+		S: \+OK send PASS
+		C: PASS secret
+		S: \+OK maildrop has 0 messages \(0 octets\)
+		C: STLS
+		S: -ERR not allowed after login
+		C: QUIT
+		S: \+OK .*`)
+}
+
+func TestSTLSInjectionDiscarded(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	ts.deliver(t, "alice", msg1)
+	c := ts.dial(t)
+	c.expect(`\+OK Pouch ready\.`)
+	// A man in the middle appends commands after STLS in the same packet:
+	// they must never run, inside or outside TLS.
+	c.send("STLS\r\nUSER alice\r\nPASS secret\r\nDELE 1\r\nQUIT\r\n")
+	c.expect(`\+OK Begin TLS negotiation`)
+	tc := tls.Client(c.conn, &tls.Config{RootCAs: ts.roots, ServerName: "localhost"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.transcript(`
+		C: STAT
+		S: -ERR not allowed before login
+		C: PASS secret
+		S: -ERR send USER first
+		C: USER alice
+		S: \+OK send PASS
+		C: PASS secret
+		S: \+OK maildrop has 1 messages .*`)
+}
+
+func TestSTLSWithoutTLSConfig(t *testing.T) {
+	ts := newTestServer(t, nil)
+	c := ts.dial(t)
+	c.expect(`\+OK Pouch ready\.`)
+	if has(c.capa(), "STLS") {
+		t.Fatal("STLS advertised without a certificate")
+	}
+	c.transcript(`
+		C: STLS
+		S: -ERR TLS is not available`)
+}
+
+func TestImplicitTLS(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	ts.deliver(t, "alice", msg1)
+	c := ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	if caps := c.capa(); has(caps, "STLS") {
+		t.Fatalf("STLS advertised on POP3S: %v", caps)
+	}
+	c.login2("alice", "secret")
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+	// The server ends TLS with close_notify, so the client sees a clean EOF.
+	if _, err := c.r.ReadByte(); err != io.EOF {
+		t.Fatalf("after QUIT: %v, want a clean EOF (close_notify)", err)
+	}
+}
+
+func (c *client) login2(user, pass string) {
+	c.t.Helper()
+	c.send("USER " + user + "\r\nPASS " + pass + "\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(`\+OK maildrop has \d+ messages \(\d+ octets\)`)
+}
+
+func TestTLSGarbageAndStalls(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", func(c *Config) { c.PreLoginTimeout = 300 * time.Millisecond })
+	// Garbage instead of a ClientHello.
+	raw, err := net.Dial("tcp", ts.tlsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	raw.Write([]byte("USER alice\r\nPASS secret\r\n\x16\x03\x01garbage"))
+	if b, err := io.ReadAll(raw); strings.Contains(string(b), "+OK") {
+		t.Fatalf("garbage got %q, %v", b, err)
+	}
+	raw.Close()
+	// A handshake that stalls is cut off by the deadline.
+	raw, _ = net.Dial("tcp", ts.tlsAddr)
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	io.ReadAll(raw)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stalled handshake held for %v", d)
+	}
+	raw.Close()
+	// Everyone else is still served.
+	c := ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	c.login2("alice", "secret")
+}
+
+func TestCleartextPolicy(t *testing.T) {
+	// The server trusts only 127.0.0.1; the client comes from 127.0.0.2.
+	ts := newTLSServer(t, "127.0.0.2", func(c *Config) {
+		c.InsecureAuthNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		c.Auth = scramAuth{fakeAuth{users: map[string]string{"alice": "secret"}, apop: true}}
+	})
+	c := ts.dialFrom(t, "127.0.0.2")
+	g := c.expect(`\+OK Pouch ready\..*`)
+	if strings.Contains(g, "<") {
+		t.Fatalf("APOP timestamp offered without TLS: %q", g)
+	}
+	caps := c.capa()
+	if has(caps, "USER") || !has(caps, "SASL SCRAM-SHA-256") || !has(caps, "STLS") {
+		t.Fatalf("CAPA without TLS from an untrusted network: %v", caps)
+	}
+	const refused = `-ERR \[AUTH\] cleartext authentication is not allowed without TLS; use STLS or port 995`
+	c.transcript(`
+		C: USER alice
+		S: ` + refused + `
+		C: PASS secret
+		S: -ERR send USER first
+		C: USER nobody
+		S: ` + refused + `
+		C: AUTH PLAIN ` + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00secret")) + `
+		S: ` + refused + `
+		C: AUTH LOGIN
+		S: ` + refused + `
+		C: AUTH XOAUTH2
+		S: ` + refused + `
+		C: APOP alice 0123456789abcdef0123456789abcdef
+		S: ` + refused)
+	// SCRAM never reveals the password, so it works without TLS.
+	scramLogin(t, c, "SCRAM-SHA-256", "alice", "secret", nil, "")
+	c.expect(`\+OK maildrop has 0 messages .*`)
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+
+	// After STLS, everything is allowed.
+	c = ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK Pouch ready\..*`)
+	c.starttls(ts.roots)
+	if caps := c.capa(); !has(caps, "USER") {
+		t.Fatalf("CAPA after STLS: %v", caps)
+	}
+	c.login2("alice", "secret")
+}
+
+// scramLogin runs a SCRAM exchange with the xdg-go client.
+func scramLogin(t *testing.T, c *client, mech, user, pass string, cb *scram.ChannelBinding, wantFail string) {
+	t.Helper()
+	cl, err := scram.SHA256.NewClient(user, pass, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conv *scram.ClientConversation
+	switch {
+	case cb != nil:
+		conv = cl.NewConversationWithChannelBinding(*cb)
+	case mech == "SCRAM-SHA-256-Y":
+		conv = cl.NewConversationAdvertisingChannelBinding()
+		mech = "SCRAM-SHA-256"
+	default:
+		conv = cl.NewConversation()
+	}
+	first, err := conv.Step("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.send("AUTH " + mech + " " + base64.StdEncoding.EncodeToString([]byte(first)) + "\r\n")
+	for {
+		l := c.line()
+		if !strings.HasPrefix(l, "+ ") {
+			if wantFail != "" && regexp.MustCompile("^"+wantFail+"$").MatchString(l) {
+				return
+			}
+			t.Fatalf("SCRAM: %q", l)
+		}
+		chal, err := base64.StdEncoding.DecodeString(l[2:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conv.Done() {
+			c.send("\r\n")
+			if wantFail != "" {
+				c.expect(wantFail)
+			}
+			return
+		}
+		resp, err := conv.Step(string(chal))
+		if err != nil {
+			t.Fatalf("client step: %v", err)
+		}
+		if conv.Done() && resp == "" {
+			// The server-final was verified by the client.
+			c.send("\r\n")
+			if wantFail != "" {
+				c.expect(wantFail)
+			}
+			return
+		}
+		c.send(base64.StdEncoding.EncodeToString([]byte(resp)) + "\r\n")
+	}
+}
+
+const authFailed = `-ERR \[AUTH\] invalid user name or password`
+
+func TestSCRAM(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	c := ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	st := c.conn.(*tls.Conn).ConnectionState()
+	exporter, err := scram.NewTLSExporterBinding(&st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint, err := scram.NewTLSServerEndpointBinding(&st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := scram.ChannelBinding{Type: scram.ChannelBindingTLSExporter, Data: make([]byte, 32)}
+
+	scramLogin(t, c, "SCRAM-SHA-256", "alice", "wrong", nil, authFailed)
+	scramLogin(t, c, "SCRAM-SHA-256", "nobody", "secret", nil, authFailed)
+	scramLogin(t, c, "SCRAM-SHA-256-PLUS", "alice", "secret", &wrong, authFailed)
+	// A client that supports channel binding but did not see PLUS offered
+	// was downgraded by someone: refused.
+	scramLogin(t, c, "SCRAM-SHA-256-Y", "alice", "secret", nil, authFailed)
+	// p= with the non-PLUS name, and no channel binding with the PLUS name.
+	scramLogin(t, c, "SCRAM-SHA-256", "alice", "secret", &exporter, authFailed)
+	scramLogin(t, c, "SCRAM-SHA-256-PLUS", "alice", "secret", nil, authFailed)
+	scramLogin(t, c, "SCRAM-SHA-256-PLUS", "alice", "secret", &exporter, "")
+	c.expect(`\+OK maildrop has 0 messages .*`)
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+
+	c = ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	st = c.conn.(*tls.Conn).ConnectionState()
+	endpoint, _ = scram.NewTLSServerEndpointBinding(&st)
+	scramLogin(t, c, "SCRAM-SHA-256-PLUS", "alice", "secret", &endpoint, "")
+	c.expect(`\+OK maildrop has 0 messages .*`)
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+
+	// Truncated and malformed exchanges.
+	c = ts.dialTLS(t, nil)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH SCRAM-SHA-256
+		S: \+ 
+		C: ` + base64.StdEncoding.EncodeToString([]byte("garbage")) + `
+		S: ` + authFailed + `
+		C: AUTH SCRAM-SHA-256 ` + base64.StdEncoding.EncodeToString([]byte("n,,n=alice,r=abc")) + `
+		S: \+ .*
+		C: *
+		S: -ERR authentication cancelled
+		C: AUTH SCRAM-SHA-256 ` + base64.StdEncoding.EncodeToString([]byte("n,,n=alice,r=abc")) + `
+		S: \+ .*
+		C: ` + base64.StdEncoding.EncodeToString([]byte("c=biws,r=abc,p=AAAA")) + `
+		S: ` + authFailed + `
+		C: USER alice
+		S: \+OK send PASS
+		C: PASS secret
+		S: \+OK maildrop .*`)
+}
+
+func TestSCRAMUnknownUserLooksTheSame(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	first := func(user string) string {
+		c := ts.dialTLS(t, nil)
+		c.expect(`\+OK.*`)
+		c.send("AUTH SCRAM-SHA-256 " + base64.StdEncoding.EncodeToString([]byte("n,,n="+user+",r=nonce")) + "\r\n")
+		l := c.expect(`\+ .*`)
+		b, _ := base64.StdEncoding.DecodeString(l[2:])
+		// r=nonce...,s=SALT,i=ITER: drop the server's random nonce.
+		parts := strings.Split(string(b), ",")
+		return strings.Join(parts[1:], ",")
+	}
+	if a, b := first("nobody"), first("nobody"); a != b {
+		t.Errorf("an unknown user's salt changes between attempts: %q, %q", a, b)
+	}
+	if s := first("nobody"); !strings.Contains(s, "i=4096") {
+		t.Errorf("unknown user's challenge %q", s)
+	}
+}
+
+func TestAuthLogin(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	c := ts.dial(t)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH LOGIN
+		S: \+ VXNlcm5hbWU6
+		C: ` + b64("alice") + `
+		S: \+ UGFzc3dvcmQ6
+		C: ` + b64("wrong") + `
+		S: ` + authFailed + `
+		C: AUTH LOGIN ` + b64("bob") + `
+		S: \+ UGFzc3dvcmQ6
+		C: ` + b64("pass word with spaces") + `
+		S: \+OK maildrop has 0 messages .*`)
+}
+
+func TestOAuth(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	bearer := func(user, token string) string {
+		return b64("n,a=" + user + ",\x01auth=Bearer " + token + "\x01\x01")
+	}
+	xoauth := func(user, token string) string {
+		return b64("user=" + user + "\x01auth=Bearer " + token + "\x01\x01")
+	}
+	c := ts.dialTLS(t, nil)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH OAUTHBEARER ` + bearer("alice", "bad") + `
+		S: \+ .*
+		C: AQ==
+		S: ` + authFailed + `
+		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-bob") + `
+		S: \+ .*
+		C: AQ==
+		S: ` + authFailed + `
+		C: AUTH XOAUTH2 ` + xoauth("alice", "bad") + `
+		S: \+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0=
+		C:
+		S: ` + authFailed + `
+		C: AUTH XOAUTH2 ` + b64("nonsense") + `
+		S: ` + authFailed + `
+		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-alice@example.org") + `
+		S: \+OK maildrop has 0 messages .*
+		C: QUIT
+		S: \+OK .*`)
+	c = ts.dialTLS(t, nil)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH XOAUTH2 ` + xoauth("alice", "good-token-for-alice") + `
+		S: \+OK maildrop has 0 messages .*`)
+}
+
+func TestExternal(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	// Without a client certificate EXTERNAL is neither offered nor accepted.
+	c := ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	for _, cp := range c.capa() {
+		if strings.Contains(cp, "EXTERNAL") {
+			t.Fatalf("EXTERNAL offered without a client certificate: %q", cp)
+		}
+	}
+	c.transcript(`
+		C: AUTH EXTERNAL =
+		S: -ERR SASL mechanism not available on this connection`)
+
+	cert := clientCert(t, "alice")
+	c = ts.dialTLS(t, &tls.Config{Certificates: []tls.Certificate{cert}})
+	c.expect(`\+OK Pouch ready\.`)
+	if caps := c.capa(); !has(caps, "SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 EXTERNAL OAUTHBEARER XOAUTH2 PLAIN LOGIN") {
+		t.Fatalf("CAPA with a client certificate: %v", caps)
+	}
+	c.transcript(`
+		C: AUTH EXTERNAL ` + base64.StdEncoding.EncodeToString([]byte("bob")) + `
+		S: ` + authFailed + `
+		C: AUTH EXTERNAL =
+		S: \+OK maildrop has 0 messages .*`)
+
+	// A certificate for a name that is no user.
+	c = ts.dialTLS(t, &tls.Config{Certificates: []tls.Certificate{clientCert(t, "mallory")}})
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH EXTERNAL =
+		S: ` + authFailed)
+}
+
+func TestUTF8AndLANG(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.Auth = fakeAuth{users: map[string]string{"j\u00f6rg": "secret"}}
+	})
+	c := ts.dial(t)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: LANG
+		S: \+OK language listing follows
+		S: en English
+		S: \.
+		C: LANG fr
+		S: -ERR unsupported language
+		C: LANG en
+		S: \+OK en language selected
+		C: UTF8
+		S: \+OK UTF8 enabled
+		C: USER jo\x{0308}rg
+		S: \+OK send PASS`)
+	// The decomposed name (o + combining diaeresis) is normalized to NFC.
+	c.send("USER jo\u0308rg\r\nPASS secret\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(`\+OK maildrop has 0 messages .*`)
+	c.transcript(`
+		C: LANG
+		S: \+OK language listing follows
+		S: en English
+		S: \.`)
+}
+
+func TestCertificateReloadWhileSessionsOpen(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", nil)
+	c := ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	c.login2("alice", "secret")
+	before := ts.certs.Fingerprints()[0]
+
+	// A new certificate is written over the old files.
+	if err := tlsutil.SelfSigned(filepath.Join(ts.certDir, "cert.pem"), filepath.Join(ts.certDir, "key.pem"), "localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.certs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	after := ts.certs.Fingerprints()[0]
+	if after == before {
+		t.Fatal("fingerprint unchanged after reload")
+	}
+	// The open session goes on; new sessions get the new certificate.
+	c.send("NOOP\r\n")
+	c.expect(`\+OK`)
+	leaf, _ := x509.ParseCertificate(mustCert(t, ts.certs).Certificate[0])
+	ts.roots = x509.NewCertPool()
+	ts.roots.AddCert(leaf)
+	c2 := ts.dialTLS(t, nil)
+	c2.expect(`\+OK Pouch ready\.`)
+}
