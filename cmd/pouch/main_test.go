@@ -136,6 +136,9 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		{[]string{"serve", "--data", data, "--log-level", "loud"}, 2, `log level "loud"`},
 		{[]string{"serve", "--data", data, "--pop3", "", "--tls-cert", "/nonexistent.pem"}, 1, "certificate"},
 		{[]string{"serve", "extra"}, 2, "serve takes no arguments"},
+		{[]string{"serve", "--data", data, "--insecure-auth-networks", "10.0.0.0/33"}, 2, `"10.0.0.0/33" is not a network`},
+		{[]string{"serve", "--data", data, "--oauth-issuer", "https://id.example"}, 1, "OAuth needs an issuer, an audience and a key set"},
+		{[]string{"serve", "--data", data, "--tls-client-ca", "/nonexistent"}, 1, "client CA"},
 		{[]string{"serve", "--no-such-flag"}, 2, "no-such-flag"},
 	} {
 		_, e, code := pouch(t, "", tc.args...)

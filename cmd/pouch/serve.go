@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -42,6 +43,12 @@ type serveConfig struct {
 	idleTimeout     time.Duration
 	authFailDelay   time.Duration
 	maxBadCommands  int
+	insecureNets    string
+	clientCA        string
+	oauthIssuer     string
+	oauthAudience   string
+	oauthJWKS       string
+	oauthUserClaim  string
 }
 
 func defaultAddr(privileged, unprivileged string) string {
@@ -69,6 +76,12 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "autologout after this `long` idle after login (RFC 1939: at least 10m)")
 	fs.DurationVar(&c.authFailDelay, "auth-fail-delay", 2*time.Second, "wait this `long` before answering a failed login")
 	fs.IntVar(&c.maxBadCommands, "max-bad-commands", 10, "disconnect after this `many` bad commands")
+	fs.StringVar(&c.insecureNets, "insecure-auth-networks", "127.0.0.0/8,::1/128", "`networks` (CIDR, comma-separated) allowed to send passwords without TLS; empty: none")
+	fs.StringVar(&c.clientCA, "tls-client-ca", "", "CA certificates `file` (PEM) for client certificates: enables SASL EXTERNAL")
+	fs.StringVar(&c.oauthIssuer, "oauth-issuer", "", "OAuth 2.0 token `issuer` (the iss claim): enables OAUTHBEARER and XOAUTH2")
+	fs.StringVar(&c.oauthAudience, "oauth-audience", "", "`audience` that tokens must be meant for (one of the aud claim)")
+	fs.StringVar(&c.oauthJWKS, "oauth-jwks", "", "the issuer's JSON Web Key Set: a `file` or an https URL")
+	fs.StringVar(&c.oauthUserClaim, "oauth-user-claim", "email", "token `claim` naming the user (the user, or user@any-domain)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: pouch serve [flags]\n\nRuns the POP3 server. With no flags it keeps everything under ./pouch-data.\n\nExample:\n  pouch serve --data /var/lib/pouch --pop3 '' --pop3s :995\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -157,6 +170,9 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("users file: %v", err)
 	}
+	for _, w := range users.Warnings() {
+		log.Warn("users file", "problem", w)
+	}
 	cfg := server.Config{
 		Store:           maildir.New(filepath.Join(c.data, "mail")),
 		Auth:            users,
@@ -171,15 +187,29 @@ func runServe(args []string, stderr io.Writer) error {
 	if c.authFailDelay == 0 {
 		cfg.AuthFailDelay = -1 // explicitly none
 	}
-	if c.pop3s != "" {
-		certs, err := tlsutil.NewManager(splitList(c.tlsCert), splitList(c.tlsKey), filepath.Join(c.data, "tls"), hostname, log)
+	cfg.InsecureAuthNetworks = []netip.Prefix{}
+	for _, n := range splitList(c.insecureNets) {
+		p, err := netip.ParsePrefix(n)
 		if err != nil {
+			return usageError("--insecure-auth-networks: %q is not a network in CIDR form (like 192.0.2.0/24)", n)
+		}
+		cfg.InsecureAuthNetworks = append(cfg.InsecureAuthNetworks, p)
+	}
+	// TLS serves POP3S and STLS on the POP3 port.
+	certs, err := tlsutil.NewManager(splitList(c.tlsCert), splitList(c.tlsKey), filepath.Join(c.data, "tls"), hostname, log)
+	if err != nil {
+		return err
+	}
+	if cfg.TLS, err = certs.ServerConfig(c.clientCA); err != nil {
+		return err
+	}
+	log.Info("TLS certificate loaded", "sha256", strings.Join(certs.Fingerprints(), ","))
+	var tokens *auth.TokenVerifier
+	if c.oauthIssuer != "" || c.oauthJWKS != "" {
+		if tokens, err = auth.NewTokenVerifier(c.oauthIssuer, c.oauthAudience, c.oauthJWKS, c.oauthUserClaim); err != nil {
 			return err
 		}
-		if cfg.TLS, err = certs.ServerConfig(""); err != nil {
-			return err
-		}
-		log.Info("TLS certificate loaded", "sha256", strings.Join(certs.Fingerprints(), ","))
+		cfg.Tokens = tokens
 	}
 	srv := server.New(cfg)
 
@@ -208,6 +238,15 @@ func runServe(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP reloads what can change under a running server; sessions stay.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			reload(log, certs, users, tokens)
+		}
+	}()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(ls))
 	for _, l := range ls {
@@ -241,4 +280,26 @@ func runServe(args []string, stderr io.Writer) error {
 	wg.Wait()
 	log.Info("stopped")
 	return failure
+}
+
+// reload reads the certificates, the users file and the OAuth key set again.
+func reload(log *slog.Logger, certs *tlsutil.Manager, users *auth.Users, tokens *auth.TokenVerifier) {
+	if err := certs.Reload(); err != nil {
+		log.Error("reload: keeping the old TLS certificates", "err", err)
+	} else {
+		log.Info("reload: TLS certificates", "sha256", strings.Join(certs.Fingerprints(), ","))
+	}
+	if err := users.Reload(); err != nil {
+		log.Error("reload: keeping the old users file", "err", err)
+	} else {
+		for _, w := range users.Warnings() {
+			log.Warn("users file", "problem", w)
+		}
+	}
+	if tokens != nil {
+		if err := tokens.Reload(); err != nil {
+			log.Error("reload: keeping the old OAuth key set", "err", err)
+		}
+	}
+	log.Info("reloaded")
 }
