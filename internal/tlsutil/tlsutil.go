@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -147,15 +148,20 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	return certs[0], nil
 }
 
-// Fingerprints returns the SHA-256 fingerprint of each leaf certificate, in
-// lowercase hex, for users who pin it.
+// Fingerprints returns the SHA-256 fingerprint of each leaf certificate for
+// users who pin it, in the form of "openssl x509 -fingerprint -sha256",
+// which mpop and fetchmail take: uppercase hex pairs joined by colons.
 func (m *Manager) Fingerprints() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var fps []string
 	for _, c := range m.certs {
 		sum := sha256.Sum256(c.Certificate[0])
-		fps = append(fps, hex.EncodeToString(sum[:]))
+		pairs := make([]string, len(sum))
+		for i, b := range sum {
+			pairs[i] = strings.ToUpper(hex.EncodeToString([]byte{b}))
+		}
+		fps = append(fps, strings.Join(pairs, ":"))
 	}
 	return fps
 }
