@@ -6,8 +6,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -62,8 +64,9 @@ func SetPassword(path, name, password string) error {
 		}
 		l, _, _, _ := parseLine(lines[i])
 		l.password = fresh.password
-		_, scramValue, _ := strings.Cut(fresh.rest, scramField+"=")
-		l.setExtra(scramField, scramValue)
+		f := fresh.extraFields()
+		l.setExtra(scramField, f[scramField])
+		l.setExtra(ChangedField, f[ChangedField])
 		lines[i] = l.String()
 		return lines, nil
 	})
@@ -108,6 +111,10 @@ func ListUsers(path string) ([]string, error) {
 	return names, nil
 }
 
+// ChangedField is the extra field holding when the password was last set,
+// in seconds since 1970, for a maximum password age.
+const ChangedField = "password_changed"
+
 // newPasswordLine returns the line of a new user: the password as {ARGON2ID},
 // and its SCRAM-SHA-256 credentials in the extra fields.
 func newPasswordLine(name, password string) (userLine, error) {
@@ -121,6 +128,7 @@ func newPasswordLine(name, password string) (userLine, error) {
 		return userLine{}, err
 	}
 	l.setExtra(scramField, creds)
+	l.setExtra(ChangedField, strconv.FormatInt(time.Now().Unix(), 10))
 	return l, nil
 }
 
