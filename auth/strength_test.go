@@ -14,7 +14,7 @@ func TestCheckStrength(t *testing.T) {
 		"2E1B6F3C3EB7E9ED8C1C1A8F0D5C0E2F3F4A9B8C\n"), 0o600)
 	for pw, want := range map[string]string{
 		"short":                             "too short",
-		"aaaaaaaaaaaaaaaa":                  "most common",
+		"aaaaaaaaaaaaaaaa":                  "too predictable",
 		"abcdefghijklmnop":                  "too predictable",
 		"1234567890123456":                  "too predictable",
 		"Password1234":                      "most common",
