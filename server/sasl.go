@@ -140,6 +140,7 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 		}
 		return
 	}
+	s.throttle()
 	var res saslResult
 	server := mech.start(s, &res)
 	var response []byte // nil: no initial response

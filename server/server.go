@@ -19,6 +19,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -65,6 +68,24 @@ type Config struct {
 	// Tokens, if set, checks OAuth 2.0 bearer tokens for OAUTHBEARER and
 	// XOAUTH2.
 	Tokens TokenVerifier
+	// Guard slows down and bans sources of failed logins; nil turns that off.
+	Guard *guard.Guard
+	// Rules are the access rules by network and country; nil admits all.
+	Rules *guard.Rules
+	// MaxConnections, MaxConnectionsPerIP and MaxSessionsPerUser limit
+	// concurrent sessions (0: no limit).
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	MaxSessionsPerUser  int
+	// LoginDelay is the LOGIN-DELAY of RFC 2449 §6.5 for users without one
+	// of their own (0: none).
+	LoginDelay time.Duration
+	// PasswordMaxAge refuses passwords older than this (0: no limit).
+	PasswordMaxAge time.Duration
+	// Audit, if set, receives logins, failures, logouts and bans.
+	Audit *audit.Log
+	// Metrics, if set, counts sessions, logins, bans, bytes and commands.
+	Metrics *metrics.Metrics
 	// MaxConcurrentAuth bounds password verifications running at once, since
 	// each costs tens of milliseconds and megabytes (2 × the number of CPUs).
 	MaxConcurrentAuth int
@@ -96,6 +117,10 @@ type Server struct {
 	idPrefix  string
 	authSem   chan struct{}
 	fakeKey   []byte // keys the made-up SCRAM salts of unknown users
+
+	perIP        map[netip.Addr]int   // open sessions per client address
+	userSessions map[string]int       // logged-in sessions per user
+	lastLogin    map[string]time.Time // for LOGIN-DELAY
 }
 
 // New returns a Server for cfg.
@@ -139,6 +164,10 @@ func New(cfg Config) *Server {
 		idPrefix:  randomHex(3),
 		authSem:   make(chan struct{}, cfg.MaxConcurrentAuth),
 		fakeKey:   []byte(randomHex(32)),
+
+		perIP:        make(map[netip.Addr]int),
+		userSessions: make(map[string]int),
+		lastLogin:    make(map[string]time.Time),
 	}
 }
 
@@ -148,6 +177,13 @@ func (s *Server) verify(user, password string) bool {
 	s.authSem <- struct{}{}
 	defer func() { <-s.authSem }()
 	return s.cfg.Auth.Verify(user, password)
+}
+
+// audit writes an audit event, logging a failure to write it.
+func (s *Server) audit(event string, fields ...any) {
+	if err := s.cfg.Audit.Event(event, fields...); err != nil {
+		s.log.Error("writing the audit log", "err", err, "event", event)
+	}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -214,14 +250,27 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 	if s.closing {
 		return false
 	}
+	ip := addrOf(c.RemoteAddr())
+	if reply, reason := s.admit(ip); reply != "" {
+		s.cfg.Metrics.Refused(reason)
+		s.refuse(c, reply)
+		return true
+	}
 	sess := newSession(s, c, implicitTLS)
+	sess.ip = ip
 	s.sessions[sess] = struct{}{}
+	s.perIP[ip]++
 	s.wg.Add(1)
+	s.cfg.Metrics.SessionStarted(implicitTLS)
 	go func() {
 		defer s.wg.Done()
 		sess.run()
+		s.cfg.Metrics.SessionEnded(implicitTLS)
 		s.mu.Lock()
 		delete(s.sessions, sess)
+		if s.perIP[ip]--; s.perIP[ip] <= 0 {
+			delete(s.perIP, ip)
+		}
 		s.mu.Unlock()
 	}()
 	return true

@@ -23,9 +23,12 @@ import (
 
 // fakeAuth is a users table with plaintext secrets.
 type fakeAuth struct {
-	users map[string]string
-	apop  bool
+	users  map[string]string
+	apop   bool
+	fields map[string]map[string]string
 }
+
+func (a fakeAuth) Fields(user string) map[string]string { return a.fields[user] }
 
 func (a fakeAuth) Verify(user, password string) bool {
 	pw, ok := a.users[user]

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -45,6 +46,8 @@ type session struct {
 	id   string
 
 	implicitTLS bool
+	ip          netip.Addr           // the client's address
+	loginBy     time.Time            // end of the time allowed to log in
 	stream      net.Conn             // the connection as read and written: TLS or not
 	tls         *tls.ConnectionState // nil before TLS
 	localCert   *tls.Certificate     // the certificate the server presented
@@ -86,18 +89,30 @@ func (s *session) abort() {
 
 // deadlineConn sets a fresh deadline before every read and write, so that the
 // timeout measures inactivity, not session length.
+// Before login, the deadline is also never later than notAfter, so that a
+// client sending a byte now and then (slowloris) cannot hold a connection
+// past the pre-login timeout.
 type deadlineConn struct {
 	net.Conn
-	timeout time.Duration
+	timeout  time.Duration
+	notAfter time.Time // zero after login
+}
+
+func (c *deadlineConn) deadline() time.Time {
+	d := time.Now().Add(c.timeout)
+	if !c.notAfter.IsZero() && c.notAfter.Before(d) {
+		return c.notAfter
+	}
+	return d
 }
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	c.Conn.SetReadDeadline(c.deadline())
 	return c.Conn.Read(p)
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	c.Conn.SetWriteDeadline(c.deadline())
 	return c.Conn.Write(p)
 }
 
@@ -108,7 +123,7 @@ func (s *session) run() {
 		}
 		s.finish()
 	}()
-	s.dc = &deadlineConn{Conn: s.conn, timeout: s.srv.cfg.PreLoginTimeout}
+	s.dc = &deadlineConn{Conn: s.conn, timeout: s.srv.cfg.PreLoginTimeout, notAfter: time.Now().Add(s.srv.cfg.PreLoginTimeout)}
 	s.trusted = s.srv.trusted(s.conn.RemoteAddr())
 	s.setStream(s.dc)
 	if s.implicitTLS && !s.startTLS() {
@@ -222,6 +237,7 @@ func (s *session) readFailed(err error) {
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
 		s.log.Info("autologout: idle timeout", "user", s.mailbox)
+		s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
 		s.w.Err("", "autologout: idle for too long")
 		s.w.Flush()
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
@@ -233,18 +249,32 @@ func (s *session) readFailed(err error) {
 
 // finish releases the maildrop without committing and closes the connection.
 func (s *session) finish() {
+	if s.mailbox != "" {
+		s.srv.mu.Lock()
+		if s.srv.userSessions[s.mailbox]--; s.srv.userSessions[s.mailbox] <= 0 {
+			delete(s.srv.userSessions, s.mailbox)
+		}
+		s.srv.mu.Unlock()
+	}
 	if s.md != nil {
 		if err := s.md.Close(); err != nil {
 			s.log.Error("closing maildrop", "err", err, "user", s.mailbox)
 		}
 		s.md = nil
-		s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", 0, "bytes", s.sent, "committed", false)
+		s.logout(0, false)
 	}
 	if tc, ok := s.stream.(*tls.Conn); ok {
 		// Sends close_notify (RFC 8446 §6.1) before closing.
 		s.closeOnce.Do(func() { tc.Close() })
 	}
 	s.abort()
+}
+
+// logout logs and audits the end of a logged-in session.
+func (s *session) logout(deleted int, committed bool) {
+	s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", deleted, "bytes", s.sent, "committed", committed)
+	s.srv.audit("logout", "session", s.id, "user", s.mailbox, "ip", s.ip.String(),
+		"retrieved", s.retrs, "deleted", deleted, "bytes", s.sent, "committed", committed)
 }
 
 // badCommand answers a command that cannot be run and drops the client after
@@ -323,7 +353,9 @@ func (s *session) dispatch(line []byte) {
 		s.badCommand("argument too long")
 		return
 	}
+	start := time.Now()
 	h.fn(s, cmd)
+	s.srv.cfg.Metrics.Command(cmd.Name, time.Since(start))
 }
 
 // capabilities lists the CAPA response for the current state and connection
@@ -340,6 +372,13 @@ func (s *session) capabilities() []string {
 		}
 		if s.tls == nil && s.srv.cfg.TLS != nil {
 			caps = append(caps, "STLS") // RFC 2595 §4
+		}
+	}
+	if s.state == stateAuthorization && s.srv.cfg.LoginDelay > 0 {
+		caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d USER", int(s.srv.cfg.LoginDelay/time.Second)))
+	} else if s.state == stateTransaction {
+		if d := s.loginDelay(s.fields(s.mailbox)); d > 0 {
+			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d", int(d/time.Second)))
 		}
 	}
 	caps = append(caps,
@@ -386,11 +425,11 @@ func (s *session) cmdQUIT() {
 	if err != nil {
 		s.log.Error("commit failed", "err", err, "user", s.mailbox, "deleted", len(del))
 		s.w.Err(pop3.CodeSysTemp, "some deleted messages not removed")
-		s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", 0, "bytes", s.sent, "committed", false)
+		s.logout(0, false)
 		return
 	}
 	left := len(s.msgs) - len(del)
-	s.log.Info("logout", "user", s.mailbox, "retr", s.retrs, "deleted", len(del), "bytes", s.sent, "committed", true)
+	s.logout(len(del), true)
 	if left == 0 {
 		s.w.OK("Pouch signing off (maildrop empty)")
 	} else {
@@ -428,6 +467,7 @@ func (s *session) cmdPASS(cmd pop3.Command) {
 		return
 	}
 	// RFC 1939 §7: the password is the rest of the line and may hold spaces.
+	s.throttle()
 	s.login(user, "PASS", s.srv.verify(user, cmd.Rest))
 }
 
@@ -446,6 +486,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 		return
 	}
 	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
+	s.throttle()
 	secret, ok := s.srv.cfg.Auth.APOPSecret(user)
 	if !ok {
 		secret = randomHex(16) // compare anyway, so that timing tells nothing
@@ -460,13 +501,16 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 // and enters TRANSACTION; on failure it waits the configured delay and answers
 // with the same reply whatever the reason (RFC 3206 [AUTH]).
 func (s *session) login(user, method string, ok bool) {
+	if ok && s.srv.cfg.Guard != nil && s.srv.cfg.Guard.UserLocked(s.ip, user) {
+		s.log.Info("user name locked for this address after many failures", "user", user, "ip", s.ip.String())
+		ok = false
+	}
+	s.srv.cfg.Metrics.Login(ok, method)
 	if !ok {
-		s.log.Info("authentication failed", "user", user, "method", method)
-		if d := s.srv.cfg.AuthFailDelay; d > 0 {
-			s.w.Flush()
-			time.Sleep(d)
-		}
-		s.w.Err(pop3.CodeAuth, "invalid user name or password")
+		s.loginFailed(user, method)
+		return
+	}
+	if !s.admitUser(user) {
 		return
 	}
 	md, err := s.srv.cfg.Store.Open(context.Background(), user)
@@ -490,13 +534,45 @@ func (s *session) login(user, method string, ok bool) {
 	s.msgs = md.Messages()
 	s.deleted = make([]bool, len(s.msgs))
 	s.state = stateTransaction
-	s.dc.timeout = s.srv.cfg.IdleTimeout
+	s.dc.timeout, s.dc.notAfter = s.srv.cfg.IdleTimeout, time.Time{}
+	s.srv.mu.Lock()
+	s.srv.userSessions[user]++
+	s.srv.lastLogin[user] = time.Now()
+	s.srv.mu.Unlock()
 	var size int64
 	for _, m := range s.msgs {
 		size += m.Size
 	}
-	s.log.Info("login", "user", user, "method", method, "messages", len(s.msgs), "octets", size)
+	s.log.Info("login", "user", user, "method", method, "tls", s.tls != nil, "messages", len(s.msgs), "octets", size)
+	s.srv.audit("login", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "tls", s.tls != nil, "messages", len(s.msgs))
 	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", len(s.msgs), size))
+}
+
+// loginFailed records a failed authentication, waits the failure delay and
+// answers with the one reply for every kind of failure (RFC 3206 [AUTH]).
+// The log line is a stable format that fail2ban matches:
+//
+//	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD
+func (s *session) loginFailed(user, method string) {
+	s.log.Info("authentication failed", "ip", s.ip.String(), "user", user, "method", method)
+	s.srv.audit("login_failed", "session", s.id, "user", user, "ip", s.ip.String(), "method", method)
+	banned := false
+	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
+		if b, ok := g.Failure(s.ip, user); ok {
+			banned = true
+			s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
+			s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
+			s.srv.cfg.Metrics.Banned()
+		}
+	}
+	if d := s.srv.cfg.AuthFailDelay; d > 0 {
+		s.w.Flush()
+		time.Sleep(d)
+	}
+	s.w.Err(pop3.CodeAuth, "invalid user name or password")
+	if banned {
+		s.state = stateDone
+	}
 }
 
 // --- TRANSACTION state (RFC 1939 §5, §7) ---
@@ -628,6 +704,7 @@ func (s *session) send(i, lines int, text string) {
 	n, err := io.CopyBuffer(dw, onlyReader{src}, *bufp)
 	copyBufs.Put(bufp)
 	s.sent += n
+	s.srv.cfg.Metrics.Sent(n)
 	if err != nil {
 		// The +OK is out and part of the message may be too: there is no way
 		// to say -ERR now, and ending the response would pass a truncated
