@@ -72,6 +72,33 @@ func SetPassword(path, name, password string) error {
 	})
 }
 
+// SetFields sets (value non-nil) or removes (value nil) extra fields of
+// name's line, such as "nologin" or "login_delay", keeping the rest of the
+// line. It fails with ErrNoSuchUser if name is not in the file.
+func SetFields(path, name string, fields map[string]*string) error {
+	for k, v := range fields {
+		if k == "" || strings.ContainsAny(k, " =:\t\n") || (v != nil && strings.ContainsAny(*v, " :\t\n")) {
+			return fmt.Errorf("auth: invalid extra field %q", k)
+		}
+	}
+	return updateExisting(path, name, func(lines []string) ([]string, error) {
+		i := findUser(lines, name)
+		if i < 0 {
+			return nil, fmt.Errorf("%w: %s", ErrNoSuchUser, name)
+		}
+		l, _, _, _ := parseLine(lines[i])
+		for k, v := range fields {
+			if v == nil {
+				l.delExtra(k)
+			} else {
+				l.setExtra(k, *v)
+			}
+		}
+		lines[i] = l.String()
+		return lines, nil
+	})
+}
+
 // DeleteUser removes the line of name (every line, should it be listed more
 // than once). It fails with ErrNoSuchUser if name is not in the file.
 func DeleteUser(path, name string) error {

@@ -711,3 +711,36 @@ func TestPasswordNormalization(t *testing.T) {
 		t.Error("a different password verifies")
 	}
 }
+
+func TestSetFields(t *testing.T) {
+	t.Parallel()
+	path := writeFile(t, "a:{PLAIN}x:1:2:g:/h:/s:quota_storage=1G", "b:{PLAIN}y")
+	empty, delay := "", "60"
+	if err := SetFields(path, "a", map[string]*string{"nologin": &empty, "login_delay": &delay}); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetFields(path, "b", map[string]*string{"nologin": &empty}); err != nil {
+		t.Fatal(err)
+	}
+	u := openUsers(t, path)
+	if f := u.Fields("a"); f["quota_storage"] != "1G" || f["login_delay"] != "60" || len(f) != 3 {
+		t.Fatalf("fields of a: %v", f)
+	}
+	if _, ok := u.Fields("b")["nologin"]; !ok {
+		t.Fatal("b lacks nologin")
+	}
+	if err := SetFields(path, "a", map[string]*string{"nologin": nil}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if !strings.Contains(string(data), "a:{PLAIN}x:1:2:g:/h:/s:quota_storage=1G login_delay=60\n") {
+		t.Fatalf("file after removing nologin:\n%s", data)
+	}
+	if err := SetFields(path, "nobody", map[string]*string{"nologin": &empty}); !errors.Is(err, ErrNoSuchUser) {
+		t.Fatalf("SetFields of a missing user: %v", err)
+	}
+	bad := "a b"
+	if err := SetFields(path, "a", map[string]*string{"x": &bad}); err == nil {
+		t.Fatal("a value with a space was accepted")
+	}
+}

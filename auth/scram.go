@@ -123,6 +123,25 @@ func (u *Users) SCRAMAvailable() bool {
 	return u.current().scram
 }
 
+// delExtra removes key from the extra fields of a user line.
+func (l *userLine) delExtra(key string) {
+	if l.rest == "" {
+		return
+	}
+	parts := strings.SplitN(strings.TrimPrefix(l.rest, ":"), ":", 6)
+	if len(parts) < 6 {
+		return
+	}
+	var extra []string
+	for _, kv := range strings.Fields(parts[5]) {
+		if k, _, _ := strings.Cut(kv, "="); k != key {
+			extra = append(extra, kv)
+		}
+	}
+	parts[5] = strings.Join(extra, " ")
+	l.rest = ":" + strings.Join(parts, ":")
+}
+
 // setExtra sets key=value in the extra fields of a user line (field 8),
 // keeping the other fields and the order of the extra fields.
 func (l *userLine) setExtra(key, value string) {
@@ -140,6 +159,11 @@ func (l *userLine) setExtra(key, value string) {
 	}
 	if !found {
 		extra = append(extra, key+"="+value)
+	}
+	for i, kv := range extra {
+		if kv == key+"=" {
+			extra[i] = key // a flag, as Dovecot writes "nologin"
+		}
 	}
 	parts[5] = strings.Join(extra, " ")
 	l.rest = ":" + strings.Join(parts, ":")

@@ -28,14 +28,14 @@ func pouch(t *testing.T, stdin string, args ...string) (stdout, stderr string, c
 
 func TestUserCommands(t *testing.T) {
 	data := t.TempDir()
-	if _, e, code := pouch(t, "first pw\n", "user", "add", "--data", data, "alice"); code != 0 {
+	if _, e, code := pouch(t, "first Passw0rd-long\n", "user", "add", "--data", data, "alice"); code != 0 {
 		t.Fatalf("add: %d %s", code, e)
 	}
 	if fi, err := os.Stat(filepath.Join(data, "mail", "alice", "new")); err != nil || !fi.IsDir() {
 		t.Fatalf("user add did not make the Maildir: %v", err)
 	}
 	// Flags may follow the name.
-	if _, e, code := pouch(t, "bob pw\r\n", "user", "add", "bob", "--data", data); code != 0 {
+	if _, e, code := pouch(t, "bobs Passw0rd-long\r\n", "user", "add", "bob", "--data", data); code != 0 {
 		t.Fatalf("add: %d %s", code, e)
 	}
 	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "alice\nbob\n" {
@@ -58,11 +58,13 @@ func TestUserCommands(t *testing.T) {
 		{"x\n", []string{"user", "add", "--data", data, "../evil"}, 2, "user add:"},
 		{"", []string{"user", "add", "--data", data, "carol"}, 1, "no password on standard input"},
 		{"\n", []string{"user", "add", "--data", data, "carol"}, 1, "user add:"},
+		{"short\n", []string{"user", "add", "--data", data, "carol"}, 1, "the password is too short"},
+		{"aaaaaaaaaaaaaaaaaaaa\n", []string{"user", "add", "--data", data, "carol"}, 1, "too predictable"},
 		{"x\n", []string{"user", "passwd", "--data", data, "nobody"}, 1, `no user "nobody"`},
 		{"", []string{"user", "del", "--data", data, "nobody"}, 1, `no user "nobody"`},
 		{"", []string{"user", "frob", "--data", data, "alice"}, 2, "unknown action"},
 		{"", []string{"user", "add", "--data", data}, 2, "exactly one user name"},
-		{"", []string{"user"}, 2, "say add, passwd, del or list"},
+		{"", []string{"user"}, 2, "say add, passwd, del, disable, enable or list"},
 		{"", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 	} {
 		_, e, code := pouch(t, tc.stdin, tc.args...)
@@ -73,7 +75,7 @@ func TestUserCommands(t *testing.T) {
 			t.Errorf("pouch %v: more than one line of error: %q", tc.args, e)
 		}
 	}
-	if _, e, code := pouch(t, "second pw\n", "user", "passwd", "--data", data, "alice"); code != 0 {
+	if _, e, code := pouch(t, "second Passw0rd-long\n", "user", "passwd", "--data", data, "alice"); code != 0 {
 		t.Fatalf("passwd: %d %s", code, e)
 	}
 	if _, e, code := pouch(t, "", "user", "del", "--data", data, "bob"); code != 0 {
@@ -81,6 +83,26 @@ func TestUserCommands(t *testing.T) {
 	}
 	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "alice\n" {
 		t.Fatalf("list after del = %q", out)
+	}
+	if _, e, code := pouch(t, "", "user", "disable", "--data", data, "alice"); code != 0 {
+		t.Fatalf("disable: %d %s", code, e)
+	}
+	users, _ = os.ReadFile(filepath.Join(data, "users"))
+	if !strings.Contains(string(users), " nologin") {
+		t.Fatalf("disable did not set nologin: %q", users)
+	}
+	if _, e, code := pouch(t, "", "user", "enable", "--data", data, "alice"); code != 0 {
+		t.Fatalf("enable: %d %s", code, e)
+	}
+	users, _ = os.ReadFile(filepath.Join(data, "users"))
+	if strings.Contains(string(users), "nologin") {
+		t.Fatalf("enable did not clear nologin: %q", users)
+	}
+	auditLog, _ := os.ReadFile(filepath.Join(data, "audit.log"))
+	for _, ev := range []string{"user_add", "user_passwd", "user_del", "user_disable", "user_enable"} {
+		if !strings.Contains(string(auditLog), `"event":"`+ev+`"`) {
+			t.Errorf("audit log lacks %s: %s", ev, auditLog)
+		}
 	}
 }
 

@@ -49,6 +49,7 @@ type serveConfig struct {
 	oauthAudience   string
 	oauthJWKS       string
 	oauthUserClaim  string
+	lmtp            lmtpSettings // --lmtp, --lmtp-domains and the delivery limits (deliver.go)
 }
 
 func defaultAddr(privileged, unprivileged string) string {
@@ -82,6 +83,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.oauthAudience, "oauth-audience", "", "`audience` that tokens must be meant for (one of the aud claim)")
 	fs.StringVar(&c.oauthJWKS, "oauth-jwks", "", "the issuer's JSON Web Key Set: a `file` or an https URL")
 	fs.StringVar(&c.oauthUserClaim, "oauth-user-claim", "email", "token `claim` naming the user (the user, or user@any-domain)")
+	c.lmtp.register(fs, true)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: pouch serve [flags]\n\nRuns the POP3 server. With no flags it keeps everything under ./pouch-data.\n\nExample:\n  pouch serve --data /var/lib/pouch --pop3 '' --pop3s :995\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -156,8 +158,8 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if c.pop3 == "" && c.pop3s == "" {
-		return usageError("both --pop3 and --pop3s are empty: nothing to serve")
+	if c.pop3 == "" && c.pop3s == "" && c.lmtp.addr == "" {
+		return usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve")
 	}
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("data directory: %v", err)
@@ -236,6 +238,13 @@ func runServe(args []string, stderr io.Writer) error {
 		}
 		ls = append(ls, listener{nl, l.name, l.tls})
 	}
+	lmtpSvc, err := listenLMTP(c, users, hostname, log)
+	if err != nil {
+		for _, prev := range ls {
+			prev.Close()
+		}
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// SIGHUP reloads what can change under a running server; sessions stay.
@@ -265,6 +274,7 @@ func runServe(args []string, stderr io.Writer) error {
 			}
 		}()
 	}
+	lmtpSvc.start(&wg, errs)
 	var failure error
 	select {
 	case <-ctx.Done():
@@ -274,9 +284,11 @@ func runServe(args []string, stderr io.Writer) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), server.ShutdownGrace)
 	defer cancel()
+	lmtpStopped := lmtpSvc.shutdown(sctx)
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("sessions still open after the grace period were closed without deleting anything")
 	}
+	<-lmtpStopped
 	wg.Wait()
 	log.Info("stopped")
 	return failure

@@ -8,23 +8,31 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/term"
 
+	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-const userUsage = `Usage: pouch user add|passwd|del|list [--data DIR] [NAME]
+const userUsage = `Usage: pouch user add|passwd|del|disable|enable|list [--data DIR] [NAME]
 
 Manages the users file DATA/users (Dovecot passwd-file format, mode 0600).
 add and passwd read the password from the first line of standard input, or
-ask for it twice without echo when standard input is a terminal.
+ask for it twice without echo when standard input is a terminal. New
+passwords must have at least 12 characters and be hard to guess; with
+--breached-passwords they must not be in that list either.
+disable turns POP3 access off for a user (the nologin field); enable turns
+it on again. Every change is written to the audit log DATA/audit.log.
 
 Examples:
   pouch user add alice
-  echo 'correct horse battery staple' | pouch user passwd --data /var/lib/pouch alice
+  echo 'tidy-Walrus-87-kettle' | pouch user passwd --data /var/lib/pouch alice
+  pouch user add --breached-passwords pwned-passwords-sha1.txt bob
+  pouch user disable bob
   pouch user list
 
 Flags:
@@ -34,6 +42,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch user", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data := fs.String("data", "./pouch-data", "data `directory` holding the users file")
+	breachedList := fs.String("breached-passwords", "", "refuse passwords listed in this `file` (passwords or SHA-1 hashes, one per line)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, userUsage)
 		fs.PrintDefaults()
@@ -44,7 +53,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	if len(pos) == 0 {
 		fs.Usage()
-		return usageError("user: say add, passwd, del or list")
+		return usageError("user: say add, passwd, del, disable, enable or list")
 	}
 	path := filepath.Join(*data, "users")
 	action, names := pos[0], pos[1:]
@@ -61,20 +70,35 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
+	switch action {
+	case "add", "passwd", "del", "disable", "enable":
+	default:
+		return usageError("user: unknown action %q (use add, passwd, del, disable, enable or list)", action)
+	}
 	if len(names) != 1 {
 		return usageError("user %s takes exactly one user name", action)
 	}
 	name := names[0]
+	var done string
 	switch action {
 	case "add", "passwd":
 		if err := auth.ValidName(name); err != nil {
 			return usageError("user %s: %v", action, err)
 		}
-		if action == "passwd" && !userExists(path, name) {
-			return fmt.Errorf("user passwd: no user %q in %s", name, path)
+		// Say what is wrong with the name before asking for a password.
+		if exists, err := userExists(path, name); err == nil {
+			if action == "add" && exists {
+				return fmt.Errorf("user add: %v", describe(auth.ErrUserExists, name, path))
+			}
+			if action == "passwd" && !exists {
+				return fmt.Errorf("user passwd: %v", describe(auth.ErrNoSuchUser, name, path))
+			}
 		}
 		pw, err := readPassword(stdin, stderr)
 		if err != nil {
+			return fmt.Errorf("user %s: %v", action, err)
+		}
+		if err := auth.CheckStrength(pw, *breachedList); err != nil {
 			return fmt.Errorf("user %s: %v", action, err)
 		}
 		if action == "add" {
@@ -89,32 +113,50 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			if err := maildir.New(filepath.Join(*data, "mail")).Create(name); err != nil {
 				return fmt.Errorf("user add: creating the maildir: %v", err)
 			}
-			fmt.Fprintf(stderr, "added user %s\n", name)
+			done = "added user " + name
 		} else {
-			fmt.Fprintf(stderr, "changed the password of %s\n", name)
+			done = "changed the password of " + name
 		}
-		return nil
 	case "del":
 		if err := auth.DeleteUser(path, name); err != nil {
 			return fmt.Errorf("user del: %v", describe(err, name, path))
 		}
-		fmt.Fprintf(stderr, "deleted user %s (the mail in %s is kept)\n", name, filepath.Join(*data, "mail", name))
-		return nil
+		done = fmt.Sprintf("deleted user %s (the mail in %s is kept)", name, filepath.Join(*data, "mail", name))
+	case "disable", "enable":
+		var v *string
+		if action == "disable" {
+			empty := ""
+			v = &empty
+		}
+		if err := auth.SetFields(path, name, map[string]*string{"nologin": v}); err != nil {
+			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
+		}
+		done = action + "d POP3 access for " + name
 	}
-	return usageError("user: unknown action %q (use add, passwd, del or list)", action)
+	if err := auditEvent(*data, "user_"+action, "user", name); err != nil {
+		fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
+	}
+	fmt.Fprintln(stderr, done)
+	return nil
 }
 
-func userExists(path, name string) bool {
+// auditEvent appends an event to DATA/audit.log.
+func auditEvent(data, event string, fields ...any) error {
+	l, err := audit.Open(filepath.Join(data, "audit.log"))
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	return l.Event(event, fields...)
+}
+
+// userExists reports whether the users file lists name.
+func userExists(path, name string) (bool, error) {
 	list, err := auth.ListUsers(path)
 	if err != nil {
-		return true // let SetPassword report the real error
+		return false, err
 	}
-	for _, n := range list {
-		if n == name {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(list, name), nil
 }
 
 func describe(err error, name, path string) error {

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/lmtp"
+	"github.com/pouchmail/pouch/store/maildir"
+)
+
+var _ lmtp.Users = (*auth.Users)(nil)
+var _ lmtp.Mailboxes = (*maildir.Store)(nil)
+
+const deliverUsage = `Usage: pouch deliver [--data DIR] [-f SENDER] [flags] USER < message
+
+Delivers the message on standard input into USER's maildrop, as the LMTP
+listener of pouch serve does: Return-Path (with -f) and Delivered-To header
+lines are added at the top, nothing else is changed (8-bit data and LF or CRLF
+line endings are stored as received), and the command exits 0 only once the
+message is on disk, synced. USER is a user name or user@domain, whose local
+part names the user; Delivered-To gets the argument as given.
+
+For Postfix's local delivery (main.cf):
+  mailbox_command = /usr/local/bin/pouch deliver --data /var/lib/pouch -f "$SENDER" "$USER"
+
+Exit status (sysexits.h, as Postfix, procmail and fetchmail read it):
+  0   delivered
+  67  no such user (EX_NOUSER)
+  73  refused for good: the mailbox is full or the message too big (EX_CANTCREAT)
+  75  temporary failure, try again later (EX_TEMPFAIL); also for a bad command
+      line or configuration, so that the MTA keeps the message queued
+
+Flags:
+`
+
+// Exit statuses of pouch deliver, from sysexits.h.
+const (
+	exNoUser    = 67
+	exCantCreat = 73
+	exTempFail  = 75
+)
+
+// lmtpSettings are the flags of mail delivery: all of them for pouch serve,
+// the limits for pouch deliver.
+type lmtpSettings struct {
+	addr           string
+	domains        string
+	quotaStorage   sizeValue
+	quotaMessages  int
+	quotaTemporary bool
+	maxMessageSize sizeValue
+}
+
+// register defines the flags on fs; listener adds --lmtp and --lmtp-domains.
+func (s *lmtpSettings) register(fs *flag.FlagSet, listener bool) {
+	if listener {
+		fs.StringVar(&s.addr, "lmtp", "", "LMTP listen `address` (host:port, or unix:/path for a socket); empty disables it")
+		fs.StringVar(&s.domains, "lmtp-domains", "", "comma-separated `domains` whose recipients LMTP accepts (default: any domain)")
+	}
+	s.maxMessageSize = 50 << 20
+	fs.Var(&s.quotaStorage, "quota-storage", "default storage quota of each user, a `size` such as 500M or 2G; 0 means none")
+	fs.IntVar(&s.quotaMessages, "quota-messages", 0, "default quota of each user in `messages`; 0 means none")
+	fs.BoolVar(&s.quotaTemporary, "quota-temporary", false, "refuse mail over quota temporarily (452 4.2.2, exit 75) rather than for good (552 5.2.2, exit 73)")
+	fs.Var(&s.maxMessageSize, "max-message-size", "refuse messages larger than this `size`; 0 means no limit")
+}
+
+// agent returns the delivery agent for the data directory.
+func (s *lmtpSettings) agent(data string, users lmtp.Users) (*lmtp.Agent, error) {
+	if s.quotaMessages < 0 {
+		return nil, errors.New("--quota-messages must not be negative")
+	}
+	return &lmtp.Agent{
+		Store:          maildir.New(filepath.Join(data, "mail")),
+		Users:          users,
+		Quota:          lmtp.Quota{Storage: int64(s.quotaStorage), Messages: s.quotaMessages},
+		QuotaTemporary: s.quotaTemporary,
+		MaxMessageSize: int64(s.maxMessageSize),
+	}, nil
+}
+
+// sizeValue is a flag holding a size in octets, written like 500M or 2G.
+type sizeValue int64
+
+func (v *sizeValue) String() string { return lmtp.FormatSize(int64(*v)) }
+
+func (v *sizeValue) Set(s string) error {
+	n, err := lmtp.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*v = sizeValue(n)
+	return nil
+}
+
+// tempFail is a failure of pouch deliver after which the MTA should retry.
+func tempFail(format string, args ...any) error {
+	return &exitError{code: exTempFail, msg: fmt.Sprintf(format, args...)}
+}
+
+func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pouch deliver", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // a failure is one sentence; only --help prints the usage
+	var s lmtpSettings
+	configFile := fs.String("config", "", "take --data and the limits from pouch serve's TOML `file` (flags win)")
+	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/USER/")
+	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
+	s.register(fs, false)
+	fs.Usage = func() {}
+	pos, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stderr, deliverUsage)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		return err
+	}
+	if err != nil {
+		return tempFail("deliver: %v", err)
+	}
+	if len(pos) != 1 {
+		return tempFail("deliver: give exactly one user name, got %d arguments", len(pos))
+	}
+	rcpt := pos[0]
+	set := flagNames(fs)
+	if *configFile != "" {
+		if err := deliverConfig(*configFile, set, data, &s); err != nil {
+			return tempFail("deliver: %v", err)
+		}
+	}
+	usersPath := filepath.Join(*data, "users")
+	if _, err := os.Stat(usersPath); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return tempFail("deliver: there is no users file %s; check --data", usersPath)
+		}
+		return tempFail("deliver: %v", err)
+	}
+	users, err := auth.OpenUsers(usersPath)
+	if err != nil {
+		return tempFail("deliver: %v", err)
+	}
+	agent, err := s.agent(*data, users)
+	if err != nil {
+		return tempFail("deliver: %v", err)
+	}
+	local := rcpt
+	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
+		local = rcpt[:at]
+	}
+	user, ok := agent.User(local)
+	if !ok {
+		return &exitError{code: exNoUser, msg: fmt.Sprintf("deliver: there is no user %q in %s", local, usersPath)}
+	}
+	if err := agent.Check(user, 0); err != nil {
+		return deliverFailure(err, user)
+	}
+	d := lmtp.Delivery{User: user, Recipient: rcpt, NoReturnPath: !set["f"]}
+	d.Sender = strings.TrimSuffix(strings.TrimPrefix(*sender, "<"), ">")
+	if _, err := agent.Deliver(context.Background(), d, stdin); err != nil {
+		return deliverFailure(err, user)
+	}
+	return nil
+}
+
+// deliverConfig reads pouch serve's TOML file, checked as pouch serve checks
+// it, and takes from it the settings that pouch deliver shares and that its
+// command line did not give.
+func deliverConfig(path string, set map[string]bool, data *string, s *lmtpSettings) error {
+	sfs, sc := serveFlags(io.Discard)
+	if err := applyConfigFile(sfs, path); err != nil {
+		return err
+	}
+	if !set["data"] {
+		*data = sc.data
+	}
+	if !set["quota-storage"] {
+		s.quotaStorage = sc.lmtp.quotaStorage
+	}
+	if !set["quota-messages"] {
+		s.quotaMessages = sc.lmtp.quotaMessages
+	}
+	if !set["quota-temporary"] {
+		s.quotaTemporary = sc.lmtp.quotaTemporary
+	}
+	if !set["max-message-size"] {
+		s.maxMessageSize = sc.lmtp.maxMessageSize
+	}
+	return nil
+}
+
+// deliverFailure turns a failed delivery into its exit status and sentence.
+func deliverFailure(err error, user string) error {
+	var (
+		qe *lmtp.QuotaError
+		ie *lmtp.InputError
+	)
+	switch {
+	case errors.Is(err, lmtp.ErrUnknownUser):
+		return &exitError{code: exNoUser, msg: fmt.Sprintf("deliver: there is no user %q", user)}
+	case errors.As(err, &qe):
+		code := exCantCreat
+		if qe.Temporary {
+			code = exTempFail
+		}
+		return &exitError{code: code, msg: "deliver: " + qe.Error()}
+	case errors.Is(err, lmtp.ErrTooBig):
+		return &exitError{code: exCantCreat, msg: "deliver: the message is larger than the limit set by --max-message-size"}
+	case errors.As(err, &ie):
+		return tempFail("deliver: reading the message from standard input failed: %v", ie.Err)
+	}
+	return tempFail("deliver: the message for %s could not be stored, try again later: %v", user, err)
+}
+
+// lmtpService is the LMTP listener of pouch serve.
+type lmtpService struct {
+	srv *lmtp.Server
+	l   net.Listener
+	log *slog.Logger
+}
+
+// listenLMTP makes pouch serve's LMTP server and opens its listener. It
+// returns nil when --lmtp is empty.
+func listenLMTP(c *serveConfig, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
+	s := &c.lmtp
+	if s.addr == "" {
+		return nil, nil
+	}
+	agent, err := s.agent(c.data, users)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	spool := filepath.Join(c.data, "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, fmt.Errorf("spool directory: %v", err)
+	}
+	var domains []string
+	for _, d := range strings.Split(s.domains, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			domains = append(domains, d)
+		}
+	}
+	srv := lmtp.New(lmtp.Config{Agent: agent, Logger: log, Hostname: hostname, Domains: domains, SpoolDir: spool})
+	l, err := lmtp.Listen(s.addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen lmtp on %s: %v", s.addr, err)
+	}
+	return &lmtpService{srv: srv, l: l, log: log}, nil
+}
+
+// start serves LMTP in a goroutine counted by wg; a failure of the listener
+// goes to errs unless another failure is already there.
+func (s *lmtpService) start(wg *sync.WaitGroup, errs chan<- error) {
+	if s == nil {
+		return
+	}
+	s.log.Info("listening", "protocol", "lmtp", "addr", s.l.Addr().String())
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.srv.Serve(s.l); err != nil && !errors.Is(err, lmtp.ErrServerClosed) {
+			select {
+			case errs <- fmt.Errorf("lmtp on %s: %v", s.l.Addr(), err):
+			default:
+			}
+		}
+	}()
+}
+
+// shutdown stops the LMTP server in the background, beside the POP3 one; the
+// channel is closed when it has stopped.
+func (s *lmtpService) shutdown(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	if s == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		if err := s.srv.Shutdown(ctx); err != nil {
+			s.log.Warn("LMTP deliveries still running after the grace period were stopped unacknowledged")
+		}
+	}()
+	return done
+}

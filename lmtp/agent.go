@@ -1,0 +1,404 @@
+// Package lmtp delivers mail into Pouch's maildrops: the LMTP listener of
+// pouch serve (RFC 2033, on github.com/emersion/go-smtp), and the Agent that
+// it shares with pouch deliver, which finds the user a recipient names,
+// enforces quotas and the message size limit, and adds the header lines of
+// final delivery (Return-Path, Delivered-To) while streaming the message into
+// the store.
+//
+// Nothing is acknowledged before the store reports the message durable (file
+// and directory synced); a refused or failed delivery leaves nothing visible.
+package lmtp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pouchmail/pouch/store"
+)
+
+// Mailboxes is where an Agent delivers. maildir.Store implements it.
+type Mailboxes interface {
+	store.Deliverer
+	// Usage reports the number of messages and the stored octets of user's
+	// maildrop, without reading the messages or taking the maildrop lock.
+	Usage(user string) (messages int, bytes int64, err error)
+}
+
+// Users is the user database. auth.Users implements it.
+type Users interface {
+	// Exists reports whether name is a user.
+	Exists(name string) bool
+	// Fields returns the extra fields of name's entry (key=value), or nil.
+	Fields(name string) map[string]string
+}
+
+// Quota limits what one maildrop may hold. A zero field means no limit.
+type Quota struct {
+	Storage  int64 // octets, as stored
+	Messages int
+}
+
+// Extra fields of a users-file line that set that user's quota in place of
+// the default; "0" lifts the limit.
+const (
+	FieldQuotaStorage  = "quota_storage"  // a size, as ParseSize reads it
+	FieldQuotaMessages = "quota_messages" // a number of messages
+)
+
+// Agent delivers messages into maildrops. Its fields must not change once it
+// is in use; it is safe for concurrent use.
+type Agent struct {
+	Store Mailboxes
+	Users Users
+	// Quota is every user's quota unless the users file says otherwise.
+	Quota Quota
+	// QuotaTemporary makes a refusal for quota a temporary failure (LMTP
+	// 452 4.2.2, exit status 75), so that the sender keeps the message and
+	// retries, instead of a permanent one (552 5.2.2, exit status 73). It is
+	// Dovecot's quota_full_tempfail.
+	QuotaTemporary bool
+	// MaxMessageSize refuses messages of more octets than this, counted as
+	// received (without the added header lines). Zero means no limit.
+	MaxMessageSize int64
+
+	// usage caches Store.Usage for usageTTL, counting the Agent's own
+	// deliveries meanwhile, so that a burst of mail for one user measures
+	// the maildrop once a second rather than twice a message.
+	usageMu sync.Mutex
+	usage   map[string]usageEntry
+}
+
+// usageTTL is how long a measured usage is trusted. Quotas are soft: mail
+// delivered by others (another process, or several deliveries at once)
+// within that time can take a maildrop a little over its quota, and space
+// freed within it is seen up to that much later.
+const usageTTL = time.Second
+
+type usageEntry struct {
+	messages int
+	bytes    int64
+	at       time.Time
+}
+
+// Errors of a delivery besides *QuotaError and *InputError.
+var (
+	// ErrUnknownUser means that the recipient names no user.
+	ErrUnknownUser = errors.New("lmtp: no such user")
+	// ErrTooBig means that the message is larger than MaxMessageSize.
+	ErrTooBig = errors.New("lmtp: message larger than the size limit")
+)
+
+// QuotaError means that the message does not fit in the user's quota.
+type QuotaError struct {
+	User      string
+	Temporary bool  // the Agent's QuotaTemporary
+	Messages  bool  // the limit on the number of messages, not on storage
+	Limit     int64 // that limit
+}
+
+func (e *QuotaError) Error() string {
+	if e.Messages {
+		return fmt.Sprintf("the mailbox of %s is full (limit of %d messages)", e.User, e.Limit)
+	}
+	return fmt.Sprintf("the mailbox of %s is full (storage limit of %s)", e.User, FormatSize(e.Limit))
+}
+
+// InputError means that reading the message failed: the sender's side (a lost
+// connection, a timeout, a malformed message), not the storage's.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return "reading the message: " + e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// User returns the user that the local part of an address names: the user of
+// exactly that name, or else of that name in lower case.
+func (a *Agent) User(local string) (string, bool) {
+	if local == "" {
+		return "", false
+	}
+	if a.Users.Exists(local) {
+		return local, true
+	}
+	if low := strings.ToLower(local); low != local && a.Users.Exists(low) {
+		return low, true
+	}
+	return "", false
+}
+
+// QuotaOf returns user's quota: the default, with the user's extra fields
+// quota_storage and quota_messages in place of its parts. A malformed field
+// is an error (a configuration problem: the delivery should be retried later,
+// not refused).
+func (a *Agent) QuotaOf(user string) (Quota, error) {
+	q := a.Quota
+	f := a.Users.Fields(user)
+	if v, ok := f[FieldQuotaStorage]; ok {
+		n, err := ParseSize(v)
+		if err != nil {
+			return Quota{}, fmt.Errorf("users file: %s of user %s: %v", FieldQuotaStorage, user, err)
+		}
+		q.Storage = n
+	}
+	if v, ok := f[FieldQuotaMessages]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return Quota{}, fmt.Errorf("users file: %s of user %s: %q is not a number of messages", FieldQuotaMessages, user, v)
+		}
+		q.Messages = n
+	}
+	return q, nil
+}
+
+// Check reports early whether user can take a message of size octets (0 when
+// the size is not known yet): nil, ErrUnknownUser, ErrTooBig, a *QuotaError,
+// or another error when the users file or the storage fails. It answers RCPT,
+// and pouch deliver before it reads the message; Deliver checks again.
+func (a *Agent) Check(user string, size int64) error {
+	if !a.Users.Exists(user) {
+		return ErrUnknownUser
+	}
+	if a.MaxMessageSize > 0 && size > a.MaxMessageSize {
+		return ErrTooBig
+	}
+	_, _, err := a.room(user, max(size, 1))
+	return err
+}
+
+// room returns the octets left under user's storage quota and that quota
+// (-1 and 0 for no limit), or a *QuotaError when a message of need octets does
+// not fit. It measures the maildrop only when the user has a quota.
+func (a *Agent) room(user string, need int64) (left, limit int64, err error) {
+	q, err := a.QuotaOf(user)
+	if err != nil {
+		return 0, 0, err
+	}
+	if q.Storage == 0 && q.Messages == 0 {
+		return -1, 0, nil
+	}
+	msgs, used, err := a.usageOf(user)
+	if err != nil {
+		return 0, 0, fmt.Errorf("measuring the mailbox of %s: %w", user, err)
+	}
+	if q.Messages > 0 && msgs >= q.Messages {
+		return 0, 0, &QuotaError{User: user, Temporary: a.QuotaTemporary, Messages: true, Limit: int64(q.Messages)}
+	}
+	if q.Storage == 0 {
+		return -1, 0, nil
+	}
+	left = q.Storage - used
+	if need > left {
+		return 0, 0, &QuotaError{User: user, Temporary: a.QuotaTemporary, Limit: q.Storage}
+	}
+	return left, q.Storage, nil
+}
+
+// usageOf returns user's usage, measured at most usageTTL ago.
+func (a *Agent) usageOf(user string) (int, int64, error) {
+	a.usageMu.Lock()
+	e, ok := a.usage[user]
+	a.usageMu.Unlock()
+	if ok && time.Since(e.at) < usageTTL {
+		return e.messages, e.bytes, nil
+	}
+	at := time.Now()
+	msgs, used, err := a.Store.Usage(user)
+	if err != nil {
+		return 0, 0, err
+	}
+	a.usageMu.Lock()
+	defer a.usageMu.Unlock()
+	if a.usage == nil || len(a.usage) > 4096 {
+		a.usage = make(map[string]usageEntry) // forget old entries rather than grow
+	}
+	a.usage[user] = usageEntry{msgs, used, at}
+	return msgs, used, nil
+}
+
+// delivered counts a delivery of size octets in the cached usage of user.
+func (a *Agent) delivered(user string, size int64) {
+	a.usageMu.Lock()
+	defer a.usageMu.Unlock()
+	if e, ok := a.usage[user]; ok {
+		e.messages++
+		e.bytes += size
+		a.usage[user] = e
+	}
+}
+
+// Delivery describes one message for one recipient.
+type Delivery struct {
+	// User names the maildrop.
+	User string
+	// Recipient is the value of the Delivered-To header line: the address
+	// (user@domain) or the user name. Empty adds no Delivered-To.
+	Recipient string
+	// Sender is the envelope sender for the Return-Path header line; empty
+	// is the null sender, written <>. NoReturnPath adds no Return-Path.
+	Sender       string
+	NoReturnPath bool
+	// LineEnd ends the added header lines: "\r\n" or "\n". Empty means the
+	// line ending of the message's first line.
+	LineEnd string
+	// Size is the message's size in octets when it is known before reading
+	// it (a spooled message), or 0.
+	Size int64
+}
+
+// Deliver stores the message read from r in d.User's maildrop with the
+// Return-Path and Delivered-To header lines at the top and nothing else
+// changed: 8-bit octets and line endings stay as received. It reads r once,
+// streaming, and stops at the first octet over the quota or the size limit.
+//
+// It returns the octets read from r, and nil only when the message is durable
+// (see store.Deliverer). On error nothing is stored; the error is
+// ErrUnknownUser, ErrTooBig, a *QuotaError, an *InputError when reading r
+// failed, or another error from the users file or the storage.
+func (a *Agent) Deliver(ctx context.Context, d Delivery, r io.Reader) (int64, error) {
+	if !a.Users.Exists(d.User) {
+		return 0, ErrUnknownUser
+	}
+	if a.MaxMessageSize > 0 && d.Size > a.MaxMessageSize {
+		return 0, ErrTooBig
+	}
+	eol := d.LineEnd
+	if eol == "" {
+		br := bufio.NewReaderSize(r, 4096)
+		eol = lineEndOf(br)
+		r = br
+	}
+	header := headerLines(d, eol)
+	left, limit, err := a.room(d.User, int64(len(header))+max(d.Size, 1))
+	if err != nil {
+		return 0, err
+	}
+	body := &bodyReader{r: r, maxSize: a.MaxMessageSize, room: -1}
+	if left >= 0 {
+		body.room = left - int64(len(header))
+		body.quotaErr = &QuotaError{User: d.User, Temporary: a.QuotaTemporary, Limit: limit}
+	}
+	err = a.Store.Deliver(ctx, d.User, io.MultiReader(strings.NewReader(header), body))
+	switch {
+	case err == nil:
+		a.delivered(d.User, int64(len(header))+body.n)
+		return body.n, nil
+	case body.refused != nil:
+		return body.n, body.refused
+	case body.readErr != nil:
+		return body.n, &InputError{body.readErr}
+	}
+	return body.n, err
+}
+
+// headerLines returns the Return-Path and Delivered-To lines of d (RFC 5321
+// §4.4; Delivered-To as Postfix, qmail and Dovecot write it).
+func headerLines(d Delivery, eol string) string {
+	var b strings.Builder
+	if !d.NoReturnPath {
+		b.WriteString("Return-Path: <" + headerSafe(d.Sender) + ">" + eol)
+	}
+	if d.Recipient != "" {
+		b.WriteString("Delivered-To: " + headerSafe(d.Recipient) + eol)
+	}
+	return b.String()
+}
+
+// headerSafe drops control characters, so that a value cannot end the header
+// line or start another.
+func headerSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// lineEndOf returns the line ending of the first line buffered in br ("\n"
+// when the first 4 KiB hold no complete line).
+func lineEndOf(br *bufio.Reader) string {
+	buf, _ := br.Peek(br.Size()) // whatever there is; read errors come again later
+	if i := bytes.IndexByte(buf, '\n'); i > 0 && buf[i-1] == '\r' {
+		return "\r\n"
+	}
+	return "\n"
+}
+
+// bodyReader counts the message as the store reads it and fails the read as
+// soon as the message exceeds the size limit or the room under the quota.
+type bodyReader struct {
+	r        io.Reader
+	n        int64
+	maxSize  int64 // 0: none
+	room     int64 // -1: none
+	quotaErr error
+	refused  error // why the message was refused
+	readErr  error // the error reading r, other than EOF
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.refused != nil {
+		return 0, b.refused
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	switch {
+	case b.maxSize > 0 && b.n > b.maxSize:
+		b.refused = ErrTooBig
+	case b.room >= 0 && b.n > b.room:
+		b.refused = b.quotaErr
+	}
+	if b.refused != nil {
+		return 0, b.refused
+	}
+	if err != nil && err != io.EOF {
+		b.readErr = err
+	}
+	return n, err
+}
+
+// ParseSize reads a size in octets: a whole number, optionally followed by K,
+// M, G or T (powers of 1024, any case, with or without a final B or iB), such
+// as 52428800, 500M, 2G or 10KiB.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	u := strings.ToUpper(t)
+	u = strings.TrimSuffix(u, "IB")
+	u = strings.TrimSuffix(u, "B")
+	shift := 0
+	if u != "" {
+		if i := strings.IndexByte("KMGT", u[len(u)-1]); i >= 0 {
+			shift = 10 * (i + 1)
+			u = u[:len(u)-1]
+		}
+	}
+	n, err := strconv.ParseInt(u, 10, 64)
+	if err != nil || n < 0 || u == "" || u[0] == '+' || u[0] == '-' {
+		return 0, fmt.Errorf("%q is not a size (say 52428800, 500M or 2G)", s)
+	}
+	if n > (1<<63-1)>>shift {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n << shift, nil
+}
+
+// FormatSize writes a size the way ParseSize reads it, in the largest unit
+// that divides it.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		shift  int
+	}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}} {
+		if n != 0 && n%(1<<u.shift) == 0 {
+			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}

@@ -1,0 +1,190 @@
+package lmtp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pouchmail/pouch/store/maildir"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"0": 0, "1024": 1024, "10K": 10 << 10, "10kb": 10 << 10, "500M": 500 << 20, "2G": 2 << 30,
+		"2GiB": 2 << 30, "1t": 1 << 40, " 7 ": 7, "52428800": 50 << 20,
+	} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1", "+5", "1.5G", "5X", "lots", "9999999999T"} {
+		if got, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
+		}
+	}
+	for _, n := range []int64{0, 1, 1023, 1024, 50 << 20, 3 << 30, 1<<40 + 1} {
+		if got, err := ParseSize(FormatSize(n)); err != nil || got != n {
+			t.Errorf("ParseSize(FormatSize(%d) = %q) = %d, %v", n, FormatSize(n), got, err)
+		}
+	}
+}
+
+func newAgent(t *testing.T, users fakeUsers) (*Agent, string) {
+	root := t.TempDir()
+	return &Agent{Store: maildir.New(root), Users: users}, root
+}
+
+func readNew(t *testing.T, root, user string) []string {
+	t.Helper()
+	dir := filepath.Join(root, user, "new")
+	entries, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	return out
+}
+
+// The added header lines take the line ending of the message's first line,
+// so an LF message (from a pipe) stays LF throughout.
+func TestAgentHeaders(t *testing.T) {
+	a, root := newAgent(t, fakeUsers{"u": nil})
+	ctx := context.Background()
+	for _, tc := range []struct {
+		d    Delivery
+		msg  string
+		want string
+	}{
+		{Delivery{User: "u", Recipient: "u", Sender: "a@b.example"}, "Subject: lf\n\nbody\n",
+			"Return-Path: <a@b.example>\nDelivered-To: u\nSubject: lf\n\nbody\n"},
+		{Delivery{User: "u", Recipient: "u@example.org", Sender: ""}, "Subject: crlf\r\n\r\nbody\r\n",
+			"Return-Path: <>\r\nDelivered-To: u@example.org\r\nSubject: crlf\r\n\r\nbody\r\n"},
+		{Delivery{User: "u", Recipient: "u", NoReturnPath: true}, "no newline at all",
+			"Delivered-To: u\nno newline at all"},
+		{Delivery{User: "u", Recipient: "u\r\nBcc: evil", Sender: "x\n@y"}, "Subject: s\n\n",
+			"Return-Path: <x@y>\nDelivered-To: uBcc: evil\nSubject: s\n\n"},
+		{Delivery{User: "u", Recipient: "u", Sender: "s", LineEnd: "\r\n"}, "",
+			"Return-Path: <s>\r\nDelivered-To: u\r\n"},
+	} {
+		before := len(readNew(t, root, "u"))
+		n, err := a.Deliver(ctx, tc.d, strings.NewReader(tc.msg))
+		if err != nil || n != int64(len(tc.msg)) {
+			t.Fatalf("Deliver(%+v) = %d, %v", tc.d, n, err)
+		}
+		got := readNew(t, root, "u")
+		if len(got) != before+1 {
+			t.Fatalf("%d messages, want %d", len(got), before+1)
+		}
+		found := false
+		for _, g := range got {
+			found = found || g == tc.want
+		}
+		if !found {
+			t.Errorf("%+v: no stored message is %q; have %q", tc.d, tc.want, got)
+		}
+	}
+}
+
+func TestAgentUser(t *testing.T) {
+	a, _ := newAgent(t, fakeUsers{"alice": nil, "Bob": nil})
+	for in, want := range map[string]string{"alice": "alice", "ALICE": "alice", "Bob": "Bob", "bob": "", "": "", "carol": ""} {
+		got, ok := a.User(in)
+		if got != want || ok != (want != "") {
+			t.Errorf("User(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+	if _, err := a.Deliver(context.Background(), Delivery{User: "nobody"}, strings.NewReader("x")); !errors.Is(err, ErrUnknownUser) {
+		t.Errorf("Deliver to an unknown user: %v", err)
+	}
+}
+
+// A storage quota is exact: a message that fills it to the octet is taken,
+// one octet more is refused while streaming and leaves nothing behind.
+func TestAgentQuotaBoundary(t *testing.T) {
+	a, root := newAgent(t, fakeUsers{"u": {FieldQuotaStorage: "100"}, "v": {FieldQuotaStorage: "0"}})
+	a.Quota = Quota{Storage: 10}
+	ctx := context.Background()
+	d := Delivery{User: "u", Recipient: "u", NoReturnPath: true, LineEnd: "\n"}
+	header := len("Delivered-To: u\n")
+	_, err := a.Deliver(ctx, d, strings.NewReader(strings.Repeat("x", 100-header+1)))
+	var qe *QuotaError
+	if !errors.As(err, &qe) || qe.Temporary || qe.Limit != 100 || qe.User != "u" {
+		t.Fatalf("one octet over: %v, want a permanent QuotaError", err)
+	}
+	for _, sub := range []string{"tmp", "new"} {
+		if entries, _ := os.ReadDir(filepath.Join(root, "u", sub)); len(entries) != 0 {
+			t.Errorf("%s/ holds %d files after a refusal", sub, len(entries))
+		}
+	}
+	if _, err := a.Deliver(ctx, d, strings.NewReader(strings.Repeat("x", 100-header))); err != nil {
+		t.Fatalf("exactly at the quota: %v", err)
+	}
+	if err := a.Check("u", 0); !errors.As(err, &qe) {
+		t.Fatalf("Check of a full mailbox: %v", err)
+	}
+	// quota_storage=0 lifts the default limit for v.
+	if _, err := a.Deliver(ctx, Delivery{User: "v"}, strings.NewReader(strings.Repeat("y", 1000))); err != nil {
+		t.Fatalf("a user without quota: %v", err)
+	}
+	// The known size of a spooled message is checked before reading.
+	a.QuotaTemporary = true
+	r := &countReader{r: strings.NewReader("zz")}
+	if _, err := a.Deliver(ctx, Delivery{User: "u", Size: 2, LineEnd: "\n"}, r); !errors.As(err, &qe) || !qe.Temporary {
+		t.Fatalf("known size over quota: %v", err)
+	}
+	if r.n != 0 {
+		t.Errorf("read %d octets of a message refused by its known size", r.n)
+	}
+}
+
+func TestAgentSizeLimitAndInputErrors(t *testing.T) {
+	a, root := newAgent(t, fakeUsers{"u": nil})
+	a.MaxMessageSize = 10
+	ctx := context.Background()
+	if _, err := a.Deliver(ctx, Delivery{User: "u"}, strings.NewReader(strings.Repeat("x", 11))); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("11 octets over a limit of 10: %v", err)
+	}
+	if err := a.Check("u", 11); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("Check with a size over the limit: %v", err)
+	}
+	if _, err := a.Deliver(ctx, Delivery{User: "u"}, strings.NewReader(strings.Repeat("x", 10))); err != nil {
+		t.Fatalf("10 octets: %v", err)
+	}
+	lost := errors.New("connection lost")
+	_, err := a.Deliver(ctx, Delivery{User: "u"}, io.MultiReader(strings.NewReader("part"), errReader{lost}))
+	var ie *InputError
+	if !errors.As(err, &ie) || !errors.Is(err, lost) {
+		t.Fatalf("a failing reader: %v, want an InputError", err)
+	}
+	if n := len(readNew(t, root, "u")); n != 1 {
+		t.Fatalf("%d messages, want 1", n)
+	}
+	// Malformed per-user quotas are errors, not silently no quota.
+	a.Users = fakeUsers{"u": {FieldQuotaMessages: "-3"}}
+	if err := a.Check("u", 0); err == nil || !strings.Contains(err.Error(), "quota_messages") {
+		t.Fatalf("a malformed quota_messages: %v", err)
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+type countReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}

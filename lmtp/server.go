@@ -1,0 +1,351 @@
+package lmtp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Config configures a Server. Zero durations and limits take the defaults.
+type Config struct {
+	// Agent delivers the messages; its MaxMessageSize is also the limit
+	// that LHLO advertises in SIZE (RFC 1870).
+	Agent  *Agent
+	Logger *slog.Logger
+	// Hostname is announced in the greeting (default: the system's).
+	Hostname string
+	// Domains, when not empty, are the only recipient domains accepted (in
+	// any case). Otherwise the local part of any user@domain names the user.
+	Domains []string
+	// ReadTimeout ends a connection on which the client sends nothing for
+	// this long, between commands or inside a message (RFC 5321 §4.5.3.2:
+	// 5 minutes). It is renewed at every read, so it measures a stall, not
+	// the length of a transfer.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds the writing of each reply (5 minutes).
+	WriteTimeout time.Duration
+	// MaxLineLength bounds a command line and each line of a message, CRLF
+	// included (64 KiB). RFC 5321 §4.5.3.1.6 sets 1000 octets for text lines;
+	// real mail sometimes has longer ones, and refusing them would bounce it.
+	MaxLineLength int
+	// MaxRecipients bounds the recipients of one message (1000); more get
+	// 452 4.5.3 and the sender sends them again in another transaction.
+	MaxRecipients int
+	// SpoolDir holds the one copy of a message for several recipients while
+	// it is written to each maildrop (default: os.TempDir()). The file is
+	// unlinked as soon as it is created, so nothing is left behind.
+	SpoolDir string
+}
+
+const (
+	defaultReadTimeout   = 5 * time.Minute
+	defaultWriteTimeout  = 5 * time.Minute
+	defaultMaxLine       = 64 * 1024
+	defaultMaxRecipients = 1000
+	// ShutdownGrace is how long deliveries in progress get to finish on
+	// shutdown.
+	ShutdownGrace = 10 * time.Second
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("lmtp: server closed")
+
+// Server is an LMTP server (RFC 2033) that delivers through an Agent. It
+// speaks LHLO, MAIL, RCPT, DATA (one reply per recipient), BDAT, RSET, NOOP,
+// VRFY and QUIT with PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, SIZE and
+// CHUNKING, as go-smtp implements them.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	smtp     *smtp.Server
+	domains  map[string]bool
+	idPrefix string
+	ids      atomic.Uint64
+	// ctx is cancelled when the shutdown grace period ends, which stops
+	// deliveries still reading a message.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closing   bool
+	closed    atomic.Bool // closing, for reads without the lock
+	stopOnce  sync.Once
+	stopped   chan struct{} // closed when every connection has ended after Shutdown
+}
+
+// New returns a Server for cfg. cfg.Agent must be set.
+func New(cfg Config) *Server {
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = defaultReadTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = defaultWriteTimeout
+	}
+	if cfg.MaxLineLength <= 0 {
+		cfg.MaxLineLength = defaultMaxLine
+	}
+	if cfg.MaxRecipients <= 0 {
+		cfg.MaxRecipients = defaultMaxRecipients
+	}
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = os.TempDir()
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname, _ = os.Hostname()
+		if cfg.Hostname == "" {
+			cfg.Hostname = "localhost"
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		idPrefix:  "l" + randomHex(3),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+		stopped:   make(chan struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if len(cfg.Domains) > 0 {
+		s.domains = make(map[string]bool, len(cfg.Domains))
+		for _, d := range cfg.Domains {
+			s.domains[normalizeDomain(d)] = true
+		}
+	}
+	gs := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	gs.LMTP = true
+	gs.Domain = cfg.Hostname
+	gs.MaxMessageBytes = cfg.Agent.MaxMessageSize
+	gs.MaxLineLength = cfg.MaxLineLength
+	gs.MaxRecipients = cfg.MaxRecipients
+	gs.WriteTimeout = cfg.WriteTimeout
+	gs.ReadTimeout = 0 // conn renews a deadline at every read instead
+	gs.ErrorLog = errorLog{log}
+	s.smtp = gs
+	return s
+}
+
+func normalizeDomain(d string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Serve accepts LMTP connections on l until Shutdown, and then returns
+// ErrServerClosed.
+func (s *Server) Serve(l net.Listener) error {
+	tl := &listener{Listener: l, srv: s}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[tl] = struct{}{}
+	s.mu.Unlock()
+
+	err := s.smtp.Serve(tl)
+
+	s.mu.Lock()
+	delete(s.listeners, tl)
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, closes the connections that are
+// between messages, and waits for the deliveries in progress to finish and
+// send their replies. When ctx is done first, it closes the remaining
+// connections, whose deliveries then fail without being acknowledged, and
+// waits for their goroutines. A delivery is never acknowledged unless it is
+// durable, so a shutdown at any moment loses no mail; at worst a message
+// stored just before the connection closed is sent again by the client.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	s.closed.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		if !c.busy.Load() {
+			c.Conn.Close() // between messages: the client sends the next one elsewhere or later
+		}
+	}
+	s.mu.Unlock()
+	s.stopOnce.Do(func() {
+		go func() {
+			_ = s.smtp.Shutdown(context.Background()) // waits for every connection's goroutine
+			close(s.stopped)
+		}()
+	})
+	select {
+	case <-s.stopped:
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Conn.Close()
+	}
+	s.mu.Unlock()
+	<-s.stopped
+	return ctx.Err()
+}
+
+func (s *Server) isClosing() bool { return s.closed.Load() }
+
+// listener wraps accepted connections in conn.
+type listener struct {
+	net.Listener
+	srv *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &conn{Conn: c, srv: l.srv}
+	l.srv.mu.Lock()
+	defer l.srv.mu.Unlock()
+	if l.srv.closing {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	l.srv.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+// conn is one client connection. Every read renews the read deadline, and a
+// read that timed out fails at once ever after, so a stall inside a message
+// ends the delivery, its replies and the connection in one timeout.
+type conn struct {
+	net.Conn
+	srv      *Server
+	timedOut atomic.Bool
+	// busy is set from the start of a message's data until the next read
+	// after it, by which time its replies are written; Shutdown closes the
+	// connections that are not busy at once.
+	busy      atomic.Bool
+	dataEnded atomic.Bool
+	closeOnce sync.Once
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.timedOut.Load() {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if c.dataEnded.Swap(false) {
+		c.busy.Store(false)
+	}
+	if !c.busy.Load() && c.srv.isClosing() {
+		return 0, io.EOF // between messages during shutdown: end the session
+	}
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.srv.cfg.ReadTimeout)); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.timedOut.Store(true)
+	}
+	return n, err
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() {
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		c.srv.mu.Unlock()
+	})
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (c *conn) startData() {
+	c.dataEnded.Store(false)
+	c.busy.Store(true)
+}
+
+func (c *conn) endData() { c.dataEnded.Store(true) }
+
+// errorLog passes go-smtp's own log lines (lost connections, recovered
+// panics) to the logger.
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.print(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (e errorLog) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		e.log.Error("lmtp: "+msg, "protocol", "lmtp")
+		return
+	}
+	e.log.Info("lmtp: "+msg, "protocol", "lmtp")
+}
+
+// Listen opens a listener for an LMTP address: "unix:/path" for a Unix
+// socket, anything else for TCP ("127.0.0.1:2424"). A Unix socket is made
+// mode 0660 (so the MTA's group can connect) and is removed when the listener
+// is closed; a stale socket left by a crash is replaced, but a path that is not
+// a socket, or on which a server still answers, is refused.
+func Listen(addr string) (net.Listener, error) {
+	path, unix := strings.CutPrefix(addr, "unix:")
+	if !unix {
+		return net.Listen("tcp", addr)
+	}
+	if path == "" {
+		return nil, errors.New("unix: needs a socket path")
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another server is listening on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing the stale socket: %v", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
