@@ -148,6 +148,8 @@ max-bad-commands = 3
 
 func TestServeRefusesBadSettings(t *testing.T) {
 	data := t.TempDir()
+	open := t.TempDir()
+	os.Chmod(open, 0o777)
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -158,12 +160,22 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		{[]string{"serve", "--data", data, "--log-level", "loud"}, 2, `log level "loud"`},
 		{[]string{"serve", "--data", data, "--pop3", "", "--tls-cert", "/nonexistent.pem"}, 1, "certificate"},
 		{[]string{"serve", "extra"}, 2, "serve takes no arguments"},
+		{[]string{"serve", "--data", data, "--deny-country", "RU"}, 2, "need --geoip-db"},
+		{[]string{"serve", "--data", data, "--allow-ip", "10.0.0.0/8,x"}, 2, "--allow-ip"},
+		{[]string{"serve", "--data", data, "--password-max-age", "soon"}, 2, "--password-max-age"},
+		{[]string{"serve", "--data", data, "--run-as", "no-such-user-here"}, 1, "--run-as"},
+		{[]string{"serve", "--data", open, "--pop3", "127.0.0.1:0", "--pop3s", ""}, 1, "writable by group or others"},
 		{[]string{"serve", "--data", data, "--insecure-auth-networks", "10.0.0.0/33"}, 2, `"10.0.0.0/33" is not a network`},
 		{[]string{"serve", "--data", data, "--oauth-issuer", "https://id.example"}, 1, "OAuth needs an issuer, an audience and a key set"},
 		{[]string{"serve", "--data", data, "--tls-client-ca", "/nonexistent"}, 1, "client CA"},
 		{[]string{"serve", "--no-such-flag"}, 2, "no-such-flag"},
 	} {
-		_, e, code := pouch(t, "", tc.args...)
+		args := tc.args
+		if len(args) > 1 && !strings.Contains(strings.Join(args, " "), "--pop3") {
+			// Never bind the default ports (110 and 995 when root).
+			args = append(append([]string{}, args...), "--pop3", "127.0.0.1:0", "--pop3s", "")
+		}
+		_, e, code := pouch(t, "", args...)
 		if code != tc.code || !strings.Contains(e, tc.msg) {
 			t.Errorf("pouch %v: exit %d, %q; want exit %d with %q", tc.args, code, e, tc.code, tc.msg)
 		}

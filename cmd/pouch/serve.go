@@ -49,7 +49,8 @@ type serveConfig struct {
 	oauthAudience   string
 	oauthJWKS       string
 	oauthUserClaim  string
-	lmtp            lmtpSettings // --lmtp, --lmtp-domains and the delivery limits (deliver.go)
+	lmtp            lmtpSettings    // --lmtp, --lmtp-domains and the delivery limits (deliver.go)
+	defence         defenceSettings // bans, access rules, limits, audit, metrics (serve_defence.go)
 }
 
 func defaultAddr(privileged, unprivileged string) string {
@@ -84,6 +85,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.oauthJWKS, "oauth-jwks", "", "the issuer's JSON Web Key Set: a `file` or an https URL")
 	fs.StringVar(&c.oauthUserClaim, "oauth-user-claim", "email", "token `claim` naming the user (the user, or user@any-domain)")
 	c.lmtp.register(fs, true)
+	c.defence.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: pouch serve [flags]\n\nRuns the POP3 server. With no flags it keeps everything under ./pouch-data.\n\nExample:\n  pouch serve --data /var/lib/pouch --pop3 '' --pop3s :995\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -161,8 +163,42 @@ func runServe(args []string, stderr io.Writer) error {
 	if c.pop3 == "" && c.pop3s == "" && c.lmtp.addr == "" {
 		return usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve")
 	}
+	// Listen on everything first, so that a bad address fails before serving.
+	type listener struct {
+		net.Listener
+		name string
+		tls  bool
+	}
+	var ls []listener
+	defer func() {
+		for _, l := range ls {
+			l.Close() // after Shutdown, or on an error before serving
+		}
+	}()
+	for _, l := range []struct {
+		name, addr string
+		tls        bool
+	}{{"pop3", c.pop3, false}, {"pop3s", c.pop3s, true}} {
+		if l.addr == "" {
+			continue
+		}
+		nl, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("listen %s on %s: %v", l.name, l.addr, err)
+		}
+		ls = append(ls, listener{nl, l.name, l.tls})
+	}
+	// Bound ports may need root; nothing else does.
+	if c.defence.runAs != "" {
+		if err := dropPrivileges(c.defence.runAs); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("data directory: %v", err)
+	}
+	if err := checkDataDir(c.data); err != nil {
+		return err
 	}
 	hostname := c.hostname
 	if hostname == "" {
@@ -213,36 +249,24 @@ func runServe(args []string, stderr io.Writer) error {
 		}
 		cfg.Tokens = tokens
 	}
+	closers, err := c.defence.apply(&cfg, c.data)
+	for _, cl := range closers {
+		defer cl()
+	}
+	if err != nil {
+		return err
+	}
 	srv := server.New(cfg)
 
-	// Listen on everything first, so that a bad address fails before serving.
-	type listener struct {
-		net.Listener
-		name string
-		tls  bool
-	}
-	var ls []listener
-	for _, l := range []struct {
-		name, addr string
-		tls        bool
-	}{{"pop3", c.pop3, false}, {"pop3s", c.pop3s, true}} {
-		if l.addr == "" {
-			continue
-		}
-		nl, err := net.Listen("tcp", l.addr)
+	if cfg.Metrics != nil {
+		stopMetrics, err := serveMetrics(context.Background(), c.defence.metricsAddr, cfg.Metrics, log)
 		if err != nil {
-			for _, prev := range ls {
-				prev.Close()
-			}
-			return fmt.Errorf("listen %s on %s: %v", l.name, l.addr, err)
+			return err
 		}
-		ls = append(ls, listener{nl, l.name, l.tls})
+		defer stopMetrics()
 	}
 	lmtpSvc, err := listenLMTP(c, users, hostname, log)
 	if err != nil {
-		for _, prev := range ls {
-			prev.Close()
-		}
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

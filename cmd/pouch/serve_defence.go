@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/metrics"
+	"github.com/pouchmail/pouch/server"
+)
+
+// defenceSettings are pouch serve's flags for the built-in defences.
+type defenceSettings struct {
+	banAfter        int
+	banWindow       time.Duration
+	banTime         time.Duration
+	trusted         string
+	allowIP, denyIP string
+	geoipDB         string
+	allowCountry    string
+	denyCountry     string
+	maxConns        int
+	maxConnsPerIP   int
+	maxPerUser      int
+	loginDelay      time.Duration
+	passwordMaxAge  string
+	auditLog        string
+	metricsAddr     string
+	runAs           string
+}
+
+func (d *defenceSettings) register(fs *flag.FlagSet) {
+	fs.IntVar(&d.banAfter, "ban-after", 10, "ban a source after this `many` failed logins within --ban-window (0: never ban)")
+	fs.DurationVar(&d.banWindow, "ban-window", 15*time.Minute, "how `long` a failed login counts")
+	fs.DurationVar(&d.banTime, "ban-time", 15*time.Minute, "the first ban's `length`; it doubles for repeat offenders, up to a day")
+	fs.StringVar(&d.trusted, "trusted-networks", "", "`networks` (CIDR, comma-separated) never slowed down or banned")
+	fs.StringVar(&d.allowIP, "allow-ip", "", "admit only these `networks` (CIDR, comma-separated)")
+	fs.StringVar(&d.denyIP, "deny-ip", "", "refuse these `networks` (CIDR, comma-separated)")
+	fs.StringVar(&d.geoipDB, "geoip-db", "", "MaxMind-format country database `file` (GeoLite2-Country) for the country rules")
+	fs.StringVar(&d.allowCountry, "allow-country", "", "admit only these `countries` (ISO codes, comma-separated)")
+	fs.StringVar(&d.denyCountry, "deny-country", "", "refuse these `countries` (ISO codes, comma-separated)")
+	fs.IntVar(&d.maxConns, "max-connections", 1000, "most POP3 connections at once (0: no limit)")
+	fs.IntVar(&d.maxConnsPerIP, "max-connections-per-ip", 20, "most POP3 connections at once from one address (0: no limit)")
+	fs.IntVar(&d.maxPerUser, "max-sessions-per-user", 0, "most logged-in sessions per user (0: no limit beyond the maildrop lock)")
+	fs.DurationVar(&d.loginDelay, "login-delay", 0, "LOGIN-DELAY: least `time` between two logins of a user (RFC 2449; the login_delay field overrides)")
+	fs.StringVar(&d.passwordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
+	fs.StringVar(&d.auditLog, "audit-log", "", "audit log `file` (JSON lines; default DATA/audit.log; \"off\" turns it off)")
+	fs.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this `address` (like 127.0.0.1:9110)")
+	fs.StringVar(&d.runAs, "run-as", "", "after binding the ports, run as this `user` (when started as root)")
+}
+
+// apply fills in the server configuration's defences. It returns what must
+// be closed at the end.
+func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func() error, err error) {
+	trusted, err := guard.ParseNets(d.trusted)
+	if err != nil {
+		return nil, usageError("--trusted-networks: %v", err)
+	}
+	if d.banAfter > 0 {
+		if cfg.Guard, err = guard.New(guard.Config{
+			Trusted:     trusted,
+			Window:      d.banWindow,
+			MaxFailures: d.banAfter,
+			BanTime:     d.banTime,
+			StatePath:   filepath.Join(data, "bans.json"),
+		}); err != nil {
+			return nil, err
+		}
+	}
+	allow, err := guard.ParseNets(d.allowIP)
+	if err != nil {
+		return nil, usageError("--allow-ip: %v", err)
+	}
+	deny, err := guard.ParseNets(d.denyIP)
+	if err != nil {
+		return nil, usageError("--deny-ip: %v", err)
+	}
+	allowC, denyC := splitList(d.allowCountry), splitList(d.denyCountry)
+	if (len(allowC) > 0 || len(denyC) > 0) && d.geoipDB == "" {
+		return nil, usageError("--allow-country and --deny-country need --geoip-db")
+	}
+	if cfg.Rules, err = guard.NewRules(allow, deny, allowC, denyC, d.geoipDB); err != nil {
+		return nil, err
+	}
+	closers = append(closers, cfg.Rules.Close)
+	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = d.maxConns, d.maxConnsPerIP, d.maxPerUser
+	cfg.LoginDelay = d.loginDelay
+	if d.passwordMaxAge != "" {
+		age, ok := parseAge(d.passwordMaxAge)
+		if !ok {
+			return closers, usageError("--password-max-age %q: use a duration like 90d or 2160h", d.passwordMaxAge)
+		}
+		cfg.PasswordMaxAge = age
+	}
+	switch d.auditLog {
+	case "off":
+	case "":
+		d.auditLog = filepath.Join(data, "audit.log")
+		fallthrough
+	default:
+		if cfg.Audit, err = audit.Open(d.auditLog); err != nil {
+			return closers, err
+		}
+		closers = append(closers, cfg.Audit.Close)
+	}
+	if d.metricsAddr != "" {
+		cfg.Metrics = metrics.New()
+	}
+	return closers, nil
+}
+
+// parseAge parses "90d" or a Go duration.
+func parseAge(s string) (time.Duration, bool) {
+	if n, ok := cutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		return time.Duration(days) * 24 * time.Hour, err == nil && days >= 0
+	}
+	d, err := time.ParseDuration(s)
+	return d, err == nil && d >= 0
+}
+
+func cutSuffix(s, suffix string) (string, bool) {
+	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
+		return s[:len(s)-len(suffix)], true
+	}
+	return s, false
+}
+
+// serveMetrics serves /metrics on addr until ctx ends.
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen metrics on %s: %v", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(l)
+	log.Info("listening", "protocol", "metrics", "addr", l.Addr().String())
+	return func() { hs.Shutdown(ctx) }, nil
+}
+
+// dropPrivileges switches to the named user (and its primary group) after the
+// privileged ports are bound.
+func dropPrivileges(name string) error {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return fmt.Errorf("--run-as: %v", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if os.Geteuid() != 0 {
+		if os.Geteuid() == uid {
+			return nil
+		}
+		return fmt.Errorf("--run-as %s needs to be started as root", name)
+	}
+	if err := syscall.Setgroups([]int{gid}); err != nil {
+		return fmt.Errorf("--run-as: %v", err)
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		return fmt.Errorf("--run-as: %v", err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return fmt.Errorf("--run-as: %v", err)
+	}
+	return nil
+}
+
+// checkDataDir refuses a data directory that others could tamper with: one
+// writable by group or others, owned by another user, or a users file that
+// others can read.
+func checkDataDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data directory: %v", err)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("data directory %s is writable by group or others (mode %04o); run: chmod go-w %s", dir, fi.Mode().Perm(), dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && st.Uid != 0 {
+		return fmt.Errorf("data directory %s belongs to uid %d, not to the user running pouch (uid %d)", dir, st.Uid, os.Geteuid())
+	}
+	users := filepath.Join(dir, "users")
+	fi, err = os.Stat(users)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("users file: %v", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("users file %s can be read by group or others (mode %04o); run: chmod 600 %s", users, fi.Mode().Perm(), users)
+	}
+	return nil
+}
