@@ -683,7 +683,7 @@ func TestSCRAMCredentials(t *testing.T) {
 			t.Fatalf("SCRAMCredentials(%s) = %+v, %v", name, creds, ok)
 		}
 		client, _ := scram.SHA256.NewClient(name, "pencil", "")
-		if got := client.GetStoredCredentials(creds.KeyFactors); !bytes.Equal(got.StoredKey, creds.StoredKey) || !bytes.Equal(got.ServerKey, creds.ServerKey) {
+		if got, err := client.GetStoredCredentialsWithError(creds.KeyFactors); err != nil || !bytes.Equal(got.StoredKey, creds.StoredKey) || !bytes.Equal(got.ServerKey, creds.ServerKey) {
 			t.Errorf("%s: stored keys do not come from the password", name)
 		}
 	}

@@ -744,10 +744,7 @@ func TestLargeMessageByteExact(t *testing.T) {
 		if l == "." {
 			break
 		}
-		if strings.HasPrefix(l, ".") {
-			l = l[1:]
-		}
-		got.WriteString(l + "\r\n")
+		got.WriteString(strings.TrimPrefix(l, ".") + "\r\n")
 	}
 	if got.String() != msg {
 		t.Fatalf("message differs: got %d octets, want %d", got.Len(), len(msg))

@@ -47,7 +47,6 @@ type session struct {
 
 	implicitTLS bool
 	ip          netip.Addr           // the client's address
-	loginBy     time.Time            // end of the time allowed to log in
 	stream      net.Conn             // the connection as read and written: TLS or not
 	tls         *tls.ConnectionState // nil before TLS
 	localCert   *tls.Certificate     // the certificate the server presented

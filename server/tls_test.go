@@ -35,7 +35,8 @@ func (a scramAuth) SCRAMCredentials(user string) (scram.StoredCredentials, bool)
 		return scram.StoredCredentials{}, false
 	}
 	c, _ := scram.SHA256.NewClient(user, pw, "")
-	return c.GetStoredCredentials(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096}), true
+	creds, err := c.GetStoredCredentialsWithError(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	return creds, err == nil
 }
 
 func (a scramAuth) SCRAMAvailable() bool             { return true }
@@ -147,12 +148,7 @@ func clientCert(t *testing.T, name string) tls.Certificate {
 
 // newTestServerOn is newTestServer listening on ip.
 func newTestServerOn(t *testing.T, ip string, mod func(*Config)) *testServer {
-	var ts *testServer
-	ts = newTestServer(t, func(c *Config) {
-		if mod != nil {
-			mod(c)
-		}
-	})
+	ts := newTestServer(t, mod)
 	if ip == "127.0.0.1" {
 		return ts
 	}

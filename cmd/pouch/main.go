@@ -16,11 +16,17 @@ const usage = `Pouch is a POP3 mail server.
 
 Usage:
   pouch serve [flags]                    run the POP3 server
-  pouch user add|passwd|del|list [--data DIR] [NAME]
+  pouch user add|passwd|del|disable|enable|list [--data DIR] [NAME]
                                          manage the users file
+  pouch ban list|add|del [--data DIR] [NETWORK]
+                                         manage the bans of failed-login sources
+  pouch fetch [flags] [--config FILE [ACCOUNT...]]
+                                         download mail from a POP3 server
+  pouch deliver [--data DIR] [-f SENDER] USER < message
+                                         deliver a message into a maildrop
   pouch help [COMMAND]                   show help
 
-Run "pouch help serve" or "pouch help user" for the flags of a command.
+Run "pouch help COMMAND" for the flags and examples of a command.
 `
 
 // exitError carries an exit status and one readable sentence.
@@ -62,6 +68,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runServe(rest, stderr)
 	case "user":
 		return runUser(rest, stdin, stdout, stderr)
+	case "ban":
+		return runBan(rest, stdout, stderr)
+	case "fetch":
+		return runFetch(rest, stderr)
+	case "deliver":
+		return runDeliver(rest, stdin, stderr)
 	case "help", "-h", "--help", "-help":
 		if len(rest) > 0 {
 			return run([]string{rest[0], "--help"}, stdin, stdout, stderr)

@@ -181,3 +181,42 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestBanCommands(t *testing.T) {
+	data := t.TempDir()
+	if _, e, code := pouch(t, "", "ban", "add", "--data", data, "203.0.113.0/24", "--for", "1h", "--reason", "scanner"); code != 0 {
+		t.Fatalf("ban add: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "ban", "add", "--data", data, "198.51.100.7"); code != 0 {
+		t.Fatalf("ban add: %d %s", code, e)
+	}
+	out, _, _ := pouch(t, "", "ban", "list", "--data", data)
+	if !strings.Contains(out, "203.0.113.0/24") || !strings.Contains(out, "scanner") || !strings.Contains(out, "198.51.100.7/32") {
+		t.Fatalf("ban list: %q", out)
+	}
+	if _, e, code := pouch(t, "", "ban", "del", "--data", data, "198.51.100.7"); code != 0 {
+		t.Fatalf("ban del: %d %s", code, e)
+	}
+	if out, _, _ := pouch(t, "", "ban", "list", "--data", data); strings.Contains(out, "198.51.100.7") {
+		t.Fatalf("ban list after del: %q", out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"ban", "del", "--data", data, "192.0.2.1"}, 1, "is not banned"},
+		{[]string{"ban", "add", "--data", data, "not-a-net"}, 2, "is not an address or a network"},
+		{[]string{"ban", "frob", "--data", data}, 2, "unknown action"},
+		{[]string{"ban"}, 2, "say list, add or del"},
+	} {
+		_, e, code := pouch(t, "", tc.args...)
+		if code != tc.code || !strings.Contains(e, tc.msg) {
+			t.Errorf("pouch %v: exit %d, %q; want exit %d with %q", tc.args, code, e, tc.code, tc.msg)
+		}
+	}
+	audit, _ := os.ReadFile(filepath.Join(data, "audit.log"))
+	if !strings.Contains(string(audit), `"event":"ban"`) || !strings.Contains(string(audit), `"event":"unban"`) {
+		t.Errorf("audit log: %s", audit)
+	}
+}

@@ -1,0 +1,454 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"golang.org/x/term"
+
+	"github.com/pouchmail/pouch/client"
+	"github.com/pouchmail/pouch/fetch"
+)
+
+const fetchUsage = `Usage: pouch fetch [flags]
+       pouch fetch --config FILE [flags] [ACCOUNT...]
+
+Downloads mail from a POP3 server into a Maildir, an mbox, an MDA, or an
+LMTP/SMTP server, exactly once: a message is deleted from the server (when
+--keep says so) only after it is safely stored and recorded, and no crash or
+network failure loses or duplicates it.
+
+With --config, the TOML file has the flag names as keys: top-level keys apply
+to every account, and each [account.NAME] table is one account. Flags on the
+command line win over the file. ACCOUNT names select accounts (default: all).
+
+Examples:
+  pouch fetch --server pop.example.com:995 --user alice \
+      --password-command 'pass show mail/alice' --to maildir:~/Mail/inbox --keep 14d
+  pouch fetch --config ~/.config/pouch/fetch.toml --every 5m
+
+Flags:
+`
+
+// fetchConfig holds the flags of one account.
+type fetchConfig struct {
+	configFile        string
+	server            string
+	tlsMode           string
+	caFile            string
+	fingerprint       string
+	user              string
+	passwordFile      string
+	passwordCommand   string
+	oauthTokenCommand string
+	to                string
+	rcpt              string
+	keep              string
+	maxSize           string
+	deleteOversized   bool
+	stateDir          string
+	dryRun            bool
+	every             string
+	quiet             bool
+	window            int
+	timeout           time.Duration
+}
+
+func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
+	c := &fetchConfig{}
+	fs := flag.NewFlagSet("pouch fetch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.configFile, "config", "", "read accounts from this TOML `file`")
+	fs.StringVar(&c.server, "server", "", "POP3 server `host:port` (995 for implicit TLS, 110 for starttls)")
+	fs.StringVar(&c.tlsMode, "tls", "implicit", "`mode`: implicit (POP3S), starttls (STLS, never falls back), or none (cleartext)")
+	fs.StringVar(&c.caFile, "ca-file", "", "trust the CA certificates in this PEM `file` instead of the system's")
+	fs.StringVar(&c.fingerprint, "tls-fingerprint", "", "accept only the server certificate with this SHA-256 `hex` fingerprint")
+	fs.StringVar(&c.user, "user", "", "user `name` on the server")
+	fs.StringVar(&c.passwordFile, "password-file", "", "read the password from the first line of this `file`")
+	fs.StringVar(&c.passwordCommand, "password-command", "", "run this shell `command` and use the first line it prints as the password")
+	fs.StringVar(&c.oauthTokenCommand, "oauth-token-command", "", "run this shell `command` for an OAuth 2.0 access token (OAUTHBEARER, XOAUTH2)")
+	fs.StringVar(&c.to, "to", "", "`destination`: maildir:DIR, mbox:FILE, mda:CMD, lmtp:HOST:PORT or smtp:HOST:PORT")
+	fs.StringVar(&c.rcpt, "rcpt", os.Getenv("USER"), "envelope recipient `address` for lmtp: and smtp:")
+	fs.StringVar(&c.keep, "keep", "0", "leave mail on the server this `long` after its first download (14d, 36h, 90s) or forever; 0 deletes at once")
+	fs.StringVar(&c.maxSize, "max-size", "0", "skip messages larger than this `size` (octets, or with K, M, G); 0 means no limit")
+	fs.BoolVar(&c.deleteOversized, "delete-oversized", false, "delete messages larger than --max-size from the server without downloading them")
+	fs.StringVar(&c.stateDir, "state-dir", fetch.DefaultStateDir(), "`directory` for the per-account journals and locks")
+	fs.BoolVar(&c.dryRun, "dry-run", false, "log in and say what would be done, changing nothing")
+	fs.StringVar(&c.every, "every", "", "keep running and fetch again every `interval` (5m, 1h)")
+	fs.BoolVar(&c.quiet, "q", false, "print nothing but errors")
+	fs.IntVar(&c.window, "window", 256, "RETR commands in flight when the server offers PIPELINING")
+	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up on a server silent this `long`")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, fetchUsage)
+		fs.PrintDefaults()
+	}
+	return fs, c
+}
+
+// parseSize parses a size with an optional K, M or G suffix (powers of 1024).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		}
+		if mult > 1 {
+			s = s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(strings.TrimSuffix(s, "B"), 10, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("size %q: use a number of octets, or with K, M or G", s)
+	}
+	return v * mult, nil
+}
+
+// account turns the flags into an Account.
+func (c *fetchConfig) account(name string) (*fetch.Account, error) {
+	if c.server == "" {
+		return nil, errors.New("--server is required")
+	}
+	if c.user == "" {
+		return nil, errors.New("--user is required")
+	}
+	n := 0
+	for _, s := range []string{c.passwordFile, c.passwordCommand, c.oauthTokenCommand} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, errors.New("give exactly one of --password-file, --password-command, --oauth-token-command")
+	}
+	if c.to == "" && !c.dryRun {
+		return nil, errors.New("--to is required (for example --to maildir:~/Mail/inbox)")
+	}
+	mode, err := client.ParseTLSMode(c.tlsMode)
+	if err != nil {
+		return nil, err
+	}
+	keep, forever, err := fetch.ParseKeep(c.keep)
+	if err != nil {
+		return nil, err
+	}
+	maxSize, err := parseSize(c.maxSize)
+	if err != nil {
+		return nil, err
+	}
+	if c.deleteOversized && maxSize == 0 {
+		return nil, errors.New("--delete-oversized needs --max-size")
+	}
+	return &fetch.Account{
+		Name: name, Server: c.server, TLS: mode, CAFile: c.caFile, Fingerprint: c.fingerprint,
+		User: c.user, PasswordFile: c.passwordFile, PasswordCommand: c.passwordCommand,
+		OAuthTokenCommand: c.oauthTokenCommand, To: c.to, Rcpt: c.rcpt,
+		Keep: keep, KeepForever: forever, MaxSize: maxSize, DeleteOversized: c.deleteOversized,
+		StateDir: c.stateDir, DryRun: c.dryRun, Window: c.window, Timeout: c.timeout,
+	}, nil
+}
+
+// setFromTOML sets every flag not given on the command line from values.
+func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, where string) error {
+	keys := make([]string, 0, len(values))
+	for k := range values {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		if key == "account" || key == "accounts" {
+			continue
+		}
+		if key == "config" || fs.Lookup(key) == nil {
+			return fmt.Errorf("%s: unknown key %q", where, key)
+		}
+		if set[key] {
+			continue
+		}
+		if err := fs.Set(key, fmt.Sprint(values[key])); err != nil {
+			return fmt.Errorf("%s: key %q: %v", where, key, err)
+		}
+	}
+	return nil
+}
+
+type namedAccount struct {
+	acct  *fetch.Account
+	quiet bool
+}
+
+// loadAccounts returns the accounts to fetch and the --every interval.
+func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duration, bool, error) {
+	fs, c := fetchFlags(stderr)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	set := flagNames(fs)
+	if c.configFile == "" {
+		if len(pos) > 0 {
+			return nil, 0, false, usageError("account names need --config; got %q", pos[0])
+		}
+		a, err := c.account("")
+		if err != nil {
+			return nil, 0, false, usageError("fetch: %v", err)
+		}
+		every, err := parseEvery(c.every)
+		return []namedAccount{{a, c.quiet}}, every, c.quiet, err
+	}
+	var file map[string]any
+	if _, err := toml.DecodeFile(c.configFile, &file); err != nil {
+		return nil, 0, false, &exitError{code: 2, msg: fmt.Sprintf("config %s: %v", c.configFile, err)}
+	}
+	table, _ := file["account"].(map[string]any)
+	if t2, ok := file["accounts"].(map[string]any); ok {
+		if table == nil {
+			table = map[string]any{}
+		}
+		for k, v := range t2 {
+			table[k] = v
+		}
+	}
+	if len(table) == 0 {
+		return nil, 0, false, usageError("config %s: no [account.NAME] table", c.configFile)
+	}
+	names := pos
+	if len(names) == 0 {
+		for n := range table {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+	}
+	var out []namedAccount
+	var every time.Duration
+	quiet := false
+	for _, name := range names {
+		vals, ok := table[name].(map[string]any)
+		if !ok {
+			return nil, 0, false, usageError("config %s: no account %q", c.configFile, name)
+		}
+		afs, ac := fetchFlags(stderr)
+		parseInterleaved(afs, args) // parsed once above without error
+		if err := setFromTOML(afs, set, file, "config "+c.configFile); err != nil {
+			return nil, 0, false, &exitError{code: 2, msg: err.Error()}
+		}
+		if err := setFromTOML(afs, set, vals, fmt.Sprintf("config %s: account %s", c.configFile, name)); err != nil {
+			return nil, 0, false, &exitError{code: 2, msg: err.Error()}
+		}
+		a, err := ac.account(name)
+		if err != nil {
+			return nil, 0, false, usageError("account %s: %v", name, err)
+		}
+		e, err := parseEvery(ac.every)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		if every == 0 || (e > 0 && e < every) {
+			every = e
+		}
+		quiet = ac.quiet
+		out = append(out, namedAccount{a, ac.quiet})
+	}
+	return out, every, quiet, nil
+}
+
+func parseEvery(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, forever, err := fetch.ParseKeep(s)
+	if err != nil || forever || d < time.Second {
+		return 0, usageError("--every %q: use an interval of at least 1s, like 5m", s)
+	}
+	return d, nil
+}
+
+func runFetch(args []string, stderr io.Writer) error {
+	accts, every, _, err := loadAccounts(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// After the first signal the current message is finished and the session
+	// ends with QUIT; a second signal kills at once.
+	context.AfterFunc(ctx, stop)
+	tty := false
+	if f, ok := stderr.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	for {
+		failed := 0
+		for _, na := range accts {
+			if ctx.Err() != nil {
+				break
+			}
+			if err := fetchOne(ctx, na, tty, stderr); err != nil {
+				failed++
+			}
+		}
+		if every == 0 || ctx.Err() != nil {
+			if failed > 0 {
+				return &exitError{code: 1, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, len(accts))}
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
+}
+
+// fetchOne runs one account and reports on stderr.
+func fetchOne(ctx context.Context, na namedAccount, tty bool, stderr io.Writer) error {
+	a := na.acct
+	name := a.DisplayName()
+	obs := &reporter{w: stderr, name: name, quiet: na.quiet, bar: tty && !na.quiet}
+	st, err := fetch.Run(ctx, a, obs)
+	obs.clear()
+	if err != nil {
+		fmt.Fprintf(stderr, "pouch fetch: %s: %v\n", name, err)
+	}
+	if !na.quiet {
+		fmt.Fprintf(stderr, "pouch fetch: %s\n", summary(name, st, err))
+	}
+	return err
+}
+
+// summary is the one line printed per account and run.
+func summary(name string, st fetch.Stats, err error) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: ", name)
+	if st.DryRun {
+		fmt.Fprintf(&b, "dry run: would fetch %d (%s), delete %d, keep %d, skip %d", st.Fetched, humanBytes(st.Bytes), st.Deleted, st.Kept, st.Skipped)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%d fetched (%s) in %s", st.Fetched, humanBytes(st.Bytes), st.Elapsed.Round(time.Millisecond))
+	if st.Elapsed > 0 && st.Bytes > 0 {
+		fmt.Fprintf(&b, " (%s/s)", humanBytes(int64(float64(st.Bytes)/st.Elapsed.Seconds())))
+	}
+	fmt.Fprintf(&b, ", %d deleted, %d kept on server, %d skipped", st.Deleted, st.Kept, st.Skipped)
+	if st.Recovered > 0 {
+		fmt.Fprintf(&b, ", %d recovered from an interrupted run", st.Recovered)
+	}
+	if st.Stopped {
+		b.WriteString(", stopped by a signal")
+	}
+	if err != nil {
+		b.WriteString(", FAILED")
+	}
+	return b.String()
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// reporter prints warnings and, on a terminal, a progress bar.
+type reporter struct {
+	w     io.Writer
+	name  string
+	quiet bool
+	bar   bool
+
+	mu          sync.Mutex
+	total       int
+	totalBytes  int64
+	done        int
+	doneBytes   int64
+	start, last time.Time
+	drawn       bool
+}
+
+func (r *reporter) Plan(msgs int, bytes int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.total, r.totalBytes, r.start = msgs, bytes, time.Now()
+}
+
+func (r *reporter) Fetched(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.done++
+	r.doneBytes += n
+	if r.bar && (time.Since(r.last) > 100*time.Millisecond || r.done == r.total) {
+		r.last = time.Now()
+		r.draw()
+	}
+}
+
+func (r *reporter) Warn(msg string) {
+	if r.quiet {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.clearLocked()
+	fmt.Fprintf(r.w, "pouch fetch: %s: warning: %s\n", r.name, msg)
+}
+
+// draw renders "name [#####-----] 120/2000 480.0 KiB 1.2 MiB/s ETA 3s".
+func (r *reporter) draw() {
+	const width = 24
+	frac := 1.0
+	if r.totalBytes > 0 {
+		frac = float64(r.doneBytes) / float64(r.totalBytes)
+	} else if r.total > 0 {
+		frac = float64(r.done) / float64(r.total)
+	}
+	frac = min(max(frac, 0), 1)
+	filled := int(frac * width)
+	el := time.Since(r.start).Seconds()
+	rate := 0.0
+	if el > 0 {
+		rate = float64(r.doneBytes) / el
+	}
+	eta := "?"
+	if rate > 0 && r.totalBytes >= r.doneBytes {
+		eta = time.Duration(float64(r.totalBytes-r.doneBytes) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	fmt.Fprintf(r.w, "\r\x1b[K%s [%s%s] %d/%d %s %s/s ETA %s", r.name,
+		strings.Repeat("#", filled), strings.Repeat("-", width-filled),
+		r.done, r.total, humanBytes(r.doneBytes), humanBytes(int64(rate)), eta)
+	r.drawn = true
+}
+
+func (r *reporter) clear() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.clearLocked()
+}
+
+func (r *reporter) clearLocked() {
+	if r.drawn {
+		fmt.Fprint(r.w, "\r\x1b[K")
+		r.drawn = false
+	}
+}

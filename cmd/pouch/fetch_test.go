@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/store/maildir"
+)
+
+type fetchTestAuth map[string]string
+
+func (a fetchTestAuth) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
+func (a fetchTestAuth) APOPSecret(string) (string, bool) { return "", false }
+func (a fetchTestAuth) APOPAvailable() bool              { return false }
+
+// fetchServer runs an in-process Pouch server with alice and bob.
+func fetchServer(t *testing.T) (string, *maildir.Store) {
+	t.Helper()
+	st := maildir.New(t.TempDir())
+	srv := server.New(server.Config{
+		Store: st, Auth: fetchTestAuth{"alice": "secret", "bob": "hunter2"},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hostname: "localhost", AuthFailDelay: -1,
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Serve(l); close(done) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	return l.Addr().String(), st
+}
+
+func countFiles(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	for _, sub := range []string{"new", "cur"} {
+		e, _ := os.ReadDir(filepath.Join(dir, sub))
+		n += len(e)
+	}
+	return n
+}
+
+func TestFetchCommand(t *testing.T) {
+	addr, st := fetchServer(t)
+	for _, m := range []string{"Subject: 1\n\none\n", "Subject: 2\n\ntwo\n"} {
+		st.Deliver(context.Background(), "alice", strings.NewReader(m))
+	}
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	mail := filepath.Join(dir, "Mail")
+	args := []string{"fetch", "--server", addr, "--tls", "none", "--user", "alice", "--password-file", pw,
+		"--to", "maildir:" + mail, "--state-dir", filepath.Join(dir, "state"), "--keep", "14d"}
+	_, stderr, code := pouch(t, "", args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "2 fetched") || !strings.Contains(stderr, "0 deleted, 2 kept on server") || strings.Count(stderr, "\n") != 1 {
+		t.Fatalf("summary: %q", stderr)
+	}
+	if n := countFiles(t, mail); n != 2 {
+		t.Fatalf("%d files", n)
+	}
+	// Again, quietly: nothing new, no output.
+	_, stderr, code = pouch(t, "", append(args, "-q")...)
+	if code != 0 || stderr != "" {
+		t.Fatalf("quiet run: %d %q", code, stderr)
+	}
+	// Dry run.
+	_, stderr, code = pouch(t, "", append(args, "--dry-run", "--keep", "0")...)
+	if code != 0 || !strings.Contains(stderr, "dry run: would fetch 0") || !strings.Contains(stderr, "delete 2") {
+		t.Fatalf("dry run: %d %q", code, stderr)
+	}
+	// A wrong password fails with status 1.
+	os.WriteFile(pw, []byte("wrong\n"), 0o600)
+	_, stderr, code = pouch(t, "", args...)
+	if code != 1 || !strings.Contains(stderr, "FAILED") {
+		t.Fatalf("wrong password: %d %q", code, stderr)
+	}
+}
+
+func TestFetchCommandUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"fetch"}, "--server is required"},
+		{[]string{"fetch", "--server", "h:1", "--user", "u"}, "exactly one of"},
+		{[]string{"fetch", "--server", "h:1", "--user", "u", "--password-file", "f", "--to", "x", "--keep", "3y"}, "unknown unit"},
+		{[]string{"fetch", "--server", "h:1", "--user", "u", "--password-file", "f", "--to", "x", "--tls", "maybe"}, "TLS mode"},
+		{[]string{"fetch", "--server", "h:1", "--user", "u", "--password-file", "f", "--to", "x", "--delete-oversized"}, "needs --max-size"},
+		{[]string{"fetch", "acct"}, "need --config"},
+	} {
+		_, stderr, code := pouch(t, "", tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.msg) {
+			t.Errorf("%v: %d %q", tc.args, code, stderr)
+		}
+	}
+}
+
+func TestFetchConfigTwoAccounts(t *testing.T) {
+	addr, st := fetchServer(t)
+	st.Deliver(context.Background(), "alice", strings.NewReader("Subject: a\n\na\n"))
+	st.Deliver(context.Background(), "bob", strings.NewReader("Subject: b\n\nb\n"))
+	st.Deliver(context.Background(), "bob", strings.NewReader("Subject: b2\n\nb2\n"))
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fetch.toml")
+	os.WriteFile(cfg, []byte(`
+server = "`+addr+`"
+tls = "none"
+state-dir = "`+dir+`/state"
+
+[account.alice]
+user = "alice"
+password-command = "echo secret"
+to = "maildir:`+dir+`/alice"
+keep = "forever"
+
+[account.bob]
+user = "bob"
+password-command = "printf 'hunter2\\n'"
+to = "mbox:`+dir+`/bob.mbox"
+`), 0o600)
+	_, stderr, code := pouch(t, "", "fetch", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "alice: 1 fetched") || !strings.Contains(stderr, "bob: 2 fetched") || !strings.Contains(stderr, "bob: 2 fetched (") {
+		t.Fatalf("%q", stderr)
+	}
+	if countFiles(t, dir+"/alice") != 1 {
+		t.Fatal("alice's maildir")
+	}
+	mbox, _ := os.ReadFile(dir + "/bob.mbox")
+	if strings.Count(string(mbox), "\nFrom MAILER-DAEMON ") != 1 || !strings.HasPrefix(string(mbox), "From MAILER-DAEMON ") {
+		t.Fatalf("mbox %q", mbox)
+	}
+	// Select one account; an unknown key is an error naming it.
+	_, stderr, code = pouch(t, "", "fetch", "--config", cfg, "bob")
+	if code != 0 || strings.Contains(stderr, "alice") {
+		t.Fatalf("select: %d %q", code, stderr)
+	}
+	os.WriteFile(cfg, []byte("[account.x]\nserver = \"h:1\"\ncolour = \"red\"\n"), 0o600)
+	_, stderr, code = pouch(t, "", "fetch", "--config", cfg)
+	if code != 2 || !strings.Contains(stderr, `unknown key "colour"`) {
+		t.Fatalf("bad key: %d %q", code, stderr)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "100": 100, "10K": 10240, "2M": 2 << 20, "1g": 1 << 30} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("%s: %d %v", in, got, err)
+		}
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	var b strings.Builder
+	r := &reporter{w: &b, name: "acct", bar: true}
+	r.Plan(4, 4000)
+	for range 4 {
+		r.Fetched(1000)
+	}
+	r.clear()
+	out := b.String()
+	if !strings.Contains(out, "acct [########################] 4/4 3.9 KiB") || !strings.HasSuffix(out, "\r\x1b[K") {
+		t.Fatalf("%q", out)
+	}
+	b.Reset()
+	r = &reporter{w: &b, name: "acct", quiet: true}
+	r.Warn("x")
+	if b.Len() != 0 {
+		t.Fatal("-q printed a warning")
+	}
+}
+
+// TestFetchEvery polls twice in daemon mode and stops on SIGINT.
+func TestFetchEvery(t *testing.T) {
+	addr, st := fetchServer(t)
+	st.Deliver(context.Background(), "alice", strings.NewReader("Subject: 1\n\none\n"))
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	mail := filepath.Join(dir, "Mail")
+	var errb strings.Builder
+	done := make(chan error, 1)
+	go func() {
+		done <- run([]string{"fetch", "--server", addr, "--tls", "none", "--user", "alice", "--password-file", pw,
+			"--to", "maildir:" + mail, "--state-dir", filepath.Join(dir, "state"), "--every", "1s", "-q"}, nil, io.Discard, &lockedWriter{w: &errb})
+	}()
+	waitFor := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for countFiles(t, mail) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("never got %d messages", n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor(1)
+	st.Deliver(context.Background(), "alice", strings.NewReader("Subject: 2\n\ntwo\n"))
+	waitFor(2)
+	syscall.Kill(os.Getpid(), syscall.SIGINT)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("--every did not stop on SIGINT")
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}

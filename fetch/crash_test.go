@@ -1,0 +1,152 @@
+package fetch
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pouchmail/pouch/internal/crashpoint"
+)
+
+const childEnv = "POUCH_FETCH_TEST_CHILD"
+
+// TestMain lets the crash tests re-run this binary as a fetch client that
+// they can kill.
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(childEnv); spec != "" {
+		var a Account
+		if err := json.Unmarshal([]byte(spec), &a); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		if _, err := Run(context.Background(), &a, nil); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// child starts the test binary as a fetch client.
+func child(t *testing.T, a *Account, point string) *exec.Cmd {
+	t.Helper()
+	spec, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(spec), crashpoint.Env+"="+point)
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
+}
+
+// finish runs clean children until one succeeds (a killed child's session
+// may still hold the server's maildrop lock for a moment: [IN-USE]).
+func finish(t *testing.T, a *Account) {
+	t.Helper()
+	for range 50 {
+		cmd := child(t, a, "")
+		if err := cmd.Wait(); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("fetch never succeeded: %s", "")
+}
+
+func killed(err error) bool {
+	ee, ok := err.(*exec.ExitError)
+	if !ok {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// TestCrashAtEveryPoint kills the client at each named point of the
+// exactly-once order, then lets a clean run finish: every message must be in
+// the Maildir exactly once and, with the default policy, gone from the server.
+func TestCrashAtEveryPoint(t *testing.T) {
+	points := []string{"fetch.maildir.tmp-synced", "fetch.delivered", "fetch.synced", "fetch.journaled", "fetch.before-quit"}
+	for _, keep := range []bool{false, true} {
+		for _, point := range points {
+			t.Run(fmt.Sprintf("%s/keep=%v", point, keep), func(t *testing.T) {
+				p := newPouch(t)
+				msgs := testMessages(10)
+				p.deliver(t, msgs...)
+				a := testAccount(t, p.addr)
+				a.KeepForever = keep
+				a.Window = 3
+				err := child(t, a, point).Wait()
+				if !killed(err) {
+					t.Fatalf("child was not killed at %s: %v", point, err)
+				}
+				finish(t, a)
+				checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+				want := 0
+				if keep {
+					want = len(msgs)
+				}
+				if n := p.count(t); n != want {
+					t.Fatalf("%d messages on the server, want %d", n, want)
+				}
+			})
+		}
+	}
+}
+
+// TestRandomKills kills the client at random moments many times while new
+// mail keeps arriving, and checks exactly-once at the end.
+func TestRandomKills(t *testing.T) {
+	iterations := 40
+	if testing.Short() {
+		iterations = 10
+	}
+	p := newPouch(t)
+	a := testAccount(t, p.addr)
+	a.Window = 8
+	var all []string
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+	kills, midway := 0, 0
+	for i := range iterations {
+		batch := make([]string, 0, 20)
+		for k := range 20 {
+			batch = append(batch, fmt.Sprintf("Message-Id: <%d.%d@r>\n\n.x\nbody %s\n", i, k, strings.Repeat("z", rng.IntN(20000))))
+		}
+		p.deliver(t, batch...)
+		all = append(all, batch...)
+		if i%3 == 0 {
+			a.Keep, a.KeepForever = 0, false
+		} else {
+			a.Keep = time.Duration(rng.IntN(2)) * time.Nanosecond
+		}
+		cmd := child(t, a, "")
+		before := len(maildirBodies(t, strings.TrimPrefix(a.To, "maildir:")))
+		time.AfterFunc(time.Duration(rng.IntN(150))*time.Millisecond, func() { cmd.Process.Kill() })
+		if killed(cmd.Wait()) {
+			kills++
+			if after := len(maildirBodies(t, strings.TrimPrefix(a.To, "maildir:"))); after > before && after < len(all) {
+				midway++
+			}
+		}
+	}
+	a.Keep = 0
+	finish(t, a)
+	checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), all)
+	if n := p.count(t); n != 0 {
+		t.Fatalf("%d messages left on the server", n)
+	}
+	t.Logf("%d of %d runs killed, %d of them in the middle of downloading", kills, iterations, midway)
+}

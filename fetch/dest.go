@@ -1,0 +1,563 @@
+package fetch
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/sys/unix"
+
+	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/store"
+)
+
+// Msg describes the message being delivered.
+type Msg struct {
+	UID  string
+	Key  string // digest of server, user and UIDL (see messageKey)
+	Size int64  // from LIST
+}
+
+// Destination stores downloaded messages. Deliver receives the message in
+// wire form (CRLF line ends, unstuffed) and writes it with LF line ends; once
+// Sync returns nil every message Deliver accepted is durable. A failed
+// Deliver leaves nothing behind.
+type Destination interface {
+	Deliver(m Msg, body io.Reader) error
+	Sync() error
+	Close() error
+	String() string
+}
+
+// deduper is a Destination that can tell whether a message is already
+// stored, by its key.
+type deduper interface {
+	Has(key string) bool
+}
+
+// OpenDestination parses "maildir:DIR", "mbox:FILE", "mda:CMD",
+// "lmtp:HOST:PORT" or "smtp:HOST:PORT". rcpt is the envelope recipient for
+// LMTP and SMTP. tag names the account in Maildir temporary files, so that
+// a run holding the account lock can remove those a killed run left.
+func OpenDestination(spec, rcpt, tag string) (Destination, error) {
+	kind, arg, ok := strings.Cut(spec, ":")
+	if !ok || arg == "" {
+		return nil, fmt.Errorf("destination %q: use maildir:DIR, mbox:FILE, mda:CMD, lmtp:HOST:PORT or smtp:HOST:PORT", spec)
+	}
+	switch kind {
+	case "maildir":
+		return openMaildir(expandHome(arg), tag)
+	case "mbox":
+		return &mbox{path: expandHome(arg)}, nil
+	case "mda":
+		return &mda{cmd: arg}, nil
+	case "lmtp", "smtp":
+		if rcpt == "" {
+			return nil, fmt.Errorf("destination %s needs a recipient (--rcpt)", spec)
+		}
+		if _, _, err := net.SplitHostPort(arg); err != nil {
+			return nil, fmt.Errorf("destination %q: %v", spec, err)
+		}
+		return &smtpDest{lmtp: kind == "lmtp", addr: arg, rcpt: rcpt}, nil
+	}
+	return nil, fmt.Errorf("destination %q: unknown kind %q", spec, kind)
+}
+
+func expandHome(p string) string {
+	if strings.HasPrefix(p, "~/") {
+		if h, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(h, p[2:])
+		}
+	}
+	return p
+}
+
+// lfWriter turns CRLF into LF as it writes; bare CRs pass unchanged.
+type lfWriter struct {
+	w   io.Writer
+	cr  bool // a CR ended the last write
+	buf []byte
+}
+
+func (l *lfWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	buf := l.buf[:0]
+	if l.cr && len(p) > 0 {
+		if p[0] != '\n' {
+			buf = append(buf, '\r')
+		}
+		l.cr = false
+	}
+	for {
+		i := bytes.IndexByte(p, '\r')
+		if i < 0 {
+			buf = append(buf, p...)
+			break
+		}
+		buf = append(buf, p[:i]...)
+		if i+1 == len(p) {
+			l.cr = true
+			break
+		}
+		if p[i+1] != '\n' {
+			buf = append(buf, '\r')
+		}
+		p = p[i+1:]
+	}
+	l.buf = buf
+	if _, err := l.w.Write(buf); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// Close writes a pending CR.
+func (l *lfWriter) Close() error {
+	if l.cr {
+		l.cr = false
+		_, err := l.w.Write([]byte{'\r'})
+		return err
+	}
+	return nil
+}
+
+// copyLF copies body to w with LF line ends.
+func copyLF(w io.Writer, body io.Reader) error {
+	lw := &lfWriter{w: w}
+	if _, err := io.Copy(lw, body); err != nil {
+		return err
+	}
+	return lw.Close()
+}
+
+// maildirDest delivers into a Maildir: tmp/, fsync, rename into new/; Sync
+// fsyncs new/. Each name carries ",PF=<key>" so that a message stored just
+// before a crash is recognised by the next run.
+type maildirDest struct {
+	dir  string
+	tag  string
+	keys map[string]bool
+	host string
+	q    atomic.Uint64
+
+	// fsync and rename run on a pool of workers, so that the file system
+	// can commit many files in one journal transaction; Sync waits for them.
+	jobs chan maildirJob
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+}
+
+type maildirJob struct {
+	f        *os.File
+	tmp, dst string
+}
+
+const maildirWorkers = 16
+
+func openMaildir(dir, tag string) (*maildirDest, error) {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("maildir: %w", err)
+		}
+	}
+	m := &maildirDest{dir: dir, tag: tag, keys: map[string]bool{}, host: hostname(), jobs: make(chan maildirJob, 1024)}
+	for range maildirWorkers {
+		go m.worker()
+	}
+	for _, sub := range []string{"new", "cur"} {
+		names, err := readNames(filepath.Join(dir, sub))
+		if err != nil {
+			return nil, fmt.Errorf("maildir: %w", err)
+		}
+		for _, n := range names {
+			if k := keyOf(n); k != "" {
+				m.keys[k] = true
+			}
+		}
+	}
+	// Our own temporary files were left by a killed run of this account
+	// (the caller holds its lock); others' are abandoned after 36 hours.
+	if names, err := readNames(filepath.Join(dir, "tmp")); err == nil {
+		for _, n := range names {
+			p := filepath.Join(dir, "tmp", n)
+			if tag != "" && strings.HasSuffix(n, ",PA="+tag) {
+				os.Remove(p)
+			} else if st, err := os.Stat(p); err == nil && time.Since(st.ModTime()) > 36*time.Hour {
+				os.Remove(p)
+			}
+		}
+	}
+	return m, nil
+}
+
+// keyOf returns the ",PF=" field of a Maildir file name.
+func keyOf(name string) string {
+	base, _, _ := strings.Cut(name, ":")
+	i := strings.Index(base, ",PF=")
+	if i < 0 {
+		return ""
+	}
+	k, _, _ := strings.Cut(base[i+4:], ",")
+	return k
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+func (m *maildirDest) String() string { return "maildir:" + m.dir }
+
+func (m *maildirDest) Has(key string) bool { return m.keys[key] }
+
+func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
+	now := time.Now()
+	unique := fmt.Sprintf("%d.M%06dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), m.q.Add(1), m.host)
+	tmp := filepath.Join(m.dir, "tmp", unique)
+	if m.tag != "" {
+		tmp += ",PA=" + m.tag
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("maildir: %w", err)
+	}
+	var size store.SizeCounter
+	bw := bufio.NewWriterSize(io.MultiWriter(f, &size), 64<<10)
+	err = copyLF(bw, body)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	name := fmt.Sprintf("%s,S=%d,W=%d", unique, size.Raw(), size.Wire())
+	if msg.Key != "" {
+		name += ",PF=" + msg.Key
+	}
+	m.wg.Add(1)
+	m.jobs <- maildirJob{f: f, tmp: tmp, dst: filepath.Join(m.dir, "new", name)}
+	return nil
+}
+
+// worker fsyncs a file and renames it into new/.
+func (m *maildirDest) worker() {
+	for j := range m.jobs {
+		err := j.f.Sync()
+		if cerr := j.f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			crashpoint.Hit("fetch.maildir.tmp-synced")
+			err = os.Rename(j.tmp, j.dst)
+		}
+		if err != nil {
+			os.Remove(j.tmp)
+			m.mu.Lock()
+			if m.err == nil {
+				m.err = fmt.Errorf("maildir: %w", err)
+			}
+			m.mu.Unlock()
+		}
+		m.wg.Done()
+	}
+}
+
+// Sync waits for the fsyncs and renames, then fsyncs new/.
+func (m *maildirDest) Sync() error {
+	m.wg.Wait()
+	m.mu.Lock()
+	err := m.err
+	m.err = nil
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return syncDir(filepath.Join(m.dir, "new"))
+}
+
+func (m *maildirDest) Close() error {
+	err := m.Sync()
+	close(m.jobs)
+	return err
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "localhost"
+	}
+	return strings.NewReplacer("/", `\057`, ":", `\072`, ",", `\054`).Replace(h)
+}
+
+// mbox appends in mboxrd format ("From " lines quoted by one more ">"),
+// holding an fcntl and a flock lock from the first Deliver to Sync, which
+// fsyncs the file. A failed Deliver truncates the file back.
+type mbox struct {
+	path string
+	f    *os.File
+}
+
+func (b *mbox) String() string { return "mbox:" + b.path }
+
+func (b *mbox) lock() error {
+	f, err := os.OpenFile(b.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("mbox: %w", err)
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != nil {
+		f.Close()
+		return fmt.Errorf("mbox: fcntl lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return fmt.Errorf("mbox: flock: %w", err)
+	}
+	b.f = f
+	return nil
+}
+
+func (b *mbox) Deliver(msg Msg, body io.Reader) error {
+	if b.f == nil {
+		if err := b.lock(); err != nil {
+			return err
+		}
+	}
+	st, err := b.f.Stat()
+	if err != nil {
+		return fmt.Errorf("mbox: %w", err)
+	}
+	start := st.Size()
+	bw := bufio.NewWriterSize(b.f, 64<<10)
+	if start > 0 {
+		// Make sure the previous message ends with a blank line.
+		last := make([]byte, 2)
+		if n, _ := b.f.ReadAt(last, max(start-2, 0)); n == 2 && string(last) != "\n\n" {
+			if last[1] == '\n' {
+				bw.WriteString("\n")
+			} else {
+				bw.WriteString("\n\n")
+			}
+		}
+	}
+	fmt.Fprintf(bw, "From MAILER-DAEMON %s\n", time.Now().UTC().Format("Mon Jan _2 15:04:05 2006"))
+	esc := &fromEscaper{w: bw, bol: true}
+	err = copyLF(esc, body)
+	if err == nil {
+		err = esc.finish()
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		b.f.Truncate(start)
+		return err
+	}
+	return nil
+}
+
+func (b *mbox) Sync() error {
+	if b.f == nil {
+		return nil
+	}
+	err := b.f.Sync()
+	b.f.Close() // drops both locks
+	b.f = nil
+	if err != nil {
+		return fmt.Errorf("mbox: fsync: %w", err)
+	}
+	return nil
+}
+
+func (b *mbox) Close() error { return b.Sync() }
+
+// fromEscaper quotes lines matching ^>*From with one more ">" (mboxrd), and
+// ends the message with a newline and a blank line.
+type fromEscaper struct {
+	w    *bufio.Writer
+	bol  bool   // collecting the start of a line
+	pend []byte // start of the line, not yet decided
+	last byte
+}
+
+func (e *fromEscaper) Write(p []byte) (int, error) {
+	for _, c := range p {
+		e.last = c
+		if !e.bol {
+			e.w.WriteByte(c)
+			if c == '\n' {
+				e.bol = true
+			}
+			continue
+		}
+		e.pend = append(e.pend, c)
+		rest := bytes.TrimLeft(e.pend, ">")
+		switch {
+		case string(rest) == "From ":
+			e.w.WriteByte('>')
+			e.w.Write(e.pend)
+			e.pend, e.bol = e.pend[:0], false
+		case bytes.HasPrefix([]byte("From "), rest):
+			// undecided
+		default:
+			e.w.Write(e.pend)
+			e.pend, e.bol = e.pend[:0], c == '\n'
+		}
+	}
+	return len(p), nil
+}
+
+func (e *fromEscaper) finish() error {
+	e.w.Write(e.pend)
+	if e.last != '\n' {
+		e.w.WriteByte('\n')
+	}
+	_, err := e.w.WriteString("\n")
+	return err
+}
+
+// mda pipes each message to "sh -c CMD"; exit status 0 means stored.
+type mda struct{ cmd string }
+
+func (d *mda) String() string { return "mda:" + d.cmd }
+
+func (d *mda) Deliver(msg Msg, body io.Reader) error {
+	cmd := exec.Command("/bin/sh", "-c", d.cmd)
+	cmd.Env = append(os.Environ(), "POUCH_UIDL="+msg.UID)
+	var stderr bytes.Buffer
+	cmd.Stderr = &limited{w: &stderr, n: 2048}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("mda: %w", err)
+	}
+	if werr := copyLF(in, body); werr != nil {
+		// A partial message must never look delivered: kill the MDA before
+		// it sees the end of its input. (An MDA that stopped reading early
+		// fails here too.)
+		cmd.Process.Kill()
+		in.Close()
+		cmd.Wait()
+		return fmt.Errorf("mda %q: %w", d.cmd, werr)
+	}
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("mda %q: %v: %s", d.cmd, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+func (d *mda) Sync() error  { return nil }
+func (d *mda) Close() error { return nil }
+
+type limited struct {
+	w io.Writer
+	n int
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(p), l.n)
+		l.w.Write(p[:k])
+		l.n -= k
+	}
+	return len(p), nil
+}
+
+// smtpDest hands each message to an LMTP or SMTP server; a 250 reply to
+// the end of DATA means stored.
+type smtpDest struct {
+	lmtp bool
+	addr string
+	rcpt string
+	c    *smtp.Client
+}
+
+func (s *smtpDest) String() string {
+	if s.lmtp {
+		return "lmtp:" + s.addr
+	}
+	return "smtp:" + s.addr
+}
+
+func (s *smtpDest) connect() error {
+	conn, err := net.DialTimeout("tcp", s.addr, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	if s.lmtp {
+		s.c = smtp.NewClientLMTP(conn)
+	} else {
+		s.c = smtp.NewClient(conn)
+	}
+	if err := s.c.Hello("localhost"); err != nil {
+		s.c.Close()
+		s.c = nil
+		return err
+	}
+	return nil
+}
+
+func (s *smtpDest) Deliver(msg Msg, body io.Reader) error {
+	if s.c == nil {
+		if err := s.connect(); err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	err := s.send(body)
+	if err != nil {
+		s.c.Close()
+		s.c = nil
+		return fmt.Errorf("%s: %w", s, err)
+	}
+	return nil
+}
+
+func (s *smtpDest) send(body io.Reader) error {
+	if err := s.c.Mail("", nil); err != nil {
+		return err
+	}
+	if err := s.c.Rcpt(s.rcpt, nil); err != nil {
+		return err
+	}
+	w, err := s.c.Data()
+	if err != nil {
+		return err
+	}
+	if err := copyLF(w, body); err != nil {
+		// Never end DATA on a partial message: the caller drops the
+		// connection, which aborts the transaction.
+		return err
+	}
+	return w.Close()
+}
+
+func (s *smtpDest) Sync() error { return nil }
+
+func (s *smtpDest) Close() error {
+	if s.c == nil {
+		return nil
+	}
+	err := s.c.Quit()
+	s.c = nil
+	return err
+}

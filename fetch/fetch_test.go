@@ -1,0 +1,250 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseKeep(t *testing.T) {
+	for in, want := range map[string]time.Duration{"14d": 14 * 24 * time.Hour, "36h": 36 * time.Hour, "90s": 90 * time.Second, "1d12h": 36 * time.Hour, "0": 0, "2w": 14 * 24 * time.Hour} {
+		d, f, err := ParseKeep(in)
+		if err != nil || f || d != want {
+			t.Errorf("%s: %v %v %v", in, d, f, err)
+		}
+	}
+	if _, f, err := ParseKeep("forever"); !f || err != nil {
+		t.Error("forever")
+	}
+	for _, bad := range []string{"x", "3y", "d"} {
+		if _, _, err := ParseKeep(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+func TestFetchAndDelete(t *testing.T) {
+	p := newPouch(t)
+	msgs := testMessages(150)
+	p.deliver(t, msgs...)
+	a := testAccount(t, p.addr)
+	st, err := Run(context.Background(), a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Fetched != 150 || st.Deleted != 150 {
+		t.Fatalf("%+v", st)
+	}
+	checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+	if n := p.count(t); n != 0 {
+		t.Fatalf("%d left on the server", n)
+	}
+	// A second run finds nothing and prunes the journal.
+	st, err = Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 0 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	j, err := OpenJournal(a.StateDir, a.StateName(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if j.Len() != 0 {
+		t.Fatalf("journal keeps %d vanished UIDLs", j.Len())
+	}
+}
+
+func TestKeepPolicy(t *testing.T) {
+	p := newPouch(t)
+	msgs := testMessages(5)
+	p.deliver(t, msgs[:3]...)
+	a := testAccount(t, p.addr)
+	a.Keep = time.Hour
+	st, err := Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 3 || st.Deleted != 0 || st.Kept != 3 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	p.deliver(t, msgs[3:]...)
+	st, err = Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 2 || st.Deleted != 0 || st.Kept != 5 {
+		t.Fatalf("second run %+v %v", st, err)
+	}
+	// Age the first three: rewrite their times in the journal.
+	j, err := OpenJournal(a.StateDir, a.StateName(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * time.Hour).Unix()
+	n := 0
+	for uid := range j.seen {
+		if n < 3 {
+			j.seen[uid] = old
+		}
+		n++
+	}
+	if err := j.rewrite(); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	st, err = Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 0 || st.Deleted != 3 || st.Kept != 2 {
+		t.Fatalf("third run %+v %v", st, err)
+	}
+	if c := p.count(t); c != 2 {
+		t.Fatalf("%d on server", c)
+	}
+	checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+	// Short durations: keep 1ns deletes on the next run.
+	a.Keep = time.Nanosecond
+	st, err = Run(context.Background(), a, nil)
+	if err != nil || st.Deleted != 2 {
+		t.Fatalf("fourth run %+v %v", st, err)
+	}
+	// Forever never deletes.
+	p.deliver(t, "Subject: x\n\nx\n")
+	a.Keep, a.KeepForever = 0, true
+	for range 2 {
+		if st, err = Run(context.Background(), a, nil); err != nil || st.Deleted != 0 {
+			t.Fatalf("forever %+v %v", st, err)
+		}
+	}
+}
+
+func TestDryRun(t *testing.T) {
+	p := newPouch(t)
+	p.deliver(t, testMessages(4)...)
+	a := testAccount(t, p.addr)
+	a.DryRun = true
+	st, err := Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 4 || st.Deleted != 4 || !st.DryRun {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if p.count(t) != 4 {
+		t.Fatal("dry run deleted")
+	}
+	if _, err := os.Stat(strings.TrimPrefix(a.To, "maildir:")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("dry run made the maildir")
+	}
+}
+
+func TestMaxSize(t *testing.T) {
+	p := newPouch(t)
+	p.deliver(t, "Subject: small\n\nx\n", "Subject: big\n\n"+strings.Repeat("y", 5000)+"\n")
+	a := testAccount(t, p.addr)
+	a.MaxSize = 1000
+	st, err := Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 1 || st.Skipped != 1 || st.Deleted != 1 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	a.DeleteOversized = true
+	st, err = Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 0 || st.Deleted != 1 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if p.count(t) != 0 {
+		t.Fatal("oversized not deleted")
+	}
+}
+
+func TestMboxAndMDA(t *testing.T) {
+	p := newPouch(t)
+	msgs := []string{"Subject: a\n\nFrom me\n>From you\nx", "Subject: b\r\n\r\nbody\r\n"}
+	p.deliver(t, msgs...)
+	a := testAccount(t, p.addr)
+	a.KeepForever = true
+	mbox := filepath.Join(t.TempDir(), "mbox")
+	a.To = "mbox:" + mbox
+	if _, err := Run(context.Background(), a, nil); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(mbox)
+	got := string(data)
+	// Strip the From_ lines' dates.
+	lines := strings.Split(got, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "From MAILER-DAEMON ") {
+			lines[i] = "From MAILER-DAEMON"
+		}
+	}
+	want := "From MAILER-DAEMON\nSubject: a\n\n>From me\n>>From you\nx\n\nFrom MAILER-DAEMON\nSubject: b\n\nbody\n\n"
+	if strings.Join(lines, "\n") != want {
+		t.Fatalf("mbox:\n%q\nwant\n%q", strings.Join(lines, "\n"), want)
+	}
+
+	out := filepath.Join(t.TempDir(), "mda-out")
+	a2 := testAccount(t, p.addr)
+	a2.To = `mda:cat >> '` + out + `'; echo >> '` + out + `'`
+	if st, err := Run(context.Background(), a2, nil); err != nil || st.Fetched != 2 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	data, _ = os.ReadFile(out)
+	if string(data) != "Subject: a\n\nFrom me\n>From you\nx\n\nSubject: b\n\nbody\n\n" {
+		t.Fatalf("mda got %q", data)
+	}
+	// A failing MDA stores nothing, journals nothing, deletes nothing.
+	p.deliver(t, "Subject: c\n\nc\n")
+	a2.To = "mda:exit 75"
+	if _, err := Run(context.Background(), a2, nil); err == nil {
+		t.Fatal("failing MDA accepted")
+	}
+	if p.count(t) != 1 {
+		t.Fatal("message deleted after a failed delivery")
+	}
+}
+
+func TestAccountLock(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if _, err := OpenJournal(dir, "x", false); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v", err)
+	}
+}
+
+func TestJournalTornLine(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Add("a", time.Unix(100, 0))
+	j.Add("b", time.Unix(200, 0))
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	j.f.WriteString("300 torn-without-newl")
+	j.Close()
+	j, err = OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := j.Seen("torn-without-newl"); ok || j.Len() != 2 {
+		t.Fatalf("len %d", j.Len())
+	}
+	j.Add("c", time.Unix(400, 0))
+	j.Sync()
+	j.Close()
+	data, _ := os.ReadFile(filepath.Join(dir, "x.journal"))
+	if string(data) != journalHeader+"100 a\n200 b\n400 c\n" {
+		t.Fatalf("%q", data)
+	}
+}
+
+func TestLFWriterAndEscaper(t *testing.T) {
+	var b strings.Builder
+	lw := &lfWriter{w: &b}
+	for _, s := range []string{"a\r", "\nb\r", "c\r\n\r", ""} {
+		lw.Write([]byte(s))
+	}
+	lw.Close()
+	if b.String() != "a\nb\rc\n\r" {
+		t.Fatalf("%q", b.String())
+	}
+}

@@ -1,0 +1,148 @@
+package fetch
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pouchmail/pouch/client"
+	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/store/maildir"
+)
+
+type testAuth map[string]string
+
+func (a testAuth) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
+func (a testAuth) APOPSecret(string) (string, bool) { return "", false }
+func (a testAuth) APOPAvailable() bool              { return false }
+
+type pouchSrv struct {
+	addr  string
+	store *maildir.Store
+}
+
+// newPouch runs a real Pouch server in-process with user alice/secret.
+func newPouch(t *testing.T) *pouchSrv {
+	t.Helper()
+	st := maildir.New(t.TempDir())
+	srv := server.New(server.Config{
+		Store: st, Auth: testAuth{"alice": "secret"},
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Hostname: "localhost", AuthFailDelay: -1,
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Serve(l); close(done) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	return &pouchSrv{addr: l.Addr().String(), store: st}
+}
+
+func (p *pouchSrv) deliver(t *testing.T, msgs ...string) {
+	t.Helper()
+	for _, m := range msgs {
+		if err := p.store.Deliver(context.Background(), "alice", strings.NewReader(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (p *pouchSrv) count(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		m, err := p.store.Open(context.Background(), "alice")
+		if err != nil {
+			// A session of a killed client may still hold the lock for a moment.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		defer m.Close()
+		return len(m.Messages())
+	}
+	t.Fatal("maildrop stays locked")
+	return 0
+}
+
+// testMessages returns n distinct messages with dots and From lines.
+func testMessages(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("Message-Id: <%d@test>\nSubject: message %d\n\n.leading dot\nFrom here\n>From there\nline %d\n", i, i, i))
+	}
+	return out
+}
+
+// account returns an account for alice on addr storing into a Maildir.
+func testAccount(t *testing.T, addr string) *Account {
+	t.Helper()
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	return &Account{
+		Server: addr, TLS: client.TLSNone, User: "alice", PasswordFile: pw,
+		To: "maildir:" + filepath.Join(dir, "Mail"), StateDir: filepath.Join(dir, "state"),
+		Timeout: 10 * time.Second, DialTimeout: 10 * time.Second,
+	}
+}
+
+// maildirBodies returns the contents of every message in a Maildir's new/
+// and cur/, sorted.
+func maildirBodies(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, sub := range []string{"new", "cur"} {
+		names, _ := os.ReadDir(filepath.Join(dir, sub))
+		for _, n := range names {
+			b, err := os.ReadFile(filepath.Join(dir, sub, n.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, string(b))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// checkExactlyOnce checks that dir holds exactly the messages msgs.
+func checkExactlyOnce(t *testing.T, dir string, msgs []string) {
+	t.Helper()
+	got := maildirBodies(t, dir)
+	want := append([]string(nil), msgs...)
+	sort.Strings(want)
+	if len(got) != len(want) {
+		t.Fatalf("maildir has %d messages, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("message differs:\ngot  %q\nwant %q", got[i], want[i])
+		}
+	}
+	tmp, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	if len(tmp) != 0 {
+		t.Fatalf("%d files left in tmp/", len(tmp))
+	}
+}
+
+type recObserver struct {
+	warns []string
+}
+
+func (r *recObserver) Plan(int, int64) {}
+func (r *recObserver) Fetched(int64)   {}
+func (r *recObserver) Warn(s string)   { r.warns = append(r.warns, s) }
