@@ -23,6 +23,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/store/maildir"
 )
 
 var pouchBin string
@@ -89,11 +92,18 @@ type server struct {
 }
 
 // newData makes a data directory with users alice (password "secret one") and
-// bob.
+// bob. Alice is added the way `pouch user add` stores a user (auth.AddUser and
+// an empty Maildir) but without its strength policy for new passwords, which
+// "secret one" does not meet; bob's password meets it.
 func newData(t *testing.T) string {
 	t.Helper()
 	data := t.TempDir()
-	pouch(t, "secret one\n", "user", "add", "--data", data, "alice")
+	if err := auth.AddUser(filepath.Join(data, "users"), "alice", "secret one"); err != nil {
+		t.Fatal(err)
+	}
+	if err := maildir.New(filepath.Join(data, "mail")).Create("alice"); err != nil {
+		t.Fatal(err)
+	}
 	pouch(t, "bobs password\n", "user", "add", "--data", data, "bob")
 	return data
 }
