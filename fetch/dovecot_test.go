@@ -12,7 +12,18 @@ import (
 	"time"
 )
 
-const dovecotPeer = "/work/shared/tools/dovecot-peer.sh"
+// dovecotPeer is tools/dovecot-peer.sh of the shared directory beside the
+// repository (as CI lays it out), or of the developers' workspace.
+var dovecotPeer = func() string {
+	for _, p := range []string{"../../shared/tools/dovecot-peer.sh", "/work/shared/tools/dovecot-peer.sh"} {
+		if abs, err := filepath.Abs(p); err == nil {
+			if _, err := os.Stat(abs); err == nil {
+				return abs
+			}
+		}
+	}
+	return "../../shared/tools/dovecot-peer.sh"
+}()
 
 // requireDovecot skips (or fails under POUCH_REQUIRE_INTEROP=1) when Dovecot
 // or root is missing.
@@ -72,7 +83,7 @@ func startDovecot(t testing.TB, msgs []string) *dovecot {
 	port := freePort(t)
 	env := append(os.Environ(), "DIR="+dir, fmt.Sprintf("PORT=%d", port))
 	stopCmd := func() {
-		cmd := exec.Command(dovecotPeer, "stop")
+		cmd := exec.Command("bash", dovecotPeer, "stop")
 		cmd.Env = env
 		cmd.Stdout, cmd.Stderr = nil, nil
 		cmd.Run()
@@ -84,7 +95,7 @@ func startDovecot(t testing.TB, msgs []string) *dovecot {
 		t.Fatal(err)
 	}
 	defer outFile.Close()
-	cmd := exec.Command(dovecotPeer, "start")
+	cmd := exec.Command("bash", dovecotPeer, "start")
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = outFile, outFile
 	if err := cmd.Run(); err != nil {
