@@ -220,3 +220,25 @@ func TestBanCommands(t *testing.T) {
 		t.Errorf("audit log: %s", audit)
 	}
 }
+
+func TestCheckConfigAndVersion(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "pouch.toml")
+	os.WriteFile(cfg, []byte("data = \""+dir+"\"\npop3 = \"127.0.0.1:1110\"\nidle-timeout = \"15m\"\n"), 0o600)
+	out, e, code := pouch(t, "", "check-config", "--config", cfg)
+	if code != 0 || !strings.Contains(out, `idle-timeout = "15m0s"`) || !strings.Contains(out, `pop3 = "127.0.0.1:1110"`) ||
+		!strings.Contains(out, "max-line-length = 255") || !strings.Contains(e, "configuration OK") {
+		t.Fatalf("check-config: exit %d\n%s\n%s", code, out, e)
+	}
+	os.WriteFile(cfg, []byte("pop3 = \"nonsense:port:x\"\n"), 0o600)
+	if _, e, code := pouch(t, "", "check-config", "--config", cfg); code == 0 || !strings.Contains(e, cfg+`: key "pop3"`) {
+		t.Fatalf("check-config of a bad address: exit %d, %s", code, e)
+	}
+	os.WriteFile(cfg, []byte("deny-country = \"RU\"\n"), 0o600)
+	if _, e, code := pouch(t, "", "check-config", "--config", cfg); code == 0 || !strings.Contains(e, "--geoip-db") {
+		t.Fatalf("check-config of country rules without a database: exit %d, %s", code, e)
+	}
+	if out, _, code := pouch(t, "", "version"); code != 0 || !strings.HasPrefix(out, "pouch ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+}

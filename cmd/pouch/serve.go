@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -160,7 +161,8 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if c.pop3 == "" && c.pop3s == "" && c.lmtp.addr == "" {
+	activated := systemdListeners()
+	if c.pop3 == "" && c.pop3s == "" && c.lmtp.addr == "" && len(activated) == 0 {
 		return usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve")
 	}
 	// Listen on everything first, so that a bad address fails before serving.
@@ -179,6 +181,10 @@ func runServe(args []string, stderr io.Writer) error {
 		name, addr string
 		tls        bool
 	}{{"pop3", c.pop3, false}, {"pop3s", c.pop3s, true}} {
+		if sl, ok := activated[l.name]; ok { // systemd socket activation
+			ls = append(ls, listener{sl, l.name, l.tls})
+			continue
+		}
 		if l.addr == "" {
 			continue
 		}
@@ -258,8 +264,9 @@ func runServe(args []string, stderr io.Writer) error {
 	}
 	srv := server.New(cfg)
 
+	var serving atomic.Bool
 	if cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), c.defence.metricsAddr, cfg.Metrics, log)
+		stopMetrics, err := serveMetrics(context.Background(), c.defence.metricsAddr, cfg.Metrics, serving.Load, log)
 		if err != nil {
 			return err
 		}
@@ -299,6 +306,7 @@ func runServe(args []string, stderr io.Writer) error {
 		}()
 	}
 	lmtpSvc.start(&wg, errs)
+	serving.Store(true)
 	var failure error
 	select {
 	case <-ctx.Done():
@@ -306,6 +314,7 @@ func runServe(args []string, stderr io.Writer) error {
 	case failure = <-errs:
 		log.Error("listener failed; shutting down", "err", failure)
 	}
+	serving.Store(false)
 	sctx, cancel := context.WithTimeout(context.Background(), server.ShutdownGrace)
 	defer cancel()
 	lmtpStopped := lmtpSvc.shutdown(sctx)

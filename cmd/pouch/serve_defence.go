@@ -58,7 +58,7 @@ func (d *defenceSettings) register(fs *flag.FlagSet) {
 	fs.DurationVar(&d.loginDelay, "login-delay", 0, "LOGIN-DELAY: least `time` between two logins of a user (RFC 2449; the login_delay field overrides)")
 	fs.StringVar(&d.passwordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
 	fs.StringVar(&d.auditLog, "audit-log", "", "audit log `file` (JSON lines; default DATA/audit.log; \"off\" turns it off)")
-	fs.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus metrics on this `address` (like 127.0.0.1:9110)")
+	fs.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (like 127.0.0.1:9110)")
 	fs.StringVar(&d.runAs, "run-as", "", "after binding the ports, run as this `user` (when started as root)")
 }
 
@@ -139,14 +139,25 @@ func cutSuffix(s, suffix string) (string, bool) {
 	return s, false
 }
 
-// serveMetrics serves /metrics on addr until ctx ends.
-func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
+// serveMetrics serves /metrics, /healthz (the process answers) and /readyz
+// (ready says it serves) on addr.
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() bool, log *slog.Logger) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen metrics on %s: %v", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(l)
 	log.Info("listening", "protocol", "metrics", "addr", l.Addr().String())
