@@ -24,6 +24,9 @@ Usage:
                                          download mail from a POP3 server
   pouch deliver [--data DIR] [-f SENDER] USER < message
                                          deliver a message into a maildrop
+  pouch check-config [--config FILE] [serve flags]
+                                         check the configuration, print the effective one
+  pouch version                          show the version and build
   pouch help [COMMAND]                   show help
 
 Run "pouch help COMMAND" for the flags and examples of a command.
@@ -74,6 +77,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runFetch(rest, stderr)
 	case "deliver":
 		return runDeliver(rest, stdin, stderr)
+	case "check-config":
+		return runCheckConfig(rest, stdout, stderr)
+	case "version", "--version":
+		return runVersion(rest, stdout)
 	case "help", "-h", "--help", "-help":
 		if len(rest) > 0 {
 			return run([]string{rest[0], "--help"}, stdin, stdout, stderr)
