@@ -114,9 +114,16 @@ var listenRE = regexp.MustCompile(`msg=listening protocol=(pop3s?) addr=(\S+)`)
 // listens. env adds environment variables.
 func startServer(t *testing.T, data string, env ...string) *server {
 	t.Helper()
+	return startServerArgs(t, data, nil, env...)
+}
+
+// startServerArgs is startServer with more pouch serve flags after the fixed
+// ones (a flag given twice takes its last value).
+func startServerArgs(t *testing.T, data string, args []string, env ...string) *server {
+	t.Helper()
 	s := &server{t: t, data: data, done: make(chan struct{})}
-	s.cmd = exec.Command(pouchBin, "serve", "--data", data,
-		"--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--auth-fail-delay", "0", "--hostname", "localhost")
+	s.cmd = exec.Command(pouchBin, append([]string{"serve", "--data", data,
+		"--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--auth-fail-delay", "0", "--hostname", "localhost"}, args...)...)
 	s.cmd.Env = append(os.Environ(), env...)
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {

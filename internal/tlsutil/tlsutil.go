@@ -213,7 +213,7 @@ func SelfSigned(certFile, keyFile, hostname string) error {
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
-		DNSNames:              []string{hostname, "localhost"},
+		DNSNames:              dnsNames(hostname),
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -252,4 +252,12 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// dnsNames are the names a self-signed certificate is made for.
+func dnsNames(hostname string) []string {
+	if hostname == "" || hostname == "localhost" {
+		return []string{"localhost"}
+	}
+	return []string{hostname, "localhost"}
 }
