@@ -48,7 +48,17 @@ func (c *Client) Auth(mech sasl.Client) error {
 			return c.fail(err)
 		}
 		if !rep.Continuation {
-			return rep.Err()
+			if err := rep.Err(); err != nil {
+				return err
+			}
+			if v, ok := mech.(interface{ verified() error }); ok {
+				// The server's +OK proves nothing by itself: a mechanism
+				// that authenticates the server must have finished.
+				if err := v.verified(); err != nil {
+					return c.fail(fmt.Errorf("pop3 client: SASL %s: %w", name, err))
+				}
+			}
+			return nil
 		}
 		chal, err := base64.StdEncoding.DecodeString(rep.Text)
 		var resp []byte
@@ -223,6 +233,15 @@ func (s *scramMech) Next(challenge []byte) ([]byte, error) {
 		return nil, errors.New("server signature does not verify")
 	}
 	return []byte(resp), nil
+}
+
+// verified reports whether the exchange ended with a valid server-final:
+// a server that says +OK without it has not proved it knows the password.
+func (s *scramMech) verified() error {
+	if !s.conv.Done() || !s.conv.Valid() {
+		return errors.New("server signature not verified: the server accepted the login without sending its SCRAM final message")
+	}
+	return nil
 }
 
 // NewXOAuth2Client returns a client of Google's and Microsoft's XOAUTH2

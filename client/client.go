@@ -81,6 +81,12 @@ const (
 	maxListLine        = 64 << 10
 )
 
+// Caps on a LIST, UIDL or CAPA reply (variables for the tests).
+var (
+	maxMultiLines = 10_000_000
+	maxMultiBytes = 1 << 30
+)
+
 var (
 	// ErrNoPipelining is returned when a command is sent while another is
 	// awaiting its reply and the server did not offer PIPELINING.
@@ -370,10 +376,33 @@ func (c *Client) multi(name string, args ...string) ([]string, error) {
 	if _, err := c.cmd(name, args...); err != nil {
 		return nil, err
 	}
+	return c.multiLines(name)
+}
+
+// multiReply reads the status line of a multi-line reply to a command
+// already sent, then its lines.
+func (c *Client) multiReply(name string) ([]string, error) {
+	rep, err := c.readReply()
+	if err != nil {
+		return nil, err
+	}
+	if rep.Continuation {
+		return nil, c.fail(fmt.Errorf("%w: unexpected continuation to %s", pop3.ErrProtocol, name))
+	}
+	if err := rep.Err(); err != nil {
+		return nil, err
+	}
+	return c.multiLines(name)
+}
+
+// multiLines reads the lines of a multi-line reply after its +OK.
+func (c *Client) multiLines(name string) ([]string, error) {
 	var lines []string
+	total := 0
 	for {
 		c.conn.SetReadDeadline(time.Now().Add(c.timeout))
 		line, err := c.r.ReadLine(maxListLine)
+		total += len(line) + 2
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -385,6 +414,9 @@ func (c *Client) multi(name string, args ...string) ([]string, error) {
 				return lines, nil
 			}
 			line = line[1:]
+		}
+		if len(lines) >= maxMultiLines || total > maxMultiBytes {
+			return nil, c.fail(fmt.Errorf("%w: %s reply too long (more than %d lines or %d octets)", pop3.ErrProtocol, name, maxMultiLines, maxMultiBytes))
 		}
 		lines = append(lines, string(line))
 	}
@@ -518,6 +550,61 @@ func (c *Client) List() ([]MessageInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.parseList(lines)
+}
+
+// ListUidl returns what List and Uidl return, sending both commands at once
+// when the server offers PIPELINING (one round trip instead of two). A -ERR
+// to UIDL (not implemented) comes back as uidlErr, a *pop3.Error; err is
+// any other failure.
+func (c *Client) ListUidl() (list, uidl []MessageInfo, uidlErr, err error) {
+	if !c.Pipelining() {
+		if list, err = c.List(); err != nil {
+			return nil, nil, nil, err
+		}
+		uidl, uidlErr = c.Uidl()
+		var pe *pop3.Error
+		if uidlErr != nil && !errors.As(uidlErr, &pe) {
+			return nil, nil, nil, uidlErr
+		}
+		return list, uidl, uidlErr, nil
+	}
+	if err := c.Wait(); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := pop3.WriteCommand(c.w, "LIST"); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := pop3.WriteCommand(c.w, "UIDL"); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := c.Flush(); err != nil {
+		return nil, nil, nil, err
+	}
+	llines, lerr := c.multiReply("LIST")
+	if lerr != nil && c.err != nil {
+		return nil, nil, nil, lerr
+	}
+	ulines, uerr := c.multiReply("UIDL") // read even after a -ERR to LIST
+	if lerr != nil {
+		return nil, nil, nil, lerr
+	}
+	if uerr != nil && c.err != nil {
+		return nil, nil, nil, uerr
+	}
+	if list, err = c.parseList(llines); err != nil {
+		return nil, nil, nil, err
+	}
+	if uerr != nil {
+		return list, nil, uerr, nil
+	}
+	if uidl, err = c.parseUidl(ulines); err != nil {
+		return nil, nil, nil, err
+	}
+	return list, uidl, nil, nil
+}
+
+func (c *Client) parseList(lines []string) ([]MessageInfo, error) {
 	out := make([]MessageInfo, 0, len(lines))
 	for _, l := range lines {
 		n, rest, ok := scanListing(l)
@@ -551,6 +638,10 @@ func (c *Client) Uidl() ([]MessageInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.parseUidl(lines)
+}
+
+func (c *Client) parseUidl(lines []string) ([]MessageInfo, error) {
 	out := make([]MessageInfo, 0, len(lines))
 	for _, l := range lines {
 		n, uid, ok := scanListing(l)

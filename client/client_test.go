@@ -456,3 +456,83 @@ func TestBadArgumentNotSent(t *testing.T) {
 }
 
 var _ sasl.Client = (*scramMech)(nil)
+
+// Multi-line replies are capped in lines and octets.
+func TestMultiLineReplyCap(t *testing.T) {
+	oldLines, oldBytes := maxMultiLines, maxMultiBytes
+	defer func() { maxMultiLines, maxMultiBytes = oldLines, oldBytes }()
+	maxMultiLines, maxMultiBytes = 5, 1<<20
+	fs := newFake(t, `
+		S: +OK hi
+		C: LIST
+		S: +OK
+		S: 1 1
+		S: 2 1
+		S: 3 1
+		S: 4 1
+		S: 5 1
+		S: 6 1
+		S: .
+		CLOSE`)
+	c := dialFake(t, fs)
+	if _, err := c.List(); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("got %v", err)
+	}
+	maxMultiLines, maxMultiBytes = 100, 20
+	fs = newFake(t, `
+		S: +OK hi
+		C: UIDL
+		S: +OK
+		S: 1 aaaaaaaaaa
+		S: 2 bbbbbbbbbb
+		S: .
+		CLOSE`)
+	c = dialFake(t, fs)
+	if _, err := c.Uidl(); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// With PIPELINING, LIST and UIDL go out together; a -ERR to UIDL is
+// reported apart.
+func TestListUidlPipelined(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hi
+		C: CAPA
+		S: +OK
+		S: PIPELINING
+		S: .
+		C: LIST
+		C: UIDL
+		S: +OK
+		S: 1 10
+		S: 2 20
+		S: .
+		S: +OK
+		S: 1 a
+		S: 2 b
+		S: .
+		C: LIST
+		C: UIDL
+		S: +OK
+		S: 1 10
+		S: .
+		S: -ERR no UIDL here
+		C: NOOP
+		S: +OK`)
+	c := dialFake(t, fs)
+	if _, err := c.Capa(); err != nil {
+		t.Fatal(err)
+	}
+	l, u, uerr, err := c.ListUidl()
+	if err != nil || uerr != nil || len(l) != 2 || len(u) != 2 || l[1].Size != 20 || u[1].UID != "b" {
+		t.Fatalf("%v %v %v %v", l, u, uerr, err)
+	}
+	l, u, uerr, err = c.ListUidl()
+	if err != nil || uerr == nil || len(l) != 1 || u != nil {
+		t.Fatalf("%v %v %v %v", l, u, uerr, err)
+	}
+	if err := c.Noop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -161,6 +161,13 @@ func TestImplicitTLSRejectsUnknownCert(t *testing.T) {
 // xdg-go/scram server, over TLS when cert is given.
 func scramServer(t *testing.T, plus bool) (string, *x509.CertPool) {
 	t.Helper()
+	return scramServerOpt(t, plus, false)
+}
+
+// scramServerOpt with skipFinal answers the client-final with a bare +OK,
+// never sending the server-final (and its signature).
+func scramServerOpt(t *testing.T, plus, skipFinal bool) (string, *x509.CertPool) {
+	t.Helper()
 	cert, pool := testCert(t)
 	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
@@ -223,6 +230,10 @@ func scramServer(t *testing.T, plus bool) (string, *x509.CertPool) {
 					fmt.Fprintf(conn, "-ERR [AUTH] %v\r\n", err)
 					return err
 				}
+				if skipFinal && conv.Done() {
+					fmt.Fprintf(conn, "+OK welcome\r\n")
+					return nil
+				}
 				fmt.Fprintf(conn, "+ %s\r\n", base64.StdEncoding.EncodeToString([]byte(out)))
 				line, _ = br.ReadString('\n')
 				msg = strings.TrimSpace(line)
@@ -260,5 +271,20 @@ func TestSCRAM(t *testing.T) {
 				t.Fatalf("%s %v", mech, err)
 			}
 		})
+	}
+}
+
+// A server that answers +OK without the SCRAM server-final has not proved
+// it knows the password: the login fails.
+func TestSCRAMWithoutServerFinal(t *testing.T) {
+	addr, pool := scramServerOpt(t, false, true)
+	c, err := Dial(context.Background(), addr, Options{TLS: TLSImplicit, TLSConfig: &tls.Config{RootCAs: pool}, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mech, err := c.Login(Credentials{User: "alice", Password: "pencil"})
+	if err == nil || !strings.Contains(err.Error(), "server signature") {
+		t.Fatalf("login succeeded: %s %v", mech, err)
 	}
 }

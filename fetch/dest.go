@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -19,6 +20,14 @@ import (
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
 	"github.com/pouchmail/pouch/store"
+)
+
+// Hooks for tests that inject failures.
+var (
+	fsyncFile   = (*os.File).Sync
+	renameFn    = os.Rename
+	syncDirFn   = syncDir
+	readNamesFn = readNames
 )
 
 // Msg describes the message being delivered.
@@ -172,11 +181,8 @@ func openMaildir(dir, tag string) (*maildirDest, error) {
 		}
 	}
 	m := &maildirDest{dir: dir, tag: tag, keys: map[string]bool{}, host: hostname(), jobs: make(chan maildirJob, 1024)}
-	for range maildirWorkers {
-		go m.worker()
-	}
 	for _, sub := range []string{"new", "cur"} {
-		names, err := readNames(filepath.Join(dir, sub))
+		names, err := readNamesFn(filepath.Join(dir, sub))
 		if err != nil {
 			return nil, fmt.Errorf("maildir: %w", err)
 		}
@@ -197,6 +203,9 @@ func openMaildir(dir, tag string) (*maildirDest, error) {
 				os.Remove(p)
 			}
 		}
+	}
+	for range maildirWorkers {
+		go m.worker()
 	}
 	return m, nil
 }
@@ -226,6 +235,12 @@ func (m *maildirDest) String() string { return "maildir:" + m.dir }
 func (m *maildirDest) Has(key string) bool { return m.keys[key] }
 
 func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
+	m.mu.Lock()
+	err := m.err
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	now := time.Now()
 	unique := fmt.Sprintf("%d.M%06dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), m.q.Add(1), m.host)
 	tmp := filepath.Join(m.dir, "tmp", unique)
@@ -259,13 +274,13 @@ func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
 // worker fsyncs a file and renames it into new/.
 func (m *maildirDest) worker() {
 	for j := range m.jobs {
-		err := j.f.Sync()
+		err := fsyncFile(j.f)
 		if cerr := j.f.Close(); err == nil {
 			err = cerr
 		}
 		if err == nil {
 			crashpoint.Hit("fetch.maildir.tmp-synced")
-			err = os.Rename(j.tmp, j.dst)
+			err = renameFn(j.tmp, j.dst)
 		}
 		if err != nil {
 			os.Remove(j.tmp)
@@ -279,17 +294,31 @@ func (m *maildirDest) worker() {
 	}
 }
 
-// Sync waits for the fsyncs and renames, then fsyncs new/.
+// Sync waits for the fsyncs and renames, then fsyncs new/. An error is
+// sticky: after one, no message delivered since the last good Sync can be
+// trusted, and the destination stays unusable.
 func (m *maildirDest) Sync() error {
 	m.wg.Wait()
 	m.mu.Lock()
-	err := m.err
-	m.err = nil
-	m.mu.Unlock()
-	if err != nil {
-		return err
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return m.err
 	}
-	return syncDir(filepath.Join(m.dir, "new"))
+	if err := syncDirFn(filepath.Join(m.dir, "new")); err != nil {
+		m.err = fmt.Errorf("maildir: fsync new/: %w", err)
+	}
+	return m.err
+}
+
+// SyncDirs fsyncs new/ and cur/: messages recognised by their digest may
+// have been renamed by a run killed before it fsynced the directory.
+func (m *maildirDest) SyncDirs() error {
+	for _, sub := range []string{"new", "cur"} {
+		if err := syncDirFn(filepath.Join(m.dir, sub)); err != nil {
+			return fmt.Errorf("maildir: fsync %s/: %w", sub, err)
+		}
+	}
+	return nil
 }
 
 func (m *maildirDest) Close() error {
@@ -307,37 +336,81 @@ func hostname() string {
 }
 
 // mbox appends in mboxrd format ("From " lines quoted by one more ">"),
-// holding an fcntl and a flock lock from the first Deliver to Sync, which
-// fsyncs the file. A failed Deliver truncates the file back.
+// holding an fcntl and a flock lock from the first Deliver until Release,
+// which the runner calls after the journal records the batch; Sync fsyncs the
+// file. Before the first append under a lock, mark (if set) durably records
+// the file's size, so that the next run can cut back an append a kill left
+// unfinished or unrecorded (recoverMbox). A failed Deliver truncates the file
+// back; a failed Sync is sticky.
 type mbox struct {
 	path string
 	f    *os.File
+	err  error
+	mark func(size int64, path string) error
 }
 
 func (b *mbox) String() string { return "mbox:" + b.path }
 
-func (b *mbox) lock() error {
-	f, err := os.OpenFile(b.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+func lockMbox(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("mbox: %w", err)
+		return nil, fmt.Errorf("mbox: %w", err)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
 	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != nil {
 		f.Close()
-		return fmt.Errorf("mbox: fcntl lock: %w", err)
+		return nil, fmt.Errorf("mbox: fcntl lock: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		f.Close()
-		return fmt.Errorf("mbox: flock: %w", err)
+		return nil, fmt.Errorf("mbox: flock: %w", err)
 	}
-	b.f = f
-	return nil
+	return f, nil
+}
+
+// recoverMbox cuts the mbox at path back to size, under its lock: what lies
+// beyond was appended by a run that never recorded it as done.
+func recoverMbox(path string, size int64) (cut int64, err error) {
+	f, err := lockMbox(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("mbox: %w", err)
+	}
+	if st.Size() <= size {
+		return 0, nil
+	}
+	if err := f.Truncate(size); err != nil {
+		return 0, fmt.Errorf("mbox: %w", err)
+	}
+	if err := fsyncFile(f); err != nil {
+		return 0, fmt.Errorf("mbox: fsync: %w", err)
+	}
+	return st.Size() - size, nil
 }
 
 func (b *mbox) Deliver(msg Msg, body io.Reader) error {
+	if b.err != nil {
+		return b.err
+	}
 	if b.f == nil {
-		if err := b.lock(); err != nil {
+		f, err := lockMbox(b.path)
+		if err != nil {
 			return err
+		}
+		b.f = f
+		if b.mark != nil {
+			st, err := f.Stat()
+			if err == nil {
+				err = b.mark(st.Size(), b.path)
+			}
+			if err != nil {
+				b.Release()
+				return fmt.Errorf("mbox: %w", err)
+			}
 		}
 	}
 	st, err := b.f.Stat()
@@ -361,6 +434,10 @@ func (b *mbox) Deliver(msg Msg, body io.Reader) error {
 	esc := &fromEscaper{w: bw, bol: true}
 	err = copyLF(esc, body)
 	if err == nil {
+		err = bw.Flush()
+		crashpoint.Hit("fetch.mbox.mid-append")
+	}
+	if err == nil {
 		err = esc.finish()
 	}
 	if err == nil {
@@ -373,28 +450,53 @@ func (b *mbox) Deliver(msg Msg, body io.Reader) error {
 	return nil
 }
 
+// Sync fsyncs the file, keeping the lock.
 func (b *mbox) Sync() error {
+	if b.err != nil {
+		return b.err
+	}
 	if b.f == nil {
 		return nil
 	}
-	err := b.f.Sync()
-	b.f.Close() // drops both locks
-	b.f = nil
-	if err != nil {
-		return fmt.Errorf("mbox: fsync: %w", err)
+	if err := fsyncFile(b.f); err != nil {
+		b.err = fmt.Errorf("mbox: fsync: %w", err)
+		b.Release()
+		return b.err
 	}
 	return nil
 }
 
-func (b *mbox) Close() error { return b.Sync() }
+// Release drops both locks.
+func (b *mbox) Release() {
+	if b.f != nil {
+		b.f.Close()
+		b.f = nil
+	}
+}
+
+func (b *mbox) Close() error {
+	err := b.Sync()
+	b.Release()
+	return err
+}
 
 // fromEscaper quotes lines matching ^>*From with one more ">" (mboxrd), and
-// ends the message with a newline and a blank line.
+// ends the message with a newline and a blank line. Its state is constant:
+// the number of '>' and of "From " octets seen at the start of the line.
 type fromEscaper struct {
 	w    *bufio.Writer
-	bol  bool   // collecting the start of a line
-	pend []byte // start of the line, not yet decided
+	bol  bool // at the start of a line, still undecided
+	gts  int  // '>' seen at the start of the line
+	from int  // octets of "From " seen after them
 	last byte
+}
+
+func (e *fromEscaper) flushPending() {
+	for range e.gts {
+		e.w.WriteByte('>')
+	}
+	e.w.WriteString("From "[:e.from])
+	e.gts, e.from = 0, 0
 }
 
 func (e *fromEscaper) Write(p []byte) (int, error) {
@@ -407,25 +509,27 @@ func (e *fromEscaper) Write(p []byte) (int, error) {
 			}
 			continue
 		}
-		e.pend = append(e.pend, c)
-		rest := bytes.TrimLeft(e.pend, ">")
 		switch {
-		case string(rest) == "From ":
-			e.w.WriteByte('>')
-			e.w.Write(e.pend)
-			e.pend, e.bol = e.pend[:0], false
-		case bytes.HasPrefix([]byte("From "), rest):
-			// undecided
+		case e.from == 0 && c == '>':
+			e.gts++
+		case c == "From "[e.from]:
+			e.from++
+			if e.from == len("From ") {
+				e.w.WriteByte('>')
+				e.flushPending()
+				e.bol = false
+			}
 		default:
-			e.w.Write(e.pend)
-			e.pend, e.bol = e.pend[:0], c == '\n'
+			e.flushPending()
+			e.w.WriteByte(c)
+			e.bol = c == '\n'
 		}
 	}
 	return len(p), nil
 }
 
 func (e *fromEscaper) finish() error {
-	e.w.Write(e.pend)
+	e.flushPending()
 	if e.last != '\n' {
 		e.w.WriteByte('\n')
 	}
@@ -433,14 +537,71 @@ func (e *fromEscaper) finish() error {
 	return err
 }
 
-// mda pipes each message to "sh -c CMD"; exit status 0 means stored.
+// mda pipes each message to "sh -c CMD"; exit status 0 means stored. The
+// message is read completely (in memory, or in a temporary file past
+// mdaMemMax) before the MDA starts: an MDA that writes as it reads (cat >
+// FILE) would otherwise be left with part of a message when the connection
+// breaks.
 type mda struct{ cmd string }
+
+const mdaMemMax = 4 << 20
 
 func (d *mda) String() string { return "mda:" + d.cmd }
 
+// spool reads the whole message with LF line ends.
+func spool(body io.Reader) (r io.Reader, cleanup func(), err error) {
+	var mem bytes.Buffer
+	lw := &lfWriter{w: &mem}
+	if _, err := io.CopyN(lw, body, mdaMemMax); err == io.EOF {
+		if err := lw.Close(); err != nil {
+			return nil, nil, err
+		}
+		return &mem, func() {}, nil
+	} else if err != nil {
+		return nil, nil, err
+	}
+	f, err := os.CreateTemp("", "pouch-fetch-mda-*")
+	if err != nil {
+		return nil, nil, fmt.Errorf("mda: %w", err)
+	}
+	os.Remove(f.Name())
+	cleanup = func() { f.Close() }
+	bw := bufio.NewWriterSize(f, 64<<10)
+	if _, err := bw.Write(mem.Bytes()); err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("mda: %w", err)
+	}
+	lw.w = bw
+	if _, err := io.Copy(lw, body); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	err = lw.Close()
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("mda: %w", err)
+	}
+	return bufio.NewReaderSize(f, 64<<10), cleanup, nil
+}
+
 func (d *mda) Deliver(msg Msg, body io.Reader) error {
+	msgr, cleanup, err := spool(body)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	cmd := exec.Command("/bin/sh", "-c", d.cmd)
 	cmd.Env = append(os.Environ(), "POUCH_UIDL="+msg.UID)
+	// Its own process group: a Ctrl-C at the terminal must not reach it (the
+	// run finishes the messages being stored), and an abort kills every
+	// process of a pipeline, not only the shell.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 2048}
 	in, err := cmd.StdinPipe()
@@ -450,11 +611,11 @@ func (d *mda) Deliver(msg Msg, body io.Reader) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("mda: %w", err)
 	}
-	if werr := copyLF(in, body); werr != nil {
-		// A partial message must never look delivered: kill the MDA before
-		// it sees the end of its input. (An MDA that stopped reading early
-		// fails here too.)
-		cmd.Process.Kill()
+	if _, werr := io.Copy(in, msgr); werr != nil {
+		// An MDA that stopped reading early must never look as if it
+		// stored the message: kill the whole group before it sees the
+		// end of its input.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		in.Close()
 		cmd.Wait()
 		return fmt.Errorf("mda %q: %w", d.cmd, werr)

@@ -317,6 +317,22 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		return st, err
 	}
 	defer j.Close()
+	if !a.DryRun {
+		if size, path, ok := j.OutstandingMark(); ok {
+			// A run was killed in the middle of (or just after) an mbox
+			// append it never recorded: cut it off; it is fetched again.
+			cut, err := recoverMbox(path, size)
+			if err != nil {
+				return st, err
+			}
+			if cut > 0 {
+				obs.Warn(fmt.Sprintf("mbox %s: removed %d octets an interrupted run appended without recording them; they are fetched again", path, cut))
+			}
+			if err := j.ClearMark(); err != nil {
+				return st, err
+			}
+		}
+	}
 	var dest Destination
 	if !a.DryRun {
 		if a.To == "" {
@@ -345,10 +361,17 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	if st.Mechanism, err = c.Login(cr); err != nil {
 		return st, err
 	}
-	if _, err := c.Capa(); err != nil && !isERR(err) {
-		return st, err
+	// Capabilities may change at login (RFC 2449 §5); ask again only when
+	// the ones before login lack what the run uses.
+	if !c.Pipelining() || !c.Caps().Has("UIDL") {
+		if _, err := c.Capa(); err != nil && !isERR(err) {
+			return st, err
+		}
 	}
 	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st}
+	if mb, ok := dest.(*mbox); ok {
+		mb.mark = j.Mark
+	}
 	if err := r.run(ctx); err != nil {
 		return st, err
 	}
@@ -374,7 +397,7 @@ type runner struct {
 	batch   []item
 }
 
-// deletesAt reports whether a message first downloaded at t is due for
+// due reports whether a message first downloaded at t is due for
 // deletion now.
 func (r *runner) due(t time.Time) bool {
 	return !r.a.KeepForever && time.Since(t) >= r.a.Keep
@@ -382,14 +405,13 @@ func (r *runner) due(t time.Time) bool {
 
 func (r *runner) run(ctx context.Context) error {
 	a, c := r.a, r.c
-	list, err := c.List()
+	list, ul, uerr, err := c.ListUidl()
 	if err != nil {
 		return err
 	}
 	r.st.OnServer = len(list)
 	uids := map[int]string{}
-	ul, err := c.Uidl()
-	switch {
+	switch err = uerr; {
 	case err == nil:
 		for _, m := range ul {
 			uids[m.Num] = m.UID
@@ -442,8 +464,19 @@ func (r *runner) run(ctx context.Context) error {
 				}
 				continue
 			}
-			if dd != nil && dd.Has(a.messageKey(uid)) {
-				// Stored by a run that was killed before its journal entry.
+			if r.j.Tombstoned(uid) {
+				// It vanished from an earlier LIST: either that LIST was
+				// partial (it was downloaded then) or the server reuses
+				// the UIDL for a new message. Neither download it twice
+				// nor delete it unread.
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", m.Num, uid))
+				r.st.Skipped++
+				continue
+			}
+			if dd != nil && r.j.Pending(uid) && dd.Has(a.messageKey(uid)) {
+				// Stored by a run that was killed before its journal
+				// entry (the pending record says this message, not an
+				// earlier one with the same UIDL, was being stored).
 				r.j.Add(uid, now)
 				recovered = true
 				r.st.Recovered++
@@ -473,6 +506,9 @@ func (r *runner) run(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, w := range r.j.Warnings() {
+		r.obs.Warn(w)
+	}
 	if a.DryRun {
 		r.st.Fetched = len(todo)
 		r.st.Bytes = todoBytes
@@ -485,9 +521,22 @@ func (r *runner) run(ctx context.Context) error {
 		return c.Quit()
 	}
 	if recovered {
-		if err := r.j.Sync(); err != nil {
-			return err
+		// The killed run may have renamed the file without fsyncing the
+		// directory.
+		if sd, ok := r.dest.(interface{ SyncDirs() error }); ok {
+			if err := sd.SyncDirs(); err != nil {
+				return err
+			}
 		}
+	}
+	// Pending records first: recovery trusts a Maildir digest only for them.
+	for _, it := range todo {
+		if it.uid != "" {
+			r.j.AddPending(it.uid)
+		}
+	}
+	if err := r.j.Sync(); err != nil {
+		return err
 	}
 	r.obs.Plan(len(todo), todoBytes)
 	for _, it := range dele {
@@ -569,7 +618,7 @@ func (r *runner) download(ctx context.Context, todo []item) error {
 		inflight -= it.size
 		n, err := r.fetchOne(it)
 		if err != nil {
-			if isERR(err) && !errors.Is(err, errStore) {
+			if isERR(err) {
 				r.obs.Warn(fmt.Sprintf("RETR %d: %v: skipped", it.num, err))
 				r.st.Skipped++
 				continue
@@ -629,10 +678,14 @@ func (r *runner) commit(dele bool) error {
 		return nil
 	}
 	if err := r.dest.Sync(); err != nil {
+		// Drop the batch: none of it is journaled, so none of it is ever
+		// deleted; the destination stays unusable (its errors are sticky).
+		r.batch = r.batch[:0]
 		return err
 	}
 	crashpoint.Hit("fetch.synced")
 	now := time.Now()
+	r.j.markDone()
 	for _, it := range r.batch {
 		if it.uid != "" {
 			r.j.Add(it.uid, now)
@@ -642,6 +695,9 @@ func (r *runner) commit(dele bool) error {
 		return err
 	}
 	crashpoint.Hit("fetch.journaled")
+	if rl, ok := r.dest.(interface{ Release() }); ok {
+		rl.Release()
+	}
 	batch := r.batch
 	r.batch = r.batch[:0]
 	if dele && !r.a.KeepForever && r.a.Keep == 0 {

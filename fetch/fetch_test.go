@@ -43,9 +43,17 @@ func TestFetchAndDelete(t *testing.T) {
 	if n := p.count(t); n != 0 {
 		t.Fatalf("%d left on the server", n)
 	}
-	// A second run finds nothing and prunes the journal.
+	// A second run finds nothing; an empty LIST prunes nothing (a warning).
+	obs := &recObserver{}
+	st, err = Run(context.Background(), a, obs)
+	if err != nil || st.Fetched != 0 || len(obs.warns) != 1 || !strings.Contains(obs.warns[0], "lists no messages") {
+		t.Fatalf("%+v %v %q", st, err, obs.warns)
+	}
+	// With one new message on the server, the vanished UIDLs become
+	// tombstones.
+	p.deliver(t, "Subject: new\n\nnew\n")
 	st, err = Run(context.Background(), a, nil)
-	if err != nil || st.Fetched != 0 {
+	if err != nil || st.Fetched != 1 {
 		t.Fatalf("%+v %v", st, err)
 	}
 	j, err := OpenJournal(a.StateDir, a.StateName(), false)
@@ -53,8 +61,8 @@ func TestFetchAndDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	if j.Len() != 0 {
-		t.Fatalf("journal keeps %d vanished UIDLs", j.Len())
+	if j.Len() != 1 || len(j.tombs) != 150 {
+		t.Fatalf("journal keeps %d UIDLs, %d tombstones", j.Len(), len(j.tombs))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"sort"
@@ -97,9 +98,12 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	return fs, c
 }
 
-// parseSize parses a size with an optional K, M or G suffix (powers of 1024).
+// parseSize parses a size: a number of octets, optionally followed by B, or
+// by K, M or G (powers of 1024) with an optional B: 500K, 25MB, 1G, 100.
 func parseSize(s string) (int64, error) {
+	in := s
 	s = strings.TrimSpace(strings.ToUpper(s))
+	s = strings.TrimSuffix(s, "B")
 	mult := int64(1)
 	if n := len(s); n > 0 {
 		switch s[n-1] {
@@ -111,12 +115,15 @@ func parseSize(s string) (int64, error) {
 			mult = 1 << 30
 		}
 		if mult > 1 {
-			s = s[:n-1]
+			s = strings.TrimSpace(s[:n-1])
 		}
 	}
-	v, err := strconv.ParseInt(strings.TrimSuffix(s, "B"), 10, 64)
+	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || v < 0 {
-		return 0, fmt.Errorf("size %q: use a number of octets, or with K, M or G", s)
+		return 0, fmt.Errorf("size %q: use a number of octets, or with K, M or G (500K, 25M)", in)
+	}
+	if v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q: too large", in)
 	}
 	return v * mult, nil
 }
@@ -195,27 +202,27 @@ type namedAccount struct {
 }
 
 // loadAccounts returns the accounts to fetch and the --every interval.
-func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duration, bool, error) {
+func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duration, error) {
 	fs, c := fetchFlags(stderr)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, 0, err
 	}
 	set := flagNames(fs)
 	if c.configFile == "" {
 		if len(pos) > 0 {
-			return nil, 0, false, usageError("account names need --config; got %q", pos[0])
+			return nil, 0, usageError("account names need --config; got %q", pos[0])
 		}
 		a, err := c.account("")
 		if err != nil {
-			return nil, 0, false, usageError("fetch: %v", err)
+			return nil, 0, usageError("fetch: %v", err)
 		}
 		every, err := parseEvery(c.every)
-		return []namedAccount{{a, c.quiet}}, every, c.quiet, err
+		return []namedAccount{{a, c.quiet}}, every, err
 	}
 	var file map[string]any
 	if _, err := toml.DecodeFile(c.configFile, &file); err != nil {
-		return nil, 0, false, &exitError{code: 2, msg: fmt.Sprintf("config %s: %v", c.configFile, err)}
+		return nil, 0, &exitError{code: 2, msg: fmt.Sprintf("config %s: %v", c.configFile, err)}
 	}
 	table, _ := file["account"].(map[string]any)
 	if t2, ok := file["accounts"].(map[string]any); ok {
@@ -227,7 +234,7 @@ func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duratio
 		}
 	}
 	if len(table) == 0 {
-		return nil, 0, false, usageError("config %s: no [account.NAME] table", c.configFile)
+		return nil, 0, usageError("config %s: no [account.NAME] table", c.configFile)
 	}
 	names := pos
 	if len(names) == 0 {
@@ -238,35 +245,33 @@ func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duratio
 	}
 	var out []namedAccount
 	var every time.Duration
-	quiet := false
 	for _, name := range names {
 		vals, ok := table[name].(map[string]any)
 		if !ok {
-			return nil, 0, false, usageError("config %s: no account %q", c.configFile, name)
+			return nil, 0, usageError("config %s: no account %q", c.configFile, name)
 		}
 		afs, ac := fetchFlags(stderr)
 		parseInterleaved(afs, args) // parsed once above without error
 		if err := setFromTOML(afs, set, file, "config "+c.configFile); err != nil {
-			return nil, 0, false, &exitError{code: 2, msg: err.Error()}
+			return nil, 0, &exitError{code: 2, msg: err.Error()}
 		}
 		if err := setFromTOML(afs, set, vals, fmt.Sprintf("config %s: account %s", c.configFile, name)); err != nil {
-			return nil, 0, false, &exitError{code: 2, msg: err.Error()}
+			return nil, 0, &exitError{code: 2, msg: err.Error()}
 		}
 		a, err := ac.account(name)
 		if err != nil {
-			return nil, 0, false, usageError("account %s: %v", name, err)
+			return nil, 0, usageError("account %s: %v", name, err)
 		}
 		e, err := parseEvery(ac.every)
 		if err != nil {
-			return nil, 0, false, err
+			return nil, 0, err
 		}
 		if every == 0 || (e > 0 && e < every) {
 			every = e
 		}
-		quiet = ac.quiet
 		out = append(out, namedAccount{a, ac.quiet})
 	}
-	return out, every, quiet, nil
+	return out, every, nil
 }
 
 func parseEvery(s string) (time.Duration, error) {
@@ -281,7 +286,7 @@ func parseEvery(s string) (time.Duration, error) {
 }
 
 func runFetch(args []string, stderr io.Writer) error {
-	accts, every, _, err := loadAccounts(args, stderr)
+	accts, every, err := loadAccounts(args, stderr)
 	if err != nil {
 		return err
 	}
