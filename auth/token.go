@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -73,6 +75,9 @@ func (v *TokenVerifier) Reload() error {
 
 func loadKeySet(source string) (*jose.JSONWebKeySet, error) {
 	var r io.ReadCloser
+	if strings.HasPrefix(source, "http://") && !loopbackURL(source) {
+		return nil, fmt.Errorf("auth: the OAuth key set must come over https, not %s", source)
+	}
 	if strings.HasPrefix(source, "https://") || strings.HasPrefix(source, "http://") {
 		client := &http.Client{Timeout: 10 * time.Second}
 		resp, err := client.Get(source)
@@ -102,6 +107,20 @@ func loadKeySet(source string) (*jose.JSONWebKeySet, error) {
 	return &keys, nil
 }
 
+// loopbackURL reports whether an http URL points at this machine, where
+// plain http cannot be intercepted.
+func loopbackURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	if u.Hostname() == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(u.Hostname())
+	return err == nil && ip.IsLoopback()
+}
+
 // VerifyToken checks token and returns the user it was issued for.
 func (v *TokenVerifier) VerifyToken(token string) (string, error) {
 	tok, err := jwt.ParseSigned(token, tokenAlgorithms)
@@ -110,20 +129,9 @@ func (v *TokenVerifier) VerifyToken(token string) (string, error) {
 	}
 	var std jwt.Claims
 	var extra map[string]any
-	v.mu.Lock()
-	keys := v.keys
-	stale := time.Since(v.fetched) > refetchInterval
-	v.mu.Unlock()
+	keys := v.keySet(tok)
 	if err := tok.Claims(keys, &std, &extra); err != nil {
-		if !stale || v.Reload() != nil {
-			return "", fmt.Errorf("auth: token signature: %w", err)
-		}
-		v.mu.Lock()
-		keys = v.keys
-		v.mu.Unlock()
-		if err := tok.Claims(keys, &std, &extra); err != nil {
-			return "", fmt.Errorf("auth: token signature: %w", err)
-		}
+		return "", fmt.Errorf("auth: token signature: %w", err)
 	}
 	if std.Expiry == nil {
 		return "", errors.New("auth: token has no expiry")
@@ -140,4 +148,26 @@ func (v *TokenVerifier) VerifyToken(token string) (string, error) {
 		return "", fmt.Errorf("auth: token has no %q claim", v.userClaim)
 	}
 	return user, nil
+}
+
+// keySet returns the key set to check tok with. When tok names a key the set
+// does not have (the issuer rotated its keys), the set is fetched again — by
+// one caller at a time, and at most once per refetchInterval whether the
+// fetch worked or not, so that forged tokens cannot make Pouch hammer the
+// issuer.
+func (v *TokenVerifier) keySet(tok *jwt.JSONWebToken) *jose.JSONWebKeySet {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	kid := ""
+	if len(tok.Headers) > 0 {
+		kid = tok.Headers[0].KeyID
+	}
+	if kid == "" || len(v.keys.Key(kid)) > 0 || time.Since(v.fetched) < refetchInterval {
+		return v.keys
+	}
+	v.fetched = time.Now()
+	if keys, err := loadKeySet(v.jwks); err == nil {
+		v.keys = keys
+	}
+	return v.keys
 }

@@ -108,14 +108,19 @@ func TestTokenVerifier(t *testing.T) {
 	if _, err := NewTokenVerifier("https://id.example.org", "pouch", filepath.Join(t.TempDir(), "missing"), ""); err == nil {
 		t.Error("a missing key set was accepted")
 	}
+	if _, err := NewTokenVerifier("https://id.example.org", "pouch", "http://id.example.org/jwks", ""); err == nil || !strings.Contains(err.Error(), "https") {
+		t.Errorf("a key set over plain http from elsewhere: %v", err)
+	}
 }
 
 func TestTokenVerifierKeyRotation(t *testing.T) {
 	t.Parallel()
 	old, fresh := newIssuer(t, "old"), newIssuer(t, "new")
 	var current atomic.Value
+	var fetches atomic.Int32
 	current.Store(old.jwks(t))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
 		w.Write(current.Load().([]byte))
 	}))
 	defer srv.Close()
@@ -123,17 +128,31 @@ func TestTokenVerifierKeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ago := func() {
+		v.mu.Lock()
+		v.fetched = time.Now().Add(-2 * refetchInterval)
+		v.mu.Unlock()
+	}
 	current.Store(fresh.jwks(t))
 	tok := fresh.token(t, claims(nil))
 	// Within the refetch interval an unknown key is simply refused…
 	if _, err := v.VerifyToken(tok); err == nil {
 		t.Fatal("token of an unknown key accepted before refetching")
 	}
-	// …after it, the key set is fetched again.
-	v.mu.Lock()
-	v.fetched = time.Now().Add(-2 * refetchInterval)
-	v.mu.Unlock()
+	// …a forged token naming a known key never causes a fetch…
+	ago()
+	forged := newIssuer(t, "old").token(t, claims(nil))
+	if _, err := v.VerifyToken(forged); err == nil || fetches.Load() != 1 {
+		t.Fatalf("forged token: %v, %d fetches", err, fetches.Load())
+	}
+	// …and after the interval the set is fetched again, once.
 	if _, err := v.VerifyToken(tok); err != nil {
 		t.Fatalf("token of the rotated key: %v", err)
+	}
+	unknown := newIssuer(t, "other").token(t, claims(nil))
+	v.VerifyToken(unknown)
+	v.VerifyToken(unknown)
+	if n := fetches.Load(); n != 2 {
+		t.Fatalf("%d fetches, want 2 (one at start, one after the rotation)", n)
 	}
 }

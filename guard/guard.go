@@ -92,12 +92,14 @@ type Ban struct {
 type Guard struct {
 	cfg Config
 
-	mu       sync.Mutex
-	sources  map[netip.Prefix][]time.Time // recent failures per source
-	users    map[string][]time.Time       // recent failures per user name
-	bans     map[netip.Prefix]Ban
-	stamp    stamp // of StatePath at the last load or save
-	lastLoad time.Time
+	mu        sync.Mutex
+	sources   map[netip.Prefix][]time.Time // recent failures per source
+	users     map[string][]time.Time       // recent failures per user name
+	bans      map[netip.Prefix]Ban
+	unsaved   map[netip.Prefix]Ban // automatic bans not yet written to StatePath
+	nextSweep int                  // size at which sweep looks again
+	stamp     stamp                // of StatePath at the last load or save
+	lastLoad  time.Time
 }
 
 // New returns a Guard, loading the bans kept in cfg.StatePath.
@@ -108,6 +110,7 @@ func New(cfg Config) (*Guard, error) {
 		sources: make(map[netip.Prefix][]time.Time),
 		users:   make(map[string][]time.Time),
 		bans:    make(map[netip.Prefix]Ban),
+		unsaved: make(map[netip.Prefix]Ban),
 	}
 	if cfg.StatePath != "" {
 		bans, stamp, err := readBans(cfg.StatePath)
@@ -196,6 +199,40 @@ func (g *Guard) UserLocked(ip netip.Addr, user string) bool {
 		len(g.recent(g.sources[Source(ip)], now)) > 0
 }
 
+// sweepAt is the number of tracked sources and names from which old
+// entries are dropped, and maxTracked the most kept even then: an attacker
+// trying many names or addresses cannot make the guard grow without bound.
+const (
+	sweepAt    = 10_000
+	maxTracked = 100_000
+)
+
+// sweep drops sources and user names without recent failures once there
+// are many; if too many remain, it forgets user names first. Called with
+// g.mu held.
+func (g *Guard) sweep(now time.Time) {
+	if len(g.sources)+len(g.users) < max(sweepAt, g.nextSweep) {
+		return
+	}
+	defer func() { g.nextSweep = 2 * (len(g.sources) + len(g.users)) }() // amortized
+	for k, v := range g.sources {
+		if len(g.recent(v, now)) == 0 {
+			delete(g.sources, k)
+		}
+	}
+	for k, v := range g.users {
+		if len(g.recent(v, now)) == 0 {
+			delete(g.users, k)
+		}
+	}
+	if len(g.users) > maxTracked/2 {
+		clear(g.users)
+	}
+	if len(g.sources) > maxTracked {
+		clear(g.sources)
+	}
+}
+
 // Failure records a failed login of user from ip. It returns the ban when
 // this failure caused one.
 func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
@@ -205,6 +242,7 @@ func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
 	now := g.cfg.Now()
 	src := Source(ip)
 	g.mu.Lock()
+	g.sweep(now)
 	g.sources[src] = append(g.recent(g.sources[src], now), now)
 	if user != "" {
 		g.users[user] = append(g.recent(g.users[user], now), now)
@@ -225,6 +263,7 @@ func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
 	}
 	b.Until = now.Add(min(length, g.cfg.MaxBanTime))
 	g.bans[src] = b
+	g.unsaved[src] = b
 	g.mu.Unlock()
 	g.save()
 	return b, true
@@ -294,6 +333,11 @@ func (g *Guard) update(change func(map[netip.Prefix]Ban)) error {
 	if err != nil {
 		return err
 	}
+	for k, v := range g.unsaved {
+		if _, ok := onDisk[k]; !ok {
+			onDisk[k] = v
+		}
+	}
 	g.bans, g.stamp = onDisk, stamp
 	return nil
 }
@@ -305,18 +349,27 @@ func (g *Guard) save() {
 		return
 	}
 	g.mu.Lock()
-	mine := make(map[netip.Prefix]Ban, len(g.bans))
-	for k, v := range g.bans {
+	mine := make(map[netip.Prefix]Ban, len(g.unsaved))
+	for k, v := range g.unsaved {
 		mine[k] = v
 	}
 	g.mu.Unlock()
-	g.update(func(bans map[netip.Prefix]Ban) {
+	err := g.update(func(bans map[netip.Prefix]Ban) {
 		for k, v := range mine {
 			if old, ok := bans[k]; !ok || v.Since.After(old.Since) {
 				bans[k] = v
 			}
 		}
 	})
+	if err == nil {
+		g.mu.Lock()
+		for k, v := range mine {
+			if g.unsaved[k].Since.Equal(v.Since) {
+				delete(g.unsaved, k)
+			}
+		}
+		g.mu.Unlock()
+	}
 }
 
 // reloadIfChanged rereads the state file, at most once a second, when
@@ -343,6 +396,9 @@ func (g *Guard) reloadIfChanged() {
 		return
 	}
 	g.mu.Lock()
+	for k, v := range g.unsaved { // not written yet: keep them
+		bans[k] = v
+	}
 	g.bans, g.stamp = bans, st
 	g.mu.Unlock()
 }

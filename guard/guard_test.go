@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -161,5 +162,28 @@ func TestBansSurviveRestartAndManualBans(t *testing.T) {
 	g3.cfg.Now = clk.now
 	if _, ok := g3.Banned(attacker); ok {
 		t.Fatal("unban did not persist")
+	}
+}
+
+func TestGuardStaysBounded(t *testing.T) {
+	g, clk := newGuard(t, "")
+	for i := 0; i < 3*sweepAt; i++ {
+		g.Failure(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), fmt.Sprintf("user%d", i))
+		if i%1000 == 0 {
+			clk.add(16 * time.Minute) // the failures so far leave the window
+		}
+	}
+	g.mu.Lock()
+	n := len(g.sources) + len(g.users)
+	g.mu.Unlock()
+	if n > 2*sweepAt {
+		t.Fatalf("%d entries tracked", n)
+	}
+}
+
+func TestMappedPrefixes(t *testing.T) {
+	nets, err := ParseNets("::ffff:198.51.100.0/120")
+	if err != nil || len(nets) != 1 || nets[0].String() != "198.51.100.0/24" {
+		t.Fatalf("ParseNets = %v, %v", nets, err)
 	}
 }

@@ -141,6 +141,11 @@ func parseNets(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, item := range splitComma(s) {
 		if p, err := netip.ParsePrefix(item); err == nil {
+			// Client addresses are compared unmapped, so ::ffff:a.b.c.d/N
+			// becomes a.b.c.d/(N-96).
+			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			}
 			out = append(out, p.Masked())
 			continue
 		}

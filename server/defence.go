@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -47,7 +48,7 @@ func (s *Server) admit(ip netip.Addr) (reply, reason string) {
 	if max := s.cfg.MaxConnections; max > 0 && len(s.sessions) >= max {
 		return "-ERR [SYS/TEMP] too many connections; try again later", "limit"
 	}
-	if max := s.cfg.MaxConnectionsPerIP; max > 0 && s.perIP[ip] >= max {
+	if max := s.cfg.MaxConnectionsPerIP; max > 0 && ip.IsValid() && s.perIP[guard.Source(ip)] >= max {
 		return "-ERR [SYS/TEMP] too many connections from your address", "limit"
 	}
 	return "", ""
@@ -73,15 +74,28 @@ func (s *session) fields(user string) map[string]string {
 	return nil
 }
 
-// throttle waits, before a password or token is checked, as long as the
-// guard says for this client's recent failures.
-func (s *session) throttle() {
-	if g := s.srv.cfg.Guard; g != nil {
-		if d := g.Delay(s.ip); d > 0 {
-			s.w.Flush()
-			time.Sleep(d)
-		}
+// throttle starts an authentication attempt: it refuses a source banned
+// meanwhile (by this session's own failures, another session's, or pouch ban)
+// and ends the session, and otherwise waits, before a password or token is
+// checked, as long as the guard says for this source's recent failures. It
+// reports whether the attempt may go on.
+func (s *session) throttle() bool {
+	s.authStart = time.Now()
+	g := s.srv.cfg.Guard
+	if g == nil || !s.ip.IsValid() {
+		return true
 	}
+	if until, banned := g.Banned(s.ip); banned {
+		s.log.Info("attempt from a banned source", "ip", s.ip.String())
+		s.w.Err(pop3.CodeSysTemp, "too many failed logins from your address; try again after "+until.UTC().Format(time.RFC3339))
+		s.state = stateDone
+		return false
+	}
+	if d := g.Delay(s.ip); d > 0 {
+		s.w.Flush()
+		time.Sleep(d)
+	}
+	return true
 }
 
 // parseDays parses a duration that may be given in days ("90d") as well as
@@ -118,9 +132,10 @@ func (s *session) admitUser(user string) bool {
 	}
 	if r := s.srv.cfg.Rules; r != nil && s.ip.IsValid() {
 		if err := r.CheckUser(s.ip, f); err != nil {
-			// The same reply as bad credentials: nothing to learn here.
+			// Answered like bad credentials, after the same delay, so that
+			// nothing tells that the password was right.
 			s.log.Info("login refused by the user's access rules", "user", user, "reason", err)
-			s.w.Err(pop3.CodeAuth, "invalid user name or password")
+			s.loginFailed(user, "access rules")
 			return false
 		}
 	}

@@ -307,3 +307,46 @@ func TestAuditAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestBanStopsOpenSessions(t *testing.T) {
+	ts, _ := newGuarded(t, nil)
+	waiting := ts.dialFrom(t, "127.0.0.2")
+	waiting.expect(`\+OK Pouch ready\.`)
+	// Another connection from the same address gets it banned.
+	c := ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK Pouch ready\.`)
+	for i := 0; i < 3; i++ {
+		c.send("USER alice\r\nPASS wrong\r\n")
+		c.expect(`\+OK send PASS`)
+		c.expect(authFailed)
+	}
+	c.closed()
+	// The session that was already open cannot try even the right password.
+	waiting.transcript(`
+		C: USER alice
+		S: \+OK send PASS
+		C: PASS secret
+		S: -ERR \[SYS/TEMP\] too many failed logins from your address; try again after .*`)
+	waiting.closed()
+}
+
+func TestRefusalByUserRulesTakesTheFailureDelay(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.AuthFailDelay = 200 * time.Millisecond
+		rules, _ := guard.NewRules(nil, nil, nil, nil, "")
+		c.Rules = rules
+		c.Auth = fakeAuth{
+			users:  map[string]string{"alice": "secret"},
+			fields: map[string]map[string]string{"alice": {"allow_nets": "192.0.2.0/24"}},
+		}
+	})
+	c := ts.dial(t)
+	c.expect(`\+OK.*`)
+	start := time.Now()
+	c.send("USER alice\r\nPASS secret\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(authFailed)
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("a right password from a refused network was answered after %v, sooner than a wrong one", d)
+	}
+}

@@ -56,7 +56,8 @@ type saslMechanism struct {
 
 // saslResult is what an exchange found out.
 type saslResult struct {
-	user string // the user authenticated, or who tried
+	user    string // the user authenticated, or who tried
+	checked bool   // credentials were checked and found wrong
 }
 
 // mechanismList is in order of preference, strongest first.
@@ -67,8 +68,8 @@ func init() {
 		{"SCRAM-SHA-256-PLUS", func(s *session) bool { return s.tls != nil && s.scram() != nil }, startSCRAMPlus},
 		{"SCRAM-SHA-256", func(s *session) bool { return s.scram() != nil }, startSCRAM},
 		{"EXTERNAL", func(s *session) bool { return s.clientCertName() != "" && s.userChecker() != nil }, startExternal},
-		{"OAUTHBEARER", func(s *session) bool { return s.srv.cfg.Tokens != nil && s.cleartextAllowed() }, startOAuthBearer},
-		{"XOAUTH2", func(s *session) bool { return s.srv.cfg.Tokens != nil && s.cleartextAllowed() }, startXOAuth2},
+		{"OAUTHBEARER", (*session).tokensUsable, startOAuthBearer},
+		{"XOAUTH2", (*session).tokensUsable, startXOAuth2},
 		{"PLAIN", (*session).cleartextAllowed, startPlain},
 		{"LOGIN", (*session).cleartextAllowed, startLogin},
 	}
@@ -90,6 +91,13 @@ func (s *session) scram() SCRAMAuthenticator {
 		return a
 	}
 	return nil
+}
+
+// tokensUsable reports whether bearer tokens can be checked here: a
+// verifier, a way to know the users, and a connection where a bearer secret
+// may be sent.
+func (s *session) tokensUsable() bool {
+	return s.srv.cfg.Tokens != nil && s.userChecker() != nil && s.cleartextAllowed()
 }
 
 func (s *session) userChecker() UserChecker {
@@ -140,7 +148,9 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 		}
 		return
 	}
-	s.throttle()
+	if !s.throttle() {
+		return
+	}
 	var res saslResult
 	server := mech.start(s, &res)
 	var response []byte // nil: no initial response
@@ -177,6 +187,11 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 			s.state = stateDone
 			return
 		case string(line) == "*":
+			if res.checked {
+				// Credentials were found wrong; cancelling does not hide it.
+				s.login(res.user, "AUTH "+mech.name, false)
+				return
+			}
 			s.w.Err("", "authentication cancelled")
 			return
 		}
@@ -313,14 +328,16 @@ func (m *scramServer) conversation(clientFirst string) (*scram.ServerConversatio
 	}
 	var cb scram.ChannelBinding
 	switch t := scram.ChannelBindingType(strings.TrimPrefix(flag, "p=")); {
-	case !m.plus || t == scram.ChannelBindingTLSExporter:
+	case !m.plus:
+		// Only to recognise a downgraded client ("y"): any binding the
+		// connection has will do.
+		if cb, err = scram.NewTLSExporterBinding(m.s.tls); err != nil {
+			cb, err = m.endpointBinding()
+		}
+	case t == scram.ChannelBindingTLSExporter:
 		cb, err = scram.NewTLSExporterBinding(m.s.tls)
 	case t == scram.ChannelBindingTLSServerEndpoint:
-		if m.s.localLeaf == nil {
-			return nil, errors.New("server certificate unknown")
-		}
-		// The binding hashes the server's own certificate (RFC 5929 §4.1).
-		cb, err = scram.NewTLSServerEndpointBinding(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{m.s.localLeaf}})
+		cb, err = m.endpointBinding()
 	default:
 		return nil, fmt.Errorf("unsupported channel binding type %q", t)
 	}
@@ -332,6 +349,15 @@ func (m *scramServer) conversation(clientFirst string) (*scram.ServerConversatio
 	}
 	// PLUS is advertised on TLS: a client saying "y" was downgraded.
 	return server.NewConversationWithChannelBinding(cb), nil
+}
+
+// endpointBinding is tls-server-end-point: a hash of the server's own
+// certificate (RFC 5929 §4.1).
+func (m *scramServer) endpointBinding() (scram.ChannelBinding, error) {
+	if m.s.localLeaf == nil {
+		return scram.ChannelBinding{}, errors.New("server certificate unknown")
+	}
+	return scram.NewTLSServerEndpointBinding(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{m.s.localLeaf}})
 }
 
 // scramLookup returns the credentials of user, or made-up ones.
@@ -369,32 +395,56 @@ func startExternal(s *session, res *saslResult) sasl.Server {
 	})
 }
 
-// tokenUser checks a bearer token for user: the token's user must be user,
-// or have user as its local part (alice@example.org for alice).
+// tokenUser checks a bearer token for user: the user must exist in the
+// users file, and the token's user must be user or user@DOMAIN, where DOMAIN
+// is one of OAuthDomains when those are set.
 func (s *session) tokenUser(user, token string) error {
 	tokenUser, err := s.srv.cfg.Tokens.VerifyToken(token)
 	if err != nil {
 		return err
 	}
-	if tokenUser == user {
-		return nil
+	match := tokenUser == user
+	if local, domain, ok := strings.Cut(tokenUser, "@"); ok && local == user && !match {
+		match = len(s.srv.cfg.OAuthDomains) == 0
+		for _, d := range s.srv.cfg.OAuthDomains {
+			match = match || strings.EqualFold(d, domain)
+		}
 	}
-	if local, _, ok := strings.Cut(tokenUser, "@"); ok && local == user {
-		return nil
+	if !match {
+		return errors.New("token issued for another user")
 	}
-	return errors.New("token issued for another user")
+	if !s.userChecker().Exists(user) {
+		return errors.New("token for a user who is not in the users file")
+	}
+	return nil
 }
 
 // startOAuthBearer is OAUTHBEARER (RFC 7628).
 func startOAuthBearer(s *session, res *saslResult) sasl.Server {
-	return sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
+	return &oauthBearerServer{res: res, inner: sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
 		res.user = normalizeName(opts.Username)
 		if err := s.tokenUser(res.user, opts.Token); err != nil {
 			s.log.Debug("bearer token refused", "user", res.user, "err", err)
+			res.checked = true
 			return &sasl.OAuthBearerError{Status: "invalid_token", Schemes: "bearer"}
 		}
 		return nil
-	})
+	})}
+}
+
+// oauthBearerServer guards go-sasl's OAUTHBEARER server: after its error
+// challenge the only valid answer is a single 0x01 (RFC 7628 §3.2.3), and
+// anything else ends the exchange as a failure here.
+type oauthBearerServer struct {
+	res   *saslResult
+	inner sasl.Server
+}
+
+func (o *oauthBearerServer) Next(response []byte) ([]byte, bool, error) {
+	if o.res.checked && (len(response) != 1 || response[0] != 0x01) {
+		return nil, true, errBadCredentials
+	}
+	return o.inner.Next(response)
 }
 
 // xoauth2Server is Google's XOAUTH2: "user=U^Aauth=Bearer T^A^A". A failure
@@ -431,7 +481,7 @@ func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 	}
 	if err := x.s.tokenUser(x.res.user, token); err != nil {
 		x.s.log.Debug("bearer token refused", "user", x.res.user, "err", err)
-		x.failed = true
+		x.failed, x.res.checked = true, true
 		return []byte(`{"status":"401","schemes":"bearer"}`), false, nil
 	}
 	return nil, true, nil
@@ -473,7 +523,6 @@ func (s *session) cmdUTF8(cmd pop3.Command) {
 		s.badCommand("UTF8 takes no argument")
 		return
 	}
-	s.utf8 = true
 	s.w.OK("UTF8 enabled")
 }
 

@@ -564,6 +564,18 @@ func TestOAuth(t *testing.T) {
 		S: ` + authFailed + `
 		C: AUTH XOAUTH2 ` + b64("nonsense") + `
 		S: ` + authFailed + `
+		C: AUTH OAUTHBEARER ` + bearer("ghost", "good-token-for-ghost") + `
+		S: \+ .*
+		C: AQ==
+		S: ` + authFailed + `
+		C: AUTH OAUTHBEARER ` + bearer("alice", "bad") + `
+		S: \+ .*
+		C:
+		S: ` + authFailed + `
+		C: AUTH OAUTHBEARER ` + bearer("alice", "bad") + `
+		S: \+ .*
+		C: *
+		S: ` + authFailed + `
 		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-alice@example.org") + `
 		S: \+OK maildrop has 0 messages .*
 		C: QUIT
@@ -665,4 +677,20 @@ func TestCertificateReloadWhileSessionsOpen(t *testing.T) {
 	ts.roots.AddCert(leaf)
 	c2 := ts.dialTLS(t, nil)
 	c2.expect(`\+OK Pouch ready\.`)
+}
+
+func TestOAuthDomains(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", func(c *Config) { c.OAuthDomains = []string{"example.org"} })
+	bearer := func(user, token string) string {
+		return base64.StdEncoding.EncodeToString([]byte("n,a=" + user + ",\x01auth=Bearer " + token + "\x01\x01"))
+	}
+	c := ts.dialTLS(t, nil)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-alice@evil.example") + `
+		S: \+ .*
+		C: AQ==
+		S: ` + authFailed + `
+		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-alice@EXAMPLE.org") + `
+		S: \+OK maildrop has 0 messages .*`)
 }

@@ -50,6 +50,7 @@ type serveConfig struct {
 	oauthAudience   string
 	oauthJWKS       string
 	oauthUserClaim  string
+	oauthDomains    string
 	lmtp            lmtpSettings    // --lmtp, --lmtp-domains and the delivery limits (deliver.go)
 	defence         defenceSettings // bans, access rules, limits, audit, metrics (serve_defence.go)
 }
@@ -84,7 +85,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.oauthIssuer, "oauth-issuer", "", "OAuth 2.0 token `issuer` (the iss claim): enables OAUTHBEARER and XOAUTH2")
 	fs.StringVar(&c.oauthAudience, "oauth-audience", "", "`audience` that tokens must be meant for (one of the aud claim)")
 	fs.StringVar(&c.oauthJWKS, "oauth-jwks", "", "the issuer's JSON Web Key Set: a `file` or an https URL")
-	fs.StringVar(&c.oauthUserClaim, "oauth-user-claim", "email", "token `claim` naming the user (the user, or user@any-domain)")
+	fs.StringVar(&c.oauthUserClaim, "oauth-user-claim", "email", "token `claim` naming the user (the user, or user@DOMAIN)")
+	fs.StringVar(&c.oauthDomains, "oauth-domains", "", "`domains` whose user@DOMAIN tokens log in as user (comma-separated; default: any)")
 	c.lmtp.register(fs, true)
 	c.defence.register(fs)
 	fs.Usage = func() {
@@ -254,6 +256,10 @@ func runServe(args []string, stderr io.Writer) error {
 			return err
 		}
 		cfg.Tokens = tokens
+		cfg.OAuthDomains = splitList(c.oauthDomains)
+	}
+	if cfg.SecretKey, err = loadSecretKey(c.data); err != nil {
+		return err
 	}
 	closers, err := c.defence.apply(&cfg, c.data)
 	for _, cl := range closers {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -217,4 +218,40 @@ func checkDataDir(dir string) error {
 		return fmt.Errorf("users file %s can be read by group or others (mode %04o); run: chmod 600 %s", users, fi.Mode().Perm(), users)
 	}
 	return nil
+}
+
+// loadSecretKey returns the server's secret key from DATA/secret.key, making
+// it (32 random octets, mode 0600) on first start. It keeps the made-up SCRAM
+// salts of unknown users the same across restarts.
+func loadSecretKey(data string) ([]byte, error) {
+	path := filepath.Join(data, "secret.key")
+	key, err := os.ReadFile(path)
+	if err == nil && len(key) >= 32 {
+		return key, nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("secret key: %v", err)
+	}
+	key = make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(data, ".secret.key.tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("secret key: %v", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(key); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("secret key: %v", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("secret key: %v", err)
+	}
+	tmp.Close()
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return nil, fmt.Errorf("secret key: %v", err)
+	}
+	return key, nil
 }
