@@ -38,6 +38,8 @@ type database struct {
 	// reloadErr is why the file, changed since this load, could not be
 	// loaded again.
 	reloadErr error
+	// verified remembers credentials verified against this load.
+	verified *credCache
 }
 
 // fileStamp identifies a version of the users file.
@@ -110,6 +112,7 @@ func (u *Users) current() *database {
 		// still differs.
 		old := *db
 		old.reloadErr = err
+		old.verified = &credCache{} // the file changed: trust nothing verified before
 		u.db.Store(&old)
 		return &old
 	}
@@ -134,7 +137,7 @@ func (u *Users) statStamp() fileStamp {
 // open file before reading it, so a change during the read is seen as a
 // change by the next lookup.
 func load(path string) (*database, error) {
-	db := &database{users: make(map[string]secret)}
+	db := &database{users: make(map[string]secret), verified: &credCache{}}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return db, nil
@@ -204,13 +207,35 @@ func (u *Users) lookup(name string) (secret, bool) {
 //
 // Each call holds about 19 MiB (more for stored Argon2id hashes with a higher
 // m) while it runs: callers should bound concurrent verifications.
+//
+// A success is remembered for 15 minutes, as long as the users file does not
+// change: checking the same name and password again then costs no hash
+// computation (see VerifyCached).
 func (u *Users) Verify(name, password string) bool {
 	password = normalizePassword(password)
-	sec, _ := u.lookup(name)
+	db := u.current()
+	sec := db.users[name]
+	key := cacheKey(name, password)
+	if sec != nil && db.verified.hit(key) {
+		return true
+	}
 	if _, ok := sec.(*argon2Secret); !ok {
 		dummySecret().verify(password)
 	}
-	return sec != nil && sec.verify(password)
+	ok := sec != nil && sec.verify(password)
+	if ok {
+		db.verified.add(key)
+	}
+	return ok
+}
+
+// VerifyCached reports whether name and password were verified by Verify in
+// the last 15 minutes against the users file as it is now. It computes no
+// hash: false means only "not known", and the caller then uses Verify.
+func (u *Users) VerifyCached(name, password string) bool {
+	password = normalizePassword(password)
+	db := u.current()
+	return db.users[name] != nil && db.verified.hit(cacheKey(name, password))
 }
 
 // APOPSecret returns the cleartext password of name for APOP (RFC 1939 §7).

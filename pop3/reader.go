@@ -16,7 +16,14 @@ type Reader struct {
 
 // NewReader returns a Reader reading from r through a 4096-octet buffer.
 func NewReader(r io.Reader) *Reader {
-	return &Reader{br: bufio.NewReaderSize(r, 4096)}
+	return NewReaderSize(r, 4096)
+}
+
+// NewReaderSize returns a Reader reading from r through a buffer of size
+// octets (at least 16). Lines longer than the buffer are still read whole;
+// a server reading only commands can use a small one.
+func NewReaderSize(r io.Reader, size int) *Reader {
+	return &Reader{br: bufio.NewReaderSize(r, size)}
 }
 
 // ReadLine returns the next line without its terminator; the slice is valid

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"sync"
 )
 
 // Writer writes replies, commands and dot-stuffed bodies to one connection
@@ -13,14 +14,29 @@ import (
 //
 // The methods writing one line return ErrBadLine, writing nothing, if their
 // text contains CR, LF or NUL, so that no caller can inject a reply.
+//
+// The 32 KiB buffer is taken from a pool when something is written and given
+// back by a Flush that empties it, so an idle connection holds none.
 type Writer struct {
-	bw  *bufio.Writer
+	w   io.Writer
+	buf *bufio.Writer // nil while nothing is buffered
 	dot dotWriter
 }
 
 // NewWriter returns a Writer writing to w through a 32 KiB buffer.
 func NewWriter(w io.Writer) *Writer {
-	return &Writer{bw: bufio.NewWriterSize(w, 32<<10)}
+	return &Writer{w: w}
+}
+
+var writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+
+// bw returns the buffer, taking one from the pool if needed.
+func (w *Writer) bw() *bufio.Writer {
+	if w.buf == nil {
+		w.buf = writeBufs.Get().(*bufio.Writer)
+		w.buf.Reset(w.w)
+	}
+	return w.buf
 }
 
 // OK writes "+OK text" (RFC 1939 §3), or "+OK" alone if text is empty.
@@ -38,17 +54,18 @@ func (w *Writer) status(status string, code Code, text string) error {
 	if !safe(string(code)) || !safe(text) {
 		return ErrBadLine
 	}
-	w.bw.WriteString(status)
+	bw := w.bw()
+	bw.WriteString(status)
 	if code != "" {
-		w.bw.WriteString(" [")
-		w.bw.WriteString(string(code))
-		w.bw.WriteString("]")
+		bw.WriteString(" [")
+		bw.WriteString(string(code))
+		bw.WriteString("]")
 	}
 	if text != "" {
-		w.bw.WriteString(" ")
-		w.bw.WriteString(text)
+		bw.WriteString(" ")
+		bw.WriteString(text)
 	}
-	_, err := w.bw.WriteString("\r\n")
+	_, err := bw.WriteString("\r\n")
 	return err
 }
 
@@ -64,8 +81,9 @@ func (w *Writer) Line(s string) error {
 	if !safe(s) {
 		return ErrBadLine
 	}
-	w.bw.WriteString(s)
-	_, err := w.bw.WriteString("\r\n")
+	bw := w.bw()
+	bw.WriteString(s)
+	_, err := bw.WriteString("\r\n")
 	return err
 }
 
@@ -80,23 +98,40 @@ func WriteCommand(w *Writer, name string, args ...string) error {
 			return ErrBadLine
 		}
 	}
-	w.bw.WriteString(name)
+	bw := w.bw()
+	bw.WriteString(name)
 	for _, a := range args {
-		w.bw.WriteString(" ")
-		w.bw.WriteString(a)
+		bw.WriteString(" ")
+		bw.WriteString(a)
 	}
-	_, err := w.bw.WriteString("\r\n")
+	_, err := bw.WriteString("\r\n")
 	return err
 }
 
-// Flush writes any buffered data to the connection.
+// Flush writes any buffered data to the connection, and returns the buffer
+// to the pool unless a DotWriter is open or the write failed.
 func (w *Writer) Flush() error {
-	return w.bw.Flush()
+	if w.buf == nil {
+		return nil
+	}
+	if err := w.buf.Flush(); err != nil {
+		return err
+	}
+	if w.dot.open {
+		return nil
+	}
+	w.buf.Reset(nil)
+	writeBufs.Put(w.buf)
+	w.buf = nil
+	return nil
 }
 
 // Buffered returns the number of octets written but not yet flushed.
 func (w *Writer) Buffered() int {
-	return w.bw.Buffered()
+	if w.buf == nil {
+		return 0
+	}
+	return w.buf.Buffered()
 }
 
 // DotWriter returns a writer of the body of a multi-line response, to be
@@ -106,12 +141,13 @@ func (w *Writer) Buffered() int {
 // ".\r\n" but does not flush. No other Writer method may be called until
 // Close; the returned writer is valid until the next DotWriter call.
 func (w *Writer) DotWriter() io.WriteCloser {
-	w.dot = dotWriter{bw: w.bw, bol: true}
+	w.dot = dotWriter{bw: w.bw(), bol: true, open: true}
 	return &w.dot
 }
 
 type dotWriter struct {
 	bw     *bufio.Writer
+	open   bool // between DotWriter and Close: Flush keeps the buffer
 	bol    bool // the next octet starts a line
 	cr     bool // the last octet written was CR
 	closed bool
@@ -171,6 +207,7 @@ func (d *dotWriter) Close() error {
 		return nil
 	}
 	d.closed = true
+	d.open = false
 	if !d.bol {
 		d.bw.WriteString("\r\n")
 	}

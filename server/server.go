@@ -66,8 +66,15 @@ type Config struct {
 	// Nil means loopback only; an empty, non-nil slice means nowhere.
 	InsecureAuthNetworks []netip.Prefix
 	// Tokens, if set, checks OAuth 2.0 bearer tokens for OAUTHBEARER and
-	// XOAUTH2.
+	// XOAUTH2 (the Authenticator must then be a UserChecker).
 	Tokens TokenVerifier
+	// OAuthDomains, if set, are the domains whose user@DOMAIN tokens log
+	// in as user; otherwise a token's user must be the user name itself or
+	// user@ any domain.
+	OAuthDomains []string
+	// SecretKey keys the made-up SCRAM salts of unknown users; keep it
+	// across restarts so that they stay the same (random when empty).
+	SecretKey []byte
 	// Guard slows down and bans sources of failed logins; nil turns that off.
 	Guard *guard.Guard
 	// Rules are the access rules by network and country; nil admits all.
@@ -87,7 +94,8 @@ type Config struct {
 	// Metrics, if set, counts sessions, logins, bans, bytes and commands.
 	Metrics *metrics.Metrics
 	// MaxConcurrentAuth bounds password verifications running at once, since
-	// each costs tens of milliseconds and megabytes (2 × the number of CPUs).
+	// each costs tens of milliseconds and megabytes (the number of CPUs: more
+	// only queues CPU work in front of the open sessions' commands).
 	MaxConcurrentAuth int
 }
 
@@ -118,7 +126,7 @@ type Server struct {
 	authSem   chan struct{}
 	fakeKey   []byte // keys the made-up SCRAM salts of unknown users
 
-	perIP        map[netip.Addr]int   // open sessions per client address
+	perIP        map[netip.Prefix]int // open sessions per source (address, or IPv6 /64)
 	userSessions map[string]int       // logged-in sessions per user
 	lastLogin    map[string]time.Time // for LOGIN-DELAY
 }
@@ -141,7 +149,10 @@ func New(cfg Config) *Server {
 		cfg.MaxBadCommands = defaultMaxBadCommands
 	}
 	if cfg.MaxConcurrentAuth <= 0 {
-		cfg.MaxConcurrentAuth = 2 * runtime.NumCPU()
+		cfg.MaxConcurrentAuth = runtime.NumCPU()
+	}
+	if len(cfg.SecretKey) == 0 {
+		cfg.SecretKey = []byte(randomHex(32))
 	}
 	if cfg.InsecureAuthNetworks == nil {
 		cfg.InsecureAuthNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -163,17 +174,29 @@ func New(cfg Config) *Server {
 		sessions:  make(map[*session]struct{}),
 		idPrefix:  randomHex(3),
 		authSem:   make(chan struct{}, cfg.MaxConcurrentAuth),
-		fakeKey:   []byte(randomHex(32)),
+		fakeKey:   cfg.SecretKey,
 
-		perIP:        make(map[netip.Addr]int),
+		perIP:        make(map[netip.Prefix]int),
 		userSessions: make(map[string]int),
 		lastLogin:    make(map[string]time.Time),
 	}
 }
 
+// CachedVerifier is implemented by Authenticators that remember credentials
+// they verified recently (auth.Users does). VerifyCached computes no hash; it
+// returns false when the credentials are not known to be right, and the
+// server then calls Verify.
+type CachedVerifier interface {
+	VerifyCached(user, password string) bool
+}
+
 // verify checks a password with at most MaxConcurrentAuth checks at once, so
-// that a login storm queues instead of exhausting memory and CPU.
+// that a login storm queues instead of exhausting memory and CPU. Credentials
+// verified recently skip the queue.
 func (s *Server) verify(user, password string) bool {
+	if cv, ok := s.cfg.Auth.(CachedVerifier); ok && cv.VerifyCached(user, password) {
+		return true
+	}
 	s.authSem <- struct{}{}
 	defer func() { <-s.authSem }()
 	return s.cfg.Auth.Verify(user, password)
@@ -259,7 +282,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 	sess := newSession(s, c, implicitTLS)
 	sess.ip = ip
 	s.sessions[sess] = struct{}{}
-	s.perIP[ip]++
+	s.perIP[guard.Source(ip)]++
 	s.wg.Add(1)
 	s.cfg.Metrics.SessionStarted(implicitTLS)
 	go func() {
@@ -268,8 +291,10 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		s.cfg.Metrics.SessionEnded(implicitTLS)
 		s.mu.Lock()
 		delete(s.sessions, sess)
-		if s.perIP[ip]--; s.perIP[ip] <= 0 {
-			delete(s.perIP, ip)
+		if src := guard.Source(ip); s.perIP[src] <= 1 {
+			delete(s.perIP, src)
+		} else {
+			s.perIP[src]--
 		}
 		s.mu.Unlock()
 	}()

@@ -49,7 +49,7 @@ type testServer struct {
 	root  string
 }
 
-func newTestServer(t *testing.T, mod func(*Config)) *testServer {
+func newTestServer(t testing.TB, mod func(*Config)) *testServer {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "mail")
 	st := maildir.New(root)

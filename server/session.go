@@ -52,7 +52,7 @@ type session struct {
 	localCert   *tls.Certificate     // the certificate the server presented
 	localLeaf   *x509.Certificate    // and its parsed leaf
 	trusted     bool                 // from a network where cleartext passwords are allowed
-	utf8        bool                 // UTF8 command given (RFC 6856)
+	authStart   time.Time            // when the current authentication attempt began
 	state       state
 	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
 	user        string // from USER, waiting for PASS
@@ -166,7 +166,9 @@ func (s *session) run() {
 // setStream makes rw the connection that commands are read from and replies
 // written to.
 func (s *session) setStream(rw net.Conn) {
-	s.r = pop3.NewReader(rw)
+	// Commands are short (255 octets; SASL lines, read in pieces, more), and
+	// every idle session holds this buffer: 1 KiB, not the default 4.
+	s.r = pop3.NewReaderSize(rw, 1024)
 	s.w = pop3.NewWriter(rw)
 	s.stream = rw
 }
@@ -466,7 +468,9 @@ func (s *session) cmdPASS(cmd pop3.Command) {
 		return
 	}
 	// RFC 1939 §7: the password is the rest of the line and may hold spaces.
-	s.throttle()
+	if !s.throttle() {
+		return
+	}
 	s.login(user, "PASS", s.srv.verify(user, cmd.Rest))
 }
 
@@ -485,7 +489,9 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 		return
 	}
 	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
-	s.throttle()
+	if !s.throttle() {
+		return
+	}
 	secret, ok := s.srv.cfg.Auth.APOPSecret(user)
 	if !ok {
 		secret = randomHex(16) // compare anyway, so that timing tells nothing
@@ -500,11 +506,14 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 // and enters TRANSACTION; on failure it waits the configured delay and answers
 // with the same reply whatever the reason (RFC 3206 [AUTH]).
 func (s *session) login(user, method string, ok bool) {
+	if len(user) > maxNameOctets {
+		// No user has such a name; keep logs, audit and the guard small.
+		user, ok = user[:maxNameOctets], false
+	}
 	if ok && s.srv.cfg.Guard != nil && s.srv.cfg.Guard.UserLocked(s.ip, user) {
 		s.log.Info("user name locked for this address after many failures", "user", user, "ip", s.ip.String())
 		ok = false
 	}
-	s.srv.cfg.Metrics.Login(ok, method)
 	if !ok {
 		s.loginFailed(user, method)
 		return
@@ -542,10 +551,14 @@ func (s *session) login(user, method string, ok bool) {
 	for _, m := range s.msgs {
 		size += m.Size
 	}
+	s.srv.cfg.Metrics.Login(true, method)
 	s.log.Info("login", "user", user, "method", method, "tls", s.tls != nil, "messages", len(s.msgs), "octets", size)
 	s.srv.audit("login", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "tls", s.tls != nil, "messages", len(s.msgs))
 	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", len(s.msgs), size))
 }
+
+// maxNameOctets is the longest user name that can exist (auth.ValidName).
+const maxNameOctets = 255
 
 // loginFailed records a failed authentication, waits the failure delay and
 // answers with the one reply for every kind of failure (RFC 3206 [AUTH]).
@@ -553,6 +566,7 @@ func (s *session) login(user, method string, ok bool) {
 //
 //	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD
 func (s *session) loginFailed(user, method string) {
+	s.srv.cfg.Metrics.Login(false, method)
 	s.log.Info("authentication failed", "ip", s.ip.String(), "user", user, "method", method)
 	s.srv.audit("login_failed", "session", s.id, "user", user, "ip", s.ip.String(), "method", method)
 	banned := false
@@ -564,7 +578,9 @@ func (s *session) loginFailed(user, method string) {
 			s.srv.cfg.Metrics.Banned()
 		}
 	}
-	if d := s.srv.cfg.AuthFailDelay; d > 0 {
+	// Every failure is answered AuthFailDelay after the attempt began,
+	// whatever was checked before it.
+	if d := s.srv.cfg.AuthFailDelay - time.Since(s.authStart); s.srv.cfg.AuthFailDelay > 0 && d > 0 {
 		s.w.Flush()
 		time.Sleep(d)
 	}
@@ -667,7 +683,7 @@ func (s *session) cmdTOP(cmd pop3.Command) {
 		return
 	}
 	lines, err := strconv.ParseUint(cmd.Args[1], 10, 31)
-	if err != nil || cmd.Args[1][0] == '+' {
+	if err != nil {
 		s.w.Err("", "invalid line count")
 		return
 	}
@@ -719,7 +735,7 @@ func (s *session) send(i, lines int, text string) {
 // onlyReader hides WriterTo so that io.CopyBuffer uses the pooled buffer.
 type onlyReader struct{ io.Reader }
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256*1024); return &b }}
 
 func (s *session) cmdDELE(cmd pop3.Command) {
 	if len(cmd.Args) != 1 {

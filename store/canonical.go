@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"io"
 )
@@ -13,7 +12,7 @@ import (
 
 // canonicalReader turns a stored message into its wire form as it streams.
 type canonicalReader struct {
-	r       *bufio.Reader
+	r       io.Reader
 	prevCR  bool // the last octet handed out was CR
 	pending []byte
 	any     bool // at least one octet was read
@@ -21,9 +20,11 @@ type canonicalReader struct {
 	done    bool
 }
 
-// NewCanonicalReader returns a reader of r in wire form.
+// NewCanonicalReader returns a reader of r in wire form. It reads r directly,
+// at most half of each Read's buffer at a time, so it holds no buffer of its
+// own: give it large reads (32 KiB or more) for large messages.
 func NewCanonicalReader(r io.Reader) io.Reader {
-	return &canonicalReader{r: bufio.NewReaderSize(r, 32*1024)}
+	return &canonicalReader{r: r}
 }
 
 var crlf = []byte("\r\n")

@@ -24,6 +24,7 @@ Usage:
                                          download mail from a POP3 server
   pouch deliver [--data DIR] [-f SENDER] USER < message
                                          deliver a message into a maildrop
+  pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
                                          check the configuration, print the effective one
   pouch version                          show the version and build
@@ -77,6 +78,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runFetch(rest, stderr)
 	case "deliver":
 		return runDeliver(rest, stdin, stderr)
+	case "bench":
+		return runBench(rest, stdout, stderr)
 	case "check-config":
 		return runCheckConfig(rest, stdout, stderr)
 	case "version", "--version":

@@ -323,7 +323,7 @@ func readIndex(path string) ([]entry, error) {
 	defer f.Close()
 	var out []entry
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 64*1024)
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
 	for sc.Scan() {
 		parts := strings.Split(sc.Text(), " ")
 		if len(parts) != 3 {
@@ -394,10 +394,10 @@ func (m *maildrop) Open(i int) (io.ReadCloser, error) {
 		return nil, store.ErrNotFound
 	}
 	e := &m.entries[i]
-	f, err := os.Open(filepath.Join(m.dir, e.sub, e.name))
+	f, err := openFile(filepath.Join(m.dir, e.sub, e.name))
 	if errors.Is(err, fs.ErrNotExist) {
 		if m.relocate(e) {
-			f, err = os.Open(filepath.Join(m.dir, e.sub, e.name))
+			f, err = openFile(filepath.Join(m.dir, e.sub, e.name))
 		}
 	}
 	if errors.Is(err, fs.ErrNotExist) {

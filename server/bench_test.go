@@ -1,0 +1,142 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/pouchmail/pouch/pop3"
+)
+
+// benchSession runs one whole session against addr: USER, PASS, STAT, LIST,
+// UIDL, RETR of every message, QUIT, and returns the message octets read.
+func benchSession(b *testing.B, addr string, msgs int, buf []byte) int64 {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	r, w := pop3.NewReader(bufio.NewReaderSize(c, 64<<10)), pop3.NewWriter(c)
+	reply := func() {
+		rep, err := r.ReadReply(512)
+		if err != nil || !rep.OK {
+			b.Fatalf("reply %+v %v", rep, err)
+		}
+	}
+	multi := func() {
+		for {
+			l, err := r.ReadLine(512)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if string(l) == "." {
+				return
+			}
+		}
+	}
+	cmd := func(s string) {
+		w.Line(s)
+		w.Flush()
+		reply()
+	}
+	reply()
+	cmd("USER alice")
+	cmd("PASS secret")
+	cmd("STAT")
+	cmd("LIST")
+	multi()
+	cmd("UIDL")
+	multi()
+	var n int64
+	for i := 1; i <= msgs; i++ {
+		cmd(fmt.Sprintf("RETR %d", i))
+		m, err := io.CopyBuffer(io.Discard, r.DotReader(), buf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n += m
+	}
+	cmd("QUIT")
+	return n
+}
+
+// BenchmarkSessionRETR is the S1 session of bench/compare.sh in process: a
+// whole download session of 50 messages of 10 KB over loopback.
+func BenchmarkSessionRETR(b *testing.B) {
+	ts := newTestServer(b, nil)
+	msg := "Subject: bench\n\n" + strings.Repeat(".abcdefghi abcdefghi abcdefghi abcdefghi abcdefghi abcdefghi abcdefghi\n", 140)
+	for range 50 {
+		if err := ts.store.Deliver(context.Background(), "alice", strings.NewReader(msg)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	buf := make([]byte, 32<<10)
+	var n int64
+	b.ReportAllocs()
+	for b.Loop() {
+		n = benchSession(b, ts.addr, 50, buf)
+	}
+	b.SetBytes(n)
+}
+
+// BenchmarkRETRLarge retrieves one 8 MiB message per session (the S4 path).
+func BenchmarkRETRLarge(b *testing.B) {
+	ts := newTestServer(b, nil)
+	line := strings.Repeat("abcdefghi ", 7) + "abcdefg\n"
+	msg := "Subject: big\n\n" + strings.Repeat(line, (8<<20)/len(line))
+	if err := ts.store.Deliver(context.Background(), "alice", strings.NewReader(msg)); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	var n int64
+	b.ReportAllocs()
+	for b.Loop() {
+		n = benchSession(b, ts.addr, 1, buf)
+	}
+	b.SetBytes(n)
+}
+
+// BenchmarkIdleSessionMemory opens b.N idle logged-in sessions and reports
+// the server's heap and stack per session (the S5 budget). The client side
+// of the connections lives in the same process; its share (a net.Conn and a
+// 4 KiB read buffer) is included.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	users := map[string]string{}
+	for i := range b.N {
+		users[fmt.Sprintf("u%d", i)] = "pw"
+	}
+	ts := newTestServer(b, func(c *Config) { c.Auth = fakeAuth{users: users} })
+	var ms0, ms1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms0)
+	conns := make([]net.Conn, 0, b.N)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range b.N {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, c)
+		r := bufio.NewReader(c)
+		fmt.Fprintf(c, "USER u%d\r\nPASS pw\r\n", i)
+		for range 3 {
+			if l, err := r.ReadString('\n'); err != nil || l[0] != '+' {
+				b.Fatalf("%q %v", l, err)
+			}
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms1)
+	n := float64(b.N)
+	b.ReportMetric(float64(ms1.HeapInuse-ms0.HeapInuse)/n, "heap-B/session")
+	b.ReportMetric(float64(ms1.StackInuse-ms0.StackInuse)/n, "stack-B/session")
+}
