@@ -17,7 +17,7 @@ import (
 
 func dialFake(t *testing.T, fs *fakeServer) *Client {
 	t.Helper()
-	c, err := Dial(context.Background(), fs.addr, Options{TLS: TLSNone, Timeout: 5 * time.Second})
+	c, err := Dial(context.Background(), fs.Addr, Options{TLS: TLSNone, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +435,7 @@ func TestSTLSRefusedNoFallback(t *testing.T) {
 		S: +OK hi
 		C: STLS
 		S: -ERR no TLS here`)
-	_, err := Dial(context.Background(), fs.addr, Options{TLS: TLSStartTLS, Timeout: 5 * time.Second})
+	_, err := Dial(context.Background(), fs.Addr, Options{TLS: TLSStartTLS, Timeout: 5 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "STLS refused") {
 		t.Fatalf("got %v", err)
 	}

@@ -28,7 +28,7 @@ const loginScript = `
 
 func fakeAccount(t *testing.T, script string) (*Account, string) {
 	fs := newFake(t, loginScript+script)
-	a := testAccount(t, fs.addr)
+	a := testAccount(t, fs.Addr)
 	return a, strings.TrimPrefix(a.To, "maildir:")
 }
 
@@ -224,7 +224,7 @@ func TestSignalFinishesAndQuits(t *testing.T) {
 		S: +OK
 		C: QUIT
 		S: +OK`)
-	a := testAccount(t, fs.addr)
+	a := testAccount(t, fs.Addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := filepath.Join(t.TempDir(), "out")

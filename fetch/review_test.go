@@ -540,7 +540,7 @@ func TestFewerRoundTrips(t *testing.T) {
 		S: +OK
 		C: QUIT
 		S: +OK`)
-	a := testAccount(t, fs.addr)
+	a := testAccount(t, fs.Addr)
 	st, err := Run(context.Background(), a, nil)
 	if err != nil || st.Fetched != 1 || st.Deleted != 1 {
 		t.Fatalf("%+v %v", st, err)
