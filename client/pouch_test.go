@@ -22,6 +22,7 @@ import (
 	"github.com/xdg-go/scram"
 
 	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/server/servertest"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -61,30 +62,12 @@ func pouchServer(t *testing.T) (plain, implicit string, st *maildir.Store, pool 
 	t.Helper()
 	cert, pool := testCert(t)
 	st = maildir.New(t.TempDir())
-	srv := server.New(server.Config{
+	_, plain, implicit = servertest.Start(t, server.Config{
 		Store: st, Auth: testAuth{"alice": "secret"},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hostname: "localhost",
 		AuthFailDelay: -1, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 	})
-	l1, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{}, 2)
-	go func() { srv.Serve(l1); done <- struct{}{} }()
-	go func() { srv.ServeTLS(l2); done <- struct{}{} }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		<-done
-	})
-	return l1.Addr().String(), l2.Addr().String(), st, pool
+	return plain, implicit, st, pool
 }
 
 func TestAgainstPouchServer(t *testing.T) {

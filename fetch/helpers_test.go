@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/pouchmail/pouch/client"
 	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/server/servertest"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -33,24 +33,12 @@ type pouchSrv struct {
 func newPouch(t *testing.T) *pouchSrv {
 	t.Helper()
 	st := maildir.New(t.TempDir())
-	srv := server.New(server.Config{
+	_, addr, _ := servertest.Start(t, server.Config{
 		Store: st, Auth: testAuth{"alice": "secret"},
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Hostname: "localhost", AuthFailDelay: -1,
 	})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { srv.Serve(l); close(done) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return &pouchSrv{addr: l.Addr().String(), store: st}
+	return &pouchSrv{addr: addr, store: st}
 }
 
 func (p *pouchSrv) deliver(t *testing.T, msgs ...string) {

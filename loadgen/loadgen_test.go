@@ -15,6 +15,7 @@ import (
 
 	"github.com/pouchmail/pouch/internal/tlsutil"
 	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/server/servertest"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -50,30 +51,12 @@ func startPouch(t *testing.T, users, msgs int) (plain, tlsAddr string, creds []C
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{
+	_, plain, implicit := servertest.Start(t, server.Config{
 		Store: st, Auth: auth, AuthFailDelay: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		TLS:    &tls.Config{Certificates: []tls.Certificate{pair}},
 	})
-	l1, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{}, 2)
-	go func() { srv.Serve(l1); done <- struct{}{} }()
-	go func() { srv.ServeTLS(l2); done <- struct{}{} }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		<-done
-	})
-	return l1.Addr().String(), l2.Addr().String(), creds
+	return plain, implicit, creds
 }
 
 func TestMixes(t *testing.T) {
