@@ -744,3 +744,11 @@ func TestSetFields(t *testing.T) {
 		t.Fatal("a value with a space was accepted")
 	}
 }
+
+func TestMaxLoginDelay(t *testing.T) {
+	t.Parallel()
+	u := openUsers(t, writeFile(t, "a:{PLAIN}x::::::login_delay=60", "b:{PLAIN}y::::::login_delay=900", "c:{PLAIN}z"))
+	if d := u.MaxLoginDelay(); d != 900*time.Second {
+		t.Fatalf("MaxLoginDelay = %v", d)
+	}
+}

@@ -6,9 +6,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Users is the users file, as of its last load. Every lookup (Verify,
@@ -33,6 +35,8 @@ type database struct {
 	fields map[string]map[string]string
 	// scram is whether any user has SCRAM-SHA-256 credentials.
 	scram bool
+	// maxLoginDelay is the largest login_delay field, in seconds.
+	maxLoginDelay int
 	// apop is whether any user has a secret that allows APOP.
 	apop bool
 	// reloadErr is why the file, changed since this load, could not be
@@ -185,6 +189,9 @@ func load(path string) (*database, error) {
 		if p, ok := sec.(plainSecret); ok && p != "" {
 			db.apop = true
 		}
+		if n, err := strconv.Atoi(db.fields[l.name]["login_delay"]); err == nil && n > db.maxLoginDelay {
+			db.maxLoginDelay = n
+		}
 	}
 	return db, nil
 }
@@ -251,6 +258,12 @@ func (u *Users) APOPSecret(name string) (secret string, ok bool) {
 // that the greeting carries an APOP timestamp only when APOP can succeed.
 func (u *Users) APOPAvailable() bool {
 	return u.current().apop
+}
+
+// MaxLoginDelay is the largest LOGIN-DELAY any user has in the login_delay
+// extra field (RFC 2449 §6.5: announced before login).
+func (u *Users) MaxLoginDelay() time.Duration {
+	return time.Duration(u.current().maxLoginDelay) * time.Second
 }
 
 // Fields returns the extra fields of name's line (the eighth field of

@@ -350,3 +350,20 @@ func TestRefusalByUserRulesTakesTheFailureDelay(t *testing.T) {
 		t.Fatalf("a right password from a refused network was answered after %v, sooner than a wrong one", d)
 	}
 }
+
+// delayAuth announces the largest per-user LOGIN-DELAY, as auth.Users does.
+type delayAuth struct{ fakeAuth }
+
+func (delayAuth) MaxLoginDelay() time.Duration { return 900 * time.Second }
+
+func TestLoginDelayAnnouncesTheLargest(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.LoginDelay = 60 * time.Second
+		c.Auth = delayAuth{fakeAuth{users: map[string]string{"alice": "secret"}}}
+	})
+	c := ts.dial(t)
+	c.expect(`\+OK.*`)
+	if caps := c.capa(); !has(caps, "LOGIN-DELAY 900 USER") {
+		t.Fatalf("CAPA before login: %v", caps)
+	}
+}

@@ -375,8 +375,15 @@ func (s *session) capabilities() []string {
 			caps = append(caps, "STLS") // RFC 2595 §4
 		}
 	}
-	if s.state == stateAuthorization && s.srv.cfg.LoginDelay > 0 {
-		caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d USER", int(s.srv.cfg.LoginDelay/time.Second)))
+	if s.state == stateAuthorization {
+		// RFC 2449 §6.5: before login, the largest delay any user has.
+		d := s.srv.cfg.LoginDelay
+		if ld, ok := s.srv.cfg.Auth.(interface{ MaxLoginDelay() time.Duration }); ok {
+			d = max(d, ld.MaxLoginDelay())
+		}
+		if d > 0 {
+			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d USER", int(d/time.Second)))
+		}
 	} else if s.state == stateTransaction {
 		if d := s.loginDelay(s.fields(s.mailbox)); d > 0 {
 			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d", int(d/time.Second)))
