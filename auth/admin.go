@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/pouchmail/pouch/internal/filelock"
 )
 
 // Errors of the administration functions.
@@ -198,26 +198,13 @@ func update(path string, change func([]string) ([]string, error)) error {
 	return writeAtomic(path, lines)
 }
 
-// lockFile takes an exclusive flock on the file at path, creating it (mode
-// 0600) if needed, waiting as long as another holder has it. The returned
-// function releases it.
+// lockFile takes the users file's lock (see filelock.Lock).
 func lockFile(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	unlock, err = filelock.Lock(path)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("auth: locking %s: %w", path, err)
-	}
-	// Closing the file releases the lock.
-	return func() { f.Close() }, nil
+	return unlock, nil
 }
 
 // writeAtomic replaces the file at path with lines, each ended by "\n",

@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/pouchmail/pouch/internal/filelock"
 )
 
 // Config sets the rules. Zero values take the defaults in brackets.
@@ -488,21 +488,11 @@ func writeBans(path string, bans map[netip.Prefix]Ban, now time.Time) (stamp, er
 	return stampOf(fi), nil
 }
 
-// lock takes the flock of the state file's ".lock" companion.
+// lock takes the lock of the state file's ".lock" companion.
 func lock(path string) (func(), error) {
-	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	unlock, err := filelock.Lock(path + ".lock")
 	if err != nil {
 		return nil, fmt.Errorf("guard: %w", err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("guard: locking %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
+	return unlock, nil
 }

@@ -98,9 +98,9 @@ func (s *session) throttle() bool {
 	return true
 }
 
-// parseDays parses a duration that may be given in days ("90d") as well as
-// in Go's units ("36h").
-func parseDays(v string) (time.Duration, bool) {
+// ParseAge parses a non-negative duration that may be given in days ("90d")
+// as well as in Go's units ("36h"), as password ages are written.
+func ParseAge(v string) (time.Duration, bool) {
 	if n, ok := strings.CutSuffix(v, "d"); ok {
 		days, err := strconv.Atoi(n)
 		return time.Duration(days) * 24 * time.Hour, err == nil && days >= 0
@@ -141,7 +141,7 @@ func (s *session) admitUser(user string) bool {
 	}
 	maxAge := s.srv.cfg.PasswordMaxAge
 	if v, ok := f["password_max_age"]; ok {
-		if d, ok := parseDays(v); ok {
+		if d, ok := ParseAge(v); ok {
 			maxAge = d
 		}
 	}

@@ -100,7 +100,7 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = d.maxConns, d.maxConnsPerIP, d.maxPerUser
 	cfg.LoginDelay = d.loginDelay
 	if d.passwordMaxAge != "" {
-		age, ok := parseAge(d.passwordMaxAge)
+		age, ok := server.ParseAge(d.passwordMaxAge)
 		if !ok {
 			return closers, usageError("--password-max-age %q: use a duration like 90d or 2160h", d.passwordMaxAge)
 		}
@@ -121,23 +121,6 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 		cfg.Metrics = metrics.New()
 	}
 	return closers, nil
-}
-
-// parseAge parses "90d" or a Go duration.
-func parseAge(s string) (time.Duration, bool) {
-	if n, ok := cutSuffix(s, "d"); ok {
-		days, err := strconv.Atoi(n)
-		return time.Duration(days) * 24 * time.Hour, err == nil && days >= 0
-	}
-	d, err := time.ParseDuration(s)
-	return d, err == nil && d >= 0
-}
-
-func cutSuffix(s, suffix string) (string, bool) {
-	if len(s) > len(suffix) && s[len(s)-len(suffix):] == suffix {
-		return s[:len(s)-len(suffix)], true
-	}
-	return s, false
 }
 
 // serveMetrics serves /metrics, /healthz (the process answers) and /readyz
