@@ -71,9 +71,27 @@ func (s *Store) Create(user string) error {
 }
 
 // ensure creates the Maildir's directories.
+// When it creates any, it syncs the directories above them too, so that a
+// first delivery acknowledged afterwards does not lose its Maildir in a crash.
 func ensure(dir string) error {
+	created := false
 	for _, sub := range []string{"tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+		p := filepath.Join(dir, sub)
+		if _, err := os.Stat(p); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return err
+		}
+		created = true
+	}
+	if !created {
+		return nil
+	}
+	// dir holds the new subdirectories, its parent the user's entry, and the
+	// grandparent the mail root's entry, should MkdirAll have made it.
+	for _, d := range []string{dir, filepath.Dir(dir), filepath.Dir(filepath.Dir(dir))} {
+		if err := syncDir(d); err != nil {
 			return err
 		}
 	}
