@@ -273,6 +273,13 @@ func (u *Users) Fields(name string) map[string]string {
 	return u.current().fields[name]
 }
 
+// AllFields returns the extra fields of every user who has any, by name.
+// The map must not be modified; a new one is returned after the users file
+// changed.
+func (u *Users) AllFields() map[string]map[string]string {
+	return u.current().fields
+}
+
 // Exists reports whether the users file has a line for name, whether or not
 // that user can log in.
 func (u *Users) Exists(name string) bool {

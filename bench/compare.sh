@@ -100,11 +100,15 @@ case "$SCEN" in *S1*) log "S1"; full S1 $PP $PORT none "≥ 3×";; esac
 case "$SCEN" in *S2*) log "S2"; full S2 $PTLS $DTLS implicit "≥ 2×";; esac
 
 # --- S3: 100,000 messages: PASS → +OK, then UIDL --------------------------
+# cold: first login ever (no index yet), servers just started, page cache
+# dropped; warm: the same again at once; recold: servers restarted and page
+# cache dropped again, with the index (Dovecot: dovecot-uidlist) that the
+# first login wrote.
 case "$SCEN" in *S3*)
   log "S3"
   for srv in pouch dv; do
-    for phase in cold warm; do
-      if [ $phase = cold ]; then
+    for phase in cold warm recold; do
+      if [ $phase != warm ]; then
         if [ $srv = pouch ]; then start_pouch; else stop_dovecot; start_dovecot; fi
         sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
       fi
@@ -112,10 +116,10 @@ case "$SCEN" in *S3*)
       bench $W/S3-$srv-$phase.json --users $W/big.txt --clients 1 --sessions 1 --mix uidl 127.0.0.1:$addr
     done
   done
-  for phase in cold warm; do
+  for phase in cold warm recold; do
     a=$(j $W/S3-pouch-$phase.json "(d['commands']['PASS']['max_us']+d['commands']['UIDL']['max_us'])/1e6")
     b=$(j $W/S3-dv-$phase.json "(d['commands']['PASS']['max_us']+d['commands']['UIDL']['max_us'])/1e6")
-    row "S3 $S3N messages, $phase ;; PASS→+OK + UIDL, s (PASS P/D: $(j $W/S3-pouch-$phase.json "'%.3f' % (d['commands']['PASS']['max_us']/1e6)")/$(j $W/S3-dv-$phase.json "'%.3f' % (d['commands']['PASS']['max_us']/1e6)")) ;; $(printf %.3f $a) ;; $(printf %.3f $b) ;; $(ratio $b $a) ;; $([ $phase = cold ] && echo 'Pouch ≤ 2 s' || echo '≥ 1× (no slower)')"
+    row "S3 $S3N messages, $phase ;; PASS→+OK + UIDL, s (PASS P/D: $(j $W/S3-pouch-$phase.json "'%.3f' % (d['commands']['PASS']['max_us']/1e6)")/$(j $W/S3-dv-$phase.json "'%.3f' % (d['commands']['PASS']['max_us']/1e6)")) ;; $(printf %.3f $a) ;; $(printf %.3f $b) ;; $(ratio $b $a) ;; $(case $phase in cold) echo 'Pouch ≤ 2 s';; warm) echo '≥ 1× (no slower)';; esac)"
   done ;;
 esac
 
@@ -126,6 +130,10 @@ case "$SCEN" in *S4*)
   # A login first, so that the baseline includes what any login costs (the
   # users file, the hash computation) and the growth is the RETR's own.
   $B bench --users $W/huge.txt --mix login 127.0.0.1:$PP >/dev/null 2>&1 || true
+  # The message in the page cache for both servers (S3 drops the cache, and
+  # Dovecot, measured second, would otherwise find it warm): a RETR rate, not
+  # a disk's.
+  cat $P/mail/huge0/*/* > /dev/null
   sleep 1
   before=$(rss_kb $POUCH_PID)
   bench $W/S4-pouch.json --users $W/huge.txt --clients 1 --sessions 3 127.0.0.1:$PP

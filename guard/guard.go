@@ -372,6 +372,25 @@ func (g *Guard) save() {
 	}
 }
 
+// Reload rereads the state file now (pouch reload, SIGHUP), keeping the
+// automatic bans not yet written to it. On error the bans in use stay.
+func (g *Guard) Reload() error {
+	if g.cfg.StatePath == "" {
+		return nil
+	}
+	bans, st, err := readBans(g.cfg.StatePath)
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	for k, v := range g.unsaved {
+		bans[k] = v
+	}
+	g.bans, g.stamp, g.lastLoad = bans, st, time.Now()
+	g.mu.Unlock()
+	return nil
+}
+
 // reloadIfChanged rereads the state file, at most once a second, when
 // another process changed it.
 func (g *Guard) reloadIfChanged() {

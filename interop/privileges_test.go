@@ -17,22 +17,7 @@ import (
 // Started as root with --run-as, the server binds its ports and then runs as
 // that user: the process's real and effective uid are the user's.
 func TestRunAsDropsRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody")
-	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(nobody.Gid)
-	data := newData(t)
-	// The data directory belongs to the service user, as an operator sets it up.
-	filepath.Walk(data, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, uid, gid) })
-	// nobody must be able to reach it through the temporary directories.
-	for d := filepath.Dir(data); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-		os.Chmod(d, 0o711)
-	}
+	data, uid, gid := nobodysData(t)
 	cmd := exec.Command(pouchBin, "serve", "--data", data, "--pop3", "127.0.0.1:0", "--pop3s", "",
 		"--run-as", "nobody", "--auth-fail-delay", "0")
 	stderr, _ := cmd.StderrPipe()
@@ -66,7 +51,7 @@ func TestRunAsDropsRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := regexp.MustCompile(`(?m)^Uid:\s+` + nobody.Uid + `\s+` + nobody.Uid + `\s+` + nobody.Uid)
+	want := regexp.MustCompile(`(?m)^Uid:\s+` + strconv.Itoa(uid) + `\s+` + strconv.Itoa(uid) + `\s+` + strconv.Itoa(uid))
 	if !want.Match(status) {
 		t.Fatalf("server still runs as another user:\n%s", status)
 	}
@@ -87,4 +72,27 @@ func TestUnsafeDataDirRefused(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "writable by group or others") || !strings.Contains(string(out), "chmod go-w") {
 		t.Fatalf("serve with a world-writable data directory: %v\n%s", err, out)
 	}
+}
+
+// nobodysData makes a data directory (newData) that belongs to the user
+// nobody, as an operator sets one up for a service user, and that nobody can
+// reach through the temporary directories. It skips the test unless it runs
+// as root on a system with that user.
+func nobodysData(t *testing.T) (data string, uid, gid int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	uid, _ = strconv.Atoi(nobody.Uid)
+	gid, _ = strconv.Atoi(nobody.Gid)
+	data = newData(t)
+	filepath.Walk(data, func(p string, _ os.FileInfo, _ error) error { return os.Lchown(p, uid, gid) })
+	for d := filepath.Dir(data); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o711)
+	}
+	return data, uid, gid
 }

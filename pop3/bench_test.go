@@ -98,3 +98,29 @@ func BenchmarkReadLine(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWriteBody converts a 1 MiB message, stored with CRLF or LF line
+// ends (one line in ten starting with "."), as RETR of a large message does:
+// 512 KiB reads into a 1 MiB work buffer.
+func BenchmarkWriteBody(b *testing.B) {
+	for _, ending := range []string{"CRLF", "LF"} {
+		b.Run(ending, func(b *testing.B) {
+			msg := bytes.Repeat(message(), 100)
+			if ending == "LF" {
+				msg = bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
+			}
+			w := pop3.NewWriter(io.Discard)
+			buf := make([]byte, 1<<20)
+			r := bytes.NewReader(msg)
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				r.Reset(msg)
+				if _, err := w.WriteBody(r, buf); err != nil {
+					b.Fatal(err)
+				}
+				w.Flush()
+			}
+		})
+	}
+}

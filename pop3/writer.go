@@ -28,7 +28,10 @@ func NewWriter(w io.Writer) *Writer {
 	return &Writer{w: w}
 }
 
-var writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+// BufferSize is the size of a Writer's buffer.
+const BufferSize = 32 << 10
+
+var writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, BufferSize) }}
 
 // bw returns the buffer, taking one from the pool if needed.
 func (w *Writer) bw() *bufio.Writer {

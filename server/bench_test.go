@@ -140,3 +140,74 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	b.ReportMetric(float64(ms1.HeapInuse-ms0.HeapInuse)/n, "heap-B/session")
 	b.ReportMetric(float64(ms1.StackInuse-ms0.StackInuse)/n, "stack-B/session")
 }
+
+// genMessage streams a message of about size octets like bench/gendata.py's:
+// 78-octet lines, one in ten starting with ".", ended by eol ("\n" or "\r\n");
+// with dots false no line starts with ".".
+type genMessage struct {
+	left int
+	line []byte
+	dot  []byte
+	i    int
+	cur  []byte
+}
+
+func newGenMessage(size int, eol string, dots bool) *genMessage {
+	body := strings.Repeat("abcdefghi ", 8)[:77]
+	g := &genMessage{left: size, line: []byte("x" + body + eol), dot: []byte("." + body + eol)}
+	if !dots {
+		g.dot = g.line
+	}
+	g.cur = []byte("From: bench@example.org" + eol + "Subject: big" + eol + eol)
+	return g
+}
+
+func (g *genMessage) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && g.left > 0 {
+		if len(g.cur) == 0 {
+			if g.i%10 == 0 {
+				g.cur = g.dot
+			} else {
+				g.cur = g.line
+			}
+			g.i++
+		}
+		k := copy(p[n:min(len(p), n+g.left)], g.cur)
+		g.cur = g.cur[k:]
+		n += k
+		g.left -= k
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// BenchmarkRETR100MB is S4 of bench/compare.sh in process: one session
+// retrieving one 100 MB message over loopback TCP. "lf-dots" is the form
+// bench/gendata.py writes (LF line ends, one line in ten starting with "."),
+// which needs both CRLF conversion and dot-stuffing; "crlf" is a message
+// already in wire form with no line starting with "."; "crlf-dots" is in wire
+// form but needs stuffing.
+func BenchmarkRETR100MB(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		eol  string
+		dots bool
+	}{{"lf-dots", "\n", true}, {"crlf", "\r\n", false}, {"crlf-dots", "\r\n", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			ts := newTestServer(b, nil)
+			if err := ts.store.Deliver(context.Background(), "alice", newGenMessage(100<<20, tc.eol, tc.dots)); err != nil {
+				b.Fatal(err)
+			}
+			buf := make([]byte, 64<<10)
+			var n int64
+			b.ReportAllocs()
+			for b.Loop() {
+				n = benchSession(b, ts.addr, 1, buf)
+			}
+			b.SetBytes(n)
+		})
+	}
+}

@@ -4,10 +4,10 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/days"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -100,14 +100,7 @@ func (s *session) throttle() bool {
 
 // ParseAge parses a non-negative duration that may be given in days ("90d")
 // as well as in Go's units ("36h"), as password ages are written.
-func ParseAge(v string) (time.Duration, bool) {
-	if n, ok := strings.CutSuffix(v, "d"); ok {
-		days, err := strconv.Atoi(n)
-		return time.Duration(days) * 24 * time.Hour, err == nil && days >= 0
-	}
-	d, err := time.ParseDuration(v)
-	return d, err == nil && d >= 0
-}
+func ParseAge(v string) (time.Duration, bool) { return days.Parse(v) }
 
 // loginDelay is user's LOGIN-DELAY (RFC 2449 §6.5): the login_delay field in
 // seconds, or the server's.

@@ -91,6 +91,9 @@ type Config struct {
 	PasswordMaxAge time.Duration
 	// Audit, if set, receives logins, failures, logouts and bans.
 	Audit *audit.Log
+	// Retention, if set, gives each user's retention policy (EXPIRE);
+	// nil announces EXPIRE NEVER.
+	Retention Retention
 	// Metrics, if set, counts sessions, logins, bans, bytes and commands.
 	Metrics *metrics.Metrics
 	// MaxConcurrentAuth bounds password verifications running at once, since
@@ -322,6 +325,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	for sess := range s.sessions {
+		// Like a kick: not even a QUIT already read is carried out.
+		sess.op.kicked.Store(true)
 		sess.abort()
 	}
 	s.mu.Unlock()

@@ -63,21 +63,28 @@ type session struct {
 	md      store.Maildrop
 	msgs    []store.Message
 	deleted []bool
-	retrs   int
-	sent    int64
+	// retrieved marks the messages sent with RETR or TOP, for the
+	// retention policy (RFC 2449 §6.7).
+	retrieved []uint8
+	retrs     int
+	sent      int64
+
+	op operatorView // what Server.Who and Server.Kick read (operator.go)
 
 	closeOnce sync.Once
 }
 
 func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
 	id := fmt.Sprintf("%s%06x", s.idPrefix, s.ids.Add(1))
-	return &session{
+	sess := &session{
 		srv:         s,
 		conn:        c,
 		id:          id,
 		implicitTLS: implicitTLS,
 		log:         s.log.With("session", id, "remote", c.RemoteAddr().String()),
 	}
+	sess.op.remote, sess.op.since = c.RemoteAddr().String(), time.Now()
+	return sess
 }
 
 // abort closes the connection from another goroutine (shutdown): the session's
@@ -110,9 +117,21 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// Write writes p with a fresh deadline, renewed as long as the client takes
+// some of it within each timeout: a message is written in blocks of up to
+// 1 MiB, and a slow client is not an idle one.
 func (c *deadlineConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(c.deadline())
-	return c.Conn.Write(p)
+	written := 0
+	for {
+		c.Conn.SetWriteDeadline(c.deadline())
+		n, err := c.Conn.Write(p[written:])
+		written += n
+		var ne net.Error
+		if n > 0 && written < len(p) && errors.As(err, &ne) && ne.Timeout() {
+			continue
+		}
+		return written, err
+	}
 }
 
 func (s *session) run() {
@@ -122,7 +141,7 @@ func (s *session) run() {
 		}
 		s.finish()
 	}()
-	s.dc = &deadlineConn{Conn: s.conn, timeout: s.srv.cfg.PreLoginTimeout, notAfter: time.Now().Add(s.srv.cfg.PreLoginTimeout)}
+	s.dc = &deadlineConn{Conn: countingConn{s.conn, &s.op}, timeout: s.srv.cfg.PreLoginTimeout, notAfter: time.Now().Add(s.srv.cfg.PreLoginTimeout)}
 	s.trusted = s.srv.trusted(s.conn.RemoteAddr())
 	s.setStream(s.dc)
 	if s.implicitTLS && !s.startTLS() {
@@ -150,6 +169,9 @@ func (s *session) run() {
 			s.readFailed(err)
 			return
 		default:
+			if s.op.kicked.Load() {
+				return // even a command already buffered: nothing is committed
+			}
 			s.dispatch(line)
 		}
 		// PIPELINING (RFC 2449 §6.6): replies go out in order; flush only when
@@ -187,6 +209,7 @@ func (s *session) startTLS() bool {
 	}
 	state := tc.ConnectionState()
 	s.tls = &state
+	s.op.tls.Store(true)
 	if s.localCert != nil && len(s.localCert.Certificate) > 0 {
 		s.localLeaf, _ = x509.ParseCertificate(s.localCert.Certificate[0])
 	}
@@ -393,7 +416,7 @@ func (s *session) capabilities() []string {
 		"RESP-CODES",
 		"AUTH-RESP-CODE",
 		"PIPELINING",
-		"EXPIRE NEVER",
+		s.expireCapability(),
 		"UTF8 USER", // RFC 6856 §2
 		"LANG",      // RFC 6856 §3
 	)
@@ -426,6 +449,7 @@ func (s *session) cmdQUIT() {
 	}
 	md := s.md
 	s.md = nil
+	del = s.retain(md, del)
 	err := md.Commit(del)
 	if cerr := md.Close(); cerr != nil {
 		s.log.Error("closing maildrop", "err", cerr, "user", s.mailbox)
@@ -548,11 +572,13 @@ func (s *session) login(user, method string, ok bool) {
 	s.mailbox = user
 	s.msgs = md.Messages()
 	s.deleted = make([]bool, len(s.msgs))
+	s.retrieved = make([]uint8, len(s.msgs))
 	s.state = stateTransaction
 	s.dc.timeout, s.dc.notAfter = s.srv.cfg.IdleTimeout, time.Time{}
 	s.srv.mu.Lock()
 	s.srv.userSessions[user]++
 	s.srv.lastLogin[user] = time.Now()
+	s.op.user = user
 	s.srv.mu.Unlock()
 	var size int64
 	for _, m := range s.msgs {
@@ -680,8 +706,10 @@ func (s *session) cmdRETR(cmd pop3.Command) {
 	if !ok {
 		return
 	}
-	s.send(i, -1, fmt.Sprintf("%d octets", s.msgs[i].Size))
-	s.retrs++
+	if s.send(i, -1, fmt.Sprintf("%d octets", s.msgs[i].Size)) {
+		s.retrs++
+		s.retrieved[i] |= retrievedWhole | retrievedAny
+	}
 }
 
 func (s *session) cmdTOP(cmd pop3.Command) {
@@ -698,33 +726,49 @@ func (s *session) cmdTOP(cmd pop3.Command) {
 	if !ok {
 		return
 	}
-	s.send(i, int(lines), "top of message follows")
+	if s.send(i, int(lines), "top of message follows") {
+		s.retrieved[i] |= retrievedAny
+	}
 }
 
 // send streams message i as a multi-line response: whole (lines < 0) or its
-// header and first lines of body (TOP).
-func (s *session) send(i, lines int, text string) {
+// header and first lines of body (TOP). It reports whether the whole
+// response went out.
+func (s *session) send(i, lines int, text string) bool {
 	r, err := s.md.Open(i)
 	if errors.Is(err, store.ErrNotFound) {
 		s.log.Warn("message vanished from storage", "user", s.mailbox, "msg", i+1, "uid", s.msgs[i].UID)
 		s.w.Err(pop3.CodeSysPerm, fmt.Sprintf("message %d is no longer available", i+1))
-		return
+		return false
 	}
 	if err != nil {
 		s.log.Error("opening message", "err", err, "user", s.mailbox, "msg", i+1)
 		s.w.Err(pop3.CodeSysTemp, "cannot read message now, try again later")
-		return
+		return false
 	}
 	defer r.Close()
 	var src io.Reader = r
+	if sr, ok := r.(store.StoredReader); ok {
+		// WriteBody makes the wire form while it dot-stuffs: one pass, not two.
+		src = sr.Stored()
+	}
 	if lines >= 0 {
-		src = newTopReader(r, lines)
+		src = newTopReader(src, lines)
 	}
 	s.w.OK(text)
-	dw := s.w.DotWriter()
-	bufp := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(dw, onlyReader{src}, *bufp)
-	copyBufs.Put(bufp)
+	var send pop3.BlockSender
+	if f, ok := src.(interface{ Fd() uintptr }); ok && lines < 0 && s.msgs[i].Size > pop3.BufferSize {
+		// Blocks bigger than the Writer's buffer go straight to the
+		// connection: with sendfile when they need no change.
+		send = s.fileSender(int(f.Fd()))
+	}
+	pool := &copyBufs
+	if lines < 0 && s.msgs[i].Size >= bigMessage {
+		pool = &bigCopyBufs
+	}
+	bufp := pool.Get().(*[]byte)
+	n, err := s.w.WriteBodyFunc(src, *bufp, send)
+	pool.Put(bufp)
 	s.sent += n
 	s.srv.cfg.Metrics.Sent(n)
 	if err != nil {
@@ -734,15 +778,21 @@ func (s *session) send(i, lines int, text string) {
 		s.log.Error("sending message failed; closing connection", "err", err, "user", s.mailbox, "msg", i+1)
 		s.state = stateDone
 		s.abort()
-		return
+		return false
 	}
-	dw.Close()
+	return true
 }
 
-// onlyReader hides WriterTo so that io.CopyBuffer uses the pooled buffer.
-type onlyReader struct{ io.Reader }
+// copyBufs are WriteBody's work buffers: 128 KiB file reads, converted in
+// place into writes of up to 256 KiB. Messages of bigMessage octets or more
+// get 1 MiB buffers from bigCopyBufs: half as many system calls again, and
+// about a quarter less server CPU per octet on a 100 MB message.
+var (
+	copyBufs    = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+	bigCopyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+)
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256*1024); return &b }}
+const bigMessage = 1 << 20
 
 func (s *session) cmdDELE(cmd pop3.Command) {
 	if len(cmd.Args) != 1 {

@@ -5,9 +5,10 @@ import (
 	"io"
 )
 
-// topReader passes through a message in wire form up to the end of its header,
-// the empty line after it, and then at most n lines of the body (TOP, RFC 1939
-// §7). It streams: lines of any length pass in pieces.
+// topReader passes through a message, in wire form or as stored (CRLF or LF
+// line ends), up to the end of its header, the empty line after it, and then
+// at most n lines of the body (TOP, RFC 1939 §7). It streams: lines of any
+// length pass in pieces.
 type topReader struct {
 	r        io.Reader
 	n        int  // body lines still to pass

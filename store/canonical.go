@@ -10,6 +10,18 @@ import (
 // in a line ending gets a final CRLF. Bare CRs and all other octets pass unchanged.
 // An empty message stays empty. Size values in Message count this form.
 
+// StoredReader is implemented by readers that a Maildrop's Open returns when
+// they can also give the message as stored. Stored form differs from wire form
+// only as described above (LF for CRLF, no line end at the end), so a caller
+// that makes that conversion itself in a pass it makes anyway, as the POP3
+// server does while dot-stuffing (pop3.Stuffer), reads Stored and saves a
+// pass over every octet. A caller reads through the reader or through Stored,
+// not both; Close closes both.
+type StoredReader interface {
+	io.Reader
+	Stored() io.Reader
+}
+
 // canonicalReader turns a stored message into its wire form as it streams.
 type canonicalReader struct {
 	r       io.Reader

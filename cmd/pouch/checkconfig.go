@@ -55,7 +55,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	if _, err := newLogger(io.Discard, c.logLevel, c.logFormat); err != nil {
+	if _, _, err := newLogger(io.Discard, c.logLevel, c.logFormat); err != nil {
 		bad("log-level", err)
 	}
 	if fi, err := os.Stat(c.data); errors.Is(err, fs.ErrNotExist) {
@@ -68,6 +68,9 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 		bad("data", err)
 	} else {
 		for _, w := range users.Warnings() {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
+		}
+		for _, w := range checkUserFields(users.AllFields()) {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 	}
@@ -95,6 +98,13 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	} else {
 		for _, cl := range closers {
 			cl()
+		}
+	}
+	if _, err := c.retention.policy(); err != nil {
+		if c.configFile != "" {
+			problems = append(problems, fmt.Sprintf("%s (or the command line): %v", c.configFile, err))
+		} else {
+			problems = append(problems, err.Error())
 		}
 	}
 	if a := c.defence.metricsAddr; a != "" {

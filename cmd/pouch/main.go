@@ -24,6 +24,10 @@ Usage:
                                          download mail from a POP3 server
   pouch deliver [--data DIR] [-f SENDER] USER < message
                                          deliver a message into a maildrop
+  pouch who [--data DIR] [--json]        list the running server's sessions
+  pouch kick [--data DIR] USER|SESSION   close a user's sessions, or one session
+  pouch reload [--data DIR]              reload users, certificates and bans, as SIGHUP does
+  pouch mailbox stats [--data DIR] USER  describe a user's maildrop
   pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
                                          check the configuration, print the effective one
@@ -78,6 +82,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runFetch(rest, stderr)
 	case "deliver":
 		return runDeliver(rest, stdin, stderr)
+	case "who":
+		return runWho(rest, stdout, stderr)
+	case "kick":
+		return runKick(rest, stdout, stderr)
+	case "reload":
+		return runReload(rest, stdout, stderr)
+	case "mailbox":
+		return runMailbox(rest, stdout, stderr)
 	case "bench":
 		return runBench(rest, stdout, stderr)
 	case "check-config":

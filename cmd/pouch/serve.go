@@ -22,7 +22,9 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/tlsutil"
+	"github.com/pouchmail/pouch/retention"
 	"github.com/pouchmail/pouch/server"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -51,8 +53,10 @@ type serveConfig struct {
 	oauthJWKS       string
 	oauthUserClaim  string
 	oauthDomains    string
-	lmtp            lmtpSettings    // --lmtp, --lmtp-domains and the delivery limits (deliver.go)
-	defence         defenceSettings // bans, access rules, limits, audit, metrics (serve_defence.go)
+	adminSocket     string
+	lmtp            lmtpSettings      // --lmtp, --lmtp-domains and the delivery limits (deliver.go)
+	defence         defenceSettings   // bans, access rules, limits, audit, metrics (serve_defence.go)
+	retention       retentionSettings // expiry, deletion window, sweeps (serve_retention.go)
 }
 
 func defaultAddr(privileged, unprivileged string) string {
@@ -87,8 +91,10 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.oauthJWKS, "oauth-jwks", "", "the issuer's JSON Web Key Set: a `file` or an https URL")
 	fs.StringVar(&c.oauthUserClaim, "oauth-user-claim", "email", "token `claim` naming the user (the user, or user@DOMAIN)")
 	fs.StringVar(&c.oauthDomains, "oauth-domains", "", "`domains` whose user@DOMAIN tokens log in as user (comma-separated; default: any)")
+	fs.StringVar(&c.adminSocket, "admin-socket", "", "`path` of the socket for pouch who, kick, reload and mailbox stats (default DATA/admin.sock; \"off\" turns it off)")
 	c.lmtp.register(fs, true)
 	c.defence.register(fs)
+	c.retention.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: pouch serve [flags]\n\nRuns the POP3 server. With no flags it keeps everything under ./pouch-data.\n\nExample:\n  pouch serve --data /var/lib/pouch --pop3 '' --pop3s :995\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -130,19 +136,22 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 	return nil
 }
 
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+// newLogger returns a logger whose level can change later (a reload).
+func newLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, usageError("log level %q: use debug, info, warn or error", level)
+		return nil, nil, usageError("log level %q: use debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: l}
+	lv := new(slog.LevelVar)
+	lv.Set(l)
+	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
-	return nil, usageError("log format %q: use text or json", format)
+	return nil, nil, usageError("log format %q: use text or json", format)
 }
 
 func runServe(args []string, stderr io.Writer) error {
@@ -159,7 +168,7 @@ func runServe(args []string, stderr io.Writer) error {
 			return &exitError{code: 2, msg: err.Error()}
 		}
 	}
-	log, err := newLogger(stderr, c.logLevel, c.logFormat)
+	log, logLevel, err := newLogger(stderr, c.logLevel, c.logFormat)
 	if err != nil {
 		return err
 	}
@@ -196,6 +205,15 @@ func runServe(args []string, stderr io.Writer) error {
 		}
 		ls = append(ls, listener{nl, l.name, l.tls})
 	}
+	// The admin socket's directory may be root's: with --run-as it is made
+	// before root is given up, for the service user (admin.go).
+	adminSock := &adminSocket{path: adminSocketPath(c.data, c.adminSocket)}
+	defer adminSock.close()
+	if c.defence.runAs != "" {
+		if err := adminSock.openAs(c.defence.runAs); err != nil {
+			return err
+		}
+	}
 	// Bound ports may need root; nothing else does.
 	if c.defence.runAs != "" {
 		if err := dropPrivileges(c.defence.runAs); err != nil {
@@ -206,6 +224,9 @@ func runServe(args []string, stderr io.Writer) error {
 		return fmt.Errorf("data directory: %v", err)
 	}
 	if err := checkDataDir(c.data); err != nil {
+		return err
+	}
+	if err := adminSock.open(); err != nil {
 		return err
 	}
 	hostname := c.hostname
@@ -219,8 +240,19 @@ func runServe(args []string, stderr io.Writer) error {
 	for _, w := range users.Warnings() {
 		log.Warn("users file", "problem", w)
 	}
+	policy, err := c.retention.policy()
+	if err != nil {
+		return err
+	}
+	for _, w := range checkUserFields(users.AllFields()) {
+		log.Warn("users file", "problem", w)
+	}
+	mail := maildir.New(filepath.Join(c.data, "mail"))
+	policies := retention.NewPolicies(policy, users)
+	mail.SetPolicy(policies.Policy)
 	cfg := server.Config{
-		Store:           maildir.New(filepath.Join(c.data, "mail")),
+		Store:           mail,
+		Retention:       policies,
 		Auth:            users,
 		Logger:          log,
 		Hostname:        hostname,
@@ -288,11 +320,15 @@ func runServe(args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// pouch reload, over the admin socket, takes the same path.
+	conf := &configReloader{args: args, running: fs, file: c.configFile, level: logLevel, policies: policies, log: log}
+	reloadAll := func() error { return reload(log, conf, certs, users, tokens, cfg.Guard) }
 	go func() {
 		for range hup {
-			reload(log, certs, users, tokens)
+			reloadAll()
 		}
 	}()
+	adminSock.serve(adminHandler{srv: srv, store: cfg.Store, reload: reloadAll}, log)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(ls))
 	for _, l := range ls {
@@ -312,6 +348,13 @@ func runServe(args []string, stderr io.Writer) error {
 		}()
 	}
 	lmtpSvc.start(&wg, errs)
+	sweepCtx, stopSweeps := context.WithCancel(context.Background())
+	sweeper := &retention.Sweeper{Store: mail, Policy: policies.Policy, Log: log, Audit: cfg.Audit}
+	var sweeps sync.WaitGroup
+	sweeps.Add(1)
+	go func() { defer sweeps.Done(); sweeper.Run(sweepCtx, c.retention.sweepEvery) }()
+	defer func() { stopSweeps(); sweeps.Wait() }()
+	log.Info("retention", "policy", retention.Describe(policy), "sweep_interval", c.retention.sweepEvery)
 	serving.Store(true)
 	var failure error
 	select {
@@ -333,15 +376,29 @@ func runServe(args []string, stderr io.Writer) error {
 	return failure
 }
 
-// reload reads the certificates, the users file and the OAuth key set again.
-func reload(log *slog.Logger, certs *tlsutil.Manager, users *auth.Users, tokens *auth.TokenVerifier) {
+// reloadMu keeps a SIGHUP and a pouch reload from running at once.
+var reloadMu sync.Mutex
+
+// reload reads the certificates, the users file, the OAuth key set and the
+// ban list again; what cannot be read stays as it was. The error names
+// everything that was kept, in one sentence.
+func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, users *auth.Users, tokens *auth.TokenVerifier, bans *guard.Guard) error {
+	reloadMu.Lock()
+	defer reloadMu.Unlock()
+	var failed []string
+	if err := conf.reload(); err != nil {
+		log.Error("reload: keeping the old configuration", "err", err)
+		failed = append(failed, err.Error())
+	}
 	if err := certs.Reload(); err != nil {
 		log.Error("reload: keeping the old TLS certificates", "err", err)
+		failed = append(failed, fmt.Sprintf("kept the old TLS certificates (%v)", err))
 	} else {
 		log.Info("reload: TLS certificates", "sha256", strings.Join(certs.Fingerprints(), ","))
 	}
 	if err := users.Reload(); err != nil {
 		log.Error("reload: keeping the old users file", "err", err)
+		failed = append(failed, fmt.Sprintf("kept the old users file (%v)", err))
 	} else {
 		for _, w := range users.Warnings() {
 			log.Warn("users file", "problem", w)
@@ -350,7 +407,19 @@ func reload(log *slog.Logger, certs *tlsutil.Manager, users *auth.Users, tokens 
 	if tokens != nil {
 		if err := tokens.Reload(); err != nil {
 			log.Error("reload: keeping the old OAuth key set", "err", err)
+			failed = append(failed, fmt.Sprintf("kept the old OAuth key set (%v)", err))
 		}
 	}
+	if bans != nil {
+		if err := bans.Reload(); err != nil {
+			log.Error("reload: keeping the old ban list", "err", err)
+			failed = append(failed, fmt.Sprintf("kept the old ban list (%v)", err))
+		}
+	}
+	if len(failed) > 0 {
+		log.Warn("reloaded in part", "failed", len(failed))
+		return errors.New(strings.Join(failed, "; "))
+	}
 	log.Info("reloaded")
+	return nil
 }

@@ -61,3 +61,7 @@ func (f *file) Close() error {
 	}
 	return nil
 }
+
+// Fd returns the file's descriptor, so that the server can send the message
+// with sendfile(2). It stays owned by the file.
+func (f *file) Fd() uintptr { return uintptr(f.fd) }

@@ -6,12 +6,18 @@
 // Files kept in a user's Maildir besides new/, cur/ and tmp/:
 //
 //	pouch-lock     flock(2) target for the exclusive maildrop lock (RFC 1939 §4)
-//	pouch-index    one line per message: base name, stored size, wire size; in arrival order
+//	pouch-index    one line per message: base name, stored size, wire size, first
+//	               retrieval (unix seconds, 0 for never), file location; in
+//	               arrival order, under a header that says when it can be
+//	               trusted without listing the directories (index.go)
 //	pouch-expunge  the deletions of a QUIT being committed (replayed by the next Open)
+//	pouch-deleted/ the holding area: deleted and expired messages kept for the
+//	               policy's deletion window, named "UNIXTIME.SUB.NAME"
+//	pouch-hold     present while the maildrop is under legal hold
+//	pouch-purge-lock  flock(2) target that orders purges against hold changes
 package maildir
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,7 +27,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -42,11 +47,22 @@ const (
 
 // Store keeps each user's Maildir in Root/USER.
 type Store struct {
-	root string
+	root   string
+	policy func(user string) store.Policy
+	now    func() time.Time
 }
 
 // New returns a Store rooted at root (created on first use).
-func New(root string) *Store { return &Store{root: root} }
+func New(root string) *Store { return &Store{root: root, now: time.Now} }
+
+// SetPolicy sets the function that gives each user's retention policy; its
+// Window decides whether a committed deletion keeps the messages in the
+// holding area. Without it, deletions remove messages at once (unless the
+// maildrop is under legal hold). Call it before the Store is used.
+func (s *Store) SetPolicy(f func(user string) store.Policy) { s.policy = f }
+
+// SetClock replaces time.Now, for tests of time-based policies.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
 var _ store.Store = (*Store)(nil)
 var _ store.Deliverer = (*Store)(nil)
@@ -80,9 +96,20 @@ func ensure(dir string) error {
 		if _, err := os.Stat(p); err == nil {
 			continue
 		}
-		if err := os.MkdirAll(p, 0o700); err != nil {
+		if _, err := os.Stat(dir); err != nil {
+			_, rootErr := os.Stat(filepath.Dir(dir))
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			if rootErr != nil {
+				adopt(filepath.Dir(dir))
+			}
+			adopt(dir)
+		}
+		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
+		adopt(p)
 		created = true
 	}
 	if !created {
@@ -105,6 +132,10 @@ type entry struct {
 	name string // full file name when scanned
 	raw  int64  // stored size
 	wire int64  // wire size
+	seen int64  // first retrieval, unix seconds; 0: never retrieved
+	// extra holds the index columns after the ones this version knows,
+	// kept as they are when the index is rewritten.
+	extra string
 }
 
 // Open locks the user's Maildir, finishes an interrupted commit, and snapshots
@@ -117,18 +148,11 @@ func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
 	if err := ensure(dir); err != nil {
 		return nil, err
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := lockMaildrop(dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, store.ErrLocked
-		}
-		return nil, fmt.Errorf("maildir: lock %s: %w", dir, err)
-	}
-	m := &maildrop{dir: dir, lock: lock}
+	m := &maildrop{store: s, user: user, dir: dir, lock: lock}
 	if err := m.load(ctx); err != nil {
 		m.Close()
 		return nil, err
@@ -136,7 +160,27 @@ func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
 	return m, nil
 }
 
+// lockMaildrop takes the maildrop lock of the Maildir dir, or fails at once
+// with ErrLocked.
+func lockMaildrop(dir string) (*os.File, error) {
+	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	adopt(lock.Name())
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, store.ErrLocked
+		}
+		return nil, fmt.Errorf("maildir: lock %s: %w", dir, err)
+	}
+	return lock, nil
+}
+
 type maildrop struct {
+	store    *Store
+	user     string
 	dir      string
 	lock     *os.File
 	entries  []entry
@@ -144,33 +188,64 @@ type maildrop struct {
 	done     bool
 }
 
-// load replays a pending expunge journal and builds the snapshot.
+// load replays a pending expunge journal and builds the snapshot from the
+// index, checked against a listing of cur/ and new/ where the directory
+// changed since the index listed it (index.go).
 func (m *maildrop) load(ctx context.Context) error {
 	if err := m.replayExpunge(); err != nil {
 		return err
 	}
-	scanned, err := scan(m.dir)
+	// The stamps are taken before the listing: a change made after them
+	// shows as a change at the next Open.
+	start := time.Now()
+	st, err := statDirs(m.dir)
 	if err != nil {
 		return err
 	}
-	idx, err := readIndex(filepath.Join(m.dir, indexFile))
+	idx, hdr, err := loadIndex(filepath.Join(m.dir, indexFile))
 	if err != nil {
 		return err
+	}
+	trustCur, trustNew := hdr.trusted(st, idx)
+	if trustCur && trustNew {
+		m.setEntries(idx)
+		return nil
+	}
+	// List the directories that changed; the lines of the others stand.
+	trusted := func(sub string) bool { return sub == "cur" && trustCur || sub == "new" && trustNew }
+	scanned := make(map[string]entry)
+	for _, sub := range subdirs {
+		if !trusted(sub) {
+			listings.Add(1)
+			if err := list(scanned, m.dir, sub); err != nil {
+				return err
+			}
+		}
 	}
 	// Known messages keep their index order; the rest follow in delivery order.
-	var known, fresh []entry
+	known := make([]entry, 0, len(idx))
+	var fresh []entry
+	moved := false // a known file has another name or directory than indexed
 	for _, e := range idx {
-		if f, ok := scanned[e.base]; ok {
-			f.raw, f.wire = e.raw, e.wire
+		f, ok := scanned[e.base]
+		switch {
+		case trusted(e.sub) && (!ok || e.sub == "cur"):
+			// Still there; a copy in a listed new/ loses to it.
+			f, ok = e, true
+		case ok:
+			moved = moved || f.sub != e.sub || f.name != e.name
+			f.raw, f.wire, f.seen, f.extra = e.raw, e.wire, e.seen, e.extra
+		}
+		if ok {
 			known = append(known, f)
 			delete(scanned, e.base)
 		}
 	}
-	changed := len(known) != len(idx)
+	changed := len(known) != len(idx) || moved
 	for _, f := range scanned {
 		fresh = append(fresh, f)
 	}
-	slices.SortFunc(fresh, compareArrival)
+	sortArrival(fresh)
 	for i := range fresh {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -190,40 +265,39 @@ func (m *maildrop) load(ctx context.Context) error {
 			m.entries = append(m.entries, f)
 		}
 	}
-	if changed {
-		// The index is a cache: failing to write it costs time at the next
-		// login, never correctness.
-		_ = writeIndex(m.dir, m.entries)
+	// The index is a cache: failing to write it costs time at the next
+	// login, never correctness. It records a directory's stamp only once
+	// the directory has settled; until then every Open lists it.
+	var rec stamps
+	newStamp := false
+	for _, sub := range subdirs {
+		if d := *st.of(sub); d.settled(start) {
+			*rec.of(sub) = d
+			newStamp = newStamp || !hdr.stamps.of(sub).same(d)
+		}
 	}
-	m.messages = make([]store.Message, len(m.entries))
-	for i, e := range m.entries {
+	if changed || newStamp {
+		_ = storeIndex(m.dir, m.entries, &rec)
+	}
+	m.setEntries(m.entries)
+	return nil
+}
+
+// setEntries makes entries the snapshot.
+func (m *maildrop) setEntries(entries []entry) {
+	m.entries = entries
+	m.messages = make([]store.Message, len(entries))
+	for i, e := range entries {
 		m.messages[i] = store.Message{UID: uidOf(e.base), Size: e.wire}
 	}
-	return nil
 }
 
 // scan lists the message files of new/ and cur/ by base name.
 func scan(dir string) (map[string]entry, error) {
 	found := make(map[string]entry)
-	for _, sub := range []string{"cur", "new"} {
-		f, err := os.Open(filepath.Join(dir, sub))
-		if err != nil {
+	for _, sub := range subdirs {
+		if err := list(found, dir, sub); err != nil {
 			return nil, err
-		}
-		names, err := f.Readdirnames(-1)
-		f.Close()
-		if err != nil {
-			return nil, err
-		}
-		for _, name := range names {
-			if name == "" || name[0] == '.' {
-				continue
-			}
-			base := baseName(name)
-			if _, dup := found[base]; dup {
-				continue // cur/ wins over a stale copy in new/
-			}
-			found[base] = entry{base: base, sub: sub, name: name}
 		}
 	}
 	return found, nil
@@ -328,45 +402,18 @@ func arrival(base string) (sec, usec int64) {
 	return sec, usec
 }
 
-// readIndex reads pouch-index. A missing or damaged index reads as empty (it is
-// rebuilt from the files).
+// readIndex reads pouch-index (index.go). A missing or damaged index reads as
+// empty (it is rebuilt from the files).
 func readIndex(path string) ([]entry, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []entry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 4096), 64*1024)
-	for sc.Scan() {
-		parts := strings.Split(sc.Text(), " ")
-		if len(parts) != 3 {
-			return nil, nil
-		}
-		raw, err1 := strconv.ParseInt(parts[1], 10, 64)
-		wire, err2 := strconv.ParseInt(parts[2], 10, 64)
-		if err1 != nil || err2 != nil || raw < 0 || wire < 0 {
-			return nil, nil
-		}
-		out = append(out, entry{base: parts[0], raw: raw, wire: wire})
-	}
-	if sc.Err() != nil {
-		return nil, nil
-	}
-	return out, nil
+	idx, _, err := loadIndex(path)
+	return idx, err
 }
 
-// writeIndex replaces pouch-index atomically.
+// writeIndex replaces pouch-index atomically with entries. The index stays
+// trusted without a listing of the directories if it was, and entries are
+// the same files as before (only sizes or retrieval times changed).
 func writeIndex(dir string, entries []entry) error {
-	var b strings.Builder
-	for _, e := range entries {
-		fmt.Fprintf(&b, "%s %d %d\n", e.base, e.raw, e.wire)
-	}
-	return writeFileAtomic(dir, indexFile, []byte(b.String()))
+	return storeIndex(dir, entries, nil)
 }
 
 // writeFileAtomic writes dir/name through a temporary file, fsyncs it, renames
@@ -376,6 +423,7 @@ func writeFileAtomic(dir, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	adopt(tmp.Name())
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
@@ -427,10 +475,16 @@ func (m *maildrop) Open(i int) (io.ReadCloser, error) {
 	return readCloser{store.NewCanonicalReader(f), f}, nil
 }
 
+// readCloser is a message in wire form, and as stored (store.StoredReader).
 type readCloser struct {
 	io.Reader
-	io.Closer
+	f *file
 }
+
+func (r readCloser) Close() error { return r.f.Close() }
+
+// Stored returns the message file as stored.
+func (r readCloser) Stored() io.Reader { return r.f }
 
 // relocate finds e's file again by its base name.
 func (m *maildrop) relocate(e *entry) bool {
@@ -460,8 +514,10 @@ func readNames(dir string) ([]string, error) {
 
 // Commit removes the given messages. The base names are first written to the
 // expunge journal and synced: from that moment the deletion is decided, and an
-// interrupted commit is completed by the next Open. Then the files are unlinked,
-// the directories synced and the journal removed.
+// interrupted commit is completed by the next Open. Then the files are unlinked
+// (or moved into the holding area, when the user's policy has a deletion
+// window or the maildrop is under legal hold), the directories synced and the
+// journal removed.
 func (m *maildrop) Commit(deleted []int) error {
 	if m.done {
 		return errors.New("maildir: commit after commit or close")
@@ -470,11 +526,47 @@ func (m *maildrop) Commit(deleted []int) error {
 	if len(deleted) == 0 {
 		return nil
 	}
-	var b strings.Builder
 	for _, i := range deleted {
 		if i < 0 || i >= len(m.entries) {
 			return store.ErrNotFound
 		}
+	}
+	unlock, err := purgeLock(m.dir, syscall.LOCK_SH)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	keep := m.store.policyOf(m.user).Window > 0
+	if !keep {
+		h, err := readHold(m.dir)
+		if err != nil {
+			return err
+		}
+		keep = h.Set
+	}
+	return m.remove(deleted, keep, m.store.now())
+}
+
+// policyOf returns user's retention policy.
+func (s *Store) policyOf(user string) store.Policy {
+	if s.policy == nil {
+		return store.Policy{}
+	}
+	return s.policy(user)
+}
+
+// remove takes the messages at the given indexes out of the maildrop through
+// the expunge journal: into the holding area, stamped with at, when keep is
+// set, otherwise for good.
+func (m *maildrop) remove(indexes []int, keep bool, at time.Time) error {
+	var b strings.Builder
+	if keep {
+		fmt.Fprintf(&b, "#hold %d\n", at.Unix())
+		if err := ensureHolding(m.dir); err != nil {
+			return err
+		}
+	}
+	for _, i := range indexes {
 		b.WriteString(m.entries[i].base)
 		b.WriteByte('\n')
 	}
@@ -483,11 +575,11 @@ func (m *maildrop) Commit(deleted []int) error {
 		return err
 	}
 	crashpoint.Hit("maildir.commit.journaled")
-	for n, i := range deleted {
+	for n, i := range indexes {
 		e := &m.entries[i]
-		err := os.Remove(filepath.Join(m.dir, e.sub, e.name))
+		err := m.dispose(e.sub, e.name, keep, at)
 		if errors.Is(err, fs.ErrNotExist) && m.relocate(e) {
-			err = os.Remove(filepath.Join(m.dir, e.sub, e.name))
+			err = m.dispose(e.sub, e.name, keep, at)
 		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err // the journal stays; the next Open finishes the job
@@ -496,12 +588,26 @@ func (m *maildrop) Commit(deleted []int) error {
 			crashpoint.Hit("maildir.commit.first-unlinked")
 		}
 	}
-	return m.finishExpunge()
+	return m.finishExpunge(keep)
 }
 
-// finishExpunge syncs the directories after the unlinks and drops the journal.
-func (m *maildrop) finishExpunge() error {
-	for _, sub := range []string{"cur", "new"} {
+// dispose unlinks sub/name, or moves it into the holding area.
+func (m *maildrop) dispose(sub, name string, keep bool, at time.Time) error {
+	from := filepath.Join(m.dir, sub, name)
+	if !keep {
+		return os.Remove(from)
+	}
+	return os.Rename(from, filepath.Join(m.dir, holdingDir, holdingName(at, sub, name)))
+}
+
+// finishExpunge syncs the directories after the unlinks or moves and drops
+// the journal.
+func (m *maildrop) finishExpunge(kept bool) error {
+	dirs := []string{"cur", "new"}
+	if kept {
+		dirs = append(dirs, holdingDir)
+	}
+	for _, sub := range dirs {
 		if err := syncDir(filepath.Join(m.dir, sub)); err != nil {
 			return err
 		}
@@ -512,7 +618,8 @@ func (m *maildrop) finishExpunge() error {
 	return syncDir(m.dir)
 }
 
-// replayExpunge completes a commit that a crash interrupted.
+// replayExpunge completes a commit that a crash interrupted, the way it was
+// decided: into the holding area if the journal says so.
 func (m *maildrop) replayExpunge() error {
 	data, err := os.ReadFile(filepath.Join(m.dir, expungeFile))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -522,9 +629,21 @@ func (m *maildrop) replayExpunge() error {
 		return err
 	}
 	doomed := make(map[string]bool)
-	for _, base := range strings.Split(string(data), "\n") {
-		if base != "" {
-			doomed[base] = true
+	keep, at := false, time.Time{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "#hold "); ok {
+			sec, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return fmt.Errorf("maildir: damaged journal %s: %q", filepath.Join(m.dir, expungeFile), line)
+			}
+			keep, at = true, time.Unix(sec, 0)
+		} else if line != "" {
+			doomed[line] = true
+		}
+	}
+	if keep {
+		if err := ensureHolding(m.dir); err != nil {
+			return err
 		}
 	}
 	for _, sub := range []string{"cur", "new"} {
@@ -534,13 +653,13 @@ func (m *maildrop) replayExpunge() error {
 		}
 		for _, name := range names {
 			if doomed[baseName(name)] {
-				if err := os.Remove(filepath.Join(m.dir, sub, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				if err := m.dispose(sub, name, keep, at); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return err
 				}
 			}
 		}
 	}
-	return m.finishExpunge()
+	return m.finishExpunge(keep)
 }
 
 // Close releases the lock.
@@ -565,14 +684,13 @@ func (s *Store) Deliver(ctx context.Context, user string, r io.Reader) error {
 	if err := ensure(dir); err != nil {
 		return err
 	}
-	now := time.Now()
-	unique := fmt.Sprintf("%d.M%06dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(),
-		deliveries.Add(1), hostname())
+	unique := uniqueName(s.now())
 	tmpPath := filepath.Join(dir, "tmp", unique)
 	f, err := os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
+	adopt(tmpPath)
 	ok := false
 	defer func() {
 		if !ok {
@@ -600,6 +718,13 @@ func (s *Store) Deliver(ctx context.Context, user string, r io.Reader) error {
 }
 
 var deliveries atomic.Uint64
+
+// uniqueName is the unique part of a new message file's name: delivery time,
+// microseconds, process, a counter and the host.
+func uniqueName(now time.Time) string {
+	return fmt.Sprintf("%d.M%06dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(),
+		deliveries.Add(1), hostname())
+}
 
 // hostname returns the host name for Maildir file names, with "/" and ":"
 // encoded as the Maildir specification asks.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
 	"github.com/pouchmail/pouch/store"
@@ -146,7 +147,7 @@ func TestIndexRebuiltAndPruned(t *testing.T) {
 	first := m.Messages()
 	m.Close()
 	idx, err := os.ReadFile(filepath.Join(dir, indexFile))
-	if err != nil || bytes.Count(idx, []byte("\n")) != 5 {
+	if err != nil || bytes.Count(idx, []byte("\n")) != 6 { // a header and five lines
 		t.Fatalf("index %q, %v", idx, err)
 	}
 	// A damaged index is rebuilt with the same answers.
@@ -235,7 +236,17 @@ func crashHelper(root string) {
 		New(root).Deliver(context.Background(), user, strings.NewReader("crash delivery\r\n"))
 		os.Exit(0)
 	}
-	md, err := New(root).Open(context.Background(), "u")
+	s := New(root)
+	if w := os.Getenv("POUCH_CRASH_WINDOW"); w != "" {
+		d, _ := time.ParseDuration(w)
+		s.SetPolicy(func(string) store.Policy { return store.Policy{Window: d} })
+	}
+	if os.Getenv("POUCH_CRASH_PURGE") != "" {
+		_, err := s.Sweep(context.Background(), "u", store.Policy{}, time.Now())
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	md, err := s.Open(context.Background(), "u")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/retention"
+	"github.com/pouchmail/pouch/store"
+	"github.com/pouchmail/pouch/store/maildir"
+)
+
+const mailboxUsage = `Usage: pouch mailbox stats|restore|hold|release|policy [--data DIR] [flags] USER
+
+Looks after one user's maildrop on the server.
+
+  stats     messages, size, retrieved, messages in the deletion window, legal hold
+  restore   put deleted (or expired) messages back from the deletion window:
+            with their original UIDLs, so that a client that kept its copy does
+            not download them again, or with new ones (--as-new); --since
+            limits it to messages deleted at or after a time
+  hold      put the maildrop under legal hold: nothing is purged, whatever the
+            policies; messages deleted by clients stay in the deletion window
+  release   lift the legal hold
+  policy    show the user's own retention settings, or change them with
+            --expire, --expire-from and --deletion-window ("default" removes
+            the user's own setting, so the server's applies)
+
+restore, hold, release and policy changes are written to the audit log
+DATA/audit.log. restore waits for nothing: while the user has a POP3 session
+open it fails, and can be run again when the session has ended.
+
+Examples:
+  pouch mailbox stats alice
+  pouch mailbox restore --since 2026-11-20 alice
+  pouch mailbox restore --since 48h --as-new alice
+  pouch mailbox hold --reason "case 2026-114" bob
+  pouch mailbox release bob
+  pouch mailbox policy --expire 90d --deletion-window 30d carol
+
+Flags:
+`
+
+func runMailbox(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "stats" {
+		// Asks the running server, or reads the Maildir (admin.go).
+		return mailboxStats(args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("pouch mailbox", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./pouch-data", "data `directory` (mail in DIR/mail/USER)")
+	since := fs.String("since", "", "restore: only messages deleted at or after this `time` (2026-11-20, 2026-11-20T15:04:05Z, or an age like 48h or 7d)")
+	asNew := fs.Bool("as-new", false, "restore: give the messages new UIDLs, so that clients download them again")
+	reason := fs.String("reason", "", "hold: the `reason`, kept with the hold and in the audit log")
+	expire := fs.String("expire", "", "policy: remove the user's messages this `long` after delivery (or retrieval), \"never\", 0, or \"default\"")
+	expireFrom := fs.String("expire-from", "", "policy: `delivery`, retrieval, or \"default\"")
+	window := fs.String("deletion-window", "", "policy: keep the user's deleted messages restorable this `long`, or \"default\"")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, mailboxUsage)
+		fs.PrintDefaults()
+	}
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		fs.Usage()
+		return usageError("mailbox: say stats, restore, hold, release or policy")
+	}
+	action := pos[0]
+	switch action {
+	case "restore", "hold", "release", "policy":
+	default:
+		return usageError("mailbox: unknown action %q (use stats, restore, hold, release or policy)", action)
+	}
+	if len(pos) != 2 {
+		return usageError("mailbox %s takes exactly one user name", action)
+	}
+	user := pos[1]
+	set := flagNames(fs)
+	for name, only := range map[string]string{"since": "restore", "as-new": "restore", "reason": "hold",
+		"expire": "policy", "expire-from": "policy", "deletion-window": "policy"} {
+		if set[name] && action != only {
+			return usageError("mailbox %s: --%s belongs to mailbox %s", action, name, only)
+		}
+	}
+	mail := maildir.New(filepath.Join(*data, "mail"))
+	ctx := context.Background()
+	switch action {
+	case "restore":
+		from := time.Time{}
+		if *since != "" {
+			if from, err = parseSince(*since, time.Now()); err != nil {
+				return usageError("mailbox restore: --since: %v", err)
+			}
+		}
+		return mailboxRestore(ctx, mail, *data, user, from, *asNew, stdout, stderr)
+	case "hold", "release":
+		h := store.Hold{Set: action == "hold", Reason: *reason}
+		if err := mailboxExists(mail, *data, user); err != nil && action == "release" {
+			return fmt.Errorf("mailbox release: %v", err)
+		}
+		before, err := mail.Hold(ctx, user)
+		if err != nil {
+			return fmt.Errorf("mailbox %s: %v", action, describeStoreErr(err, user))
+		}
+		if err := mail.SetHold(ctx, user, h); err != nil {
+			return fmt.Errorf("mailbox %s: %v", action, describeStoreErr(err, user))
+		}
+		event := "hold_set"
+		msg := fmt.Sprintf("%s is under legal hold: nothing of it is purged until pouch mailbox release", user)
+		if !h.Set {
+			event = "hold_released"
+			msg = fmt.Sprintf("lifted the legal hold on %s; the retention policy applies again", user)
+			if !before.Set {
+				msg = fmt.Sprintf("%s was not under legal hold", user)
+			}
+		}
+		if h.Set || before.Set {
+			if err := auditEvent(*data, event, "user", user, "reason", h.Reason); err != nil {
+				fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
+			}
+		}
+		fmt.Fprintln(stderr, msg)
+		return nil
+	case "policy":
+		return mailboxPolicy(*data, user, set, *expire, *expireFrom, *window, stdout, stderr)
+	}
+	return nil
+}
+
+// mailboxExists says whether user has a maildrop or a line in the users file.
+func mailboxExists(mail *maildir.Store, data, user string) error {
+	users, err := mail.Users(context.Background())
+	if err != nil {
+		return err
+	}
+	for _, u := range users {
+		if u == user {
+			return nil
+		}
+	}
+	if ok, err := userExists(filepath.Join(data, "users"), user); err == nil && ok {
+		return nil
+	}
+	return fmt.Errorf("no maildrop and no user %q in %s", user, data)
+}
+
+func describeStoreErr(err error, user string) error {
+	switch {
+	case errors.Is(err, store.ErrLocked):
+		return fmt.Errorf("%s has a POP3 session open (or a retention sweep is running); run this again when it has ended (pouch who lists sessions)", user)
+	case errors.Is(err, store.ErrBadUser):
+		return fmt.Errorf("%q cannot be a user name", user)
+	}
+	return err
+}
+
+// parseSince reads --since: a date, a date and time (RFC 3339), or an age.
+func parseSince(v string, now time.Time) (time.Time, error) {
+	if d, ok := days.Parse(v); ok {
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, v, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is not a date (2026-11-20), a time (2026-11-20T15:04:05Z) or an age (48h, 7d)", v)
+}
+
+func mailboxRestore(ctx context.Context, mail *maildir.Store, data, user string, since time.Time, asNew bool, stdout, stderr io.Writer) error {
+	if err := mailboxExists(mail, data, user); err != nil {
+		return fmt.Errorf("mailbox restore: %v", err)
+	}
+	restored, err := mail.Restore(ctx, user, since, asNew)
+	for _, r := range restored {
+		if aerr := auditEvent(data, "restore", "user", user, "uid", r.UID, "size", r.Size,
+			"deleted", r.Deleted.UTC().Format(time.RFC3339), "as_new", asNew); aerr != nil {
+			fmt.Fprintf(stderr, "pouch: warning: %v\n", aerr)
+			break
+		}
+	}
+	if err != nil {
+		if len(restored) > 0 {
+			fmt.Fprintf(stderr, "restored %d messages before the failure\n", len(restored))
+		}
+		return fmt.Errorf("mailbox restore: %v", describeStoreErr(err, user))
+	}
+	what := "with their original UIDLs"
+	if asNew {
+		what = "as new messages"
+	}
+	switch len(restored) {
+	case 0:
+		fmt.Fprintf(stderr, "nothing to restore for %s\n", user)
+	case 1:
+		fmt.Fprintf(stderr, "restored 1 message to %s %s\n", user, what)
+	default:
+		fmt.Fprintf(stderr, "restored %d messages to %s %s\n", len(restored), user, what)
+	}
+	return nil
+}
+
+// mailboxPolicy shows or changes the user's own retention fields.
+func mailboxPolicy(data, user string, set map[string]bool, expire, from, window string, stdout, stderr io.Writer) error {
+	path := filepath.Join(data, "users")
+	changes := map[string]*string{}
+	for flagName, field := range map[string]string{"expire": retention.FieldExpire,
+		"expire-from": retention.FieldExpireFrom, "deletion-window": retention.FieldWindow} {
+		if !set[flagName] {
+			continue
+		}
+		v := map[string]string{"expire": expire, "expire-from": from, "deletion-window": window}[flagName]
+		if v == "default" {
+			changes[field] = nil
+			continue
+		}
+		if _, err := retention.Apply(store.Policy{}, map[string]string{field: v}); err != nil {
+			return usageError("mailbox policy: --%s: %v", flagName, strings.TrimPrefix(err.Error(), field+": "))
+		}
+		changes[field] = &v
+	}
+	if len(changes) > 0 {
+		if err := auth.SetFields(path, user, changes); err != nil {
+			return fmt.Errorf("mailbox policy: %v", describe(err, user, path))
+		}
+		var fields []any
+		fields = append(fields, "user", user)
+		for k, v := range changes {
+			val := "default"
+			if v != nil {
+				val = *v
+			}
+			fields = append(fields, k, val)
+		}
+		if err := auditEvent(data, "policy_set", fields...); err != nil {
+			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
+		}
+	}
+	users, err := auth.OpenUsers(path)
+	if err != nil {
+		return fmt.Errorf("mailbox policy: %v", err)
+	}
+	if !users.Exists(user) {
+		return fmt.Errorf("mailbox policy: %v", describe(auth.ErrNoSuchUser, user, path))
+	}
+	f := users.Fields(user)
+	var keys []string
+	for _, k := range []string{retention.FieldExpire, retention.FieldExpireFrom, retention.FieldWindow} {
+		if _, ok := f[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if len(keys) == 0 {
+		fmt.Fprintf(stdout, "%s has no retention settings of its own: the server's --expire, --expire-from and --deletion-window apply\n", user)
+	}
+	for _, k := range keys {
+		fmt.Fprintf(stdout, "%s = %s\n", k, f[k])
+	}
+	if _, err := retention.Apply(store.Policy{}, f); err != nil {
+		fmt.Fprintf(stderr, "warning: %v; the server-wide setting applies instead\n", err)
+	}
+	return nil
+}

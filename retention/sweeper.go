@@ -1,0 +1,126 @@
+package retention
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/store"
+)
+
+// Sweeper applies the policies to every maildrop in the background. It
+// never touches a maildrop while a session has it open: such a maildrop is
+// left for the next sweep.
+type Sweeper struct {
+	Store  store.Retainer
+	Policy func(user string) store.Policy
+	Now    func() time.Time // nil: time.Now
+	Log    *slog.Logger     // nil: slog.Default()
+	Audit  *audit.Log       // every expiry and purge, one line per message
+}
+
+// Summary counts what one sweep did.
+type Summary struct {
+	Users   int // maildrops swept
+	Busy    int // maildrops skipped because a session had them open
+	Failed  int // maildrops whose sweep failed (logged)
+	Expired int
+	Purged  int
+	Octets  int64 // wire size of the purged messages
+}
+
+// Sweep sweeps every maildrop once. It stops early, returning ctx's error,
+// when ctx is done.
+func (s *Sweeper) Sweep(ctx context.Context) (Summary, error) {
+	var sum Summary
+	users, err := s.Store.Users(ctx)
+	if err != nil {
+		return sum, err
+	}
+	now := time.Now
+	if s.Now != nil {
+		now = s.Now
+	}
+	log := s.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	for _, user := range users {
+		if err := ctx.Err(); err != nil {
+			return sum, err
+		}
+		p := s.Policy(user)
+		res, err := s.Store.Sweep(ctx, user, p, now())
+		s.record(log, user, p, res)
+		sum.Expired += len(res.Expired)
+		sum.Purged += len(res.Purged)
+		for _, r := range res.Purged {
+			sum.Octets += r.Size
+		}
+		switch {
+		case errors.Is(err, store.ErrLocked):
+			sum.Busy++
+		case err != nil && ctx.Err() == nil:
+			sum.Failed++
+			log.Error("retention sweep failed", "user", user, "err", err)
+		case err == nil:
+			sum.Users++
+		}
+	}
+	return sum, nil
+}
+
+// record writes the audit lines of one maildrop's sweep.
+func (s *Sweeper) record(log *slog.Logger, user string, p store.Policy, res store.SweepResult) {
+	for _, r := range res.Expired {
+		if err := s.Audit.Event("expire", "user", user, "uid", r.UID, "size", r.Size,
+			"delivered", stamp(r.Delivered), "restorable", p.Window > 0); err != nil {
+			log.Error("audit log", "err", err)
+		}
+	}
+	for _, r := range res.Purged {
+		if err := s.Audit.Event("purge", "user", user, "uid", r.UID, "size", r.Size,
+			"delivered", stamp(r.Delivered), "deleted", stamp(r.Deleted)); err != nil {
+			log.Error("audit log", "err", err)
+		}
+	}
+	if len(res.Expired)+len(res.Purged) > 0 {
+		log.Info("retention", "user", user, "expired", len(res.Expired), "purged", len(res.Purged))
+	}
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// Run sweeps at once and then every interval until ctx is done.
+func (s *Sweeper) Run(ctx context.Context, every time.Duration) {
+	log := s.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		start := time.Now()
+		sum, err := s.Sweep(ctx)
+		if err != nil && ctx.Err() == nil {
+			log.Error("retention sweep failed", "err", err)
+		}
+		if sum.Expired+sum.Purged+sum.Failed > 0 || sum.Busy > 0 {
+			log.Info("retention sweep", "maildrops", sum.Users, "busy", sum.Busy, "failed", sum.Failed,
+				"expired", sum.Expired, "purged", sum.Purged, "purged_octets", sum.Octets,
+				"took", time.Since(start).Round(time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

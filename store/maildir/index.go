@@ -1,0 +1,443 @@
+package maildir
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The index, pouch-index, is a cache of what Open would otherwise learn from
+// the directories and the files:
+//
+//	#pouch-index 2 cur=MTIME,CTIME,INODE,HASH new=MTIME,CTIME,INODE,HASH
+//	BASE RAW WIRE SEEN LOC [MORE...]
+//
+// One line per message, in arrival order: the base name, the stored and wire
+// sizes, the first retrieval (unix seconds, 0 for never), and LOC, where the
+// file is: its directory and the rest of its name after BASE ("cur:2,S",
+// "new"). Columns after LOC are kept as they are when the index is rewritten.
+//
+// A directory's stamp is its modification and change times (nanoseconds)
+// and inode number when it was listed for the lines below, and HASH
+// identifies the lines of that directory. Creating, renaming or removing a
+// file in a directory changes both its times, and a change time cannot be
+// set back, so while a directory still has its recorded stamp the lines
+// are still its listing, and Open takes them without reading it: opening a
+// maildrop whose directories did not change reads no directory, and after a
+// delivery, which changes only new/, Open reads only new/, however many
+// files cur/ holds. A stamp is recorded only when the directory's times are
+// more than trustMargin older than the moment the listing began, so that a
+// change made during the listing, within the same tick of the filesystem's
+// clock, cannot leave the times as recorded. A directory without a stamp is
+// listed at every Open.
+//
+// An index without a header, as earlier versions wrote it, has lines
+// "BASE RAW WIRE" or "BASE RAW WIRE SEEN"; it is read, checked against the
+// directories and rewritten.
+
+const indexVersion = "#pouch-index 2"
+
+// trustMargin is how much older than the listing a directory's times must
+// be for the index to record them: at least the granularity of the
+// timestamps of any filesystem a Maildir lives on (2 s on FAT, a clock tick
+// or less elsewhere). Only a system clock set back by more than this, on a
+// filesystem with coarse timestamps, could give a later change the very
+// times recorded. Tests shorten it.
+var trustMargin = 2 * time.Second
+
+// listings counts the directories that Opens listed, for tests.
+var listings atomic.Int64
+
+// dirStamp is what changes when a directory's entries change, and the
+// listHash of its lines in the index.
+type dirStamp struct {
+	mtime, ctime int64 // nanoseconds since 1970
+	ino          uint64
+	set          uint64
+}
+
+func (d dirStamp) valid() bool { return d.ino != 0 }
+
+// same reports whether d and e are the same state of a directory.
+func (d dirStamp) same(e dirStamp) bool {
+	return d.valid() && d.mtime == e.mtime && d.ctime == e.ctime && d.ino == e.ino
+}
+
+// settled reports whether the directory last changed more than trustMargin
+// before t.
+func (d dirStamp) settled(t time.Time) bool {
+	limit := t.Add(-trustMargin).UnixNano()
+	return d.valid() && d.mtime < limit && d.ctime < limit
+}
+
+// stamps are cur/'s and new/'s; a zero dirStamp is "none".
+type stamps struct{ cur, new dirStamp }
+
+// of returns the stamp of sub ("cur" or "new").
+func (s *stamps) of(sub string) *dirStamp {
+	if sub == "cur" {
+		return &s.cur
+	}
+	return &s.new
+}
+
+// subdirs are the directories of a snapshot, in the order they are listed:
+// a base name in both is taken from cur/.
+var subdirs = [2]string{"cur", "new"}
+
+// statDirs returns the stamps of dir's cur/ and new/, without hashes.
+func statDirs(dir string) (stamps, error) {
+	var s stamps
+	for _, sub := range subdirs {
+		var st syscall.Stat_t
+		path := filepath.Join(dir, sub)
+		if err := syscall.Stat(path, &st); err != nil {
+			return stamps{}, &fs.PathError{Op: "stat", Path: path, Err: err}
+		}
+		*s.of(sub) = dirStamp{mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(), ino: st.Ino}
+	}
+	return s, nil
+}
+
+// indexHeader is what the first line of an index says: a zero stamp means
+// that directory's lines must be checked against it.
+type indexHeader struct {
+	stamps stamps
+}
+
+// trusted reports, for cur/ and new/, whether the lines of idx are still
+// the directory's listing: it has the recorded stamp now (st), and the lines
+// are the ones the stamp was recorded with.
+func (h indexHeader) trusted(st stamps, idx []entry) (cur, new bool) {
+	if !located(idx) {
+		return false, false
+	}
+	ok := func(sub string) bool {
+		rec := h.stamps.of(sub)
+		return rec.same(*st.of(sub)) && rec.set == listHash(idx, sub)
+	}
+	return ok("cur"), ok("new")
+}
+
+// listHash identifies the listing of sub in entries: the names of the
+// entries in sub, in order.
+func listHash(entries []entry, sub string) uint64 {
+	h := fnv.New64a()
+	for _, e := range entries {
+		if e.sub == sub {
+			h.Write([]byte(e.name))
+			h.Write([]byte{'\n'})
+		}
+	}
+	return h.Sum64()
+}
+
+// located reports whether every entry knows its file (an index written with
+// LOC columns).
+func located(entries []entry) bool {
+	for _, e := range entries {
+		if e.sub == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// parseHeader parses the first line of a version 2 index.
+func parseHeader(line []byte) (indexHeader, bool) {
+	rest, ok := bytes.CutPrefix(line, []byte(indexVersion))
+	if !ok || len(rest) > 0 && rest[0] != ' ' {
+		return indexHeader{}, false
+	}
+	var h indexHeader
+	for _, field := range bytes.Fields(rest) {
+		key, v, _ := bytes.Cut(field, []byte("="))
+		if string(key) != "cur" && string(key) != "new" {
+			return indexHeader{}, false
+		}
+		parts := bytes.Split(v, []byte(","))
+		if len(parts) != 4 {
+			return indexHeader{}, false
+		}
+		m, err1 := strconv.ParseInt(string(parts[0]), 10, 64)
+		c, err2 := strconv.ParseInt(string(parts[1]), 10, 64)
+		ino, err3 := strconv.ParseUint(string(parts[2]), 10, 64)
+		set, err4 := strconv.ParseUint(string(parts[3]), 16, 64)
+		if err1 != nil || err2 != nil || err3 != nil || err4 != nil || ino == 0 {
+			return indexHeader{}, false
+		}
+		*h.stamps.of(string(key)) = dirStamp{mtime: m, ctime: c, ino: ino, set: set}
+	}
+	return h, true
+}
+
+// loadIndex reads an index. A missing, damaged or unknown index reads as
+// empty, with no stamps: it is rebuilt from the files.
+func loadIndex(path string) ([]entry, indexHeader, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, indexHeader{}, nil
+	}
+	if err != nil {
+		return nil, indexHeader{}, err
+	}
+	defer f.Close()
+	var (
+		out []entry
+		hdr indexHeader
+		v2  bool
+	)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
+	for first := true; sc.Scan(); first = false {
+		line := sc.Bytes()
+		if first && len(line) > 0 && line[0] == '#' {
+			if hdr, v2 = parseHeader(line); !v2 {
+				return nil, indexHeader{}, nil
+			}
+			if n, err := indexSize(f); err == nil && n > 0 {
+				out = make([]entry, 0, n/48) // about the size of a line
+			}
+			continue
+		}
+		e, ok := parseEntry(line, v2)
+		if !ok {
+			return nil, indexHeader{}, nil
+		}
+		out = append(out, e)
+	}
+	if sc.Err() != nil {
+		return nil, indexHeader{}, nil
+	}
+	return out, hdr, nil
+}
+
+func indexSize(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// parseEntry parses one line: "BASE RAW WIRE SEEN LOC [MORE...]" in a
+// version 2 index, "BASE RAW WIRE [SEEN]" in an earlier one.
+func parseEntry(line []byte, v2 bool) (entry, bool) {
+	var cols [5][]byte
+	n := 0
+	rest := line
+	for n < len(cols) {
+		i := bytes.IndexByte(rest, ' ')
+		if i < 0 {
+			cols[n] = rest
+			rest = nil
+			n++
+			break
+		}
+		cols[n] = rest[:i]
+		rest = rest[i+1:]
+		n++
+	}
+	if n == len(cols) && rest != nil && len(rest) == 0 {
+		return entry{}, false // a trailing space
+	}
+	switch {
+	case v2 && n != 5, !v2 && (n < 3 || n > 4 || rest != nil):
+		return entry{}, false
+	}
+	base := cols[0]
+	if len(base) == 0 {
+		return entry{}, false
+	}
+	var e entry
+	var ok bool
+	if e.raw, ok = parseCount(cols[1]); !ok {
+		return entry{}, false
+	}
+	if e.wire, ok = parseCount(cols[2]); !ok {
+		return entry{}, false
+	}
+	if n >= 4 {
+		// The first retrieval, for EXPIRE counted from it; an index
+		// written before it existed has three columns.
+		if e.seen, ok = parseCount(cols[3]); !ok {
+			return entry{}, false
+		}
+	}
+	if !v2 {
+		e.base = string(base)
+		return e, true
+	}
+	loc := cols[4]
+	if len(loc) < 3 {
+		return entry{}, false
+	}
+	switch string(loc[:3]) {
+	case "cur":
+		e.sub = "cur"
+	case "new":
+		e.sub = "new"
+	default:
+		return entry{}, false
+	}
+	suffix := loc[3:]
+	if len(suffix) > 0 && suffix[0] != ':' || bytes.IndexByte(base, ':') >= 0 {
+		return entry{}, false
+	}
+	// One allocation: the base is the front of the name.
+	name := make([]byte, 0, len(base)+len(suffix))
+	name = append(append(name, base...), suffix...)
+	e.name = string(name)
+	e.base = e.name[:len(base)]
+	if rest != nil {
+		e.extra = string(rest)
+	}
+	return e, true
+}
+
+// parseCount parses a non-negative decimal number.
+func parseCount(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// storeIndex replaces the index with entries. With st, the stamps the
+// directories had when the listing of entries began, it records those that
+// are valid; with st nil, it keeps a directory's stamp from the index it
+// replaces if the entries in that directory are still that index's listing
+// of it (only sizes or retrieval times changed), and otherwise records none.
+func storeIndex(dir string, entries []entry, st *stamps) error {
+	var rec stamps
+	if st != nil {
+		rec = *st
+	} else if hdr, err := readHeader(filepath.Join(dir, indexFile)); err == nil {
+		rec = hdr.stamps
+	}
+	b := make([]byte, 0, 128+len(entries)*64)
+	b = append(b, indexVersion...)
+	if located(entries) {
+		for _, sub := range subdirs {
+			d := rec.of(sub)
+			set := listHash(entries, sub)
+			if !d.valid() || st == nil && d.set != set {
+				continue
+			}
+			b = fmt.Appendf(b, " %s=%d,%d,%d,%x", sub, d.mtime, d.ctime, d.ino, set)
+		}
+	}
+	b = append(b, '\n')
+	for _, e := range entries {
+		b = append(b, e.base...)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, e.raw, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, e.wire, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, e.seen, 10)
+		b = append(b, ' ')
+		if e.sub == "" || !strings.HasPrefix(e.name, e.base) {
+			// Not known where it is (never the case after a listing); an
+			// entry that says nothing makes the index read as damaged.
+			b = append(b, '-')
+		} else {
+			b = append(b, e.sub...)
+			b = append(b, e.name[len(e.base):]...)
+		}
+		if e.extra != "" {
+			b = append(b, ' ')
+			b = append(b, e.extra...)
+		}
+		b = append(b, '\n')
+	}
+	return writeFileAtomic(dir, indexFile, b)
+}
+
+// readHeader reads only the first line of an index; a line that is not a
+// header gives no stamps.
+func readHeader(path string) (indexHeader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return indexHeader{}, err
+	}
+	defer f.Close()
+	line, err := bufio.NewReaderSize(f, 512).ReadSlice('\n')
+	if err != nil {
+		return indexHeader{}, err
+	}
+	h, _ := parseHeader(bytes.TrimSuffix(line, []byte("\n")))
+	return h, nil
+}
+
+// sortArrival sorts entries as compareArrival orders them, parsing each name
+// once instead of at every comparison (a first Open of 100,000 messages).
+func sortArrival(entries []entry) {
+	type key struct {
+		sec, usec int64
+		i         int
+	}
+	keys := make([]key, len(entries))
+	for i := range entries {
+		sec, usec := arrival(entries[i].base)
+		keys[i] = key{sec, usec, i}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if a.sec != b.sec {
+			return cmpInt(a.sec, b.sec)
+		}
+		if a.usec != b.usec {
+			return cmpInt(a.usec, b.usec)
+		}
+		return strings.Compare(entries[a.i].base, entries[b.i].base)
+	})
+	sorted := make([]entry, len(entries))
+	for j, k := range keys {
+		sorted[j] = entries[k.i]
+	}
+	copy(entries, sorted)
+}
+
+// list adds the message files of dir/sub to found by base name, unless
+// found has the base name already (cur/ is listed first, and wins over a
+// stale copy in new/).
+func list(found map[string]entry, dir, sub string) error {
+	f, err := os.Open(filepath.Join(dir, sub))
+	if err != nil {
+		return err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if name == "" || name[0] == '.' {
+			continue
+		}
+		base := baseName(name)
+		if _, dup := found[base]; dup {
+			continue
+		}
+		found[base] = entry{base: base, sub: sub, name: name}
+	}
+	return nil
+}
