@@ -98,10 +98,6 @@ func (s *session) throttle() bool {
 	return true
 }
 
-// ParseAge parses a non-negative duration that may be given in days ("90d")
-// as well as in Go's units ("36h"), as password ages are written.
-func ParseAge(v string) (time.Duration, bool) { return days.Parse(v) }
-
 // loginDelay is user's LOGIN-DELAY (RFC 2449 §6.5): the login_delay field in
 // seconds, or the server's.
 func (s *session) loginDelay(fields map[string]string) time.Duration {
@@ -134,7 +130,7 @@ func (s *session) admitUser(user string) bool {
 	}
 	maxAge := s.srv.cfg.PasswordMaxAge
 	if v, ok := f["password_max_age"]; ok {
-		if d, ok := ParseAge(v); ok {
+		if d, ok := days.Parse(v); ok {
 			maxAge = d
 		}
 	}

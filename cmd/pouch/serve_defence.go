@@ -19,6 +19,7 @@ import (
 
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/days"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/server"
 )
@@ -100,7 +101,7 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = d.maxConns, d.maxConnsPerIP, d.maxPerUser
 	cfg.LoginDelay = d.loginDelay
 	if d.passwordMaxAge != "" {
-		age, ok := server.ParseAge(d.passwordMaxAge)
+		age, ok := days.Parse(d.passwordMaxAge)
 		if !ok {
 			return closers, usageError("--password-max-age %q: use a duration like 90d or 2160h", d.passwordMaxAge)
 		}

@@ -170,13 +170,21 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 	return users, nil
 }
 
-// delivered is when the message of e arrived: the time at the start of its
-// Maildir name, or else its file's modification time.
-func (m *maildrop) delivered(e *entry) time.Time {
-	if sec, _ := arrival(e.base); sec < 1<<62-1 {
-		return time.Unix(sec, 0)
+// nameTime is the delivery time at the start of a Maildir base name, if it
+// has one.
+func nameTime(base string) (time.Time, bool) {
+	sec, _ := arrival(base)
+	return time.Unix(sec, 0), sec != 1<<62-1
+}
+
+// deliveredAt is when the message of e, in the Maildir dir, arrived: the
+// time in its name, or else its file's modification time (zero when neither
+// is known).
+func deliveredAt(dir string, e *entry) time.Time {
+	if t, ok := nameTime(e.base); ok {
+		return t
 	}
-	if fi, err := os.Stat(filepath.Join(m.dir, e.sub, e.name)); err == nil {
+	if fi, err := os.Stat(filepath.Join(dir, e.sub, e.name)); err == nil {
 		return fi.ModTime()
 	}
 	return time.Time{}
@@ -225,7 +233,8 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 		var doomed []int
 		for i := range m.entries {
 			e := &m.entries[i]
-			from := m.delivered(e)
+			delivered := deliveredAt(m.dir, e)
+			from := delivered
 			if p.FromRetrieval {
 				if e.seen == 0 {
 					continue
@@ -234,24 +243,23 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 			}
 			if !from.IsZero() && now.Sub(from) >= p.Expire {
 				doomed = append(doomed, i)
-				res.Expired = append(res.Expired, store.Removed{UID: m.messages[i].UID, Size: e.wire, Delivered: m.delivered(e)})
+				r := store.Removed{UID: m.messages[i].UID, Size: e.wire, Delivered: delivered}
+				if p.Window > 0 {
+					r.Deleted = now
+				}
+				res.Expired = append(res.Expired, r)
 			}
 		}
 		if len(doomed) > 0 {
 			if err := m.remove(doomed, p.Window > 0, now); err != nil {
 				return store.SweepResult{}, err
 			}
-			if p.Window > 0 {
-				for i := range res.Expired {
-					res.Expired[i].Deleted = now
-				}
-			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	held, err := m.holding()
+	held, err := listHolding(m.dir)
 	if err != nil {
 		return res, err
 	}
@@ -284,18 +292,15 @@ type heldFile struct {
 
 func (h heldFile) removed() store.Removed {
 	r := store.Removed{UID: uidOf(h.e.base), Size: h.e.wire, Deleted: h.at}
-	if sec, _ := arrival(h.e.base); sec < 1<<62-1 {
-		r.Delivered = time.Unix(sec, 0)
+	if t, ok := nameTime(h.e.base); ok {
+		r.Delivered = t
 	}
 	return r
 }
 
-// holding lists the holding area, oldest deletion first, with the sizes of
-// the messages (from their names, or by reading them).
-func (m *maildrop) holding() ([]heldFile, error) {
-	return listHolding(m.dir)
-}
-
+// listHolding lists the holding area of the Maildir dir, oldest deletion
+// first, with the sizes of the messages (from their names, or by reading
+// them).
 func listHolding(dir string) ([]heldFile, error) {
 	names, err := readNames(filepath.Join(dir, holdingDir))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -342,7 +347,7 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 	m := md.(*maildrop)
 	defer m.Close()
 	m.done = true
-	held, err := m.holding()
+	held, err := listHolding(m.dir)
 	if err != nil {
 		return nil, err
 	}
@@ -374,18 +379,18 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
-			return out, s.syncAfterRestore(m.dir, err)
+			return out, syncAfterRestore(m.dir, err)
 		}
 		r := h.removed()
 		r.UID = uidOf(baseName(name))
 		out = append(out, r)
 	}
-	return out, s.syncAfterRestore(m.dir, nil)
+	return out, syncAfterRestore(m.dir, nil)
 }
 
 // syncAfterRestore makes the moves of a restore durable; err, if not nil,
 // is the failure that stopped it.
-func (s *Store) syncAfterRestore(dir string, err error) error {
+func syncAfterRestore(dir string, err error) error {
 	for _, sub := range []string{"cur", "new", holdingDir} {
 		if e := syncDir(filepath.Join(dir, sub)); e != nil && err == nil && !errors.Is(e, fs.ErrNotExist) {
 			err = e
@@ -420,7 +425,6 @@ func (s *Store) Stats(ctx context.Context, user string) (store.Stats, error) {
 	for _, e := range idx {
 		known[e.base] = e
 	}
-	m := &maildrop{dir: dir}
 	for _, e := range scanned {
 		if err := ctx.Err(); err != nil {
 			return st, err
@@ -438,7 +442,7 @@ func (s *Store) Stats(ctx context.Context, user string) (store.Stats, error) {
 		if e.seen != 0 {
 			st.Retrieved++
 		}
-		if t := m.delivered(&e); !t.IsZero() {
+		if t := deliveredAt(dir, &e); !t.IsZero() {
 			if st.Oldest.IsZero() || t.Before(st.Oldest) {
 				st.Oldest = t
 			}
