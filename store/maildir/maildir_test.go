@@ -246,6 +246,16 @@ func crashHelper(root string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if os.Getenv("POUCH_CRASH_EXPIRE") != "" {
+		_, err := s.Sweep(context.Background(), "u", store.Policy{Expire: time.Nanosecond, Window: time.Hour}, time.Now())
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if os.Getenv("POUCH_CRASH_RESTORE") != "" {
+		_, err := s.Restore(context.Background(), "u", time.Time{}, os.Getenv("POUCH_CRASH_RESTORE") == "as-new")
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	md, err := s.Open(context.Background(), "u")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -381,6 +381,7 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 			}
 			return out, syncAfterRestore(m.dir, err)
 		}
+		crashpoint.Hit("maildir.restore.moved")
 		r := h.removed()
 		r.UID = uidOf(baseName(name))
 		out = append(out, r)

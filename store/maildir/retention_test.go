@@ -423,3 +423,63 @@ func TestRootCreatesFilesForTheOwner(t *testing.T) {
 		}
 	}
 }
+
+// A sweep killed after journaling its expiries: the next Open moves them
+// into the holding area as decided, and they can be restored.
+func TestCrashDuringExpiry(t *testing.T) {
+	root := t.TempDir()
+	s := New(root)
+	for i := range 3 {
+		s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i)))
+	}
+	all := uids(t, s)
+	for _, point := range []string{"maildir.commit.journaled", "maildir.commit.first-unlinked"} {
+		runCrash(t, root, point, "POUCH_CRASH_EXPIRE=1")
+		if got := uids(t, s); len(got) != 0 {
+			t.Fatalf("%s: %d messages left after the replay, want 0", point, len(got))
+		}
+		if st, _ := s.Stats(context.Background(), "u"); st.Held != 3 {
+			t.Fatalf("%s: %d held, want 3", point, st.Held)
+		}
+		if _, err := s.Restore(context.Background(), "u", time.Time{}, false); err != nil {
+			t.Fatal(err)
+		}
+		if got := uids(t, s); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(all))) {
+			t.Fatalf("%s: after restore %v, want %v", point, got, all)
+		}
+	}
+}
+
+// A restore killed after its first move leaves every message exactly once,
+// in the maildrop or in the holding area, and a second restore finishes it.
+func TestCrashDuringRestore(t *testing.T) {
+	for _, mode := range []string{"original", "as-new"} {
+		t.Run(mode, func(t *testing.T) {
+			root := t.TempDir()
+			s := New(root)
+			s.SetPolicy(policyOf(store.Policy{Window: time.Hour}))
+			for i := range 3 {
+				s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i)))
+			}
+			commit(t, s, 0, 1, 2)
+			runCrash(t, root, "maildir.restore.moved", "POUCH_CRASH_RESTORE="+mode)
+			st, _ := s.Stats(context.Background(), "u")
+			if st.Messages != 1 || st.Held != 2 {
+				t.Fatalf("after the crash: %d in the maildrop, %d held; want 1 and 2", st.Messages, st.Held)
+			}
+			r, err := s.Restore(context.Background(), "u", time.Time{}, mode == "as-new")
+			if err != nil || len(r) != 2 {
+				t.Fatalf("second restore: %v, %v", r, err)
+			}
+			m := openT(t, s, "u")
+			var bodies []string
+			for i := range m.Messages() {
+				bodies = append(bodies, body(t, m, i))
+			}
+			slices.Sort(bodies)
+			if strings.Join(bodies, "") != "m0\r\nm1\r\nm2\r\n" {
+				t.Fatalf("bodies after restore: %q", bodies)
+			}
+		})
+	}
+}
