@@ -25,14 +25,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/unixsock"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -42,8 +41,8 @@ const Version = 1
 const (
 	// idleTimeout bounds the wait for a request on an open connection.
 	idleTimeout = 60 * time.Second
-	// callTimeout bounds one request's work (a reload may fetch an OAuth
-	// key set) and the client's wait for its reply.
+	// callTimeout bounds the client's wait for a reply (a reload may fetch
+	// an OAuth key set) and the work of a mailbox-stats request.
 	callTimeout = 60 * time.Second
 	// writeTimeout bounds sending one reply.
 	writeTimeout = 10 * time.Second
@@ -152,34 +151,12 @@ func Listen(path string) (net.Listener, error) {
 	if len(path) > maxPath {
 		return nil, fmt.Errorf("admin socket %s: the path is %d octets, longer than a Unix socket allows (%d); choose a shorter one", path, len(path), maxPath)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("admin socket %s: the file exists and is not a socket", path)
-		}
-		c, err := net.DialTimeout("unix", path, 2*time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("admin socket %s: another pouch serve is running with this data directory", path)
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("admin socket %s: cannot tell whether another server uses it: %v", path, err)
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("admin socket %s: removing the stale socket: %v", path, err)
-		}
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("admin socket %s: another pouch serve is running with this data directory", path)
-		}
-		return nil, fmt.Errorf("admin socket: %v", err)
-	}
-	// Until this chmod the socket has the umask's mode; the peer check in
-	// Serve refuses other users all the same.
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("admin socket: %v", err)
+	l, err := unixsock.Listen(path, 0o600)
+	switch {
+	case errors.Is(err, unixsock.ErrInUse):
+		return nil, fmt.Errorf("admin socket %s: another pouch serve is running with this data directory", path)
+	case err != nil:
+		return nil, fmt.Errorf("admin socket %s: %v", path, err)
 	}
 	return l, nil
 }
@@ -299,8 +276,6 @@ func answer(ctx context.Context, line []byte, h Handler, log *slog.Logger) (rep 
 			rep = reply{Error: fmt.Sprintf("the %s request failed inside the server; see its log", req.Cmd)}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
 	switch req.Cmd {
 	case cmdWho:
 		sessions := h.Who()
@@ -325,6 +300,8 @@ func answer(ctx context.Context, line []byte, h Handler, log *slog.Logger) (rep 
 		if req.User == "" {
 			return reply{Error: "mailbox stats needs a user name"}
 		}
+		ctx, cancel := context.WithTimeout(ctx, callTimeout)
+		defer cancel()
 		st, err := h.MailboxStats(ctx, req.User)
 		if err != nil {
 			return reply{Error: err.Error()}

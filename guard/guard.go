@@ -378,12 +378,18 @@ func (g *Guard) Reload() error {
 	if g.cfg.StatePath == "" {
 		return nil
 	}
+	return g.load()
+}
+
+// load reads the state file and puts its bans in force, with the ones not
+// written yet.
+func (g *Guard) load() error {
 	bans, st, err := readBans(g.cfg.StatePath)
 	if err != nil {
 		return err
 	}
 	g.mu.Lock()
-	for k, v := range g.unsaved {
+	for k, v := range g.unsaved { // not written yet: keep them
 		bans[k] = v
 	}
 	g.bans, g.stamp, g.lastLoad = bans, st, time.Now()
@@ -410,16 +416,7 @@ func (g *Guard) reloadIfChanged() {
 	if err != nil || stampOf(fi) == stamp {
 		return
 	}
-	bans, st, err := readBans(g.cfg.StatePath)
-	if err != nil {
-		return
-	}
-	g.mu.Lock()
-	for k, v := range g.unsaved { // not written yet: keep them
-		bans[k] = v
-	}
-	g.bans, g.stamp = bans, st
-	g.mu.Unlock()
+	_ = g.load() // a file that cannot be read now keeps the bans in force
 }
 
 type stateFile struct {

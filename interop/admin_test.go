@@ -45,7 +45,9 @@ func adminPouch(t *testing.T, cred *syscall.Credential, args ...string) (stdout,
 	return out.String(), errb.String(), code
 }
 
-// adminSession is one session as pouch who --json lists it.
+// adminSession is one session as pouch who --json lists it, spelled out
+// here rather than taken from package admin so that the test pins the JSON
+// names that scripts read.
 type adminSession struct {
 	ID       string    `json:"id"`
 	User     string    `json:"user"`
@@ -242,7 +244,7 @@ func (l *loadClient) cmd(command, prefix string) (string, error) {
 	return line, nil
 }
 
-// session runs one whole session: login, STAT, RETR 1, QUIT.
+// loadSession runs one whole session: login, STAT, RETR 1, QUIT.
 func loadSession(addr, user, pass string) error {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/pouchmail/pouch/internal/unixsock"
 )
 
 // Config configures a Server. Zero durations and limits take the defaults.
@@ -327,25 +328,9 @@ func Listen(addr string) (net.Listener, error) {
 	if path == "" {
 		return nil, errors.New("unix: needs a socket path")
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%s: another server is listening on it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing the stale socket: %v", err)
-		}
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, 0o660)
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return l, nil
 }

@@ -21,6 +21,13 @@ type Sweeper struct {
 	Audit  *audit.Log       // every expiry and purge, one line per message
 }
 
+func (s *Sweeper) logger() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
+}
+
 // Summary counts what one sweep did.
 type Summary struct {
 	Users   int // maildrops swept
@@ -43,10 +50,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Summary, error) {
 	if s.Now != nil {
 		now = s.Now
 	}
-	log := s.Log
-	if log == nil {
-		log = slog.Default()
-	}
+	log := s.logger()
 	for _, user := range users {
 		if err := ctx.Err(); err != nil {
 			return sum, err
@@ -100,10 +104,7 @@ func stamp(t time.Time) string {
 
 // Run sweeps at once and then every interval until ctx is done.
 func (s *Sweeper) Run(ctx context.Context, every time.Duration) {
-	log := s.Log
-	if log == nil {
-		log = slog.Default()
-	}
+	log := s.logger()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -107,7 +107,7 @@ func (s *Server) Kick(target string) int {
 	var hits []hit
 	s.mu.Lock()
 	for sess := range s.sessions {
-		if sess.id == target || sess.op.user != "" && sess.op.user == target {
+		if sess.id == target || sess.op.user == target {
 			sess.op.kicked.Store(true)
 			hits = append(hits, hit{sess, sess.op.user})
 		}

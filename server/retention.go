@@ -19,7 +19,7 @@ type Retention interface {
 }
 
 const (
-	retrievedAny   uint8 = 1 << iota // sent with RETR or TOP
+	retrievedTop   uint8 = 1 << iota // sent with TOP
 	retrievedWhole                   // sent with RETR
 )
 

@@ -708,7 +708,7 @@ func (s *session) cmdRETR(cmd pop3.Command) {
 	}
 	if s.send(i, -1, fmt.Sprintf("%d octets", s.msgs[i].Size)) {
 		s.retrs++
-		s.retrieved[i] |= retrievedWhole | retrievedAny
+		s.retrieved[i] |= retrievedWhole
 	}
 }
 
@@ -727,7 +727,7 @@ func (s *session) cmdTOP(cmd pop3.Command) {
 		return
 	}
 	if s.send(i, int(lines), "top of message follows") {
-		s.retrieved[i] |= retrievedAny
+		s.retrieved[i] |= retrievedTop
 	}
 }
 

@@ -11,9 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -56,12 +54,10 @@ func (a *adminSocket) openAs(runAs string) error {
 	if _, err := os.Stat(filepath.Dir(a.path)); err != nil {
 		return nil
 	}
-	u, err := user.Lookup(runAs)
+	uid, gid, err := lookupRunAs(runAs)
 	if err != nil {
-		return fmt.Errorf("--run-as: %v", err)
+		return err
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
 	if err := a.open(); err != nil {
 		return err
 	}
@@ -192,8 +188,13 @@ func (f *adminFlags) path(fs *flag.FlagSet) (string, error) {
 // errAdminOff says that the server was configured without an admin socket.
 var errAdminOff = errors.New(`the admin socket is off (admin-socket = "off"); turn it on to talk to the running server`)
 
-// dial connects to the running server, or says in one sentence why not.
-func (f *adminFlags) dial(name, path string) (*admin.Client, error) {
+// connect connects to the running server, or says in one sentence, after
+// the command's name, why not.
+func (f *adminFlags) connect(name string, fs *flag.FlagSet) (*admin.Client, error) {
+	path, err := f.path(fs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
 	c, err := admin.Dial(path)
 	if errors.Is(err, admin.ErrNoServer) {
 		where := f.data
@@ -206,16 +207,6 @@ func (f *adminFlags) dial(name, path string) (*admin.Client, error) {
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	return c, nil
-}
-
-// parseAdmin parses an operator command's flags and returns its arguments.
-func parseAdmin(fs *flag.FlagSet, usage string, args []string, stderr io.Writer) ([]string, error) {
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
-	return parseInterleaved(fs, args)
 }
 
 const whoUsage = `Usage: pouch who [--data DIR] [--json]
@@ -237,18 +228,14 @@ func runWho(args []string, stdout, stderr io.Writer) error {
 	var af adminFlags
 	af.register(fs)
 	asJSON := fs.Bool("json", false, "print the sessions as a JSON array, for scripts")
-	pos, err := parseAdmin(fs, whoUsage, args, stderr)
+	pos, err := parseCommand(fs, whoUsage, args, stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return usageError("who takes no arguments, got %q", pos[0])
 	}
-	path, err := af.path(fs)
-	if err != nil {
-		return fmt.Errorf("who: %v", err)
-	}
-	c, err := af.dial("who", path)
+	c, err := af.connect("who", fs)
 	if err != nil {
 		return err
 	}
@@ -299,18 +286,14 @@ func runKick(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch kick", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
-	pos, err := parseAdmin(fs, kickUsage, args, stderr)
+	pos, err := parseCommand(fs, kickUsage, args, stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || pos[0] == "" {
 		return usageError("kick takes one user name or session id")
 	}
-	path, err := af.path(fs)
-	if err != nil {
-		return fmt.Errorf("kick: %v", err)
-	}
-	c, err := af.dial("kick", path)
+	c, err := af.connect("kick", fs)
 	if err != nil {
 		return err
 	}
@@ -347,18 +330,14 @@ func runReload(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch reload", flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
-	pos, err := parseAdmin(fs, reloadUsage, args, stderr)
+	pos, err := parseCommand(fs, reloadUsage, args, stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return usageError("reload takes no arguments, got %q", pos[0])
 	}
-	path, err := af.path(fs)
-	if err != nil {
-		return fmt.Errorf("reload: %v", err)
-	}
-	c, err := af.dial("reload", path)
+	c, err := af.connect("reload", fs)
 	if err != nil {
 		return err
 	}
@@ -389,7 +368,7 @@ func mailboxStats(args []string, stdout, stderr io.Writer) error {
 	var af adminFlags
 	af.register(fs)
 	asJSON := fs.Bool("json", false, "print the statistics as JSON, for scripts")
-	pos, err := parseAdmin(fs, mailboxStatsUsage, args, stderr)
+	pos, err := parseCommand(fs, mailboxStatsUsage, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -401,25 +380,12 @@ func mailboxStats(args []string, stdout, stderr io.Writer) error {
 	if err != nil && !errors.Is(err, errAdminOff) {
 		return fmt.Errorf("mailbox stats: %v", err)
 	}
-	var st store.Stats
-	var c *admin.Client
-	if path == "" {
-		err = admin.ErrNoServer
-	} else {
-		c, err = admin.Dial(path)
-	}
-	switch {
-	case err == nil:
-		defer c.Close()
-		if st, err = c.MailboxStats(user); err != nil {
-			return fmt.Errorf("mailbox stats: %v", err)
-		}
-	case errors.Is(err, admin.ErrNoServer):
+	st, err := serverStats(path, user)
+	if errors.Is(err, admin.ErrNoServer) {
 		// No server: read the Maildir directly.
-		if st, err = storeStats(context.Background(), maildir.New(filepath.Join(af.data, "mail")), user); err != nil {
-			return fmt.Errorf("mailbox stats: %v", err)
-		}
-	default:
+		st, err = storeStats(context.Background(), maildir.New(filepath.Join(af.data, "mail")), user)
+	}
+	if err != nil {
 		return fmt.Errorf("mailbox stats: %v", err)
 	}
 	if *asJSON {
@@ -429,6 +395,21 @@ func mailboxStats(args []string, stdout, stderr io.Writer) error {
 	}
 	printStats(stdout, user, st)
 	return nil
+}
+
+// serverStats asks the server on the admin socket at path ("" when it is
+// off) to describe user's maildrop; its error wraps admin.ErrNoServer when
+// no server answers there.
+func serverStats(path, user string) (store.Stats, error) {
+	if path == "" {
+		return store.Stats{}, admin.ErrNoServer
+	}
+	c, err := admin.Dial(path)
+	if err != nil {
+		return store.Stats{}, err
+	}
+	defer c.Close()
+	return c.MailboxStats(user)
 }
 
 func printStats(w io.Writer, user string, st store.Stats) {

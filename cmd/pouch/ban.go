@@ -26,15 +26,10 @@ Flags:
 
 func runBan(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch ban", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data := fs.String("data", "./pouch-data", "data `directory`")
 	length := fs.Duration("for", 0, "how `long` the ban lasts (default: until removed)")
 	reason := fs.String("reason", "banned by hand", "why, for the list and the audit log")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, banUsage)
-		fs.PrintDefaults()
-	}
-	pos, err := parseInterleaved(fs, args)
+	pos, err := parseCommand(fs, banUsage, args, stderr)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -55,7 +56,6 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 		return mailboxStats(args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("pouch mailbox", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data := fs.String("data", "./pouch-data", "data `directory` (mail in DIR/mail/USER)")
 	since := fs.String("since", "", "restore: only messages deleted at or after this `time` (2026-11-20, 2026-11-20T15:04:05Z, or an age like 48h or 7d)")
 	asNew := fs.Bool("as-new", false, "restore: give the messages new UIDLs, so that clients download them again")
@@ -63,11 +63,7 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 	expire := fs.String("expire", "", "policy: remove the user's messages this `long` after delivery (or retrieval), \"never\", 0, or \"default\"")
 	expireFrom := fs.String("expire-from", "", "policy: `delivery`, retrieval, or \"default\"")
 	window := fs.String("deletion-window", "", "policy: keep the user's deleted messages restorable this `long`, or \"default\"")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, mailboxUsage)
-		fs.PrintDefaults()
-	}
-	pos, err := parseInterleaved(fs, args)
+	pos, err := parseCommand(fs, mailboxUsage, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -105,7 +101,7 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 		return mailboxRestore(ctx, mail, *data, user, from, *asNew, stdout, stderr)
 	case "hold", "release":
 		h := store.Hold{Set: action == "hold", Reason: *reason}
-		if err := mailboxExists(mail, *data, user); err != nil && action == "release" {
+		if err := mailboxExists(*data, user); err != nil && action == "release" {
 			return fmt.Errorf("mailbox release: %v", err)
 		}
 		before, err := mail.Hold(ctx, user)
@@ -138,15 +134,9 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 }
 
 // mailboxExists says whether user has a maildrop or a line in the users file.
-func mailboxExists(mail *maildir.Store, data, user string) error {
-	users, err := mail.Users(context.Background())
-	if err != nil {
-		return err
-	}
-	for _, u := range users {
-		if u == user {
-			return nil
-		}
+func mailboxExists(data, user string) error {
+	if fi, err := os.Stat(filepath.Join(data, "mail", user, "cur")); err == nil && fi.IsDir() {
+		return nil
 	}
 	if ok, err := userExists(filepath.Join(data, "users"), user); err == nil && ok {
 		return nil
@@ -178,7 +168,7 @@ func parseSince(v string, now time.Time) (time.Time, error) {
 }
 
 func mailboxRestore(ctx context.Context, mail *maildir.Store, data, user string, since time.Time, asNew bool, stdout, stderr io.Writer) error {
-	if err := mailboxExists(mail, data, user); err != nil {
+	if err := mailboxExists(data, user); err != nil {
 		return fmt.Errorf("mailbox restore: %v", err)
 	}
 	restored, err := mail.Restore(ctx, user, since, asNew)

@@ -108,6 +108,17 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 }
 
+// parseCommand sets up a subcommand's flag set to report to stderr and
+// print usage and the flags for --help, then parses args (parseInterleaved).
+func parseCommand(fs *flag.FlagSet, usage string, args []string, stderr io.Writer) ([]string, error) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	return parseInterleaved(fs, args)
+}
+
 // parseInterleaved parses flags that may come before, between or after the
 // positional arguments, and returns the positional arguments.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {

@@ -152,12 +152,10 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready fu
 // dropPrivileges switches to the named user (and its primary group) after the
 // privileged ports are bound.
 func dropPrivileges(name string) error {
-	u, err := user.Lookup(name)
+	uid, gid, err := lookupRunAs(name)
 	if err != nil {
-		return fmt.Errorf("--run-as: %v", err)
+		return err
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
 	if os.Geteuid() != 0 {
 		if os.Geteuid() == uid {
 			return nil
@@ -238,4 +236,15 @@ func loadSecretKey(data string) ([]byte, error) {
 		return nil, fmt.Errorf("secret key: %v", err)
 	}
 	return key, nil
+}
+
+// lookupRunAs returns the uid and gid of the --run-as user.
+func lookupRunAs(name string) (uid, gid int, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--run-as: %v", err)
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid, nil
 }

@@ -40,14 +40,9 @@ Flags:
 
 func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch user", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	data := fs.String("data", "./pouch-data", "data `directory` holding the users file")
 	breachedList := fs.String("breached-passwords", "", "refuse passwords listed in this `file` (passwords or SHA-1 hashes, one per line)")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, userUsage)
-		fs.PrintDefaults()
-	}
-	pos, err := parseInterleaved(fs, args)
+	pos, err := parseCommand(fs, userUsage, args, stderr)
 	if err != nil {
 		return err
 	}
