@@ -8,10 +8,9 @@ import (
 // A Stuffer turns a message as stored (LF or CRLF line ends, in any mix)
 // into the body of a multi-line response (RFC 1939 §3) one block at a time:
 // every LF not preceded by CR becomes CRLF, a "." is added before every line
-// that starts with ".", and End gives the end of the response. This is the
-// conversion a DotWriter makes, for callers that move the blocks themselves,
-// such as a server that sends blocks needing no change straight from a file.
-// The zero value is at the start of a body.
+// that starts with ".", and End gives the end of the response. DotWriter and
+// WriteBody convert with it; callers that move the blocks themselves use it
+// directly. The zero value is at the start of a body.
 type Stuffer struct {
 	mid  bool  // inside a line: the next octet does not start one
 	cr   bool  // the last octet was CR
@@ -22,73 +21,58 @@ type Stuffer struct {
 // (no LF without CR before it, no line starting with "."), and moves past
 // that prefix as Stuff would have. The rest of p, if any, starts where an
 // octet must be added.
-func (s *Stuffer) Clean(p []byte) int {
-	mid, cr := s.mid, s.cr
-	i := 0
-	for i < len(p) {
-		if !mid && p[i] == '.' {
-			break
-		}
-		j := bytes.IndexByte(p[i:], '\n')
-		if j < 0 {
-			mid, cr = true, p[len(p)-1] == '\r'
-			i = len(p)
-			break
-		}
-		j += i
-		if !(j > 0 && p[j-1] == '\r' || j == 0 && cr) {
-			// A bare LF: the prefix ends before it.
-			if j > i {
-				mid = true
-			}
-			cr = false
-			i = j
-			break
-		}
-		mid, cr = false, false
-		i = j + 1
-	}
-	s.mid, s.cr = mid, cr
-	s.wire += int64(i)
-	return i
-}
+func (s *Stuffer) Clean(p []byte) int { return s.convert(nil, p) }
 
 // Stuff writes the converted form of src to the front of dst and returns its
 // length, at most 2*len(src). dst must have room for that; it may share memory
 // with src if it starts at least len(src) octets before src, so that a block
 // read into the second half of a buffer can be converted into its front.
-func (s *Stuffer) Stuff(dst, src []byte) int {
-	out := 0
-	for len(src) > 0 {
-		if !s.mid && src[0] == '.' {
+func (s *Stuffer) Stuff(dst, src []byte) int { return s.convert(dst, src) }
+
+// convert is Stuff, or with dst nil, Clean. Runs that pass unchanged are
+// copied whole, where an octet is added or at the end.
+func (s *Stuffer) convert(dst, src []byte) int {
+	out, run := 0, 0 // src[run:i] passes unchanged and is not in dst yet
+	i := 0
+	for i < len(src) {
+		if !s.mid && src[i] == '.' {
+			if dst == nil {
+				break
+			}
+			out += copy(dst[out:], src[run:i])
 			dst[out] = '.'
 			out++
+			run = i // the "." itself starts the next run
 		}
-		s.mid = true
-		i := bytes.IndexByte(src, '\n')
-		if i < 0 {
-			out += copy(dst[out:], src)
-			s.cr = src[len(src)-1] == '\r'
-			s.wire += int64(len(src))
+		j := bytes.IndexByte(src[i:], '\n')
+		if j < 0 {
+			s.mid, s.cr = true, src[len(src)-1] == '\r'
+			i = len(src)
 			break
 		}
-		cr := s.cr
-		if i > 0 {
-			cr = src[i-1] == '\r'
-		}
-		out += copy(dst[out:], src[:i])
-		if !cr {
+		j += i
+		if !(j > 0 && src[j-1] == '\r' || j == 0 && s.cr) {
+			// A bare LF: CR goes before it.
+			if dst == nil { // the clean prefix ends before it
+				s.mid = s.mid || j > i
+				s.cr = false
+				i = j
+				break
+			}
+			out += copy(dst[out:], src[run:j])
 			dst[out] = '\r'
 			out++
 			s.wire++
+			run = j // the LF itself starts the next run
 		}
-		dst[out] = '\n'
-		out++
-		s.wire += int64(i) + 1
 		s.mid, s.cr = false, false
-		src = src[i+1:]
+		i = j + 1
 	}
-	return out
+	s.wire += int64(i)
+	if dst == nil {
+		return i
+	}
+	return out + copy(dst[out:], src[run:])
 }
 
 // End returns what ends the response after the last block: CRLF ending an

@@ -29,74 +29,49 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// writeBody writes "+OK" and x through WriteBody with a work buffer of
-// bufSize octets and reads of the sizes next returns.
-func writeBody(t testing.TB, x []byte, bufSize int, next func() int) []byte {
-	t.Helper()
-	var wire bytes.Buffer
-	w := pop3.NewWriter(&wire)
-	w.OK("")
-	n, err := w.WriteBody(&chunkReader{x, next}, make([]byte, bufSize))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := int64(len(canonical(x))); n != want {
-		t.Fatalf("WriteBody of %s = %d, want %d", abbrev(x), n, want)
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	got, ok := bytes.CutPrefix(wire.Bytes(), []byte("+OK\r\n"))
-	if !ok {
-		t.Fatalf("status line lost or out of order: %s", abbrev(wire.Bytes()))
-	}
-	return got
-}
-
+// checkWriteBody writes "+OK" and x with a work buffer of bufSize octets and
+// reads of the sizes next returns, through WriteBody and then through
+// WriteBodyFunc with a BlockSender that writes the unchanged blocks itself
+// from x, as sendfile would from the file, and every third time declines.
 func checkWriteBody(t testing.TB, x []byte, bufSize int, next func() int) {
 	t.Helper()
-	if got, want := writeBody(t, x, bufSize, next), stuffed(x); !bytes.Equal(got, want) {
-		t.Fatalf("WriteBody (buffer %d) of %s\n got %s\nwant %s", bufSize, abbrev(x), abbrev(got), abbrev(want))
-	}
-	if got, want := writeBodyFunc(t, x, bufSize, next), stuffed(x); !bytes.Equal(got, want) {
-		t.Fatalf("WriteBodyFunc (buffer %d) of %s\n got %s\nwant %s", bufSize, abbrev(x), abbrev(got), abbrev(want))
-	}
-}
-
-// writeBodyFunc is writeBody through WriteBodyFunc with a BlockSender that
-// writes the unchanged blocks itself from x, as sendfile would from the
-// file, and every third time declines.
-func writeBodyFunc(t testing.TB, x []byte, bufSize int, next func() int) []byte {
-	t.Helper()
-	var wire bytes.Buffer
-	w := pop3.NewWriter(&wire)
-	w.OK("")
-	calls := 0
-	send := func(off int64, n int) (bool, error) {
-		if calls++; calls%3 == 0 {
-			return false, nil
+	for _, sender := range []bool{false, true} {
+		var wire bytes.Buffer
+		w := pop3.NewWriter(&wire)
+		w.OK("")
+		name, body := "WriteBody", w.WriteBody
+		if sender {
+			calls := 0
+			send := func(off int64, n int) (bool, error) {
+				if calls++; calls%3 == 0 {
+					return false, nil
+				}
+				if off < 0 || off+int64(n) > int64(len(x)) || w.Buffered() != 0 {
+					t.Fatalf("send(%d, %d) of %d octets, %d buffered", off, n, len(x), w.Buffered())
+				}
+				wire.Write(x[off : off+int64(n)])
+				return true, nil
+			}
+			name, body = "WriteBodyFunc", func(r io.Reader, buf []byte) (int64, error) { return w.WriteBodyFunc(r, buf, send) }
 		}
-		if off < 0 || off+int64(n) > int64(len(x)) || w.Buffered() != 0 {
-			t.Fatalf("send(%d, %d) of %d octets, %d buffered", off, n, len(x), w.Buffered())
+		n, err := body(&chunkReader{x, next}, make([]byte, bufSize))
+		if err != nil {
+			t.Fatal(err)
 		}
-		wire.Write(x[off : off+int64(n)])
-		return true, nil
+		if want := int64(len(canonical(x))); n != want {
+			t.Fatalf("%s of %s = %d, want %d", name, abbrev(x), n, want)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := bytes.CutPrefix(wire.Bytes(), []byte("+OK\r\n"))
+		if !ok {
+			t.Fatalf("status line lost or out of order: %s", abbrev(wire.Bytes()))
+		}
+		if want := stuffed(x); !bytes.Equal(got, want) {
+			t.Fatalf("%s (buffer %d) of %s\n got %s\nwant %s", name, bufSize, abbrev(x), abbrev(got), abbrev(want))
+		}
 	}
-	n, err := w.WriteBodyFunc(&chunkReader{x, next}, make([]byte, bufSize), send)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := int64(len(canonical(x))); n != want {
-		t.Fatalf("WriteBodyFunc of %s = %d, want %d", abbrev(x), n, want)
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	got, ok := bytes.CutPrefix(wire.Bytes(), []byte("+OK\r\n"))
-	if !ok {
-		t.Fatalf("status line lost or out of order: %s", abbrev(wire.Bytes()))
-	}
-	return got
 }
 
 // stuffBlocks runs x through a Stuffer in blocks of the sizes next returns,
@@ -157,18 +132,24 @@ func TestWriteBodyBoundaries(t *testing.T) {
 	}
 }
 
+// checkStuffer checks the body and Wire that stuffBlocks gives for x.
+func checkStuffer(t testing.TB, x []byte, next func() int, clean bool) {
+	t.Helper()
+	got, wire := stuffBlocks(x, next, clean)
+	if want := stuffed(x); !bytes.Equal(got, want) {
+		t.Fatalf("Stuffer (clean %v) of %s\n got %s\nwant %s", clean, abbrev(x), abbrev(got), abbrev(want))
+	}
+	if want := int64(len(canonical(x))); wire != want {
+		t.Fatalf("Wire of %s = %d, want %d", abbrev(x), wire, want)
+	}
+}
+
 func TestStufferBlocks(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for range 3000 {
 		x := randomBody(rng)
 		for _, clean := range []bool{false, true} {
-			got, wire := stuffBlocks(x, func() int { return 1 + rng.IntN(9) }, clean)
-			if want := stuffed(x); !bytes.Equal(got, want) {
-				t.Fatalf("Stuffer (clean %v) of %s\n got %s\nwant %s", clean, abbrev(x), abbrev(got), abbrev(want))
-			}
-			if want := int64(len(canonical(x))); wire != want {
-				t.Fatalf("Wire of %s = %d, want %d", abbrev(x), wire, want)
-			}
+			checkStuffer(t, x, func() int { return 1 + rng.IntN(9) }, clean)
 		}
 	}
 }
@@ -312,12 +293,6 @@ func FuzzWriteBody(f *testing.F) {
 		rng := rand.New(rand.NewPCG(uint64(seed), 0))
 		next := func() int { return 1 + rng.IntN(int(seed)+1) }
 		checkWriteBody(t, x, 64+int(buf), next)
-		got, wire := stuffBlocks(x, next, seed%2 == 0)
-		if want := stuffed(x); !bytes.Equal(got, want) {
-			t.Fatalf("Stuffer of %s\n got %s\nwant %s", abbrev(x), abbrev(got), abbrev(want))
-		}
-		if want := int64(len(canonical(x))); wire != want {
-			t.Fatalf("Wire of %s = %d, want %d", abbrev(x), wire, want)
-		}
+		checkStuffer(t, x, next, seed%2 == 0)
 	})
 }

@@ -2,7 +2,6 @@ package pop3
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"strings"
 	"sync"
@@ -144,62 +143,38 @@ func (w *Writer) Buffered() int {
 // ".\r\n" but does not flush. No other Writer method may be called until
 // Close; the returned writer is valid until the next DotWriter call.
 func (w *Writer) DotWriter() io.WriteCloser {
-	w.dot = dotWriter{bw: w.bw(), bol: true, open: true}
+	w.dot = dotWriter{bw: w.bw(), open: true}
 	return &w.dot
 }
 
 type dotWriter struct {
 	bw     *bufio.Writer
+	st     Stuffer
 	open   bool // between DotWriter and Close: Flush keeps the buffer
-	bol    bool // the next octet starts a line
-	cr     bool // the last octet written was CR
 	closed bool
 }
 
-// Write writes p in runs between the places where an octet must be added: a
-// CR before a bare LF, or a "." at the start of a line beginning with ".".
+// Write converts p with a Stuffer straight into the free space of the
+// buffer, as much at a time as fits even if every octet needs another.
 func (d *dotWriter) Write(p []byte) (int, error) {
 	if d.closed {
 		return 0, errClosed
 	}
-	start := 0 // start of the run not yet written
-	for i := 0; i < len(p); {
-		if d.bol && p[i] == '.' {
-			if err := d.flushRun(p[start:i], "."); err != nil {
-				return start, err
+	for done := 0; done < len(p); {
+		if d.bw.Available() < 2 {
+			if err := d.bw.Flush(); err != nil {
+				return done, err
 			}
-			start = i // the original "." begins the next run
 		}
-		d.bol = false
-		j := bytes.IndexByte(p[i:], '\n')
-		if j < 0 {
-			break
+		n := min(len(p)-done, d.bw.Available()/2)
+		free := d.bw.AvailableBuffer()
+		free = free[:d.st.Stuff(free[:cap(free)], p[done:done+n])]
+		if _, err := d.bw.Write(free); err != nil {
+			return done, err
 		}
-		j += i
-		if !((j > 0 && p[j-1] == '\r') || (j == 0 && d.cr)) {
-			if err := d.flushRun(p[start:j], "\r\n"); err != nil {
-				return start, err
-			}
-			start = j + 1
-		}
-		d.cr = false
-		d.bol = true
-		i = j + 1
-	}
-	if start < len(p) {
-		if _, err := d.bw.Write(p[start:]); err != nil {
-			return start, err
-		}
-		d.cr = p[len(p)-1] == '\r'
+		done += n
 	}
 	return len(p), nil
-}
-
-// flushRun writes run followed by extra.
-func (d *dotWriter) flushRun(run []byte, extra string) error {
-	d.bw.Write(run)
-	_, err := d.bw.WriteString(extra)
-	return err
 }
 
 // Close ends the last line with CRLF unless the body is empty or already
@@ -211,10 +186,7 @@ func (d *dotWriter) Close() error {
 	}
 	d.closed = true
 	d.open = false
-	if !d.bol {
-		d.bw.WriteString("\r\n")
-	}
-	_, err := d.bw.WriteString(".\r\n")
+	_, err := d.bw.WriteString(d.st.End())
 	return err
 }
 

@@ -56,22 +56,12 @@ func (s *session) fileSender(fd int) pop3.BlockSender {
 			}
 			return true
 		}
-		var err error
-		for {
-			// The session's inactivity timeout, renewed as long as the
-			// client takes some of the block within each (as deadlineConn
-			// does for writes).
-			if err = tcp.SetWriteDeadline(s.dc.deadline()); err != nil {
-				break
-			}
+		// The session's inactivity timeout, renewed as for any write.
+		err := s.dc.renewing(func() (bool, bool, error) {
 			before := sent
-			err = rc.Write(send)
-			var ne net.Error
-			if sent > before && left > 0 && errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			break
-		}
+			err := rc.Write(send)
+			return sent > before, left > 0, err
+		})
 		count(int64(sent))
 		sendfileOctets.Add(int64(sent))
 		if err == nil {

@@ -2,6 +2,7 @@ package maildir
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -29,11 +30,7 @@ func settle(t *testing.T) {
 func openListed(t *testing.T, s *Store, user string) (store.Maildrop, int) {
 	t.Helper()
 	before := listings.Load()
-	m, err := s.Open(context.Background(), user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
+	m := openT(t, s, user)
 	return m, int(listings.Load() - before)
 }
 
@@ -251,6 +248,14 @@ func TestIndexFormats(t *testing.T) {
 	}
 }
 
+// compareArrival is the order sortArrival sorts in, comparing one pair of
+// names at a time.
+func compareArrival(a, b entry) int {
+	as, au := arrival(a.base)
+	bs, bu := arrival(b.base)
+	return cmp.Or(cmp.Compare(as, bs), cmp.Compare(au, bu), strings.Compare(a.base, b.base))
+}
+
 func TestSortArrival(t *testing.T) {
 	names := []string{"1700000000.M1P1.a", "1700000000.M2P1.a", "1700000000.M10P1.a", "1700000000.P1.b",
 		"1700000000.P1.a", "x", "", "1600000000.M5P1.z", "1700000000.M1P1.0", "99.M1", "99", "-5.M3"}
@@ -342,39 +347,33 @@ func BenchmarkOpen(b *testing.B) {
 		// The directories must look settled for the index to be trusted.
 		time.Sleep(2100 * time.Millisecond)
 		openCount(b, s, user, n)
-		b.Run(fmt.Sprintf("unchanged-%dk", n/1000), func(b *testing.B) {
-			for b.Loop() {
-				openCount(b, s, user, n)
-			}
-		})
-		b.Run(fmt.Sprintf("noindex-%dk", n/1000), func(b *testing.B) {
-			index := filepath.Join(s.root, user, indexFile)
-			for b.Loop() {
-				b.StopTimer()
-				os.Remove(index)
-				b.StartTimer()
-				openCount(b, s, user, n)
-			}
-		})
-		b.Run(fmt.Sprintf("delivery-%dk", n/1000), func(b *testing.B) {
-			tmp := filepath.Join(s.root, user, "new", ".touch")
-			for b.Loop() {
-				b.StopTimer()
+		index := filepath.Join(s.root, user, indexFile)
+		touch := func(sub string) func() {
+			tmp := filepath.Join(s.root, user, sub, ".touch")
+			return func() {
 				os.WriteFile(tmp, nil, 0o600)
 				os.Remove(tmp)
-				b.StartTimer()
-				openCount(b, s, user, n)
 			}
-		})
-		b.Run(fmt.Sprintf("changed-%dk", n/1000), func(b *testing.B) {
-			tmp := filepath.Join(s.root, user, "cur", ".touch")
-			for b.Loop() {
-				b.StopTimer()
-				os.WriteFile(tmp, nil, 0o600)
-				os.Remove(tmp)
-				b.StartTimer()
-				openCount(b, s, user, n)
-			}
-		})
+		}
+		for _, c := range []struct {
+			name   string
+			before func() // untimed, before every Open
+		}{
+			{"unchanged", nil},
+			{"noindex", func() { os.Remove(index) }},
+			{"delivery", touch("new")},
+			{"changed", touch("cur")},
+		} {
+			b.Run(fmt.Sprintf("%s-%dk", c.name, n/1000), func(b *testing.B) {
+				for b.Loop() {
+					if c.before != nil {
+						b.StopTimer()
+						c.before()
+						b.StartTimer()
+					}
+					openCount(b, s, user, n)
+				}
+			})
+		}
 	}
 }

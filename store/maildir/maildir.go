@@ -361,30 +361,6 @@ func sizeOf(dir string, e *entry) error {
 	return err
 }
 
-// compareArrival orders message files by the delivery time at the start of
-// their names ("SECONDS.M<usec>..."), then by name.
-func compareArrival(a, b entry) int {
-	as, au := arrival(a.base)
-	bs, bu := arrival(b.base)
-	if as != bs {
-		return cmpInt(as, bs)
-	}
-	if au != bu {
-		return cmpInt(au, bu)
-	}
-	return strings.Compare(a.base, b.base)
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // arrival parses "SECONDS.M<usec>" or "SECONDS.<anything>" from a base name.
 func arrival(base string) (sec, usec int64) {
 	head, rest, _ := strings.Cut(base, ".")
@@ -488,7 +464,7 @@ func (r readCloser) Stored() io.Reader { return r.f }
 
 // relocate finds e's file again by its base name.
 func (m *maildrop) relocate(e *entry) bool {
-	for _, sub := range []string{"cur", "new"} {
+	for _, sub := range subdirs {
 		names, err := readNames(filepath.Join(m.dir, sub))
 		if err != nil {
 			continue

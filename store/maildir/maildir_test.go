@@ -344,34 +344,3 @@ func TestLockReleasedWhenProcessDies(t *testing.T) {
 	}
 	m.Close()
 }
-
-func BenchmarkOpen100k(b *testing.B) {
-	root := b.TempDir()
-	dir := filepath.Join(root, "u")
-	if err := ensure(dir); err != nil {
-		b.Fatal(err)
-	}
-	for i := range 100_000 {
-		name := fmt.Sprintf("%d.M%dP1Q%d.bench,S=1000,W=1020", 1700000000+i/100, i%100, i)
-		if err := os.WriteFile(filepath.Join(dir, "cur", name+":2,S"), nil, 0o600); err != nil {
-			b.Fatal(err)
-		}
-	}
-	s := New(root)
-	m, err := s.Open(context.Background(), "u") // builds the index
-	if err != nil {
-		b.Fatal(err)
-	}
-	m.Close()
-	b.ResetTimer()
-	for b.Loop() {
-		m, err := s.Open(context.Background(), "u")
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(m.Messages()) != 100_000 {
-			b.Fatal("wrong count")
-		}
-		m.Close()
-	}
-}
