@@ -3,14 +3,19 @@
 # through a proxy adding DELAY each way, keeping mail on the server and
 # storing to Maildir. Needs root (for Dovecot) and mpop, fetchmail, getmail6.
 #   bench/fetch-bench.sh [N=2000] [DELAY=20ms] [CLIENTS="pouch mpop getmail fetchmail"]
+# The clients write under TMPDIR (/tmp). Dovecot's Maildir stands for another
+# machine's disk, so it lives apart, under SERVER_TMPDIR (/dev/shm when it
+# exists): the server's own writes then do not add to the clients' fsyncs.
 set -eu
 N=${1:-${N:-2000}}; DELAY=${DELAY:-20ms}
 CLIENTS=${CLIENTS:-"pouch mpop getmail fetchmail"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d /tmp/pouch-bench-XXXX); chmod 755 $W
-export DIR=$W/dv PORT=${PORT:-11210}
+W=$(mktemp -d "${TMPDIR:-/tmp}/pouch-bench-XXXX"); chmod 755 $W
+[ -d /dev/shm ] && [ -w /dev/shm ] && SERVER_TMPDIR=${SERVER_TMPDIR:-/dev/shm}
+SW=$(mktemp -d "${SERVER_TMPDIR:-${TMPDIR:-/tmp}}/pouch-bench-server-XXXX"); chmod 755 $SW
+export DIR=$SW/dv PORT=${PORT:-11210}
 PPORT=$((PORT+1))
-cleanup() { "$ROOT/../shared/tools/dovecot-peer.sh" stop >/dev/null 2>&1 || /work/shared/tools/dovecot-peer.sh stop; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null; rm -rf $W; }
+cleanup() { "$ROOT/../shared/tools/dovecot-peer.sh" stop >/dev/null 2>&1 || /work/shared/tools/dovecot-peer.sh stop; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null; rm -rf $W $SW; }
 trap cleanup EXIT
 PEER=/work/shared/tools/dovecot-peer.sh
 mkdir -p $DIR/mail/alice/{new,cur,tmp}
@@ -27,12 +32,17 @@ echo secret > $W/pw
 count() { ls $1/new $1/cur 2>/dev/null | grep -c bench\\\|P || true; }
 run() { # name command...
   local name=$1; shift
+  sync # each client starts with nothing of the set-up or of the last client left to write
   local s=$(date +%s.%N)
   "$@" >$W/$name.log 2>&1 || { echo "$name failed:"; tail -5 $W/$name.log; }
   local e=$(date +%s.%N)
   local n=$(find $W/$name-mail/new $W/$name-mail/cur -type f 2>/dev/null | wc -l)
   printf '%-10s %8.2f s  %5d messages\n' $name $(echo "$e - $s" | bc) $n
 }
+# Dovecot builds its index on the first login, reading every message for
+# its size: do that once here, so that no client pays for it.
+$W/pouch fetch --server 127.0.0.1:$PORT --tls none --user alice --password-file $W/pw \
+  --dry-run --keep forever --state-dir $W/warm-state -q
 echo "N=$N messages, ~4 KB each, $DELAY each way, keep on server, Maildir, $(nproc) CPUs"
 for c in $CLIENTS; do
   mkdir -p $W/$c-mail/{new,cur,tmp}

@@ -140,10 +140,17 @@ func (l *lfWriter) Close() error {
 	return nil
 }
 
+// copyBufs holds copyLF's buffers: the read buffer and the converted one.
+var copyBufs = sync.Pool{New: func() any { return &[2][]byte{make([]byte, 32<<10), make([]byte, 0, 32<<10)} }}
+
 // copyLF copies body to w with LF line ends.
 func copyLF(w io.Writer, body io.Reader) error {
-	lw := &lfWriter{w: w}
-	if _, err := io.Copy(lw, body); err != nil {
+	bufs := copyBufs.Get().(*[2][]byte)
+	defer copyBufs.Put(bufs)
+	lw := &lfWriter{w: w, buf: bufs[1]}
+	_, err := io.CopyBuffer(lw, body, bufs[0])
+	bufs[1] = lw.buf[:0]
+	if err != nil {
 		return err
 	}
 	return lw.Close()
@@ -165,6 +172,8 @@ type maildirDest struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	err  error
+
+	bw *bufio.Writer // Deliver's buffer, reused
 }
 
 type maildirJob struct {
@@ -252,7 +261,11 @@ func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
 		return fmt.Errorf("maildir: %w", err)
 	}
 	var size store.SizeCounter
-	bw := bufio.NewWriterSize(io.MultiWriter(f, &size), 64<<10)
+	if m.bw == nil {
+		m.bw = bufio.NewWriterSize(nil, 64<<10)
+	}
+	bw := m.bw
+	bw.Reset(io.MultiWriter(f, &size))
 	err = copyLF(bw, body)
 	if err == nil {
 		err = bw.Flush()

@@ -56,7 +56,7 @@ type Account struct {
 	StateDir string
 	DryRun   bool
 
-	Window      int                                                               // RETRs in flight with PIPELINING (256)
+	Window      int                                                               // RETRs in flight with PIPELINING (1024)
 	Timeout     time.Duration                                                     // per server reply (2 min)
 	DialTimeout time.Duration                                                     // connect, TLS, greeting (30 s)
 	Dialer      func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
@@ -395,6 +395,11 @@ type runner struct {
 	dels    int // DELEs acknowledged with +OK
 	delFail int
 	batch   []item
+
+	// The RETR window: messages of todo sent, their octets not yet read.
+	window   int
+	sent     int
+	inflight int64
 }
 
 // due reports whether a message first downloaded at t is due for
@@ -529,6 +534,20 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 	}
+	r.obs.Plan(len(todo), todoBytes)
+	for _, it := range dele {
+		if err := r.sendDele(it); err != nil {
+			return err
+		}
+	}
+	// The first RETRs go out before the pending records are fsynced, so
+	// that the fsync overlaps the round trip; nothing is stored before it.
+	if err := r.sendRetrs(ctx, todo, 0); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
 	// Pending records first: recovery trusts a Maildir digest only for them.
 	for _, it := range todo {
 		if it.uid != "" {
@@ -537,12 +556,6 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	if err := r.j.Sync(); err != nil {
 		return err
-	}
-	r.obs.Plan(len(todo), todoBytes)
-	for _, it := range dele {
-		if err := r.sendDele(it); err != nil {
-			return err
-		}
 	}
 	ferr := r.download(ctx, todo)
 	if ferr != nil {
@@ -588,34 +601,22 @@ const (
 // download runs the RETR window: up to Window RETRs (and maxInflight
 // octets) are on the wire at once when the server offers PIPELINING, one
 // otherwise. Messages are stored as they arrive and committed in batches:
-// destination sync, journal fsync, then DELE.
+// destination sync, journal fsync, then DELE. The first RETRs may already
+// have been sent by sendRetrs.
 func (r *runner) download(ctx context.Context, todo []item) error {
-	window := 1
-	if r.c.Pipelining() {
-		window = r.a.Window
-		if window <= 0 {
-			window = 256
-		}
-	}
-	var inflight int64
 	var batchBytes int64
-	sent, recvd := 0, 0
+	recvd := 0
 	for recvd < len(todo) {
-		for sent < len(todo) && ctx.Err() == nil &&
-			(sent == recvd || sent-recvd < window && inflight+todo[sent].size <= maxInflight) {
-			if err := r.c.SendRetr(todo[sent].num); err != nil {
-				return r.fail(err)
-			}
-			inflight += todo[sent].size
-			sent++
+		if err := r.sendRetrs(ctx, todo, recvd); err != nil {
+			return r.fail(err)
 		}
-		if sent == recvd {
+		if r.sent == recvd {
 			r.st.Stopped = true
 			break // stopped by a signal
 		}
 		it := todo[recvd]
 		recvd++
-		inflight -= it.size
+		r.inflight -= it.size
 		n, err := r.fetchOne(it)
 		if err != nil {
 			if isERR(err) {
@@ -631,7 +632,7 @@ func (r *runner) download(ctx context.Context, todo []item) error {
 		r.batch = append(r.batch, it)
 		batchBytes += n
 		crashpoint.Hit("fetch.delivered")
-		if len(r.batch) >= batchMax || batchBytes >= batchMaxBytes || recvd == sent {
+		if len(r.batch) >= batchMax || batchBytes >= batchMaxBytes || recvd == r.sent {
 			if err := r.commit(true); err != nil {
 				return r.fail(err)
 			}
@@ -639,6 +640,34 @@ func (r *runner) download(ctx context.Context, todo []item) error {
 		}
 	}
 	return r.commit(true)
+}
+
+// sendRetrs queues RETRs for todo[r.sent:] while the window has room; recvd
+// replies have been read. It waits until half of the window is free,
+// so that commands go out (and the server reads them) in groups rather than
+// one per message. Nothing is queued once ctx is cancelled.
+func (r *runner) sendRetrs(ctx context.Context, todo []item, recvd int) error {
+	if r.window == 0 {
+		r.window = 1
+		if r.c.Pipelining() {
+			r.window = r.a.Window
+			if r.window <= 0 {
+				r.window = 1024
+			}
+		}
+	}
+	if r.sent > recvd && (r.sent-recvd > r.window/2 || r.inflight > maxInflight/2) {
+		return nil
+	}
+	for r.sent < len(todo) && ctx.Err() == nil &&
+		(r.sent == recvd || r.sent-recvd < r.window && r.inflight+todo[r.sent].size <= maxInflight) {
+		if err := r.c.SendRetr(todo[r.sent].num); err != nil {
+			return err
+		}
+		r.inflight += todo[r.sent].size
+		r.sent++
+	}
+	return nil
 }
 
 var errStore = errors.New("storing failed")

@@ -1,11 +1,15 @@
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -254,5 +258,63 @@ func TestLFWriterAndEscaper(t *testing.T) {
 	lw.Close()
 	if b.String() != "a\nb\rc\n\r" {
 		t.Fatalf("%q", b.String())
+	}
+}
+
+// retrCounter counts the RETR commands a client writes, and in how many
+// writes.
+type retrCounter struct {
+	net.Conn
+	fetched *atomic.Int64
+	mu      sync.Mutex
+	sent    int
+	writes  int
+	maxOut  int64
+}
+
+func (c *retrCounter) Write(p []byte) (int, error) {
+	if n := bytes.Count(p, []byte("RETR ")); n > 0 {
+		c.mu.Lock()
+		c.sent += n
+		c.writes++
+		c.maxOut = max(c.maxOut, int64(c.sent)-c.fetched.Load())
+		c.mu.Unlock()
+	}
+	return c.Conn.Write(p)
+}
+
+type countObserver struct {
+	nopObserver
+	n *atomic.Int64
+}
+
+func (o countObserver) Fetched(int64) { o.n.Add(1) }
+
+// The RETR window holds at most Window commands, and is topped up in
+// groups once half of it is free, not one command per message.
+func TestRetrWindow(t *testing.T) {
+	p := newPouch(t)
+	msgs := testMessages(100)
+	p.deliver(t, msgs...)
+	a := testAccount(t, p.addr)
+	a.Window = 10
+	var fetched atomic.Int64
+	var rc *retrCounter
+	a.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		rc = &retrCounter{Conn: c, fetched: &fetched}
+		return rc, err
+	}
+	st, err := Run(context.Background(), a, countObserver{n: &fetched})
+	if err != nil || st.Fetched != 100 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+	if rc.sent != 100 || rc.maxOut > 10 {
+		t.Fatalf("%d RETRs sent, up to %d in flight (window 10)", rc.sent, rc.maxOut)
+	}
+	// 100 messages in groups of at least 5: at most 20 writes.
+	if rc.writes > 20 {
+		t.Fatalf("RETRs sent in %d writes, want at most 20", rc.writes)
 	}
 }

@@ -89,7 +89,7 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.BoolVar(&c.dryRun, "dry-run", false, "log in and say what would be done, changing nothing")
 	fs.StringVar(&c.every, "every", "", "keep running and fetch again every `interval` (5m, 1h)")
 	fs.BoolVar(&c.quiet, "q", false, "print nothing but errors")
-	fs.IntVar(&c.window, "window", 256, "RETR commands in flight when the server offers PIPELINING")
+	fs.IntVar(&c.window, "window", 1024, "RETR commands in flight when the server offers PIPELINING")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up on a server silent this `long`")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, fetchUsage)
