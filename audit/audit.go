@@ -6,10 +6,14 @@ package audit
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/owner"
 )
 
 // Log appends events to a file. A nil *Log writes nothing, so callers need
@@ -23,7 +27,12 @@ type Log struct {
 // Open opens (creating it with mode 0600) the audit log at path for
 // appending.
 func Open(path string) (*Log, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		owner.Adopt(path)
+	} else if errors.Is(err, fs.ErrExist) {
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/filelock"
+
+	"github.com/pouchmail/pouch/internal/owner"
 )
 
 // Errors of the administration functions.
@@ -227,6 +229,9 @@ func writeAtomic(path string, lines []string) (err error) {
 	}
 	if err = keepOwner(tmp, path); err != nil {
 		return err
+	}
+	if _, serr := os.Stat(path); errors.Is(serr, fs.ErrNotExist) {
+		owner.Adopt(tmp.Name())
 	}
 	var b strings.Builder
 	for _, line := range lines {

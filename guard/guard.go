@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/filelock"
+
+	"github.com/pouchmail/pouch/internal/owner"
 )
 
 // Config sets the rules. Zero values take the defaults in brackets.
@@ -483,6 +485,7 @@ func writeBans(path string, bans map[netip.Prefix]Ban, now time.Time) (stamp, er
 		return stamp{}, fmt.Errorf("guard: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	owner.Adopt(tmp.Name())
 	if _, err := tmp.Write(append(data, '\n')); err != nil {
 		tmp.Close()
 		return stamp{}, err

@@ -3,10 +3,14 @@
 package filelock
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pouchmail/pouch/internal/owner"
 )
 
 // Lock takes an exclusive flock on the file at path, creating it (mode 0600)
@@ -14,7 +18,12 @@ import (
 // never removed. The returned function releases the lock; so does the death
 // of the process.
 func Lock(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		owner.Adopt(path)
+	} else if errors.Is(err, fs.ErrExist) {
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+	}
 	if err != nil {
 		return nil, err
 	}

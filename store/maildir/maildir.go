@@ -35,6 +35,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -102,14 +103,14 @@ func ensure(dir string) error {
 				return err
 			}
 			if rootErr != nil {
-				adopt(filepath.Dir(dir))
+				owner.Adopt(filepath.Dir(dir))
 			}
-			adopt(dir)
+			owner.Adopt(dir)
 		}
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
-		adopt(p)
+		owner.Adopt(p)
 		created = true
 	}
 	if !created {
@@ -167,7 +168,7 @@ func lockMaildrop(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	adopt(lock.Name())
+	owner.Adopt(lock.Name())
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
@@ -399,7 +400,7 @@ func writeFileAtomic(dir, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	adopt(tmp.Name())
+	owner.Adopt(tmp.Name())
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
@@ -666,7 +667,7 @@ func (s *Store) Deliver(ctx context.Context, user string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	adopt(tmpPath)
+	owner.Adopt(tmpPath)
 	ok := false
 	defer func() {
 		if !ok {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -58,7 +59,7 @@ func ensureHolding(dir string) error {
 	if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	adopt(p)
+	owner.Adopt(p)
 	return syncDir(dir)
 }
 
@@ -70,7 +71,7 @@ func purgeLock(dir string, how int) (unlock func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	adopt(f.Name())
+	owner.Adopt(f.Name())
 	for {
 		err = syscall.Flock(int(f.Fd()), how)
 		if !errors.Is(err, syscall.EINTR) {

@@ -1,0 +1,32 @@
+// Package owner gives files that a command run as root creates in Pouch's
+// data directory the owner of the directory that holds them, so that a
+// server running as its service user (--run-as) can still read, lock and
+// replace them.
+package owner
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// Adopt gives path, just created by this process, the owner and group of
+// the directory that holds it, when this process runs as root and that
+// directory belongs to someone else. So an operator's command run as root
+// (pouch user add, pouch ban add, pouch mailbox hold, pouch deliver) leaves
+// files the server can use. Failures are ignored: the file stays root's,
+// as it would without Adopt.
+func Adopt(path string) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	fi, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || (st.Uid == 0 && st.Gid == 0) {
+		return
+	}
+	_ = os.Lchown(path, int(st.Uid), int(st.Gid))
+}
