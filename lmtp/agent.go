@@ -68,6 +68,11 @@ type Agent struct {
 	// MaxMessageSize refuses messages of more octets than this, counted as
 	// received (without the added header lines). Zero means no limit.
 	MaxMessageSize int64
+	// RecipientDelimiter holds the characters that separate a user name
+	// from an address extension, as Postfix's recipient_delimiter does:
+	// with "+", alice+news names alice unless a user alice+news exists. The
+	// first of them in the local part counts. Empty turns extensions off.
+	RecipientDelimiter string
 
 	// usage caches Store.Usage for usageTTL, counting the Agent's own
 	// deliveries meanwhile, so that a burst of mail for one user measures
@@ -119,15 +124,28 @@ func (e *InputError) Error() string { return "reading the message: " + e.Err.Err
 func (e *InputError) Unwrap() error { return e.Err }
 
 // User returns the user that the local part of an address names: the user of
-// exactly that name, or else of that name in lower case.
+// exactly that name, or else of that name in lower case; failing both, the
+// same for the part before the first RecipientDelimiter character.
 func (a *Agent) User(local string) (string, bool) {
-	if local == "" {
+	if u, ok := a.userNamed(local); ok {
+		return u, true
+	}
+	if a.RecipientDelimiter != "" {
+		if i := strings.IndexAny(local, a.RecipientDelimiter); i > 0 {
+			return a.userNamed(local[:i])
+		}
+	}
+	return "", false
+}
+
+func (a *Agent) userNamed(name string) (string, bool) {
+	if name == "" {
 		return "", false
 	}
-	if a.Users.Exists(local) {
-		return local, true
+	if a.Users.Exists(name) {
+		return name, true
 	}
-	if low := strings.ToLower(local); low != local && a.Users.Exists(low) {
+	if low := strings.ToLower(name); low != name && a.Users.Exists(low) {
 		return low, true
 	}
 	return "", false
@@ -247,6 +265,12 @@ type Delivery struct {
 	// LineEnd ends the added header lines: "\r\n" or "\n". Empty means the
 	// line ending of the message's first line.
 	LineEnd string
+	// Piped marks a message that a local MTA hands to a command (pouch
+	// deliver), as Dovecot's LDA takes it: a leading mbox "From " line is
+	// dropped, and Return-Path and Delivered-To are not added when the
+	// header already starts with them (Postfix's local(8) writes "From ",
+	// Return-Path, X-Original-To and Delivered-To for a mailbox_command).
+	Piped bool
 	// Size is the message's size in octets when it is known before reading
 	// it (a spooled message), or 0.
 	Size int64
@@ -269,9 +293,21 @@ func (a *Agent) Deliver(ctx context.Context, d Delivery, r io.Reader) (int64, er
 		return 0, ErrTooBig
 	}
 	eol := d.LineEnd
-	if eol == "" {
+	if eol == "" || d.Piped {
 		br := bufio.NewReaderSize(r, 4096)
-		eol = lineEndOf(br)
+		if d.Piped {
+			if err := dropFromLine(br); err != nil {
+				return 0, &InputError{err}
+			}
+			returnPath, deliveredTo := deliveryFields(br)
+			d.NoReturnPath = d.NoReturnPath || returnPath
+			if deliveredTo {
+				d.Recipient = ""
+			}
+		}
+		if eol == "" {
+			eol = lineEndOf(br)
+		}
 		r = br
 	}
 	header := headerLines(d, eol)
@@ -302,12 +338,131 @@ func (a *Agent) Deliver(ctx context.Context, d Delivery, r io.Reader) (int64, er
 func headerLines(d Delivery, eol string) string {
 	var b strings.Builder
 	if !d.NoReturnPath {
-		b.WriteString("Return-Path: <" + headerSafe(d.Sender) + ">" + eol)
+		b.WriteString("Return-Path: <" + mailbox(headerSafe(d.Sender)) + ">" + eol)
 	}
 	if d.Recipient != "" {
-		b.WriteString("Delivered-To: " + headerSafe(d.Recipient) + eol)
+		b.WriteString("Delivered-To: " + mailbox(headerSafe(d.Recipient)) + eol)
 	}
 	return b.String()
+}
+
+// mailbox writes an envelope address in the syntax of RFC 5321 §4.1.2. The
+// address comes as go-smtp and Postfix pass it on, with the quotes of a
+// quoted local part taken off ("john doe@example.org"); a local part that is
+// not a Dot-string is quoted again ("\"john doe\"@example.org"), as Postfix
+// writes it. An address without "@" is a local part alone; one whose local
+// part is already a Quoted-string is kept.
+func mailbox(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	local, domain := addr, ""
+	if at := strings.LastIndexByte(addr, '@'); at >= 0 {
+		local, domain = addr[:at], addr[at:]
+	}
+	if isDotString(local) || isQuotedString(local) {
+		return addr
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(local); i++ {
+		if c := local[i]; c == '"' || c == '\\' {
+			b.WriteByte('\\') // quoted-pairSMTP
+		}
+		b.WriteByte(local[i])
+	}
+	b.WriteByte('"')
+	b.WriteString(domain)
+	return b.String()
+}
+
+// isDotString reports whether s is a Dot-string: atoms of atext joined by
+// single dots (RFC 5321 §4.1.2; octets above 127 count as atext, as UTF-8
+// does in RFC 6531 §3.3).
+func isDotString(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.', c >= 0x80, 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// isQuotedString reports whether s is a Quoted-string of RFC 5321 §4.1.2.
+func isQuotedString(s string) bool {
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+		return false
+	}
+	for i := 1; i < len(s)-1; i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			i++
+			if i == len(s)-1 || s[i] < 32 || s[i] > 126 {
+				return false
+			}
+		case c == '"', c < 32, c == 127:
+			return false
+		}
+	}
+	return true
+}
+
+// dropFromLine removes an mbox "From " line (the envelope line that Postfix's
+// local(8) writes before a message it pipes to a command) from the start of
+// br, whatever its length.
+func dropFromLine(br *bufio.Reader) error {
+	if b, _ := br.Peek(5); string(b) != "From " {
+		return nil
+	}
+	for {
+		_, err := br.ReadSlice('\n')
+		switch err {
+		case nil, io.EOF:
+			return nil
+		case bufio.ErrBufferFull:
+			continue
+		}
+		return err
+	}
+}
+
+// deliveryFields reports whether the header buffered in br starts with a
+// Return-Path and a Delivered-To line: the block of header lines that an MTA
+// writes at final delivery (Return-Path, X-Original-To, Delivered-To, in any
+// order and case) read from the top, until another field.
+func deliveryFields(br *bufio.Reader) (returnPath, deliveredTo bool) {
+	buf, _ := br.Peek(br.Size()) // whatever there is; read errors come again later
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			return
+		}
+		line := buf[:i]
+		buf = buf[i+1:]
+		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+			continue // a folded continuation line (RFC 5322 §2.2.3)
+		}
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return
+		}
+		switch strings.ToLower(string(name)) {
+		case "return-path":
+			returnPath = true
+		case "delivered-to":
+			deliveredTo = true
+		case "x-original-to":
+		default:
+			return
+		}
+	}
 }
 
 // headerSafe drops control characters, so that a value cannot end the header

@@ -70,7 +70,7 @@ func TestAgentHeaders(t *testing.T) {
 		{Delivery{User: "u", Recipient: "u", NoReturnPath: true}, "no newline at all",
 			"Delivered-To: u\nno newline at all"},
 		{Delivery{User: "u", Recipient: "u\r\nBcc: evil", Sender: "x\n@y"}, "Subject: s\n\n",
-			"Return-Path: <x@y>\nDelivered-To: uBcc: evil\nSubject: s\n\n"},
+			"Return-Path: <x@y>\nDelivered-To: \"uBcc: evil\"\nSubject: s\n\n"},
 		{Delivery{User: "u", Recipient: "u", Sender: "s", LineEnd: "\r\n"}, "",
 			"Return-Path: <s>\r\nDelivered-To: u\r\n"},
 	} {
@@ -94,11 +94,22 @@ func TestAgentHeaders(t *testing.T) {
 }
 
 func TestAgentUser(t *testing.T) {
-	a, _ := newAgent(t, fakeUsers{"alice": nil, "Bob": nil})
-	for in, want := range map[string]string{"alice": "alice", "ALICE": "alice", "Bob": "Bob", "bob": "", "": "", "carol": ""} {
+	a, _ := newAgent(t, fakeUsers{"alice": nil, "Bob": nil, "list+owner": nil})
+	for in, want := range map[string]string{"alice": "alice", "ALICE": "alice", "Bob": "Bob", "bob": "", "": "", "carol": "",
+		"alice+news": "", "list+owner": "list+owner"} {
 		got, ok := a.User(in)
 		if got != want || ok != (want != "") {
 			t.Errorf("User(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+	// With a recipient delimiter, the part before the first delimiter names
+	// the user, unless the whole local part does.
+	a.RecipientDelimiter = "+-"
+	for in, want := range map[string]string{"alice+news": "alice", "ALICE+News": "alice", "alice-list+x": "alice",
+		"Bob+": "Bob", "list+owner": "list+owner", "list+other": "", "+alice": "", "carol+x": "", "alice": "alice"} {
+		got, ok := a.User(in)
+		if got != want || ok != (want != "") {
+			t.Errorf("with delimiters +-: User(%q) = %q, %v; want %q", in, got, ok, want)
 		}
 	}
 	if _, err := a.Deliver(context.Background(), Delivery{User: "nobody"}, strings.NewReader("x")); !errors.Is(err, ErrUnknownUser) {
@@ -187,4 +198,92 @@ func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
 	return n, err
+}
+
+// Envelope addresses are written in RFC 5321 syntax: a local part that is
+// not a Dot-string is quoted again.
+func TestMailbox(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                      "",
+		"alice@example.org":     "alice@example.org",
+		"a.b+c-d_e@x.test":      "a.b+c-d_e@x.test",
+		"!#$%&'*/=?^`{|}~@x":    "!#$%&'*/=?^`{|}~@x",
+		"caf\xc3\xa9@x.test":    "caf\xc3\xa9@x.test",
+		"john doe@x.test":       `"john doe"@x.test`,
+		`a"b\c@x.test`:          `"a\"b\\c"@x.test`,
+		"a@b@x.test":            `"a@b"@x.test`,
+		".alice@x.test":         `".alice"@x.test`,
+		"al..ice@x.test":        `"al..ice"@x.test`,
+		"alice.@x.test":         `"alice."@x.test`,
+		"@x.test":               `""@x.test`,
+		`"john doe"@x.test`:     `"john doe"@x.test`, // already quoted
+		`"a\"b"@x.test`:         `"a\"b"@x.test`,
+		`"unbalanced@x.test`:    `"\"unbalanced"@x.test`,
+		"MAILER-DAEMON":         "MAILER-DAEMON",
+		"john doe":              `"john doe"`,
+		"alice(comment)@x.test": `"alice(comment)"@x.test`,
+	} {
+		if got := mailbox(in); got != want {
+			t.Errorf("mailbox(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A piped message (pouch deliver) loses a leading mbox "From " line, and
+// keeps the Return-Path and Delivered-To lines that the MTA wrote at the top
+// instead of getting a second set.
+func TestAgentPiped(t *testing.T) {
+	a, root := newAgent(t, fakeUsers{"u": nil})
+	ctx := context.Background()
+	d := Delivery{User: "u", Recipient: "u", Sender: "s@x.test", Piped: true}
+	for _, tc := range []struct{ msg, want string }{
+		// Postfix's local(8) for a mailbox_command.
+		{"From s@x.test  Thu Nov 26 01:42:30 2026\nReturn-Path: <s@x.test>\nX-Original-To: u@vm\nDelivered-To: u@vm\nReceived: by vm\n\nbody\n",
+			"Return-Path: <s@x.test>\nX-Original-To: u@vm\nDelivered-To: u@vm\nReceived: by vm\n\nbody\n"},
+		// CRLF, other case, Delivered-To first: still the MTA's block.
+		{"From s@x.test Thu Nov 26 01:42:30 2026\r\ndelivered-to: u@vm\r\nRETURN-PATH: <>\r\nSubject: x\r\n\r\nbody\r\n",
+			"delivered-to: u@vm\r\nRETURN-PATH: <>\r\nSubject: x\r\n\r\nbody\r\n"},
+		// A From line alone: both lines added, with its line ending.
+		{"From s@x.test Thu Nov 26 01:42:30 2026\r\nSubject: x\r\n\r\nbody\r\n",
+			"Return-Path: <s@x.test>\r\nDelivered-To: u\r\nSubject: x\r\n\r\nbody\r\n"},
+		// Only Return-Path at the top: Delivered-To is added.
+		{"Return-Path: <s@x.test>\nSubject: x\n\nbody\n",
+			"Delivered-To: u\nReturn-Path: <s@x.test>\nSubject: x\n\nbody\n"},
+		// A Delivered-To further down (an earlier hop's) does not count.
+		{"Received: by a\nDelivered-To: someone@else\nSubject: x\n\nbody\n",
+			"Return-Path: <s@x.test>\nDelivered-To: u\nReceived: by a\nDelivered-To: someone@else\nSubject: x\n\nbody\n"},
+		// "From " inside the message, or "From:" at the top, stays.
+		{"From: a@b\n\nFrom here\n", "Return-Path: <s@x.test>\nDelivered-To: u\nFrom: a@b\n\nFrom here\n"},
+		// A From line longer than the buffer, and nothing after it.
+		{"From " + strings.Repeat("x", 10000) + "\n", "Return-Path: <s@x.test>\nDelivered-To: u\n"},
+	} {
+		before := len(readNew(t, root, "u"))
+		n, err := a.Deliver(ctx, d, strings.NewReader(tc.msg))
+		if err != nil {
+			t.Fatalf("Deliver(%.40q): %v", tc.msg, err)
+		}
+		got := readNew(t, root, "u")
+		found := false
+		for _, g := range got {
+			found = found || g == tc.want
+		}
+		if len(got) != before+1 || !found {
+			t.Errorf("%.60q: stored %q, want %q", tc.msg, got, tc.want)
+		}
+		if from, _, _ := strings.Cut(tc.msg, "\n"); strings.HasPrefix(from, "From ") && n != int64(len(tc.msg)-len(from)-1) {
+			t.Errorf("%.40q: %d octets counted, want the message without its From line", tc.msg, n)
+		}
+	}
+	// Over LMTP (not piped) nothing is dropped or kept.
+	msg := "From s@x.test Thu Nov 26 01:42:30 2026\nReturn-Path: <forged@x.test>\n\nbody\n"
+	if _, err := a.Deliver(ctx, Delivery{User: "u", Recipient: "u", Sender: "s@x.test"}, strings.NewReader(msg)); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, g := range readNew(t, root, "u") {
+		found = found || g == "Return-Path: <s@x.test>\nDelivered-To: u\n"+msg
+	}
+	if !found {
+		t.Errorf("a message that is not piped was changed: %q", readNew(t, root, "u"))
+	}
 }

@@ -64,6 +64,7 @@ var testUsers = fakeUsers{
 	"bob":   {FieldQuotaStorage: "1K"},
 	"dave":  {FieldQuotaMessages: "1"},
 	"erin":  {FieldQuotaStorage: "lots"},
+	"frank": nil,
 }
 
 // newEnv starts a server; mod may change the configuration first.

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +32,17 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
+// skipOrFail skips the test with a one-line reason, or fails it under
+// POUCH_REQUIRE_INTEROP=1.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	why := fmt.Sprintf(format, args...)
+	if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
+		t.Fatalf("%s (POUCH_REQUIRE_INTEROP=1)", why)
+	}
+	t.Skip(why)
+}
+
 // requireProgram skips the test when a program is missing, or fails it under
 // POUCH_REQUIRE_INTEROP=1.
 func requireProgram(t *testing.T, name string) string {
@@ -40,10 +52,7 @@ func requireProgram(t *testing.T, name string) string {
 		path, err = exec.LookPath("/usr/sbin/" + name) // root's PATH may lack it
 	}
 	if err != nil {
-		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-			t.Fatalf("%s is not installed (POUCH_REQUIRE_INTEROP=1)", name)
-		}
-		t.Skipf("%s is not installed", name)
+		skipOrFail(t, "%s is not installed", name)
 	}
 	return path
 }
@@ -142,15 +151,28 @@ func TestSwaks(t *testing.T) {
 }
 
 // TestPostfix runs a Postfix of its own (config, queue and data directories
-// in a temp dir, listening on loopback only) that relays example.org to the
-// LMTP listener, submits messages to it over SMTP, waits for delivery, and
-// downloads them through Pouch's POP3 server to compare them byte for byte.
+// in a temp dir, listening on loopback only, with the system's stock
+// master.cf, so its daemons run chrooted as they do for users) that relays
+// example.org to the LMTP listener, submits messages to it over SMTP, waits
+// for delivery, and downloads them through Pouch's POP3 server to compare
+// them byte for byte. The README's other recipes go through it too: the
+// LMTP socket inside Postfix's queue directory, pouch deliver as a pipe(8)
+// transport and as local(8)'s mailbox_command.
 func TestPostfix(t *testing.T) {
 	postfix := requireProgram(t, "postfix")
 	if os.Geteuid() != 0 {
-		t.Skip("postfix needs root to start its master process")
+		skipOrFail(t, "postfix needs root to start its master process")
 	}
-	e := newEnv(t, nil)
+	stockMaster, err := os.ReadFile("/etc/postfix/master.cf")
+	if err != nil {
+		skipOrFail(t, "no stock master.cf: %v", err)
+	}
+	e := newEnv(t, func(c *Config) { c.Agent.RecipientDelimiter = "+" }) // pouch serve's default
+	// bob's mailbox is full when Postfix verifies him; LMTP accepts him at
+	// RCPT all the same and refuses the message after DATA.
+	if err := e.store.Deliver(context.Background(), "bob", strings.NewReader(strings.Repeat("f", 1024))); err != nil {
+		t.Fatal(err)
+	}
 	_, lmtpPort, _ := net.SplitHostPort(e.addr)
 
 	// Postfix daemons run as the postfix user: every directory on the way
@@ -162,9 +184,16 @@ func TestPostfix(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
 	conf := filepath.Join(dir, "conf")
-	for _, d := range []string{conf, filepath.Join(dir, "queue"), filepath.Join(dir, "data")} {
+	queue := filepath.Join(dir, "queue")
+	for _, d := range []string{conf, queue, filepath.Join(dir, "data"), filepath.Join(queue, "etc")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// The files that Debian's postfix service copies into the chroot.
+	for _, f := range []string{"localtime", "services", "resolv.conf", "hosts", "host.conf", "nsswitch.conf"} {
+		if b, err := os.ReadFile("/etc/" + f); err == nil {
+			os.WriteFile(filepath.Join(queue, "etc", f), b, 0o644)
 		}
 	}
 	// The data directory (master.lock) belongs to the mail_owner.
@@ -176,16 +205,28 @@ func TestPostfix(t *testing.T) {
 	if err := os.Chown(filepath.Join(dir, "data"), uid, -1); err != nil {
 		t.Fatal(err)
 	}
-	// A second listener on a Unix socket, for lmtp:unix: (the socket's group
-	// must be one that Postfix's user is in).
-	sock := filepath.Join(dir, "pouch-lmtp.sock")
+	// A second listener on a Unix socket, for lmtp:unix:, as the README
+	// sets it up: in a directory of Pouch's own inside the queue directory
+	// (lmtp runs chrooted there), of group postfix and set-group-ID, so that
+	// the socket gets Postfix's group (its daemons keep no other group).
+	gid, _ := strconv.Atoi(pf.Gid)
+	sockDir := filepath.Join(queue, "pouch")
+	if err := os.Mkdir(sockDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(sockDir, -1, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sockDir, os.ModeSetgid|0o750); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(sockDir, "lmtp")
 	sl, err := Listen("unix:" + sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gid, _ := strconv.Atoi(pf.Gid)
-	if err := os.Chown(sock, -1, gid); err != nil {
-		t.Fatal(err)
+	if fi, err := os.Stat(sock); err != nil || fi.Sys().(*syscall.Stat_t).Gid != uint32(gid) || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("the socket in a set-group-ID directory: %v, %v; want mode 0660, group postfix", fi.Mode(), err)
 	}
 	sockSrv := New(Config{Agent: e.agent, Logger: slog.New(slog.DiscardHandler)})
 	go sockSrv.Serve(sl)
@@ -200,17 +241,24 @@ func TestPostfix(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/pouch").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	// And as local(8)'s mailbox_command, for the Unix account nobody.
 	pipeData := filepath.Join(dir, "pipe-data")
-	os.MkdirAll(pipeData, 0o700)
-	os.WriteFile(filepath.Join(pipeData, "users"), []byte("alice:{PLAIN}x::::::\nbob:{PLAIN}x::::::quota_storage=100\n"), 0o600)
+	localData := filepath.Join(dir, "local-data")
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
 		t.Fatal(err)
 	}
 	nobodyUID, _ := strconv.Atoi(nobody.Uid)
-	for _, p := range []string{pipeData, filepath.Join(pipeData, "users")} {
-		if err := os.Chown(p, nobodyUID, -1); err != nil {
-			t.Fatal(err)
+	for data, users := range map[string]string{
+		pipeData:  "alice:{PLAIN}x::::::\nbob:{PLAIN}x::::::quota_storage=100\nfrank:{PLAIN}x::::::\n",
+		localData: "nobody:{PLAIN}x::::::\n",
+	} {
+		os.MkdirAll(data, 0o700)
+		os.WriteFile(filepath.Join(data, "users"), []byte(users), 0o600)
+		for _, p := range []string{data, filepath.Join(data, "users")} {
+			if err := os.Chown(p, nobodyUID, -1); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	smtpPort := freePort(t)
@@ -223,7 +271,6 @@ maillog_file_prefixes = %[1]s
 myhostname = postfix.pouch.test
 mydomain = pouch.test
 myorigin = $myhostname
-mydestination =
 inet_interfaces = loopback-only
 inet_protocols = ipv4
 mynetworks = 127.0.0.2/32
@@ -231,6 +278,12 @@ alias_maps =
 alias_database =
 smtputf8_enable = no
 biff = no
+# As Debian's main.cf has it.
+recipient_delimiter = +
+# Unix accounts, delivered by local(8) through pouch deliver: the README's
+# mailbox_command.
+mydestination = local.pouch.test
+mailbox_command = %[5]s deliver --data %[6]s -f "$SENDER" "$USER"
 # The domain Pouch serves, relayed over LMTP: the README's virtual_transport style.
 virtual_mailbox_domains = example.org, sock.example.org, pipe.example.org
 virtual_mailbox_maps =
@@ -246,31 +299,20 @@ pouch_destination_recipient_limit = 1
 default_transport = error:no mail leaves this test
 relay_transport = error:no mail leaves this test
 delay_warning_time = 0
-`, dir, maillog, lmtpPort, sock)
-	masterCf := fmt.Sprintf(`127.0.0.1:%s inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
+`, dir, maillog, lmtpPort, "pouch/lmtp", bin, localData)
+	// The stock master.cf, with smtpd on a free loopback port instead of
+	// port 25, and the README's pipe(8) transport.
+	smtpd := regexp.MustCompile(`(?m)^smtp(\s+inet\s)`)
+	if !smtpd.Match(stockMaster) {
+		t.Fatalf("/etc/postfix/master.cf has no smtp inet service")
+	}
+	if m := regexp.MustCompile(`(?m)^lmtp\s+unix(\s+\S+){3}`).Find(stockMaster); m != nil {
+		t.Logf("stock master.cf: %s (the fifth column is chroot)", m)
+	}
+	masterCf := smtpd.ReplaceAllString(string(stockMaster), "127.0.0.1:"+smtpPort+"${1}") + fmt.Sprintf(`
 pouch     unix  -       n       n       -       -       pipe
-  user=nobody argv=%s deliver --data %s -f ${sender} ${recipient}
-`, smtpPort, bin, pipeData)
+  user=nobody null_sender= argv=%s deliver --data %s -f ${sender} ${recipient}
+`, bin, pipeData)
 	os.WriteFile(filepath.Join(conf, "main.cf"), []byte(mainCf), 0o644)
 	os.WriteFile(filepath.Join(conf, "master.cf"), []byte(masterCf), 0o644)
 	showLog := func() string { b, _ := os.ReadFile(maillog); return string(b) }
@@ -314,9 +356,9 @@ pouch     unix  -       n       n       -       -       pipe
 		t.Fatalf("EHLO: %v\n%s", err, showLog())
 	}
 	body := interopMessage + strings.Repeat("a line of a long enough message\r\n", 3000)
-	submit := func(to []string, msg string) {
+	submitFrom := func(from string, to []string, msg string) {
 		t.Helper()
-		if err := c.Mail("sender@sender.test", &smtp.MailOptions{Body: smtp.Body8BitMIME}); err != nil {
+		if err := c.Mail(from, &smtp.MailOptions{Body: smtp.Body8BitMIME}); err != nil {
 			t.Fatalf("MAIL: %v", err)
 		}
 		for _, r := range to {
@@ -333,6 +375,7 @@ pouch     unix  -       n       n       -       -       pipe
 			t.Fatalf("end of DATA: %v\n%s", err, showLog())
 		}
 	}
+	submit := func(to []string, msg string) { t.Helper(); submitFrom("sender@sender.test", to, msg) }
 	// An unknown user is refused at RCPT, after Postfix's probe over LMTP
 	// (not from mynetworks, so that the restriction applies).
 	if err := c.Mail("sender@sender.test", nil); err != nil {
@@ -350,6 +393,11 @@ pouch     unix  -       n       n       -       -       pipe
 	submit([]string{"dave@sock.example.org"}, viaSocket)
 	submit([]string{"alice@pipe.example.org", "nobody@pipe.example.org"}, body)
 	submit([]string{"bob@pipe.example.org"}, "Subject: too big for bob\r\n\r\n"+strings.Repeat("x", 3000)+"\r\n")
+	submit([]string{"nobody@local.pouch.test"}, body)
+	// A bounce (null sender) to extension addresses, over LMTP and pipe(8).
+	bounce := "From: MAILER-DAEMON@sender.test\r\nDate: Tue, 25 Nov 2025 18:00:00 +0000\r\nSubject: Undelivered Mail\r\n" +
+		"Message-ID: <interop-3@sender.test>\r\n\r\nsorry\r\n"
+	submitFrom("", []string{"frank+news@example.org", "frank+list@pipe.example.org"}, bounce)
 	c.Quit()
 
 	// Wait (bounded) for Postfix to report every outcome (not the probes of
@@ -363,7 +411,8 @@ pouch     unix  -       n       n       -       -       pipe
 		}
 		if done["alice@example.org"] && done["carol@example.org"] && done["bob@example.org"] &&
 			done["dave@sock.example.org"] && done["alice@pipe.example.org"] && done["nobody@pipe.example.org"] &&
-			done["bob@pipe.example.org"] {
+			done["bob@pipe.example.org"] && done["nobody@local.pouch.test"] && done["frank+news@example.org"] &&
+			done["frank+list@pipe.example.org"] {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -379,7 +428,7 @@ pouch     unix  -       n       n       -       -       pipe
 		t.Logf("postfix: %s", line)
 		switch {
 		case strings.Contains(line, "to=<alice@example.org>"), strings.Contains(line, "to=<carol@example.org>"),
-			strings.Contains(line, "to=<dave@sock.example.org>"):
+			strings.Contains(line, "to=<dave@sock.example.org>"), strings.Contains(line, "to=<frank+news@example.org>"):
 			if !strings.Contains(line, "status=sent") || !strings.Contains(line, "250 2.0.0") {
 				t.Errorf("postfix: %s", line)
 			}
@@ -387,7 +436,7 @@ pouch     unix  -       n       n       -       -       pipe
 			if !strings.Contains(line, "status=bounced") || !strings.Contains(line, "552 5.2.2") {
 				t.Errorf("postfix, over quota: %s", line)
 			}
-		case strings.Contains(line, "to=<alice@pipe.example.org>"):
+		case strings.Contains(line, "to=<alice@pipe.example.org>"), strings.Contains(line, "to=<frank+list@pipe.example.org>"):
 			if !strings.Contains(line, "status=sent") || !strings.Contains(line, "delivered via pouch service") {
 				t.Errorf("postfix, pipe: %s", line)
 			}
@@ -399,9 +448,23 @@ pouch     unix  -       n       n       -       -       pipe
 			if !strings.Contains(line, "status=bounced") || !strings.Contains(line, "the mailbox of bob is full") {
 				t.Errorf("postfix, pipe, over quota: %s", line)
 			}
+		case strings.Contains(line, "to=<nobody@local.pouch.test>"):
+			if !strings.Contains(line, "status=sent") || !strings.Contains(line, "relay=local") {
+				t.Errorf("postfix, local(8): %s", line)
+			}
 		}
 	}
-	e.nothingStored("bob")
+	if got := e.stored("bob"); len(got) != 1 || !strings.HasPrefix(got[0], "ffff") {
+		t.Errorf("bob, over quota: %d messages, want the one that filled the mailbox", len(got))
+	}
+	if entries, _ := os.ReadDir(filepath.Join(e.root, "bob", "tmp")); len(entries) != 0 {
+		t.Errorf("bob/tmp holds %d files", len(entries))
+	}
+	// The bounce, over LMTP with plus addressing: Return-Path <>.
+	if got := e.stored("frank"); len(got) != 1 || !strings.HasPrefix(got[0], "Return-Path: <>\r\nDelivered-To: frank+news@example.org\r\nReceived: ") ||
+		!strings.HasSuffix(got[0], "\r\n"+bounce) {
+		t.Errorf("frank, a bounce over LMTP: %q", got)
+	}
 	if got := e.stored("dave"); len(got) != 1 || !strings.HasPrefix(got[0], "Return-Path: <sender@sender.test>\r\nDelivered-To: dave@sock.example.org\r\nReceived: ") ||
 		!strings.HasSuffix(got[0], "\r\n"+viaSocket) {
 		t.Errorf("dave, through the socket: %q", got)
@@ -416,6 +479,34 @@ pouch     unix  -       n       n       -       -       pipe
 	}
 	if bob := mailIn(t, filepath.Join(pipeData, "mail", "bob", "new")); len(bob) != 0 {
 		t.Errorf("bob got %d messages over quota through pipe(8)", len(bob))
+	}
+	// pipe(8) with null_sender= passes the null sender as -f "".
+	lfBounce := strings.ReplaceAll(bounce, "\r\n", "\n")
+	if got := mailIn(t, filepath.Join(pipeData, "mail", "frank", "new")); len(got) != 1 ||
+		!strings.HasPrefix(got[0], "Return-Path: <>\nDelivered-To: frank+list@pipe.example.org\nReceived: ") || !strings.HasSuffix(got[0], "\n"+lfBounce) {
+		t.Errorf("a bounce through pipe(8) and pouch deliver: %q", got)
+	}
+
+	// local(8) writes a From line, Return-Path, X-Original-To and
+	// Delivered-To before the message it pipes to the mailbox_command:
+	// pouch deliver drops the From line and adds nothing of its own.
+	local := mailIn(t, filepath.Join(localData, "mail", "nobody", "new"))
+	if len(local) != 1 {
+		t.Fatalf("nobody has %d messages through local(8), want 1", len(local))
+	}
+	header, _, _ := strings.Cut(local[0], "\n\n")
+	t.Logf("through local(8): %q", header[:strings.Index(header, "\nReceived: ")])
+	if !strings.HasPrefix(local[0], "Return-Path: <sender@sender.test>\nX-Original-To: nobody@local.pouch.test\n"+
+		"Delivered-To: nobody@local.pouch.test\nReceived: ") || !strings.HasSuffix(local[0], "\n"+lfBody) {
+		t.Errorf("through local(8) and pouch deliver: %.400q", local[0])
+	}
+	for _, f := range []string{"Return-Path:", "Delivered-To:", "X-Original-To:"} {
+		if n := strings.Count(header, f); n != 1 {
+			t.Errorf("through local(8): %d %s lines, want 1", n, f)
+		}
+	}
+	if strings.HasPrefix(header, "From ") || strings.Contains(header, "\nFrom ") {
+		t.Errorf("through local(8): an mbox From line was stored")
 	}
 
 	// Download through POP3 and compare.

@@ -1,6 +1,7 @@
 package lmtp
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -93,9 +95,10 @@ func TestRecipientReplies(t *testing.T) {
 		{"alice@any.domain.test", 0, 250, smtp.EnhancedCode{}},
 		{"nobody@example.org", 0, 550, smtp.EnhancedCode{5, 1, 1}},
 		{"bob@example.org", 100, 250, smtp.EnhancedCode{}},
-		{"bob@example.org", 2000, 552, smtp.EnhancedCode{5, 2, 2}},       // SIZE= over the 1K quota
-		{"dave@example.org", 0, 552, smtp.EnhancedCode{5, 2, 2}},         // one message of one allowed
-		{"erin@example.org", 0, 451, smtp.EnhancedCode{4, 3, 0}},         // a broken quota field: retry later
+		// The quota is not checked at RCPT (see TestQuotaAfterData).
+		{"bob@example.org", 2000, 250, smtp.EnhancedCode{}},
+		{"dave@example.org", 0, 250, smtp.EnhancedCode{}},
+		{"erin@example.org", 0, 250, smtp.EnhancedCode{}},
 		{"alice@example.org", 60 << 20, 552, smtp.EnhancedCode{5, 3, 4}}, // at MAIL: SIZE= over the limit
 	} {
 		t.Run(fmt.Sprintf("%s/%d", tc.rcpt, tc.size), func(t *testing.T) {
@@ -123,19 +126,6 @@ func TestRecipientReplies(t *testing.T) {
 			}
 		})
 	}
-	if !strings.Contains(e.logs.String(), `quota_storage of user erin`) {
-		t.Errorf("the broken quota field is not logged:\n%s", e.logs)
-	}
-
-	// Temporary quota refusals.
-	e2 := newEnv(t, func(c *Config) { c.Agent.QuotaTemporary = true })
-	e2.store.Deliver(context.Background(), "dave", strings.NewReader("old\r\n"))
-	c2 := e2.client()
-	c2.Mail("s@example.net", nil)
-	var se *smtp.SMTPError
-	if err := c2.Rcpt("dave@example.org", nil); !errors.As(err, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 2, 2}) {
-		t.Errorf("temporary quota: %v, want 452 4.2.2", err)
-	}
 
 	// Malformed addresses.
 	r := e.raw()
@@ -145,6 +135,99 @@ func TestRecipientReplies(t *testing.T) {
 		r.send(bad + "\r\n")
 		if line := r.reply(); !strings.HasPrefix(line, "501 5.5.") && !strings.HasPrefix(line, "500 5.5.") {
 			t.Errorf("%s: %q, want a syntax error (500 or 501 5.5.x)", bad, line)
+		}
+	}
+}
+
+// By default the quota is checked after DATA only: an MTA that verifies
+// recipients with RCPT probes would cache a refusal at RCPT for hours. Each
+// recipient over quota gets its own 552 5.2.2, or 452 4.2.2 with
+// QuotaTemporary.
+func TestQuotaAfterData(t *testing.T) {
+	for _, temporary := range []bool{false, true} {
+		e := newEnv(t, func(c *Config) { c.Agent.QuotaTemporary = temporary })
+		if err := e.store.Deliver(context.Background(), "dave", strings.NewReader("old\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		want := &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}}
+		if temporary {
+			want = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}}
+		}
+		c := e.client()
+		if err := c.Mail("s@example.net", &smtp.MailOptions{Size: 2000}); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []string{"dave@example.org", "bob@example.org", "alice@example.org"} {
+			if err := c.Rcpt(r, nil); err != nil {
+				t.Fatalf("temporary=%v: RCPT %s: %v, want 250", temporary, r, err)
+			}
+		}
+		c.Reset()
+		msg := "Subject: x\r\n\r\n" + strings.Repeat("x", 2000) + "\r\n"
+		rcptErrs, dataErrs := send(t, c, "s@example.net", []string{"dave@example.org", "bob@example.org", "alice@example.org"}, msg)
+		if len(rcptErrs) != 0 {
+			t.Errorf("temporary=%v: RCPT errors %v", temporary, rcptErrs)
+		}
+		for _, r := range []string{"dave@example.org", "bob@example.org"} {
+			if se := dataErrs[r]; se == nil || se.Code != want.Code || se.EnhancedCode != want.EnhancedCode {
+				t.Errorf("temporary=%v: %s after DATA: %v, want %d %v", temporary, r, se, want.Code, want.EnhancedCode)
+			}
+		}
+		if se := dataErrs["alice@example.org"]; se != nil {
+			t.Errorf("temporary=%v: alice: %v", temporary, se)
+		}
+		if n := len(e.stored("dave")); n != 1 {
+			t.Errorf("dave has %d messages, want the old one only", n)
+		}
+		e.nothingStored("bob")
+		// A broken quota field is a temporary local failure, after DATA too.
+		_, dataErrs = send(t, c, "s@example.net", []string{"erin@example.org"}, "x\r\n")
+		if se := dataErrs["erin@example.org"]; se == nil || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 0}) {
+			t.Errorf("a broken quota field: %v, want 451 4.3.0", se)
+		}
+		if !strings.Contains(e.logs.String(), `quota_storage of user erin`) {
+			t.Errorf("the broken quota field is not logged:\n%s", e.logs)
+		}
+	}
+}
+
+// With RcptCheckQuota, RCPT refuses a recipient over quota already.
+func TestRcptCheckQuota(t *testing.T) {
+	for _, temporary := range []bool{false, true} {
+		e := newEnv(t, func(c *Config) { c.RcptCheckQuota = true; c.Agent.QuotaTemporary = temporary })
+		e.store.Deliver(context.Background(), "dave", strings.NewReader("old\r\n"))
+		full, fullEnh := 552, smtp.EnhancedCode{5, 2, 2}
+		if temporary {
+			full, fullEnh = 452, smtp.EnhancedCode{4, 2, 2}
+		}
+		c := e.client()
+		for _, tc := range []struct {
+			rcpt string
+			size int64
+			code int
+			enh  smtp.EnhancedCode
+		}{
+			{"bob@example.org", 100, 250, smtp.EnhancedCode{}},
+			{"bob@example.org", 2000, full, fullEnh}, // SIZE= over the 1K quota
+			{"dave@example.org", 0, full, fullEnh},   // one message of one allowed
+			{"erin@example.org", 0, 451, smtp.EnhancedCode{4, 3, 0}},
+		} {
+			var opts *smtp.MailOptions
+			if tc.size > 0 {
+				opts = &smtp.MailOptions{Size: tc.size}
+			}
+			if err := c.Mail("s@example.net", opts); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Rcpt(tc.rcpt, nil)
+			c.Reset()
+			var se *smtp.SMTPError
+			switch {
+			case tc.code == 250 && err != nil:
+				t.Errorf("%s SIZE=%d: %v", tc.rcpt, tc.size, err)
+			case tc.code != 250 && (!errors.As(err, &se) || se.Code != tc.code || se.EnhancedCode != tc.enh):
+				t.Errorf("temporary=%v: %s SIZE=%d: %v, want %d %v", temporary, tc.rcpt, tc.size, err, tc.code, tc.enh)
+			}
 		}
 	}
 }
@@ -216,11 +299,11 @@ func TestQuotaStreaming(t *testing.T) {
 	if n := len(e.stored("bob")); n != 1 {
 		t.Fatalf("bob has %d messages, want 1", n)
 	}
-	// dave may have one message: the second is refused at RCPT.
+	// dave may have one message: the second is refused after DATA.
 	send(t, c, "s@example.net", []string{"dave@example.org"}, "one\r\n")
-	rcptErrs, _ := send(t, c, "s@example.net", []string{"dave@example.org"}, "two\r\n")
-	if se := rcptErrs["dave@example.org"]; se == nil || se.Code != 552 {
-		t.Fatalf("second message for dave: %v", rcptErrs)
+	rcptErrs, dataErrs := send(t, c, "s@example.net", []string{"dave@example.org"}, "two\r\n")
+	if se := dataErrs["dave@example.org"]; len(rcptErrs) != 0 || se == nil || se.Code != 552 {
+		t.Fatalf("second message for dave: RCPT %v, DATA %v", rcptErrs, dataErrs)
 	}
 }
 
@@ -280,18 +363,36 @@ func TestBareLF(t *testing.T) {
 	}
 }
 
+// A line over the limit in a message gets one reply per recipient, and no
+// other: the connection then closes, as the rest cannot be read in step.
 func TestLongLine(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MaxLineLength = 1000 })
+	for _, rcpts := range [][]string{{"alice"}, {"alice", "carol"}} {
+		r := e.raw()
+		r.send("MAIL FROM:<s@example.net>\r\n")
+		r.expect("250 ")
+		for _, u := range rcpts {
+			r.send("RCPT TO:<" + u + "@example.org>\r\n")
+			r.expect("250 ")
+		}
+		r.send("DATA\r\n")
+		r.expect("354 ")
+		r.send("Subject: x\r\n\r\n" + strings.Repeat("z", 1500) + "\r\n.\r\n")
+		for _, u := range rcpts {
+			r.expect("500 5.5.0 <" + u + "@example.org> Line too long")
+		}
+		r.closed()
+		e.nothingStored("alice")
+		e.nothingStored("carol")
+	}
+	// A line of exactly the limit, CRLF included, is taken.
 	r := e.raw()
 	r.send("MAIL FROM:<s@example.net>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
 	r.expect("250 ")
 	r.expect("250 ")
 	r.expect("354 ")
-	r.send("Subject: x\r\n\r\n" + strings.Repeat("z", 1500) + "\r\n.\r\n")
-	r.expect("500 5.5.0 <alice@example.org> Line too long")
-	r.expect("500 5.4.0") // and the connection closes: the rest cannot be read in step
-	r.closed()
-	e.nothingStored("alice")
+	r.send("Subject: x\r\n\r\n" + strings.Repeat("z", 998) + "\r\n.\r\n")
+	r.expect("250 2.0.0 <alice@example.org>")
 
 	// A command line, too.
 	r = e.raw()
@@ -302,17 +403,35 @@ func TestLongLine(t *testing.T) {
 
 func TestSequenceErrors(t *testing.T) {
 	e := newEnv(t, nil)
+	// MAIL before LHLO.
+	nc, err := net.DialTimeout("tcp", e.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	early := &raw{t: t, c: nc, r: bufio.NewReader(nc)}
+	early.expect("220 ")
+	early.send("MAIL FROM:<s@example.net>\r\n")
+	early.expect("503 5.5.1")
+
 	r := e.raw()
+	// Commands out of order get 503 (RFC 5321 §4.3.2); 502 means a command
+	// that is not implemented.
 	r.send("DATA\r\n")
-	r.expect("502 5.5.1")
+	r.expect("503 5.5.1")
+	r.send("BDAT 3 LAST\r\nabc")
+	r.expect("503 5.5.1")
 	r.send("RCPT TO:<alice@example.org>\r\n")
-	r.expect("502 5.5.1")
+	r.expect("503 5.5.1")
 	r.send("MAIL FROM:<s@example.net>\r\nDATA\r\n")
 	r.expect("250 ")
-	r.expect("502 5.5.1")
+	r.expect("503 5.5.1")
 	r.send("RCPT TO:<nobody@example.org>\r\nDATA\r\n")
 	r.expect("550 5.1.1")
-	r.expect("502 5.5.1") // no recipient was accepted
+	r.expect("503 5.5.1") // no recipient was accepted
+	r.send("EXPN staff\r\n")
+	r.expect("502 5.5.1") // not implemented
 	r.send("QUIT\r\n")
 	r.expect("221 ")
 	e.nothingStored("alice")
@@ -576,4 +695,158 @@ func TestBDAT(t *testing.T) {
 	r.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(bad), bad))
 	r.expect("554 5.6.0")
 	e.nothingStored("carol")
+}
+
+// The size limit is exact and the same everywhere: LHLO advertises it in
+// SIZE, MAIL takes a SIZE= of exactly the limit, and a message of exactly the
+// limit is delivered through DATA and BDAT, for one recipient or several; one
+// octet more is refused with 552 5.3.4.
+func TestMessageSizeBoundary(t *testing.T) {
+	const limit = 1000
+	e := newEnv(t, func(c *Config) { c.Agent.MaxMessageSize = limit })
+	c := e.client()
+	if ok, size := c.Extension("SIZE"); !ok || size != "1000" {
+		t.Fatalf("LHLO: SIZE %q, want 1000", size)
+	}
+	// n octets as delivered; in DATA the client dot-stuffs the second line.
+	msg := func(n int) string {
+		head := "Subject: size\r\n\r\n..dots\r\n"
+		return head + strings.Repeat("x", n-len(head)-2) + "\r\n"
+	}
+	tooBig := func(se *smtp.SMTPError) bool {
+		return se != nil && se.Code == 552 && se.EnhancedCode == (smtp.EnhancedCode{5, 3, 4})
+	}
+	for _, rcpts := range [][]string{{"alice@example.org"}, {"alice@example.org", "carol@example.org"}} {
+		for _, n := range []int{limit - 1, limit, limit + 1} {
+			_, dataErrs := send(t, c, "s@example.net", rcpts, msg(n))
+			for _, r := range rcpts {
+				if got := dataErrs[r]; (n <= limit) != (got == nil) || (n > limit && !tooBig(got)) {
+					t.Errorf("DATA, %d octets, %d recipients: %s got %v", n, len(rcpts), r, got)
+				}
+			}
+		}
+	}
+	r := e.raw()
+	for _, n := range []int{limit, limit + 1} {
+		m := msg(n) // BDAT is not dot-stuffed
+		r.send("MAIL FROM:<s@example.net>\r\nRCPT TO:<alice@example.org>\r\n")
+		r.expect("250 ")
+		r.expect("250 ")
+		r.send(fmt.Sprintf("BDAT 10\r\n%sBDAT %d LAST\r\n%s", m[:10], len(m)-10, m[10:]))
+		r.expect("250 ")
+		if n == limit {
+			r.expect("250 2.0.0 <alice@example.org>")
+		} else {
+			r.expect("552 5.3.4")
+		}
+	}
+	if got := len(e.stored("alice")); got != 5 {
+		t.Errorf("alice has %d messages, want 5 (two by DATA alone, two with carol, one by BDAT)", got)
+	}
+	for _, stored := range append(e.stored("alice"), e.stored("carol")...) {
+		if n := len(stored) - len("Return-Path: <s@example.net>\r\nDelivered-To: alice@example.org\r\n"); n > limit {
+			t.Errorf("a message of %d octets was stored", n)
+		}
+	}
+	// MAIL FROM's SIZE=.
+	r.send(fmt.Sprintf("MAIL FROM:<s@example.net> SIZE=%d\r\n", limit))
+	r.expect("250 ")
+	r.send(fmt.Sprintf("RSET\r\nMAIL FROM:<s@example.net> SIZE=%d\r\n", limit+1))
+	r.expect("250 ")
+	r.expect("552 5.3.4")
+}
+
+// Plus addressing: alice+news@ goes to alice, with the address as given in
+// Delivered-To, unless a user of the whole name exists; an empty delimiter
+// turns it off.
+func TestRecipientDelimiter(t *testing.T) {
+	users := fakeUsers{"alice": nil, "list+owner": nil}
+	for _, delim := range []string{"+", "", "-+"} {
+		e := newEnv(t, func(c *Config) { c.Agent.Users = users; c.Agent.RecipientDelimiter = delim })
+		c := e.client()
+		rcptErrs, dataErrs := send(t, c, "s@example.net",
+			[]string{"alice+news@example.org", "Alice+Big@example.org", "list+owner@example.org", "list+other@example.org", "alice-x@example.org"},
+			"Subject: plus\r\n\r\nbody\r\n")
+		if len(dataErrs) != 0 {
+			t.Errorf("delimiter %q: DATA errors %v", delim, dataErrs)
+		}
+		want := map[string]bool{"list+owner@example.org": true}
+		if delim != "" {
+			want["alice+news@example.org"], want["Alice+Big@example.org"] = true, true
+		}
+		if delim == "-+" {
+			want["alice-x@example.org"] = true
+		}
+		var gotAlice []string
+		for _, m := range e.stored("alice") {
+			gotAlice = append(gotAlice, strings.SplitN(strings.SplitN(m, "Delivered-To: ", 2)[1], "\r\n", 2)[0])
+		}
+		for _, r := range []string{"alice+news@example.org", "Alice+Big@example.org", "alice-x@example.org", "list+other@example.org"} {
+			se := rcptErrs[r]
+			if want[r] != (se == nil) || (se != nil && se.Code != 550) {
+				t.Errorf("delimiter %q: RCPT %s: %v", delim, r, se)
+			}
+			if want[r] != slices.Contains(gotAlice, r) {
+				t.Errorf("delimiter %q: %s: alice's messages are delivered to %q", delim, r, gotAlice)
+			}
+		}
+		if got := e.stored("list+owner"); len(got) != 1 || !strings.Contains(got[0], "Delivered-To: list+owner@example.org\r\n") {
+			t.Errorf("delimiter %q: list+owner has %q", delim, got)
+		}
+	}
+}
+
+// A quoted local part keeps its quotes in Return-Path and Delivered-To
+// (RFC 5321 §4.1.2): go-smtp hands the address over unquoted.
+func TestQuotedAddresses(t *testing.T) {
+	users := fakeUsers{"alice": nil, "john doe": nil}
+	e := newEnv(t, func(c *Config) { c.Agent.Users = users })
+	r := e.raw()
+	r.send(`MAIL FROM:<"john doe"@x.test>` + "\r\n" + `RCPT TO:<"alice"@example.org>` + "\r\n" +
+		`RCPT TO:<"john doe"@example.org>` + "\r\nDATA\r\n")
+	r.expect("250 ")
+	r.expect("250 ")
+	r.expect("250 ")
+	r.expect("354 ")
+	r.send("Subject: q\r\n\r\nx\r\n.\r\n")
+	r.expect("250 2.0.0")
+	r.expect("250 2.0.0")
+	r.send(`MAIL FROM:<"a\"b\\c d"@x.test>` + "\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+	r.expect("250 ")
+	r.expect("250 ")
+	r.expect("354 ")
+	r.send("Subject: q2\r\n\r\nx\r\n.\r\n")
+	r.expect("250 2.0.0")
+	want := map[string][]string{
+		"alice": {"Return-Path: <\"john doe\"@x.test>\r\nDelivered-To: alice@example.org\r\nSubject: q\r\n\r\nx\r\n",
+			"Return-Path: <\"a\\\"b\\\\c d\"@x.test>\r\nDelivered-To: alice@example.org\r\nSubject: q2\r\n\r\nx\r\n"},
+		"john doe": {"Return-Path: <\"john doe\"@x.test>\r\nDelivered-To: \"john doe\"@example.org\r\nSubject: q\r\n\r\nx\r\n"},
+	}
+	for u, msgs := range want {
+		got := e.stored(u)
+		slices.Sort(got)
+		slices.Sort(msgs)
+		if !slices.Equal(got, msgs) {
+			t.Errorf("%s: stored %q\nwant %q", u, got, msgs)
+		}
+	}
+}
+
+func TestExposedWarning(t *testing.T) {
+	for addr, exposed := range map[string]bool{
+		"127.0.0.1:2424": false, "[::1]:2424": false, "127.0.0.2:2424": false,
+		":2424": true, "0.0.0.0:2424": true, "[::]:2424": true, "192.0.2.7:2424": true, "[2001:db8::1]:2424": true,
+	} {
+		ta, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := ExposedWarning(ta)
+		if (w != "") != exposed || (exposed && !strings.Contains(w, "without authentication")) {
+			t.Errorf("ExposedWarning(%s) = %q, want a warning: %v", addr, w, exposed)
+		}
+	}
+	if w := ExposedWarning(&net.UnixAddr{Name: "/run/pouch/lmtp", Net: "unix"}); w != "" {
+		t.Errorf("a Unix socket: %q", w)
+	}
 }

@@ -1,6 +1,7 @@
 package lmtp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -45,6 +47,13 @@ type Config struct {
 	// MaxRecipients bounds the recipients of one message (1000); more get
 	// 452 4.5.3 and the sender sends them again in another transaction.
 	MaxRecipients int
+	// RcptCheckQuota refuses a recipient over quota at RCPT already, as
+	// Dovecot's lmtp_rcpt_check_quota does. Off, the quota is checked only
+	// when the message is stored, after DATA: an MTA that verifies
+	// recipients with RCPT probes (Postfix's reject_unverified_recipient)
+	// caches a refusal for hours, and would go on refusing a mailbox that
+	// was full for a moment long after it has room again.
+	RcptCheckQuota bool
 	// SpoolDir holds the one copy of a message for several recipients while
 	// it is written to each maildrop (default: os.TempDir()). The file is
 	// unlinked as soon as it is created, so nothing is left behind.
@@ -75,6 +84,9 @@ type Server struct {
 	domains  map[string]bool
 	idPrefix string
 	ids      atomic.Uint64
+	// sizeFix is the SIZE capability as go-smtp writes it and as it should
+	// read, or empty.
+	sizeFix [2]string
 	// ctx is cancelled when the shutdown grace period ends, which stops
 	// deliveries still reading a message.
 	ctx    context.Context
@@ -134,7 +146,15 @@ func New(cfg Config) *Server {
 	gs := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	gs.LMTP = true
 	gs.Domain = cfg.Hostname
-	gs.MaxMessageBytes = cfg.Agent.MaxMessageSize
+	// go-smtp refuses a message once it has read MaxMessageBytes octets,
+	// before it can see whether the final dot follows, so a message of
+	// exactly the limit would fail. One more octet lets it through; the
+	// Agent refuses what is over the limit, and conn.Write advertises the
+	// limit itself in SIZE (RFC 1870 §4).
+	if limit := cfg.Agent.MaxMessageSize; limit > 0 && limit < math.MaxInt64 {
+		gs.MaxMessageBytes = limit + 1
+		s.sizeFix = [2]string{fmt.Sprintf("SIZE %d\r\n", limit+1), fmt.Sprintf("SIZE %d\r\n", limit)}
+	}
 	gs.MaxLineLength = cfg.MaxLineLength
 	gs.MaxRecipients = cfg.MaxRecipients
 	gs.WriteTimeout = cfg.WriteTimeout
@@ -256,7 +276,11 @@ type conn struct {
 	// connections that are not busy at once.
 	busy      atomic.Bool
 	dataEnded atomic.Bool
-	closeOnce sync.Once
+	// lineTooLong is set when a message had a line over the limit: its
+	// replies are the last, and go-smtp's own reply to the same error, which
+	// it gives next, is not sent.
+	lineTooLong atomic.Bool
+	closeOnce   sync.Once
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -278,6 +302,54 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.timedOut.Store(true)
 	}
 	return n, err
+}
+
+// Write sends a reply line of go-smtp, which writes each line in one Write,
+// with the corrections of fixReply.
+func (c *conn) Write(p []byte) (int, error) {
+	q, fixed := c.fixReply(p)
+	if !fixed {
+		return c.Conn.Write(p)
+	}
+	if len(q) > 0 {
+		if _, err := c.Conn.Write(q); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// sequenceErrors are go-smtp's texts for commands given out of order, which
+// it sends with code 502 (command not implemented); RFC 5321 §4.2.4 and
+// §4.3.2 give them 503 (bad sequence of commands).
+var sequenceErrors = map[string]bool{
+	"Missing RCPT TO command.":                 true, // DATA, BDAT
+	"Missing MAIL FROM command.":               true, // RCPT
+	"Please introduce yourself first.":         true, // MAIL before LHLO
+	"MAIL not allowed during message transfer": true, // between BDAT chunks
+	"RCPT not allowed during message transfer": true,
+	"DATA not allowed during message transfer": true,
+}
+
+// fixReply returns the line to send in place of the reply line p, and
+// whether it differs: the SIZE capability with the limit itself (see New),
+// 503 for sequence errors, and nothing for go-smtp's "Too long line" after
+// the replies to a message that had one, which LMTPData has already sent.
+func (c *conn) fixReply(p []byte) ([]byte, bool) {
+	if len(p) < 4 {
+		return nil, false
+	}
+	code, rest := string(p[:3]), p[4:]
+	switch {
+	case code == "250" && c.srv.sizeFix[0] != "" && string(rest) == c.srv.sizeFix[0]:
+		return append(p[:4:4], c.srv.sizeFix[1]...), true
+	case code == "502" && bytes.HasPrefix(rest, []byte("5.5.1 ")) &&
+		sequenceErrors[strings.TrimSuffix(string(rest[6:]), "\r\n")]:
+		return append([]byte("503"), p[3:]...), true
+	case code == "500" && c.lineTooLong.Load() && string(rest) == "5.4.0 Too long line, closing connection\r\n":
+		return nil, true
+	}
+	return nil, false
 }
 
 func (c *conn) Close() error {
@@ -313,6 +385,19 @@ func (e errorLog) print(msg string) {
 		return
 	}
 	e.log.Info("lmtp: "+msg, "protocol", "lmtp")
+}
+
+// ExposedWarning returns a warning when the LMTP listener at addr can be
+// reached from other machines (a TCP address that is not loopback), or "".
+// LMTP has no authentication: whoever can connect can deliver mail to any
+// user, so only the MTA should reach it.
+func ExposedWarning(addr net.Addr) string {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok || ta.IP.IsLoopback() {
+		return ""
+	}
+	return fmt.Sprintf("LMTP on %s accepts mail for every user from anyone who can connect, without authentication; "+
+		"listen on a loopback address or a Unix socket, or let only the MTA reach it", addr)
 }
 
 // Listen opens a listener for an LMTP address: "unix:/path" for a Unix

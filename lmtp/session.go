@@ -65,17 +65,24 @@ func (s *session) Reset() {
 
 func (s *session) Logout() error { return nil }
 
+// Mail starts a transaction; a SIZE= over the size limit is refused at once
+// (RFC 1870 §6.1).
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.Reset()
-	s.from = from
 	if opts != nil {
+		if limit := s.srv.cfg.Agent.MaxMessageSize; limit > 0 && opts.Size > limit {
+			s.log.Info("sender refused: message too big", "from", from, "size", opts.Size)
+			return replyTooBig
+		}
 		s.size = opts.Size
 	}
+	s.from = from
 	return nil
 }
 
-// Rcpt accepts a recipient whose local part names a user, in a served domain,
-// with room for the message (as far as MAIL FROM's SIZE= tells).
+// Rcpt accepts a recipient whose local part names a user, in a served domain.
+// The quota is checked after the data, when the message is stored; with
+// Config.RcptCheckQuota, also here (as far as MAIL FROM's SIZE= tells).
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	local, domain := to, ""
 	if at := strings.LastIndexByte(to, '@'); at >= 0 {
@@ -91,8 +98,10 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		s.log.Info("recipient refused: no such user", "rcpt", to)
 		return replyNoUser
 	}
-	if err := agent.Check(user, s.size); err != nil {
-		return s.refusal(recipient{to, user}, err, "recipient refused")
+	if s.srv.cfg.RcptCheckQuota {
+		if err := agent.Check(user, s.size); err != nil {
+			return s.refusal(recipient{to, user}, err, "recipient refused")
+		}
 	}
 	s.rcpts = append(s.rcpts, recipient{to, user})
 	return nil
@@ -152,6 +161,9 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		f.Close()
 	}
 	_, _ = io.Copy(io.Discard, r) // to the final dot, unless the input failed
+	if s.conn != nil && errors.Is(in.err, smtp.ErrTooLongLine) {
+		s.conn.lineTooLong.Store(true) // the replies below are the last ones
+	}
 	for i, rc := range s.rcpts {
 		err := results[i]
 		if err == nil {

@@ -28,7 +28,12 @@ listener of pouch serve does: Return-Path (with -f) and Delivered-To header
 lines are added at the top, nothing else is changed (8-bit data and LF or CRLF
 line endings are stored as received), and the command exits 0 only once the
 message is on disk, synced. USER is a user name or user@domain, whose local
-part names the user; Delivered-To gets the argument as given.
+part names the user (alice+news names alice, see --lmtp-recipient-delimiter);
+Delivered-To gets the argument as given.
+
+As Dovecot's LDA does, a leading mbox "From " line is dropped, and a message
+whose header already starts with Return-Path or Delivered-To (as Postfix's
+local delivery writes them) does not get a second one.
 
 For Postfix's local delivery (main.cf):
   mailbox_command = /usr/local/bin/pouch deliver --data /var/lib/pouch -f "$SENDER" "$USER"
@@ -55,18 +60,23 @@ const (
 type lmtpSettings struct {
 	addr           string
 	domains        string
+	rcptCheckQuota bool
+	delimiter      string
 	quotaStorage   sizeValue
 	quotaMessages  int
 	quotaTemporary bool
 	maxMessageSize sizeValue
 }
 
-// register defines the flags on fs; listener adds --lmtp and --lmtp-domains.
+// register defines the flags on fs; listener adds --lmtp, --lmtp-domains and
+// --lmtp-rcpt-check-quota.
 func (s *lmtpSettings) register(fs *flag.FlagSet, listener bool) {
 	if listener {
 		fs.StringVar(&s.addr, "lmtp", "", "LMTP listen `address` (host:port, or unix:/path for a socket); empty disables it")
 		fs.StringVar(&s.domains, "lmtp-domains", "", "comma-separated `domains` whose recipients LMTP accepts (default: any domain)")
+		fs.BoolVar(&s.rcptCheckQuota, "lmtp-rcpt-check-quota", false, "refuse a recipient over quota at RCPT already, not only after DATA (MTAs that verify recipients cache such a refusal)")
 	}
+	fs.StringVar(&s.delimiter, "lmtp-recipient-delimiter", "+", "`characters` that separate a user name from an address extension (alice+news is alice); empty turns extensions off")
 	s.maxMessageSize = 50 << 20
 	fs.Var(&s.quotaStorage, "quota-storage", "default storage quota of each user, a `size` such as 500M or 2G; 0 means none")
 	fs.IntVar(&s.quotaMessages, "quota-messages", 0, "default quota of each user in `messages`; 0 means none")
@@ -80,11 +90,12 @@ func (s *lmtpSettings) agent(data string, users lmtp.Users) (*lmtp.Agent, error)
 		return nil, errors.New("--quota-messages must not be negative")
 	}
 	return &lmtp.Agent{
-		Store:          maildir.New(filepath.Join(data, "mail")),
-		Users:          users,
-		Quota:          lmtp.Quota{Storage: int64(s.quotaStorage), Messages: s.quotaMessages},
-		QuotaTemporary: s.quotaTemporary,
-		MaxMessageSize: int64(s.maxMessageSize),
+		Store:              maildir.New(filepath.Join(data, "mail")),
+		Users:              users,
+		Quota:              lmtp.Quota{Storage: int64(s.quotaStorage), Messages: s.quotaMessages},
+		QuotaTemporary:     s.quotaTemporary,
+		MaxMessageSize:     int64(s.maxMessageSize),
+		RecipientDelimiter: s.delimiter,
 	}, nil
 }
 
@@ -162,7 +173,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if err := agent.Check(user, 0); err != nil {
 		return deliverFailure(err, user)
 	}
-	d := lmtp.Delivery{User: user, Recipient: rcpt, NoReturnPath: !set["f"]}
+	d := lmtp.Delivery{User: user, Recipient: rcpt, NoReturnPath: !set["f"], Piped: true}
 	d.Sender = strings.TrimSuffix(strings.TrimPrefix(*sender, "<"), ">")
 	if _, err := agent.Deliver(context.Background(), d, stdin); err != nil {
 		return deliverFailure(err, user)
@@ -192,6 +203,9 @@ func deliverConfig(path string, set map[string]bool, data *string, s *lmtpSettin
 	}
 	if !set["max-message-size"] {
 		s.maxMessageSize = sc.lmtp.maxMessageSize
+	}
+	if !set["lmtp-recipient-delimiter"] {
+		s.delimiter = sc.lmtp.delimiter
 	}
 	return nil
 }
@@ -247,10 +261,14 @@ func listenLMTP(c *serveConfig, users *auth.Users, hostname string, log *slog.Lo
 			domains = append(domains, d)
 		}
 	}
-	srv := lmtp.New(lmtp.Config{Agent: agent, Logger: log, Hostname: hostname, Domains: domains, SpoolDir: spool})
+	srv := lmtp.New(lmtp.Config{Agent: agent, Logger: log, Hostname: hostname, Domains: domains, SpoolDir: spool,
+		RcptCheckQuota: s.rcptCheckQuota})
 	l, err := lmtp.Listen(s.addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen lmtp on %s: %v", s.addr, err)
+	}
+	if w := lmtp.ExposedWarning(l.Addr()); w != "" {
+		log.Warn(w, "protocol", "lmtp")
 	}
 	return &lmtpService{srv: srv, l: l, log: log}, nil
 }

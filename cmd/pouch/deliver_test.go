@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -165,12 +166,117 @@ func TestServeLMTPSettings(t *testing.T) {
 	}
 	fs, c := serveFlags(io.Discard)
 	cfg := filepath.Join(t.TempDir(), "pouch.toml")
-	os.WriteFile(cfg, []byte("lmtp = \"unix:/run/pouch/lmtp\"\nlmtp-domains = [\"a.org\", \"b.org\"]\nquota-storage = \"2G\"\nquota-temporary = true\nmax-message-size = 1048576\n"), 0o600)
+	if c.lmtp.delimiter != "+" || c.lmtp.rcptCheckQuota {
+		t.Errorf("defaults: recipient delimiter %q, RCPT quota check %v; want \"+\", off", c.lmtp.delimiter, c.lmtp.rcptCheckQuota)
+	}
+	os.WriteFile(cfg, []byte("lmtp = \"unix:/run/pouch/lmtp\"\nlmtp-domains = [\"a.org\", \"b.org\"]\nquota-storage = \"2G\"\nquota-temporary = true\nmax-message-size = 1048576\n"+
+		"lmtp-recipient-delimiter = \"+-\"\nlmtp-rcpt-check-quota = true\n"), 0o600)
 	if err := applyConfigFile(fs, cfg); err != nil {
 		t.Fatal(err)
 	}
 	l := c.lmtp
-	if l.addr != "unix:/run/pouch/lmtp" || l.domains != "a.org,b.org" || l.quotaStorage != 2<<30 || !l.quotaTemporary || l.maxMessageSize != 1<<20 {
+	if l.addr != "unix:/run/pouch/lmtp" || l.domains != "a.org,b.org" || l.quotaStorage != 2<<30 || !l.quotaTemporary || l.maxMessageSize != 1<<20 ||
+		l.delimiter != "+-" || !l.rcptCheckQuota {
 		t.Errorf("config file not applied: %+v", l)
+	}
+}
+
+// As Dovecot's LDA: a leading mbox From line is dropped, and the Return-Path
+// and Delivered-To that an MTA wrote at the top (Postfix's local(8) for a
+// mailbox_command) are not doubled.
+func TestDeliverFromLocal(t *testing.T) {
+	data := deliverData(t)
+	in := "From sender@sender.test  Thu Nov 26 01:42:30 2026\nReturn-Path: <sender@sender.test>\n" +
+		"X-Original-To: alice@vm.test\nDelivered-To: alice@vm.test\nReceived: by vm.test\nSubject: local\n\nbody\n"
+	if _, e, code := pouch(t, in, "deliver", "--data", data, "-f", "sender@sender.test", "alice"); code != 0 {
+		t.Fatalf("deliver: exit %d, %s", code, e)
+	}
+	want := strings.SplitN(in, "\n", 2)[1]
+	if got := deliveredTo(t, data, "alice"); len(got) != 1 || got[0] != want {
+		t.Fatalf("stored %q, want %q", got, want)
+	}
+	// A From line alone: the lines of pouch deliver, and the size limit
+	// counts the message without the From line.
+	msg := "Subject: x\n\n" + strings.Repeat("y", 85) + "\n" // 98 octets
+	if _, e, code := pouch(t, "From s@x.test Thu Nov 26 01:42:30 2026\n"+msg, "deliver", "--data", data,
+		"--max-message-size", "98", "-f", "", "carol"); code != 0 {
+		t.Fatalf("deliver: exit %d, %s", code, e)
+	}
+	if got := deliveredTo(t, data, "carol"); len(got) != 1 || got[0] != "Return-Path: <>\nDelivered-To: carol\n"+msg {
+		t.Fatalf("stored %q", got)
+	}
+}
+
+// The size limit is exact: a message of --max-message-size octets is
+// delivered, one octet more is refused (as over LMTP).
+func TestDeliverSizeBoundary(t *testing.T) {
+	data := deliverData(t)
+	msg := func(n int) string {
+		return "Subject: s\r\n\r\n" + strings.Repeat("z", n-len("Subject: s\r\n\r\n")-2) + "\r\n"
+	}
+	if _, e, code := pouch(t, msg(102400), "deliver", "--data", data, "--max-message-size", "100K", "alice"); code != 0 {
+		t.Fatalf("102400 octets with a limit of 100K: exit %d, %s", code, e)
+	}
+	if _, e, code := pouch(t, msg(102401), "deliver", "--data", data, "--max-message-size", "100K", "alice"); code != 73 ||
+		!strings.Contains(e, "larger than the limit") {
+		t.Fatalf("102401 octets with a limit of 100K: exit %d, %s", code, e)
+	}
+	if n := len(deliveredTo(t, data, "alice")); n != 1 {
+		t.Fatalf("alice has %d messages, want 1", n)
+	}
+}
+
+// Plus addressing: alice+news is alice unless a user of that name exists,
+// with the argument as given in Delivered-To; an empty
+// --lmtp-recipient-delimiter turns it off, and --config sets it too.
+func TestDeliverRecipientDelimiter(t *testing.T) {
+	data := deliverData(t)
+	users := filepath.Join(data, "users")
+	b, _ := os.ReadFile(users)
+	os.WriteFile(users, append(b, "list+owner:{PLAIN}x::::::\n"...), 0o600)
+	for _, tc := range []struct {
+		rcpt  string
+		args  []string
+		code  int
+		store string
+	}{
+		{"alice+news@example.org", nil, 0, "alice"},
+		{"alice+news", nil, 0, "alice"},
+		{"list+owner@example.org", nil, 0, "list+owner"},
+		{"alice-news", []string{"--lmtp-recipient-delimiter", "-+"}, 0, "alice"},
+		{"alice+news", []string{"--lmtp-recipient-delimiter", ""}, 67, ""},
+		{"list+other", nil, 67, ""},
+	} {
+		before := len(deliveredTo(t, data, tc.store))
+		args := append([]string{"deliver", "--data", data}, tc.args...)
+		_, e, code := pouch(t, "Subject: plus\n\nx\n", append(args, tc.rcpt)...)
+		if code != tc.code {
+			t.Errorf("%s %v: exit %d, %s; want %d", tc.rcpt, tc.args, code, e, tc.code)
+			continue
+		}
+		if tc.store == "" {
+			continue
+		}
+		got := deliveredTo(t, data, tc.store)
+		if len(got) != before+1 || !slices.ContainsFunc(got, func(m string) bool { return strings.HasPrefix(m, "Delivered-To: "+tc.rcpt+"\n") }) {
+			t.Errorf("%s: %s has %q", tc.rcpt, tc.store, got)
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "pouch.toml")
+	os.WriteFile(cfg, []byte("data = \""+data+"\"\nlmtp-recipient-delimiter = \"\"\n"), 0o600)
+	if _, e, code := pouch(t, "x\n", "deliver", "--config", cfg, "alice+news"); code != 67 {
+		t.Errorf("with the delimiter turned off in the config file: exit %d, %s; want 67", code, e)
+	}
+}
+
+// Return-Path keeps the quotes of a quoted local part, as Postfix passes the
+// sender without them.
+func TestDeliverQuotedSender(t *testing.T) {
+	data := deliverData(t)
+	if _, e, code := pouch(t, "Subject: q\n\nx\n", "deliver", "--data", data, "-f", "john doe@x.test", "alice"); code != 0 {
+		t.Fatalf("deliver: exit %d, %s", code, e)
+	}
+	if got := deliveredTo(t, data, "alice"); len(got) != 1 || !strings.HasPrefix(got[0], "Return-Path: <\"john doe\"@x.test>\nDelivered-To: alice\n") {
+		t.Fatalf("stored %q", got)
 	}
 }
