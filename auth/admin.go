@@ -27,11 +27,13 @@ var (
 
 // AddUser adds name with password, stored as {ARGON2ID}, as the last line
 // "name:{ARGON2ID}...::::::" (see the package documentation for how the file
-// is changed). It creates the file (mode 0600) and its
-// directory (mode 0700) if they are missing. It fails with ErrUserExists if
-// name is in the file already, and refuses an invalid name or an empty
-// password.
+// is changed), the name normalized by NormalizeName. It creates the file
+// (mode 0600) and its directory (mode 0700) if they are missing. It fails
+// with ErrUserExists if name is in the file already, in any form, and
+// refuses an invalid name or an empty password. A password that SCRAM
+// cannot use (see SCRAMUsable) is stored without SCRAM-SHA-256 keys.
 func AddUser(path, name, password string) error {
+	name = NormalizeName(name)
 	if err := ValidName(name); err != nil {
 		return err
 	}
@@ -50,11 +52,15 @@ func AddUser(path, name, password string) error {
 	})
 }
 
-// SetPassword stores a new password, as {ARGON2ID}, for name. Only the
-// password field of the user's line changes: fields 3 and later are kept. It
-// fails with ErrNoSuchUser if name is not in the file, and refuses an empty
-// password.
+// SetPassword stores a new password, as {ARGON2ID}, for name (in any form,
+// see NormalizeName). Only the password field of the user's line and the
+// SCRAM-SHA-256 keys and password date among its extra fields change: the
+// other fields are kept, and so is the form of the name. It fails with
+// ErrNoSuchUser if name is not in the file, and refuses an empty password.
+// A password that SCRAM cannot use (see SCRAMUsable) leaves the user
+// without SCRAM-SHA-256 keys.
 func SetPassword(path, name, password string) error {
+	name = NormalizeName(name)
 	fresh, err := newPasswordLine(name, password)
 	if err != nil {
 		return err
@@ -67,7 +73,12 @@ func SetPassword(path, name, password string) error {
 		l, _, _, _ := parseLine(lines[i])
 		l.password = fresh.password
 		f := fresh.extraFields()
-		l.setExtra(scramField, f[scramField])
+		if v, ok := f[scramField]; ok {
+			l.setExtra(scramField, v)
+		} else {
+			// The old keys would let the old password in.
+			l.delExtra(scramField)
+		}
 		l.setExtra(ChangedField, f[ChangedField])
 		lines[i] = l.String()
 		return lines, nil
@@ -75,9 +86,11 @@ func SetPassword(path, name, password string) error {
 }
 
 // SetFields sets (value non-nil) or removes (value nil) extra fields of
-// name's line, such as "nologin" or "login_delay", keeping the rest of the
-// line. It fails with ErrNoSuchUser if name is not in the file.
+// name's line (in any form, see NormalizeName), such as "nologin" or
+// "login_delay", keeping the rest of the line. It fails with ErrNoSuchUser if
+// name is not in the file.
 func SetFields(path, name string, fields map[string]*string) error {
+	name = NormalizeName(name)
 	for k, v := range fields {
 		if k == "" || strings.ContainsAny(k, " =:\t\n") || (v != nil && strings.ContainsAny(*v, " :\t\n")) {
 			return fmt.Errorf("auth: invalid extra field %q", k)
@@ -102,15 +115,17 @@ func SetFields(path, name string, fields map[string]*string) error {
 }
 
 // DeleteUser removes the line of name (every line, should it be listed more
-// than once). It fails with ErrNoSuchUser if name is not in the file.
+// than once, in any form: see NormalizeName). It fails with ErrNoSuchUser if
+// name is not in the file.
 func DeleteUser(path, name string) error {
+	name = NormalizeName(name)
 	return updateExisting(path, name, func(lines []string) ([]string, error) {
 		if findUser(lines, name) < 0 {
 			return nil, fmt.Errorf("%w: %s", ErrNoSuchUser, name)
 		}
 		kept := lines[:0]
 		for _, line := range lines {
-			if l, _, ok, _ := parseLine(line); !ok || l.name != name {
+			if l, _, ok, _ := parseLine(line); !ok || NormalizeName(l.name) != name {
 				kept = append(kept, line)
 			}
 		}
@@ -118,9 +133,10 @@ func DeleteUser(path, name string) error {
 	})
 }
 
-// ListUsers returns the names of the users in the file, in file order, each
-// once: the users that Exists reports. A missing file has none. It takes no
-// lock: the file is only ever replaced whole.
+// ListUsers returns the names of the users in the file, normalized (see
+// NormalizeName), in file order, each once: the users that Exists reports.
+// A missing file has none. It takes no lock: the file is only ever replaced
+// whole.
 func ListUsers(path string) ([]string, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -132,9 +148,11 @@ func ListUsers(path string) ([]string, error) {
 	var names []string
 	seen := make(map[string]bool)
 	for _, line := range splitLines(data) {
-		if l, _, ok, _ := parseLine(line); ok && !seen[l.name] {
-			seen[l.name] = true
-			names = append(names, l.name)
+		if l, _, ok, _ := parseLine(line); ok {
+			if name := NormalizeName(l.name); !seen[name] {
+				seen[name] = true
+				names = append(names, name)
+			}
 		}
 	}
 	return names, nil
@@ -145,26 +163,26 @@ func ListUsers(path string) ([]string, error) {
 const ChangedField = "password_changed"
 
 // newPasswordLine returns the line of a new user: the password as {ARGON2ID},
-// and its SCRAM-SHA-256 credentials in the extra fields.
+// and its SCRAM-SHA-256 credentials in the extra fields when SCRAM can use
+// the password.
 func newPasswordLine(name, password string) (userLine, error) {
 	hash, err := HashPassword(password)
 	if err != nil {
 		return userLine{}, err
 	}
 	l := userLine{name: name, password: hash, rest: "::::::"}
-	creds, err := scramCredentials(password)
-	if err != nil {
-		return userLine{}, err
+	if creds, err := scramCredentials(password); err == nil {
+		l.setExtra(scramField, creds)
 	}
-	l.setExtra(scramField, creds)
 	l.setExtra(ChangedField, strconv.FormatInt(time.Now().Unix(), 10))
 	return l, nil
 }
 
-// findUser returns the index of the first line of name, or -1.
+// findUser returns the index of the first line of name, a normalized name,
+// whatever the form of the line's name; or -1.
 func findUser(lines []string, name string) int {
 	for i, line := range lines {
-		if l, _, ok, _ := parseLine(line); ok && l.name == name {
+		if l, _, ok, _ := parseLine(line); ok && NormalizeName(l.name) == name {
 			return i
 		}
 	}

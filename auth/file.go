@@ -10,9 +10,10 @@
 // Schemes read: {ARGON2ID}, {BLF-CRYPT} ($2a$, $2b$, $2y$), {SHA512-CRYPT},
 // {PLAIN}, {CLEARTEXT} (and its alias {CLEAR}), and {CRYPT} or no prefix for a
 // crypt(3) string starting with $6$, $2a$, $2b$, $2y$ or $argon2id$. Scheme
-// names are case-insensitive; user names are case-sensitive. A user whose
-// password cannot be used (another scheme, a malformed hash) exists but cannot
-// log in. New passwords are always stored as {ARGON2ID}.
+// names are case-insensitive; user names are case-sensitive, and known in
+// their PRECIS form whatever form a line has (NormalizeName). A user whose
+// password cannot be used (another scheme, a malformed hash) exists but
+// cannot log in. New passwords are always stored as {ARGON2ID}.
 //
 // The administration functions (AddUser, SetPassword, DeleteUser) each take an
 // exclusive flock on the users file's path + ".lock" (waiting for it; the lock
@@ -31,6 +32,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/secure/precis"
 )
 
 // maxNameLen is the longest user name in octets.
@@ -62,6 +65,29 @@ func ValidName(name string) error {
 		}
 	}
 	return nil
+}
+
+// NormalizeName applies the PRECIS UsernameCasePreserved profile (RFC 8265
+// §3.4) to a user name, as the POP3 server does with every name a client
+// gives (RFC 6856 §4), so that a name composed differently (NFC or NFD, or
+// in full-width forms) is the same user. A name the profile refuses is
+// returned as it is. Names of printable ASCII are returned unchanged.
+//
+// Names are normalized when users are added or changed, and when the users
+// file is loaded: a line written in another form is found under the
+// normalized name, and the file is not rewritten.
+func NormalizeName(name string) string {
+	ascii := true
+	for i := 0; i < len(name) && ascii; i++ {
+		ascii = name[i] > ' ' && name[i] < 0x7f
+	}
+	if ascii {
+		return name
+	}
+	if n, err := precis.UsernameCasePreserved.String(name); err == nil {
+		return n
+	}
+	return name
 }
 
 // userLine is a line of the users file split into its fields.

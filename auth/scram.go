@@ -44,6 +44,20 @@ func scramCredentials(password string) (string, error) {
 	return "{SCRAM-SHA-256}" + formatSCRAM(creds), nil
 }
 
+// SCRAMUsable returns nil if SCRAM-SHA-256 can work with password, or an
+// error saying that it cannot. SCRAM prepares passwords with SASLprep
+// (RFC 5802 §2.2, RFC 4013), which forbids characters that the PRECIS
+// OpaqueString profile of other logins allows (RFC 8265 §4.2), such as
+// emoji: AddUser and SetPassword store such a password without SCRAM keys,
+// and only the mechanisms that send the password (USER/PASS, PLAIN, LOGIN)
+// log that user in.
+func SCRAMUsable(password string) error {
+	if _, err := scram.SHA256.NewClient("", password, ""); err != nil {
+		return errors.New("auth: SCRAM-SHA-256 will not work for this user: SCRAM's SASLprep forbids characters of the password (USER/PASS, PLAIN and LOGIN work)")
+	}
+	return nil
+}
+
 func formatSCRAM(c scram.StoredCredentials) string {
 	enc := base64.StdEncoding.EncodeToString
 	return strconv.Itoa(c.Iters) + "," + enc([]byte(c.Salt)) + "," + enc(c.StoredKey) + "," + enc(c.ServerKey)

@@ -10,7 +10,7 @@ import (
 func TestCheckStrength(t *testing.T) {
 	list := filepath.Join(t.TempDir(), "breached.txt")
 	// A plaintext entry and a SHA-1 entry (of "Summer2024Summer!") in HIBP form.
-	os.WriteFile(list, []byte("Winter2024Winter!\nA2B3F8F2D4F8B84D2E9C3A1F1C0E8E5B7E6D6C5A:12\n"+
+	os.WriteFile(list, []byte("Quartz-Mango-Lantern-41\nA2B3F8F2D4F8B84D2E9C3A1F1C0E8E5B7E6D6C5A:12\n"+
 		"2E1B6F3C3EB7E9ED8C1C1A8F0D5C0E2F3F4A9B8C\n"), 0o600)
 	for pw, want := range map[string]string{
 		"short":                             "too short",
@@ -18,7 +18,7 @@ func TestCheckStrength(t *testing.T) {
 		"abcdefghijklmnop":                  "too predictable",
 		"1234567890123456":                  "too predictable",
 		"Password1234":                      "most common",
-		"Winter2024Winter!":                 "breached",
+		"Quartz-Mango-Lantern-41":           "breached",
 		"correct horse battery staple":      "",
 		"Tr0ub4dor&3xyz":                    "",
 		"gr\u00fcne S\u00e4ulen tr\u00e4gt": "",
@@ -30,6 +30,61 @@ func TestCheckStrength(t *testing.T) {
 	}
 	if err := CheckStrength("correct horse battery staple", filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("a missing breached list is ignored")
+	}
+}
+
+// Passwords built from what guessers try first are refused, whatever their
+// length and kinds of characters, with what they are built from.
+func TestPredictablePasswords(t *testing.T) {
+	for _, tc := range []struct{ user, password, reason string }{
+		{"bob", "Summer2024!!", "a common word, a year and a repeated character"},
+		{"bob", "qwertyuiop12", "a run of neighbouring keys"},
+		{"bob", "1qaz2wsx3edc4rfv", "runs of neighbouring keys"},
+		{"bob", "iloveyouiloveyou", "a repeated common word"},
+		{"bob", "passwordpassword1", "a repeated common word"},
+		{"bob", "Password2024!", "a common word and a year"},
+		{"bob", "Welcome2024!", "a common word and a year"},
+		{"bob", "p4$$w0rd-2019!", "a common word and a year"},
+		{"bob", "drowssap12345", "a common word and a sequence"},
+		{"bob", "abcabcabcabc", "a repeated sequence"},
+		{"bob", "Dragon Monkey Summer Football", "common words"},
+		{"bob", "Autumn25.12.1990", "a common word and a date"},
+		{"alice", "alicealice2024", "the user name repeated and a year"},
+		{"alice.smith", "Alice.Smith1987", "the user name and a year"},
+		{"carol", "c4r0l-1990-c4r0l", "the user name and a year"},
+	} {
+		err := CheckStrength(tc.password, "", tc.user)
+		if err == nil || !strings.Contains(err.Error(), "too predictable") || !strings.Contains(err.Error(), "built from "+tc.reason+";") {
+			t.Errorf("CheckStrength(%q) for %s = %v, want it built from %s", tc.password, tc.user, err, tc.reason)
+		}
+	}
+}
+
+// Random characters and random words pass, and so do the passwords of the
+// tests and the README.
+func TestStrongPasswords(t *testing.T) {
+	for _, tc := range []struct{ user, password string }{
+		{"alice", "Kq7-vTz2-mW9p"},
+		{"alice", "x7kq2mz9p4wd"},
+		{"alice", "q9T#mV2!zL8@wR4$kP6^"},
+		{"alice", "river candle orbit lemon"},
+		{"alice", "Saturn-Pencil-Drum-Tiger"},
+		{"alice", "sofa tango ember quilt"},
+		{"bob", "tidy-Walrus-87-kettle"},
+		{"alice", "first Passw0rd-long"},
+		{"alice", "second Passw0rd-long"},
+		{"bob", "bobs Passw0rd-long"},
+		{"carol", "carols Passw0rd-long"},
+		{"alice", "Lmtp-test-secret-9"},
+		{"alice", "a long enough secret"},
+	} {
+		if err := CheckStrength(tc.password, "", tc.user); err != nil {
+			t.Errorf("CheckStrength(%q) for %s: %v", tc.password, tc.user, err)
+		}
+	}
+	// Only so much of a very long password is analysed, quickly.
+	if b := EstimateBits(strings.Repeat("a", 10_000)); b > 20 {
+		t.Errorf("a very long repetition is worth %.0f bits", b)
 	}
 }
 

@@ -19,6 +19,9 @@ import (
 // administration functions or by hand take effect on the next lookup. If that
 // reload fails, the previous contents stay in use and Warnings says so.
 //
+// Users are known by their names as NormalizeName gives them, whatever form
+// their lines have: lookups take normalized names.
+//
 // A Users is safe for concurrent use.
 type Users struct {
 	path string
@@ -168,28 +171,31 @@ func load(path string) (*database, error) {
 			}
 			continue
 		}
-		if _, dup := db.users[l.name]; dup {
+		// Users are found by their normalized names, whatever form the
+		// line has; the line itself stays as it is.
+		name := NormalizeName(l.name)
+		if _, dup := db.users[name]; dup {
 			db.warnings = append(db.warnings,
-				fmt.Sprintf("%s: user %s listed again; the first line counts", where, l.name))
+				fmt.Sprintf("%s: user %s listed again; the first line counts", where, name))
 			continue
 		}
 		if err != nil {
 			db.warnings = append(db.warnings, fmt.Sprintf("%s: %v", where, err))
 		}
-		db.users[l.name] = sec
+		db.users[name] = sec
 		if f := l.extraFields(); f != nil {
 			if db.fields == nil {
 				db.fields = make(map[string]map[string]string)
 			}
-			db.fields[l.name] = f
+			db.fields[name] = f
 		}
-		if _, ok := scramOf(sec, db.fields[l.name]); ok {
+		if _, ok := scramOf(sec, db.fields[name]); ok {
 			db.scram = true
 		}
 		if p, ok := sec.(plainSecret); ok && p != "" {
 			db.apop = true
 		}
-		if n, err := strconv.Atoi(db.fields[l.name]["login_delay"]); err == nil && n > db.maxLoginDelay {
+		if n, err := strconv.Atoi(db.fields[name]["login_delay"]); err == nil && n > db.maxLoginDelay {
 			db.maxLoginDelay = n
 		}
 	}

@@ -4,6 +4,11 @@
 // and keeps the bans in a file so that they survive a restart and can be
 // managed with `pouch ban`.
 //
+// An attempt counts from the moment it starts: attempts of one source that
+// run at once (parallel connections, pipelined commands) each wait longer
+// than the one before, and no more of them check a password than the
+// failures that ban the source.
+//
 // Protection per user never locks a user out from everywhere: when a user name
 // collects many failures, only sources that themselves failed are refused
 // for it; a correct password from a clean source still works.
@@ -14,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -53,6 +59,9 @@ type Config struct {
 	StatePath string
 	// Now is the clock (time.Now).
 	Now func() time.Time
+	// Log receives what cannot be reported otherwise, like a ban list that
+	// cannot be written (slog.Default()).
+	Log *slog.Logger
 }
 
 func (c *Config) defaults() {
@@ -76,6 +85,9 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
 }
 
 // Ban is one banned network.
@@ -90,18 +102,26 @@ type Ban struct {
 	Since time.Time `json:"since"`
 }
 
+// Automatic reports whether the guard made the ban after failed logins, as
+// opposed to an operator with pouch ban.
+func (b Ban) Automatic() bool { return b.Count > 0 }
+
 // Guard tracks failures and bans. It is safe for concurrent use.
 type Guard struct {
 	cfg Config
 
 	mu        sync.Mutex
-	sources   map[netip.Prefix][]time.Time // recent failures per source
-	users     map[string][]time.Time       // recent failures per user name
+	sources   map[netip.Prefix][]time.Time   // recent failures per source
+	pending   map[netip.Prefix][]time.Time   // when each attempt in progress times out, per source
+	waiting   map[netip.Prefix]chan struct{} // closed when an attempt of the source ends or the bans change
+	users     map[string][]time.Time         // recent failures per user name
 	bans      map[netip.Prefix]Ban
 	unsaved   map[netip.Prefix]Ban // automatic bans not yet written to StatePath
 	nextSweep int                  // size at which sweep looks again
 	stamp     stamp                // of StatePath at the last load or save
 	lastLoad  time.Time
+
+	notices notices // refused connections logged, per source
 }
 
 // New returns a Guard, loading the bans kept in cfg.StatePath.
@@ -110,6 +130,8 @@ func New(cfg Config) (*Guard, error) {
 	g := &Guard{
 		cfg:     cfg,
 		sources: make(map[netip.Prefix][]time.Time),
+		pending: make(map[netip.Prefix][]time.Time),
+		waiting: make(map[netip.Prefix]chan struct{}),
 		users:   make(map[string][]time.Time),
 		bans:    make(map[netip.Prefix]Ban),
 		unsaved: make(map[netip.Prefix]Ban),
@@ -155,26 +177,40 @@ func (g *Guard) recent(times []time.Time, now time.Time) []time.Time {
 	return times[i:]
 }
 
-// Banned reports whether ip is banned now, and until when.
-func (g *Guard) Banned(ip netip.Addr) (time.Time, bool) {
+// Banned reports whether ip is banned now, and by which ban (the one that
+// lasts longest when several hold).
+func (g *Guard) Banned(ip netip.Addr) (Ban, bool) {
 	if g.trusted(ip) {
-		return time.Time{}, false
+		return Ban{}, false
 	}
 	g.reloadIfChanged()
 	now := g.cfg.Now()
-	ip = ip.Unmap()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, b := range g.bans {
-		if b.Until.After(now) && b.Net.Contains(ip) {
-			return b.Until, true
-		}
-	}
-	return time.Time{}, false
+	return g.bannedLocked(ip.Unmap(), now)
 }
 
-// Delay is how long to wait before checking a password from ip: a step per
-// recent failure of its source, up to the maximum.
+// bannedLocked is Banned with g.mu held.
+func (g *Guard) bannedLocked(ip netip.Addr, now time.Time) (Ban, bool) {
+	var found Ban
+	ok := false
+	for _, b := range g.bans {
+		if b.Until.After(now) && b.Net.Contains(ip) && (!ok || b.Until.After(found.Until)) {
+			found, ok = b, true
+		}
+	}
+	return found, ok
+}
+
+// attemptTimeout is how long an attempt that neither failed nor ended
+// otherwise (a client that cancelled a SASL exchange or went away) still
+// counts: longer than any delay plus a SASL exchange within the pre-login
+// timeout.
+const attemptTimeout = 2 * time.Minute
+
+// Delay is how long an attempt from ip starting now would wait before its
+// password is checked: a step per recent failure of its source and per
+// attempt of the source in progress, up to the maximum.
 func (g *Guard) Delay(ip netip.Addr) time.Duration {
 	if g.trusted(ip) {
 		return 0
@@ -183,8 +219,114 @@ func (g *Guard) Delay(ip netip.Addr) time.Duration {
 	src := Source(ip)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	n := len(g.recent(g.sources[src], now))
+	return g.delay(len(g.recent(g.sources[src], now)) + g.inProgress(src, now))
+}
+
+func (g *Guard) delay(n int) time.Duration {
 	return min(time.Duration(n)*g.cfg.DelayStep, g.cfg.MaxDelay)
+}
+
+// inProgress drops the timed-out attempts of src and returns how many
+// remain. Called with g.mu held.
+func (g *Guard) inProgress(src netip.Prefix, now time.Time) int {
+	p := g.pending[src]
+	i := 0
+	for i < len(p) && !p[i].After(now) {
+		i++
+	}
+	if i == len(p) {
+		delete(g.pending, src)
+		return 0
+	}
+	g.pending[src] = p[i:]
+	return len(p) - i
+}
+
+// Attempt starts an authentication attempt from ip, before its password or
+// token is checked, and returns how long to wait first (Delay). The attempt
+// counts from now until Failure or Done ends it, so attempts of one source
+// that run at once each wait a step longer than the one before. While the
+// source's recent failures and attempts in progress add up to MaxFailures,
+// a further attempt waits until one of them ends: no more passwords of a
+// source are checked than the failures that ban it. Attempt returns the ban,
+// without starting an attempt, when the source is banned before or while
+// it waits.
+func (g *Guard) Attempt(ip netip.Addr) (delay time.Duration, ban Ban, banned bool) {
+	if g.trusted(ip) {
+		return 0, Ban{}, false
+	}
+	src := Source(ip)
+	for {
+		g.reloadIfChanged()
+		now := g.cfg.Now()
+		g.mu.Lock()
+		// Under the same lock as the start of the attempt: a ban cannot
+		// come in between.
+		if b, ok := g.bannedLocked(ip.Unmap(), now); ok {
+			g.mu.Unlock()
+			return 0, b, true
+		}
+		n := len(g.recent(g.sources[src], now)) + g.inProgress(src, now)
+		p := g.pending[src]
+		if len(p) == 0 || n < g.cfg.MaxFailures {
+			g.pending[src] = append(p, now.Add(attemptTimeout))
+			g.mu.Unlock()
+			return g.delay(n), Ban{}, false
+		}
+		changed := g.waiting[src]
+		if changed == nil {
+			changed = make(chan struct{})
+			g.waiting[src] = changed
+		}
+		wait := p[0].Sub(now)
+		g.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// Done ends an attempt from ip that did not fail.
+func (g *Guard) Done(ip netip.Addr) {
+	if g.trusted(ip) {
+		return
+	}
+	now := g.cfg.Now()
+	g.mu.Lock()
+	g.endAttempt(Source(ip), now)
+	g.mu.Unlock()
+}
+
+// endAttempt ends the oldest attempt of src in progress, if any, and wakes
+// the attempts waiting for one to end. Called with g.mu held.
+func (g *Guard) endAttempt(src netip.Prefix, now time.Time) {
+	if g.inProgress(src, now) > 0 {
+		g.pending[src] = g.pending[src][1:]
+		if len(g.pending[src]) == 0 {
+			delete(g.pending, src)
+		}
+	}
+	g.wake(src)
+}
+
+// wake wakes the attempts of src waiting in Attempt. Called with g.mu held.
+func (g *Guard) wake(src netip.Prefix) {
+	if c := g.waiting[src]; c != nil {
+		close(c)
+		delete(g.waiting, src)
+	}
+}
+
+// wakeAll wakes every attempt waiting in Attempt, when the bans changed.
+// Called with g.mu held.
+func (g *Guard) wakeAll() {
+	for _, c := range g.waiting {
+		close(c)
+	}
+	clear(g.waiting)
 }
 
 // UserLocked reports whether user is locked for ip: the user name has
@@ -227,6 +369,14 @@ func (g *Guard) sweep(now time.Time) {
 			delete(g.users, k)
 		}
 	}
+	for k := range g.pending {
+		g.inProgress(k, now)
+	}
+	for k := range g.waiting {
+		if g.pending[k] == nil {
+			g.wake(k) // its attempts timed out: nobody is left to wake it
+		}
+	}
 	if len(g.users) > maxTracked/2 {
 		clear(g.users)
 	}
@@ -235,8 +385,10 @@ func (g *Guard) sweep(now time.Time) {
 	}
 }
 
-// Failure records a failed login of user from ip. It returns the ban when
-// this failure caused one.
+// Failure records a failed login of user from ip, which ends an attempt
+// (Attempt). It returns the ban when this failure caused one. A failure
+// from a source already banned (an attempt that began before the ban) is
+// not counted: it neither bans again nor counts toward the next ban.
 func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
 	if g.trusted(ip) {
 		return Ban{}, false
@@ -244,6 +396,11 @@ func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
 	now := g.cfg.Now()
 	src := Source(ip)
 	g.mu.Lock()
+	g.endAttempt(src, now)
+	if _, banned := g.bannedLocked(ip.Unmap(), now); banned {
+		g.mu.Unlock()
+		return Ban{}, false
+	}
 	g.sweep(now)
 	g.sources[src] = append(g.recent(g.sources[src], now), now)
 	if user != "" {
@@ -266,6 +423,7 @@ func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
 	b.Until = now.Add(min(length, g.cfg.MaxBanTime))
 	g.bans[src] = b
 	g.unsaved[src] = b
+	g.wake(src)
 	g.mu.Unlock()
 	g.save()
 	return b, true
@@ -283,15 +441,40 @@ func (g *Guard) Ban(net netip.Prefix, d time.Duration, reason string) error {
 	})
 }
 
-// Unban lifts the ban of a network. It reports false if none was there.
-func (g *Guard) Unban(net netip.Prefix) (bool, error) {
-	found := false
+// Unban removes the ban of exactly the network net, and returns it (none
+// when there was none).
+func (g *Guard) Unban(net netip.Prefix) ([]Ban, error) {
+	net = net.Masked()
+	return g.unban(func(b Ban) bool { return b.Net == net })
+}
+
+// UnbanAddr removes every ban whose network holds ip, and returns them.
+func (g *Guard) UnbanAddr(ip netip.Addr) ([]Ban, error) {
+	ip = ip.Unmap()
+	return g.unban(func(b Ban) bool { return b.Net.Contains(ip) })
+}
+
+func (g *Guard) unban(match func(Ban) bool) ([]Ban, error) {
+	var removed []Ban
 	err := g.update(func(bans map[netip.Prefix]Ban) {
-		if _, found = bans[net.Masked()]; found {
-			delete(bans, net.Masked())
+		for k, b := range bans {
+			if match(b) {
+				removed = append(removed, b)
+				delete(bans, k)
+			}
 		}
 	})
-	return found, err
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	for _, b := range removed {
+		delete(g.bans, b.Net) // also a ban not written yet
+		delete(g.unsaved, b.Net)
+	}
+	g.mu.Unlock()
+	sort.Slice(removed, func(i, j int) bool { return removed[i].Net.String() < removed[j].Net.String() })
+	return removed, nil
 }
 
 // Bans lists the bans in force, soonest to end first.
@@ -316,6 +499,7 @@ func (g *Guard) update(change func(map[netip.Prefix]Ban)) error {
 	if g.cfg.StatePath == "" {
 		g.mu.Lock()
 		change(g.bans)
+		g.wakeAll()
 		g.mu.Unlock()
 		return nil
 	}
@@ -341,11 +525,13 @@ func (g *Guard) update(change func(map[netip.Prefix]Ban)) error {
 		}
 	}
 	g.bans, g.stamp = onDisk, stamp
+	g.wakeAll()
 	return nil
 }
 
 // save writes the bans after an automatic ban. A failure to write is not
-// fatal: the ban holds in memory.
+// fatal: the ban holds in memory, and the next write tries again; it is
+// logged.
 func (g *Guard) save() {
 	if g.cfg.StatePath == "" {
 		return
@@ -363,15 +549,17 @@ func (g *Guard) save() {
 			}
 		}
 	})
-	if err == nil {
-		g.mu.Lock()
-		for k, v := range mine {
-			if g.unsaved[k].Since.Equal(v.Since) {
-				delete(g.unsaved, k)
-			}
-		}
-		g.mu.Unlock()
+	if err != nil {
+		g.cfg.Log.Error("writing the ban list failed; the new bans hold in memory until a write succeeds", "path", g.cfg.StatePath, "err", err)
+		return
 	}
+	g.mu.Lock()
+	for k, v := range mine {
+		if g.unsaved[k].Since.Equal(v.Since) {
+			delete(g.unsaved, k)
+		}
+	}
+	g.mu.Unlock()
 }
 
 // Reload rereads the state file now (pouch reload, SIGHUP), keeping the
@@ -395,6 +583,7 @@ func (g *Guard) load() error {
 		bans[k] = v
 	}
 	g.bans, g.stamp, g.lastLoad = bans, st, time.Now()
+	g.wakeAll()
 	g.mu.Unlock()
 	return nil
 }

@@ -155,8 +155,8 @@ func TestBansSurviveRestartAndManualBans(t *testing.T) {
 	if bans := g2.Bans(); len(bans) != 2 {
 		t.Fatalf("bans after restart: %+v", bans)
 	}
-	if ok, err := g2.Unban(netip.MustParsePrefix("198.51.100.7/32")); !ok || err != nil {
-		t.Fatalf("Unban: %v %v", ok, err)
+	if removed, err := g2.Unban(netip.MustParsePrefix("198.51.100.7/32")); len(removed) != 1 || err != nil {
+		t.Fatalf("Unban: %v %v", removed, err)
 	}
 	g3, _ := newGuard(t, path)
 	g3.cfg.Now = clk.now

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/oschwald/maxminddb-golang/v2"
 )
@@ -16,12 +17,16 @@ import (
 // user's own rules.
 //
 // Deny wins over allow. A non-empty allow list admits only what it lists.
-// Addresses the country database does not know (loopback, private networks)
-// are not subject to country rules.
+// An address's country is the one the database gives for it, or else the
+// country where its network is registered. A country allow list refuses
+// public addresses of no known country; loopback, private and link-local
+// addresses are not subject to country rules.
 type Rules struct {
 	allow, deny                   []netip.Prefix
 	allowCountries, denyCountries map[string]bool
 	geo                           *maxminddb.Reader
+
+	notices notices // refused connections logged, per source
 }
 
 // NewRules builds rules; geoipDB is the database file, needed only for
@@ -57,20 +62,42 @@ func countrySet(codes []string) map[string]bool {
 	return set
 }
 
-// Country returns the ISO 3166 code of ip's country, or "".
+// Country returns the ISO 3166 code of ip's country, or else of the country
+// where its network is registered (registered_country), or "".
 func (r *Rules) Country(ip netip.Addr) string {
 	if r.geo == nil {
 		return ""
 	}
-	var code string
-	if err := r.geo.Lookup(ip.Unmap()).DecodePath(&code, "country", "iso_code"); err != nil {
+	var rec struct {
+		Country struct {
+			ISOCode string `maxminddb:"iso_code"`
+		} `maxminddb:"country"`
+		Registered struct {
+			ISOCode string `maxminddb:"iso_code"`
+		} `maxminddb:"registered_country"`
+	}
+	if err := r.geo.Lookup(ip.Unmap()).Decode(&rec); err != nil {
 		return ""
 	}
-	return code
+	if rec.Country.ISOCode != "" {
+		return rec.Country.ISOCode
+	}
+	return rec.Registered.ISOCode
+}
+
+// Notice reports whether a connection from ip refused by the rules is to be
+// logged: the first refusal of its source in a minute. unlogged is how many
+// refusals of the source went unlogged before this one.
+func (r *Rules) Notice(ip netip.Addr) (log bool, unlogged int) {
+	return r.notices.ok(ip, time.Now())
 }
 
 // errDenied is wrapped by every refusal.
 var errDenied = errors.New("access denied")
+
+// ErrBadRule is wrapped by the error of CheckUser when a user's own rules
+// cannot be read: a mistake in the users file, not a refusal of the client.
+var ErrBadRule = errors.New("invalid access rule")
 
 // Check applies the server-wide rules to ip.
 func (r *Rules) Check(ip netip.Addr) error {
@@ -83,23 +110,79 @@ func (r *Rules) Check(ip netip.Addr) error {
 // CheckUser applies a user's own rules, from the extra fields of the users
 // file: allow_nets and deny_nets (comma-separated networks, as Dovecot's
 // allow_nets), allow_countries and deny_countries (comma-separated codes).
+// Rules that cannot be read refuse, with an error wrapping ErrBadRule.
 func (r *Rules) CheckUser(ip netip.Addr, fields map[string]string) error {
 	if len(fields) == 0 {
 		return nil
 	}
-	allow, err := parseNets(fields["allow_nets"])
-	if err != nil {
-		return fmt.Errorf("%w: allow_nets: %v", errDenied, err)
+	u, errs := parseUserRules(fields)
+	if len(errs) > 0 {
+		return errs[0]
 	}
-	deny, err := parseNets(fields["deny_nets"])
-	if err != nil {
-		return fmt.Errorf("%w: deny_nets: %v", errDenied, err)
-	}
-	ac, dc := countrySet(splitComma(fields["allow_countries"])), countrySet(splitComma(fields["deny_countries"]))
-	if r.geo == nil && (ac != nil || dc != nil) {
+	if r.geo == nil && (u.allowC != nil || u.denyC != nil) {
 		return fmt.Errorf("%w: country rules without a GeoIP database", errDenied)
 	}
-	return check(ip.Unmap(), allow, deny, ac, dc, r.Country)
+	return check(ip.Unmap(), u.allow, u.deny, u.allowC, u.denyC, r.Country)
+}
+
+// CheckUserRules reports each of a user's rule fields (allow_nets,
+// deny_nets, allow_countries, deny_countries) that cannot be read, naming
+// it; the errors wrap ErrBadRule.
+func CheckUserRules(fields map[string]string) []error {
+	_, errs := parseUserRules(fields)
+	return errs
+}
+
+type userRules struct {
+	allow, deny   []netip.Prefix
+	allowC, denyC map[string]bool
+}
+
+func parseUserRules(fields map[string]string) (userRules, []error) {
+	var u userRules
+	var errs []error
+	for _, f := range []struct {
+		name string
+		nets *[]netip.Prefix
+	}{{"allow_nets", &u.allow}, {"deny_nets", &u.deny}} {
+		nets, err := parseNets(fields[f.name])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s: %v", ErrBadRule, f.name, err))
+		}
+		*f.nets = nets
+	}
+	for _, f := range []struct {
+		name string
+		set  *map[string]bool
+	}{{"allow_countries", &u.allowC}, {"deny_countries", &u.denyC}} {
+		codes := splitComma(fields[f.name])
+		for _, c := range codes {
+			if !isCountryCode(c) {
+				errs = append(errs, fmt.Errorf("%w: %s: %q is not a two-letter country code (like DE)", ErrBadRule, f.name, c))
+				break
+			}
+		}
+		*f.set = countrySet(codes)
+	}
+	return u, errs
+}
+
+func isCountryCode(c string) bool {
+	if len(c) != 2 {
+		return false
+	}
+	for _, b := range []byte(c) {
+		if !(b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z') {
+			return false
+		}
+	}
+	return true
+}
+
+// local reports whether ip belongs to no country: loopback, private and
+// link-local addresses.
+func local(ip netip.Addr) bool {
+	return ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsUnspecified()
 }
 
 func check(ip netip.Addr, allow, deny []netip.Prefix, allowC, denyC map[string]bool, country func(netip.Addr) string) error {
@@ -120,8 +203,14 @@ func check(ip netip.Addr, allow, deny []netip.Prefix, allowC, denyC map[string]b
 	if allowC == nil && denyC == nil {
 		return nil
 	}
+	if local(ip) {
+		return nil
+	}
 	c := country(ip)
 	if c == "" {
+		if allowC != nil {
+			return fmt.Errorf("%w: %s is in no known country", errDenied, ip)
+		}
 		return nil
 	}
 	if denyC[c] {

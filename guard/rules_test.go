@@ -1,10 +1,12 @@
 package guard
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/maxmind/mmdbwriter"
@@ -93,5 +95,104 @@ func TestCountryRules(t *testing.T) {
 	noGeo, _ := NewRules(nil, nil, nil, []string{"RU"}, "")
 	if noGeo.Check(netip.MustParseAddr("81.2.3.4")) == nil {
 		t.Error("country rules without a database must refuse, not ignore")
+	}
+}
+
+// writeGeoRecords builds a database from whole records.
+func writeGeoRecords(t *testing.T, records map[string]mmdbtype.Map) string {
+	t.Helper()
+	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: "GeoLite2-Country", RecordSize: 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cidr, rec := range records {
+		_, n, _ := net.ParseCIDR(cidr)
+		if err := tree.Insert(n, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "geo.mmdb")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := tree.WriteTo(f); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// An address known only by the country its network is registered in has
+// that country; with a country allow list, a public address of no known
+// country is refused, and loopback, private and link-local ones are not.
+func TestCountryAllowListAndUnknownAddresses(t *testing.T) {
+	code := func(c string) mmdbtype.Map { return mmdbtype.Map{"iso_code": mmdbtype.String(c)} }
+	db := writeGeoRecords(t, map[string]mmdbtype.Map{
+		"81.0.0.0/8": {"country": code("DE"), "registered_country": code("DE")},
+		"2.0.0.0/8":  {"registered_country": code("FR")},
+		"5.0.0.0/8":  {"registered_country": code("DE")},
+	})
+	r, err := NewRules(nil, nil, []string{"DE"}, nil, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if c := r.Country(netip.MustParseAddr("2.3.4.5")); c != "FR" {
+		t.Fatalf("Country of an address with only a registered country = %q", c)
+	}
+	for ip, ok := range map[string]bool{
+		"81.2.3.4":        true,
+		"5.6.7.8":         true,  // registered in Germany
+		"2.3.4.5":         false, // registered in France
+		"198.51.100.7":    false, // not in the database
+		"2001:db8::1":     false,
+		"127.0.0.1":       true,
+		"10.1.2.3":        true,
+		"192.168.1.1":     true,
+		"169.254.1.1":     true,
+		"fe80::1":         true,
+		"fd00::1":         true,
+		"::1":             true,
+		"::ffff:10.0.0.1": true,
+	} {
+		if err := r.Check(netip.MustParseAddr(ip)); (err == nil) != ok {
+			t.Errorf("Check(%s) = %v, want allowed %v", ip, err, ok)
+		}
+	}
+	if err := r.CheckUser(netip.MustParseAddr("198.51.100.7"), map[string]string{"allow_countries": "de"}); err == nil {
+		t.Error("a user's country allow list admits an address of no known country")
+	}
+	// A deny list alone refuses only what it names.
+	deny, _ := NewRules(nil, nil, nil, []string{"FR"}, db)
+	defer deny.Close()
+	if deny.Check(netip.MustParseAddr("198.51.100.7")) != nil || deny.Check(netip.MustParseAddr("2.3.4.5")) == nil {
+		t.Error("a country deny list refuses an unknown address or admits a denied country")
+	}
+}
+
+func TestCheckUserRules(t *testing.T) {
+	for fields, want := range map[[2]string]string{
+		{"allow_nets", "10.0.0.0/33"}:     "allow_nets",
+		{"deny_nets", "10.0.0.0/8, x"}:    "deny_nets",
+		{"allow_countries", "DE,GER"}:     "allow_countries",
+		{"deny_countries", "1X"}:          "deny_countries",
+		{"allow_nets", "10.0.0.0/8, ::1"}: "",
+		{"deny_countries", "de, FR"}:      "",
+	} {
+		errs := CheckUserRules(map[string]string{fields[0]: fields[1]})
+		if (want == "") != (len(errs) == 0) || len(errs) > 0 && (len(errs) != 1 || !strings.Contains(errs[0].Error(), want) || !errors.Is(errs[0], ErrBadRule)) {
+			t.Errorf("CheckUserRules(%s=%s) = %v", fields[0], fields[1], errs)
+		}
+	}
+	if errs := CheckUserRules(map[string]string{"allow_nets": "10.0.0.0/33", "deny_countries": "France"}); len(errs) != 2 {
+		t.Errorf("two broken rules give %v", errs)
+	}
+	r, _ := NewRules(nil, nil, nil, nil, "")
+	if err := r.CheckUser(netip.MustParseAddr("10.1.1.1"), map[string]string{"allow_nets": "10.0.0.0/33"}); !errors.Is(err, ErrBadRule) {
+		t.Errorf("CheckUser with a broken rule = %v", err)
+	}
+	if err := r.CheckUser(netip.MustParseAddr("10.1.1.1"), map[string]string{"allow_nets": "192.0.2.0/24"}); err == nil || errors.Is(err, ErrBadRule) {
+		t.Errorf("CheckUser refusing by a good rule = %v", err)
 	}
 }

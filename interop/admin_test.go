@@ -127,7 +127,7 @@ func TestAdminWhoKick(t *testing.T) {
 	tc.SetDeadline(time.Now().Add(60 * time.Second))
 	bob := &pop3Conn{t: t, c: tc, r: bufio.NewReader(tc)}
 	bob.expect("+OK")
-	bob.login("bob", "bobs password")
+	bob.login("bob", "hQ4v-Lw9xTz2pB")
 
 	list := waitWho(t, data, "alice's octets", func(m map[string]adminSession) bool {
 		a := m[alice.c.LocalAddr().String()]
@@ -143,7 +143,7 @@ func TestAdminWhoKick(t *testing.T) {
 	if an.ID == "" || an.User != "" || an.TLS || an.State != "authorization" || an.BytesIn != 0 || an.BytesOut != int64(len("+OK Pouch ready.\r\n")) {
 		t.Errorf("the session before login: %+v", an)
 	}
-	if b.User != "bob" || !b.TLS || b.BytesIn <= int64(len("USER bob\r\nPASS bobs password\r\n")) || b.BytesOut == 0 {
+	if b.User != "bob" || !b.TLS || b.BytesIn <= int64(len("USER bob\r\nPASS hQ4v-Lw9xTz2pB\r\n")) || b.BytesOut == 0 {
 		t.Errorf("bob's POP3S session: %+v", b)
 	}
 	if !an.Since.Before(a.Since) || !a.Since.Before(b.Since) || time.Since(an.Since) > time.Minute {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,17 +21,28 @@ import (
 const fail2banFilter = "../contrib/fail2ban/filter.d/pouch.conf"
 
 // fail2banMatches runs fail2ban-regex over a log and returns how many lines
-// the shipped filter matched.
+// the shipped filter matched. It also checks that fail2ban read the time of
+// each matched line from the line itself: a line whose time it cannot read
+// it would date now, and a ban would then be counted over the wrong window.
 func fail2banMatches(t *testing.T, log string) (matched int, output string) {
 	t.Helper()
 	bin := requireTool(t, "fail2ban-regex")
+	// Move the lines to a day long past, keeping the format of their
+	// times, so that a time fail2ban does not read (it takes now) cannot
+	// pass for the line's.
+	log = regexp.MustCompile(`(time=|"time":")\d{4}-\d\d-\d\dT\d\d`).ReplaceAllString(log, "${1}2024-03-05T10")
 	path := filepath.Join(t.TempDir(), "pouch.log")
 	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.CommandContext(ctx(t), bin, path, fail2banFilter).CombinedOutput()
+	cmd := exec.CommandContext(ctx(t), bin, "-v", path, fail2banFilter)
+	cmd.Env = append(os.Environ(), "TZ=UTC")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("fail2ban-regex: %v\n%s", err, out)
+	}
+	if got, want := fail2banTimes(t, string(out)), logTimes(t, log); !slices.Equal(got, want) {
+		t.Fatalf("fail2ban dated the failures %v; the log says %v:\n%s", got, want, out)
 	}
 	m := regexp.MustCompile(`(?m)^Lines: \d+ lines, \d+ ignored, (\d+) matched`).FindSubmatch(out)
 	if m == nil {
@@ -103,6 +115,45 @@ func TestFail2banJSONLogIPv6(t *testing.T) {
 	if got, out := fail2banMatches(t, text); got != 2 {
 		t.Fatalf("the filter matched %d lines, want 2:\n%s", got, out)
 	}
+}
+
+// fail2banTimes returns the times fail2ban-regex -v gave the lines it
+// matched ("|      ADDR  Tue Mar 05 09:11:12 2024"), in order.
+func fail2banTimes(t *testing.T, out string) []string {
+	t.Helper()
+	var times []string
+	for _, m := range regexp.MustCompile(`(?m)^\|\s+\S+\s+(\w{3} \w{3} \d\d \d\d:\d\d:\d\d \d{4})$`).FindAllStringSubmatch(out, -1) {
+		at, err := time.Parse("Mon Jan 02 15:04:05 2006", m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, at.UTC().Format(time.DateTime))
+	}
+	slices.Sort(times)
+	return times
+}
+
+// logTimes returns the times of the failure lines of a text or JSON log, to
+// the second.
+func logTimes(t *testing.T, log string) []string {
+	t.Helper()
+	var times []string
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, "authentication failed") {
+			continue
+		}
+		m := regexp.MustCompile(`^(?:time=|\{"time":")([^" ]+)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("no time in %q", line)
+		}
+		at, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, at.UTC().Format(time.DateTime))
+	}
+	slices.Sort(times)
+	return times
 }
 
 type noUsers struct{}

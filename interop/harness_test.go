@@ -104,7 +104,7 @@ func newData(t *testing.T) string {
 	if err := maildir.New(filepath.Join(data, "mail")).Create("alice"); err != nil {
 		t.Fatal(err)
 	}
-	pouch(t, "bobs password\n", "user", "add", "--data", data, "bob")
+	pouch(t, "hQ4v-Lw9xTz2pB\n", "user", "add", "--data", data, "bob")
 	return data
 }
 

@@ -104,7 +104,7 @@ func TestExpirySweep(t *testing.T) {
 	if !slices.Contains(capa, "EXPIRE 30") {
 		t.Errorf("CAPA %v has no EXPIRE 30", capa)
 	}
-	p.login("bob", "bobs password")
+	p.login("bob", "hQ4v-Lw9xTz2pB")
 	if u := p.uidls(); len(u) != 4 {
 		t.Fatalf("held bob has %d messages", len(u))
 	}

@@ -56,6 +56,6 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatalf("the server does not serve the activated socket %s:\n%s", addr, log.String())
 	}
 	c := dialPOP3(t, addr)
-	c.login("bob", "bobs password")
+	c.login("bob", "hQ4v-Lw9xTz2pB")
 	c.cmd("QUIT", "+OK")
 }

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -142,6 +143,8 @@ func (a *Agent) userNamed(name string) (string, bool) {
 	if name == "" {
 		return "", false
 	}
+	// The form the users file is looked up in (PRECIS, RFC 8265).
+	name = auth.NormalizeName(name)
 	if a.Users.Exists(name) {
 		return name, true
 	}

@@ -94,9 +94,11 @@ func TestAgentHeaders(t *testing.T) {
 }
 
 func TestAgentUser(t *testing.T) {
-	a, _ := newAgent(t, fakeUsers{"alice": nil, "Bob": nil, "list+owner": nil})
+	a, _ := newAgent(t, fakeUsers{"alice": nil, "Bob": nil, "list+owner": nil, "j\u00f6rg": nil})
 	for in, want := range map[string]string{"alice": "alice", "ALICE": "alice", "Bob": "Bob", "bob": "", "": "", "carol": "",
-		"alice+news": "", "list+owner": "list+owner"} {
+		"alice+news": "", "list+owner": "list+owner",
+		// A decomposed name finds the user stored in the normalized form.
+		"jo\u0308rg": "j\u00f6rg", "j\u00f6rg": "j\u00f6rg"} {
 		got, ok := a.User(in)
 		if got != want || ok != (want != "") {
 			t.Errorf("User(%q) = %q, %v; want %q", in, got, ok, want)

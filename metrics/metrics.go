@@ -30,17 +30,20 @@ func New() *Metrics {
 	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "pouch_sessions", Help: "Open POP3 sessions.",
+			Name: "pouch_sessions",
+			Help: `Open POP3 sessions, by whether they use TLS now: tls="yes" on the POP3S port and after STLS, tls="no" otherwise.`,
 		}, []string{"tls"}),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pouch_connections_total", Help: "Accepted POP3 connections, by whether they began with TLS.",
+			Name: "pouch_connections_total",
+			Help: `Accepted POP3 connections, by how they arrived: tls="yes" on the POP3S (implicit TLS) port, tls="no" on the POP3 port, even when they go on with STLS.`,
 		}, []string{"tls"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pouch_connections_refused_total", Help: "Connections refused at connect, by reason.",
+			Name: "pouch_connections_refused_total", Help: `Connections refused at connect, by reason: "banned", "denied" (access rules) or "limit".`,
 		}, []string{"reason"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pouch_logins_total", Help: "Authentication attempts, by result and mechanism.",
-		}, []string{"result", "mechanism"}),
+			Name: "pouch_logins_total",
+			Help: `Authentication attempts, by result ("success"; "failure"; "refused": right credentials but the login was refused, as for a disabled account, LOGIN-DELAY or a maildrop in use), mechanism, and whether the session used TLS at the time (tls="yes" or "no").`,
+		}, []string{"result", "mechanism", "tls"}),
 		bans: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pouch_bans_total", Help: "Sources banned for failed logins.",
 		}),
@@ -70,7 +73,8 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-// SessionStarted counts a new connection.
+// SessionStarted counts a new connection; tls is whether it arrived on the
+// implicit-TLS port.
 func (m *Metrics) SessionStarted(tls bool) {
 	if m == nil {
 		return
@@ -79,7 +83,19 @@ func (m *Metrics) SessionStarted(tls bool) {
 	m.sessions.WithLabelValues(yesNo(tls)).Inc()
 }
 
-// SessionEnded counts a session's end; tls is whether it began with TLS.
+// SessionUpgraded moves a session that began without TLS to the TLS
+// sessions, after STLS (RFC 2595 §4). Its connection stays counted as it
+// arrived.
+func (m *Metrics) SessionUpgraded() {
+	if m == nil {
+		return
+	}
+	m.sessions.WithLabelValues("no").Dec()
+	m.sessions.WithLabelValues("yes").Inc()
+}
+
+// SessionEnded counts a session's end; tls is whether it used TLS at the
+// end (after SessionUpgraded, true).
 func (m *Metrics) SessionEnded(tls bool) {
 	if m == nil {
 		return
@@ -96,8 +112,9 @@ func (m *Metrics) Refused(reason string) {
 	m.refused.WithLabelValues(reason).Inc()
 }
 
-// Login counts an authentication attempt.
-func (m *Metrics) Login(ok bool, mechanism string) {
+// Login counts an authentication attempt; tls is whether the session used
+// TLS when it was made.
+func (m *Metrics) Login(ok bool, mechanism string, tls bool) {
 	if m == nil {
 		return
 	}
@@ -105,7 +122,16 @@ func (m *Metrics) Login(ok bool, mechanism string) {
 	if ok {
 		result = "success"
 	}
-	m.logins.WithLabelValues(result, mechanism).Inc()
+	m.logins.WithLabelValues(result, mechanism, yesNo(tls)).Inc()
+}
+
+// LoginRefused counts a login refused after the credentials were found
+// good (result "refused").
+func (m *Metrics) LoginRefused(mechanism string, tls bool) {
+	if m == nil {
+		return
+	}
+	m.logins.WithLabelValues("refused", mechanism, yesNo(tls)).Inc()
 }
 
 // Banned counts a ban.

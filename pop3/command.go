@@ -2,6 +2,7 @@ package pop3
 
 import (
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -63,6 +64,69 @@ func (c Command) CheckArgs() error {
 		}
 	}
 	return nil
+}
+
+// CheckArgsName is CheckArgs for a command whose argument i is a user name
+// (USER, APOP): that one may be up to maxName octets, so that every name a
+// server has can log in (a server may accept more than the 40 octets of
+// RFC 1939 §3; the 255-octet line of RFC 2449 §4 still bounds it), and
+// every other argument 40.
+func (c Command) CheckArgsName(i, maxName int) error {
+	for j, a := range c.Args {
+		limit := maxArg
+		if j == i {
+			limit = maxName
+		}
+		if len(a) > limit {
+			return fmt.Errorf("%w: argument longer than %d octets", ErrProtocol, limit)
+		}
+	}
+	return nil
+}
+
+// ReadCommandLine reads a command line as ReadLine does, of at most max
+// octets, or of at most authMax octets if the line starts with "AUTH " in
+// any case: RFC 5034 §4 lets AUTH's initial response make the line longer
+// than the 255 octets of RFC 2449 §4. Only the first five octets are looked
+// at before the limit is chosen, and it never waits for an octet past the
+// end of the line.
+func (r *Reader) ReadCommandLine(max, authMax int) ([]byte, error) {
+	if authMax > max {
+		auth, err := r.startsWithAUTH()
+		if err != nil {
+			return nil, err
+		}
+		if auth {
+			max = authMax
+		}
+	}
+	return r.ReadLine(max)
+}
+
+// startsWithAUTH reports whether the next line starts with "AUTH ", in any
+// case. It reads another octet only while those buffered are the start of
+// "AUTH " (so not a whole line). A read error is returned as ReadLine
+// would return it, with the partial line consumed.
+func (r *Reader) startsWithAUTH() (bool, error) {
+	const prefix = "auth "
+	for n := 1; n <= len(prefix); n++ {
+		b, err := r.br.Peek(n)
+		if err != nil {
+			_, _ = r.br.Discard(r.br.Buffered())
+			if err == io.EOF && n > 1 {
+				err = io.ErrUnexpectedEOF
+			}
+			return false, err
+		}
+		c := b[n-1]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[n-1] {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // ParseNumber parses a message number (RFC 1939 §5): decimal digits only,

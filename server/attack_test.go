@@ -4,43 +4,88 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/guard"
 )
 
-// TestAttack: attackers on eight loopback addresses send thousands of wrong
-// passwords while a real user on 127.0.0.1 keeps logging in and downloading.
-// Every real session must succeed; every attacker must be slowed, then
-// banned and refused at connect.
+// guessAuth is alice's account, which counts the passwords checked per
+// attacking source (named in each guess) and notes any checked while its
+// source was banned.
+type guessAuth struct {
+	fakeAuth
+	g *guard.Guard
+
+	mu          sync.Mutex
+	checks      map[string]int
+	whileBanned map[string]int
+}
+
+func (a *guessAuth) Verify(user, password string) bool {
+	if ip, ok := strings.CutPrefix(password, "from-"); ok {
+		ip, _, _ = strings.Cut(ip, "/")
+		_, banned := a.g.Banned(netip.MustParseAddr(ip))
+		a.mu.Lock()
+		a.checks[ip]++
+		if banned {
+			a.whileBanned[ip]++
+		}
+		a.mu.Unlock()
+	}
+	return a.fakeAuth.Verify(user, password)
+}
+
+func (a *guessAuth) count(ip string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.checks[ip]
+}
+
+// TestAttack: attackers send wrong passwords, some one connection at a time,
+// some over many parallel connections with pipelined commands, while a real
+// user on 127.0.0.1 keeps logging in and downloading. Every real session
+// must succeed. Every attacker must be slowed, then banned and refused at
+// connect; no attacker's password is checked while it is banned, so no more
+// are checked than the failures that ban it; and each ban of a source comes
+// after the one before ended and lasts twice as long.
 func TestAttack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("attack test skipped in -short mode")
 	}
-	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 10 * time.Millisecond, MaxDelay: 80 * time.Millisecond})
+	const (
+		maxFailures = 10
+		banTime     = 300 * time.Millisecond
+	)
+	g, err := guard.New(guard.Config{MaxFailures: maxFailures, DelayStep: 10 * time.Millisecond, MaxDelay: 80 * time.Millisecond, BanTime: banTime})
 	if err != nil {
 		t.Fatal(err)
 	}
+	auditPath := filepath.Join(t.TempDir(), "audit.log")
+	al, err := audit.Open(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &guessAuth{
+		fakeAuth:    fakeAuth{users: map[string]string{"alice": goodPassword}},
+		g:           g,
+		checks:      make(map[string]int),
+		whileBanned: make(map[string]int),
+	}
 	ts := newTestServer(t, func(c *Config) {
-		c.Guard = g
-		c.MaxConnectionsPerIP = 4
+		c.Guard, c.Auth, c.Audit = g, auth, al
+		c.MaxConnectionsPerIP = 16
 	})
 	ts.deliver(t, "alice", msg1, msg2)
 
-	const attackers, attemptsEach = 8, 400
-	type result struct {
-		wrongAnswers int           // -ERR [AUTH] replies received
-		refused      int           // connections refused as banned
-		firstDelay   time.Duration // time of the first failure's answer
-		lastDelay    time.Duration // and of the last before the ban
-	}
-	results := make([]result, attackers)
 	var wg sync.WaitGroup
-	stopLegit := make(chan struct{})
+	stop := make(chan struct{})
 	var legitOK, legitFail atomic.Int64
 
 	// The real user, on a clean address, all through the attack.
@@ -49,7 +94,7 @@ func TestAttack(t *testing.T) {
 		defer wg.Done()
 		for {
 			select {
-			case <-stopLegit:
+			case <-stop:
 				return
 			default:
 			}
@@ -62,15 +107,28 @@ func TestAttack(t *testing.T) {
 		}
 	}()
 
-	var attackWG sync.WaitGroup
-	for a := 0; a < attackers; a++ {
-		attackWG.Add(1)
+	// Attackers one connection at a time, until the others are done.
+	const serial = 4
+	type result struct {
+		wrongAnswers int           // -ERR [AUTH] replies received
+		refused      int           // connections refused as banned
+		firstDelay   time.Duration // time of the first failure's answer
+		lastDelay    time.Duration // and of the slowest before a ban
+	}
+	results := make([]result, serial)
+	for a := range serial {
+		wg.Add(1)
 		go func() {
-			defer attackWG.Done()
+			defer wg.Done()
 			ip := fmt.Sprintf("127.0.0.%d", a+2)
 			r := &results[a]
-			for i := 0; i < attemptsEach; i++ {
-				refused, d, err := attack(ts.addr, ip, fmt.Sprintf("guess-%d", i))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				refused, d, err := attack(ts.addr, ip, fmt.Sprintf("from-%s/%d", ip, i))
 				switch {
 				case err != nil:
 					t.Errorf("attacker %s: %v", ip, err)
@@ -82,32 +140,103 @@ func TestAttack(t *testing.T) {
 						r.firstDelay = d
 					}
 					r.wrongAnswers++
-					r.lastDelay = d
+					r.lastDelay = max(r.lastDelay, d)
+				}
+			}
+		}()
+	}
+
+	// Attackers with 12 connections at once, 5 pipelined attempts on each,
+	// in three bursts, each after the ban of the one before ended.
+	const parallel, bursts = 4, 3
+	var attackWG sync.WaitGroup
+	for a := range parallel {
+		attackWG.Add(1)
+		go func() {
+			defer attackWG.Done()
+			ip := fmt.Sprintf("127.0.0.%d", a+20)
+			for b := 1; b <= bursts; b++ {
+				before := auth.count(ip)
+				authAt, _ := burstFrom(t, ts.addr, ip, 12, 5)
+				if n := auth.count(ip) - before; n != maxFailures || len(authAt) != maxFailures {
+					t.Errorf("burst %d from %s: %d passwords checked, %d answered; want %d", b, ip, n, len(authAt), maxFailures)
+					return
+				}
+				if slowest := authAt[len(authAt)-1]; slowest < 70*time.Millisecond {
+					t.Errorf("burst %d from %s was not slowed down: its last failure was answered after %v", b, ip, slowest)
+				}
+				ban, banned := g.Banned(netip.MustParseAddr(ip))
+				if !banned || ban.Count != b || ban.Until.Sub(ban.Since) != banTime<<(b-1) {
+					t.Errorf("after burst %d from %s: ban %+v, want ban number %d of %v", b, ip, ban, b, banTime<<(b-1))
+					return
+				}
+				if b < bursts {
+					waitUnbanned(t, g, ip)
 				}
 			}
 		}()
 	}
 	attackWG.Wait()
-	close(stopLegit)
+	close(stop)
 	wg.Wait()
 
 	total := 0
 	for a, r := range results {
 		total += r.wrongAnswers + r.refused
-		if r.wrongAnswers > 10 {
-			t.Errorf("attacker %d got %d password checks; the ban comes after 10", a, r.wrongAnswers)
-		}
 		if r.refused == 0 {
 			t.Errorf("attacker %d was never refused at connect", a)
 		}
 		if r.lastDelay < 60*time.Millisecond || r.lastDelay <= r.firstDelay {
-			t.Errorf("attacker %d was not slowed down: first answer after %v, last after %v", a, r.firstDelay, r.lastDelay)
+			t.Errorf("attacker %d was not slowed down: first answer after %v, slowest after %v", a, r.firstDelay, r.lastDelay)
 		}
+	}
+	auth.mu.Lock()
+	for ip, n := range auth.whileBanned {
+		t.Errorf("%d passwords of %s checked while it was banned", n, ip)
+	}
+	checks := 0
+	for _, n := range auth.checks {
+		checks += n
+	}
+	auth.mu.Unlock()
+	// Each ban of a source begins after the one before ended.
+	bans := auditEvents(t, auditPath, "ban")
+	lastUntil := map[string]time.Time{}
+	for _, e := range bans {
+		at, _ := time.Parse(time.RFC3339Nano, e["time"].(string))
+		until, _ := time.Parse(time.RFC3339Nano, e["until"].(string))
+		net := e["net"].(string)
+		if at.Before(lastUntil[net]) {
+			t.Errorf("%s banned again at %v, during its ban until %v", net, at, lastUntil[net])
+		}
+		lastUntil[net] = until
 	}
 	if legitOK.Load() < 5 || legitFail.Load() != 0 {
 		t.Errorf("legitimate sessions: %d succeeded, %d failed", legitOK.Load(), legitFail.Load())
 	}
-	t.Logf("%d attack attempts by %d addresses; %d legitimate sessions, all complete", total, attackers, legitOK.Load())
+	t.Logf("%d connections of serial attackers and %d bursts of parallel ones; %d attacker passwords checked, %d bans; %d legitimate sessions, all complete",
+		total, parallel*bursts, checks, len(bans), legitOK.Load())
+}
+
+// burstFrom is burst with guesses that name their source.
+func burstFrom(t *testing.T, addr, ip string, n, pairs int) (authAt []time.Duration, banned int) {
+	return burstWith(t, addr, ip, n, pairs, func(i, j int) string { return fmt.Sprintf("from-%s/%d-%d", ip, i, j) })
+}
+
+// waitUnbanned waits until ip's ban ends.
+func waitUnbanned(t *testing.T, g *guard.Guard, ip string) {
+	t.Helper()
+	b, banned := g.Banned(netip.MustParseAddr(ip))
+	if !banned {
+		return
+	}
+	time.Sleep(time.Until(b.Until))
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if _, banned := g.Banned(netip.MustParseAddr(ip)); !banned {
+			return
+		}
+	}
+	t.Fatalf("%s still banned after its ban's end %v", ip, b.Until)
 }
 
 // attack makes one login attempt from ip; it reports whether the connection
@@ -151,7 +280,7 @@ func legitSession(addr string) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
-	fmt.Fprint(c, "USER alice\r\nPASS secret\r\nRETR 1\r\nRETR 2\r\nQUIT\r\n")
+	fmt.Fprint(c, "USER alice\r\nPASS "+goodPassword+"\r\nRETR 1\r\nRETR 2\r\nQUIT\r\n")
 	var lines []string
 	for {
 		l, err := r.ReadString('\n')

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -29,19 +31,43 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
+// connID returns a new connection id, in the form of the session ids.
+func (s *Server) connID() string {
+	return fmt.Sprintf("%s%06x", s.idPrefix, s.ids.Add(1))
+}
+
+// banReply is what a banned client is told: when its own failed logins
+// banned it, until when; when an operator did, only that it is blocked.
+func banReply(b guard.Ban) (pop3.Code, string) {
+	if b.Automatic() {
+		return pop3.CodeSysTemp, "too many failed logins from your address; try again after " + b.Until.UTC().Format(time.RFC3339)
+	}
+	return pop3.CodeSysPerm, "access from your address is blocked"
+}
+
 // admit decides at connect, before any byte of the protocol, whether a
 // client may have a session. It returns "" or the reply that refuses it and
-// the reason for the metrics. Called with s.mu held.
+// the reason for the metrics. A refusal by a ban or by the access rules is
+// logged with a connection id, once a minute per source at most, so that a
+// client reconnecting without end cannot fill the disk. Called with s.mu
+// held.
 func (s *Server) admit(ip netip.Addr) (reply, reason string) {
 	if g := s.cfg.Guard; g != nil && ip.IsValid() {
-		if until, banned := g.Banned(ip); banned {
-			return "-ERR [SYS/TEMP] too many failed logins from your address; try again after " +
-				until.UTC().Format(time.RFC3339), "banned"
+		if b, banned := g.Banned(ip); banned {
+			if ok, unlogged := g.Notice(ip); ok {
+				s.log.Info("connection refused: source banned", "session", s.connID(), "ip", ip.String(),
+					"net", b.Net.String(), "until", b.Until, "unlogged", unlogged)
+			}
+			code, text := banReply(b)
+			return "-ERR [" + string(code) + "] " + text, "banned"
 		}
 	}
 	if r := s.cfg.Rules; r != nil && ip.IsValid() {
 		if err := r.Check(ip); err != nil {
-			s.log.Info("connection refused by access rules", "ip", ip.String(), "reason", err)
+			if ok, unlogged := r.Notice(ip); ok {
+				s.log.Info("connection refused by access rules", "session", s.connID(), "ip", ip.String(),
+					"reason", err, "unlogged", unlogged)
+			}
 			return "-ERR [SYS/PERM] access denied", "denied"
 		}
 	}
@@ -74,49 +100,113 @@ func (s *session) fields(user string) map[string]string {
 	return nil
 }
 
-// throttle starts an authentication attempt: it refuses a source banned
-// meanwhile (by this session's own failures, another session's, or pouch ban)
-// and ends the session, and otherwise waits, before a password or token is
-// checked, as long as the guard says for this source's recent failures. It
-// reports whether the attempt may go on.
+// throttle starts an authentication attempt (guard.Attempt): it refuses a
+// source banned meanwhile (by this session's own failures, another
+// session's, or pouch ban) and ends the session, and otherwise waits, before
+// a password or token is checked, as long as the guard says for this
+// source's recent failures and attempts in progress. It reports whether the
+// attempt may go on. The failure delay (AuthFailDelay) counts from the end
+// of this wait, so the guard's delay adds to it.
 func (s *session) throttle() bool {
+	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
+		d, b, banned := g.Attempt(s.ip)
+		if !banned && d > 0 {
+			s.w.Flush()
+			time.Sleep(d)
+			if b, banned = g.Banned(s.ip); banned {
+				g.Done(s.ip) // no password was checked
+			}
+		}
+		if banned {
+			s.log.Info("attempt from a banned source", "ip", s.ip.String(), "net", b.Net.String())
+			s.w.Err(banReply(b))
+			s.state = stateDone
+			return false
+		}
+	}
 	s.authStart = time.Now()
-	g := s.srv.cfg.Guard
-	if g == nil || !s.ip.IsValid() {
-		return true
-	}
-	if until, banned := g.Banned(s.ip); banned {
-		s.log.Info("attempt from a banned source", "ip", s.ip.String())
-		s.w.Err(pop3.CodeSysTemp, "too many failed logins from your address; try again after "+until.UTC().Format(time.RFC3339))
-		s.state = stateDone
-		return false
-	}
-	if d := g.Delay(s.ip); d > 0 {
-		s.w.Flush()
-		time.Sleep(d)
-	}
+	s.attempting = true
 	return true
+}
+
+// userSettings are a user's own settings, from the extra fields of the
+// users file.
+type userSettings struct {
+	disabled   bool          // nologin
+	loginDelay time.Duration // login_delay; -1: the server's
+	maxAge     time.Duration // password_max_age; -1: the server's
+	changed    time.Time     // password_changed; zero: unknown, never expires
+}
+
+// parseUserSettings reads a user's settings; each field that cannot be read
+// is an error naming it.
+func parseUserSettings(f map[string]string) (userSettings, []error) {
+	u := userSettings{loginDelay: -1, maxAge: -1}
+	var errs []error
+	_, u.disabled = f["nologin"]
+	if v, ok := f["login_delay"]; ok {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			u.loginDelay = time.Duration(n) * time.Second
+		} else {
+			errs = append(errs, fmt.Errorf("login_delay: %q is not a number of seconds", v))
+		}
+	}
+	if v, ok := f["password_max_age"]; ok {
+		if d, ok := days.Parse(v); ok {
+			u.maxAge = d
+		} else {
+			errs = append(errs, fmt.Errorf("password_max_age: %q is not an age (like 90d)", v))
+		}
+	}
+	if v, ok := f["password_changed"]; ok {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			u.changed = time.Unix(n, 0)
+		} else {
+			errs = append(errs, fmt.Errorf("password_changed: %q is not a Unix time", v))
+		}
+	}
+	return u, append(errs, guard.CheckUserRules(f)...)
+}
+
+// CheckUserFields reports each of a user's own settings (the users file's
+// extra fields login_delay, password_max_age, password_changed, allow_nets,
+// deny_nets, allow_countries, deny_countries) that cannot be read. Such a
+// user cannot log in until the field is fixed: the server answers
+// -ERR [SYS/PERM] and logs the problem.
+func CheckUserFields(fields map[string]string) []error {
+	_, errs := parseUserSettings(fields)
+	return errs
 }
 
 // loginDelay is user's LOGIN-DELAY (RFC 2449 §6.5): the login_delay field in
 // seconds, or the server's.
 func (s *session) loginDelay(fields map[string]string) time.Duration {
-	if v, ok := fields["login_delay"]; ok {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-			return time.Duration(n) * time.Second
-		}
+	if u, _ := parseUserSettings(fields); u.loginDelay >= 0 {
+		return u.loginDelay
 	}
 	return s.srv.cfg.LoginDelay
 }
 
-// admitUser applies the per-user rules after the credentials were found
-// good. It answers the client and returns false when the user may not log
-// in now.
-func (s *session) admitUser(user string) bool {
+// admitUser applies the per-user settings after the credentials were found
+// good, which ends the guard's attempt. It answers the client and returns
+// false when the user may not log in now; method is the mechanism used.
+//
+// Only a client that gave the right password learns why it is refused
+// (like Dovecot's nologin): an account disabled or with an expired password,
+// LOGIN-DELAY (RFC 2449 §8.1.1), too many sessions. A refusal by the user's
+// network or country rules is answered like a wrong password instead. The
+// refusals for the account itself (disabled, password expired) take the
+// failure delay and count for the guard as failures, as a wrong password
+// would; the others are answered at once.
+func (s *session) admitUser(user, mech string) bool {
 	f := s.fields(user)
-	if _, off := f["nologin"]; off {
-		s.log.Info("login refused: POP3 access disabled for the user", "user", user)
-		s.w.Err(pop3.CodeSysPerm, "POP3 access is disabled for this account")
+	u, errs := parseUserSettings(f)
+	if len(errs) > 0 {
+		// The operator's mistake, not the client's: no failure is counted.
+		s.log.Error("login refused: the user's settings in the users file cannot be read", "user", user, "err", errors.Join(errs...))
+		s.loginRefused(user, mech, "invalid settings")
+		s.attemptDone()
+		s.w.Err(pop3.CodeSysPerm, "this account's settings are invalid; ask the administrator")
 		return false
 	}
 	if r := s.srv.cfg.Rules; r != nil && s.ip.IsValid() {
@@ -124,29 +214,31 @@ func (s *session) admitUser(user string) bool {
 			// Answered like bad credentials, after the same delay, so that
 			// nothing tells that the password was right.
 			s.log.Info("login refused by the user's access rules", "user", user, "reason", err)
-			s.loginFailed(user, "access rules")
+			s.failLogin(user, mech, "access rules")
 			return false
 		}
+	}
+	if u.disabled {
+		s.loginRefused(user, mech, "disabled")
+		s.refuseAsFailure(user, pop3.CodeSysPerm, "POP3 access is disabled for this account")
+		return false
 	}
 	maxAge := s.srv.cfg.PasswordMaxAge
-	if v, ok := f["password_max_age"]; ok {
-		if d, ok := days.Parse(v); ok {
-			maxAge = d
-		}
+	if u.maxAge >= 0 {
+		maxAge = u.maxAge
 	}
-	if changed, err := strconv.ParseInt(f["password_changed"], 10, 64); maxAge > 0 && err == nil {
-		if time.Since(time.Unix(changed, 0)) > maxAge {
-			s.log.Info("login refused: password expired", "user", user)
-			s.w.Err(pop3.CodeAuth, "password expired")
-			return false
-		}
+	if maxAge > 0 && !u.changed.IsZero() && time.Since(u.changed) > maxAge {
+		s.loginRefused(user, mech, "password expired")
+		s.refuseAsFailure(user, pop3.CodeAuth, "password expired")
+		return false
 	}
+	s.attemptDone()
 	if d := s.loginDelay(f); d > 0 {
 		s.srv.mu.Lock()
 		last, ok := s.srv.lastLogin[user]
 		s.srv.mu.Unlock()
 		if ok && time.Since(last) < d {
-			s.log.Info("login refused: LOGIN-DELAY", "user", user, "delay", d)
+			s.loginRefused(user, mech, "login delay")
 			s.w.Err(pop3.CodeLoginDelay, "minimum time between logins not reached")
 			return false
 		}
@@ -156,9 +248,90 @@ func (s *session) admitUser(user string) bool {
 		n := s.srv.userSessions[user]
 		s.srv.mu.Unlock()
 		if n >= max {
+			s.loginRefused(user, mech, "too many sessions")
 			s.w.Err(pop3.CodeInUse, "too many sessions for this user")
 			return false
 		}
 	}
 	return true
+}
+
+// attemptDone ends the guard's attempt of a login that did not fail; once
+// the attempt has ended it does nothing.
+func (s *session) attemptDone() {
+	if !s.attempting {
+		return
+	}
+	s.attempting = false
+	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
+		g.Done(s.ip)
+	}
+}
+
+// loginRefused logs and audits a login refused after the credentials were
+// found good.
+func (s *session) loginRefused(user, method, reason string) {
+	s.srv.cfg.Metrics.LoginRefused(method, s.tls != nil)
+	s.log.Info("login refused", "user", user, "method", method, "reason", reason)
+	s.srv.audit("login_refused", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "reason", reason)
+}
+
+// refuseAsFailure answers a refusal for the account itself the way a
+// failure is answered: counted by the guard, after the failure delay.
+func (s *session) refuseAsFailure(user string, code pop3.Code, text string) {
+	banned := s.guardFailure(user)
+	s.failDelay()
+	s.w.Err(code, text)
+	if banned {
+		s.state = stateDone
+	}
+}
+
+// failLogin records a failed authentication with mechanism method, waits
+// the failure delay and answers with the one reply for every kind of failure
+// (RFC 3206 [AUTH]). reason, when not empty, says why credentials that
+// matched were refused. The log line is a stable format that fail2ban
+// matches:
+//
+//	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD [reason=REASON]
+func (s *session) failLogin(user, method, reason string) {
+	s.srv.cfg.Metrics.Login(false, method, s.tls != nil)
+	attrs := []any{"ip", s.ip.String(), "user", user, "method", method}
+	if reason != "" {
+		attrs = append(attrs, "reason", reason)
+	}
+	s.log.Info("authentication failed", attrs...)
+	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
+	banned := s.guardFailure(user)
+	s.failDelay()
+	s.w.Err(pop3.CodeAuth, "invalid user name or password")
+	if banned {
+		s.state = stateDone
+	}
+}
+
+// guardFailure records a failure with the guard, which ends its attempt,
+// and reports whether it banned the source.
+func (s *session) guardFailure(user string) bool {
+	s.attempting = false
+	g := s.srv.cfg.Guard
+	if g == nil || !s.ip.IsValid() {
+		return false
+	}
+	b, ok := g.Failure(s.ip, user)
+	if ok {
+		s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
+		s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
+		s.srv.cfg.Metrics.Banned()
+	}
+	return ok
+}
+
+// failDelay waits until AuthFailDelay after the attempt began (after the
+// guard's delay), whatever was checked meanwhile.
+func (s *session) failDelay() {
+	if d := s.srv.cfg.AuthFailDelay - time.Since(s.authStart); s.srv.cfg.AuthFailDelay > 0 && d > 0 {
+		s.w.Flush()
+		time.Sleep(d)
+	}
 }

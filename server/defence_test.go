@@ -3,13 +3,20 @@ package server
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,8 +302,8 @@ func TestAuditAndMetrics(t *testing.T) {
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)
 	for _, want := range []string{
-		`pouch_logins_total{mechanism="PASS",result="failure"} 3`,
-		`pouch_logins_total{mechanism="PASS",result="success"} 1`,
+		`pouch_logins_total{mechanism="PASS",result="failure",tls="no"} 3`,
+		`pouch_logins_total{mechanism="PASS",result="success",tls="no"} 1`,
 		`pouch_bans_total 1`,
 		`pouch_message_bytes_sent_total ` + strconv.Itoa(len(msg1)),
 		`pouch_command_duration_seconds_count{command="RETR"} 1`,
@@ -366,4 +373,341 @@ func TestLoginDelayAnnouncesTheLargest(t *testing.T) {
 	if caps := c.capa(); !has(caps, "LOGIN-DELAY 900 USER") {
 		t.Fatalf("CAPA before login: %v", caps)
 	}
+}
+
+// countingAuth counts the passwords checked.
+type countingAuth struct {
+	fakeAuth
+	checks atomic.Int64
+}
+
+func (a *countingAuth) Verify(user, password string) bool {
+	a.checks.Add(1)
+	return a.fakeAuth.Verify(user, password)
+}
+
+const goodPassword = "Kq7-vTz2-mW9p"
+
+// burst opens n connections from ip at once, each sending pairs pipelined
+// USER/PASS pairs with wrong passwords, and returns when each -ERR [AUTH]
+// came (after start) and how many connections were refused as banned.
+func burst(t *testing.T, addr, ip string, n, pairs int) (authAt []time.Duration, banned int) {
+	return burstWith(t, addr, ip, n, pairs, func(i, j int) string { return fmt.Sprintf("wrong-%d-%d-guess", i, j) })
+}
+
+// burstWith is burst with the guess of pair j on connection i.
+func burstWith(t *testing.T, addr, ip string, n, pairs int, guess func(i, j int) string) (authAt []time.Duration, banned int) {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			var b strings.Builder
+			for j := range pairs {
+				fmt.Fprintf(&b, "USER alice\r\nPASS %s\r\n", guess(i, j))
+			}
+			if _, err := io.WriteString(c, b.String()); err != nil {
+				t.Error(err)
+				return
+			}
+			r := bufio.NewReader(c)
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				switch {
+				case strings.HasPrefix(l, "-ERR [AUTH]"):
+					authAt = append(authAt, time.Since(start))
+				case strings.HasPrefix(l, "-ERR [SYS/TEMP] too many failed logins"):
+					banned++
+				case strings.HasPrefix(l, "+OK"):
+				default:
+					t.Errorf("unexpected reply %q", l)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(authAt)
+	return authAt, banned
+}
+
+// Parallel connections from one source, each with pipelined attempts, get
+// the growing delay one after another, and no more passwords are checked
+// than the failures that ban the source: one ban, the first.
+func TestParallelAttemptsFromOneSource(t *testing.T) {
+	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 40 * time.Millisecond, MaxDelay: 320 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &countingAuth{fakeAuth: fakeAuth{users: map[string]string{"alice": goodPassword}}}
+	ts := newTestServer(t, func(c *Config) {
+		c.Guard, c.Auth = g, auth
+		c.AuthFailDelay = 100 * time.Millisecond
+	})
+	authAt, banned := burst(t, ts.addr, "127.0.0.2", 20, 5)
+	if n := auth.checks.Load(); n != 10 {
+		t.Errorf("%d passwords checked; the ban comes after 10", n)
+	}
+	// The connection whose failure banned the source ends with its -ERR
+	// [AUTH]; every other one is told of the ban.
+	if len(authAt) != 10 || banned != 19 {
+		t.Fatalf("%d wrong-password replies, %d connections refused as banned; want 10 and 19", len(authAt), banned)
+	}
+	// The failure delay, then a step more for each attempt before.
+	for i, at := range authAt {
+		if want := 100*time.Millisecond + min(time.Duration(i)*40*time.Millisecond, 320*time.Millisecond); at < want {
+			t.Errorf("failure %d answered after %v, before %v: %v", i+1, at, want, authAt)
+		}
+	}
+	if b := g.Bans(); len(b) != 1 || b[0].Count != 1 || b[0].Until.Sub(b[0].Since) != 15*time.Minute {
+		t.Fatalf("bans after one burst: %+v; want one first ban of 15 minutes", b)
+	}
+}
+
+// The guard's delay comes before the attempt and the failure delay after
+// it: the two add up.
+func TestGuardDelayAddsToFailureDelay(t *testing.T) {
+	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServer(t, func(c *Config) {
+		c.Guard = g
+		c.AuthFailDelay = 200 * time.Millisecond
+	})
+	c := ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK.*`)
+	for i := range 3 {
+		start := time.Now()
+		c.send("USER alice\r\nPASS wrong\r\n")
+		c.expect(`\+OK send PASS`)
+		c.expect(authFailed)
+		if took, want := time.Since(start), 200*time.Millisecond+time.Duration(i)*100*time.Millisecond; took < want {
+			t.Errorf("failure %d answered after %v, before %v", i+1, took, want)
+		}
+	}
+}
+
+// A user whose own settings cannot be read cannot log in: the right
+// password gets -ERR [SYS/PERM], the operator is told which fields are
+// wrong, and nothing counts as a failed password.
+func TestInvalidUserSettings(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	al, err := audit.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	ts, g := newGuarded(t, func(c *Config) {
+		c.Audit = al
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		rules, _ := guard.NewRules(nil, nil, nil, nil, "")
+		c.Rules = rules
+		c.Auth = fakeAuth{
+			users:  map[string]string{"alice": goodPassword},
+			fields: map[string]map[string]string{"alice": {"allow_nets": "10.0.0.0/33", "login_delay": "abc", "password_max_age": "ninety"}},
+		}
+	})
+	for range 4 { // more than MaxFailures (3)
+		c := ts.dialFrom(t, "127.0.0.2")
+		c.expect(`\+OK.*`)
+		c.send("USER alice\r\nPASS " + goodPassword + "\r\n")
+		c.expect(`\+OK send PASS`)
+		c.expect(`-ERR \[SYS/PERM\] this account's settings are invalid; ask the administrator`)
+	}
+	if d := g.Delay(netip.MustParseAddr("127.0.0.2")); d != 0 {
+		t.Errorf("refusals for the operator's mistake were counted as failures (delay %v)", d)
+	}
+	text := logs.String()
+	for _, want := range []string{"level=ERROR", "allow_nets", "login_delay", "password_max_age"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("log lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "authentication failed") {
+		t.Errorf("a fail2ban failure line for a right password:\n%s", text)
+	}
+	events := auditEvents(t, path, "login_refused")
+	if len(events) != 4 || events[0]["reason"] != "invalid settings" {
+		t.Fatalf("audit events: %v", events)
+	}
+	if errs := CheckUserFields(map[string]string{"allow_nets": "10.0.0.0/33", "login_delay": "abc", "password_max_age": "ninety", "password_changed": "x"}); len(errs) != 4 {
+		t.Errorf("CheckUserFields found %v", errs)
+	}
+	if errs := CheckUserFields(map[string]string{"allow_nets": "10.0.0.0/8", "login_delay": "60", "password_max_age": "90d", "nologin": ""}); len(errs) != 0 {
+		t.Errorf("CheckUserFields refuses good fields: %v", errs)
+	}
+}
+
+// A right password refused by the user's network rules is recorded under
+// its real mechanism, with the reason apart.
+func TestAccessRulesRefusalRecordsMechanism(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	al, err := audit.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	ts := newTestServer(t, func(c *Config) {
+		c.Audit, c.Metrics = al, m
+		rules, _ := guard.NewRules(nil, nil, nil, nil, "")
+		c.Rules = rules
+		c.Auth = fakeAuth{
+			users:  map[string]string{"alice": goodPassword},
+			fields: map[string]map[string]string{"alice": {"allow_nets": "192.0.2.0/24"}},
+		}
+	})
+	c := ts.dial(t)
+	c.expect(`\+OK.*`)
+	c.send("USER alice\r\nPASS " + goodPassword + "\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(authFailed)
+	events := auditEvents(t, path, "login_failed")
+	if len(events) != 1 || events[0]["method"] != "PASS" || events[0]["reason"] != "access rules" {
+		t.Fatalf("audit events: %v", events)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if body := rec.Body.String(); !strings.Contains(body, `pouch_logins_total{mechanism="PASS",result="failure",tls="no"} 1`) {
+		t.Fatalf("metrics:\n%s", body)
+	}
+}
+
+// Logins refused after the right password are audited with the reason. A
+// disabled account answers its right password after the same delay as a
+// wrong one, and both count as failures for the guard.
+func TestRefusedLoginsAudited(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	al, err := audit.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := strconv.FormatInt(time.Now().Add(-100*24*time.Hour).Unix(), 10)
+	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServer(t, func(c *Config) {
+		c.Audit, c.Guard = al, g
+		c.AuthFailDelay = 150 * time.Millisecond
+		c.PasswordMaxAge = 90 * 24 * time.Hour
+		c.MaxSessionsPerUser = 1
+		c.Auth = fakeAuth{
+			users: map[string]string{"off": goodPassword, "old": goodPassword, "slow": goodPassword, "busy": goodPassword},
+			fields: map[string]map[string]string{
+				"off":  {"nologin": ""},
+				"old":  {"password_changed": old},
+				"slow": {"login_delay": "600"},
+			},
+		}
+	})
+	ip := netip.MustParseAddr("127.0.0.2")
+	c := ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK.*`)
+	for _, pw := range []string{goodPassword, "wrong-password-1"} {
+		start := time.Now()
+		c.send("USER off\r\nPASS " + pw + "\r\n")
+		c.expect(`\+OK send PASS`)
+		if pw == goodPassword {
+			c.expect(`-ERR \[SYS/PERM\] POP3 access is disabled for this account`)
+		} else {
+			c.expect(authFailed)
+		}
+		if took := time.Since(start); took < 150*time.Millisecond {
+			t.Errorf("disabled account, password %q: answered after %v, before the failure delay", pw, took)
+		}
+	}
+	if d := g.Delay(ip); d != 20*time.Millisecond {
+		t.Errorf("a disabled account's right and wrong passwords: guard delay %v, want two failures counted", d)
+	}
+	c.send("USER old\r\nPASS " + goodPassword + "\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(`-ERR \[AUTH\] password expired`)
+	first := ts.dial(t)
+	first.login("slow", goodPassword)
+	first.send("QUIT\r\n")
+	first.expect(`\+OK.*`)
+	first.closed()
+	c.send("USER slow\r\nPASS " + goodPassword + "\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(`-ERR \[LOGIN-DELAY\] .*`)
+	busy := ts.dial(t)
+	busy.login("busy", goodPassword)
+	c.send("USER busy\r\nPASS " + goodPassword + "\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(`-ERR \[IN-USE\] .*`)
+	var got []string
+	for _, e := range auditEvents(t, path, "login_refused") {
+		got = append(got, fmt.Sprintf("%s:%s:%s", e["user"], e["method"], e["reason"]))
+	}
+	want := []string{"off:PASS:disabled", "old:PASS:password expired", "slow:PASS:login delay", "busy:PASS:too many sessions"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("login_refused events %v, want %v", got, want)
+	}
+}
+
+// A banned source and a source denied by the access rules are logged at
+// connect with a connection id, once a minute however often they come back.
+func TestRefusedConnectionsLogged(t *testing.T) {
+	var logs syncBuffer
+	deny, _ := guard.ParseNets("127.0.0.3")
+	rules, err := guard.NewRules(nil, deny, nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, g := newGuarded(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		c.Rules = rules
+	})
+	for range 3 {
+		g.Failure(netip.MustParseAddr("127.0.0.2"), "alice")
+	}
+	for range 5 {
+		for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+			c := ts.dialFrom(t, ip)
+			c.expect(`-ERR .*`)
+			c.closed()
+		}
+	}
+	text := logs.String()
+	banned := regexp.MustCompile(`(?m)msg="connection refused: source banned" session=\S+ ip=127\.0\.0\.2 net=127\.0\.0\.2/32 until=\S+ unlogged=0$`)
+	denied := regexp.MustCompile(`(?m)msg="connection refused by access rules" session=\S+ ip=127\.0\.0\.3 reason=.* unlogged=0$`)
+	if n := len(banned.FindAllString(text, -1)); n != 1 {
+		t.Errorf("%d lines for 5 refusals of a banned source, want 1:\n%s", n, text)
+	}
+	if n := len(denied.FindAllString(text, -1)); n != 1 {
+		t.Errorf("%d lines for 5 refusals by the access rules, want 1:\n%s", n, text)
+	}
+}
+
+// A ban made by hand tells the client only that it is blocked.
+func TestManualBanReply(t *testing.T) {
+	ts, g := newGuarded(t, nil)
+	waiting := ts.dialFrom(t, "127.0.0.2")
+	waiting.expect(`\+OK.*`)
+	if err := g.Ban(netip.MustParsePrefix("127.0.0.2/32"), time.Hour, "scanner"); err != nil {
+		t.Fatal(err)
+	}
+	c := ts.dialFrom(t, "127.0.0.2")
+	c.expect(`-ERR \[SYS/PERM\] access from your address is blocked`)
+	c.closed()
+	waiting.send("USER alice\r\nPASS secret\r\n")
+	waiting.expect(`\+OK send PASS`)
+	waiting.expect(`-ERR \[SYS/PERM\] access from your address is blocked`)
+	waiting.closed()
 }

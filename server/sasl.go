@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/emersion/go-sasl"
@@ -151,6 +152,9 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 	if !s.throttle() {
 		return
 	}
+	// However the exchange ends without a password check (cancelled,
+	// malformed, cut off), the guard's attempt ends with it.
+	defer s.attemptDone()
 	var res saslResult
 	server := mech.start(s, &res)
 	var response []byte // nil: no initial response
@@ -164,52 +168,90 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 			}
 		}
 	}
+	method := "AUTH " + mech.name
 	for {
 		challenge, done, err := server.Next(response)
 		if err != nil || done {
 			if err != nil {
 				s.log.Debug("SASL exchange failed", "mechanism", mech.name, "err", err)
 			}
-			s.login(res.user, "AUTH "+mech.name, err == nil)
+			s.login(res.user, method, err == nil)
 			return
+		}
+		if res.checked {
+			// An error challenge (RFC 7628 §3.2.2, and XOAUTH2's) tells
+			// the client that its token was refused: it waits the delay of
+			// a failed login, as -ERR [AUTH] does.
+			s.failDelay()
 		}
 		if s.w.Continue(base64.StdEncoding.EncodeToString(challenge)) != nil || s.w.Flush() != nil {
 			s.state = stateDone
+			s.countFailure(&res, method)
 			return
 		}
 		line, err := s.r.ReadLine(maxSASLLine)
 		switch {
+		case res.checked && (errors.Is(err, pop3.ErrLineTooLong) || errors.Is(err, pop3.ErrBadLine)):
+			// Credentials were found wrong; however the exchange ends
+			// after that, it is a failed login.
+			s.login(res.user, method, false)
+			return
 		case errors.Is(err, pop3.ErrLineTooLong), errors.Is(err, pop3.ErrBadLine):
 			s.badCommand("invalid SASL response")
 			return
 		case err != nil:
 			s.readFailed(err)
 			s.state = stateDone
+			s.countFailure(&res, method)
 			return
 		case string(line) == "*":
 			if res.checked {
 				// Credentials were found wrong; cancelling does not hide it.
-				s.login(res.user, "AUTH "+mech.name, false)
+				s.login(res.user, method, false)
 				return
 			}
+			// RFC 5034 §4: a cancelled exchange is rejected with -ERR.
 			s.w.Err("", "authentication cancelled")
 			return
 		}
 		if response, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
+			if res.checked {
+				s.login(res.user, method, false)
+				return
+			}
 			s.w.Err("", "invalid base64 in SASL response")
 			return
 		}
 	}
 }
 
+// countFailure records a failed login, when credentials were checked and
+// found wrong, for an exchange cut short by the connection: the client
+// learnt the answer from the error challenge.
+func (s *session) countFailure(res *saslResult, method string) {
+	if res.checked {
+		s.login(res.user, method, false) // its reply goes nowhere
+	}
+}
+
+// authLineMax is the longest command line the session reads now: an AUTH
+// command before login may carry an initial response longer than the
+// 255 octets of RFC 2449 §4 (RFC 5034 §4), up to a SASL response line.
+func (s *session) authLineMax() int {
+	if s.state == stateAuthorization {
+		return max(maxSASLLine, s.srv.cfg.MaxLineLength)
+	}
+	return s.srv.cfg.MaxLineLength
+}
+
 // errBadCredentials is what failed mechanisms return; the client sees only the
 // one -ERR [AUTH] reply of login.
 var errBadCredentials = errors.New("invalid credentials")
 
-// checkAuthz accepts an authorization identity that is empty or the
-// authenticated user: Pouch has no proxy authorization.
+// checkAuthz accepts an authorization identity that is empty or, once
+// normalized, the authenticated user: Pouch has no proxy authorization.
 func checkAuthz(authz, user string) error {
-	if authz != "" && authz != user {
+	if authz != "" && normalizeName(authz) != user {
 		return errors.New("authorization identity differs from the user")
 	}
 	return nil
@@ -220,7 +262,7 @@ func startPlain(s *session, res *saslResult) sasl.Server {
 	return sasl.NewPlainServer(func(identity, username, password string) error {
 		res.user = normalizeName(username)
 		ok := s.srv.verify(res.user, password)
-		if err := checkAuthz(identity, username); err != nil {
+		if err := checkAuthz(identity, res.user); err != nil {
 			return err
 		}
 		if !ok {
@@ -295,7 +337,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 	}
 	out, err := m.conv.Step(string(response))
 	if m.conv.Username() != "" {
-		m.res.user = m.conv.Username()
+		m.res.user = normalizeName(m.conv.Username())
 	}
 	if err != nil {
 		return nil, true, err
@@ -304,7 +346,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 		if !m.conv.Valid() {
 			return nil, true, errBadCredentials
 		}
-		if err := checkAuthz(m.conv.AuthzID(), m.conv.Username()); err != nil {
+		if err := checkAuthz(m.conv.AuthzID(), m.res.user); err != nil {
 			return nil, true, err
 		}
 		m.success = true
@@ -360,8 +402,11 @@ func (m *scramServer) endpointBinding() (scram.ChannelBinding, error) {
 	return scram.NewTLSServerEndpointBinding(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{m.s.localLeaf}})
 }
 
-// scramLookup returns the credentials of user, or made-up ones.
+// scramLookup returns the credentials of user, or made-up ones. The name
+// from the client-first message is normalized as every user name is
+// (RFC 6856 §4).
 func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
+	user = normalizeName(user)
 	if a := s.scram(); a != nil {
 		if creds, ok := a.SCRAMCredentials(user); ok {
 			return creds, nil
@@ -380,10 +425,11 @@ func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
 }
 
 // startExternal is SASL EXTERNAL (RFC 4422 Appendix A) with a client
-// certificate: the user is the certificate's common name.
+// certificate: the user is the certificate's common name, normalized as
+// every user name is (RFC 6856 §4).
 func startExternal(s *session, res *saslResult) sasl.Server {
 	return sasl.NewExternalServer(func(identity string) error {
-		name := s.clientCertName()
+		name := normalizeName(s.clientCertName())
 		res.user = name
 		if err := checkAuthz(identity, name); err != nil {
 			return err
@@ -395,36 +441,71 @@ func startExternal(s *session, res *saslResult) sasl.Server {
 	})
 }
 
-// tokenUser checks a bearer token for user: the user must exist in the
-// users file, and the token's user must be user or user@DOMAIN, where DOMAIN
-// is one of OAuthDomains when those are set.
-func (s *session) tokenUser(user, token string) error {
-	tokenUser, err := s.srv.cfg.Tokens.VerifyToken(token)
+// tokenAccount checks a bearer token and returns the user it logs in as.
+// name is the login name the client gave (OAUTHBEARER's a=, XOAUTH2's
+// user=), normalized, or "" for none: RFC 7628 §3.1 makes a= optional, and
+// the user is then the token's. A name or a token's user N stands for the
+// user N, or for LOCAL when N is LOCAL@DOMAIN and DOMAIN is one of
+// OAuthDomains (any domain when those are not set); the name and the token
+// must stand for the same user, who must be in the users file. On error,
+// user is who tried, for the log.
+func (s *session) tokenAccount(name, token string) (user string, err error) {
+	issued, err := s.srv.cfg.Tokens.VerifyToken(token)
 	if err != nil {
-		return err
+		return name, err
 	}
-	match := tokenUser == user
-	if local, domain, ok := strings.Cut(tokenUser, "@"); ok && local == user && !match {
-		match = len(s.srv.cfg.OAuthDomains) == 0
-		for _, d := range s.srv.cfg.OAuthDomains {
-			match = match || strings.EqualFold(d, domain)
+	tokenNames := s.oauthNames(normalizeName(issued))
+	names := tokenNames
+	if name != "" {
+		names = s.oauthNames(name)
+	} else {
+		name = tokenNames[0]
+	}
+	matched := false
+	for _, n := range names {
+		if slices.Contains(tokenNames, n) {
+			matched = true
+			if s.userChecker().Exists(n) {
+				return n, nil
+			}
 		}
 	}
-	if !match {
-		return errors.New("token issued for another user")
+	if !matched {
+		return name, errors.New("token issued for another user")
 	}
-	if !s.userChecker().Exists(user) {
-		return errors.New("token for a user who is not in the users file")
+	return name, errors.New("token for a user who is not in the users file")
+}
+
+// oauthNames lists the users that an OAuth name may stand for: the name
+// itself, then LOCAL if the name is LOCAL@DOMAIN with DOMAIN one of
+// OAuthDomains, or any domain when those are not set.
+func (s *session) oauthNames(name string) []string {
+	names := []string{name}
+	i := strings.LastIndexByte(name, '@')
+	if i <= 0 || i == len(name)-1 {
+		return names
 	}
-	return nil
+	ok := len(s.srv.cfg.OAuthDomains) == 0
+	for _, d := range s.srv.cfg.OAuthDomains {
+		ok = ok || strings.EqualFold(d, name[i+1:])
+	}
+	if ok {
+		names = append(names, name[:i])
+	}
+	return names
 }
 
 // startOAuthBearer is OAUTHBEARER (RFC 7628).
 func startOAuthBearer(s *session, res *saslResult) sasl.Server {
 	return &oauthBearerServer{res: res, inner: sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
-		res.user = normalizeName(opts.Username)
-		if err := s.tokenUser(res.user, opts.Token); err != nil {
-			s.log.Debug("bearer token refused", "user", res.user, "err", err)
+		name := ""
+		if opts.Username != "" {
+			name = normalizeName(opts.Username)
+		}
+		user, err := s.tokenAccount(name, opts.Token)
+		res.user = user
+		if err != nil {
+			s.log.Debug("bearer token refused", "user", user, "err", err)
 			res.checked = true
 			return &sasl.OAuthBearerError{Status: "invalid_token", Schemes: "bearer"}
 		}
@@ -433,18 +514,26 @@ func startOAuthBearer(s *session, res *saslResult) sasl.Server {
 }
 
 // oauthBearerServer guards go-sasl's OAUTHBEARER server: after its error
-// challenge the only valid answer is a single 0x01 (RFC 7628 §3.2.3), and
-// anything else ends the exchange as a failure here.
+// challenge, for a refused token or a malformed message, the only valid
+// answer is a single 0x01 (RFC 7628 §3.2.3), and anything else ends the
+// exchange as a failure here (go-sasl would index an empty answer).
 type oauthBearerServer struct {
-	res   *saslResult
-	inner sasl.Server
+	res       *saslResult
+	inner     sasl.Server
+	errorSent bool
 }
 
 func (o *oauthBearerServer) Next(response []byte) ([]byte, bool, error) {
-	if o.res.checked && (len(response) != 1 || response[0] != 0x01) {
-		return nil, true, errBadCredentials
+	if o.errorSent && (len(response) != 1 || response[0] != 0x01) {
+		if o.res.checked {
+			return nil, true, errBadCredentials
+		}
+		return nil, true, errors.New("invalid answer to the error challenge")
 	}
-	return o.inner.Next(response)
+	challenge, done, err := o.inner.Next(response)
+	// The only challenge after the client's message is the error one.
+	o.errorSent = o.errorSent || (response != nil && !done && err == nil)
+	return challenge, done, err
 }
 
 // xoauth2Server is Google's XOAUTH2: "user=U^Aauth=Bearer T^A^A". A failure
@@ -479,7 +568,9 @@ func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 	if user == "" || token == "" {
 		return nil, true, errors.New("malformed XOAUTH2 response")
 	}
-	if err := x.s.tokenUser(x.res.user, token); err != nil {
+	account, err := x.s.tokenAccount(x.res.user, token)
+	x.res.user = account
+	if err != nil {
 		x.s.log.Debug("bearer token refused", "user", x.res.user, "err", err)
 		x.failed, x.res.checked = true, true
 		return []byte(`{"status":"401","schemes":"bearer"}`), false, nil

@@ -9,6 +9,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -59,8 +60,16 @@ type Config struct {
 	// MaxBadCommands is how many bad commands a session may send before it is
 	// disconnected (10).
 	MaxBadCommands int
-	// TLS, if set, is used by ServeTLS.
+	// TLS, if set, is used by ServeTLS and STLS. Its session ticket keys
+	// (which crypto/tls makes and rotates unless set) seal the tickets of
+	// every connection, so that sessions resume on either port.
 	TLS *tls.Config
+	// ClientCAs, if set, returns the CAs now in force for client
+	// certificates: a certificate that chains to one of them, for client
+	// authentication, allows SASL EXTERNAL. A client is asked for a
+	// certificate, and one that does not verify only leaves EXTERNAL out:
+	// the handshake goes on.
+	ClientCAs func() *x509.CertPool
 	// InsecureAuthNetworks are the networks from which passwords may be sent
 	// without TLS (USER/PASS, APOP, AUTH PLAIN and LOGIN, bearer tokens).
 	// Nil means loopback only; an empty, non-nil slice means nowhere.
@@ -68,9 +77,9 @@ type Config struct {
 	// Tokens, if set, checks OAuth 2.0 bearer tokens for OAUTHBEARER and
 	// XOAUTH2 (the Authenticator must then be a UserChecker).
 	Tokens TokenVerifier
-	// OAuthDomains, if set, are the domains whose user@DOMAIN tokens log
-	// in as user; otherwise a token's user must be the user name itself or
-	// user@ any domain.
+	// OAuthDomains, if set, are the domains whose user@DOMAIN tokens and
+	// OAuth login names log in as user; otherwise a token's user (and the
+	// login name) must be the user name itself or user@ any domain.
 	OAuthDomains []string
 	// SecretKey keys the made-up SCRAM salts of unknown users; keep it
 	// across restarts so that they stay the same (random when empty).
@@ -279,6 +288,12 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 	ip := addrOf(c.RemoteAddr())
 	if reply, reason := s.admit(ip); reply != "" {
 		s.cfg.Metrics.Refused(reason)
+		if implicitTLS {
+			// RFC 8314 §3.3: on the implicit-TLS port nothing goes before
+			// the handshake, and a refused source gets no handshake (no
+			// work for the server): the connection is closed unanswered.
+			return false
+		}
 		s.refuse(c, reply)
 		return true
 	}
@@ -291,7 +306,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 	go func() {
 		defer s.wg.Done()
 		sess.run()
-		s.cfg.Metrics.SessionEnded(implicitTLS)
+		s.cfg.Metrics.SessionEnded(sess.tls != nil) // implicit TLS, or STLS
 		s.mu.Lock()
 		delete(s.sessions, sess)
 		if src := guard.Source(ip); s.perIP[src] <= 1 {

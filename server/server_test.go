@@ -521,7 +521,7 @@ func TestBadInput(t *testing.T) {
 	c.expect(`-ERR unknown command`)
 	c.send("\xff\xfe\xfd\r\n")
 	c.expect(`-ERR unknown command`)
-	c.send("USER " + strings.Repeat("x", 41) + "\r\n")
+	c.send("USER two names\r\n")
 	c.expect(`-ERR USER takes one user name`)
 	// LF-only lines are accepted, as other servers do.
 	c.send("CAPA\n")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/rand"
@@ -15,9 +16,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pouchmail/pouch/pop3"
@@ -49,10 +52,12 @@ type session struct {
 	ip          netip.Addr           // the client's address
 	stream      net.Conn             // the connection as read and written: TLS or not
 	tls         *tls.ConnectionState // nil before TLS
-	localCert   *tls.Certificate     // the certificate the server presented
-	localLeaf   *x509.Certificate    // and its parsed leaf
+	localCert   *tls.Certificate     // the certificate the server picked in a full handshake
+	localLeaf   *x509.Certificate    // the leaf the client saw: localCert's, or resumedLeaf
+	resumedLeaf *x509.Certificate    // the leaf of the first handshake, from a session ticket
 	trusted     bool                 // from a network where cleartext passwords are allowed
 	authStart   time.Time            // when the current authentication attempt began
+	attempting  bool                 // a guard attempt began (throttle) and has not ended
 	state       state
 	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
 	user        string // from USER, waiting for PASS
@@ -72,6 +77,7 @@ type session struct {
 	op operatorView // what Server.Who and Server.Kick read (operator.go)
 
 	closeOnce sync.Once
+	tlsConn   atomic.Pointer[tls.Conn] // set once TLS is up, for abort
 }
 
 func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
@@ -88,11 +94,43 @@ func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
 	return sess
 }
 
-// abort closes the connection from another goroutine (shutdown): the session's
-// next read or write fails and it ends without UPDATE.
+// abort ends the session from any goroutine (kick, shutdown, a failed
+// send): the session's reads fail at once and its writes within closeWait,
+// and it ends without UPDATE. A plaintext connection, or one still in its
+// handshake, is closed here; over TLS the session's own goroutine closes it
+// in finish, with close_notify, since only it can know that no write is
+// under way.
 func (s *session) abort() {
-	s.closeOnce.Do(func() { s.conn.Close() })
+	if s.tlsConn.Load() == nil {
+		s.closeOnce.Do(func() { s.conn.Close() })
+		return
+	}
+	by := time.Now().Add(closeWait)
+	if s.dc.closeBy.CompareAndSwap(0, by.UnixNano()) {
+		s.conn.SetReadDeadline(time.Unix(1, 0)) // a read under way ends now
+		s.conn.SetWriteDeadline(by)
+	}
 }
+
+// closeConn closes the connection, from the session's goroutine. Over TLS it
+// first sends close_notify (RFC 8446 §6.1, RFC 5246 §7.2.1), so that the
+// client sees a clean end, waiting at most closeWait for a client that does
+// not read; not after a write failed, when the client may hold part of a
+// record.
+func (s *session) closeConn() {
+	s.closeOnce.Do(func() {
+		tc := s.tlsConn.Load()
+		if tc == nil || s.dc.failed.Load() {
+			s.conn.Close()
+			return
+		}
+		s.dc.closeBy.Store(time.Now().Add(closeWait).UnixNano())
+		tc.Close()
+	})
+}
+
+// closeWait bounds the wait to send close_notify when a session ends.
+const closeWait = time.Second
 
 // deadlineConn sets a fresh deadline before every read and write, so that the
 // timeout measures inactivity, not session length.
@@ -103,9 +141,18 @@ type deadlineConn struct {
 	net.Conn
 	timeout  time.Duration
 	notAfter time.Time // zero after login
+	// closeBy, once set by abort or closeConn (Unix nanoseconds), is the
+	// deadline of every write, and reads fail: the connection is closing.
+	closeBy atomic.Int64
+	// failed is set when a write failed: the client may have part of a
+	// TLS record, and nothing more can be sent.
+	failed atomic.Bool
 }
 
 func (c *deadlineConn) deadline() time.Time {
+	if by := c.closeBy.Load(); by != 0 {
+		return time.Unix(0, by)
+	}
 	d := time.Now().Add(c.timeout)
 	if !c.notAfter.IsZero() && c.notAfter.Before(d) {
 		return c.notAfter
@@ -115,7 +162,16 @@ func (c *deadlineConn) deadline() time.Time {
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
 	c.Conn.SetReadDeadline(c.deadline())
-	return c.Conn.Read(p)
+	// Looked at after the deadline is set, so that the past deadline abort
+	// sets is never overwritten unseen.
+	if c.closeBy.Load() != 0 {
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil && c.closeBy.Load() != 0 {
+		err = net.ErrClosed // ended by abort, not a timeout
+	}
+	return n, err
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
@@ -125,6 +181,9 @@ func (c *deadlineConn) Write(p []byte) (int, error) {
 		written += n
 		return n > 0, written < len(p), err
 	})
+	if err != nil {
+		c.failed.Store(true)
+	}
 	return written, err
 }
 
@@ -135,6 +194,9 @@ func (c *deadlineConn) Write(p []byte) (int, error) {
 func (c *deadlineConn) renewing(write func() (progress, more bool, err error)) error {
 	for {
 		c.Conn.SetWriteDeadline(c.deadline())
+		if by := c.closeBy.Load(); by != 0 {
+			c.Conn.SetWriteDeadline(time.Unix(0, by)) // abort ran meanwhile
+		}
 		progress, more, err := write()
 		var ne net.Error
 		if !progress || !more || !errors.As(err, &ne) || !ne.Timeout() {
@@ -168,7 +230,7 @@ func (s *session) run() {
 		return
 	}
 	for s.state != stateDone {
-		line, err := s.r.ReadLine(s.srv.cfg.MaxLineLength)
+		line, err := s.r.ReadCommandLine(s.srv.cfg.MaxLineLength, s.authLineMax())
 		switch {
 		case errors.Is(err, pop3.ErrLineTooLong):
 			s.badCommand("line too long")
@@ -217,21 +279,61 @@ func (s *session) startTLS() bool {
 		return false
 	}
 	state := tc.ConnectionState()
+	s.verifyClientCert(&state)
 	s.tls = &state
 	s.op.tls.Store(true)
-	if s.localCert != nil && len(s.localCert.Certificate) > 0 {
-		s.localLeaf, _ = x509.ParseCertificate(s.localCert.Certificate[0])
+	s.localLeaf = s.presentedLeaf(state.DidResume)
+	s.tlsConn.Store(tc)
+	if !s.implicitTLS {
+		s.srv.cfg.Metrics.SessionUpgraded() // STLS (RFC 2595 §4)
 	}
 	s.setStream(tc)
-	s.log.Debug("TLS established", "version", tls.VersionName(state.Version), "cipher", tls.CipherSuiteName(state.CipherSuite))
+	s.log.Debug("TLS established", "version", tls.VersionName(state.Version), "cipher", tls.CipherSuiteName(state.CipherSuite), "resumed", state.DidResume)
 	return true
 }
 
-// tlsConfig is the server's TLS configuration with certificate selection
-// wrapped so that the session learns which certificate it presented, for
-// tls-server-end-point channel binding (RFC 5929 §4).
+// verifyClientCert checks the certificate a client presented against the
+// client CAs now in force, for client authentication, and records its
+// chains in state.VerifiedChains, which EXTERNAL requires. The handshake
+// only asked for it (RFC 8446 §4.3.2, RFC 5246 §7.4.4): one that does not
+// verify leaves EXTERNAL out and the session goes on.
+func (s *session) verifyClientCert(state *tls.ConnectionState) {
+	if len(state.PeerCertificates) == 0 || len(state.VerifiedChains) > 0 || s.srv.cfg.ClientCAs == nil {
+		return
+	}
+	roots := s.srv.cfg.ClientCAs()
+	if roots == nil {
+		return
+	}
+	opts := x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: x509.NewCertPool(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	for _, c := range state.PeerCertificates[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	leaf := state.PeerCertificates[0]
+	chains, err := leaf.Verify(opts)
+	if err != nil {
+		s.log.Info("client certificate not accepted; EXTERNAL is not offered", "subject", leaf.Subject.String(), "err", err)
+		return
+	}
+	state.VerifiedChains = chains
+}
+
+// tlsConfig is the server's TLS configuration for this connection:
+// certificate selection wrapped so that the session learns which
+// certificate it presented, for tls-server-end-point channel binding
+// (RFC 5929 §4), and the client CAs now in force. Session tickets
+// (RFC 5077, RFC 8446 §4.6.1) are sealed and opened with the keys of the
+// server's one configuration, which crypto/tls makes and rotates, so that
+// any later connection, on either port, can resume the session. A resumed
+// session sends no certificate, so each ticket carries the one of the first
+// handshake: tls-server-end-point binds to what the client saw.
 func (s *session) tlsConfig() *tls.Config {
-	cfg := s.srv.cfg.TLS.Clone()
+	base := s.srv.cfg.TLS
+	cfg := base.Clone()
 	pick := cfg.GetCertificate
 	certs := cfg.Certificates
 	cfg.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -254,7 +356,66 @@ func (s *session) tlsConfig() *tls.Config {
 		s.localCert = c
 		return c, err
 	}
+	cfg.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		ss.Extra = slices.DeleteFunc(ss.Extra, isLeafExtra)
+		if leaf := s.presentedLeaf(cs.DidResume); leaf != nil {
+			ss.Extra = append(ss.Extra, append([]byte(leafExtra), leaf.Raw...))
+		}
+		if base.WrapSession != nil {
+			return base.WrapSession(cs, ss)
+		}
+		return base.EncryptTicket(cs, ss)
+	}
+	cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		var ss *tls.SessionState
+		var err error
+		if base.UnwrapSession != nil {
+			ss, err = base.UnwrapSession(identity, cs)
+		} else {
+			ss, err = base.DecryptTicket(identity, cs)
+		}
+		if ss != nil {
+			s.resumedLeaf = nil
+			if i := slices.IndexFunc(ss.Extra, isLeafExtra); i >= 0 {
+				s.resumedLeaf, _ = x509.ParseCertificate(ss.Extra[i][len(leafExtra):])
+			}
+		}
+		return ss, err
+	}
+	if s.srv.cfg.ClientCAs != nil {
+		if roots := s.srv.cfg.ClientCAs(); roots != nil {
+			// Ask for a certificate, naming the CAs, but do not let the
+			// handshake check it: verifyClientCert does.
+			cfg.ClientCAs = roots
+			if cfg.ClientAuth == tls.NoClientCert || cfg.ClientAuth == tls.VerifyClientCertIfGiven {
+				cfg.ClientAuth = tls.RequestClientCert
+			}
+		}
+	}
 	return cfg
+}
+
+// leafExtra marks the session ticket entry holding the server's
+// certificate (tls.SessionState.Extra).
+const leafExtra = "pouch-leaf\x00"
+
+func isLeafExtra(b []byte) bool { return bytes.HasPrefix(b, []byte(leafExtra)) }
+
+// presentedLeaf is the leaf certificate the client saw: on a resumed
+// session the one of the first handshake, else the one picked now.
+func (s *session) presentedLeaf(resumed bool) *x509.Certificate {
+	if resumed {
+		return s.resumedLeaf
+	}
+	c := s.localCert
+	if c == nil || len(c.Certificate) == 0 {
+		return nil
+	}
+	if c.Leaf != nil {
+		return c.Leaf
+	}
+	leaf, _ := x509.ParseCertificate(c.Certificate[0])
+	return leaf
 }
 
 // cleartextAllowed reports whether passwords may be sent on this connection:
@@ -296,11 +457,7 @@ func (s *session) finish() {
 		s.md = nil
 		s.logout(0, false)
 	}
-	if tc, ok := s.stream.(*tls.Conn); ok {
-		// Sends close_notify (RFC 8446 §6.1) before closing.
-		s.closeOnce.Do(func() { tc.Close() })
-	}
-	s.abort()
+	s.closeConn()
 }
 
 // logout logs and audits the end of a logged-in session.
@@ -337,7 +494,7 @@ func init() {
 	handlers = map[string]handler{
 		"USER": {(*session).cmdUSER, auth, false},
 		"PASS": {(*session).cmdPASS, auth, false},
-		"APOP": {(*session).cmdAPOP, auth, true},
+		"APOP": {(*session).cmdAPOP, auth, false}, // cmdAPOP checks them: the name may be longer
 		"AUTH": {(*session).cmdAUTH, auth, false},
 		"STLS": {(*session).cmdSTLS, auth, true},
 		"UTF8": {(*session).cmdUTF8, auth, true},
@@ -421,13 +578,19 @@ func (s *session) capabilities() []string {
 			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d", int(d/time.Second)))
 		}
 	}
+	// RFC 6856 §2: the USER tag says that USER takes UTF-8 names, so only
+	// where USER is offered.
+	utf8 := "UTF8"
+	if s.cleartextAllowed() {
+		utf8 = "UTF8 USER"
+	}
 	caps = append(caps,
 		"RESP-CODES",
 		"AUTH-RESP-CODE",
 		"PIPELINING",
 		s.expireCapability(),
-		"UTF8 USER", // RFC 6856 §2
-		"LANG",      // RFC 6856 §3
+		utf8,
+		"LANG", // RFC 6856 §3
 	)
 	if s.state == stateTransaction {
 		caps = append(caps, "IMPLEMENTATION "+Implementation)
@@ -490,7 +653,7 @@ func (s *session) cmdUSER(cmd pop3.Command) {
 		s.w.Err(pop3.CodeAuth, errCleartext)
 		return
 	}
-	if len(cmd.Args) != 1 || cmd.CheckArgs() != nil {
+	if len(cmd.Args) != 1 || cmd.CheckArgsName(0, maxNameOctets) != nil {
 		s.user = ""
 		s.badCommand("USER takes one user name")
 		return
@@ -528,6 +691,10 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 		s.badCommand("APOP takes a user name and a digest")
 		return
 	}
+	if cmd.CheckArgsName(0, maxNameOctets) != nil {
+		s.badCommand("argument too long")
+		return
+	}
 	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
 	if !s.throttle() {
 		return
@@ -558,14 +725,14 @@ func (s *session) login(user, method string, ok bool) {
 		s.loginFailed(user, method)
 		return
 	}
-	if !s.admitUser(user) {
+	if !s.admitUser(user, method) {
 		return
 	}
 	md, err := s.srv.cfg.Store.Open(context.Background(), user)
 	switch {
 	case errors.Is(err, store.ErrLocked):
 		// RFC 2449 §8.1.2.
-		s.log.Info("maildrop in use", "user", user)
+		s.loginRefused(user, method, "maildrop in use")
 		s.w.Err(pop3.CodeInUse, "maildrop already locked by another session")
 		return
 	case errors.Is(err, store.ErrBadUser):
@@ -593,7 +760,7 @@ func (s *session) login(user, method string, ok bool) {
 	for _, m := range s.msgs {
 		size += m.Size
 	}
-	s.srv.cfg.Metrics.Login(true, method)
+	s.srv.cfg.Metrics.Login(true, method, s.tls != nil)
 	s.log.Info("login", "user", user, "method", method, "tls", s.tls != nil, "messages", len(s.msgs), "octets", size)
 	s.srv.audit("login", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "tls", s.tls != nil, "messages", len(s.msgs))
 	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", len(s.msgs), size))
@@ -603,33 +770,9 @@ func (s *session) login(user, method string, ok bool) {
 const maxNameOctets = 255
 
 // loginFailed records a failed authentication, waits the failure delay and
-// answers with the one reply for every kind of failure (RFC 3206 [AUTH]).
-// The log line is a stable format that fail2ban matches:
-//
-//	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD
+// answers with the one reply for every kind of failure (see failLogin).
 func (s *session) loginFailed(user, method string) {
-	s.srv.cfg.Metrics.Login(false, method)
-	s.log.Info("authentication failed", "ip", s.ip.String(), "user", user, "method", method)
-	s.srv.audit("login_failed", "session", s.id, "user", user, "ip", s.ip.String(), "method", method)
-	banned := false
-	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
-		if b, ok := g.Failure(s.ip, user); ok {
-			banned = true
-			s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
-			s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
-			s.srv.cfg.Metrics.Banned()
-		}
-	}
-	// Every failure is answered AuthFailDelay after the attempt began,
-	// whatever was checked before it.
-	if d := s.srv.cfg.AuthFailDelay - time.Since(s.authStart); s.srv.cfg.AuthFailDelay > 0 && d > 0 {
-		s.w.Flush()
-		time.Sleep(d)
-	}
-	s.w.Err(pop3.CodeAuth, "invalid user name or password")
-	if banned {
-		s.state = stateDone
-	}
+	s.failLogin(user, method, "")
 }
 
 // --- TRANSACTION state (RFC 1939 §5, §7) ---

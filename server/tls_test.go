@@ -9,12 +9,14 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -73,16 +75,16 @@ func newTLSServer(t *testing.T, ip string, mod func(*Config)) *tlsServer {
 		t.Fatal(err)
 	}
 	clientCA, caKey := newCA(t)
-	cfg, err := certs.ServerConfig("")
+	caFile := filepath.Join(dir, "client-ca.pem")
+	writeCA(t, caFile, clientCA)
+	cfg, err := certs.ServerConfig(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.ClientCAs = x509.NewCertPool()
-	cfg.ClientCAs.AddCert(clientCA)
-	cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	ts := &tlsServer{certs: certs, certDir: dir}
 	ts.testServer = newTestServerOn(t, ip, func(c *Config) {
 		c.TLS = cfg
+		c.ClientCAs = certs.ClientCAs
 		c.Auth = scramAuth{fakeAuth{users: map[string]string{"alice": "secret", "bob": "pass word with spaces"}}}
 		c.Tokens = fakeTokens{}
 		if mod != nil {
@@ -107,6 +109,14 @@ var (
 	clientCAKey  *ecdsa.PrivateKey
 	clientCACert *x509.Certificate
 )
+
+// writeCA writes a CA certificate as PEM.
+func writeCA(t *testing.T, path string, ca *x509.Certificate) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
 
 func mustCert(t *testing.T, m *tlsutil.Manager) *tls.Certificate {
 	c, err := m.GetCertificate(&tls.ClientHelloInfo{})

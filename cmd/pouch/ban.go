@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pouchmail/pouch/guard"
@@ -14,7 +15,9 @@ const banUsage = `Usage: pouch ban list|add|del [--data DIR] [NETWORK] [--for DU
 
 Shows and changes the bans of failed-login sources, kept in DATA/bans.json. A
 running server sees changes within a second. NETWORK is an address or a
-network in CIDR form.
+network in CIDR form. del with an address lifts every ban that holds it
+(automatic bans of IPv6 sources cover the whole /64); del with a network in
+CIDR form lifts the ban of exactly that network.
 
 Examples:
   pouch ban list
@@ -69,18 +72,39 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 		if err := g.Ban(net, *length, *reason); err != nil {
 			return fmt.Errorf("ban add: %v", err)
 		}
-		auditEvent(*data, "ban", "net", net.String(), "reason", *reason, "for", length.String())
+		if err := auditEvent(*data, "ban", "net", net.String(), "reason", *reason, "for", length.String()); err != nil {
+			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
+		}
 		fmt.Fprintf(stderr, "banned %s\n", net)
 		return nil
 	}
-	found, err := g.Unban(net)
+	// An address lifts every ban that holds it (the automatic ones are of
+	// a whole IPv6 /64); a network in CIDR form, that exact ban.
+	var removed []guard.Ban
+	if strings.Contains(pos[1], "/") {
+		removed, err = g.Unban(net)
+	} else {
+		removed, err = g.UnbanAddr(net.Addr())
+	}
 	if err != nil {
 		return fmt.Errorf("ban del: %v", err)
 	}
-	if !found {
-		return fmt.Errorf("ban del: %s is not banned", net)
+	if len(removed) == 0 {
+		if strings.Contains(pos[1], "/") {
+			return fmt.Errorf("ban del: there is no ban of %s (pouch ban list shows them)", net)
+		}
+		return fmt.Errorf("ban del: %s is not banned (pouch ban list shows the bans)", net.Addr())
 	}
-	auditEvent(*data, "unban", "net", net.String())
-	fmt.Fprintf(stderr, "lifted the ban of %s\n", net)
+	now := time.Now()
+	for _, b := range removed {
+		if err := auditEvent(*data, "unban", "net", b.Net.String()); err != nil {
+			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
+		}
+		if b.Until.After(now) {
+			fmt.Fprintf(stderr, "lifted the ban of %s (until %s, %s)\n", b.Net, b.Until.Local().Format(time.RFC3339), b.Reason)
+		} else {
+			fmt.Fprintf(stderr, "removed the ended ban of %s from the list (%s)\n", b.Net, b.Reason)
+		}
+	}
 	return nil
 }

@@ -58,11 +58,17 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	if _, _, err := newLogger(io.Discard, c.logLevel, c.logFormat); err != nil {
 		bad("log-level", err)
 	}
+	if err := checkMaxLine(c.maxLine); err != nil {
+		bad("max-line-length", err)
+	}
+	if w := idleTimeoutWarning(c.idleTimeout); w != "" {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
 	if fi, err := os.Stat(c.data); errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(stderr, "note: %s does not exist yet; pouch serve will create it\n", c.data)
 	} else if err != nil || !fi.IsDir() {
 		bad("data", fmt.Errorf("%s is not a directory", c.data))
-	} else if err := checkDataDir(c.data); err != nil {
+	} else if err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
 		bad("data", err)
 	} else if users, err := auth.OpenUsers(filepath.Join(c.data, "users")); err != nil {
 		bad("data", err)

@@ -242,3 +242,21 @@ func TestCheckConfigAndVersion(t *testing.T) {
 		t.Fatalf("version: %d %q", code, out)
 	}
 }
+
+// A user added under a decomposed name gets its Maildir under the
+// normalized name that logins open; a password SCRAM cannot take is stored
+// with a warning.
+func TestUserAddNormalizesName(t *testing.T) {
+	data := t.TempDir()
+	if _, e, code := pouch(t, "river Kettle-9271 \U0001F600\n", "user", "add", "--data", data, "jo\u0308rg"); code != 0 {
+		t.Fatalf("add: %d %s", code, e)
+	} else if !strings.Contains(e, "SCRAM-SHA-256 will not work") {
+		t.Errorf("no SCRAM warning: %q", e)
+	}
+	if _, err := os.Stat(filepath.Join(data, "mail", "j\u00f6rg", "new")); err != nil {
+		t.Fatalf("Maildir not under the normalized name: %v", err)
+	}
+	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "j\u00f6rg\n" {
+		t.Fatalf("list = %q", out)
+	}
+}

@@ -79,7 +79,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.hostname, "hostname", "", "host `name` for the greeting and the self-signed certificate (default: the system's)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
-	fs.IntVar(&c.maxLine, "max-line-length", 255, "longest command line in `octets`, CRLF included")
+	fs.IntVar(&c.maxLine, "max-line-length", minLineLength, "longest command line in `octets`, CRLF included (at least 255)")
 	fs.DurationVar(&c.preLoginTimeout, "pre-login-timeout", 60*time.Second, "disconnect a client idle this `long` before login")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 10*time.Minute, "autologout after this `long` idle after login (RFC 1939: at least 10m)")
 	fs.DurationVar(&c.authFailDelay, "auth-fail-delay", 2*time.Second, "wait this `long` before answering a failed login")
@@ -172,6 +172,12 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkMaxLine(c.maxLine); err != nil {
+		return usageError("--max-line-length: %v", err)
+	}
+	if w := idleTimeoutWarning(c.idleTimeout); w != "" {
+		log.Warn(w)
+	}
 	activated := systemdListeners()
 	if c.pop3 == "" && c.pop3s == "" && c.lmtp.addr == "" && len(activated) == 0 {
 		return usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve")
@@ -223,7 +229,7 @@ func runServe(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("data directory: %v", err)
 	}
-	if err := checkDataDir(c.data); err != nil {
+	if err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
 		return err
 	}
 	if err := adminSock.open(); err != nil {
@@ -273,15 +279,10 @@ func runServe(args []string, stderr io.Writer) error {
 		}
 		cfg.InsecureAuthNetworks = append(cfg.InsecureAuthNetworks, p)
 	}
-	// TLS serves POP3S and STLS on the POP3 port.
-	certs, err := tlsutil.NewManager(splitList(c.tlsCert), splitList(c.tlsKey), filepath.Join(c.data, "tls"), hostname, log)
+	certs, err := setupTLS(c, hostname, log, &cfg)
 	if err != nil {
 		return err
 	}
-	if cfg.TLS, err = certs.ServerConfig(c.clientCA); err != nil {
-		return err
-	}
-	log.Info("TLS certificate loaded", "sha256", strings.Join(certs.Fingerprints(), ","))
 	var tokens *auth.TokenVerifier
 	if c.oauthIssuer != "" || c.oauthJWKS != "" {
 		if tokens, err = auth.NewTokenVerifier(c.oauthIssuer, c.oauthAudience, c.oauthJWKS, c.oauthUserClaim); err != nil {
@@ -376,6 +377,48 @@ func runServe(args []string, stderr io.Writer) error {
 	return failure
 }
 
+// setupTLS loads the certificates (making or renewing the self-signed one in
+// DATA/tls when none is given) and the client CAs, for POP3S and STLS on
+// the POP3 port, into cfg. The manager reloads them.
+func setupTLS(c *serveConfig, hostname string, log *slog.Logger, cfg *server.Config) (*tlsutil.Manager, error) {
+	certs, err := tlsutil.NewManager(splitList(c.tlsCert), splitList(c.tlsKey), filepath.Join(c.data, "tls"), hostname, log)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.TLS, err = certs.ServerConfig(c.clientCA); err != nil {
+		return nil, err
+	}
+	if c.clientCA != "" {
+		cfg.ClientCAs = certs.ClientCAs
+	}
+	log.Info("TLS certificate loaded", "sha256", strings.Join(certs.Fingerprints(), ","))
+	return certs, nil
+}
+
+// minLineLength is the least --max-line-length: RFC 2449 §4 lets a command
+// line be 255 octets, CRLF included (RFC 1939 §3's 40-octet arguments fit).
+const minLineLength = 255
+
+// checkMaxLine refuses a command line limit that real commands exceed.
+func checkMaxLine(n int) error {
+	if n < minLineLength {
+		return fmt.Errorf("%d is too short, since POP3 clients may send command lines of %d octets (RFC 2449 §4): give at least %d", n, minLineLength, minLineLength)
+	}
+	return nil
+}
+
+// minIdleTimeout is the least autologout timer of RFC 1939 §3.
+const minIdleTimeout = 10 * time.Minute
+
+// idleTimeoutWarning says why an idle timeout below RFC 1939's is unwise, or
+// returns "" (0 takes the default).
+func idleTimeoutWarning(d time.Duration) string {
+	if d <= 0 || d >= minIdleTimeout {
+		return ""
+	}
+	return fmt.Sprintf("--idle-timeout %v is shorter than the %v that RFC 1939 §3 asks for: clients that pause between commands may be logged out", d, minIdleTimeout)
+}
+
 // reloadMu keeps a SIGHUP and a pouch reload from running at once.
 var reloadMu sync.Mutex
 
@@ -396,11 +439,18 @@ func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, user
 	} else {
 		log.Info("reload: TLS certificates", "sha256", strings.Join(certs.Fingerprints(), ","))
 	}
+	if err := certs.ReloadClientCA(); err != nil {
+		log.Error("reload: keeping the old client CAs", "err", err)
+		failed = append(failed, fmt.Sprintf("kept the old client CAs (%v)", err))
+	}
 	if err := users.Reload(); err != nil {
 		log.Error("reload: keeping the old users file", "err", err)
 		failed = append(failed, fmt.Sprintf("kept the old users file (%v)", err))
 	} else {
 		for _, w := range users.Warnings() {
+			log.Warn("users file", "problem", w)
+		}
+		for _, w := range checkUserFields(users.AllFields()) {
 			log.Warn("users file", "problem", w)
 		}
 	}

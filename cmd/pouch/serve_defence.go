@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -71,6 +72,9 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 	if err != nil {
 		return nil, usageError("--trusted-networks: %v", err)
 	}
+	if w := rootWarning(os.Geteuid(), d.runAs); w != "" && cfg.Logger != nil {
+		cfg.Logger.Warn(w)
+	}
 	if d.banAfter > 0 {
 		if cfg.Guard, err = guard.New(guard.Config{
 			Trusted:     trusted,
@@ -78,6 +82,7 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 			MaxFailures: d.banAfter,
 			BanTime:     d.banTime,
 			StatePath:   filepath.Join(data, "bans.json"),
+			Log:         cfg.Logger,
 		}); err != nil {
 			return nil, err
 		}
@@ -174,10 +179,15 @@ func dropPrivileges(name string) error {
 	return nil
 }
 
-// checkDataDir refuses a data directory that others could tamper with: one
-// writable by group or others, owned by another user, or a users file that
-// others can read.
-func checkDataDir(dir string) error {
+// checkDataDir refuses a data directory that others could tamper with or
+// read secrets from: one writable by group or others or owned by another
+// user; a mail directory, or a user's Maildir, writable by group or others;
+// a users file, secret key, ban list, audit log or TLS key (DATA/tls/key.pem,
+// and each of keys that lies under DATA) that group or others can read or
+// write. Each refusal is one sentence naming the path and the command that
+// fixes it. The Maildirs are checked at the top only, not message by
+// message.
+func checkDataDir(dir string, keys ...string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("data directory: %v", err)
@@ -188,18 +198,76 @@ func checkDataDir(dir string) error {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && st.Uid != 0 {
 		return fmt.Errorf("data directory %s belongs to uid %d, not to the user running pouch (uid %d)", dir, st.Uid, os.Geteuid())
 	}
-	users := filepath.Join(dir, "users")
-	fi, err = os.Stat(users)
+	private := []struct{ name, path string }{
+		{"users file", filepath.Join(dir, "users")},
+		{"secret key", filepath.Join(dir, "secret.key")},
+		{"ban list", filepath.Join(dir, "bans.json")},
+		{"audit log", filepath.Join(dir, "audit.log")},
+		{"TLS key", filepath.Join(dir, "tls", "key.pem")},
+	}
+	for _, k := range keys {
+		if under(dir, k) {
+			private = append(private, struct{ name, path string }{"TLS key", k})
+		}
+	}
+	for _, f := range private {
+		fi, err := os.Stat(f.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %v", f.name, err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			return fmt.Errorf("%s %s can be read or written by group or others (mode %04o); run: chmod 600 %s", f.name, f.path, fi.Mode().Perm(), f.path)
+		}
+	}
+	mail := filepath.Join(dir, "mail")
+	fi, err = os.Stat(mail)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("users file: %v", err)
+		return fmt.Errorf("mail directory: %v", err)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("users file %s can be read by group or others (mode %04o); run: chmod 600 %s", users, fi.Mode().Perm(), users)
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("mail directory %s is writable by group or others (mode %04o); run: chmod go-w %s", mail, fi.Mode().Perm(), mail)
+	}
+	entries, err := os.ReadDir(mail)
+	if err != nil {
+		return fmt.Errorf("mail directory: %v", err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(mail, e.Name())
+		fi, err := os.Stat(p) // a Maildir may be a symbolic link
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		if fi.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("maildir %s is writable by group or others (mode %04o); run: chmod go-w %s", p, fi.Mode().Perm(), p)
+		}
 	}
 	return nil
+}
+
+// under reports whether path lies inside dir.
+func under(dir, path string) bool {
+	d, err1 := filepath.Abs(dir)
+	p, err2 := filepath.Abs(path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(d, p)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// rootWarning is the warning for a server left running as root: no --run-as
+// and no service user.
+func rootWarning(euid int, runAs string) string {
+	if euid != 0 || runAs != "" {
+		return ""
+	}
+	return "running as root: a flaw in the server would give the whole machine away; start it with --run-as USER (or as a service user, as in contrib/systemd/pouch.service)"
 }
 
 // loadSecretKey returns the server's secret key from DATA/secret.key, making

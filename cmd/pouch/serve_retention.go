@@ -3,9 +3,11 @@ package main
 import (
 	"flag"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/pouchmail/pouch/retention"
+	"github.com/pouchmail/pouch/server"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -44,12 +46,24 @@ func (r *retentionSettings) policy() (store.Policy, error) {
 	return p, nil
 }
 
-// checkUserFields reports users whose retention fields do not parse.
+// checkUserFields reports, user by user in name order, the fields that do
+// not parse: retention fields (the server-wide policy applies instead), and
+// the login settings and access rules (server.CheckUserFields: the user
+// cannot log in until they are fixed).
 func checkUserFields(all map[string]map[string]string) []string {
+	names := make([]string, 0, len(all))
+	for name := range all {
+		names = append(names, name)
+	}
+	sort.Strings(names)
 	var out []string
-	for name, f := range all {
+	for _, name := range names {
+		f := all[name]
 		if _, err := retention.Apply(store.Policy{}, f); err != nil {
 			out = append(out, fmt.Sprintf("user %s: %v; the server-wide policy applies", name, err))
+		}
+		for _, err := range server.CheckUserFields(f) {
+			out = append(out, fmt.Sprintf("user %s: %v; the user cannot log in until it is fixed", name, err))
 		}
 	}
 	return out

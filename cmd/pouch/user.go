@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/term"
@@ -73,7 +75,9 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(names) != 1 {
 		return usageError("user %s takes exactly one user name", action)
 	}
-	name := names[0]
+	// The name as logins see it (PRECIS, RFC 8265), so that the Maildir is
+	// made under the name the server opens.
+	name := auth.NormalizeName(names[0])
 	var done string
 	switch action {
 	case "add", "passwd":
@@ -93,7 +97,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("user %s: %v", action, err)
 		}
-		if err := auth.CheckStrength(pw, *breachedList); err != nil {
+		if err := auth.CheckStrength(pw, *breachedList, name); err != nil {
 			return fmt.Errorf("user %s: %v", action, err)
 		}
 		if action == "add" {
@@ -103,6 +107,9 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		if err != nil {
 			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
+		}
+		if err := auth.SCRAMUsable(pw); err != nil {
+			fmt.Fprintf(stderr, "pouch: warning: %v\n", strings.TrimPrefix(err.Error(), "auth: "))
 		}
 		if action == "add" {
 			if err := maildir.New(filepath.Join(*data, "mail")).Create(name); err != nil {
@@ -135,14 +142,28 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// auditEvent appends an event to DATA/audit.log.
+// auditEvent appends an event to DATA/audit.log, with the actor: who ran
+// the command.
 func auditEvent(data, event string, fields ...any) error {
 	l, err := audit.Open(filepath.Join(data, "audit.log"))
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	return l.Event(event, fields...)
+	return l.Event(event, append(fields, "actor", actor())...)
+}
+
+// actor names the Unix user who runs the command: the one who called sudo
+// (SUDO_USER), or else the user the process runs as.
+func actor() string {
+	if u := os.Getenv("SUDO_USER"); u != "" {
+		return u
+	}
+	uid := strconv.Itoa(os.Geteuid())
+	if u, err := user.LookupId(uid); err == nil {
+		return u.Username
+	}
+	return "uid " + uid
 }
 
 // userExists reports whether the users file lists name.

@@ -1,11 +1,13 @@
 // Package tlsutil provides the server's TLS certificates: the operator's
 // certificate and key pairs, or a self-signed certificate made on first start
-// and kept in the data directory (RFC 8314 asks for TLS on all mail access).
-// Certificates are reloaded without a restart when their files change or when
-// Reload is called (SIGHUP), and SNI picks among several.
+// and kept in the data directory (RFC 8314 asks for TLS on all mail access),
+// made anew before it expires. Certificates and the client CAs are reloaded
+// without a restart when their files change or when Reload and ReloadClientCA
+// are called (SIGHUP), and SNI picks among several certificates.
 package tlsutil
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -32,16 +34,38 @@ import (
 // for changes during handshakes.
 const checkInterval = time.Second
 
-// Manager holds the current certificates and reloads them when their files
-// change. It is safe for concurrent use.
+// selfSignedValidity is how long a self-signed certificate is valid, and
+// renewBefore how long before its end it is made anew.
+const (
+	selfSignedValidity = 2 * 365 * 24 * time.Hour
+	renewBefore        = 30 * 24 * time.Hour
+)
+
+// selfSignedOrg is the organization of the certificates Pouch makes; only
+// those are ever renewed.
+const selfSignedOrg = "Pouch self-signed"
+
+// Manager holds the current certificates and client CAs and reloads them when
+// their files change. It is safe for concurrent use.
 type Manager struct {
 	certFiles, keyFiles []string
 	log                 *slog.Logger
+	// selfSigned is set when certFiles[0] is the certificate Pouch made in
+	// the data directory for hostname; it is renewed before it expires.
+	// Operator's files are never written.
+	selfSigned bool
+	hostname   string
+	now        func() time.Time // the clock that decides renewal
+
+	fileMu sync.Mutex // held while the certificate files are read or written
 
 	mu        sync.Mutex
 	certs     []*tls.Certificate
 	stamps    []time.Time // modification times of certFiles then keyFiles at load
 	lastCheck time.Time
+	caFile    string         // client CAs, "" for none
+	caPool    *x509.CertPool // as last loaded
+	caStamp   time.Time      // modification time of caFile at load
 }
 
 // NewManager loads the certificate and key pairs (certFiles[i] with
@@ -52,7 +76,8 @@ func NewManager(certFiles, keyFiles []string, dir, hostname string, log *slog.Lo
 	if len(certFiles) != len(keyFiles) {
 		return nil, fmt.Errorf("%d TLS certificates but %d keys: give them in pairs", len(certFiles), len(keyFiles))
 	}
-	if len(certFiles) == 0 {
+	selfSigned := len(certFiles) == 0
+	if selfSigned {
 		cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 		if _, err := os.Stat(cert); errors.Is(err, fs.ErrNotExist) {
 			if err := SelfSigned(cert, key, hostname); err != nil {
@@ -64,19 +89,33 @@ func NewManager(certFiles, keyFiles []string, dir, hostname string, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	m := &Manager{certFiles: certFiles, keyFiles: keyFiles, log: log}
+	m := &Manager{certFiles: certFiles, keyFiles: keyFiles, log: log, selfSigned: selfSigned, hostname: hostname, now: time.Now}
 	if err := m.Reload(); err != nil {
 		return nil, err
+	}
+	if err := m.renewIfExpiring(); err != nil {
+		// The old certificate is still valid for some days.
+		log.Error("renewing the self-signed TLS certificate failed; keeping the old one", "err", err)
 	}
 	return m, nil
 }
 
 // Reload reads every pair again. On error the certificates in use stay.
 func (m *Manager) Reload() error {
+	m.fileMu.Lock()
+	defer m.fileMu.Unlock()
+	return m.reloadLocked()
+}
+
+// reloadLocked is Reload with fileMu held.
+func (m *Manager) reloadLocked() error {
 	stamps := m.modTimes()
 	certs := make([]*tls.Certificate, len(m.certFiles))
 	for i := range m.certFiles {
 		c, err := tls.LoadX509KeyPair(m.certFiles[i], m.keyFiles[i])
+		if err == nil && c.Leaf == nil {
+			c.Leaf, err = x509.ParseCertificate(c.Certificate[0])
+		}
 		if err != nil {
 			return fmt.Errorf("loading TLS certificate %s: %w", m.certFiles[i], err)
 		}
@@ -91,17 +130,22 @@ func (m *Manager) Reload() error {
 func (m *Manager) modTimes() []time.Time {
 	var t []time.Time
 	for _, f := range append(append([]string{}, m.certFiles...), m.keyFiles...) {
-		var mt time.Time
-		if fi, err := os.Stat(f); err == nil {
-			mt = fi.ModTime()
-		}
-		t = append(t, mt)
+		t = append(t, modTime(f))
 	}
 	return t
 }
 
-// maybeReload reloads when a file changed since the last load, looking at
-// most once per checkInterval.
+// modTime is f's modification time, or zero when it cannot be read.
+func modTime(f string) time.Time {
+	if fi, err := os.Stat(f); err == nil {
+		return fi.ModTime()
+	}
+	return time.Time{}
+}
+
+// maybeReload reloads when a file changed since the last load, and renews a
+// self-signed certificate that is about to expire, looking at most once per
+// checkInterval.
 func (m *Manager) maybeReload() {
 	m.mu.Lock()
 	if time.Since(m.lastCheck) < checkInterval {
@@ -109,8 +153,18 @@ func (m *Manager) maybeReload() {
 		return
 	}
 	m.lastCheck = time.Now()
-	old := m.stamps
+	old, caFile, caStamp := m.stamps, m.caFile, m.caStamp
 	m.mu.Unlock()
+	if caFile != "" && !modTime(caFile).Equal(caStamp) {
+		if err := m.ReloadClientCA(); err != nil {
+			m.log.Error("client CA file changed but cannot be loaded; keeping the old CAs", "err", err)
+		} else {
+			m.log.Info("client CAs reloaded", "file", caFile)
+		}
+	}
+	if err := m.renewIfExpiring(); err != nil {
+		m.log.Error("renewing the self-signed TLS certificate failed; keeping the old one", "err", err)
+	}
 	now := m.modTimes()
 	changed := false
 	for i := range now {
@@ -121,6 +175,12 @@ func (m *Manager) maybeReload() {
 	if !changed {
 		return
 	}
+	m.mu.Lock()
+	reloaded := !equalTimes(m.stamps, old) // by Reload or a renewal meanwhile
+	m.mu.Unlock()
+	if reloaded {
+		return
+	}
 	if err := m.Reload(); err != nil {
 		m.log.Error("TLS certificate changed but cannot be loaded; keeping the old one", "err", err)
 		m.mu.Lock()
@@ -129,6 +189,56 @@ func (m *Manager) maybeReload() {
 		return
 	}
 	m.log.Info("TLS certificates reloaded", "sha256", m.Fingerprints())
+}
+
+func equalTimes(a, b []time.Time) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// renewIfExpiring makes the self-signed certificate anew, with a new key,
+// when it ends within renewBefore, and loads it. The new fingerprint is
+// logged, for the users who pin it. A certificate Pouch did not make is
+// never touched.
+func (m *Manager) renewIfExpiring() error {
+	if !m.selfSigned {
+		return nil
+	}
+	m.fileMu.Lock()
+	defer m.fileMu.Unlock()
+	m.mu.Lock()
+	leaf := m.certs[0].Leaf
+	m.mu.Unlock()
+	if leaf == nil || !madeByPouch(leaf) || m.now().Add(renewBefore).Before(leaf.NotAfter) {
+		return nil
+	}
+	if err := selfSigned(m.certFiles[0], m.keyFiles[0], m.hostname, m.now()); err != nil {
+		return fmt.Errorf("renewing the self-signed certificate: %w", err)
+	}
+	if err := m.reloadLocked(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	notAfter := m.certs[0].Leaf.NotAfter
+	m.mu.Unlock()
+	m.log.Warn("self-signed TLS certificate renewed: clients that pin the old fingerprint must take the new one",
+		"old_not_after", leaf.NotAfter.UTC().Format(time.RFC3339), "not_after", notAfter.UTC().Format(time.RFC3339),
+		"sha256", strings.Join(m.Fingerprints(), ","))
+	return nil
+}
+
+// madeByPouch reports whether c is a self-signed certificate that SelfSigned
+// made.
+func madeByPouch(c *x509.Certificate) bool {
+	return len(c.Subject.Organization) == 1 && c.Subject.Organization[0] == selfSignedOrg &&
+		bytes.Equal(c.RawSubject, c.RawIssuer)
 }
 
 // GetCertificate picks the certificate for a handshake: the first that suits
@@ -167,32 +277,95 @@ func (m *Manager) Fingerprints() []string {
 }
 
 // ServerConfig returns a TLS configuration using the manager's certificates:
-// TLS 1.2 at least and Go's default cipher suites. With clientCAFile set,
-// clients may present a certificate signed by one of its CAs (for SASL
-// EXTERNAL); it is verified when given, never required.
+// TLS 1.2 at least and Go's default cipher suites. With clientCAFile set, the
+// CAs in it are loaded (see ClientCAs) and clients are asked for a
+// certificate, which is never required: the handshake does not check it, so
+// that a client with a certificate from another CA can still log in another
+// way. The server checks it against ClientCAs after the handshake (for SASL
+// EXTERNAL).
 func (m *Manager) ServerConfig(clientCAFile string) (*tls.Config, error) {
 	cfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: m.GetCertificate,
 	}
 	if clientCAFile != "" {
-		pem, err := os.ReadFile(clientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("client CA: %w", err)
+		if err := m.SetClientCA(clientCAFile); err != nil {
+			return nil, err
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("client CA %s: no PEM certificate in it", clientCAFile)
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		cfg.ClientAuth = tls.RequestClientCert
 	}
 	return cfg, nil
 }
 
-// selfSigned writes a self-signed certificate for hostname (and loopback) with a
-// key readable only by its owner.
+// SetClientCA loads the CA certificates of file, whose client certificates
+// ClientCAs will accept from then on; ReloadClientCA and a change to the
+// file read it again.
+func (m *Manager) SetClientCA(file string) error {
+	pool, stamp, err := loadCAs(file)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.caFile, m.caPool, m.caStamp = file, pool, stamp
+	m.mu.Unlock()
+	return nil
+}
+
+// ReloadClientCA reads the client CA file again. On error the CAs in use
+// stay. Without a client CA file it does nothing.
+func (m *Manager) ReloadClientCA() error {
+	m.mu.Lock()
+	file := m.caFile
+	m.mu.Unlock()
+	if file == "" {
+		return nil
+	}
+	pool, stamp, err := loadCAs(file)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.caStamp = stamp // do not retry until the file changes again
+		return err
+	}
+	m.caPool, m.caStamp = pool, stamp
+	return nil
+}
+
+// ClientCAs returns the client CAs now in force, or nil when there are none.
+// The pool must not be changed.
+func (m *Manager) ClientCAs() *x509.CertPool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.caPool
+}
+
+// loadCAs reads a PEM file of CA certificates, with its modification time.
+func loadCAs(file string) (*x509.CertPool, time.Time, error) {
+	stamp := modTime(file)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, stamp, fmt.Errorf("client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, stamp, fmt.Errorf("client CA %s: no PEM certificate in it", file)
+	}
+	return pool, stamp, nil
+}
+
+// SelfSigned writes a self-signed certificate for hostname (and loopback),
+// valid for two years, with a key readable only by its owner.
 func SelfSigned(certFile, keyFile, hostname string) error {
+	return selfSigned(certFile, keyFile, hostname, time.Now())
+}
+
+// selfSigned is SelfSigned with the clock's time now.
+func selfSigned(certFile, keyFile, hostname string, now time.Time) error {
+	return selfSignedFor(certFile, keyFile, hostname, now.Add(-time.Hour), now.Add(selfSignedValidity))
+}
+
+// selfSignedFor is SelfSigned valid from notBefore to notAfter.
+func selfSignedFor(certFile, keyFile, hostname string, notBefore, notAfter time.Time) error {
 	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
 		return err
 	}
@@ -204,12 +377,11 @@ func SelfSigned(certFile, keyFile, hostname string) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: hostname, Organization: []string{"Pouch self-signed"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.AddDate(2, 0, 0),
+		Subject:               pkix.Name{CommonName: hostname, Organization: []string{selfSignedOrg}},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
@@ -251,7 +423,17 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// The new name survives a crash, so that the certificate and its key
+	// stay a pair.
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // dnsNames are the names a self-signed certificate is made for.
