@@ -254,6 +254,7 @@ func runServe(args []string, stderr io.Writer) error {
 		log.Warn("users file", "problem", w)
 	}
 	mail := maildir.New(filepath.Join(c.data, "mail"))
+	mail.SetLogger(log)
 	policies := retention.NewPolicies(policy, users)
 	mail.SetPolicy(policies.Policy)
 	cfg := server.Config{

@@ -10,6 +10,8 @@ import (
 // be polled, so os.Open's attempt to register them with the poller (epoll_ctl,
 // and fcntl calls to set and reset O_NONBLOCK) is wasted work, and RETR opens
 // one file per message.
+// A symbolic link is not followed (the open fails): a message is a regular
+// file of the Maildir.
 type file struct {
 	fd   int
 	path string
@@ -17,7 +19,7 @@ type file struct {
 
 func openFile(path string) (*file, error) {
 	for {
-		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
 		if err == syscall.EINTR {
 			continue
 		}

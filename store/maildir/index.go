@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,13 +22,16 @@ import (
 // The index, pouch-index, is a cache of what Open would otherwise learn from
 // the directories and the files:
 //
-//	#pouch-index 2 cur=MTIME,CTIME,INODE,HASH new=MTIME,CTIME,INODE,HASH
+//	#pouch-index 3 cur=MTIME,CTIME,INODE,HASH new=MTIME,CTIME,INODE,HASH
 //	BASE RAW WIRE SEEN LOC [MORE...]
 //
 // One line per message, in arrival order: the base name, the stored and wire
 // sizes, the first retrieval (unix seconds, 0 for never), and LOC, where the
 // file is: its directory and the rest of its name after BASE ("cur:2,S",
 // "new"). Columns after LOC are kept as they are when the index is rewritten.
+// In BASE and LOC, the octets a file name may hold that would break a line
+// into other columns or lines (0x00-0x20, "%" and 0x7F) are written "%XX",
+// two upper-case hex digits.
 //
 // A directory's stamp is its modification and change times (nanoseconds)
 // and inode number when it was listed for the lines below, and HASH
@@ -43,11 +47,18 @@ import (
 // clock, cannot leave the times as recorded. A directory without a stamp is
 // listed at every Open.
 //
-// An index without a header, as earlier versions wrote it, has lines
-// "BASE RAW WIRE" or "BASE RAW WIRE SEEN"; it is read, checked against the
-// directories and rewritten.
+// Version 2 ("#pouch-index 2") is the same without the %XX encoding: its
+// names are read as written, and a line whose name holds a space is split
+// at its last four columns. An index without a header, as earlier versions
+// wrote it, has lines "BASE RAW WIRE" or "BASE RAW WIRE SEEN". Either is
+// read, checked against the directories where their stamps say so, and
+// replaced by a version 3 index the next time the index is written. An
+// index of a later version reads as missing, and is rebuilt.
 
-const indexVersion = "#pouch-index 2"
+const (
+	indexVersion  = "#pouch-index 3"
+	indexVersion2 = "#pouch-index 2"
+)
 
 // trustMargin is how much older than the listing a directory's times must
 // be for the index to record them: at least the granularity of the
@@ -114,7 +125,8 @@ func statDirs(dir string) (stamps, error) {
 // indexHeader is what the first line of an index says: a zero stamp means
 // that directory's lines must be checked against it.
 type indexHeader struct {
-	stamps stamps
+	stamps  stamps
+	version int // 3 or 2, or 0 for an index without a header
 }
 
 // trusted reports, for cur/ and new/, whether the lines of idx are still
@@ -155,13 +167,18 @@ func located(entries []entry) bool {
 	return true
 }
 
-// parseHeader parses the first line of a version 2 index.
+// parseHeader parses the first line of a version 2 or 3 index.
 func parseHeader(line []byte) (indexHeader, bool) {
+	var h indexHeader
 	rest, ok := bytes.CutPrefix(line, []byte(indexVersion))
+	h.version = 3
+	if !ok {
+		rest, ok = bytes.CutPrefix(line, []byte(indexVersion2))
+		h.version = 2
+	}
 	if !ok || len(rest) > 0 && rest[0] != ' ' {
 		return indexHeader{}, false
 	}
-	var h indexHeader
 	for _, field := range bytes.Fields(rest) {
 		key, v, _ := bytes.Cut(field, []byte("="))
 		if string(key) != "cur" && string(key) != "new" {
@@ -197,14 +214,14 @@ func loadIndex(path string) ([]entry, indexHeader, error) {
 	var (
 		out []entry
 		hdr indexHeader
-		v2  bool
 	)
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 4096), 64*1024)
 	for first := true; sc.Scan(); first = false {
 		line := sc.Bytes()
 		if first && len(line) > 0 && line[0] == '#' {
-			if hdr, v2 = parseHeader(line); !v2 {
+			var ok bool
+			if hdr, ok = parseHeader(line); !ok {
 				return nil, indexHeader{}, nil
 			}
 			if fi, err := f.Stat(); err == nil {
@@ -212,11 +229,18 @@ func loadIndex(path string) ([]entry, indexHeader, error) {
 			}
 			continue
 		}
-		e, ok := parseEntry(line, v2)
+		// Parsed in place: an entry is large to copy, and there can be
+		// 100,000 lines.
+		out = append(out, entry{})
+		e := &out[len(out)-1]
+		ok := parseEntry(e, line, hdr.version)
+		if !ok && hdr.version == 2 {
+			*e = entry{}
+			ok = parseSpaced(e, line)
+		}
 		if !ok {
 			return nil, indexHeader{}, nil
 		}
-		out = append(out, e)
 	}
 	if sc.Err() != nil {
 		return nil, indexHeader{}, nil
@@ -224,9 +248,10 @@ func loadIndex(path string) ([]entry, indexHeader, error) {
 	return out, hdr, nil
 }
 
-// parseEntry parses one line: "BASE RAW WIRE SEEN LOC [MORE...]" in a
-// version 2 index, "BASE RAW WIRE [SEEN]" in an earlier one.
-func parseEntry(line []byte, v2 bool) (entry, bool) {
+// parseEntry parses one line: "BASE RAW WIRE SEEN LOC [MORE...]" in an
+// index of version 2 or 3, "BASE RAW WIRE [SEEN]" in an earlier one (version
+// 0).
+func parseEntry(e *entry, line []byte, version int) bool {
 	var cols [5][]byte
 	n := 0
 	rest := line
@@ -243,38 +268,78 @@ func parseEntry(line []byte, v2 bool) (entry, bool) {
 		n++
 	}
 	if n == len(cols) && rest != nil && len(rest) == 0 {
-		return entry{}, false // a trailing space
+		return false // a trailing space
 	}
+	located := version >= 2
 	switch {
-	case v2 && n != 5, !v2 && (n < 3 || n > 4 || rest != nil):
-		return entry{}, false
+	case located && n != 5, !located && (n < 3 || n > 4 || rest != nil):
+		return false
 	}
-	base := cols[0]
-	if len(base) == 0 {
-		return entry{}, false
+	if !located {
+		cols[4] = nil
 	}
-	var e entry
+	if !makeEntry(e, cols[0], cols[1], cols[2], cols[3], cols[4], version) {
+		return false
+	}
+	if rest != nil {
+		e.extra = string(rest)
+	}
+	return true
+}
+
+// parseSpaced parses a line of a version 2 index whose base name holds
+// spaces: "BASE RAW WIRE SEEN LOC", split at its last four spaces (the
+// version that wrote it wrote no further columns).
+func parseSpaced(e *entry, line []byte) bool {
+	var cols [4][]byte
+	rest := line
+	for k := len(cols) - 1; k >= 0; k-- {
+		i := bytes.LastIndexByte(rest, ' ')
+		if i < 0 {
+			return false
+		}
+		cols[k] = rest[i+1:]
+		rest = rest[:i]
+	}
+	return makeEntry(e, rest, cols[0], cols[1], cols[2], cols[3], 2)
+}
+
+// makeEntry fills in e from the columns of a line; loc is nil in an index
+// of version 0, and base and loc are encoded in version 3.
+func makeEntry(e *entry, base, raw, wire, seen, loc []byte, version int) bool {
 	var ok bool
-	if e.raw, ok = parseCount(cols[1]); !ok {
-		return entry{}, false
+	if e.raw, ok = parseCount(raw); !ok {
+		return false
 	}
-	if e.wire, ok = parseCount(cols[2]); !ok {
-		return entry{}, false
+	if e.wire, ok = parseCount(wire); !ok {
+		return false
 	}
-	if n >= 4 {
+	if seen != nil {
 		// The first retrieval, for EXPIRE counted from it; an index
 		// written before it existed has three columns.
-		if e.seen, ok = parseCount(cols[3]); !ok {
-			return entry{}, false
+		if e.seen, ok = parseCount(seen); !ok {
+			return false
 		}
 	}
-	if !v2 {
-		e.base = string(base)
-		return e, true
+	if version >= 3 {
+		if base, ok = unescape(base); !ok {
+			return false
+		}
+		if loc, ok = unescape(loc); !ok {
+			return false
+		}
 	}
-	loc := cols[4]
+	// Names starting with "." are not messages (list), and "." and ".."
+	// would name the directories.
+	if len(base) == 0 || base[0] == '.' {
+		return false
+	}
+	if loc == nil {
+		e.base = string(base)
+		return true
+	}
 	if len(loc) < 3 {
-		return entry{}, false
+		return false
 	}
 	switch string(loc[:3]) {
 	case "cur":
@@ -282,21 +347,71 @@ func parseEntry(line []byte, v2 bool) (entry, bool) {
 	case "new":
 		e.sub = "new"
 	default:
-		return entry{}, false
+		return false
 	}
 	suffix := loc[3:]
 	if len(suffix) > 0 && suffix[0] != ':' || bytes.IndexByte(base, ':') >= 0 {
-		return entry{}, false
+		return false
 	}
 	// One allocation: the base is the front of the name.
 	name := make([]byte, 0, len(base)+len(suffix))
 	name = append(append(name, base...), suffix...)
 	e.name = string(name)
 	e.base = e.name[:len(base)]
-	if rest != nil {
-		e.extra = string(rest)
+	return true
+}
+
+// escaped reports whether c is written "%XX" in a version 3 index.
+func escaped(c byte) bool { return c <= ' ' || c == '%' || c == 0x7f }
+
+// appendEscaped appends s to b with the octets that escaped reports written
+// "%XX".
+func appendEscaped(b []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
+	run := 0 // s[run:i] is still to be appended as it is
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; escaped(c) {
+			b = append(b, s[run:i]...)
+			b = append(b, '%', hex[c>>4], hex[c&0xf])
+			run = i + 1
+		}
 	}
-	return e, true
+	return append(b, s[run:]...)
+}
+
+// unescape decodes what appendEscaped wrote. It returns b itself when b
+// has nothing encoded (the usual case), and false for an encoding that
+// appendEscaped does not write.
+func unescape(b []byte) ([]byte, bool) {
+	i := bytes.IndexByte(b, '%')
+	if i < 0 {
+		return b, true
+	}
+	out := make([]byte, 0, len(b))
+	for ; i >= 0; i = bytes.IndexByte(b, '%') {
+		if i+2 >= len(b) {
+			return nil, false
+		}
+		hi, ok1 := unhex(b[i+1])
+		lo, ok2 := unhex(b[i+2])
+		c := hi<<4 | lo
+		if !ok1 || !ok2 || !escaped(c) {
+			return nil, false
+		}
+		out = append(append(out, b[:i]...), c)
+		b = b[i+3:]
+	}
+	return append(out, b...), true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // parseCount parses a non-negative decimal number.
@@ -340,7 +455,7 @@ func storeIndex(dir string, entries []entry, st *stamps) error {
 	}
 	b = append(b, '\n')
 	for _, e := range entries {
-		b = append(b, e.base...)
+		b = appendEscaped(b, e.base)
 		b = append(b, ' ')
 		b = strconv.AppendInt(b, e.raw, 10)
 		b = append(b, ' ')
@@ -354,7 +469,7 @@ func storeIndex(dir string, entries []entry, st *stamps) error {
 			b = append(b, '-')
 		} else {
 			b = append(b, e.sub...)
-			b = append(b, e.name[len(e.base):]...)
+			b = appendEscaped(b, e.name[len(e.base):])
 		}
 		if e.extra != "" {
 			b = append(b, ' ')
@@ -381,41 +496,67 @@ func readHeader(path string) (indexHeader, error) {
 	return h, nil
 }
 
-// sortArrival sorts entries in arrival order: by the delivery time at the
-// start of their names ("SECONDS.M<usec>...", see arrival), then by name. It
+// sortArrival returns entries, messages seen for the first time, in
+// arrival order: by the delivery time in their names (arrival), or for a
+// name without one by the modification time of the file, then by name. It
 // parses each name once, not at every comparison (a first Open of 100,000
-// messages).
-func sortArrival(entries []entry) {
+// messages), and stats only the files whose names have no time; one that
+// is gone by then is left out.
+func sortArrival(dir string, entries []entry) []entry {
 	type key struct {
-		sec, usec int64
+		sec, nsec int64
 		i         int
 	}
-	keys := make([]key, len(entries))
+	keys := make([]key, 0, len(entries))
 	for i := range entries {
-		sec, usec := arrival(entries[i].base)
-		keys[i] = key{sec, usec, i}
+		sec, usec, ok := arrival(entries[i].base)
+		nsec := usec * 1000
+		if !ok {
+			var st syscall.Stat_t
+			err := syscall.Lstat(filepath.Join(dir, entries[i].sub, entries[i].name), &st)
+			switch {
+			case err == syscall.ENOENT:
+				continue
+			case err != nil:
+				sec, nsec = math.MaxInt64, 0 // reading it will tell what is wrong
+			default:
+				sec, nsec = st.Mtim.Sec, st.Mtim.Nsec
+			}
+		}
+		keys = append(keys, key{sec, nsec, i})
 	}
 	slices.SortFunc(keys, func(a, b key) int {
-		return cmp.Or(cmp.Compare(a.sec, b.sec), cmp.Compare(a.usec, b.usec),
+		return cmp.Or(cmp.Compare(a.sec, b.sec), cmp.Compare(a.nsec, b.nsec),
 			strings.Compare(entries[a.i].base, entries[b.i].base))
 	})
-	sorted := make([]entry, len(entries))
+	sorted := make([]entry, len(keys))
 	for j, k := range keys {
 		sorted[j] = entries[k.i]
 	}
-	copy(entries, sorted)
+	return sorted
 }
 
 // list adds the message files of dir/sub to found by base name, unless
 // found has the base name already (cur/ is listed first, and wins over a
-// stale copy in new/).
-func list(found map[string]entry, dir, sub string) error {
-	names, err := readNames(filepath.Join(dir, sub))
+// stale copy in new/). Names starting with "." are not messages. Entries
+// that are not regular files are left out, and their names appended to
+// skipped if it is not nil: a symbolic link is not followed, so no message
+// is read from outside the Maildir.
+func list(found map[string]entry, dir, sub string, skipped *[]string) error {
+	path := filepath.Join(dir, sub)
+	ents, err := readDir(path)
 	if err != nil {
 		return err
 	}
-	for _, name := range names {
-		if name == "" || name[0] == '.' {
+	for _, d := range ents {
+		name := d.name
+		if name[0] == '.' {
+			continue
+		}
+		if !d.regular(path) {
+			if skipped != nil {
+				*skipped = append(*skipped, sub+"/"+name)
+			}
 			continue
 		}
 		base := baseName(name)

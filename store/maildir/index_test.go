@@ -219,10 +219,10 @@ func TestIndexFormats(t *testing.T) {
 	}{
 		{"three columns", "1700000000.M1P1.a 4 55\n1700000001.M1P1.b 4 66\n", []int64{55, 66}, 0, ""},
 		{"four columns", "1700000000.M1P1.a 4 55 0\n1700000001.M1P1.b 4 66 1700000009\n", []int64{55, 66}, 1700000009, ""},
-		{"version 2, more columns", indexVersion + "\n1700000000.M1P1.a 4 55 0 new\n1700000001.M1P1.b 4 66 1700000009 cur:2,S x=1 y\n", []int64{55, 66}, 1700000009, "x=1 y"},
-		{"version 2, stale location", indexVersion + "\n1700000000.M1P1.a 4 55 0 cur:2,T\n1700000001.M1P1.b 4 66 0 new\n", []int64{55, 66}, 0, ""},
-		{"damaged location", indexVersion + "\n1700000000.M1P1.a 4 55 0 tmp\n1700000001.M1P1.b 4 66 0 new\n", []int64{5, 5}, 0, ""},
-		{"unknown version", "#pouch-index 3\n1700000000.M1P1.a 4 55 0 new\n", []int64{5, 5}, 0, ""},
+		{"version 2, more columns", indexVersion2 + "\n1700000000.M1P1.a 4 55 0 new\n1700000001.M1P1.b 4 66 1700000009 cur:2,S x=1 y\n", []int64{55, 66}, 1700000009, "x=1 y"},
+		{"version 2, stale location", indexVersion2 + "\n1700000000.M1P1.a 4 55 0 cur:2,T\n1700000001.M1P1.b 4 66 0 new\n", []int64{55, 66}, 0, ""},
+		{"damaged location", indexVersion2 + "\n1700000000.M1P1.a 4 55 0 tmp\n1700000001.M1P1.b 4 66 0 new\n", []int64{5, 5}, 0, ""},
+		{"unknown version", "#pouch-index 9\n1700000000.M1P1.a 4 55 0 new\n", []int64{5, 5}, 0, ""},
 		{"trailing space", "1700000000.M1P1.a 4 55 \n", []int64{5, 5}, 0, ""},
 	} {
 		if err := os.WriteFile(filepath.Join(dir, indexFile), []byte(tc.index), 0o600); err != nil {
@@ -248,29 +248,78 @@ func TestIndexFormats(t *testing.T) {
 	}
 }
 
-// compareArrival is the order sortArrival sorts in, comparing one pair of
-// names at a time.
-func compareArrival(a, b entry) int {
-	as, au := arrival(a.base)
-	bs, bu := arrival(b.base)
-	return cmp.Or(cmp.Compare(as, bs), cmp.Compare(au, bu), strings.Compare(a.base, b.base))
-}
+// TestArrival checks which names give their delivery time, and that
+// sortArrival sorts by it, then by the file's modification time for the
+// names without one, then by name.
+func TestArrival(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		sec, usec int64
+		ok        bool
+	}{
+		{"1700000000.M123456P42Q7.host.example,S=5,W=6", 1700000000, 123456, true}, // Pouch
+		{"1700000000.M7P42.host", 1700000000, 7, true},                             // Dovecot
+		{"1700000000.V801I3c0036M716893.mx.example", 1700000000, 716893, true},     // Postfix
+		{"1700000000.M12P3_4.host", 1700000000, 12, true},                          // Courier
+		{"1700000000.P1.b", 1700000000, 0, true},
+		{"1700000000.12345.host", 1700000000, 0, true},               // qmail
+		{"1700000000.12345_7.host,U=3", 1700000000, 0, true},         // mbsync
+		{"1700000000_3.12345.host,U=3,FMD5=ab", 1700000000, 0, true}, // OfflineIMAP
+		{"1700000000_x.12345.host", 0, 0, false},
+		{"1.msg", 0, 0, false},
+		{"1700000001.sp ace", 0, 0, false},
+		{"99.M1", 0, 0, false},
+		{"-5.M3P1.h", 0, 0, false},
+		{"x", 0, 0, false},
+		{"1700000000.msg.host", 0, 0, false},
+		{"1700000000.M.host", 0, 0, false},
+		{"procmail-odd name", 0, 0, false},
+	} {
+		sec, usec, ok := arrival(tc.name)
+		if sec != tc.sec || usec != tc.usec || ok != tc.ok {
+			t.Errorf("arrival(%q) = %d, %d, %v; want %d, %d, %v", tc.name, sec, usec, ok, tc.sec, tc.usec, tc.ok)
+		}
+	}
 
-func TestSortArrival(t *testing.T) {
-	names := []string{"1700000000.M1P1.a", "1700000000.M2P1.a", "1700000000.M10P1.a", "1700000000.P1.b",
-		"1700000000.P1.a", "x", "", "1600000000.M5P1.z", "1700000000.M1P1.0", "99.M1", "99", "-5.M3"}
-	for i := range 200 {
-		names = append(names, fmt.Sprintf("%d.M%dP%d.h", 1700000000+i%7, i%13, i))
-	}
+	dir := t.TempDir()
+	ensure(dir)
 	var entries []entry
-	for _, n := range names {
-		entries = append(entries, entry{base: n, name: n, sub: "new"})
+	add := func(name string, mtime time.Time) {
+		put(t, dir, "new", name, "x\n")
+		if !mtime.IsZero() {
+			if err := os.Chtimes(filepath.Join(dir, "new", name), mtime, mtime); err != nil {
+				t.Fatal(err)
+			}
+		}
+		entries = append(entries, entry{base: name, name: name, sub: "new"})
 	}
-	want := slices.Clone(entries)
-	slices.SortFunc(want, compareArrival)
-	sortArrival(entries)
-	if !slices.Equal(entries, want) {
-		t.Fatalf("sortArrival differs from compareArrival")
+	add("1700000000.M2P1.a", time.Time{})
+	add("late", time.Unix(1700000001, 5000))
+	add("1700000000.M10P1.a", time.Time{})
+	add("1700000001.V1I1M4.mx", time.Time{})
+	add("early", time.Unix(1600000000, 0))
+	add("tie-b", time.Unix(1700000000, 2000))
+	add("tie-a", time.Unix(1700000000, 2000))
+	add("1700000000.M1P1.a", time.Time{})
+	entries = append(entries, entry{base: "vanished", name: "vanished", sub: "new"})
+	for i := range 200 {
+		add(fmt.Sprintf("%d.M%dP%d.h", 1700000100+i%7, i%13, i), time.Time{})
+	}
+	want := []string{"early", "1700000000.M1P1.a", "1700000000.M2P1.a", "tie-a", "tie-b",
+		"1700000000.M10P1.a", "1700000001.V1I1M4.mx", "late"}
+	var got []string
+	for _, e := range sortArrival(dir, slices.Clone(entries)) {
+		got = append(got, e.base)
+	}
+	if !slices.Equal(got[:len(want)], want) || len(got) != len(entries)-1 {
+		t.Fatalf("sortArrival: %v..., want %v and the 200 others", got[:len(want)+1], want)
+	}
+	if !slices.IsSortedFunc(got[len(want):], func(a, b string) int {
+		as, au, _ := arrival(a)
+		bs, bu, _ := arrival(b)
+		return cmp.Or(cmp.Compare(as, bs), cmp.Compare(au, bu), strings.Compare(a, b))
+	}) {
+		t.Fatalf("sortArrival: %v", got[len(want):])
 	}
 }
 
@@ -278,6 +327,8 @@ func FuzzIndex(f *testing.F) {
 	f.Add([]byte(indexVersion + " cur=1,2,3,ff new=4,5,6,0\n1700000000.M1P1.a 4 55 0 new\nb 1 2 3 cur:2,S x\n"))
 	f.Add([]byte("a 1 2\nb 3 4 5\n"))
 	f.Add([]byte(indexVersion + "\n"))
+	f.Add([]byte(indexVersion + "\nodd%20name%0A%25 1 2 0 cur:2,%20S\n"))
+	f.Add([]byte(indexVersion2 + "\nodd name 1 2 0 new\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
 		path := filepath.Join(dir, indexFile)
@@ -314,7 +365,7 @@ func benchMaildir(b *testing.B, n int) (*Store, string) {
 		b.Fatal(err)
 	}
 	for i := range n {
-		name := fmt.Sprintf("%d.M%dP1Q%d.bench,S=1000,W=1020", 1700000000+i/100, i%100, i)
+		name := fmt.Sprintf("%d.M%06dP1Q%d.bench,S=1000,W=1020", 1700000000+i/100, i%100, i)
 		if err := os.WriteFile(filepath.Join(dir, "cur", name+":2,S"), nil, 0o600); err != nil {
 			b.Fatal(err)
 		}

@@ -15,6 +15,11 @@
 //	               policy's deletion window, named "UNIXTIME.SUB.NAME"
 //	pouch-hold     present while the maildrop is under legal hold
 //	pouch-purge-lock  flock(2) target that orders purges against hold changes
+//
+// A message is a regular file of new/ or cur/ whose name does not start with
+// "."; anything else there (directories, symbolic links, pipes) is left
+// alone. Files that a killed delivery left in tmp/ are removed by the
+// retention sweep once unchanged for 36 hours (retention.go).
 package maildir
 
 import (
@@ -25,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,6 +50,11 @@ const (
 	indexFile   = "pouch-index"
 	expungeFile = "pouch-expunge"
 	maxUIDLen   = 70 // RFC 1939 §7
+
+	// journalVersion is the first line of an expunge journal whose names
+	// are encoded as in the index (appendEscaped), so that a name holding
+	// a line end cannot read as two other names.
+	journalVersion = "#pouch-expunge 2"
 )
 
 // Store keeps each user's Maildir in Root/USER.
@@ -51,6 +62,7 @@ type Store struct {
 	root   string
 	policy func(user string) store.Policy
 	now    func() time.Time
+	log    *slog.Logger
 }
 
 // New returns a Store rooted at root (created on first use).
@@ -64,6 +76,12 @@ func (s *Store) SetPolicy(f func(user string) store.Policy) { s.policy = f }
 
 // SetClock replaces time.Now, for tests of time-based policies.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
+
+// SetLogger sets where the Store reports what it skips or cleans up in a
+// Maildir: entries of new/ and cur/ that are not message files, and files
+// of tmp/ that a delivery left behind. Without it, nothing is reported.
+// Call it before the Store is used.
+func (s *Store) SetLogger(l *slog.Logger) { s.log = l }
 
 var _ store.Store = (*Store)(nil)
 var _ store.Deliverer = (*Store)(nil)
@@ -209,20 +227,27 @@ func (m *maildrop) load(ctx context.Context) error {
 	}
 	trustCur, trustNew := hdr.trusted(st, idx)
 	if trustCur && trustNew {
+		if hdr.version != 3 {
+			// Written by an earlier version: in this version's format from
+			// now on, with the same lines (so the same order and UIDs).
+			_ = storeIndex(m.dir, idx, nil)
+		}
 		m.setEntries(idx)
 		return nil
 	}
 	// List the directories that changed; the lines of the others stand.
 	trusted := func(sub string) bool { return sub == "cur" && trustCur || sub == "new" && trustNew }
 	scanned := make(map[string]entry)
+	var skipped []string
 	for _, sub := range subdirs {
 		if !trusted(sub) {
 			listings.Add(1)
-			if err := list(scanned, m.dir, sub); err != nil {
+			if err := list(scanned, m.dir, sub, &skipped); err != nil {
 				return err
 			}
 		}
 	}
+	m.store.skipped(m.user, skipped)
 	// Known messages keep their index order; the rest follow in delivery order.
 	known := make([]entry, 0, len(idx))
 	var fresh []entry
@@ -242,18 +267,18 @@ func (m *maildrop) load(ctx context.Context) error {
 			delete(scanned, e.base)
 		}
 	}
-	changed := len(known) != len(idx) || moved
+	changed := len(known) != len(idx) || moved || hdr.version != 3
 	for _, f := range scanned {
 		fresh = append(fresh, f)
 	}
-	sortArrival(fresh)
+	fresh = sortArrival(m.dir, fresh)
 	for i := range fresh {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if err := sizeOf(m.dir, &fresh[i]); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				fresh[i].base = "" // removed by someone else meanwhile
+			if gone(err) {
+				fresh[i].base = "" // removed or replaced by someone else meanwhile
 				continue
 			}
 			return err
@@ -297,11 +322,22 @@ func (m *maildrop) setEntries(entries []entry) {
 func scan(dir string) (map[string]entry, error) {
 	found := make(map[string]entry)
 	for _, sub := range subdirs {
-		if err := list(found, dir, sub); err != nil {
+		if err := list(found, dir, sub, nil); err != nil {
 			return nil, err
 		}
 	}
 	return found, nil
+}
+
+// skipped reports, once for a listing, the entries of user's new/ and cur/
+// that are not message files (directories, symbolic links, pipes...).
+func (s *Store) skipped(user string, names []string) {
+	if len(names) == 0 || s.log == nil {
+		return
+	}
+	const shown = 5
+	s.log.Warn("maildir: ignoring entries that are not regular files", "user", user,
+		"count", len(names), "names", names[:min(len(names), shown)])
 }
 
 // baseName strips the Maildir info part (":2,FLAGS") from a file name.
@@ -343,40 +379,143 @@ func field(base, key string) (int64, bool) {
 	return 0, false
 }
 
-// sizeOf fills in the sizes of a message not in the index: from the ",W="
-// (and ",S=") fields of its name when present, otherwise by reading it.
+// errNotFile is the error for a message that turns out not to be a regular
+// file (replaced by a directory or a link since it was listed).
+var errNotFile = errors.New("maildir: not a regular file")
+
+// gone reports whether err says that a listed message is no longer there
+// as a message file.
+func gone(err error) bool { return errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotFile) }
+
+// sizeOf fills in the sizes of a message not in the index. The ",S=" and
+// ",W=" fields of a name that Pouch's delivery wrote (ownName) give them as
+// they are. Dovecot writes ",W=" too, but does not count the CRLF that the
+// wire form adds after a last line without a line end (store.SizeCounter):
+// for other names the file's size must match ",S=" and its last octet says
+// whether to add it. Without the fields, the message is read.
 func sizeOf(dir string, e *entry) error {
-	if w, ok := field(e.base, "W"); ok {
+	w, hasW := field(e.base, "W")
+	if hasW && ownName(e.base) {
 		e.wire = w
 		if s, ok := field(e.base, "S"); ok {
 			e.raw = s
 		}
 		return nil
 	}
-	f, err := os.Open(filepath.Join(dir, e.sub, e.name))
+	path := filepath.Join(dir, e.sub, e.name)
+	f, err := openFile(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(f.fd, &st); err != nil {
+		return &fs.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return &fs.PathError{Op: "open", Path: path, Err: errNotFile}
+	}
+	if hasW && st.Size > 0 && w >= st.Size {
+		s, hasS := field(e.base, "S")
+		if !hasS || s == st.Size {
+			var last [1]byte
+			n, err := syscall.Pread(f.fd, last[:], st.Size-1)
+			if err == nil && n == 1 {
+				e.raw, e.wire = st.Size, w
+				if last[0] != '\n' {
+					e.wire += 2
+				}
+				return nil
+			}
+		}
+	}
 	e.raw, e.wire, err = store.CanonicalSize(f)
 	return err
 }
 
-// arrival parses "SECONDS.M<usec>" or "SECONDS.<anything>" from a base name.
-func arrival(base string) (sec, usec int64) {
-	head, rest, _ := strings.Cut(base, ".")
-	sec, err := strconv.ParseInt(head, 10, 64)
-	if err != nil {
-		return 1<<62 - 1, 0 // unknown time: after every dated message
-	}
-	if strings.HasPrefix(rest, "M") {
-		end := 1
-		for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
-			end++
+// ownName reports whether base is a name that Pouch's delivery (and its
+// fetch client's Maildir delivery) writes: "SEC.M<usec, 6 digits>P<pid>Q<n>.HOST,S=RAW,W=WIRE",
+// maybe followed by more ",K=V" fields. HOST has "," encoded (hostname).
+func ownName(base string) bool {
+	s := base
+	digits := func(min, max int) bool {
+		n := 0
+		for n < len(s) && n < max && s[n] >= '0' && s[n] <= '9' {
+			n++
 		}
-		usec, _ = strconv.ParseInt(rest[1:end], 10, 64)
+		s = s[n:]
+		return n >= min
 	}
-	return sec, usec
+	lit := func(p string) bool {
+		var ok bool
+		s, ok = strings.CutPrefix(s, p)
+		return ok
+	}
+	if !digits(1, 20) || !lit(".M") || !digits(6, 6) || !lit("P") || !digits(1, 20) ||
+		!lit("Q") || !digits(1, 20) || !lit(".") {
+		return false
+	}
+	host, fields, ok := strings.Cut(s, ",")
+	if !ok || host == "" {
+		return false
+	}
+	s = fields
+	if !lit("S=") || !digits(1, 20) || !lit(",W=") || !digits(1, 20) {
+		return false
+	}
+	return s == "" || s[0] == ','
+}
+
+// arrival parses the delivery time at the start of a Maildir base name,
+// "SECONDS.UNIQUE.HOST" as the Maildir specification has delivery agents
+// write it. UNIQUE is digits and "_" (qmail's process id, mbsync's
+// "<pid>_<n>"), then a run of fields, each an upper-case letter or "#"
+// followed by digits, lower-case hex digits or "_": Pouch's and Dovecot's
+// "M<usec>P<pid>...", Postfix's "V<dev>I<inode>M<usec>", Courier's
+// "M<usec>P<pid>_<n>", "P<pid>...". SECONDS may be followed by "_<n>"
+// (OfflineIMAP). usec is the M field's, if any. ok is false for other
+// names, whose delivery time is not known from the name.
+func arrival(base string) (sec, usec int64, ok bool) {
+	head, rest, found := strings.Cut(base, ".")
+	head, count, _ := strings.Cut(head, "_")
+	if !found || len(head) > 12 || !allDigits(head) || count != "" && !allDigits(count) {
+		return 0, 0, false
+	}
+	unique, _, found := strings.Cut(rest, ".")
+	if !found || unique == "" {
+		return 0, 0, false
+	}
+	sec, _ = strconv.ParseInt(head, 10, 64)
+	i := 0
+	for i < len(unique) && (unique[i] >= '0' && unique[i] <= '9' || unique[i] == '_') {
+		i++
+	}
+	for i < len(unique) {
+		if c := unique[i]; !(c >= 'A' && c <= 'Z' || c == '#') {
+			return 0, 0, false
+		}
+		j := i + 1
+		for j < len(unique) && (unique[j] >= '0' && unique[j] <= '9' || unique[j] >= 'a' && unique[j] <= 'f' || unique[j] == '_') {
+			j++
+		}
+		if j == i+1 {
+			return 0, 0, false
+		}
+		if v := unique[i+1 : j]; unique[i] == 'M' && len(v) <= 6 && allDigits(v) {
+			usec, _ = strconv.ParseInt(v, 10, 64)
+		}
+		i = j
+	}
+	return sec, usec, true
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // readIndex reads pouch-index (index.go). A missing or damaged index reads as
@@ -466,13 +605,14 @@ func (r readCloser) Stored() io.Reader { return r.f }
 // relocate finds e's file again by its base name.
 func (m *maildrop) relocate(e *entry) bool {
 	for _, sub := range subdirs {
-		names, err := readNames(filepath.Join(m.dir, sub))
+		path := filepath.Join(m.dir, sub)
+		ents, err := readDir(path)
 		if err != nil {
 			continue
 		}
-		for _, name := range names {
-			if baseName(name) == e.base {
-				e.sub, e.name = sub, name
+		for _, d := range ents {
+			if baseName(d.name) == e.base && d.regular(path) {
+				e.sub, e.name = sub, d.name
 				return true
 			}
 		}
@@ -536,19 +676,19 @@ func (s *Store) policyOf(user string) store.Policy {
 // the expunge journal: into the holding area, stamped with at, when keep is
 // set, otherwise for good.
 func (m *maildrop) remove(indexes []int, keep bool, at time.Time) error {
-	var b strings.Builder
+	b := []byte(journalVersion + "\n")
 	if keep {
-		fmt.Fprintf(&b, "#hold %d\n", at.Unix())
+		b = fmt.Appendf(b, "#hold %d\n", at.Unix())
 		if err := ensureHolding(m.dir); err != nil {
 			return err
 		}
 	}
 	for _, i := range indexes {
-		b.WriteString(m.entries[i].base)
-		b.WriteByte('\n')
+		b = appendEscaped(b, m.entries[i].base)
+		b = append(b, '\n')
 	}
 	crashpoint.Hit("maildir.commit.before-journal")
-	if err := writeFileAtomic(m.dir, expungeFile, []byte(b.String())); err != nil {
+	if err := writeFileAtomic(m.dir, expungeFile, b); err != nil {
 		return err
 	}
 	crashpoint.Hit("maildir.commit.journaled")
@@ -607,13 +747,25 @@ func (m *maildrop) replayExpunge() error {
 	}
 	doomed := make(map[string]bool)
 	keep, at := false, time.Time{}
-	for _, line := range strings.Split(string(data), "\n") {
+	escapedNames := false // a journal of this version; earlier ones have the names as they are
+	for n, line := range strings.Split(string(data), "\n") {
+		damaged := func() error {
+			return fmt.Errorf("maildir: damaged journal %s: %q", filepath.Join(m.dir, expungeFile), line)
+		}
 		if v, ok := strings.CutPrefix(line, "#hold "); ok {
 			sec, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return fmt.Errorf("maildir: damaged journal %s: %q", filepath.Join(m.dir, expungeFile), line)
+				return damaged()
 			}
 			keep, at = true, time.Unix(sec, 0)
+		} else if n == 0 && line == journalVersion {
+			escapedNames = true
+		} else if line != "" && escapedNames {
+			base, ok := unescape([]byte(line))
+			if !ok {
+				return damaged()
+			}
+			doomed[string(base)] = true
 		} else if line != "" {
 			doomed[line] = true
 		}
@@ -624,13 +776,14 @@ func (m *maildrop) replayExpunge() error {
 		}
 	}
 	for _, sub := range []string{"cur", "new"} {
-		names, err := readNames(filepath.Join(m.dir, sub))
+		path := filepath.Join(m.dir, sub)
+		ents, err := readDir(path)
 		if err != nil {
 			return err
 		}
-		for _, name := range names {
-			if doomed[baseName(name)] {
-				if err := m.dispose(sub, name, keep, at); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		for _, d := range ents {
+			if doomed[baseName(d.name)] && d.regular(path) {
+				if err := m.dispose(sub, d.name, keep, at); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return err
 				}
 			}

@@ -174,8 +174,8 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 // nameTime is the delivery time at the start of a Maildir base name, if it
 // has one.
 func nameTime(base string) (time.Time, bool) {
-	sec, _ := arrival(base)
-	return time.Unix(sec, 0), sec != 1<<62-1
+	sec, _, ok := arrival(base)
+	return time.Unix(sec, 0), ok
 }
 
 // deliveredAt is when the message of e, in the Maildir dir, arrived: the
@@ -195,7 +195,8 @@ func deliveredAt(dir string, e *entry) time.Time {
 // session has the maildrop open (ErrLocked) or while it is under legal hold.
 // Expired messages go through the same journal as a QUIT's deletions: into
 // the holding area if p has a Window, otherwise away for good. Then the
-// holding area is purged of what has been there for Window or longer.
+// holding area is purged of what has been there for Window or longer, and
+// tmp/ of the files that deliveries left there (cleanTmp).
 func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time.Time) (store.SweepResult, error) {
 	var res store.SweepResult
 	var m *maildrop
@@ -212,7 +213,7 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 			return res, err
 		}
 		if _, err := os.Stat(filepath.Join(dir, holdingDir)); errors.Is(err, fs.ErrNotExist) {
-			return res, nil
+			return res, s.cleanTmp(user, dir, now, false)
 		}
 		lock, err := lockMaildrop(dir)
 		if err != nil {
@@ -281,7 +282,74 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 			return res, err
 		}
 	}
-	return res, nil
+	return res, s.cleanTmp(user, m.dir, now, true)
+}
+
+// tmpMaxAge is how long a file stays in tmp/ unchanged before a sweep
+// removes it, as the Maildir convention has it (qmail, Dovecot): a delivery
+// writes into tmp/ only for moments before it renames the file into new/,
+// so such a file was left by a delivery that was killed or failed, which
+// never acknowledged it.
+const tmpMaxAge = 36 * time.Hour
+
+// cleanTmp removes the regular files of the Maildir dir's tmp/ whose
+// modification and change times are both more than tmpMaxAge before now;
+// a delivery still writing a file keeps changing them. It lists tmp/ and
+// stats only its files, which are few but for such leftovers, once per
+// sweep, not at every Open. It removes nothing under legal hold: locked
+// says that the caller holds the purge lock and found no hold, otherwise
+// it checks under the lock itself, when there is something to remove.
+func (s *Store) cleanTmp(user, dir string, now time.Time, locked bool) error {
+	tmp := filepath.Join(dir, "tmp")
+	ents, err := readDir(tmp)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	limit := now.Add(-tmpMaxAge).UnixNano()
+	var stale []string
+	for _, d := range ents {
+		if d.typ != syscall.DT_REG && d.typ != syscall.DT_UNKNOWN {
+			continue
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(tmp, d.name), &st); err != nil {
+			continue // gone meanwhile; or it is not for us to remove
+		}
+		if st.Mode&syscall.S_IFMT == syscall.S_IFREG && st.Mtim.Nano() < limit && st.Ctim.Nano() < limit {
+			stale = append(stale, d.name)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	if !locked {
+		unlock, err := purgeLock(dir, syscall.LOCK_SH)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if h, err := readHold(dir); err != nil || h.Set {
+			return err
+		}
+	}
+	removed := 0
+	for _, name := range stale {
+		err := os.Remove(filepath.Join(tmp, name))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err == nil {
+			removed++
+		}
+	}
+	if s.log != nil && removed > 0 {
+		s.log.Info("maildir: removed files that deliveries left in tmp/", "user", user, "count", removed,
+			"older_than", tmpMaxAge)
+	}
+	return syncDir(tmp)
 }
 
 // heldFile is one message in the holding area.
@@ -319,7 +387,7 @@ func listHolding(dir string) ([]heldFile, error) {
 		h := heldFile{file: file, sub: sub, name: name, at: at,
 			e: entry{base: baseName(name), sub: holdingDir, name: file}}
 		if err := sizeOf(dir, &h.e); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+			if gone(err) {
 				continue
 			}
 			return nil, err
@@ -366,13 +434,10 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 		}
 		sub, name := h.sub, h.name
 		if asNew {
-			sub, name = "new", uniqueName(s.now())
-			if w, ok := field(h.e.base, "W"); ok {
-				if raw, ok := field(h.e.base, "S"); ok {
-					name += fmt.Sprintf(",S=%d", raw)
-				}
-				name += fmt.Sprintf(",W=%d", w)
-			}
+			// Named as Pouch's delivery names a message, with the sizes
+			// listHolding measured (a ",W=" of another program's name
+			// may not count what the wire form adds: sizeOf).
+			sub, name = "new", fmt.Sprintf("%s,S=%d,W=%d", uniqueName(s.now()), h.e.raw, h.e.wire)
 		} else if present[h.e.base] {
 			continue
 		}
@@ -434,7 +499,7 @@ func (s *Store) Stats(ctx context.Context, user string) (store.Stats, error) {
 		if k, ok := known[e.base]; ok {
 			e.raw, e.wire, e.seen = k.raw, k.wire, k.seen
 		} else if err := sizeOf(dir, &e); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
+			if gone(err) {
 				continue
 			}
 			return st, err
