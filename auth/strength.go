@@ -40,11 +40,12 @@ func init() {
 // the manner of zxcvbn: the password is split, in the way that gives the
 // fewest bits, into the pieces a guesser tries first, each worth a few bits
 // however long it is: a common word (in either case, with leetspeak like
-// p4ssw0rd, or reversed), userInputs such as the user name and its parts,
-// a run of neighbouring keys (qwerty, 1qaz), a sequence (abcd, 9876), a
-// repeated part (abcabc), a year or a date. Every other character counts
-// the bits of the smallest alphabet of the kinds of characters used (lower
-// case, upper case, digits, ASCII symbols, others).
+// p4ssw0rd, or reversed, and the separator after it in a passphrase),
+// userInputs such as the user name and its parts, a straight run of
+// neighbouring keys (qwerty, 1qaz), a sequence (abcd, 9876), a repeated
+// part (abcabc), a year or a date. Every other character counts the bits
+// of the smallest alphabet of the kinds of characters used (lower case,
+// upper case, digits, ASCII symbols, others).
 func EstimateBits(password string, userInputs ...string) float64 {
 	bits, _ := estimate(password, userInputs)
 	return bits
@@ -116,9 +117,17 @@ type match struct {
 	piece
 }
 
+// joinBits is what each piece after the first costs, for the guesser
+// chooses what kind of piece comes next: random characters, a common word,
+// the user's words, keys, a sequence, a repeat, a year or a date. Were it
+// cheaper, random characters would too often look like many small pieces
+// (a year, a doubled character, a three-digit sequence) worth less than
+// the characters.
+const joinBits = 3
+
 // split finds the cheapest way to make runes of recognised pieces and
 // random characters. Each recognised piece, and each run of random
-// characters, after the first costs a bit more: the guesser also tries
+// characters, after the first costs joinBits more: the guesser also tries
 // the ways to put pieces together.
 func (e *estimator) split(runes []rune) (float64, []piece) {
 	n := len(runes)
@@ -138,14 +147,14 @@ func (e *estimator) split(runes []rune) (float64, []piece) {
 		prev := best[j-1]
 		b := prev.bits + e.per
 		if j > 1 && !prev.random {
-			b++
+			b += joinBits
 		}
 		best[j] = step{bits: b, from: j - 1, random: true}
 		for k := range byEnd[j] {
 			m := &byEnd[j][k]
 			b := best[m.i].bits + m.bits
 			if m.i > 0 {
-				b++
+				b += joinBits
 			}
 			if b < best[j].bits {
 				best[j] = step{bits: b, from: m.i, m: m}
@@ -196,6 +205,12 @@ var commonWords = strings.Fields(`password welcome admin letmein iloveyou
 	magic orange purple yellow silver golden diamond black white green
 	basketball tigger buster ranger pouch mail email server`)
 
+// separators are what passphrases join their words with; separatorBits is
+// what one after a word costs.
+const separators = " -_.,;:+/&*|~"
+
+var separatorBits = math.Log2(float64(len(separators)))
+
 // leet lists the letters that leetspeak writes with other characters.
 var leet = map[rune]string{
 	'4': "a", '@': "a", '8': "b", '(': "c", '{': "c", '3': "e", '6': "g",
@@ -244,6 +259,10 @@ func (e *estimator) wordMatches(runes, lower []rune) []match {
 					b++
 				}
 				out = append(out, match{i, i + len(w), piece{kind, b}})
+				if end := i + len(w); end < len(runes) && strings.ContainsRune(separators, runes[end]) {
+					// Words of a passphrase and what joins them.
+					out = append(out, match{i, end + 1, piece{kind, b + separatorBits}})
+				}
 			}
 		}
 	}
@@ -304,9 +323,16 @@ func binomial(n, k int) float64 {
 	return r
 }
 
-// keyboard holds each key's row and horizontal position on a US QWERTY
-// keyboard, for the unshifted and the shifted character.
-var keyboard = func() map[rune][2]float64 {
+// key is where a character is on a US QWERTY keyboard: its row, the
+// horizontal position of its key, and whether it is typed with shift.
+type key struct {
+	row     int
+	x       float64
+	shifted bool
+}
+
+// keyboard holds each character's key.
+var keyboard = func() map[rune]key {
 	rows := []struct {
 		plain, shifted string
 		x              float64 // where the row's first key begins
@@ -316,30 +342,31 @@ var keyboard = func() map[rune][2]float64 {
 		{"asdfghjkl;'", "ASDFGHJKL:\"", 1.75},
 		{"zxcvbnm,./", "ZXCVBNM<>?", 2.25},
 	}
-	k := make(map[rune][2]float64)
+	k := make(map[rune]key)
 	for y, row := range rows {
 		for i, r := range row.plain {
-			k[r] = [2]float64{float64(y), row.x + float64(i)}
+			k[r] = key{y, row.x + float64(i), false}
 		}
 		for i, r := range row.shifted {
-			k[r] = [2]float64{float64(y), row.x + float64(i)}
+			k[r] = key{y, row.x + float64(i), true}
 		}
 	}
 	return k
 }()
 
-// keyDirection returns the direction from key a to a neighbouring key b, or
-// false when they are not neighbours.
+// keyDirection returns the direction from key a to a neighbouring key b:
+// left or right on a row, or to the row above or below (the key half a key
+// to one side), or false when they are not neighbours.
 func keyDirection(a, b rune) (dir [2]int, ok bool) {
 	ka, okA := keyboard[a]
 	kb, okB := keyboard[b]
 	if !okA || !okB {
 		return dir, false
 	}
-	dy, dx := kb[0]-ka[0], kb[1]-ka[1]
+	dy, dx := kb.row-ka.row, kb.x-ka.x
 	switch {
 	case dy == 0 && math.Abs(dx) == 1:
-	case math.Abs(dy) == 1 && math.Abs(dx) < 1:
+	case (dy == 1 || dy == -1) && math.Abs(dx) < 1:
 	default:
 		return dir, false
 	}
@@ -349,37 +376,69 @@ func keyDirection(a, b rune) (dir [2]int, ok bool) {
 	} else if dx < 0 {
 		sign = -1
 	}
-	return [2]int{int(dy), sign}, true
+	return [2]int{dy, sign}, true
 }
 
-// keyboardMatches finds runs of four or more neighbouring keys (qwerty,
-// 1qaz, zxcvbn): a start key and a few bits for each change of direction.
+// Keyboard runs are priced as zxcvbn prices a run without turns: a start
+// key among keyboardKeys, a direction among keyboardDegree and a length,
+// (length-1)·keys·degree guesses.
+const (
+	keyboardKeys   = 47  // the keys, shift apart
+	keyboardDegree = 4.6 // the average number of neighbours of a key
+)
+
+// keyboardMatches finds straight runs of four or more neighbouring keys: a
+// row forwards or backwards (qwerty, asdf, 0987, !@#$) or a column going
+// one way (1qaz, zaq1). A path that turns is not a run: random characters
+// make such paths too often. Shift adds what placing the shifted keys among
+// the others costs.
 func keyboardMatches(runes []rune) []match {
 	var out []match
-	for i := 0; i < len(runes); i++ {
-		turns := 0
-		var last [2]int
-		shifted := unicode.IsUpper(runes[i])
-		for j := i + 1; j < len(runes); j++ {
-			d, ok := keyDirection(runes[j-1], runes[j])
-			if !ok {
+	for i := 0; i+3 < len(runes); i++ {
+		first, ok := keyDirection(runes[i], runes[i+1])
+		if !ok {
+			continue
+		}
+		j := i + 2
+		for j < len(runes) {
+			if d, ok := keyDirection(runes[j-1], runes[j]); !ok || d != first {
 				break
 			}
-			if j > i+1 && d != last {
-				turns++
-			}
-			last = d
-			shifted = shifted || unicode.IsUpper(runes[j])
-			if j+1-i >= 4 {
-				b := math.Log2(47) + 1 + float64(turns)*2
-				if shifted {
-					b++
-				}
-				out = append(out, match{i, j + 1, piece{"a run of neighbouring keys", b}})
-			}
+			j++
+		}
+		// runes[i:j] is one straight run; each of its parts of four keys
+		// or more is one too.
+		for end := i + 4; end <= j; end++ {
+			n := end - i
+			b := math.Log2(float64(n-1)*keyboardKeys*keyboardDegree) + shiftBits(runes[i:end])
+			out = append(out, match{i, end, piece{"a run of neighbouring keys", b}})
 		}
 	}
 	return out
+}
+
+// shiftBits is what shift adds to a keyboard run: a bit when every key or
+// only the first is shifted, else the number of ways to place the shifted
+// keys.
+func shiftBits(run []rune) float64 {
+	shifted := 0
+	for _, r := range run {
+		if keyboard[r].shifted {
+			shifted++
+		}
+	}
+	plain := len(run) - shifted
+	switch {
+	case shifted == 0:
+		return 0
+	case plain == 0, shifted == 1 && keyboard[run[0]].shifted:
+		return 1
+	}
+	ways := 0.0
+	for k := 1; k <= min(shifted, plain); k++ {
+		ways += binomial(len(run), k)
+	}
+	return math.Log2(ways)
 }
 
 // sequenceMatches finds runs of three or more letters or digits in order,
@@ -583,7 +642,8 @@ func CheckStrength(password, breachedFile string, userInputs ...string) error {
 		if len(pieces) > 0 {
 			built = " it is built from " + describePieces(pieces) + ";"
 		}
-		return fmt.Errorf("the password is too predictable (about %.0f bits; %d needed):%s use more words or more kinds of characters", bits, MinPasswordBits, built)
+		// Rounded down: "about 50 bits; 50 needed" would not say why.
+		return fmt.Errorf("the password is too predictable (about %.0f bits; %d needed):%s use more words or more kinds of characters", math.Floor(bits), MinPasswordBits, built)
 	}
 	if breachedFile == "" {
 		return nil

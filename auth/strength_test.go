@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +41,7 @@ func TestPredictablePasswords(t *testing.T) {
 	for _, tc := range []struct{ user, password, reason string }{
 		{"bob", "Summer2024!!", "a common word, a year and a repeated character"},
 		{"bob", "qwertyuiop12", "a run of neighbouring keys"},
+		{"bob", "asdfghjkl123", "a run of neighbouring keys and a sequence"},
 		{"bob", "1qaz2wsx3edc4rfv", "runs of neighbouring keys"},
 		{"bob", "iloveyouiloveyou", "a repeated common word"},
 		{"bob", "passwordpassword1", "a repeated common word"},
@@ -95,4 +98,88 @@ func TestBreachedSHA1(t *testing.T) {
 	if err := CheckStrength("correct horse battery staple", list); err == nil || !strings.Contains(err.Error(), "breached") {
 		t.Fatalf("a password listed by its SHA-1 passed: %v", err)
 	}
+}
+
+// Random passwords pass however their characters happen to fall: twelve
+// letters and digits (71 bits) and twenty digits (66 bits) are refused only
+// when they are made of what guessers try first, which random characters
+// practically never are.
+func TestRandomPasswordsPass(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		alphabet string
+		length   int
+	}{
+		{"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 12},
+		{"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 16},
+		{"0123456789", 20},
+		{"0123456789", 24},
+		{"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", 12},
+	} {
+		refused := 0
+		for range 2000 {
+			b := make([]byte, tc.length)
+			for i := range b {
+				b[i] = tc.alphabet[rng.IntN(len(tc.alphabet))]
+			}
+			if err := CheckStrength(string(b), "", "alice"); err != nil {
+				if refused++; refused <= 3 {
+					t.Errorf("random %q refused: %v", b, err)
+				}
+			}
+		}
+		if refused > 0 {
+			t.Errorf("%d of 2000 random passwords of %d characters from %d refused", refused, tc.length, len(tc.alphabet))
+		}
+	}
+	for _, pw := range []string{"j5RfGzRmbgFg", "bgFgxm7Qt2Lw", "3234xsws9Kp2"} {
+		if err := CheckStrength(pw, "", "alice"); err != nil {
+			t.Errorf("CheckStrength(%q): %v", pw, err)
+		}
+	}
+}
+
+// Only straight runs of keys are runs: along a row either way, or down or
+// up a column; a path that turns is random characters.
+func TestKeyboardRuns(t *testing.T) {
+	for s, want := range map[string]bool{
+		"qwer": true, "rewq": true, "asdfgh": true, "7890": true, "!@#$": true,
+		"1qaz": true, "zaq1": true, "QWERTY": true,
+		"bgFg": false, "3234": false, "xsws": false, "qwsa": false, "1q2w": false,
+	} {
+		got := false
+		for _, m := range keyboardMatches([]rune(s)) {
+			got = got || m.i == 0 && m.j == len(s)
+		}
+		if got != want {
+			t.Errorf("%q a run of keys: %v, want %v", s, got, want)
+		}
+	}
+	// Shift among the keys costs what placing it does.
+	plain, _ := estimate("qwertyuiop", nil)
+	first, _ := estimate("Qwertyuiop", nil)
+	mixed, _ := estimate("qWeRtYuIoP", nil)
+	if !(plain < first && first+5 < mixed) {
+		t.Errorf("qwertyuiop %.1f bits, Qwertyuiop %.1f, qWeRtYuIoP %.1f", plain, first, mixed)
+	}
+}
+
+// The refusal never says a password has as many bits as needed: the
+// estimate is rounded down.
+func TestStrengthBitsRoundedDown(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 100_000 {
+		b := make([]byte, 16)
+		for i := range b {
+			b[i] = byte('0' + rng.IntN(10))
+		}
+		if bits := EstimateBits(string(b)); bits >= MinPasswordBits-0.5 && bits < MinPasswordBits {
+			err := CheckStrength(string(b), "")
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("about %d bits; %d needed", MinPasswordBits-1, MinPasswordBits)) {
+				t.Fatalf("%q of %.2f bits: %v", b, bits, err)
+			}
+			return
+		}
+	}
+	t.Fatal("no password found just under the limit")
 }

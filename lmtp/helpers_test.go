@@ -215,7 +215,13 @@ type raw struct {
 
 func (e *env) raw() *raw {
 	e.t.Helper()
-	c, err := net.DialTimeout("tcp", e.addr, 5*time.Second)
+	return e.rawAt(e.addr)
+}
+
+// rawAt is raw for a connection to addr, another listener of e.srv.
+func (e *env) rawAt(addr string) *raw {
+	e.t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		e.t.Fatal(err)
 	}

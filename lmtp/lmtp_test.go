@@ -471,6 +471,24 @@ func TestStall(t *testing.T) {
 	r.closed()
 }
 
+// A client that stalls inside a BDAT chunk gets a temporary failure that
+// names nothing internal (go-smtp would answer 554 with the read error), and
+// nothing is stored.
+func TestStallInBDAT(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.ReadTimeout = timeout })
+	r := e.raw()
+	r.send("MAIL FROM:<s@example.net>\r\nRCPT TO:<alice@example.org>\r\n")
+	r.expect("250 ")
+	r.expect("250 ")
+	r.send("BDAT 100 LAST\r\nSubject: x\r\n")
+	line := r.expect("4")
+	if !strings.HasPrefix(line, "451 4.3.0 ") || strings.Contains(line, "127.0.0.1") || strings.Contains(line, "timeout") {
+		t.Errorf("stall in BDAT answered %q", line)
+	}
+	e.nothingStored("alice")
+}
+
 // Delivery does not take the POP3 lock: messages delivered while a session
 // holds it (concurrently, from several connections) appear in the next one.
 func TestDeliveryWhilePOP3SessionOpen(t *testing.T) {

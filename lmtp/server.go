@@ -276,6 +276,8 @@ type conn struct {
 	// connections that are not busy at once.
 	busy      atomic.Bool
 	dataEnded atomic.Bool
+	// peerEOF is set once a read has met the end of the client's input.
+	peerEOF atomic.Bool
 	// lineTooLong is set when a message had a line over the limit: its
 	// replies are the last, and go-smtp's own reply to the same error, which
 	// it gives next, is not sent.
@@ -291,12 +293,23 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.busy.Store(false)
 	}
 	if !c.busy.Load() && c.srv.isClosing() {
-		return 0, io.EOF // between messages during shutdown: end the session
+		// Between messages during shutdown: end the session. go-smtp ends it
+		// quietly on net.ErrClosed as on io.EOF, but takes io.EOF inside a
+		// BDAT chunk for the end of the chunk, and this read may be the first
+		// of a chunk whose message has not started yet: the cut message would
+		// be delivered. net.ErrClosed fails the chunk instead, and closing
+		// the connection keeps go-smtp's reply to that failure (a 554 with
+		// the error's text) from the client, which sends the message again.
+		c.Conn.Close()
+		return 0, net.ErrClosed
 	}
 	if err := c.Conn.SetReadDeadline(time.Now().Add(c.srv.cfg.ReadTimeout)); err != nil {
 		return 0, err
 	}
 	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		c.peerEOF.Store(true) // see messageReader
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		c.timedOut.Store(true)
@@ -348,6 +361,20 @@ func (c *conn) fixReply(p []byte) ([]byte, bool) {
 		return append([]byte("503"), p[3:]...), true
 	case code == "500" && c.lineTooLong.Load() && string(rest) == "5.4.0 Too long line, closing connection\r\n":
 		return nil, true
+	case code == "554" && bytes.HasPrefix(rest, []byte("5.0.0 ")):
+		// go-smtp's reply to an error that is not an *smtp.SMTPError, such
+		// as a BDAT chunk whose read timed out: a permanent failure that
+		// names internal addresses. Nothing was stored, so the sender
+		// should try again (RFC 5321 §4.2.5), and learn nothing more.
+		msg := rest[6:]
+		var rcpt []byte
+		if i := bytes.Index(msg, []byte("> ")); bytes.HasPrefix(msg, []byte("<")) && i > 0 {
+			rcpt = msg[:i+2]
+			msg = msg[i+2:]
+		}
+		if bytes.HasPrefix(msg, []byte("Error: transaction failed: ")) {
+			return append(append([]byte("451 4.3.0 "), rcpt...), "Error: transaction failed, try again later\r\n"...), true
+		}
 	}
 	return nil, false
 }

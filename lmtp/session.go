@@ -141,6 +141,9 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	}
 	start := time.Now()
 	in := &crlfReader{r: r}
+	if s.conn != nil {
+		in.r = &messageReader{r: r, conn: s.conn}
+	}
 	results := make([]error, len(s.rcpts))
 	var size int64
 	switch {
@@ -252,6 +255,26 @@ func (s *session) refusal(rc recipient, err error, what string) *smtp.SMTPError 
 	}
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Temporary local failure, try again later (" + s.id + ")"}
+}
+
+// messageReader reports the end of a message's data as io.ErrUnexpectedEOF
+// when the client's input had ended before it. go-smtp copies a BDAT chunk
+// with io.Copy from an io.LimitReader, which takes the end of the input for
+// the end of the chunk: a last chunk cut short (fewer octets than its BDAT
+// command gave, RFC 3030 §2) would end the message as if it were whole. The
+// end of a whole chunk, like DATA's final dot, is reached without reading past
+// it, so when the end of the input has been read by then, octets are missing.
+type messageReader struct {
+	r    io.Reader
+	conn *conn
+}
+
+func (m *messageReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if err == io.EOF && m.conn.peerEOF.Load() {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }
 
 // crlfReader passes a message through and fails with errBareLF at the first

@@ -2,16 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"log/syslog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/lmtp"
@@ -118,6 +123,42 @@ func tempFail(format string, args ...any) error {
 	return &exitError{code: exTempFail, msg: fmt.Sprintf(format, args...)}
 }
 
+// deliverDetails returns where pouch deliver, run with stderr, logs the
+// details of a failure: stderr when it is a terminal, otherwise the system
+// log (mail facility), or nil when there is none.
+var deliverDetails = func(stderr io.Writer) io.Writer {
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return stderr
+	}
+	w, err := syslog.New(syslog.LOG_MAIL|syslog.LOG_WARNING, "pouch")
+	if err != nil {
+		return nil
+	}
+	return w
+}
+
+// deliverFail is a failure of pouch deliver whose details are for the
+// operator only. Postfix's local(8) and pipe(8) put the command's output into
+// the bounce (or the delay notice) that the sender gets, so the output is a
+// fixed sentence with an id, and the details (paths, system errors) are
+// logged with the same id where deliverDetails says.
+func deliverFail(stderr io.Writer, code int, text string, details ...any) error {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	id := "d" + hex.EncodeToString(b)
+	if w := deliverDetails(stderr); w != nil {
+		_, syslogged := w.(*syslog.Writer)
+		h := slog.NewTextHandler(w, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if syslogged && a.Key == slog.TimeKey {
+				return slog.Attr{} // syslog has its own
+			}
+			return a
+		}})
+		slog.New(h).Warn("deliver: "+text, append([]any{"id", id}, details...)...)
+	}
+	return &exitError{code: code, msg: fmt.Sprintf("deliver: %s (details logged, id %s)", text, id)}
+}
+
 func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch deliver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // a failure is one sentence; only --help prints the usage
@@ -144,19 +185,19 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	set := flagNames(fs)
 	if *configFile != "" {
 		if err := deliverConfig(*configFile, set, data, &s); err != nil {
-			return tempFail("deliver: %v", err)
+			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
 	}
 	usersPath := filepath.Join(*data, "users")
 	if _, err := os.Stat(usersPath); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return tempFail("deliver: there is no users file %s; check --data", usersPath)
+			return deliverFail(stderr, exTempFail, "there is no users file in the data directory; check --data", "users", usersPath)
 		}
-		return tempFail("deliver: %v", err)
+		return deliverFail(stderr, exTempFail, "the users file cannot be read", "err", err)
 	}
 	users, err := auth.OpenUsers(usersPath)
 	if err != nil {
-		return tempFail("deliver: %v", err)
+		return deliverFail(stderr, exTempFail, "the users file cannot be read", "err", err)
 	}
 	agent, err := s.agent(*data, users)
 	if err != nil {
@@ -168,15 +209,15 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	user, ok := agent.User(local)
 	if !ok {
-		return &exitError{code: exNoUser, msg: fmt.Sprintf("deliver: there is no user %q in %s", local, usersPath)}
+		return deliverFail(stderr, exNoUser, "no such user", "user", local, "users", usersPath)
 	}
 	if err := agent.Check(user, 0); err != nil {
-		return deliverFailure(err, user)
+		return deliverFailure(stderr, err, user)
 	}
 	d := lmtp.Delivery{User: user, Recipient: rcpt, NoReturnPath: !set["f"], Piped: true}
 	d.Sender = strings.TrimSuffix(strings.TrimPrefix(*sender, "<"), ">")
 	if _, err := agent.Deliver(context.Background(), d, stdin); err != nil {
-		return deliverFailure(err, user)
+		return deliverFailure(stderr, err, user)
 	}
 	return nil
 }
@@ -211,14 +252,14 @@ func deliverConfig(path string, set map[string]bool, data *string, s *lmtpSettin
 }
 
 // deliverFailure turns a failed delivery into its exit status and sentence.
-func deliverFailure(err error, user string) error {
+func deliverFailure(stderr io.Writer, err error, user string) error {
 	var (
 		qe *lmtp.QuotaError
 		ie *lmtp.InputError
 	)
 	switch {
 	case errors.Is(err, lmtp.ErrUnknownUser):
-		return &exitError{code: exNoUser, msg: fmt.Sprintf("deliver: there is no user %q", user)}
+		return deliverFail(stderr, exNoUser, "no such user", "user", user)
 	case errors.As(err, &qe):
 		code := exCantCreat
 		if qe.Temporary {
@@ -228,9 +269,10 @@ func deliverFailure(err error, user string) error {
 	case errors.Is(err, lmtp.ErrTooBig):
 		return &exitError{code: exCantCreat, msg: "deliver: the message is larger than the limit set by --max-message-size"}
 	case errors.As(err, &ie):
-		return tempFail("deliver: reading the message from standard input failed: %v", ie.Err)
+		return deliverFail(stderr, exTempFail, "reading the message from standard input failed, try again later",
+			"user", user, "err", ie.Err)
 	}
-	return tempFail("deliver: the message for %s could not be stored, try again later: %v", user, err)
+	return deliverFail(stderr, exTempFail, "temporary failure, try again later", "user", user, "err", err)
 }
 
 // lmtpService is the LMTP listener of pouch serve.

@@ -6,10 +6,27 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 )
+
+func init() {
+	// The tests keep the details of failures out of the system log; those
+	// that read them set their own deliverDetails (see deliverLog).
+	deliverDetails = func(io.Writer) io.Writer { return io.Discard }
+}
+
+// deliverLog sends the details that pouch deliver logs to the returned
+// buffer until the test ends.
+func deliverLog(t *testing.T) *bytes.Buffer {
+	var b bytes.Buffer
+	prev := deliverDetails
+	deliverDetails = func(io.Writer) io.Writer { return &b }
+	t.Cleanup(func() { deliverDetails = prev })
+	return &b
+}
 
 // deliverData makes a data directory with a users file: alice without quota,
 // bob with a storage quota of 100 octets, carol with one message at most.
@@ -76,7 +93,7 @@ func TestDeliverCommand(t *testing.T) {
 		code  int
 		msg   string
 	}{
-		{"unknown user", "x\n", []string{"deliver", "--data", data, "nobody"}, 67, `there is no user "nobody"`},
+		{"unknown user", "x\n", []string{"deliver", "--data", data, "nobody"}, 67, "no such user"},
 		{"over storage quota", big, []string{"deliver", "--data", data, "bob"}, 73, "the mailbox of bob is full (storage limit of 100)"},
 		{"over quota, temporary", big, []string{"deliver", "--data", data, "--quota-temporary", "bob"}, 75, "the mailbox of bob is full"},
 		{"over message quota", "x\n", []string{"deliver", "--data", data, "carol"}, 73, "limit of 1 messages"},
@@ -141,8 +158,10 @@ func TestDeliverConfig(t *testing.T) {
 		t.Fatalf("over the size limit from the file: exit %d %s", code, e)
 	}
 	os.WriteFile(cfg, []byte("colour = \"blue\"\n"), 0o600)
-	if _, e, code := pouch(t, "x\n", "deliver", "--config", cfg, "alice"); code != 75 || !strings.Contains(e, `unknown key "colour"`) {
-		t.Fatalf("a bad config file: exit %d %s; want 75", code, e)
+	logs := deliverLog(t)
+	if _, e, code := pouch(t, "x\n", "deliver", "--config", cfg, "alice"); code != 75 || !strings.Contains(e, "configuration file") ||
+		!strings.Contains(logs.String(), `unknown key \"colour\"`) {
+		t.Fatalf("a bad config file: exit %d %s (logged %s); want 75", code, e, logs)
 	}
 }
 
@@ -278,5 +297,80 @@ func TestDeliverQuotedSender(t *testing.T) {
 	}
 	if got := deliveredTo(t, data, "alice"); len(got) != 1 || !strings.HasPrefix(got[0], "Return-Path: <\"john doe\"@x.test>\nDelivered-To: alice\n") {
 		t.Fatalf("stored %q", got)
+	}
+}
+
+// What pouch deliver prints on a failure reaches the sender: Postfix's local
+// and pipe delivery put the command's output into the bounce. It names no
+// path and no system error; those are logged for the operator, with an id
+// that the output gives too. The exit statuses stay those of sysexits.h.
+func TestDeliverFailureTexts(t *testing.T) {
+	data := deliverData(t)
+	if _, e, code := pouch(t, "x\n", "deliver", "--data", data, "carol"); code != 0 {
+		t.Fatalf("deliver: exit %d, %s", code, e)
+	}
+	// dave, without quota, has a maildrop that cannot be written: its tmp/ is
+	// a file.
+	users := filepath.Join(data, "users")
+	b, _ := os.ReadFile(users)
+	os.WriteFile(users, append(b, "dave:{PLAIN}x::::::\n"...), 0o600)
+	if err := os.MkdirAll(filepath.Join(data, "mail", "dave"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "mail", "dave", "tmp"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "pouch.toml")
+	os.WriteFile(cfg, []byte("colour = \"blue\"\n"), 0o600)
+	missing := filepath.Join(t.TempDir(), "nowhere")
+	idRE := regexp.MustCompile(`\(details logged, id (d[0-9a-f]{8})\)$`)
+	for _, tc := range []struct {
+		name   string
+		stdin  io.Reader
+		args   []string
+		code   int
+		text   string
+		detail string // in the log, not in the output
+	}{
+		{"unknown user", strings.NewReader("x\n"), []string{"nobody"}, 67, "pouch: deliver: no such user", filepath.Join(data, "users")},
+		{"storage failure", strings.NewReader("x\n"), []string{"dave"}, 75, "pouch: deliver: temporary failure, try again later",
+			filepath.Join(data, "mail", "dave", "tmp")},
+		{"input failure", io.MultiReader(strings.NewReader("Subject: partial\n"), deliverStdinError{}), []string{"alice"}, 75,
+			"pouch: deliver: reading the message from standard input failed, try again later", "pipe broken"},
+		{"no users file", strings.NewReader("x\n"), []string{"--data", missing, "alice"}, 75,
+			"pouch: deliver: there is no users file in the data directory; check --data", missing},
+		{"bad configuration", strings.NewReader("x\n"), []string{"--config", cfg, "alice"}, 75,
+			"pouch: deliver: the configuration file is not usable", cfg},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := deliverLog(t)
+			var out, errb bytes.Buffer
+			err := run(append([]string{"deliver", "--data", data, "-f", "s@example.net"}, tc.args...), tc.stdin, &out, &errb)
+			var ee *exitError
+			if !errors.As(err, &ee) || ee.code != tc.code {
+				t.Fatalf("exit: %v, want status %d", err, tc.code)
+			}
+			e := "pouch: " + err.Error()
+			if !strings.HasPrefix(e, tc.text+" (") {
+				t.Errorf("output %q, want %q", e, tc.text)
+			}
+			if strings.Contains(e, "/") || strings.Contains(e, data) || strings.Contains(e, tc.detail) {
+				t.Errorf("output %q names a path or an internal error", e)
+			}
+			if errb.Len() != 0 {
+				t.Errorf("more on stderr: %q", errb.String())
+			}
+			m := idRE.FindStringSubmatch(e)
+			if m == nil {
+				t.Fatalf("output %q has no id", e)
+			}
+			l := logs.String()
+			if !strings.Contains(l, "id="+m[1]) || !strings.Contains(l, tc.detail) || strings.Count(l, "\n") != 1 {
+				t.Errorf("logged %q; want one line with id=%s and %q", l, m[1], tc.detail)
+			}
+		})
+	}
+	if n := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "dave")); n != 0 {
+		t.Errorf("%d messages stored by failed deliveries", n)
 	}
 }

@@ -246,6 +246,7 @@ func runServe(args []string, stderr io.Writer) error {
 	for _, w := range users.Warnings() {
 		log.Warn("users file", "problem", w)
 	}
+	warnMailNames(filepath.Join(c.data, "mail"), log)
 	policy, err := c.retention.policy()
 	if err != nil {
 		return err

@@ -71,27 +71,38 @@ type Manager struct {
 // NewManager loads the certificate and key pairs (certFiles[i] with
 // keyFiles[i]). With none given it uses DIR/cert.pem and DIR/key.pem, making
 // a self-signed ECDSA P-256 certificate for hostname there first if they do
-// not exist.
+// not exist, or anew when the certificate there is one Pouch made and the
+// key is missing or not its own (a crash while renewing it); the operator's
+// files are never replaced.
 func NewManager(certFiles, keyFiles []string, dir, hostname string, log *slog.Logger) (*Manager, error) {
 	if len(certFiles) != len(keyFiles) {
 		return nil, fmt.Errorf("%d TLS certificates but %d keys: give them in pairs", len(certFiles), len(keyFiles))
 	}
+	if log == nil {
+		log = slog.Default()
+	}
 	selfSigned := len(certFiles) == 0
+	var remade error // why the self-signed pair was made anew, if it was
 	if selfSigned {
 		cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 		if _, err := os.Stat(cert); errors.Is(err, fs.ErrNotExist) {
 			if err := SelfSigned(cert, key, hostname); err != nil {
 				return nil, fmt.Errorf("making a self-signed certificate: %w", err)
 			}
+		} else if remade = brokenSelfSigned(cert, key); remade != nil {
+			if err := SelfSigned(cert, key, hostname); err != nil {
+				return nil, fmt.Errorf("making the self-signed certificate anew (%v): %w", remade, err)
+			}
 		}
 		certFiles, keyFiles = []string{cert}, []string{key}
-	}
-	if log == nil {
-		log = slog.Default()
 	}
 	m := &Manager{certFiles: certFiles, keyFiles: keyFiles, log: log, selfSigned: selfSigned, hostname: hostname, now: time.Now}
 	if err := m.Reload(); err != nil {
 		return nil, err
+	}
+	if remade != nil {
+		log.Warn("self-signed TLS certificate made anew: clients that pin the old fingerprint must take the new one",
+			"reason", remade.Error(), "sha256", strings.Join(m.Fingerprints(), ","))
 	}
 	if err := m.renewIfExpiring(); err != nil {
 		// The old certificate is still valid for some days.
@@ -231,6 +242,38 @@ func (m *Manager) renewIfExpiring() error {
 	m.log.Warn("self-signed TLS certificate renewed: clients that pin the old fingerprint must take the new one",
 		"old_not_after", leaf.NotAfter.UTC().Format(time.RFC3339), "not_after", notAfter.UTC().Format(time.RFC3339),
 		"sha256", strings.Join(m.Fingerprints(), ","))
+	return nil
+}
+
+// brokenSelfSigned says why the certificate and key in the data directory
+// are not a usable pair when the certificate is one Pouch made and the key
+// is missing or is not the certificate's: what a crash between the two
+// renames of selfSignedFor leaves. It returns nil when the pair loads, and
+// when the files cannot be read or the certificate is not Pouch's, which are
+// left for the loader to report: only the pair Pouch made is ever replaced.
+func brokenSelfSigned(certFile, keyFile string) error {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !madeByPouch(leaf) {
+		return nil
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("key %s is missing", keyFile)
+	}
+	if err != nil {
+		return nil
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return fmt.Errorf("key %s does not go with certificate %s: %v", keyFile, certFile, err)
+	}
 	return nil
 }
 
@@ -426,8 +469,9 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
-	// The new name survives a crash, so that the certificate and its key
-	// stay a pair.
+	// The new name survives a crash. A crash between the key's rename and
+	// the certificate's leaves a new key with the old certificate, which
+	// NewManager makes anew at the next start (see brokenSelfSigned).
 	d, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return err
