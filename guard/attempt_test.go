@@ -2,6 +2,8 @@ package guard
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -31,8 +33,8 @@ func TestConcurrentAttempts(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, _, banned := g.Attempt(attacker)
-			if banned {
+			a, d, _, err := g.Attempt(context.Background(), attacker)
+			if errors.Is(err, ErrBanned) {
 				mu.Lock()
 				refused++
 				mu.Unlock()
@@ -43,7 +45,7 @@ func TestConcurrentAttempts(t *testing.T) {
 			mu.Lock()
 			checks++
 			mu.Unlock()
-			if _, ok := g.Failure(attacker, "alice"); ok {
+			if _, ok := a.Failure("alice"); ok {
 				mu.Lock()
 				bans++
 				mu.Unlock()
@@ -88,51 +90,123 @@ func TestFailureOfBannedSource(t *testing.T) {
 	}
 }
 
-// An attempt that ends without failing frees its place; one that never
-// ends (a client that went away) stops counting after a while.
+// An attempt that ends without failing frees its place, and only its own:
+// ending it again frees nothing more.
 func TestAttemptEnds(t *testing.T) {
-	g, clk := newGuard(t, "")
+	g, _ := newGuard(t, "")
+	var attempts []*Attempt
 	for i := range 10 {
-		if d, _, banned := g.Attempt(attacker); banned || d != min(time.Duration(i)*time.Second, 8*time.Second) {
-			t.Fatalf("attempt %d: delay %v, banned %v", i, d, banned)
+		a, d, _, err := g.Attempt(context.Background(), attacker)
+		if err != nil || d != min(time.Duration(i)*time.Second, 8*time.Second) {
+			t.Fatalf("attempt %d: delay %v, %v", i, d, err)
 		}
+		attempts = append(attempts, a)
 	}
-	g.Done(attacker)
-	if d, _, _ := g.Attempt(attacker); d != 8*time.Second {
-		t.Fatalf("attempt after one ended: delay %v", d)
+	attempts[3].Done()
+	attempts[3].Done()
+	attempts[3].Failure("alice") // already ended: counted, but frees no place
+	if d := g.Delay(attacker); d != 8*time.Second {
+		t.Fatalf("delay with 9 attempts and a failure: %v", d)
 	}
-	clk.add(attemptTimeout + time.Second)
-	if d, _, _ := g.Attempt(attacker); d != 0 {
-		t.Fatalf("attempts that never ended still count: delay %v", d)
+	if _, _, _, err := g.Attempt(quickly(t), attacker); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("an attempt started while 9 were in progress after a failure: %v", err)
+	}
+	for _, a := range attempts {
+		a.Done()
+	}
+	if d := g.Delay(attacker); d != time.Second {
+		t.Fatalf("delay after every attempt ended: %v, want one step for the failure", d)
 	}
 	// Trusted networks are not counted at all.
 	trusted := netip.MustParseAddr("192.0.2.1")
 	for range 20 {
-		if d, _, banned := g.Attempt(trusted); d != 0 || banned {
+		a, d, _, err := g.Attempt(context.Background(), trusted)
+		if d != 0 || err != nil {
 			t.Fatal("a trusted address was slowed")
 		}
+		if _, banned := a.Failure("alice"); banned {
+			t.Fatal("a trusted address was banned")
+		}
 	}
+}
+
+// quickly is a context that ends soon, for an Attempt that must wait.
+func quickly(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// An attempt counts until it is ended, however long that takes (a long
+// pre-login timeout, a slow failure delay): no more passwords of a source
+// are checked at once than the failures that ban it.
+func TestAttemptsNeverExpire(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	g, err := New(Config{MaxFailures: 3, Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, _, _, err := g.Attempt(context.Background(), attacker); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.add(24 * time.Hour)
+	if _, _, _, err := g.Attempt(quickly(t), attacker); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a fourth attempt started a day later while three never ended: %v", err)
+	}
+}
+
+// An attempt waiting for a place gives up when its context ends (the
+// session's pre-login deadline), and starts when a failure of its source
+// leaves the window.
+func TestAttemptWaits(t *testing.T) {
+	g, err := New(Config{MaxFailures: 3, Window: 300 * time.Millisecond, DelayStep: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Failure(attacker, "alice")
+	g.Failure(attacker, "alice")
+	held, _, _, err := g.Attempt(context.Background(), attacker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go cancel()
+	if _, _, _, err := g.Attempt(ctx, attacker); !errors.Is(err, context.Canceled) {
+		t.Fatalf("waiting attempt after its context was cancelled: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, _, _, err := g.Attempt(ctx, attacker)
+	if err != nil {
+		t.Fatalf("the failures left the window, yet the attempt did not start: %v", err)
+	}
+	a.Done()
+	held.Done()
 }
 
 // Attempt refuses a banned source, also one banned while it waited.
 func TestAttemptOfBannedSource(t *testing.T) {
 	g, _ := newGuard(t, "")
+	var attempts []*Attempt
 	for range 10 {
-		g.Attempt(attacker)
+		a, _, _, _ := g.Attempt(context.Background(), attacker)
+		attempts = append(attempts, a)
 	}
 	done := make(chan bool)
 	go func() {
-		_, b, banned := g.Attempt(attacker) // waits: 10 in progress
-		done <- banned && b.Automatic()
+		_, _, b, err := g.Attempt(context.Background(), attacker) // waits: 10 in progress
+		done <- errors.Is(err, ErrBanned) && b.Automatic()
 	}()
-	for range 10 {
-		g.Failure(attacker, "alice")
+	for _, a := range attempts {
+		a.Failure("alice")
 	}
 	if !<-done {
 		t.Fatal("a waiting attempt was not refused by the ban")
 	}
-	if _, b, banned := g.Attempt(attacker); !banned || b.Net != netip.MustParsePrefix("198.51.100.7/32") {
-		t.Fatalf("attempt of a banned source: %v %+v", banned, b)
+	if a, _, b, err := g.Attempt(context.Background(), attacker); a != nil || !errors.Is(err, ErrBanned) || b.Net != netip.MustParsePrefix("198.51.100.7/32") {
+		t.Fatalf("attempt of a banned source: %v %v %+v", a, err, b)
 	}
 }
 

@@ -4,10 +4,10 @@
 // and keeps the bans in a file so that they survive a restart and can be
 // managed with `pouch ban`.
 //
-// An attempt counts from the moment it starts: attempts of one source that
-// run at once (parallel connections, pipelined commands) each wait longer
-// than the one before, and no more of them check a password than the
-// failures that ban the source.
+// An attempt counts from the moment it starts until its Done or Failure:
+// attempts of one source that run at once (parallel connections, pipelined
+// commands) each wait longer than the one before, and no more of them check
+// a password than the failures that ban the source.
 //
 // Protection per user never locks a user out from everywhere: when a user name
 // collects many failures, only sources that themselves failed are refused
@@ -15,6 +15,7 @@
 package guard
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,7 +113,7 @@ type Guard struct {
 
 	mu        sync.Mutex
 	sources   map[netip.Prefix][]time.Time   // recent failures per source
-	pending   map[netip.Prefix][]time.Time   // when each attempt in progress times out, per source
+	pending   map[netip.Prefix]int           // attempts in progress, per source
 	waiting   map[netip.Prefix]chan struct{} // closed when an attempt of the source ends or the bans change
 	users     map[string][]time.Time         // recent failures per user name
 	bans      map[netip.Prefix]Ban
@@ -130,7 +131,7 @@ func New(cfg Config) (*Guard, error) {
 	g := &Guard{
 		cfg:     cfg,
 		sources: make(map[netip.Prefix][]time.Time),
-		pending: make(map[netip.Prefix][]time.Time),
+		pending: make(map[netip.Prefix]int),
 		waiting: make(map[netip.Prefix]chan struct{}),
 		users:   make(map[string][]time.Time),
 		bans:    make(map[netip.Prefix]Ban),
@@ -202,12 +203,6 @@ func (g *Guard) bannedLocked(ip netip.Addr, now time.Time) (Ban, bool) {
 	return found, ok
 }
 
-// attemptTimeout is how long an attempt that neither failed nor ended
-// otherwise (a client that cancelled a SASL exchange or went away) still
-// counts: longer than any delay plus a SASL exchange within the pre-login
-// timeout.
-const attemptTimeout = 2 * time.Minute
-
 // Delay is how long an attempt from ip starting now would wait before its
 // password is checked: a step per recent failure of its source and per
 // attempt of the source in progress, up to the maximum.
@@ -219,43 +214,41 @@ func (g *Guard) Delay(ip netip.Addr) time.Duration {
 	src := Source(ip)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.delay(len(g.recent(g.sources[src], now)) + g.inProgress(src, now))
+	return g.delay(len(g.recent(g.sources[src], now)) + g.pending[src])
 }
 
 func (g *Guard) delay(n int) time.Duration {
 	return min(time.Duration(n)*g.cfg.DelayStep, g.cfg.MaxDelay)
 }
 
-// inProgress drops the timed-out attempts of src and returns how many
-// remain. Called with g.mu held.
-func (g *Guard) inProgress(src netip.Prefix, now time.Time) int {
-	p := g.pending[src]
-	i := 0
-	for i < len(p) && !p[i].After(now) {
-		i++
-	}
-	if i == len(p) {
-		delete(g.pending, src)
-		return 0
-	}
-	g.pending[src] = p[i:]
-	return len(p) - i
+// ErrBanned is Attempt's error for a source that is banned.
+var ErrBanned = errors.New("guard: source banned")
+
+// An Attempt is one authentication attempt in progress, from Guard.Attempt
+// until its Done or Failure. It never expires: whoever starts an attempt
+// ends it, however the login ends.
+type Attempt struct {
+	g     *Guard
+	ip    netip.Addr
+	src   netip.Prefix
+	ended bool // under g.mu
 }
 
-// Attempt starts an authentication attempt from ip, before its password or
-// token is checked, and returns how long to wait first (Delay). The attempt
-// counts from now until Failure or Done ends it, so attempts of one source
-// that run at once each wait a step longer than the one before. While the
-// source's recent failures and attempts in progress add up to MaxFailures,
-// a further attempt waits until one of them ends: no more passwords of a
-// source are checked than the failures that ban it. Attempt returns the ban,
-// without starting an attempt, when the source is banned before or while
-// it waits.
-func (g *Guard) Attempt(ip netip.Addr) (delay time.Duration, ban Ban, banned bool) {
-	if g.trusted(ip) {
-		return 0, Ban{}, false
-	}
+// Attempt starts an authentication attempt from ip, once its password or
+// token has arrived and before it is checked, and returns it with how long
+// to wait first (Delay). The attempt counts until its Done or Failure, so
+// attempts of one source that run at once each wait a step longer than the
+// one before. While the source's recent failures and attempts in progress
+// add up to MaxFailures, a further attempt waits until one of them ends or
+// a failure leaves the window: no more passwords of a source are checked
+// than the failures that ban it. Attempt returns ErrBanned and the ban,
+// without starting an attempt, when the source is banned before or while it
+// waits, and ctx's error when ctx ends while it waits.
+func (g *Guard) Attempt(ctx context.Context, ip netip.Addr) (*Attempt, time.Duration, Ban, error) {
 	src := Source(ip)
+	if g.trusted(ip) {
+		return &Attempt{g: g, ip: ip, src: src, ended: true}, 0, Ban{}, nil
+	}
 	for {
 		g.reloadIfChanged()
 		now := g.cfg.Now()
@@ -264,52 +257,76 @@ func (g *Guard) Attempt(ip netip.Addr) (delay time.Duration, ban Ban, banned boo
 		// come in between.
 		if b, ok := g.bannedLocked(ip.Unmap(), now); ok {
 			g.mu.Unlock()
-			return 0, b, true
+			return nil, 0, b, ErrBanned
 		}
-		n := len(g.recent(g.sources[src], now)) + g.inProgress(src, now)
-		p := g.pending[src]
-		if len(p) == 0 || n < g.cfg.MaxFailures {
-			g.pending[src] = append(p, now.Add(attemptTimeout))
+		failures := g.recent(g.sources[src], now)
+		n := len(failures) + g.pending[src]
+		if g.pending[src] == 0 || n < g.cfg.MaxFailures {
+			g.pending[src]++
 			g.mu.Unlock()
-			return g.delay(n), Ban{}, false
+			return &Attempt{g: g, ip: ip, src: src}, g.delay(n), Ban{}, nil
 		}
 		changed := g.waiting[src]
 		if changed == nil {
 			changed = make(chan struct{})
 			g.waiting[src] = changed
 		}
-		wait := p[0].Sub(now)
+		var aged <-chan time.Time // the oldest failure leaves the window
+		var t *time.Timer
+		if len(failures) > 0 {
+			t = time.NewTimer(failures[0].Add(g.cfg.Window).Sub(now))
+			aged = t.C
+		}
 		g.mu.Unlock()
-		t := time.NewTimer(wait)
+		var err error
 		select {
 		case <-changed:
-		case <-t.C:
+		case <-aged:
+		case <-ctx.Done():
+			err = ctx.Err()
 		}
-		t.Stop()
+		if t != nil {
+			t.Stop()
+		}
+		if err != nil {
+			return nil, 0, Ban{}, err
+		}
 	}
 }
 
-// Done ends an attempt from ip that did not fail.
-func (g *Guard) Done(ip netip.Addr) {
-	if g.trusted(ip) {
+// Done ends an attempt that did not fail. Ending an attempt again, or a nil
+// one, does nothing.
+func (a *Attempt) Done() {
+	if a == nil {
 		return
 	}
-	now := g.cfg.Now()
-	g.mu.Lock()
-	g.endAttempt(Source(ip), now)
-	g.mu.Unlock()
+	a.g.mu.Lock()
+	a.g.end(a)
+	a.g.mu.Unlock()
 }
 
-// endAttempt ends the oldest attempt of src in progress, if any, and wakes
-// the attempts waiting for one to end. Called with g.mu held.
-func (g *Guard) endAttempt(src netip.Prefix, now time.Time) {
-	if g.inProgress(src, now) > 0 {
-		g.pending[src] = g.pending[src][1:]
-		if len(g.pending[src]) == 0 {
-			delete(g.pending, src)
-		}
+// Failure records a failed login of user in the attempt, and ends it. It
+// returns the ban when this failure caused one (see Guard.Failure).
+func (a *Attempt) Failure(user string) (Ban, bool) {
+	if a == nil {
+		return Ban{}, false
 	}
-	g.wake(src)
+	return a.g.failure(a.ip, user, a)
+}
+
+// end ends attempt a, once, and wakes the attempts of its source waiting
+// for one to end. Called with g.mu held.
+func (g *Guard) end(a *Attempt) {
+	if a.ended {
+		return
+	}
+	a.ended = true
+	if g.pending[a.src] <= 1 {
+		delete(g.pending, a.src)
+	} else {
+		g.pending[a.src]--
+	}
+	g.wake(a.src)
 }
 
 // wake wakes the attempts of src waiting in Attempt. Called with g.mu held.
@@ -330,8 +347,9 @@ func (g *Guard) wakeAll() {
 }
 
 // UserLocked reports whether user is locked for ip: the user name has
-// collected many failures and ip's source has failed too. The caller treats
-// this as a failed login without checking the password.
+// collected many failures and ip's source has failed too. The caller refuses
+// the login, even with the right password, answering as a failure is
+// answered; it is no failure, so the caller ends its attempt with Done.
 func (g *Guard) UserLocked(ip netip.Addr, user string) bool {
 	if g.trusted(ip) {
 		return false
@@ -369,12 +387,9 @@ func (g *Guard) sweep(now time.Time) {
 			delete(g.users, k)
 		}
 	}
-	for k := range g.pending {
-		g.inProgress(k, now)
-	}
 	for k := range g.waiting {
-		if g.pending[k] == nil {
-			g.wake(k) // its attempts timed out: nobody is left to wake it
+		if g.pending[k] == 0 {
+			g.wake(k) // no attempt is left to end and wake it
 		}
 	}
 	if len(g.users) > maxTracked/2 {
@@ -385,18 +400,26 @@ func (g *Guard) sweep(now time.Time) {
 	}
 }
 
-// Failure records a failed login of user from ip, which ends an attempt
-// (Attempt). It returns the ban when this failure caused one. A failure
-// from a source already banned (an attempt that began before the ban) is
-// not counted: it neither bans again nor counts toward the next ban.
+// Failure records a failed login of user from ip outside any attempt; one
+// in an attempt is Attempt.Failure. It returns the ban when this failure
+// caused one. A failure from a source already banned (an attempt that began
+// before the ban) is not counted: it neither bans again nor counts toward
+// the next ban.
 func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
+	return g.failure(ip, user, nil)
+}
+
+// failure records a failure, ending attempt a when there is one.
+func (g *Guard) failure(ip netip.Addr, user string, a *Attempt) (Ban, bool) {
 	if g.trusted(ip) {
 		return Ban{}, false
 	}
 	now := g.cfg.Now()
 	src := Source(ip)
 	g.mu.Lock()
-	g.endAttempt(src, now)
+	if a != nil {
+		g.end(a)
+	}
 	if _, banned := g.bannedLocked(ip.Unmap(), now); banned {
 		g.mu.Unlock()
 		return Ban{}, false

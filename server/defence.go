@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -100,32 +101,62 @@ func (s *session) fields(user string) map[string]string {
 	return nil
 }
 
-// throttle starts an authentication attempt (guard.Attempt): it refuses a
-// source banned meanwhile (by this session's own failures, another
-// session's, or pouch ban) and ends the session, and otherwise waits, before
-// a password or token is checked, as long as the guard says for this
-// source's recent failures and attempts in progress. It reports whether the
-// attempt may go on. The failure delay (AuthFailDelay) counts from the end
-// of this wait, so the guard's delay adds to it.
+// throttle starts an authentication attempt (guard.Attempt) once a
+// password, token or proof has arrived, just before it is checked: it
+// refuses a source banned meanwhile (by this session's own failures,
+// another session's, or pouch ban) and ends the session, and otherwise
+// waits as long as the guard says for this source's recent failures and
+// attempts in progress, within the pre-login timeout. It reports whether
+// the attempt may go on; when not, it has answered. The failure delay
+// (AuthFailDelay) counts from the end of this wait, so the guard's delay
+// adds to it.
 func (s *session) throttle() bool {
 	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
-		d, b, banned := g.Attempt(s.ip)
-		if !banned && d > 0 {
+		ctx := s.ctx
+		if !s.dc.notAfter.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, s.dc.notAfter)
+			defer cancel()
+		}
+		a, d, b, err := g.Attempt(ctx, s.ip)
+		if err == nil && d > 0 {
 			s.w.Flush()
-			time.Sleep(d)
-			if b, banned = g.Banned(s.ip); banned {
-				g.Done(s.ip) // no password was checked
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+				var banned bool
+				if b, banned = g.Banned(s.ip); banned {
+					err = guard.ErrBanned
+				}
+			case <-ctx.Done():
+				t.Stop()
+				err = ctx.Err()
+			}
+			if err != nil {
+				a.Done() // no password was checked
 			}
 		}
-		if banned {
+		switch {
+		case errors.Is(err, guard.ErrBanned):
 			s.log.Info("attempt from a banned source", "ip", s.ip.String(), "net", b.Net.String())
 			s.w.Err(banReply(b))
 			s.state = stateDone
 			return false
+		case err != nil && s.ctx.Err() != nil:
+			s.state = stateDone // aborted (kick, shutdown): nothing more is sent
+			return false
+		case err != nil:
+			// The pre-login timeout ran out while the source's other
+			// attempts held every place.
+			s.log.Info("autologout: pre-login timeout while other logins of this source were in progress", "ip", s.ip.String())
+			s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
+			s.w.Err(pop3.CodeSysTemp, "too many logins from your address at once; try again later")
+			s.state = stateDone
+			return false
 		}
+		s.attempt = a
 	}
 	s.authStart = time.Now()
-	s.attempting = true
 	return true
 }
 
@@ -259,13 +290,8 @@ func (s *session) admitUser(user, mech string) bool {
 // attemptDone ends the guard's attempt of a login that did not fail; once
 // the attempt has ended it does nothing.
 func (s *session) attemptDone() {
-	if !s.attempting {
-		return
-	}
-	s.attempting = false
-	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
-		g.Done(s.ip)
-	}
+	s.attempt.Done()
+	s.attempt = nil
 }
 
 // loginRefused logs and audits a login refused after the credentials were
@@ -287,6 +313,9 @@ func (s *session) refuseAsFailure(user string, code pop3.Code, text string) {
 	}
 }
 
+// errBadLogin is the reply to every failed login (RFC 3206 [AUTH]).
+const errBadLogin = "invalid user name or password"
+
 // failLogin records a failed authentication with mechanism method, waits
 // the failure delay and answers with the one reply for every kind of failure
 // (RFC 3206 [AUTH]). reason, when not empty, says why credentials that
@@ -304,7 +333,7 @@ func (s *session) failLogin(user, method, reason string) {
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
 	banned := s.guardFailure(user)
 	s.failDelay()
-	s.w.Err(pop3.CodeAuth, "invalid user name or password")
+	s.w.Err(pop3.CodeAuth, errBadLogin)
 	if banned {
 		s.state = stateDone
 	}
@@ -313,12 +342,18 @@ func (s *session) failLogin(user, method, reason string) {
 // guardFailure records a failure with the guard, which ends its attempt,
 // and reports whether it banned the source.
 func (s *session) guardFailure(user string) bool {
-	s.attempting = false
 	g := s.srv.cfg.Guard
 	if g == nil || !s.ip.IsValid() {
 		return false
 	}
-	b, ok := g.Failure(s.ip, user)
+	var b guard.Ban
+	var ok bool
+	if s.attempt != nil {
+		b, ok = s.attempt.Failure(user)
+		s.attempt = nil
+	} else {
+		b, ok = g.Failure(s.ip, user)
+	}
 	if ok {
 		s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
 		s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)

@@ -57,9 +57,34 @@ type saslMechanism struct {
 
 // saslResult is what an exchange found out.
 type saslResult struct {
-	user    string // the user authenticated, or who tried
-	checked bool   // credentials were checked and found wrong
+	user string // the user authenticated, or who tried
+	// attempted: a message bearing credentials arrived and the guard's
+	// attempt began (beginCheck); an exchange that fails without it was
+	// malformed and checked nothing.
+	attempted bool
+	refused   bool // the guard refused the attempt, and the client was answered
+	checked   bool // credentials were checked and found wrong
 }
+
+// beginCheck starts the guard's attempt (throttle) when a message bearing
+// credentials has arrived, just before they are checked, and reports
+// whether they may be checked. When not, the client was answered and the
+// mechanism ends the exchange with errRefused.
+func (s *session) beginCheck(res *saslResult) bool {
+	if !s.throttle() {
+		res.refused = true
+		return false
+	}
+	res.attempted = true
+	return true
+}
+
+// errRefused ends an exchange whose attempt the guard refused.
+var errRefused = errors.New("attempt refused by the guard")
+
+// errMalformed is what a mechanism returns for a message that bears no
+// credential to check (RFC 4422 §3.6: the exchange fails).
+var errMalformed = errors.New("malformed SASL message")
 
 // mechanismList is in order of preference, strongest first.
 var mechanismList []saslMechanism
@@ -149,11 +174,10 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 		}
 		return
 	}
-	if !s.throttle() {
-		return
-	}
-	// However the exchange ends without a password check (cancelled,
-	// malformed, cut off), the guard's attempt ends with it.
+	// The guard's attempt begins only once credentials arrive (beginCheck):
+	// a client that starts an exchange and falls silent holds no place of
+	// its source. However the exchange ends without a failed check
+	// (cancelled, cut off), the attempt ends with it.
 	defer s.attemptDone()
 	var res saslResult
 	server := mech.start(s, &res)
@@ -171,6 +195,16 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 	method := "AUTH " + mech.name
 	for {
 		challenge, done, err := server.Next(response)
+		if res.refused {
+			return // throttle answered
+		}
+		if err != nil && !res.attempted {
+			// Nothing was checked, so nothing was learnt: no failed login
+			// (none for fail2ban, no failure delay), but a bad command.
+			s.log.Debug("malformed SASL message", "mechanism", mech.name, "err", err)
+			s.badCommand("malformed SASL message")
+			return
+		}
 		if err != nil || done {
 			if err != nil {
 				s.log.Debug("SASL exchange failed", "mechanism", mech.name, "err", err)
@@ -257,10 +291,17 @@ func checkAuthz(authz, user string) error {
 	return nil
 }
 
-// startPlain is SASL PLAIN (RFC 4616).
+// startPlain is SASL PLAIN (RFC 4616). A message without a user name
+// (authcid is 1*SAFE, RFC 4616 §2) bears no credential.
 func startPlain(s *session, res *saslResult) sasl.Server {
 	return sasl.NewPlainServer(func(identity, username, password string) error {
+		if username == "" {
+			return errMalformed
+		}
 		res.user = normalizeName(username)
+		if !s.beginCheck(res) {
+			return errRefused
+		}
 		ok := s.srv.verify(res.user, password)
 		if err := checkAuthz(identity, res.user); err != nil {
 			return err
@@ -286,10 +327,15 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 	switch {
 	case l.username == nil && response == nil:
 		return []byte("Username:"), false, nil
+	case l.username == nil && len(response) == 0:
+		return nil, true, errMalformed // no user name: no credential
 	case l.username == nil:
 		name := normalizeName(string(response))
 		l.username, l.res.user = &name, name
 		return []byte("Password:"), false, nil
+	}
+	if !l.s.beginCheck(l.res) {
+		return nil, true, errRefused
 	}
 	if !l.s.srv.verify(*l.username, string(response)) {
 		return nil, true, errBadCredentials
@@ -307,6 +353,12 @@ type scramServer struct {
 	conv    *scram.ServerConversation
 	success bool // the server-final message was sent; the empty response is next
 }
+
+// scramProof reports whether out, the server's answer to a client-final
+// message, says that its proof was checked and found wrong (RFC 5802 §7:
+// server-error "invalid-proof"); any other error is about a message that
+// could not be checked.
+func scramProof(out string) bool { return out == scram.ErrInvalidProof }
 
 func startSCRAM(s *session, res *saslResult) sasl.Server {
 	return &scramServer{s: s, res: res}
@@ -328,18 +380,30 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 		}
 		return nil, true, nil
 	}
-	if m.conv == nil {
+	final := m.conv != nil // the client-final message, with the proof
+	if !final {
 		conv, err := m.conversation(string(response))
 		if err != nil {
 			return nil, true, err
 		}
 		m.conv = conv
+	} else if !m.s.beginCheck(m.res) {
+		return nil, true, errRefused
 	}
 	out, err := m.conv.Step(string(response))
 	if m.conv.Username() != "" {
 		m.res.user = normalizeName(m.conv.Username())
 	}
-	if err != nil {
+	switch {
+	case err != nil && final && scramProof(out):
+		return nil, true, errBadCredentials
+	case err != nil && final:
+		// Malformed, or a channel binding or nonce that does not match:
+		// the proof was not checked.
+		m.s.attemptDone()
+		m.res.attempted = false
+		return nil, true, err
+	case err != nil:
 		return nil, true, err
 	}
 	if m.conv.Done() {
@@ -431,6 +495,9 @@ func startExternal(s *session, res *saslResult) sasl.Server {
 	return sasl.NewExternalServer(func(identity string) error {
 		name := normalizeName(s.clientCertName())
 		res.user = name
+		if !s.beginCheck(res) {
+			return errRefused
+		}
 		if err := checkAuthz(identity, name); err != nil {
 			return err
 		}
@@ -502,6 +569,10 @@ func startOAuthBearer(s *session, res *saslResult) sasl.Server {
 		if opts.Username != "" {
 			name = normalizeName(opts.Username)
 		}
+		res.user = name
+		if !s.beginCheck(res) {
+			return &sasl.OAuthBearerError{Status: "invalid_request"} // not sent: throttle answered
+		}
 		user, err := s.tokenAccount(name, opts.Token)
 		res.user = user
 		if err != nil {
@@ -566,7 +637,10 @@ func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 	}
 	x.res.user = normalizeName(user)
 	if user == "" || token == "" {
-		return nil, true, errors.New("malformed XOAUTH2 response")
+		return nil, true, fmt.Errorf("%w: XOAUTH2 without user or token", errMalformed)
+	}
+	if !x.s.beginCheck(x.res) {
+		return nil, true, errRefused
 	}
 	account, err := x.s.tokenAccount(x.res.user, token)
 	x.res.user = account

@@ -294,8 +294,9 @@ func TestUsersFileNames(t *testing.T) {
 		S: \+OK maildrop has 0 messages .*`)
 }
 
-// A malformed OAUTHBEARER message gets an error challenge; any answer to
-// it ends the exchange with the one failure reply.
+// A malformed OAUTHBEARER message gets an error challenge (RFC 7628
+// §3.2.2); any answer to it ends the exchange, as a bad command: no token
+// was checked.
 func TestOAuthBearerMalformed(t *testing.T) {
 	ts := newTLSServer(t, "127.0.0.1", nil)
 	c := ts.dialTLS(t, nil)
@@ -307,7 +308,7 @@ func TestOAuthBearerMalformed(t *testing.T) {
 		if answer == "*" {
 			c.expect(`-ERR authentication cancelled`)
 		} else {
-			c.expect(authFailed)
+			c.expect(saslMalformed)
 		}
 	}
 }

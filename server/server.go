@@ -306,7 +306,9 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 	go func() {
 		defer s.wg.Done()
 		sess.run()
-		s.cfg.Metrics.SessionEnded(sess.tls != nil) // implicit TLS, or STLS
+		// Counted out as it was counted in: a POP3S session whose handshake
+		// failed has no TLS state, but was counted as a TLS one.
+		s.cfg.Metrics.SessionEnded(implicitTLS || sess.tls != nil) // or upgraded by STLS
 		s.mu.Lock()
 		delete(s.sessions, sess)
 		if src := guard.Source(ip); s.perIP[src] <= 1 {

@@ -566,9 +566,11 @@ func TestAuthPlain(t *testing.T) {
 		C: AUTH PLAIN ` + b64("bob\x00alice\x00secret") + `
 		S: -ERR \[AUTH\] invalid user name or password
 		C: AUTH PLAIN ` + b64("garbage") + `
-		S: -ERR \[AUTH\] invalid user name or password
+		S: -ERR malformed SASL message
 		C: AUTH PLAIN =
-		S: -ERR \[AUTH\] invalid user name or password
+		S: -ERR malformed SASL message
+		C: AUTH PLAIN ` + b64("\x00\x00secret") + `
+		S: -ERR malformed SASL message
 		C: AUTH PLAIN
 		S: \+ 
 		C: ` + b64("\x00alice\x00secret") + `

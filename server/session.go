@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
 )
@@ -47,6 +48,10 @@ type session struct {
 	w    *pop3.Writer
 	log  *slog.Logger
 	id   string
+	// ctx ends when the session is aborted or finishes: a wait in the
+	// guard stops then.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	implicitTLS bool
 	ip          netip.Addr           // the client's address
@@ -57,7 +62,7 @@ type session struct {
 	resumedLeaf *x509.Certificate    // the leaf of the first handshake, from a session ticket
 	trusted     bool                 // from a network where cleartext passwords are allowed
 	authStart   time.Time            // when the current authentication attempt began
-	attempting  bool                 // a guard attempt began (throttle) and has not ended
+	attempt     *guard.Attempt       // the guard's attempt (throttle), until it ends
 	state       state
 	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
 	user        string // from USER, waiting for PASS
@@ -90,6 +95,7 @@ func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
 		implicitTLS: implicitTLS,
 		log:         s.log.With("session", id, "remote", remote),
 	}
+	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	sess.op.remote, sess.op.since = remote, time.Now()
 	return sess
 }
@@ -101,6 +107,7 @@ func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
 // in finish, with close_notify, since only it can know that no write is
 // under way.
 func (s *session) abort() {
+	s.cancel()
 	if s.tlsConn.Load() == nil {
 		s.closeOnce.Do(func() { s.conn.Close() })
 		return
@@ -442,7 +449,11 @@ func (s *session) readFailed(err error) {
 }
 
 // finish releases the maildrop without committing and closes the connection.
+// It ends the guard's attempt still in progress, however the session ended
+// (a recovered panic included), so that none is left counting.
 func (s *session) finish() {
+	s.attemptDone()
+	s.cancel()
 	if s.mailbox != "" {
 		s.srv.mu.Lock()
 		if s.srv.userSessions[s.mailbox]--; s.srv.userSessions[s.mailbox] <= 0 {
@@ -718,8 +729,17 @@ func (s *session) login(user, method string, ok bool) {
 		user, ok = user[:maxNameOctets], false
 	}
 	if ok && s.srv.cfg.Guard != nil && s.srv.cfg.Guard.UserLocked(s.ip, user) {
-		s.log.Info("user name locked for this address after many failures", "user", user, "ip", s.ip.String())
-		ok = false
+		// The right password, from a source that failed itself, for a user
+		// name under attack: refused with the reply and the delay of a
+		// failure, so that nothing tells it was right. It is no failed
+		// login, though: counted, the user's own client polling with the
+		// right password would keep the name locked and get her address
+		// banned. Its log line is a refusal's, which fail2ban does not match.
+		s.loginRefused(user, method, "user locked")
+		s.attemptDone()
+		s.failDelay()
+		s.w.Err(pop3.CodeAuth, errBadLogin)
+		return
 	}
 	if !ok {
 		s.loginFailed(user, method)
