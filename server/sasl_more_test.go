@@ -166,7 +166,7 @@ func TestLongUserNames(t *testing.T) {
 		c.Auth = fakeAuth{users: map[string]string{long: pw}, apop: true}
 	})
 	c := ts.dial(t)
-	greeting := c.expect(`\+OK Pouch ready\. <.*>`)
+	c.expect(`\+OK Pouch ready\. <.*>`)
 	c.transcript(`
 		C: USER ` + long + `
 		S: \+OK send PASS
@@ -175,7 +175,7 @@ func TestLongUserNames(t *testing.T) {
 		C: QUIT
 		S: \+OK .*`)
 	c = ts.dial(t)
-	greeting = c.expect(`\+OK Pouch ready\. <.*>`)
+	greeting := c.expect(`\+OK Pouch ready\. <.*>`)
 	stamp := greeting[strings.Index(greeting, "<"):]
 	c.transcript(`
 		C: APOP ` + long + ` ` + strings.Repeat("0", 41) + `
