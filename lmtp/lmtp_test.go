@@ -486,6 +486,10 @@ func TestStallInBDAT(t *testing.T) {
 	if !strings.HasPrefix(line, "451 4.3.0 ") || strings.Contains(line, "127.0.0.1") || strings.Contains(line, "timeout") {
 		t.Errorf("stall in BDAT answered %q", line)
 	}
+	// The chunk's first octets went through go-smtp's io.Pipe, so LMTPData
+	// was running (and counted) before the reply; it ends on its own, in
+	// its own goroutine, once it sees the failed read.
+	e.srv.deliveries.Wait()
 	e.nothingStored("alice")
 }
 

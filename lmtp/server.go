@@ -99,6 +99,10 @@ type Server struct {
 	closed    atomic.Bool // closing, for reads without the lock
 	stopOnce  sync.Once
 	stopped   chan struct{} // closed when every connection has ended after Shutdown
+
+	// deliveries counts running LMTPData calls: for BDAT go-smtp runs them
+	// in goroutines of their own, which its Shutdown does not wait for.
+	deliveries sync.WaitGroup
 }
 
 // New returns a Server for cfg. cfg.Agent must be set.
@@ -222,6 +226,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		go func() {
 			_ = s.smtp.Shutdown(context.Background()) // waits for every connection's goroutine
+			s.deliveries.Wait()
 			close(s.stopped)
 		}()
 	})

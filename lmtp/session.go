@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -36,13 +37,17 @@ var (
 var errBareLF = errors.New("bare LF line ending")
 
 // session is one LMTP connection's state, from LHLO on. go-smtp calls its
-// methods from one goroutine at a time.
+// methods from the connection's goroutine, except LMTPData for BDAT, which
+// runs in a goroutine of its own and may outlive a Reset after a failed
+// chunk: mu guards the transaction (from, size, rcpts), which LMTPData
+// copies when it starts.
 type session struct {
 	srv  *Server
 	conn *conn
 	id   string
 	log  *slog.Logger
 
+	mu    sync.Mutex
 	from  string
 	size  int64 // MAIL FROM's SIZE=, 0 if not given
 	rcpts []recipient
@@ -60,7 +65,9 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 func (s *session) Reset() {
+	s.mu.Lock()
 	s.from, s.size, s.rcpts = "", 0, nil
+	s.mu.Unlock()
 }
 
 func (s *session) Logout() error { return nil }
@@ -74,9 +81,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			s.log.Info("sender refused: message too big", "from", from, "size", opts.Size)
 			return replyTooBig
 		}
+		s.mu.Lock()
 		s.size = opts.Size
+		s.mu.Unlock()
 	}
+	s.mu.Lock()
 	s.from = from
+	s.mu.Unlock()
 	return nil
 }
 
@@ -99,11 +110,16 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return replyNoUser
 	}
 	if s.srv.cfg.RcptCheckQuota {
-		if err := agent.Check(user, s.size); err != nil {
+		s.mu.Lock()
+		size := s.size
+		s.mu.Unlock()
+		if err := agent.Check(user, size); err != nil {
 			return s.refusal(recipient{to, user}, err, "recipient refused")
 		}
 	}
+	s.mu.Lock()
 	s.rcpts = append(s.rcpts, recipient{to, user})
+	s.mu.Unlock()
 	return nil
 }
 
@@ -135,6 +151,11 @@ func (f *firstStatus) SetStatus(_ string, err error) {
 // Delivered-To line. The statuses are set only after the whole message has
 // been read, so no reply precedes the end of the data.
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	s.srv.deliveries.Add(1)
+	defer s.srv.deliveries.Done()
+	s.mu.Lock()
+	from, rcpts := s.from, s.rcpts
+	s.mu.Unlock()
 	if s.conn != nil {
 		s.conn.startData()
 		defer s.conn.endData()
@@ -144,12 +165,12 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if s.conn != nil {
 		in.r = &messageReader{r: r, conn: s.conn}
 	}
-	results := make([]error, len(s.rcpts))
+	results := make([]error, len(rcpts))
 	var size int64
 	switch {
-	case len(s.rcpts) == 1:
-		size, results[0] = s.deliver(s.rcpts[0], in, 0)
-	case len(s.rcpts) > 1:
+	case len(rcpts) == 1:
+		size, results[0] = s.deliver(from, rcpts[0], in, 0)
+	case len(rcpts) > 1:
 		f, n, err := s.spool(in)
 		size = n
 		if err != nil {
@@ -158,8 +179,8 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 			}
 			break
 		}
-		for i, rc := range s.rcpts {
-			_, results[i] = s.deliver(rc, io.NewSectionReader(f, 0, n), n)
+		for i, rc := range rcpts {
+			_, results[i] = s.deliver(from, rc, io.NewSectionReader(f, 0, n), n)
 		}
 		f.Close()
 	}
@@ -167,7 +188,7 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if s.conn != nil && errors.Is(in.err, smtp.ErrTooLongLine) {
 		s.conn.lineTooLong.Store(true) // the replies below are the last ones
 	}
-	for i, rc := range s.rcpts {
+	for i, rc := range rcpts {
 		err := results[i]
 		if err == nil {
 			crashpoint.Hit("lmtp.delivered")
@@ -182,11 +203,11 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil
 }
 
-func (s *session) deliver(rc recipient, r io.Reader, size int64) (int64, error) {
+func (s *session) deliver(from string, rc recipient, r io.Reader, size int64) (int64, error) {
 	return s.srv.cfg.Agent.Deliver(s.srv.ctx, Delivery{
 		User:      rc.user,
 		Recipient: rc.addr,
-		Sender:    s.from,
+		Sender:    from,
 		LineEnd:   "\r\n",
 		Size:      size,
 	}, r)
