@@ -535,15 +535,18 @@ func (g *Guard) update(change func(map[netip.Prefix]Ban)) error {
 	if err != nil {
 		return err
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	// The file lock orders writers; the write and its fsync happen outside
+	// g.mu, so that checks of incoming connections (Banned) never wait for
+	// the disk. Bans made meanwhile are in g.unsaved and merged below.
 	change(onDisk)
 	stamp, err := writeBans(g.cfg.StatePath, onDisk, g.cfg.Now())
 	if err != nil {
 		return err
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	for k, v := range g.unsaved {
-		if _, ok := onDisk[k]; !ok {
+		if old, ok := onDisk[k]; !ok || v.Since.After(old.Since) {
 			onDisk[k] = v
 		}
 	}
