@@ -308,7 +308,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	if a.Server == "" || a.User == "" {
 		return st, errors.New("server and user are required")
 	}
-	stateDir := a.StateDir
+	stateDir := expandHome(a.StateDir)
 	if stateDir == "" {
 		stateDir = DefaultStateDir()
 	}

@@ -318,3 +318,20 @@ func TestRetrWindow(t *testing.T) {
 		t.Fatalf("RETRs sent in %d writes, want at most 20", rc.writes)
 	}
 }
+
+// A state directory written "~/..." (as in a TOML file, where no shell
+// expands it) is under the home directory, not a directory named "~".
+func TestStateDirTilde(t *testing.T) {
+	p := newPouch(t)
+	p.deliver(t, testMessages(2)...)
+	a := testAccount(t, p.addr)
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	a.StateDir = "~/state"
+	if _, err := Run(context.Background(), a, nil); err != nil {
+		t.Fatal(err)
+	}
+	if names, err := os.ReadDir(filepath.Join(home, "state")); err != nil || len(names) == 0 {
+		t.Fatalf("nothing in ~/state: %v", err)
+	}
+}

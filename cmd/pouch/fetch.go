@@ -343,6 +343,10 @@ func fetchOne(ctx context.Context, na namedAccount, tty bool, stderr io.Writer) 
 func summary(name string, st fetch.Stats, err error) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: ", name)
+	if st.DryRun && err != nil {
+		b.WriteString("dry run FAILED: nothing could be checked")
+		return b.String()
+	}
 	if st.DryRun {
 		fmt.Fprintf(&b, "dry run: would fetch %d (%s), delete %d, keep %d, skip %d", st.Fetched, humanBytes(st.Bytes), st.Deleted, st.Kept, st.Skipped)
 		return b.String()

@@ -93,6 +93,11 @@ func TestFetchCommand(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "FAILED") {
 		t.Fatalf("wrong password: %d %q", code, stderr)
 	}
+	// A dry run that cannot log in says so, not "would fetch 0".
+	_, stderr, code = pouch(t, "", append(args, "--dry-run")...)
+	if code != 1 || !strings.Contains(stderr, "dry run FAILED") || strings.Contains(stderr, "would fetch") {
+		t.Fatalf("failed dry run: %d %q", code, stderr)
+	}
 }
 
 func TestFetchCommandUsage(t *testing.T) {
