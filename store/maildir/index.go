@@ -68,8 +68,9 @@ const (
 // times recorded. Tests shorten it.
 var trustMargin = 2 * time.Second
 
-// listings counts the directories that Opens listed, for tests.
-var listings atomic.Int64
+// listings counts the directories that Opens listed, and dirStats the
+// directories of a Maildir they stat, for tests.
+var listings, dirStats atomic.Int64
 
 // dirStamp is what changes when a directory's entries change, and the
 // listHash of its lines in the index.
@@ -114,6 +115,7 @@ func statDirs(dir string) (stamps, error) {
 	for _, sub := range subdirs {
 		var st syscall.Stat_t
 		path := filepath.Join(dir, sub)
+		dirStats.Add(1)
 		if err := syscall.Stat(path, &st); err != nil {
 			return stamps{}, &fs.PathError{Op: "stat", Path: path, Err: err}
 		}

@@ -76,9 +76,15 @@ func TestIndexTrusted(t *testing.T) {
 	if listed != 2 || !strings.HasPrefix(indexHead(t, dir), indexVersion+" cur=") {
 		t.Fatalf("settled Open: listed %v, header %q", listed, indexHead(t, dir))
 	}
+	stats := dirStats.Load()
 	m, listed = openListed(t, s, "u")
 	if listed != 0 {
 		t.Fatalf("Open listed %d directories although nothing changed", listed)
+	}
+	// tmp/, new/ and cur/ exist, and new/ and cur/ did not change: one stat
+	// of each tells both.
+	if n := dirStats.Load() - stats; n != 3 {
+		t.Fatalf("Open took %d stats of the Maildir's directories, want 3", n)
 	}
 	if got, want := uidList(m), []string{"1700000000.M1P1.a", "1700000001.M1P1.b"}; !slices.Equal(got, want) {
 		t.Fatalf("UIDs %v, want %v", got, want)

@@ -106,19 +106,33 @@ func (s *Store) Create(user string) error {
 }
 
 // ensure creates the Maildir's directories.
+func ensure(dir string) error {
+	_, err := ensureStamps(dir)
+	return err
+}
+
+// ensureStamps creates the Maildir's directories that are missing, and
+// returns the stamps of cur/ and new/ (without hashes), from the stat that
+// tells whether they exist.
 // When it creates any, it syncs the directories above them too, so that a
 // first delivery acknowledged afterwards does not lose its Maildir in a crash.
-func ensure(dir string) error {
+func ensureStamps(dir string) (stamps, error) {
+	var st stamps
 	created := false
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		p := filepath.Join(dir, sub)
-		if _, err := os.Stat(p); err == nil {
+		dirStats.Add(1)
+		var s syscall.Stat_t
+		if err := syscall.Stat(p, &s); err == nil {
+			if sub != "tmp" {
+				*st.of(sub) = dirStamp{mtime: s.Mtim.Nano(), ctime: s.Ctim.Nano(), ino: s.Ino}
+			}
 			continue
 		}
 		if _, err := os.Stat(dir); err != nil {
 			_, rootErr := os.Stat(filepath.Dir(dir))
 			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return err
+				return stamps{}, err
 			}
 			if rootErr != nil {
 				owner.Adopt(filepath.Dir(dir))
@@ -126,22 +140,22 @@ func ensure(dir string) error {
 			owner.Adopt(dir)
 		}
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
+			return stamps{}, err
 		}
 		owner.Adopt(p)
 		created = true
 	}
 	if !created {
-		return nil
+		return st, nil
 	}
 	// dir holds the new subdirectories, its parent the user's entry, and the
 	// grandparent the mail root's entry, should MkdirAll have made it.
 	for _, d := range []string{dir, filepath.Dir(dir), filepath.Dir(filepath.Dir(dir))} {
 		if err := syncDir(d); err != nil {
-			return err
+			return stamps{}, err
 		}
 	}
-	return nil
+	return statDirs(dir)
 }
 
 // entry is one message file of a snapshot.
@@ -164,10 +178,16 @@ func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ensure(dir); err != nil {
-		return nil, err
-	}
+	// The lock comes first: the stamps that load takes must show any change
+	// that a session holding it made. Only a new user's Maildir is created
+	// before it (load creates what else is missing).
 	lock, err := lockMaildrop(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := ensure(dir); err != nil {
+			return nil, err
+		}
+		lock, err = lockMaildrop(dir)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -207,19 +227,28 @@ type maildrop struct {
 	done     bool
 }
 
-// load replays a pending expunge journal and builds the snapshot from the
-// index, checked against a listing of cur/ and new/ where the directory
-// changed since the index listed it (index.go).
+// load creates the directories that are missing, replays a pending expunge
+// journal and builds the snapshot from the index, checked against a listing
+// of cur/ and new/ where the directory changed since the index listed it
+// (index.go).
 func (m *maildrop) load(ctx context.Context) error {
-	if err := m.replayExpunge(); err != nil {
-		return err
-	}
 	// The stamps are taken before the listing: a change made after them
-	// shows as a change at the next Open.
+	// shows as a change at the next Open. They come from the stat that
+	// checks that the directories exist, unless a replay changed them.
 	start := time.Now()
-	st, err := statDirs(m.dir)
+	st, err := ensureStamps(m.dir)
 	if err != nil {
 		return err
+	}
+	replayed, err := m.replayExpunge()
+	if err != nil {
+		return err
+	}
+	if replayed {
+		start = time.Now()
+		if st, err = statDirs(m.dir); err != nil {
+			return err
+		}
 	}
 	idx, hdr, err := loadIndex(filepath.Join(m.dir, indexFile))
 	if err != nil {
@@ -736,14 +765,15 @@ func (m *maildrop) finishExpunge(kept bool) error {
 }
 
 // replayExpunge completes a commit that a crash interrupted, the way it was
-// decided: into the holding area if the journal says so.
-func (m *maildrop) replayExpunge() error {
+// decided: into the holding area if the journal says so. replayed says
+// whether there was a journal.
+func (m *maildrop) replayExpunge() (replayed bool, err error) {
 	data, err := os.ReadFile(filepath.Join(m.dir, expungeFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	doomed := make(map[string]bool)
 	keep, at := false, time.Time{}
@@ -755,7 +785,7 @@ func (m *maildrop) replayExpunge() error {
 		if v, ok := strings.CutPrefix(line, "#hold "); ok {
 			sec, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return damaged()
+				return true, damaged()
 			}
 			keep, at = true, time.Unix(sec, 0)
 		} else if n == 0 && line == journalVersion {
@@ -763,7 +793,7 @@ func (m *maildrop) replayExpunge() error {
 		} else if line != "" && escapedNames {
 			base, ok := unescape([]byte(line))
 			if !ok {
-				return damaged()
+				return true, damaged()
 			}
 			doomed[string(base)] = true
 		} else if line != "" {
@@ -772,24 +802,25 @@ func (m *maildrop) replayExpunge() error {
 	}
 	if keep {
 		if err := ensureHolding(m.dir); err != nil {
-			return err
+			return true, err
 		}
 	}
 	for _, sub := range []string{"cur", "new"} {
 		path := filepath.Join(m.dir, sub)
 		ents, err := readDir(path)
 		if err != nil {
-			return err
+			return true, err
 		}
 		for _, d := range ents {
 			if doomed[baseName(d.name)] && d.regular(path) {
 				if err := m.dispose(sub, d.name, keep, at); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return err
+					return true, err
 				}
+				crashpoint.Hit("maildir.replay.disposed")
 			}
 		}
 	}
-	return m.finishExpunge(keep)
+	return true, m.finishExpunge(keep)
 }
 
 // Close releases the lock.

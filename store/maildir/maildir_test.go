@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -297,11 +298,7 @@ func TestCrashDuringCommit(t *testing.T) {
 		t.Run(tc.point, func(t *testing.T) {
 			root := t.TempDir()
 			s := New(root)
-			for i := range 6 {
-				if err := s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i))); err != nil {
-					t.Fatal(err)
-				}
-			}
+			fill(t, s, nil, 6)
 			runCrash(t, root, tc.point, "POUCH_CRASH_DELETE=0,2,4")
 			m := openT(t, s, "u")
 			msgs := m.Messages()
@@ -343,4 +340,104 @@ func TestLockReleasedWhenProcessDies(t *testing.T) {
 		t.Fatalf("Open after the holder died: %v", err)
 	}
 	m.Close()
+}
+
+// TestExpungeJournalFormats replays journals as a crash leaves them: of
+// this version (names encoded as in the index, so that a name holding a
+// line end is one name), of the previous one (names as they are), and
+// damaged, which removes nothing.
+func TestExpungeJournalFormats(t *testing.T) {
+	names := []string{"1700000001.M1P1.a", "1700000002.M1P1.b", "1700000001.M1P1.a\n1700000002.M1P1.b"}
+	for _, tc := range []struct {
+		name, journal string
+		left          []string // UIDs left after the replay; nil: Open fails
+		held          int
+	}{
+		{"version 2", journalVersion + "\n1700000001.M1P1.a%0A1700000002.M1P1.b\n",
+			[]string{names[0], names[1]}, 0},
+		{"version 2, held", journalVersion + "\n#hold 1700000100\n1700000002.M1P1.b\n",
+			[]string{names[0], uidOf(names[2])}, 1},
+		{"version 1", "1700000001.M1P1.a\n", []string{names[1], uidOf(names[2])}, 0},
+		{"version 1, held", "#hold 1700000100\n1700000001.M1P1.a\n1700000002.M1P1.b\n",
+			[]string{uidOf(names[2])}, 2},
+		{"damaged", journalVersion + "\n1700000001.M1P1.a%ZZ\n", nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "u")
+			for _, n := range names {
+				put(t, dir, "new", n, "x\n")
+			}
+			if err := os.WriteFile(filepath.Join(dir, expungeFile), []byte(tc.journal), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s := New(root)
+			m, err := s.Open(context.Background(), "u")
+			if tc.left == nil {
+				if err == nil {
+					m.Close()
+					t.Fatal("Open replayed a damaged journal")
+				}
+				if got, _ := readNames(filepath.Join(dir, "new")); len(got) != len(names) {
+					t.Fatalf("a damaged journal removed messages: %q left", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, msg := range m.Messages() {
+				got = append(got, msg.UID)
+			}
+			m.Close()
+			slices.Sort(got)
+			want := slices.Sorted(slices.Values(tc.left))
+			if !slices.Equal(got, want) {
+				t.Fatalf("left %q, want %q", got, want)
+			}
+			if st, err := s.Stats(context.Background(), "u"); err != nil || st.Held != tc.held {
+				t.Fatalf("held %d, want %d (%v)", st.Held, tc.held, err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, expungeFile)); !os.IsNotExist(err) {
+				t.Fatalf("journal left behind: %v", err)
+			}
+		})
+	}
+}
+
+// TestCrashDuringReplay kills the Open that replays a journal after its
+// first unlink or move: the journal stays, and the next Open finishes the
+// commit as it was decided.
+func TestCrashDuringReplay(t *testing.T) {
+	for _, window := range []string{"", "1h"} {
+		t.Run("window="+window, func(t *testing.T) {
+			root := t.TempDir()
+			s := New(root)
+			fill(t, s, nil, 6)
+			all := uids(t, s)
+			env := []string{"POUCH_CRASH_DELETE=0,2,4"}
+			if window != "" {
+				env = append(env, "POUCH_CRASH_WINDOW="+window)
+			}
+			runCrash(t, root, "maildir.commit.journaled", env...)
+			runCrash(t, root, "maildir.replay.disposed", env...)
+			if _, err := os.Stat(filepath.Join(root, "u", expungeFile)); err != nil {
+				t.Fatalf("journal gone after a crash during its replay: %v", err)
+			}
+			if got := uids(t, s); !slices.Equal(got, []string{all[1], all[3], all[5]}) {
+				t.Fatalf("after the replay: %v", got)
+			}
+			want := 0
+			if window != "" {
+				want = 3
+			}
+			if st, _ := s.Stats(context.Background(), "u"); st.Held != want {
+				t.Fatalf("held %d, want %d", st.Held, want)
+			}
+			if _, err := os.Stat(filepath.Join(root, "u", expungeFile)); !os.IsNotExist(err) {
+				t.Fatalf("journal left behind: %v", err)
+			}
+		})
+	}
 }

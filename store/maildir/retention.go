@@ -299,6 +299,8 @@ const tmpMaxAge = 36 * time.Hour
 // sweep, not at every Open. It removes nothing under legal hold: locked
 // says that the caller holds the purge lock and found no hold, otherwise
 // it checks under the lock itself, when there is something to remove.
+// Each removal stands on its own file's times: a sweep killed part way
+// leaves the rest to the next, and none of them is mail.
 func (s *Store) cleanTmp(user, dir string, now time.Time, locked bool) error {
 	tmp := filepath.Join(dir, "tmp")
 	ents, err := readDir(tmp)

@@ -25,14 +25,27 @@ func policyOf(p store.Policy) func(string) store.Policy {
 	return func(string) store.Policy { return p }
 }
 
-// fill delivers n messages "m0".."m(n-1)" to u, one second apart.
+// clocked returns a Store for the policy tests with the policy p for every
+// user, and the clock it runs on.
+func clocked(t *testing.T, p store.Policy) (*Store, *clock) {
+	c := newClock()
+	s := New(t.TempDir())
+	s.SetClock(c.now)
+	s.SetPolicy(policyOf(p))
+	return s, c
+}
+
+// fill delivers n messages "m0".."m(n-1)" to u, one second apart on c if
+// it is not nil.
 func fill(t *testing.T, s *Store, c *clock, n int) {
 	t.Helper()
 	for i := range n {
 		if err := s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i))); err != nil {
 			t.Fatal(err)
 		}
-		c.advance(time.Second)
+		if c != nil {
+			c.advance(time.Second)
+		}
 	}
 }
 
@@ -64,10 +77,7 @@ func commit(t *testing.T, s *Store, del ...int) {
 
 func TestDeletionWindowAndRestore(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
-	s.SetPolicy(policyOf(store.Policy{Window: time.Hour}))
+	s, c := clocked(t, store.Policy{Window: time.Hour})
 	fill(t, s, c, 4)
 	before := uids(t, s)
 	commit(t, s, 1, 2)
@@ -122,10 +132,7 @@ func TestDeletionWindowAndRestore(t *testing.T) {
 
 func TestRestoreSince(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
-	s.SetPolicy(policyOf(store.Policy{Window: 24 * time.Hour}))
+	s, c := clocked(t, store.Policy{Window: 24 * time.Hour})
 	fill(t, s, c, 3)
 	all := uids(t, s)
 	commit(t, s, 0)
@@ -143,11 +150,8 @@ func TestRestoreSince(t *testing.T) {
 
 func TestWindowPurge(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
 	p := store.Policy{Window: 10 * time.Second}
-	s.SetPolicy(policyOf(p))
+	s, c := clocked(t, p)
 	fill(t, s, c, 3)
 	commit(t, s, 0, 1)
 	c.advance(10 * time.Second)
@@ -164,9 +168,7 @@ func TestWindowPurge(t *testing.T) {
 }
 
 func TestZeroWindowDeletesAtOnce(t *testing.T) {
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
+	s, c := clocked(t, store.Policy{})
 	fill(t, s, c, 2)
 	commit(t, s, 0)
 	if st, _ := s.Stats(context.Background(), "u"); st.Held != 0 || st.Messages != 1 {
@@ -176,9 +178,7 @@ func TestZeroWindowDeletesAtOnce(t *testing.T) {
 
 func TestExpireFromDelivery(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
+	s, c := clocked(t, store.Policy{})
 	fill(t, s, c, 3) // delivered at t0, t0+1s, t0+2s; now t0+3s
 	p := store.Policy{Expire: 5 * time.Second}
 	c.advance(time.Second) // t0+4s: nothing is 5 s old
@@ -201,9 +201,7 @@ func TestExpireFromDelivery(t *testing.T) {
 
 func TestExpireIntoWindow(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
+	s, c := clocked(t, store.Policy{})
 	fill(t, s, c, 2)
 	p := store.Policy{Expire: time.Second, Window: time.Minute}
 	res, err := s.Sweep(ctx, "u", p, c.now())
@@ -221,9 +219,7 @@ func TestExpireIntoWindow(t *testing.T) {
 
 func TestExpireFromRetrieval(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
+	s, c := clocked(t, store.Policy{})
 	fill(t, s, c, 3)
 	all := uids(t, s)
 	p := store.Policy{Expire: 10 * time.Second, FromRetrieval: true}
@@ -260,9 +256,7 @@ func TestExpireFromRetrieval(t *testing.T) {
 }
 
 func TestSweepSkipsOpenMaildrop(t *testing.T) {
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
+	s, c := clocked(t, store.Policy{})
 	fill(t, s, c, 2)
 	m := openT(t, s, "u")
 	_, err := s.Sweep(context.Background(), "u", store.Policy{Expire: time.Nanosecond}, c.now().Add(time.Hour))
@@ -280,9 +274,7 @@ func TestSweepSkipsOpenMaildrop(t *testing.T) {
 
 func TestLegalHold(t *testing.T) {
 	ctx := context.Background()
-	c := newClock()
-	s := New(t.TempDir())
-	s.SetClock(c.now)
+	s, c := clocked(t, store.Policy{})
 	fill(t, s, c, 3)
 	if err := s.SetHold(ctx, "u", store.Hold{Set: true, Reason: "case 4711"}); err != nil {
 		t.Fatal(err)
@@ -336,9 +328,7 @@ func TestCrashDuringHeldCommit(t *testing.T) {
 		t.Run(point, func(t *testing.T) {
 			root := t.TempDir()
 			s := New(root)
-			for i := range 4 {
-				s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i)))
-			}
+			fill(t, s, nil, 4)
 			all := uids(t, s)
 			runCrash(t, root, point, "POUCH_CRASH_DELETE=0,2", "POUCH_CRASH_WINDOW=1h")
 			// The next Open finishes the commit as decided: into the holding area.
@@ -365,9 +355,7 @@ func TestCrashDuringPurge(t *testing.T) {
 	root := t.TempDir()
 	s := New(root)
 	s.SetPolicy(policyOf(store.Policy{Window: time.Hour}))
-	for i := range 3 {
-		s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i)))
-	}
+	fill(t, s, nil, 3)
 	commit(t, s, 0, 1)
 	runCrash(t, root, "maildir.purge.before-unlink", "POUCH_CRASH_PURGE=1")
 	// Killed before the first unlink: everything is still there, restorable,
@@ -429,9 +417,7 @@ func TestRootCreatesFilesForTheOwner(t *testing.T) {
 func TestCrashDuringExpiry(t *testing.T) {
 	root := t.TempDir()
 	s := New(root)
-	for i := range 3 {
-		s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i)))
-	}
+	fill(t, s, nil, 3)
 	all := uids(t, s)
 	for _, point := range []string{"maildir.commit.journaled", "maildir.commit.first-unlinked"} {
 		runCrash(t, root, point, "POUCH_CRASH_EXPIRE=1")
@@ -458,9 +444,7 @@ func TestCrashDuringRestore(t *testing.T) {
 			root := t.TempDir()
 			s := New(root)
 			s.SetPolicy(policyOf(store.Policy{Window: time.Hour}))
-			for i := range 3 {
-				s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i)))
-			}
+			fill(t, s, nil, 3)
 			commit(t, s, 0, 1, 2)
 			runCrash(t, root, "maildir.restore.moved", "POUCH_CRASH_RESTORE="+mode)
 			st, _ := s.Stats(context.Background(), "u")
