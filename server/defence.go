@@ -209,10 +209,10 @@ func CheckUserFields(fields map[string]string) []error {
 	return errs
 }
 
-// loginDelay is user's LOGIN-DELAY (RFC 2449 §6.5): the login_delay field in
-// seconds, or the server's.
-func (s *session) loginDelay(fields map[string]string) time.Duration {
-	if u, _ := parseUserSettings(fields); u.loginDelay >= 0 {
+// loginDelay is the LOGIN-DELAY (RFC 2449 §6.5) of a user with settings u:
+// the login_delay field in seconds, or the server's.
+func (s *session) loginDelay(u userSettings) time.Duration {
+	if u.loginDelay >= 0 {
 		return u.loginDelay
 	}
 	return s.srv.cfg.LoginDelay
@@ -251,7 +251,7 @@ func (s *session) admitUser(user, mech string) bool {
 	}
 	if u.disabled {
 		s.loginRefused(user, mech, "disabled")
-		s.refuseAsFailure(user, pop3.CodeSysPerm, "POP3 access is disabled for this account")
+		s.answerFailure(user, pop3.CodeSysPerm, "POP3 access is disabled for this account")
 		return false
 	}
 	maxAge := s.srv.cfg.PasswordMaxAge
@@ -260,11 +260,11 @@ func (s *session) admitUser(user, mech string) bool {
 	}
 	if maxAge > 0 && !u.changed.IsZero() && time.Since(u.changed) > maxAge {
 		s.loginRefused(user, mech, "password expired")
-		s.refuseAsFailure(user, pop3.CodeAuth, "password expired")
+		s.answerFailure(user, pop3.CodeAuth, "password expired")
 		return false
 	}
 	s.attemptDone()
-	if d := s.loginDelay(f); d > 0 {
+	if d := s.loginDelay(u); d > 0 {
 		s.srv.mu.Lock()
 		last, ok := s.srv.lastLogin[user]
 		s.srv.mu.Unlock()
@@ -302,9 +302,10 @@ func (s *session) loginRefused(user, method, reason string) {
 	s.srv.audit("login_refused", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "reason", reason)
 }
 
-// refuseAsFailure answers a refusal for the account itself the way a
-// failure is answered: counted by the guard, after the failure delay.
-func (s *session) refuseAsFailure(user string, code pop3.Code, text string) {
+// answerFailure answers a failed login, or a refusal for the account itself,
+// as every failure is answered: counted by the guard, after the failure
+// delay; a failure that banned the source ends the session.
+func (s *session) answerFailure(user string, code pop3.Code, text string) {
 	banned := s.guardFailure(user)
 	s.failDelay()
 	s.w.Err(code, text)
@@ -331,29 +332,15 @@ func (s *session) failLogin(user, method, reason string) {
 	}
 	s.log.Info("authentication failed", attrs...)
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
-	banned := s.guardFailure(user)
-	s.failDelay()
-	s.w.Err(pop3.CodeAuth, errBadLogin)
-	if banned {
-		s.state = stateDone
-	}
+	s.answerFailure(user, pop3.CodeAuth, errBadLogin)
 }
 
-// guardFailure records a failure with the guard, which ends its attempt,
-// and reports whether it banned the source.
+// guardFailure records a failure in the guard's attempt, which ends it,
+// and reports whether it banned the source. Every failure follows a check
+// that throttle began the attempt of; without a guard there is none.
 func (s *session) guardFailure(user string) bool {
-	g := s.srv.cfg.Guard
-	if g == nil || !s.ip.IsValid() {
-		return false
-	}
-	var b guard.Ban
-	var ok bool
-	if s.attempt != nil {
-		b, ok = s.attempt.Failure(user)
-		s.attempt = nil
-	} else {
-		b, ok = g.Failure(s.ip, user)
-	}
+	b, ok := s.attempt.Failure(user)
+	s.attempt = nil
 	if ok {
 		s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
 		s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)

@@ -585,7 +585,8 @@ func (s *session) capabilities() []string {
 			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d USER", int(d/time.Second)))
 		}
 	} else if s.state == stateTransaction {
-		if d := s.loginDelay(s.fields(s.mailbox)); d > 0 {
+		u, _ := parseUserSettings(s.fields(s.mailbox))
+		if d := s.loginDelay(u); d > 0 {
 			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d", int(d/time.Second)))
 		}
 	}
@@ -742,7 +743,7 @@ func (s *session) login(user, method string, ok bool) {
 		return
 	}
 	if !ok {
-		s.loginFailed(user, method)
+		s.failLogin(user, method, "")
 		return
 	}
 	if !s.admitUser(user, method) {
@@ -788,12 +789,6 @@ func (s *session) login(user, method string, ok bool) {
 
 // maxNameOctets is the longest user name that can exist (auth.ValidName).
 const maxNameOctets = 255
-
-// loginFailed records a failed authentication, waits the failure delay and
-// answers with the one reply for every kind of failure (see failLogin).
-func (s *session) loginFailed(user, method string) {
-	s.failLogin(user, method, "")
-}
 
 // --- TRANSACTION state (RFC 1939 §5, §7) ---
 

@@ -74,7 +74,7 @@ func newTLSServer(t *testing.T, ip string, mod func(*Config)) *tlsServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientCA, caKey := newCA(t)
+	clientCA, caKey := newCA(t, "Test client CA")
 	caFile := filepath.Join(dir, "client-ca.pem")
 	writeCA(t, caFile, clientCA)
 	cfg, err := certs.ServerConfig(caFile)
@@ -126,10 +126,12 @@ func mustCert(t *testing.T, m *tlsutil.Manager) *tls.Certificate {
 	return c
 }
 
-func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
+// newCA makes a CA certificate named name and its key.
+func newCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Test client CA"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
@@ -143,13 +145,20 @@ func newCA(t *testing.T) (*x509.Certificate, *ecdsa.PrivateKey) {
 
 // clientCert makes a client certificate for name signed by the test CA.
 func clientCert(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	return signedClientCert(t, name, clientCACert, clientCAKey)
+}
+
+// signedClientCert makes a client certificate for name signed by ca.
+func signedClientCert(t *testing.T, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey) tls.Certificate {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, clientCACert, &key.PublicKey, clientCAKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
