@@ -6,6 +6,8 @@
 # The clients write under TMPDIR (/tmp). Dovecot's Maildir stands for another
 # machine's disk, so it lives apart, under SERVER_TMPDIR (/dev/shm when it
 # exists): the server's own writes then do not add to the clients' fsyncs.
+# TMPDIR=/dev/shm puts the clients' Maildirs on tmpfs as well (the built
+# binaries too, so that tmpfs must allow exec), which leaves the disk out.
 set -eu
 N=${1:-${N:-2000}}; DELAY=${DELAY:-20ms}
 CLIENTS=${CLIENTS:-"pouch mpop getmail fetchmail"}

@@ -368,7 +368,13 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 			return st, err
 		}
 	}
-	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st}
+	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st, window: 1}
+	if c.Pipelining() {
+		r.window = a.Window
+		if r.window <= 0 {
+			r.window = 1024
+		}
+	}
 	if mb, ok := dest.(*mbox); ok {
 		mb.mark = j.Mark
 	}
@@ -396,7 +402,8 @@ type runner struct {
 	delFail int
 	batch   []item
 
-	// The RETR window: messages of todo sent, their octets not yet read.
+	// The RETR window: at most window RETRs unanswered (1 without
+	// PIPELINING); messages of todo sent, their octets not yet read.
 	window   int
 	sent     int
 	inflight int64
@@ -647,15 +654,6 @@ func (r *runner) download(ctx context.Context, todo []item) error {
 // so that commands go out (and the server reads them) in groups rather than
 // one per message. Nothing is queued once ctx is cancelled.
 func (r *runner) sendRetrs(ctx context.Context, todo []item, recvd int) error {
-	if r.window == 0 {
-		r.window = 1
-		if r.c.Pipelining() {
-			r.window = r.a.Window
-			if r.window <= 0 {
-				r.window = 1024
-			}
-		}
-	}
 	if r.sent > recvd && (r.sent-recvd > r.window/2 || r.inflight > maxInflight/2) {
 		return nil
 	}

@@ -241,6 +241,18 @@ func (r *raw) send(s string) {
 	}
 }
 
+// mailTo sends MAIL FROM and a RCPT TO for each user at example.org, and
+// expects each to be accepted.
+func (r *raw) mailTo(users ...string) {
+	r.t.Helper()
+	r.send("MAIL FROM:<s@example.net>\r\n")
+	r.expect("250 ")
+	for _, u := range users {
+		r.send("RCPT TO:<" + u + "@example.org>\r\n")
+		r.expect("250 ")
+	}
+}
+
 // reply reads one reply and returns its last line, without CRLF.
 func (r *raw) reply() string {
 	r.t.Helper()

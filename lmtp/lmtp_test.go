@@ -369,12 +369,7 @@ func TestLongLine(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MaxLineLength = 1000 })
 	for _, rcpts := range [][]string{{"alice"}, {"alice", "carol"}} {
 		r := e.raw()
-		r.send("MAIL FROM:<s@example.net>\r\n")
-		r.expect("250 ")
-		for _, u := range rcpts {
-			r.send("RCPT TO:<" + u + "@example.org>\r\n")
-			r.expect("250 ")
-		}
+		r.mailTo(rcpts...)
 		r.send("DATA\r\n")
 		r.expect("354 ")
 		r.send("Subject: x\r\n\r\n" + strings.Repeat("z", 1500) + "\r\n.\r\n")
@@ -444,12 +439,7 @@ func TestStall(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.ReadTimeout = timeout })
 	for _, rcpts := range [][]string{{"alice"}, {"alice", "carol"}} {
 		r := e.raw()
-		r.send("MAIL FROM:<s@example.net>\r\n")
-		r.expect("250 ")
-		for _, u := range rcpts {
-			r.send("RCPT TO:<" + u + "@example.org>\r\n")
-			r.expect("250 ")
-		}
+		r.mailTo(rcpts...)
 		r.send("DATA\r\n")
 		r.expect("354 ")
 		r.send("Subject: x\r\n\r\npartial line")

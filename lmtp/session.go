@@ -39,17 +39,17 @@ var errBareLF = errors.New("bare LF line ending")
 // session is one LMTP connection's state, from LHLO on. go-smtp calls its
 // methods from the connection's goroutine, except LMTPData for BDAT, which
 // runs in a goroutine of its own and may outlive a Reset after a failed
-// chunk: mu guards the transaction (from, size, rcpts), which LMTPData
-// copies when it starts.
+// chunk: mu guards from and rcpts, which LMTPData copies when it starts.
 type session struct {
 	srv  *Server
 	conn *conn
 	id   string
 	log  *slog.Logger
 
+	size int64 // MAIL FROM's SIZE=, 0 if not given; for Rcpt only
+
 	mu    sync.Mutex
 	from  string
-	size  int64 // MAIL FROM's SIZE=, 0 if not given
 	rcpts []recipient
 }
 
@@ -81,9 +81,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			s.log.Info("sender refused: message too big", "from", from, "size", opts.Size)
 			return replyTooBig
 		}
-		s.mu.Lock()
 		s.size = opts.Size
-		s.mu.Unlock()
 	}
 	s.mu.Lock()
 	s.from = from
@@ -110,10 +108,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return replyNoUser
 	}
 	if s.srv.cfg.RcptCheckQuota {
-		s.mu.Lock()
-		size := s.size
-		s.mu.Unlock()
-		if err := agent.Check(user, size); err != nil {
+		if err := agent.Check(user, s.size); err != nil {
 			return s.refusal(recipient{to, user}, err, "recipient refused")
 		}
 	}

@@ -38,12 +38,7 @@ func TestBDATCutShort(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, nil)
 			r := e.raw()
-			r.send("MAIL FROM:<s@example.net>\r\n")
-			r.expect("250 ")
-			for _, u := range tc.rcpts {
-				r.send("RCPT TO:<" + u + "@example.org>\r\n")
-				r.expect("250 ")
-			}
+			r.mailTo(tc.rcpts...)
 			r.send(tc.chunks)
 			if err := r.c.(*net.TCPConn).CloseWrite(); err != nil {
 				t.Fatal(err)
