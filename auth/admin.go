@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/filelock"
-
 	"github.com/pouchmail/pouch/internal/owner"
 )
 
@@ -248,9 +247,6 @@ func writeAtomic(path string, lines []string) (err error) {
 	if err = keepOwner(tmp, path); err != nil {
 		return err
 	}
-	if _, serr := os.Stat(path); errors.Is(serr, fs.ErrNotExist) {
-		owner.Adopt(tmp.Name())
-	}
 	var b strings.Builder
 	for _, line := range lines {
 		b.WriteString(line)
@@ -273,10 +269,13 @@ func writeAtomic(path string, lines []string) (err error) {
 
 // keepOwner gives f the owner and group of the file at path, if that exists
 // and they differ, so that a users file edited by root stays readable by the
-// server's user. Only root may give away a file: for anyone else that fails.
+// server's user; a new users file gets the owner of its directory (see
+// owner.Adopt). Only root may give away a file: for anyone else keeping an
+// owner fails.
 func keepOwner(f *os.File, path string) error {
 	old, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
+		owner.Adopt(f.Name())
 		return nil
 	}
 	if err != nil {

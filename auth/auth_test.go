@@ -565,6 +565,35 @@ func TestKeepOwner(t *testing.T) {
 	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 4321 || st.Gid != 8765 {
 		t.Errorf("owner %d:%d, want 4321:8765", st.Uid, st.Gid)
 	}
+
+	// A new users file gets the owner of its directory; once there, it
+	// keeps its own owner, whoever owns the directory.
+	dir := t.TempDir()
+	if err := os.Chown(dir, 1111, 2222); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "users")
+	if err := AddUser(path, "alice", "Keep-Owner-4-quartz-fig"); err != nil {
+		t.Fatal(err)
+	}
+	owned := func(uid, gid uint32) {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != gid {
+			t.Errorf("owner %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+		}
+	}
+	owned(1111, 2222)
+	if err := os.Chown(path, 4321, 8765); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddUser(path, "bob", "Keep-Owner-5-walnut-sky"); err != nil {
+		t.Fatal(err)
+	}
+	owned(4321, 8765)
 }
 
 func TestValidName(t *testing.T) {

@@ -245,13 +245,18 @@ func (e *estimator) wordMatches(runes, lower []rune) []match {
 		w := []rune(word)
 		rev := slices.Clone(w)
 		slices.Reverse(rev)
+		type candidate struct {
+			w        []rune
+			reversed bool
+		}
+		cands := []candidate{{w, false}}
+		if !slices.Equal(w, rev) {
+			cands = append(cands, candidate{rev, true})
+		}
 		for i := 0; i+len(w) <= len(lower); i++ {
-			for _, cand := range []struct {
-				w        []rune
-				reversed bool
-			}{{w, false}, {rev, true}} {
+			for _, cand := range cands {
 				subs, ok := leetMatch(lower[i:i+len(w)], cand.w)
-				if !ok || cand.reversed && slices.Equal(w, rev) {
+				if !ok {
 					continue
 				}
 				b := base + caseBits(runes[i:i+len(w)]) + float64(subs)
@@ -308,9 +313,15 @@ func caseBits(word []rune) float64 {
 	case lower == 0, upper == 1 && (unicode.IsUpper(word[0]) || unicode.IsUpper(word[len(word)-1])):
 		return 1
 	}
+	return placementBits(upper+lower, min(upper, lower))
+}
+
+// placementBits is the bits of the ways to place up to most marked
+// characters (capitals, shifted keys) among n.
+func placementBits(n, most int) float64 {
 	ways := 0.0
-	for k := 1; k <= min(upper, lower); k++ {
-		ways += binomial(upper+lower, k)
+	for k := 1; k <= most; k++ {
+		ways += binomial(n, k)
 	}
 	return math.Log2(ways)
 }
@@ -434,11 +445,7 @@ func shiftBits(run []rune) float64 {
 	case plain == 0, shifted == 1 && keyboard[run[0]].shifted:
 		return 1
 	}
-	ways := 0.0
-	for k := 1; k <= min(shifted, plain); k++ {
-		ways += binomial(len(run), k)
-	}
-	return math.Log2(ways)
+	return placementBits(len(run), min(shifted, plain))
 }
 
 // sequenceMatches finds runs of three or more letters or digits in order,

@@ -68,7 +68,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "note: %s does not exist yet; pouch serve will create it\n", c.data)
 	} else if err != nil || !fi.IsDir() {
 		bad("data", fmt.Errorf("%s is not a directory", c.data))
-	} else if err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
+	} else if _, err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
 		bad("data", err)
 	} else if users, err := auth.OpenUsers(filepath.Join(c.data, "users")); err != nil {
 		bad("data", err)

@@ -35,7 +35,7 @@ func TestCheckDataDirCoversSecretsAndMail(t *testing.T) {
 		os.Chmod(filepath.Join(data, "tls", "cert.pem"), 0o644) // a certificate is public
 		return data
 	}
-	if err := checkDataDir(setup(t)); err != nil {
+	if _, err := checkDataDir(setup(t)); err != nil {
 		t.Fatalf("a safe data directory is refused: %v", err)
 	}
 	for _, tc := range []struct {
@@ -61,7 +61,7 @@ func TestCheckDataDirCoversSecretsAndMail(t *testing.T) {
 		for _, k := range tc.keys {
 			keys = append(keys, filepath.Join(data, k))
 		}
-		err := checkDataDir(data, keys...)
+		_, err := checkDataDir(data, keys...)
 		if err == nil || !strings.Contains(err.Error(), tc.want+p) || strings.Count(err.Error(), ". ") > 0 {
 			t.Errorf("%s mode %04o: %v; want one sentence with %q", tc.path, tc.mode, err, tc.want+p)
 		}
@@ -70,7 +70,7 @@ func TestCheckDataDirCoversSecretsAndMail(t *testing.T) {
 	data := setup(t)
 	outside := filepath.Join(t.TempDir(), "key.pem")
 	os.WriteFile(outside, []byte("x"), 0o644)
-	if err := checkDataDir(data, outside); err != nil {
+	if _, err := checkDataDir(data, outside); err != nil {
 		t.Errorf("a key outside the data directory is refused: %v", err)
 	}
 	// pouch serve refuses to start.

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,17 +19,9 @@ type mailNameMismatch struct {
 	exists     bool   // whether that one exists too
 }
 
-// mailNameMismatches lists the entries of mailRoot whose names are not in
-// normalized form. It reads the directory only; a missing mail root has
-// none.
-func mailNameMismatches(mailRoot string) ([]mailNameMismatch, error) {
-	entries, err := os.ReadDir(mailRoot)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
+// mailNameMismatches lists the entries of mailRoot, as entries gives them,
+// whose names are not in normalized form.
+func mailNameMismatches(mailRoot string, entries []os.DirEntry) []mailNameMismatch {
 	present := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		present[e.Name()] = true
@@ -52,7 +42,7 @@ func mailNameMismatches(mailRoot string) ([]mailNameMismatch, error) {
 			exists:     present[norm],
 		})
 	}
-	return out, nil
+	return out
 }
 
 // mergeCommand is the shell command that gives the mail of m.dir to the
@@ -72,16 +62,12 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// warnMailNames logs each Maildir of mailRoot under a name in another form
-// than its normalized one, with the command that merges it. The mail is
-// not moved: the operator decides, with pouch stopped.
-func warnMailNames(mailRoot string, log *slog.Logger) {
-	found, err := mailNameMismatches(mailRoot)
-	if err != nil {
-		log.Warn("cannot check the user names of the mail directory", "err", err)
-		return
-	}
-	for _, m := range found {
+// warnMailNames logs each Maildir of mailRoot (whose entries checkDataDir
+// listed) under a name in another form than its normalized one, with the
+// command that merges it. The mail is not moved: the operator decides, with
+// pouch stopped.
+func warnMailNames(mailRoot string, entries []os.DirEntry, log *slog.Logger) {
+	for _, m := range mailNameMismatches(mailRoot, entries) {
 		log.Warn("mail directory under a user name that is not in normalized form: logins and deliveries use the normalized name, so its mail is not seen; stop pouch, merge it and remove it",
 			"dir", m.dir, "normalized", m.normalized, "merge", m.mergeCommand())
 	}

@@ -70,7 +70,16 @@ func TestWarnMailNames(t *testing.T) {
 	os.Mkdir(filepath.Join(root, ".Ze\u0301"), 0o700)
 
 	var logs bytes.Buffer
-	warnMailNames(root, slog.New(slog.NewJSONHandler(&logs, nil)))
+	// warn reports on the mail directory of data as pouch serve does.
+	warn := func(data string) {
+		t.Helper()
+		entries, err := checkDataDir(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		warnMailNames(filepath.Join(data, "mail"), entries, slog.New(slog.NewJSONHandler(&logs, nil)))
+	}
+	warn(filepath.Dir(root))
 	got := map[string]map[string]string{} // dir: the record
 	sc := bufio.NewScanner(&logs)
 	for sc.Scan() {
@@ -118,14 +127,14 @@ func TestWarnMailNames(t *testing.T) {
 		}
 	}
 	logs.Reset()
-	warnMailNames(root, slog.New(slog.NewJSONHandler(&logs, nil)))
+	warn(filepath.Dir(root))
 	if n := bytes.Count(logs.Bytes(), []byte("\n")); n != 1 {
 		t.Errorf("after the merges %d warnings, want 1 (the emptied decomposed Maildir):\n%s", n, logs.String())
 	}
 
 	// No mail directory yet: nothing to say.
 	logs.Reset()
-	warnMailNames(filepath.Join(t.TempDir(), "mail"), slog.New(slog.NewJSONHandler(&logs, nil)))
+	warn(t.TempDir())
 	if logs.Len() != 0 {
 		t.Errorf("warnings without a mail directory: %s", logs.String())
 	}

@@ -229,7 +229,8 @@ func runServe(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("data directory: %v", err)
 	}
-	if err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
+	mailEntries, err := checkDataDir(c.data, splitList(c.tlsKey)...)
+	if err != nil {
 		return err
 	}
 	if err := adminSock.open(); err != nil {
@@ -246,7 +247,7 @@ func runServe(args []string, stderr io.Writer) error {
 	for _, w := range users.Warnings() {
 		log.Warn("users file", "problem", w)
 	}
-	warnMailNames(filepath.Join(c.data, "mail"), log)
+	warnMailNames(filepath.Join(c.data, "mail"), mailEntries, log)
 	policy, err := c.retention.policy()
 	if err != nil {
 		return err

@@ -186,17 +186,18 @@ func dropPrivileges(name string) error {
 // and each of keys that lies under DATA) that group or others can read or
 // write. Each refusal is one sentence naming the path and the command that
 // fixes it. The Maildirs are checked at the top only, not message by
-// message.
-func checkDataDir(dir string, keys ...string) error {
+// message. It returns the entries of the mail directory, which it lists to
+// check the Maildirs (none when that is missing).
+func checkDataDir(dir string, keys ...string) ([]os.DirEntry, error) {
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return fmt.Errorf("data directory: %v", err)
+		return nil, fmt.Errorf("data directory: %v", err)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("data directory %s is writable by group or others (mode %04o); run: chmod go-w %s", dir, fi.Mode().Perm(), dir)
+		return nil, fmt.Errorf("data directory %s is writable by group or others (mode %04o); run: chmod go-w %s", dir, fi.Mode().Perm(), dir)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() && st.Uid != 0 {
-		return fmt.Errorf("data directory %s belongs to uid %d, not to the user running pouch (uid %d)", dir, st.Uid, os.Geteuid())
+		return nil, fmt.Errorf("data directory %s belongs to uid %d, not to the user running pouch (uid %d)", dir, st.Uid, os.Geteuid())
 	}
 	private := []struct{ name, path string }{
 		{"users file", filepath.Join(dir, "users")},
@@ -216,26 +217,26 @@ func checkDataDir(dir string, keys ...string) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %v", f.name, err)
+			return nil, fmt.Errorf("%s: %v", f.name, err)
 		}
 		if fi.Mode().Perm()&0o077 != 0 {
-			return fmt.Errorf("%s %s can be read or written by group or others (mode %04o); run: chmod 600 %s", f.name, f.path, fi.Mode().Perm(), f.path)
+			return nil, fmt.Errorf("%s %s can be read or written by group or others (mode %04o); run: chmod 600 %s", f.name, f.path, fi.Mode().Perm(), f.path)
 		}
 	}
 	mail := filepath.Join(dir, "mail")
 	fi, err = os.Stat(mail)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("mail directory: %v", err)
+		return nil, fmt.Errorf("mail directory: %v", err)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("mail directory %s is writable by group or others (mode %04o); run: chmod go-w %s", mail, fi.Mode().Perm(), mail)
+		return nil, fmt.Errorf("mail directory %s is writable by group or others (mode %04o); run: chmod go-w %s", mail, fi.Mode().Perm(), mail)
 	}
 	entries, err := os.ReadDir(mail)
 	if err != nil {
-		return fmt.Errorf("mail directory: %v", err)
+		return nil, fmt.Errorf("mail directory: %v", err)
 	}
 	for _, e := range entries {
 		p := filepath.Join(mail, e.Name())
@@ -244,10 +245,10 @@ func checkDataDir(dir string, keys ...string) error {
 			continue
 		}
 		if fi.Mode().Perm()&0o022 != 0 {
-			return fmt.Errorf("maildir %s is writable by group or others (mode %04o); run: chmod go-w %s", p, fi.Mode().Perm(), p)
+			return nil, fmt.Errorf("maildir %s is writable by group or others (mode %04o); run: chmod go-w %s", p, fi.Mode().Perm(), p)
 		}
 	}
-	return nil
+	return entries, nil
 }
 
 // under reports whether path lies inside dir.

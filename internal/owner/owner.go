@@ -5,6 +5,8 @@
 package owner
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -29,4 +31,20 @@ func Adopt(path string) {
 		return
 	}
 	_ = os.Lchown(path, int(st.Uid), int(st.Gid))
+}
+
+// OpenFile opens path with flag, creating it with perm if it is missing; a
+// file it creates is given to the directory's owner as Adopt does, and a
+// file that was there keeps its owner. flag must not hold os.O_CREATE or
+// os.O_EXCL.
+func OpenFile(path string, flag int, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL, perm)
+	if err == nil {
+		Adopt(path)
+		return f, nil
+	}
+	if !errors.Is(err, fs.ErrExist) {
+		return nil, err
+	}
+	return os.OpenFile(path, flag, 0)
 }

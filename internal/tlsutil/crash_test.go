@@ -2,9 +2,6 @@ package tlsutil
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -121,13 +118,9 @@ func TestForeignMismatchedPairKept(t *testing.T) {
 
 	// Certificates that are not Pouch's, in the data directory, with a key
 	// that is not theirs: one from the operator and one that does not parse.
-	key2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pop.example.org", Organization: []string{"Example"}},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"pop.example.org"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key2.PublicKey, key2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, _ := issue(t, tmpl, nil, nil)
 	for i, foreign := range [][]byte{
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		[]byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),

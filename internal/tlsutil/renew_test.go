@@ -2,9 +2,6 @@ package tlsutil
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -141,16 +138,12 @@ func TestOperatorCertificateNeverRenewed(t *testing.T) {
 	// A certificate from elsewhere put in the data directory.
 	data := filepath.Join(dir, "data")
 	os.MkdirAll(data, 0o700)
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Some CA"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	_, caKey := issue(t, caTmpl, nil, nil)
 	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost", Organization: []string{selfSignedOrg}},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: []string{"localhost"}}
-	der, err := x509.CreateCertificate(rand.Reader, leafTmpl, caTmpl, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, leafKey := issue(t, leafTmpl, caTmpl, caKey)
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(leafKey)
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	os.WriteFile(filepath.Join(data, "cert.pem"), certPEM, 0o600)
@@ -173,13 +166,9 @@ func TestClientCAReload(t *testing.T) {
 	}
 	caFile := filepath.Join(dir, "ca.pem")
 	writeCA := func(name string) *x509.Certificate {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		der, _ := issue(t, tmpl, nil, nil)
 		os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 		c, _ := x509.ParseCertificate(der)
 		return c
