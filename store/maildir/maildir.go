@@ -202,11 +202,10 @@ func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
 // lockMaildrop takes the maildrop lock of the Maildir dir, or fails at once
 // with ErrLocked.
 func lockMaildrop(dir string) (*os.File, error) {
-	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := owner.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	owner.Adopt(lock.Name())
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
