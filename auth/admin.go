@@ -115,7 +115,9 @@ func SetFields(path, name string, fields map[string]*string) error {
 
 // DeleteUser removes the line of name (every line, should it be listed more
 // than once, in any form: see NormalizeName). It fails with ErrNoSuchUser if
-// name is not in the file.
+// name is not in the file. A file left with nothing else gets the comment
+// line noUsersLine, so that it says "no users" rather than being empty,
+// which a running server takes for a fault (see SourceError).
 func DeleteUser(path, name string) error {
 	name = NormalizeName(name)
 	return updateExisting(path, name, func(lines []string) ([]string, error) {
@@ -128,9 +130,15 @@ func DeleteUser(path, name string) error {
 				kept = append(kept, line)
 			}
 		}
+		if strings.TrimSpace(strings.Join(kept, "")) == "" {
+			kept = []string{noUsersLine}
+		}
 		return kept, nil
 	})
 }
+
+// noUsersLine is what DeleteUser leaves in a file whose last user it removed.
+const noUsersLine = "# no users"
 
 // ListUsers returns the names of the users in the file, normalized (see
 // NormalizeName), in file order, each once: the users that Exists reports.

@@ -278,6 +278,11 @@ func TestFileParsing(t *testing.T) {
 	if n := len(u.Warnings()); n != 4 {
 		t.Errorf("%d warnings, want 4:\n%s", n, w)
 	}
+	// Lines that name no user make the file damaged: a fault, whose good
+	// lines are used when nothing better was ever loaded.
+	if err := u.Fault(); err == nil || !strings.Contains(err.Error(), "is damaged: 3 lines name no user (the first, line 7: no ':'") {
+		t.Errorf("Fault() = %v", err)
+	}
 }
 
 func TestMissingFile(t *testing.T) {
@@ -312,8 +317,9 @@ func TestMissingFile(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if u.Exists("alice") {
-		t.Error("a removed file still has users")
+	// Once the file had users, its removal is a fault: they stay.
+	if !u.Exists("alice") || u.Fault() == nil {
+		t.Error("a removed file that had users is taken for no users")
 	}
 }
 
@@ -484,6 +490,17 @@ func TestDeleteDuplicates(t *testing.T) {
 	if names, _ := ListUsers(path); !slices.Equal(names, []string{"b"}) {
 		t.Errorf("after DeleteUser: %q, want [b]", names)
 	}
+	// Deleting the last user leaves a file that says so, which a running
+	// server takes for no users, not for a fault.
+	if err := DeleteUser(path, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != noUsersLine+"\n" {
+		t.Errorf("after deleting every user the file holds %q", data)
+	}
+	if known, err := u.Known("b"); known || err != nil {
+		t.Errorf("Known(b) after deleting every user = %v, %v; want false, nil", known, err)
+	}
 }
 
 func TestConcurrentAddUser(t *testing.T) {
@@ -532,17 +549,19 @@ func TestAutoReload(t *testing.T) {
 	if err := os.Mkdir(path, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if !u.Exists("new") || !strings.Contains(strings.Join(u.Warnings(), "\n"), "still using") {
-		t.Errorf("after a failed reload: Exists(new) = %v, warnings %q", u.Exists("new"), u.Warnings())
+	if !u.Exists("new") || u.Fault() == nil {
+		t.Errorf("after a failed reload: Exists(new) = %v, fault %v", u.Exists("new"), u.Fault())
 	}
-	if err := u.Reload(); err == nil {
-		t.Error("Reload of an unreadable file succeeded")
+	var se *SourceError
+	if err := u.Reload(); !errors.As(err, &se) || !strings.Contains(se.Reason, "cannot be read") {
+		t.Errorf("Reload of an unreadable file: %v", err)
 	}
+	// The file had users: its removal is a fault too, not an empty list.
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if u.Exists("new") || len(u.Warnings()) != 0 {
-		t.Errorf("after removing the file: Exists(new) = %v, warnings %q", u.Exists("new"), u.Warnings())
+	if !u.Exists("new") || u.Fault() == nil {
+		t.Errorf("after removing the file: Exists(new) = %v, fault %v", u.Exists("new"), u.Fault())
 	}
 }
 

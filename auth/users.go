@@ -1,10 +1,13 @@
 package auth
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"strconv"
 	"sync"
@@ -14,10 +17,18 @@ import (
 )
 
 // Users is the users file, as of its last load. Every lookup (Verify,
-// APOPSecret, Exists) first stats the file and reloads it when its device,
-// inode, size or modification time changed, so changes made by the
-// administration functions or by hand take effect on the next lookup. If that
-// reload fails, the previous contents stay in use and Warnings says so.
+// APOPSecret, Known, Exists) first stats the file and reloads it when its
+// device, inode, size, modification time, mode or owner changed, so changes
+// made by the administration functions or by hand take effect on the next
+// lookup.
+//
+// The file is the one source of users, so a file that cannot be used is a
+// temporary failure, never an empty list: while it is missing, empty,
+// unreadable or damaged (see SourceError for when each counts), the users of
+// the last usable version stay in use, Known says that any other name cannot
+// be confirmed, and Fault says why. An atomic replacement (a new file renamed
+// over it, as the administration functions and most editors write it) is
+// never seen as missing.
 //
 // Users are known by their names as NormalizeName gives them, whatever form
 // their lines have: lookups take normalized names.
@@ -25,11 +36,17 @@ import (
 // A Users is safe for concurrent use.
 type Users struct {
 	path string
-	mu   sync.Mutex               // serializes loads
+	log  *slog.Logger
+	mu   sync.Mutex               // serializes loads; guards expect
 	db   atomic.Pointer[database] // never nil after OpenUsers
+	// expect is whether the file should list users: the last usable version
+	// did (or UsersOptions.Expected, until a version was usable). Then a
+	// missing or empty file is a fault, not an empty list.
+	expect bool
 }
 
-// database is one load of the users file. It is never modified.
+// database is one load of the users file, or the users kept from an earlier
+// one while the file cannot be used. It is never modified.
 type database struct {
 	stamp    fileStamp
 	users    map[string]secret // a nil secret: the user exists but cannot log in
@@ -42,12 +59,43 @@ type database struct {
 	maxLoginDelay int
 	// apop is whether any user has a secret that allows APOP.
 	apop bool
-	// reloadErr is why the file, changed since this load, could not be
-	// loaded again.
-	reloadErr error
+	// usable is whether users came from a usable version of the file.
+	usable bool
+	// fault, when not nil, is why the file as it is now cannot be used;
+	// users are then those of the last usable version (or the best there
+	// was: see keep).
+	fault *SourceError
+	// faultStamp is the stamp of the version that fault describes: it is
+	// not read again until it changes.
+	faultStamp fileStamp
 	// verified remembers credentials verified against this load.
 	verified *credCache
 }
+
+// SourceError says why the users file cannot be used now. It is temporary
+// by nature: the users of the last usable version stay in use meanwhile, and
+// the next lookup after the file changes tries again.
+//
+// A file is unusable when it cannot be read (other than missing), when it
+// has a line that names no user (damaged: the user that line was meant for
+// would be unknown), or when it is missing or empty (no octet but white
+// space) while users are expected: the last usable version listed users, or,
+// before any version was usable, the caller said so (UsersOptions.Expected).
+// A missing or empty file is otherwise an empty list: the first start of a
+// server that has no users yet. A file of comment lines only is a usable
+// list of no users.
+type SourceError struct {
+	Path string
+	// Reason says what is wrong, as in "is missing".
+	Reason string
+	// Err is the system error when reading the file failed, or nil.
+	Err error
+	// Since is when the file became unusable (the start of the episode).
+	Since time.Time
+}
+
+func (e *SourceError) Error() string { return "auth: users file " + e.Path + " " + e.Reason }
+func (e *SourceError) Unwrap() error { return e.Err }
 
 // fileStamp identifies a version of the users file.
 type fileStamp struct {
@@ -55,76 +103,174 @@ type fileStamp struct {
 	dev, ino uint64
 	size     int64
 	mtime    int64 // ns
+	mode     fs.FileMode
+	uid, gid uint32
 }
 
 func stampOf(fi fs.FileInfo) fileStamp {
-	s := fileStamp{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	s := fileStamp{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano(), mode: fi.Mode()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		s.dev, s.ino = uint64(st.Dev), uint64(st.Ino)
+		s.uid, s.gid = st.Uid, st.Gid
 	}
 	return s
 }
 
-// OpenUsers loads the users file at path. A missing file is an empty database,
-// not an error; problems with single lines are not errors either (see
-// Warnings).
+// UsersOptions are the settings of OpenUsersWith.
+type UsersOptions struct {
+	// Expected says that the file should list users from the start: a
+	// missing or empty file is then a fault rather than a first start with
+	// no users (pouch serve sets it when the data directory holds Maildirs;
+	// pouch deliver, which never has a first start, always).
+	Expected bool
+	// Logger, if set, gets an ERROR when the file becomes unusable (once
+	// for each episode, and a WARN if it changes and is still unusable),
+	// and an INFO when it is usable again.
+	Logger *slog.Logger
+}
+
+// OpenUsersWith loads the users file at path. It does not fail: a file that
+// cannot be used is a fault (see Fault), and Known cannot confirm any name
+// until it is fixed, except those listed on the usable lines of a damaged
+// file, which are the best there is.
+func OpenUsersWith(path string, opts UsersOptions) *Users {
+	u := &Users{path: path, log: opts.Logger, expect: opts.Expected}
+	u.mu.Lock()
+	u.loadLocked(u.statStamp())
+	u.mu.Unlock()
+	return u
+}
+
+// OpenUsers loads the users file at path, as OpenUsersWith with no
+// expectation: a missing or empty file is an empty database. It fails only
+// when the file cannot be read; a damaged one opens, with a Fault.
 func OpenUsers(path string) (*Users, error) {
-	u := &Users{path: path}
-	if err := u.Reload(); err != nil {
-		return nil, err
+	u := OpenUsersWith(path, UsersOptions{})
+	if f := u.db.Load().fault; f != nil && f.Err != nil {
+		return nil, f
 	}
 	return u, nil
 }
 
-// Reload reads the users file now, whether or not it changed. On error the
-// previous contents stay in use.
+// Reload reads the users file now, whether or not it changed. When it cannot
+// be used, the users in use stay as they were and Reload returns the
+// *SourceError.
 func (u *Users) Reload() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	db, err := load(u.path)
-	if err != nil {
-		return err
+	if db := u.loadLocked(u.statStamp()); db.fault != nil {
+		return db.fault
 	}
-	u.db.Store(db)
 	return nil
 }
 
-// Warnings describes the problems of the loaded users file, one per string:
-// lines that were skipped, users who cannot log in (unsupported scheme or
-// malformed hash), duplicate names, and a failed automatic reload. It is
-// meant for the log after OpenUsers or Reload, and for a configuration check.
-func (u *Users) Warnings() []string {
-	db := u.current()
-	w := append([]string(nil), db.warnings...)
-	if db.reloadErr != nil {
-		w = append(w, fmt.Sprintf("%v; still using the users file as loaded before", db.reloadErr))
+// Fault returns nil when the users in use are those of the file as it is
+// now, or the *SourceError that says why the file cannot be used. It checks
+// the file first, as every lookup does.
+func (u *Users) Fault() error {
+	if f := u.current().fault; f != nil {
+		return f
 	}
-	return w
+	return nil
+}
+
+// Watch checks the users file every interval until ctx is done, so that a
+// fault is logged (and its end) even while no lookup happens.
+func (u *Users) Watch(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			u.current()
+		}
+	}
+}
+
+// Warnings describes the problems of the users in use, one per string:
+// lines that were skipped, users who cannot log in (unsupported scheme or
+// malformed hash) and duplicate names. It is meant for the log after
+// OpenUsers or Reload, and for a configuration check; a file that cannot be
+// used is not a warning but a Fault.
+func (u *Users) Warnings() []string {
+	return append([]string(nil), u.current().warnings...)
 }
 
 // current returns the database, reloading it first if the file changed.
 func (u *Users) current() *database {
 	db := u.db.Load()
-	if u.statStamp() == db.stamp {
+	if db.holds(u.statStamp()) {
 		return db
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if db = u.db.Load(); u.statStamp() == db.stamp { // another goroutine reloaded it
+	st := u.statStamp()
+	if db = u.db.Load(); db.holds(st) { // another goroutine reloaded it
 		return db
 	}
-	fresh, err := load(u.path)
-	if err != nil {
-		// Keep the old contents; later lookups retry, since the stamp
-		// still differs.
-		old := *db
-		old.reloadErr = err
-		old.verified = &credCache{} // the file changed: trust nothing verified before
-		u.db.Store(&old)
-		return &old
+	return u.loadLocked(st)
+}
+
+// holds reports whether db is up to date with the file whose stamp is st.
+func (db *database) holds(st fileStamp) bool {
+	if st.size < 0 { // stat failed: try again
+		return false
 	}
-	u.db.Store(fresh)
-	return fresh
+	if db.fault != nil {
+		return st == db.faultStamp
+	}
+	return st == db.stamp
+}
+
+// loadLocked loads the file, which had the stamp st just before, and puts
+// the result in use: the new version when it is usable, else the users kept
+// from before with the fault. It logs the start and the end of a fault.
+// Called with u.mu held.
+func (u *Users) loadLocked(st fileStamp) *database {
+	prev := u.db.Load() // nil at open
+	fresh, fault := load(u.path, u.expect)
+	if fault == nil {
+		u.expect = len(fresh.users) > 0
+		fresh.usable = true
+		if prev != nil && prev.fault != nil && u.log != nil {
+			u.log.Info("users file usable again", "path", u.path, "users", len(fresh.users),
+				"after", time.Since(prev.fault.Since).Round(time.Millisecond))
+		}
+		u.db.Store(fresh)
+		return fresh
+	}
+	var db database
+	switch {
+	case prev != nil && (prev.usable || fresh == nil):
+		db = *prev // the last usable users, or the best there was
+	case fresh != nil:
+		db = *fresh // a damaged file before any usable one: its good lines
+	default:
+		db = database{users: map[string]secret{}}
+	}
+	db.verified = &credCache{} // the file changed: trust nothing verified before
+	fault.Since = time.Now()
+	if prev != nil && prev.fault != nil {
+		fault.Since = prev.fault.Since // the same episode
+	}
+	db.fault, db.faultStamp = fault, st
+	if fresh != nil {
+		db.faultStamp = fresh.stamp // the version that was read
+	}
+	if u.log != nil {
+		kept := []any{"path", u.path, "reason", fault.Reason, "users_kept", len(db.users)}
+		switch {
+		case prev == nil || prev.fault == nil:
+			u.log.Error("users file unusable: keeping the users loaded before; "+
+				"other names get temporary failures until it is fixed", kept...)
+		case prev.fault.Reason != fault.Reason:
+			u.log.Warn("users file changed and is still unusable", kept...)
+		}
+	}
+	u.db.Store(&db)
+	return &db
 }
 
 // statStamp returns the stamp of the file at u.path. Any error other than a
@@ -142,32 +288,44 @@ func (u *Users) statStamp() fileStamp {
 
 // load reads and parses the users file at path. The stamp is taken from the
 // open file before reading it, so a change during the read is seen as a
-// change by the next lookup.
-func load(path string) (*database, error) {
+// change by the next lookup. On a fault, the database is what could be read
+// (the usable lines of a damaged file, or an empty one), or nil.
+func load(path string, expect bool) (*database, *SourceError) {
 	db := &database{users: make(map[string]secret), verified: &credCache{}}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
+		if expect {
+			return nil, &SourceError{Path: path, Reason: "is missing"}
+		}
 		return db, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
+		return nil, &SourceError{Path: path, Reason: "cannot be read: " + errText(err), Err: err}
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
+		return nil, &SourceError{Path: path, Reason: "cannot be read: " + errText(err), Err: err}
 	}
 	data, err := io.ReadAll(f)
 	if err != nil {
-		return nil, fmt.Errorf("auth: reading %s: %w", path, err)
+		return nil, &SourceError{Path: path, Reason: "cannot be read: " + errText(err), Err: err}
 	}
 	db.stamp = stampOf(fi)
+	if len(bytes.TrimSpace(data)) == 0 {
+		if expect {
+			return db, &SourceError{Path: path, Reason: "is empty"}
+		}
+		return db, nil
+	}
+	var skipped []string
 	for i, line := range splitLines(data) {
 		l, sec, ok, err := parseLine(line)
 		where := fmt.Sprintf("%s:%d", path, i+1)
 		if !ok {
 			if err != nil {
 				db.warnings = append(db.warnings, fmt.Sprintf("%s: line skipped: %v", where, err))
+				skipped = append(skipped, fmt.Sprintf("line %d: %v", i+1, err))
 			}
 			continue
 		}
@@ -199,7 +357,24 @@ func load(path string) (*database, error) {
 			db.maxLoginDelay = n
 		}
 	}
-	return db, nil
+	switch len(skipped) {
+	case 0:
+		return db, nil
+	case 1:
+		return db, &SourceError{Path: path, Reason: "is damaged: " + skipped[0]}
+	}
+	return db, &SourceError{Path: path,
+		Reason: fmt.Sprintf("is damaged: %d lines name no user (the first, %s)", len(skipped), skipped[0])}
+}
+
+// errText is the system error of a failed file operation, without the path
+// that SourceError names already.
+func errText(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
 }
 
 // lookup returns the secret of a user, nil if the user cannot log in, and
@@ -286,9 +461,24 @@ func (u *Users) AllFields() map[string]map[string]string {
 	return u.current().fields
 }
 
-// Exists reports whether the users file has a line for name, whether or not
-// that user can log in.
+// Exists reports whether name is among the users in use (see Known), whether
+// or not that user can log in.
 func (u *Users) Exists(name string) bool {
 	_, ok := u.lookup(name)
 	return ok
+}
+
+// Known reports whether name is a user. While the file cannot be used (see
+// Fault), a name that is not among the users kept from before cannot be
+// confirmed either way: Known then returns false and the *SourceError, which
+// callers answer with a temporary failure, never as an unknown user.
+func (u *Users) Known(name string) (bool, error) {
+	db := u.current()
+	if _, ok := db.users[name]; ok {
+		return true, nil
+	}
+	if db.fault != nil {
+		return false, db.fault
+	}
+	return false, nil
 }
