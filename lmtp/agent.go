@@ -35,8 +35,10 @@ type Mailboxes interface {
 
 // Users is the user database. auth.Users implements it.
 type Users interface {
-	// Exists reports whether name is a user.
-	Exists(name string) bool
+	// Known reports whether name is a user. An error means that the
+	// database cannot tell now (its source is unusable): the recipient is
+	// then neither accepted nor refused for good, but deferred.
+	Known(name string) (bool, error)
 	// Fields returns the extra fields of name's entry (key=value), or nil.
 	Fields(name string) map[string]string
 }
@@ -98,6 +100,10 @@ type usageEntry struct {
 var (
 	// ErrUnknownUser means that the recipient names no user.
 	ErrUnknownUser = errors.New("lmtp: no such user")
+	// ErrUnconfirmed means that the users database cannot tell now whether
+	// the recipient names a user: a temporary failure (LMTP 451 4.3.0, exit
+	// status 75), so that the sender keeps the message and tries again.
+	ErrUnconfirmed = errors.New("lmtp: the recipient cannot be confirmed now")
 	// ErrTooBig means that the message is larger than MaxMessageSize.
 	ErrTooBig = errors.New("lmtp: message larger than the size limit")
 )
@@ -126,32 +132,53 @@ func (e *InputError) Unwrap() error { return e.Err }
 
 // User returns the user that the local part of an address names: the user of
 // exactly that name, or else of that name in lower case; failing both, the
-// same for the part before the first RecipientDelimiter character.
-func (a *Agent) User(local string) (string, bool) {
-	if u, ok := a.userNamed(local); ok {
-		return u, true
-	}
+// same for the part before the first RecipientDelimiter character. When no
+// name is found, the error is ErrUnknownUser, or ErrUnconfirmed (wrapping the
+// database's error) when the database could not tell for one of them.
+func (a *Agent) User(local string) (string, error) {
+	names := []string{local}
 	if a.RecipientDelimiter != "" {
 		if i := strings.IndexAny(local, a.RecipientDelimiter); i > 0 {
-			return a.userNamed(local[:i])
+			names = append(names, local[:i])
 		}
 	}
-	return "", false
+	var unsure error
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		// The form the users file is looked up in (PRECIS, RFC 8265).
+		name = auth.NormalizeName(name)
+		for i, n := range []string{name, strings.ToLower(name)} {
+			if i == 1 && n == name {
+				break
+			}
+			known, err := a.Users.Known(n)
+			if known {
+				return n, nil
+			}
+			if err != nil && unsure == nil {
+				unsure = err
+			}
+		}
+	}
+	if unsure != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnconfirmed, unsure)
+	}
+	return "", ErrUnknownUser
 }
 
-func (a *Agent) userNamed(name string) (string, bool) {
-	if name == "" {
-		return "", false
+// known returns nil when user is a user, or ErrUnknownUser or
+// ErrUnconfirmed.
+func (a *Agent) known(user string) error {
+	known, err := a.Users.Known(user)
+	switch {
+	case known:
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: %w", ErrUnconfirmed, err)
 	}
-	// The form the users file is looked up in (PRECIS, RFC 8265).
-	name = auth.NormalizeName(name)
-	if a.Users.Exists(name) {
-		return name, true
-	}
-	if low := strings.ToLower(name); low != name && a.Users.Exists(low) {
-		return low, true
-	}
-	return "", false
+	return ErrUnknownUser
 }
 
 // QuotaOf returns user's quota: the default, with the user's extra fields
@@ -179,12 +206,13 @@ func (a *Agent) QuotaOf(user string) (Quota, error) {
 }
 
 // Check reports early whether user can take a message of size octets (0 when
-// the size is not known yet): nil, ErrUnknownUser, ErrTooBig, a *QuotaError,
-// or another error when the users file or the storage fails. It answers RCPT,
-// and pouch deliver before it reads the message; Deliver checks again.
+// the size is not known yet): nil, ErrUnknownUser, ErrUnconfirmed, ErrTooBig,
+// a *QuotaError, or another error when the users file or the storage fails.
+// It answers RCPT, and pouch deliver before it reads the message; Deliver
+// checks again.
 func (a *Agent) Check(user string, size int64) error {
-	if !a.Users.Exists(user) {
-		return ErrUnknownUser
+	if err := a.known(user); err != nil {
+		return err
 	}
 	if a.MaxMessageSize > 0 && size > a.MaxMessageSize {
 		return ErrTooBig
@@ -286,11 +314,11 @@ type Delivery struct {
 //
 // It returns the octets read from r, and nil only when the message is durable
 // (see store.Deliverer). On error nothing is stored; the error is
-// ErrUnknownUser, ErrTooBig, a *QuotaError, an *InputError when reading r
-// failed, or another error from the users file or the storage.
+// ErrUnknownUser, ErrUnconfirmed, ErrTooBig, a *QuotaError, an *InputError
+// when reading r failed, or another error from the users file or the storage.
 func (a *Agent) Deliver(ctx context.Context, d Delivery, r io.Reader) (int64, error) {
-	if !a.Users.Exists(d.User) {
-		return 0, ErrUnknownUser
+	if err := a.known(d.User); err != nil {
+		return 0, err
 	}
 	if a.MaxMessageSize > 0 && d.Size > a.MaxMessageSize {
 		return 0, ErrTooBig

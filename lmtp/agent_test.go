@@ -99,9 +99,9 @@ func TestAgentUser(t *testing.T) {
 		"alice+news": "", "list+owner": "list+owner",
 		// A decomposed name finds the user stored in the normalized form.
 		"jo\u0308rg": "j\u00f6rg", "j\u00f6rg": "j\u00f6rg"} {
-		got, ok := a.User(in)
-		if got != want || ok != (want != "") {
-			t.Errorf("User(%q) = %q, %v; want %q", in, got, ok, want)
+		got, err := a.User(in)
+		if got != want || (err == nil) != (want != "") || (err != nil && !errors.Is(err, ErrUnknownUser)) {
+			t.Errorf("User(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	// With a recipient delimiter, the part before the first delimiter names
@@ -109,9 +109,9 @@ func TestAgentUser(t *testing.T) {
 	a.RecipientDelimiter = "+-"
 	for in, want := range map[string]string{"alice+news": "alice", "ALICE+News": "alice", "alice-list+x": "alice",
 		"Bob+": "Bob", "list+owner": "list+owner", "list+other": "", "+alice": "", "carol+x": "", "alice": "alice"} {
-		got, ok := a.User(in)
-		if got != want || ok != (want != "") {
-			t.Errorf("with delimiters +-: User(%q) = %q, %v; want %q", in, got, ok, want)
+		got, err := a.User(in)
+		if got != want || (err == nil) != (want != "") {
+			t.Errorf("with delimiters +-: User(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	if _, err := a.Deliver(context.Background(), Delivery{User: "nobody"}, strings.NewReader("x")); !errors.Is(err, ErrUnknownUser) {

@@ -24,7 +24,7 @@ import (
 // fakeUsers is a users database: name → extra fields.
 type fakeUsers map[string]map[string]string
 
-func (u fakeUsers) Exists(name string) bool { _, ok := u[name]; return ok }
+func (u fakeUsers) Known(name string) (bool, error) { _, ok := u[name]; return ok, nil }
 
 func (u fakeUsers) Fields(name string) map[string]string { return u[name] }
 

@@ -436,7 +436,7 @@ func TestSequenceErrors(t *testing.T) {
 // the connection closes, all within one read timeout; nothing is stored.
 func TestStall(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.ReadTimeout = timeout })
+	e := newEnv(t, func(c *Config) { c.ReadTimeout, c.IdleTimeout = timeout, timeout })
 	for _, rcpts := range [][]string{{"alice"}, {"alice", "carol"}} {
 		r := e.raw()
 		r.mailTo(rcpts...)
@@ -455,7 +455,7 @@ func TestStall(t *testing.T) {
 		e.nothingStored("alice")
 		e.nothingStored("carol")
 	}
-	// Idle between commands, too.
+	// Idle between commands (IdleTimeout), too.
 	r := e.raw()
 	r.expect("421 4.4.2")
 	r.closed()

@@ -34,10 +34,22 @@ type Config struct {
 	// any case). Otherwise the local part of any user@domain names the user.
 	Domains []string
 	// ReadTimeout ends a connection on which the client sends nothing for
-	// this long, between commands or inside a message (RFC 5321 §4.5.3.2:
-	// 5 minutes). It is renewed at every read, so it measures a stall, not
-	// the length of a transfer.
+	// this long inside a transaction, from MAIL to the end of the message
+	// (RFC 5321 §4.5.3.2: 5 minutes). It is renewed at every read, so it
+	// measures a stall, not the length of a transfer.
 	ReadTimeout time.Duration
+	// IdleTimeout ends, with 421 4.4.2, a connection that sends no command
+	// for this long outside a transaction: before LHLO, and between a
+	// message's replies and the next MAIL (1 minute). MTAs send their
+	// commands without pausing and keep an idle connection for the next
+	// message only briefly (Postfix: 2 s, lmtp_connection_cache_time_limit),
+	// so only abandoned connections wait this long.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the connections open at once (100, Dovecot's
+	// LMTP process limit; negative: no limit). A connection over it is
+	// answered 421 4.3.2 and closed at once, so that idle LMTP connections
+	// can never take the file descriptors that POP3 needs.
+	MaxConnections int
 	// WriteTimeout bounds the writing of each reply (5 minutes).
 	WriteTimeout time.Duration
 	// MaxLineLength bounds a command line and each line of a message, CRLF
@@ -61,10 +73,13 @@ type Config struct {
 }
 
 const (
-	defaultReadTimeout   = 5 * time.Minute
-	defaultWriteTimeout  = 5 * time.Minute
-	defaultMaxLine       = 64 * 1024
-	defaultMaxRecipients = 1000
+	defaultReadTimeout = 5 * time.Minute
+	defaultIdleTimeout = time.Minute
+	// DefaultMaxConnections is MaxConnections when it is zero.
+	DefaultMaxConnections = 100
+	defaultWriteTimeout   = 5 * time.Minute
+	defaultMaxLine        = 64 * 1024
+	defaultMaxRecipients  = 1000
 	// ShutdownGrace is how long deliveries in progress get to finish on
 	// shutdown.
 	ShutdownGrace = 10 * time.Second
@@ -96,9 +111,13 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closing   bool
-	closed    atomic.Bool // closing, for reads without the lock
-	stopOnce  sync.Once
-	stopped   chan struct{} // closed when every connection has ended after Shutdown
+	// refused counts the connections refused over MaxConnections since
+	// refusedLog, when the last of them was logged.
+	refused    int
+	refusedLog time.Time
+	closed     atomic.Bool // closing, for reads without the lock
+	stopOnce   sync.Once
+	stopped    chan struct{} // closed when every connection has ended after Shutdown
 
 	// deliveries counts running LMTPData calls: for BDAT go-smtp runs them
 	// in goroutines of their own, which its Shutdown does not wait for.
@@ -112,6 +131,12 @@ func New(cfg Config) *Server {
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = defaultWriteTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
 	}
 	if cfg.MaxLineLength <= 0 {
 		cfg.MaxLineLength = defaultMaxLine
@@ -253,29 +278,62 @@ type listener struct {
 	srv *Server
 }
 
+// Accept returns the next connection within MaxConnections; those over it
+// are refused here, one at a time, so that a flood of them holds no more
+// than one file descriptor beyond the limit.
 func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		srv := l.srv
+		srv.mu.Lock()
+		if srv.closing {
+			srv.mu.Unlock()
+			c.Close()
+			return nil, net.ErrClosed
+		}
+		if max := srv.cfg.MaxConnections; max > 0 && len(srv.conns) >= max {
+			srv.refuseLocked(c)
+			srv.mu.Unlock()
+			continue
+		}
+		tc := &conn{Conn: c, srv: srv}
+		srv.conns[tc] = struct{}{}
+		srv.mu.Unlock()
+		return tc, nil
 	}
-	tc := &conn{Conn: c, srv: l.srv}
-	l.srv.mu.Lock()
-	defer l.srv.mu.Unlock()
-	if l.srv.closing {
-		c.Close()
-		return nil, net.ErrClosed
-	}
-	l.srv.conns[tc] = struct{}{}
-	return tc, nil
 }
 
-// conn is one client connection. Every read renews the read deadline, and a
-// read that timed out fails at once ever after, so a stall inside a message
-// ends the delivery, its replies and the connection in one timeout.
+// refuseLocked answers a connection over MaxConnections and closes it: 421
+// before the greeting (RFC 5321 §3.1), 4.3.2 "system not accepting network
+// messages" (RFC 3463 §3.4), so that the MTA tries again later. The write
+// goes into an empty socket buffer and does not wait; the deadline is only a
+// bound. Refusals are logged once a minute at most, with their number.
+// Called with s.mu held.
+func (s *Server) refuseLocked(c net.Conn) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	fmt.Fprintf(c, "421 4.3.2 %s Too many connections, try again later\r\n", s.cfg.Hostname)
+	c.Close()
+	s.refused++
+	if time.Since(s.refusedLog) >= time.Minute {
+		s.log.Warn("lmtp: connections refused: too many at once", "protocol", "lmtp",
+			"limit", s.cfg.MaxConnections, "refused", s.refused)
+		s.refused, s.refusedLog = 0, time.Now()
+	}
+}
+
+// conn is one client connection. Every read renews the read deadline (the
+// idle timeout outside a transaction, the read timeout inside), and a read
+// that timed out fails at once ever after, so a stall inside a message ends
+// the delivery, its replies and the connection in one timeout.
 type conn struct {
 	net.Conn
 	srv      *Server
 	timedOut atomic.Bool
+	// inTx is set from MAIL to the end of the transaction (session.Reset).
+	inTx atomic.Bool
 	// busy is set from the start of a message's data until the next read
 	// after it, by which time its replies are written; Shutdown closes the
 	// connections that are not busy at once.
@@ -308,7 +366,11 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.Conn.Close()
 		return 0, net.ErrClosed
 	}
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.srv.cfg.ReadTimeout)); err != nil {
+	timeout := c.srv.cfg.IdleTimeout
+	if c.inTx.Load() || c.busy.Load() {
+		timeout = c.srv.cfg.ReadTimeout
+	}
+	if err := c.Conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return 0, err
 	}
 	n, err := c.Conn.Read(p)
@@ -384,13 +446,15 @@ func (c *conn) fixReply(p []byte) ([]byte, bool) {
 	return nil, false
 }
 
+// Close closes the connection. It leaves the count of MaxConnections first,
+// so that a client that has seen the connection close can open another.
 func (c *conn) Close() error {
-	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
 	})
+	err := c.Conn.Close()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}

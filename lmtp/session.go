@@ -21,7 +21,12 @@ import (
 // Replies. Every refusal has its own fixed text; the text of an internal error
 // never reaches the client (it is logged with the session id instead).
 var (
-	replyNoUser   = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user here"}
+	replyNoUser = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user here"}
+	// RFC 3463 §3.4: X.3.0, a system problem. The users file cannot be
+	// used: whether the recipient exists is not known, so it must not be
+	// refused for good.
+	replyUnconfirmed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "Cannot confirm the recipient now, try again later"}
 	replyDomain   = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2}, Message: "Domain not served here"}
 	replyTooBig   = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for this system"}
 	replyFull     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
@@ -68,6 +73,9 @@ func (s *session) Reset() {
 	s.mu.Lock()
 	s.from, s.size, s.rcpts = "", 0, nil
 	s.mu.Unlock()
+	if s.conn != nil {
+		s.conn.inTx.Store(false)
+	}
 }
 
 func (s *session) Logout() error { return nil }
@@ -86,6 +94,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	s.from = from
 	s.mu.Unlock()
+	if s.conn != nil {
+		s.conn.inTx.Store(true) // the read timeout, not the idle one, until the transaction ends
+	}
 	return nil
 }
 
@@ -102,10 +113,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return replyDomain
 	}
 	agent := s.srv.cfg.Agent
-	user, ok := agent.User(local)
-	if !ok {
-		s.log.Info("recipient refused: no such user", "rcpt", to)
-		return replyNoUser
+	user, err := agent.User(local)
+	if err != nil {
+		return s.refusal(recipient{to, ""}, err, "recipient refused")
 	}
 	if s.srv.cfg.RcptCheckQuota {
 		if err := agent.Check(user, s.size); err != nil {
@@ -239,6 +249,10 @@ func (s *session) refusal(rc recipient, err error, what string) *smtp.SMTPError 
 	switch {
 	case errors.Is(err, ErrUnknownUser):
 		reply = replyNoUser
+	case errors.Is(err, ErrUnconfirmed):
+		// The users file's fault is logged once, where it is found; each
+		// recipient it holds up is only noted.
+		reply = replyUnconfirmed
 	case errors.Is(err, ErrTooBig):
 		reply = replyTooBig
 	case errors.As(err, &qe):

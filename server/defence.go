@@ -325,6 +325,22 @@ const errBadLogin = "invalid user name or password"
 //
 //	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD [reason=REASON]
 func (s *session) failLogin(user, method, reason string) {
+	code, text := pop3.CodeAuth, errBadLogin
+	if src, ok := s.srv.cfg.Auth.(AccountSource); ok && src.Fault() != nil {
+		// RFC 3206 §4 [SYS/TEMP]: the list of users cannot be used now, so
+		// the failure may be the list's. Every failure gets this reply, so
+		// that nothing tells a name missing from the list from a wrong
+		// password; only a wrong password for a user the list still has is
+		// a failed login, counted by the guard.
+		code, text = pop3.CodeSysTemp, errAccountsDown
+		if !src.Exists(user) {
+			s.log.Warn("login deferred: the users file cannot be used", "ip", s.ip.String(), "user", user, "method", method)
+			s.attemptDone()
+			s.failDelay()
+			s.w.Err(code, text)
+			return
+		}
+	}
 	s.srv.cfg.Metrics.Login(false, method, s.tls != nil)
 	attrs := []any{"ip", s.ip.String(), "user", user, "method", method}
 	if reason != "" {
@@ -332,8 +348,20 @@ func (s *session) failLogin(user, method, reason string) {
 	}
 	s.log.Info("authentication failed", attrs...)
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
-	s.answerFailure(user, pop3.CodeAuth, errBadLogin)
+	s.answerFailure(user, code, text)
 }
+
+// AccountSource is implemented by an Authenticator whose list of users can
+// be unusable for a while (auth.Users, when its users file is missing or
+// damaged): Fault is then not nil, and Exists tells the users it still has.
+type AccountSource interface {
+	Fault() error
+	Exists(user string) bool
+}
+
+// errAccountsDown is the reply to a failed login while the list of users
+// cannot be used.
+const errAccountsDown = "cannot check credentials now; try again later"
 
 // guardFailure records a failure in the guard's attempt, which ends it,
 // and reports whether it banned the source. Every failure follows a check
