@@ -68,11 +68,13 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "note: %s does not exist yet; pouch serve will create it\n", c.data)
 	} else if err != nil || !fi.IsDir() {
 		bad("data", fmt.Errorf("%s is not a directory", c.data))
-	} else if _, err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
-		bad("data", err)
-	} else if users, err := auth.OpenUsers(filepath.Join(c.data, "users")); err != nil {
+	} else if mailEntries, err := checkDataDir(c.data, splitList(c.tlsKey)...); err != nil {
 		bad("data", err)
 	} else {
+		users := auth.OpenUsersWith(filepath.Join(c.data, "users"), auth.UsersOptions{Expected: usersExpected(mailEntries)})
+		if err := users.Fault(); err != nil {
+			bad("data", err)
+		}
 		for _, w := range users.Warnings() {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}

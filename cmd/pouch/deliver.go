@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"log/syslog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/term"
 
@@ -45,10 +47,12 @@ For Postfix's local delivery (main.cf):
 
 Exit status (sysexits.h, as Postfix, procmail and fetchmail read it):
   0   delivered
-  67  no such user (EX_NOUSER)
+  67  no such user: not in a usable users file (EX_NOUSER)
   73  refused for good: the mailbox is full or the message too big (EX_CANTCREAT)
-  75  temporary failure, try again later (EX_TEMPFAIL); also for a bad command
-      line or configuration, so that the MTA keeps the message queued
+  75  temporary failure, try again later (EX_TEMPFAIL); also while the users
+      file is missing, empty, unreadable or damaged (a line names no user),
+      and for a bad command line or configuration, so that the MTA keeps the
+      message queued
 
 Flags:
 `
@@ -66,6 +70,10 @@ type lmtpSettings struct {
 	addr           string
 	domains        string
 	rcptCheckQuota bool
+	// maxConnections is the most LMTP connections open at once (0: no
+	// limit); each holds one file descriptor.
+	maxConnections int
+	idleTimeout    time.Duration
 	delimiter      string
 	quotaStorage   sizeValue
 	quotaMessages  int
@@ -73,13 +81,15 @@ type lmtpSettings struct {
 	maxMessageSize sizeValue
 }
 
-// register defines the flags on fs; listener adds --lmtp, --lmtp-domains and
-// --lmtp-rcpt-check-quota.
+// register defines the flags on fs; listener adds those of the listener
+// (--lmtp, --lmtp-domains, --lmtp-rcpt-check-quota and its limits).
 func (s *lmtpSettings) register(fs *flag.FlagSet, listener bool) {
 	if listener {
 		fs.StringVar(&s.addr, "lmtp", "", "LMTP listen `address` (host:port, or unix:/path for a socket); empty disables it")
 		fs.StringVar(&s.domains, "lmtp-domains", "", "comma-separated `domains` whose recipients LMTP accepts (default: any domain)")
 		fs.BoolVar(&s.rcptCheckQuota, "lmtp-rcpt-check-quota", false, "refuse a recipient over quota at RCPT already, not only after DATA (MTAs that verify recipients cache such a refusal)")
+		fs.IntVar(&s.maxConnections, "lmtp-max-connections", lmtp.DefaultMaxConnections, "most LMTP connections at once; more get 421 4.3.2 (0: no limit)")
+		fs.DurationVar(&s.idleTimeout, "lmtp-idle-timeout", time.Minute, "close an LMTP connection that sends no command for this `long` outside a transaction")
 	}
 	fs.StringVar(&s.delimiter, "lmtp-recipient-delimiter", "+", "`characters` that separate a user name from an address extension (alice+news is alice); empty turns extensions off")
 	s.maxMessageSize = 50 << 20
@@ -188,17 +198,11 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
 	}
+	// pouch deliver has no first start: a users file that is missing or
+	// empty is a fault, as one that cannot be read or is damaged, and only a
+	// name absent from a usable file is unknown (auth.SourceError).
 	usersPath := filepath.Join(*data, "users")
-	if _, err := os.Stat(usersPath); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return deliverFail(stderr, exTempFail, "there is no users file in the data directory; check --data", "users", usersPath)
-		}
-		return deliverFail(stderr, exTempFail, "the users file cannot be read", "err", err)
-	}
-	users, err := auth.OpenUsers(usersPath)
-	if err != nil {
-		return deliverFail(stderr, exTempFail, "the users file cannot be read", "err", err)
-	}
+	users := auth.OpenUsersWith(usersPath, auth.UsersOptions{Expected: true})
 	agent, err := s.agent(*data, users)
 	if err != nil {
 		return tempFail("deliver: %v", err)
@@ -207,9 +211,12 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
 		local = rcpt[:at]
 	}
-	user, ok := agent.User(local)
-	if !ok {
+	user, err := agent.User(local)
+	if errors.Is(err, lmtp.ErrUnknownUser) {
 		return deliverFail(stderr, exNoUser, "no such user", "user", local, "users", usersPath)
+	}
+	if err != nil {
+		return deliverFailure(stderr, err, local)
 	}
 	if err := agent.Check(user, 0); err != nil {
 		return deliverFailure(stderr, err, user)
@@ -260,6 +267,12 @@ func deliverFailure(stderr io.Writer, err error, user string) error {
 	switch {
 	case errors.Is(err, lmtp.ErrUnknownUser):
 		return deliverFail(stderr, exNoUser, "no such user", "user", user)
+	case errors.Is(err, lmtp.ErrUnconfirmed) && errors.Is(err, fs.ErrNotExist):
+		return deliverFail(stderr, exTempFail, "there is no users file in the data directory; check --data",
+			"user", user, "err", err)
+	case errors.Is(err, lmtp.ErrUnconfirmed):
+		return deliverFail(stderr, exTempFail, "the users file cannot be used now, try again later",
+			"user", user, "err", err)
 	case errors.As(err, &qe):
 		code := exCantCreat
 		if qe.Temporary {
@@ -303,8 +316,18 @@ func listenLMTP(c *serveConfig, users *auth.Users, hostname string, log *slog.Lo
 			domains = append(domains, d)
 		}
 	}
+	if s.maxConnections < 0 {
+		return nil, usageError("--lmtp-max-connections must not be negative (0 means no limit)")
+	}
+	if s.idleTimeout <= 0 {
+		return nil, usageError("--lmtp-idle-timeout must be positive")
+	}
+	maxConns := s.maxConnections
+	if maxConns == 0 {
+		maxConns = -1 // lmtp.Config: no limit
+	}
 	srv := lmtp.New(lmtp.Config{Agent: agent, Logger: log, Hostname: hostname, Domains: domains, SpoolDir: spool,
-		RcptCheckQuota: s.rcptCheckQuota})
+		RcptCheckQuota: s.rcptCheckQuota, MaxConnections: maxConns, IdleTimeout: s.idleTimeout})
 	l, err := lmtp.Listen(s.addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen lmtp on %s: %v", s.addr, err)

@@ -240,10 +240,10 @@ func runServe(args []string, stderr io.Writer) error {
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	users, err := auth.OpenUsers(filepath.Join(c.data, "users"))
-	if err != nil {
-		return fmt.Errorf("users file: %v", err)
-	}
+	// A users file that cannot be used does not stop the server: it serves
+	// what it can and says so (usersExpected, readiness).
+	users := auth.OpenUsersWith(filepath.Join(c.data, "users"),
+		auth.UsersOptions{Expected: usersExpected(mailEntries), Logger: log})
 	for _, w := range users.Warnings() {
 		log.Warn("users file", "problem", w)
 	}
@@ -308,7 +308,7 @@ func runServe(args []string, stderr io.Writer) error {
 
 	var serving atomic.Bool
 	if cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), c.defence.metricsAddr, cfg.Metrics, serving.Load, log)
+		stopMetrics, err := serveMetrics(context.Background(), c.defence.metricsAddr, cfg.Metrics, readiness(&serving, users), log)
 		if err != nil {
 			return err
 		}
@@ -320,6 +320,7 @@ func runServe(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go users.Watch(ctx, usersWatchInterval)
 	// SIGHUP reloads what can change under a running server; sessions stay.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -447,8 +448,8 @@ func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, user
 		failed = append(failed, fmt.Sprintf("kept the old client CAs (%v)", err))
 	}
 	if err := users.Reload(); err != nil {
-		log.Error("reload: keeping the old users file", "err", err)
-		failed = append(failed, fmt.Sprintf("kept the old users file (%v)", err))
+		log.Error("reload: keeping the users loaded before", "err", err)
+		failed = append(failed, fmt.Sprintf("kept the users loaded before (%v)", err))
 	} else {
 		for _, w := range users.Warnings() {
 			log.Warn("users file", "problem", w)

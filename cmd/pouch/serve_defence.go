@@ -15,10 +15,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/days"
 	"github.com/pouchmail/pouch/metrics"
@@ -129,9 +131,40 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 	return closers, nil
 }
 
+// usersWatchInterval is how often pouch serve checks the users file while no
+// lookup does, so that a fault is logged (and /readyz fails) without waiting
+// for mail or a login.
+const usersWatchInterval = 5 * time.Second
+
+// usersExpected reports whether the users file should list users at start,
+// given the entries of the mail directory: it does once a user has had a
+// Maildir (pouch user add makes one), so that a missing or empty users file
+// beside them is a fault, not the first start of a server without users.
+func usersExpected(mailEntries []os.DirEntry) bool {
+	for _, e := range mailEntries {
+		if !strings.HasPrefix(e.Name(), ".") && (e.IsDir() || e.Type()&fs.ModeSymlink != 0) {
+			return true
+		}
+	}
+	return false
+}
+
+// readiness is what /readyz reports: nil while the server serves with a
+// usable users file; otherwise why not. While the users file cannot be used,
+// users it does not list get temporary failures, so a load balancer should
+// prefer another node.
+func readiness(serving *atomic.Bool, users *auth.Users) func() error {
+	return func() error {
+		if !serving.Load() {
+			return errors.New("not serving (starting or shutting down)")
+		}
+		return users.Fault()
+	}
+}
+
 // serveMetrics serves /metrics, /healthz (the process answers) and /readyz
-// (ready says it serves) on addr.
-func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() bool, log *slog.Logger) (stop func(), err error) {
+// (ready returns nil) on addr.
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() error, log *slog.Logger) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen metrics on %s: %v", addr, err)
@@ -142,8 +175,8 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready fu
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
