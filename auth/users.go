@@ -88,7 +88,8 @@ type SourceError struct {
 	Path string
 	// Reason says what is wrong, as in "is missing".
 	Reason string
-	// Err is the system error when reading the file failed, or nil.
+	// Err is the error of opening or reading the file (one that is
+	// fs.ErrNotExist when it is missing), or nil.
 	Err error
 	// Since is when the file became unusable (the start of the episode).
 	Since time.Time
@@ -295,7 +296,7 @@ func load(path string, expect bool) (*database, *SourceError) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		if expect {
-			return nil, &SourceError{Path: path, Reason: "is missing"}
+			return nil, &SourceError{Path: path, Reason: "is missing", Err: err}
 		}
 		return db, nil
 	}
