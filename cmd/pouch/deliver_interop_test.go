@@ -30,6 +30,82 @@ func lmtpTestBinary(t *testing.T) string {
 
 var lmtpListeningRE = regexp.MustCompile(`msg=listening protocol=(\w+) addr=(\S+)`)
 
+// serveProc is a pouch serve process run by a test.
+type serveProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	addrs  map[string]string // protocol → address, from the "listening" log lines
+	exited chan error
+	mu     sync.Mutex
+	logs   strings.Builder
+}
+
+// startServe starts cmd, pouch serve or a shell that runs it, and waits until
+// it listens for each protocol in want. The process is killed when the test
+// ends, unless stop has stopped it.
+func startServe(t *testing.T, cmd *exec.Cmd, want ...string) *serveProc {
+	t.Helper()
+	p := &serveProc{t: t, cmd: cmd, addrs: map[string]string{}, exited: make(chan error, 1)}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	addrs := make(chan [2]string, 8)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.logs.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if m := lmtpListeningRE.FindStringSubmatch(sc.Text()); m != nil {
+				addrs <- [2]string{m[1], m[2]}
+			}
+		}
+		p.exited <- cmd.Wait()
+	}()
+	for _, proto := range want {
+		for p.addrs[proto] == "" {
+			select {
+			case a := <-addrs:
+				p.addrs[a[0]] = a[1]
+			case <-time.After(30 * time.Second):
+				t.Fatalf("pouch serve did not start listening for %s:\n%s", proto, p.logText())
+			}
+		}
+	}
+	return p
+}
+
+// logText returns what the process has logged so far.
+func (p *serveProc) logText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+// stop sends SIGTERM and returns how the process ended.
+func (p *serveProc) stop() error {
+	p.t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		return err
+	case <-time.After(20 * time.Second):
+		p.t.Fatal("pouch serve did not stop after SIGTERM")
+		return nil
+	}
+}
+
 // pouch serve with --lmtp on a Unix socket, as a real process: a message
 // delivered over LMTP is downloaded over POP3, and SIGTERM stops the server
 // and removes the socket.
@@ -43,51 +119,10 @@ func TestServeWithLMTP(t *testing.T) {
 		t.Fatalf("user add: %s", e)
 	}
 	sock := filepath.Join(t.TempDir(), "lmtp.sock")
-	cmd := exec.Command(bin, "serve", "--data", data, "--pop3", "127.0.0.1:0", "--pop3s", "",
-		"--lmtp", "unix:"+sock, "--lmtp-domains", "example.org", "--quota-messages", "5", "--auth-fail-delay", "0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-		}
-	})
-	addrs := make(chan [2]string, 4)
-	var logs strings.Builder
-	var logsMu sync.Mutex
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logsMu.Lock()
-			logs.WriteString(sc.Text() + "\n")
-			logsMu.Unlock()
-			if m := lmtpListeningRE.FindStringSubmatch(sc.Text()); m != nil {
-				addrs <- [2]string{m[1], m[2]}
-			}
-		}
-		exited <- cmd.Wait()
-	}()
-	var pop3Addr string
-	for pop3Addr == "" || !lmtpFileExists(sock) {
-		select {
-		case a := <-addrs:
-			if a[0] == "pop3" {
-				pop3Addr = a[1]
-			}
-		case <-time.After(30 * time.Second):
-			logsMu.Lock()
-			defer logsMu.Unlock()
-			t.Fatalf("pouch serve did not start listening:\n%s", logs.String())
-		}
-	}
+	p := startServe(t, exec.Command(bin, "serve", "--data", data, "--pop3", "127.0.0.1:0", "--pop3s", "",
+		"--lmtp", "unix:"+sock, "--lmtp-domains", "example.org", "--quota-messages", "5", "--auth-fail-delay", "0"),
+		"pop3", "lmtp")
+	pop3Addr := p.addrs["pop3"]
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o660 {
 		t.Fatalf("socket: %v, %v", fi, err)
 	}
@@ -143,22 +178,14 @@ func TestServeWithLMTP(t *testing.T) {
 		t.Errorf("RETR 1 = %q, want %q", got.String(), want)
 	}
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("pouch serve after SIGTERM: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("pouch serve did not stop after SIGTERM")
+	if err := p.stop(); err != nil {
+		t.Errorf("pouch serve after SIGTERM: %v", err)
 	}
 	if lmtpFileExists(sock) {
 		t.Error("the LMTP socket is still there after shutdown")
 	}
-	logsMu.Lock()
-	defer logsMu.Unlock()
-	if !strings.Contains(logs.String(), "msg=delivered") || !strings.Contains(logs.String(), "session=l") {
-		t.Errorf("the delivery is not logged with a session id:\n%s", logs.String())
+	if logs := p.logText(); !strings.Contains(logs, "msg=delivered") || !strings.Contains(logs, "session=l") {
+		t.Errorf("the delivery is not logged with a session id:\n%s", logs)
 	}
 }
 
