@@ -28,6 +28,20 @@ func (u fakeUsers) Known(name string) (bool, error) { _, ok := u[name]; return o
 
 func (u fakeUsers) Fields(name string) map[string]string { return u[name] }
 
+// unsureUsers is a users database whose source cannot confirm one name, as
+// auth.Users cannot while its users file is unusable.
+type unsureUsers struct {
+	fakeUsers
+	unsure string
+}
+
+func (u unsureUsers) Known(name string) (bool, error) {
+	if name == u.unsure {
+		return false, errors.New("the users file is missing")
+	}
+	return u.fakeUsers.Known(name)
+}
+
 // syncBuffer collects log output from several goroutines.
 type syncBuffer struct {
 	mu sync.Mutex

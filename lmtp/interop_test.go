@@ -167,7 +167,10 @@ func TestPostfix(t *testing.T) {
 	if err != nil {
 		skipOrFail(t, "no stock master.cf: %v", err)
 	}
-	e := newEnv(t, func(c *Config) { c.Agent.RecipientDelimiter = "+" }) // pouch serve's default
+	e := newEnv(t, func(c *Config) {
+		c.Agent.RecipientDelimiter = "+" // pouch serve's default
+		c.Agent.Users = unsureUsers{testUsers, "gina"}
+	})
 	// bob's mailbox is full when Postfix verifies him; LMTP accepts him at
 	// RCPT all the same and refuses the message after DATA.
 	if err := e.store.Deliver(context.Background(), "bob", strings.NewReader(strings.Repeat("f", 1024))); err != nil {
@@ -385,6 +388,11 @@ pouch     unix  -       n       n       -       -       pipe
 	if err := c.Rcpt("nobody@example.org", nil); !errors.As(err, &se) || se.Code != 550 {
 		t.Errorf("RCPT of an unknown user through Postfix: %v, want 550", err)
 	}
+	// A recipient that Pouch cannot confirm (its users file is unusable)
+	// is deferred by the probe too: the sender is told to try again.
+	if err := c.Rcpt("gina@example.org", nil); !errors.As(err, &se) || se.Code/100 != 4 {
+		t.Errorf("RCPT of an unconfirmable user through Postfix: %v, want 4xx", err)
+	}
 	c.Reset()
 	submit([]string{"alice@example.org", "carol@example.org"}, body)
 	submit([]string{"bob@example.org"}, "Subject: too big for bob\r\n\r\n"+strings.Repeat("x", 3000)+"\r\n")
@@ -399,10 +407,23 @@ pouch     unix  -       n       n       -       -       pipe
 		"Message-ID: <interop-3@sender.test>\r\n\r\nsorry\r\n"
 	submitFrom("", []string{"frank+news@example.org", "frank+list@pipe.example.org"}, bounce)
 	c.Quit()
+	// From mynetworks, without the probe: Postfix queues the message, and
+	// its LMTP delivery is deferred, not bounced.
+	nc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}).Dial("tcp", "127.0.0.1:"+smtpPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = smtp.NewClient(nc)
+	c.CommandTimeout, c.SubmissionTimeout = 20*time.Second, 20*time.Second
+	if err := c.Hello("client.sender.test"); err != nil {
+		t.Fatalf("EHLO from mynetworks: %v\n%s", err, showLog())
+	}
+	submit([]string{"gina@example.org"}, "Subject: for gina\r\n\r\nlater\r\n")
+	c.Quit()
 
 	// Wait (bounded) for Postfix to report every outcome (not the probes of
 	// address verification, which say status=deliverable).
-	outcome := regexp.MustCompile(`to=<([^>]+)>.*status=(sent|bounced)`)
+	outcome := regexp.MustCompile(`to=<([^>]+)>.*status=(sent|bounced|deferred)`)
 	deadline = time.Now().Add(60 * time.Second)
 	for {
 		done := map[string]bool{}
@@ -412,7 +433,7 @@ pouch     unix  -       n       n       -       -       pipe
 		if done["alice@example.org"] && done["carol@example.org"] && done["bob@example.org"] &&
 			done["dave@sock.example.org"] && done["alice@pipe.example.org"] && done["nobody@pipe.example.org"] &&
 			done["bob@pipe.example.org"] && done["nobody@local.pouch.test"] && done["frank+news@example.org"] &&
-			done["frank+list@pipe.example.org"] {
+			done["frank+list@pipe.example.org"] && done["gina@example.org"] {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -431,6 +452,10 @@ pouch     unix  -       n       n       -       -       pipe
 			strings.Contains(line, "to=<dave@sock.example.org>"), strings.Contains(line, "to=<frank+news@example.org>"):
 			if !strings.Contains(line, "status=sent") || !strings.Contains(line, "250 2.0.0") {
 				t.Errorf("postfix: %s", line)
+			}
+		case strings.Contains(line, "to=<gina@example.org>"):
+			if !strings.Contains(line, "status=deferred") || !strings.Contains(line, "451 4.3.0") {
+				t.Errorf("postfix, unconfirmable user: %s", line)
 			}
 		case strings.Contains(line, "to=<bob@example.org>"):
 			if !strings.Contains(line, "status=bounced") || !strings.Contains(line, "552 5.2.2") {
