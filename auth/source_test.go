@@ -8,33 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
-// lockedBuffer is a log destination for a logger used from several
-// goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// count returns how many log lines have level and contain msg.
-func (l *lockedBuffer) count(level, msg string) int {
+// count returns how many lines of the log have level and contain msg.
+func count(log *bytes.Buffer, level, msg string) int {
 	n := 0
-	for _, line := range strings.Split(l.String(), "\n") {
+	for _, line := range strings.Split(log.String(), "\n") {
 		if strings.Contains(line, "level="+level) && strings.Contains(line, msg) {
 			n++
 		}
@@ -42,8 +22,9 @@ func (l *lockedBuffer) count(level, msg string) int {
 	return n
 }
 
-func testLogger() (*slog.Logger, *lockedBuffer) {
-	var b lockedBuffer
+// testLogger logs, from one goroutine, into the returned buffer.
+func testLogger() (*slog.Logger, *bytes.Buffer) {
+	var b bytes.Buffer
 	return slog.New(slog.NewTextHandler(&b, nil)), &b
 }
 
@@ -130,7 +111,7 @@ func TestUsersFileFaultsKeepTheLastGoodList(t *testing.T) {
 					t.Errorf("Reload() = %v, want the fault", err)
 				}
 			}
-			if n := logs.count("ERROR", "users file unusable"); n != 1 {
+			if n := count(logs, "ERROR", "users file unusable"); n != 1 {
 				t.Errorf("%d ERROR lines for one episode, want 1:\n%s", n, logs)
 			}
 			if strings.Contains(tc.name, "directory") {
@@ -147,7 +128,7 @@ func TestUsersFileFaultsKeepTheLastGoodList(t *testing.T) {
 			if known, err := u.Known("zed"); known || err != nil {
 				t.Errorf("Known(zed) after repair = %v, %v; want false, nil", known, err)
 			}
-			if n := logs.count("INFO", "users file usable again"); n != 1 {
+			if n := count(logs, "INFO", "users file usable again"); n != 1 {
 				t.Errorf("%d INFO lines for the recovery, want 1:\n%s", n, logs)
 			}
 		})
@@ -199,7 +180,7 @@ func TestFirstStartIsNoFault(t *testing.T) {
 	if err := u.Fault(); err != nil {
 		t.Fatalf("removed after it had no users: %v", err)
 	}
-	if logs.count("ERROR", "") != 1 || logs.count("INFO", "usable again") != 1 {
+	if count(logs, "ERROR", "") != 1 || count(logs, "INFO", "usable again") != 1 {
 		t.Errorf("want one ERROR and one INFO:\n%s", logs)
 	}
 }
@@ -283,7 +264,7 @@ func TestFaultReasonChangeIsOneEpisode(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "is damaged") {
 		t.Fatalf("Fault() = %v", err)
 	}
-	if logs.count("ERROR", "") != 1 || logs.count("WARN", "still unusable") != 1 {
+	if count(logs, "ERROR", "") != 1 || count(logs, "WARN", "still unusable") != 1 {
 		t.Errorf("want one ERROR and one WARN:\n%s", logs)
 	}
 }
