@@ -27,8 +27,9 @@ import (
 // unreadable or damaged (see SourceError for when each counts), the users of
 // the last usable version stay in use, Known says that any other name cannot
 // be confirmed, and Fault says why. An atomic replacement (a new file renamed
-// over it, as the administration functions and most editors write it) is
-// never seen as missing.
+// over it, as the administration functions write it) is never seen missing;
+// a file rewritten in place may be seen empty for a moment, which is then a
+// fault like any other.
 //
 // Users are known by their names as NormalizeName gives them, whatever form
 // their lines have: lookups take normalized names.
@@ -63,7 +64,7 @@ type database struct {
 	usable bool
 	// fault, when not nil, is why the file as it is now cannot be used;
 	// users are then those of the last usable version (or the best there
-	// was: see keep).
+	// was: see loadLocked).
 	fault *SourceError
 	// faultStamp is the stamp of the version that fault describes: it is
 	// not read again until it changes.
