@@ -295,8 +295,8 @@ func (l *listener) Accept() (net.Conn, error) {
 			return nil, net.ErrClosed
 		}
 		if max := srv.cfg.MaxConnections; max > 0 && len(srv.conns) >= max {
-			srv.refuseLocked(c)
 			srv.mu.Unlock()
+			srv.refuse(c)
 			continue
 		}
 		tc := &conn{Conn: c, srv: srv}
@@ -306,21 +306,25 @@ func (l *listener) Accept() (net.Conn, error) {
 	}
 }
 
-// refuseLocked answers a connection over MaxConnections and closes it: 421
-// before the greeting (RFC 5321 §3.1), 4.3.2 "system not accepting network
+// refuse answers a connection over MaxConnections and closes it: 421 before
+// the greeting (RFC 5321 §3.1), 4.3.2 "system not accepting network
 // messages" (RFC 3463 §3.4), so that the MTA tries again later. The write
 // goes into an empty socket buffer and does not wait; the deadline is only a
 // bound. Refusals are logged once a minute at most, with their number.
-// Called with s.mu held.
-func (s *Server) refuseLocked(c net.Conn) {
+func (s *Server) refuse(c net.Conn) {
 	c.SetWriteDeadline(time.Now().Add(time.Second))
 	fmt.Fprintf(c, "421 4.3.2 %s Too many connections, try again later\r\n", s.cfg.Hostname)
 	c.Close()
+	s.mu.Lock()
 	s.refused++
-	if time.Since(s.refusedLog) >= time.Minute {
-		s.log.Warn("lmtp: connections refused: too many at once", "protocol", "lmtp",
-			"limit", s.cfg.MaxConnections, "refused", s.refused)
+	n, log := s.refused, time.Since(s.refusedLog) >= time.Minute
+	if log {
 		s.refused, s.refusedLog = 0, time.Now()
+	}
+	s.mu.Unlock()
+	if log {
+		s.log.Warn("lmtp: connections refused: too many at once", "protocol", "lmtp",
+			"limit", s.cfg.MaxConnections, "refused", n)
 	}
 }
 
