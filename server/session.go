@@ -957,7 +957,7 @@ func (s *session) send(i, lines int, text string) bool {
 		send = s.fileSender(int(f.Fd()))
 	}
 	pool := &copyBufs
-	if lines < 0 && s.msgs[i].Size >= bigMessage {
+	if lines < 0 && s.msgs[i].Size >= bigMessage && s.tls == nil {
 		pool = &bigCopyBufs
 	}
 	bufp := pool.Get().(*[]byte)
@@ -979,8 +979,11 @@ func (s *session) send(i, lines int, text string) bool {
 
 // copyBufs are WriteBody's work buffers: 128 KiB file reads, converted in
 // place into writes of up to 256 KiB. Messages of bigMessage octets or more
-// get 1 MiB buffers from bigCopyBufs: half as many system calls again, for
-// less server CPU per octet.
+// sent on plain TCP get 1 MiB buffers from bigCopyBufs: half as many system
+// calls again, for less server CPU per octet. Over TLS they do not: TLS
+// cuts every write into records of 16 KiB, each written on its own, so a
+// bigger buffer saves only file reads, while a session whose client stops
+// reading holds its buffer as long as it waits.
 var (
 	copyBufs    = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 	bigCopyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
