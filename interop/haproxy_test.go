@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ frontend pop3
     bind %s
     default_backend pouch_pop3
 backend pouch_pop3
-    server pouch %s send-proxy-v2
+    server pouch %s send-proxy-v2 check inter 200ms
 frontend pop3s
     bind %s
     default_backend pouch_pop3s
@@ -96,10 +97,11 @@ func dialFrom(t *testing.T, ip, addr string) (net.Conn, *bufio.Reader) {
 // Behind haproxy with send-proxy-v2, Pouch sees each client's own address:
 // a client on 127.0.0.2 guessing passwords is banned by its address, while a
 // client on 127.0.0.3 through the same haproxy logs in, on both ports, and
-// the logs name the clients, not haproxy.
+// the logs name the clients, not haproxy; haproxy's health checks are
+// served as its own connections.
 func TestHAProxySendsClientAddresses(t *testing.T) {
 	data := newData(t)
-	s := startServerArgs(t, data, []string{"--proxy-networks", "127.0.0.1/32", "--ban-after", "3"})
+	s := startServerArgs(t, data, []string{"--proxy-networks", "127.0.0.1/32", "--ban-after", "3", "--log-level", "debug"})
 	front, frontTLS := startHAProxy(t, s)
 
 	banned := false
@@ -162,6 +164,12 @@ func TestHAProxySendsClientAddresses(t *testing.T) {
 		t.Errorf("ban list:\n%s\nwant 127.0.0.2 alone", bans)
 	}
 	log := s.logText()
+	// haproxy's health checks send a LOCAL header: served as the
+	// balancer's own connections, never refused.
+	if strings.Contains(log, "bad PROXY protocol header") || !strings.Contains(log, "msg=connected session=") ||
+		!regexp.MustCompile(`msg=connected session=\S+ remote=127\.0\.0\.1:\d+ via=127\.0\.0\.1:`).MatchString(log) {
+		t.Errorf("haproxy's health checks were not served as its own connections:\n%s", log)
+	}
 	for _, want := range []string{`msg="authentication failed"`, `ip=127.0.0.2 user=guess0`, `remote=127.0.0.3:`, `msg=login`, `user=alice`, `user=bob`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("server log lacks %q:\n%s", want, log)
@@ -171,5 +179,64 @@ func TestHAProxySendsClientAddresses(t *testing.T) {
 		if strings.Contains(l, "msg=login ") && !strings.Contains(l, "remote=127.0.0.3:") {
 			t.Errorf("a login not logged with the client's address: %s", l)
 		}
+	}
+}
+
+var lmtpListenRE = regexp.MustCompile(`msg=listening protocol=lmtp addr=(\S+)`)
+
+// LMTP's TCP listener takes the PROXY protocol from the balancers'
+// networks like the POP3 ones: the client's address is the session's, and a
+// header from elsewhere closes the connection.
+func TestLMTPProxyHeader(t *testing.T) {
+	data := newData(t)
+	s := startServerArgs(t, data, []string{"--proxy-networks", "127.0.0.1/32", "--lmtp", "127.0.0.1:0", "--log-level", "debug"})
+	var addr string
+	for deadline := time.Now().Add(20 * time.Second); addr == ""; {
+		if m := lmtpListenRE.FindStringSubmatch(s.logText()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("LMTP does not listen:\n%s", s.logText())
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	c, r := dialFrom(t, "127.0.0.1", addr)
+	fmt.Fprintf(c, "PROXY TCP4 192.0.2.9 127.0.0.1 1234 24\r\nLHLO client.example\r\nQUIT\r\n")
+	var got []string
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		got = append(got, strings.TrimSpace(l))
+	}
+	if len(got) < 3 || !strings.HasPrefix(got[0], "220 ") || !strings.HasPrefix(got[1], "250") || !strings.HasPrefix(got[len(got)-1], "221 ") {
+		t.Errorf("LMTP through a PROXY header: %q", got)
+	}
+	c, r = dialFrom(t, "127.0.0.2", addr)
+	fmt.Fprintf(c, "PROXY TCP4 192.0.2.9 127.0.0.1 1234 24\r\nLHLO client.example\r\n")
+	got = nil
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		got = append(got, strings.TrimSpace(l))
+	}
+	// go-smtp says 421 when a read fails, and closes.
+	if len(got) != 2 || !strings.HasPrefix(got[0], "220 ") || !strings.HasPrefix(got[1], "421 ") {
+		t.Errorf("a PROXY header from an untrusted address: LMTP answered %q, want the greeting, 421 and the connection closed", got)
+	}
+	log := s.logText()
+	if !strings.Contains(log, "remote=192.0.2.9:1234") {
+		t.Errorf("the LMTP session does not have the client's address:\n%s", log)
+	}
+	// Logged as the connection ends, maybe after the client saw it close.
+	refusal := regexp.MustCompile(`127\.0\.0\.2:\d+: PROXY protocol header from an address not trusted to send one`)
+	for deadline := time.Now().Add(10 * time.Second); !refusal.MatchString(log); log = s.logText() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused header is not logged:\n%s", log)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
