@@ -26,11 +26,7 @@ import (
 // client ends of the connections live in the same process; their share
 // (a tls.Conn that reads nothing) is included.
 func BenchmarkStalledTLSRETRMemory(b *testing.B) {
-	users := map[string]string{}
-	for i := range b.N {
-		users[fmt.Sprintf("u%d", i)] = "pw"
-	}
-	ts, l := newBenchTLSServer(b, func(c *Config) { c.Auth = fakeAuth{users: users} })
+	ts, l := newBenchTLSServer(b, func(c *Config) { c.Auth = benchUsers(b.N) })
 	// One 4 MiB message, linked into every maildrop.
 	line := strings.Repeat("abcdefghi ", 7) + "abcdefg\n"
 	msg := "Subject: big\n\n" + strings.Repeat(line, (4<<20)/len(line))
@@ -51,25 +47,10 @@ func BenchmarkStalledTLSRETRMemory(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
 	rss0 := rss(b)
-	conns := make([]net.Conn, 0, b.N)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
 	for i := range b.N {
-		c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns = append(conns, c)
-		r := bufio.NewReader(c)
-		fmt.Fprintf(c, "USER u%d\r\nPASS pw\r\n", i)
-		for range 3 {
-			if l, err := r.ReadString('\n'); err != nil || l[0] != '+' {
-				b.Fatalf("%q %v", l, err)
-			}
-		}
+		c := loginAs(b, i, func() (net.Conn, error) {
+			return tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		})
 		fmt.Fprintf(c, "RETR 1\r\n") // and read no more
 	}
 	// Stalled: no session has sent anything for 200 ms.
