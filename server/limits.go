@@ -109,8 +109,9 @@ func (s *session) shedNow() {
 }
 
 // startCheck marks the session as having its credentials checked, which
-// shedding passes over, until the command ends (endCheck). It reports false
-// when the session was shed meanwhile; it then ends.
+// shedding passes over, until the command ends or a SASL exchange waits for
+// the client again (endCheck). It reports false when the session was shed
+// meanwhile; it then ends.
 func (s *session) startCheck() bool {
 	s.srv.mu.Lock()
 	defer s.srv.mu.Unlock()

@@ -176,3 +176,17 @@ func TestShedDuringHandshakeSendsNothing(t *testing.T) {
 		t.Fatalf("the shed connection got %q (%v); want it closed unanswered", b[:n], err)
 	}
 }
+
+// A session whose credentials were checked and that waits for the client
+// again (here after OAUTHBEARER's error challenge) may be shed like any
+// other: a stalled exchange holds no place that shedding passes over.
+func TestShedAfterTheCheck(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", func(c *Config) { c.MaxPreLogin = 1 })
+	a := ts.dialTLS(t, nil)
+	a.expect(`\+OK Pouch ready\.`)
+	a.send("AUTH OAUTHBEARER " + bearerAs("alice", "bad") + "\r\n")
+	a.expect(`\+ .*`)
+	b := ts.dialTLS(t, nil)
+	b.expect(`\+OK Pouch ready\.`)
+	a.expect(`-ERR \[SYS/TEMP\] too many connections waiting to log in; try again`)
+}
