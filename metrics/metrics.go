@@ -38,7 +38,7 @@ func New() *Metrics {
 			Help: `Accepted POP3 connections, by how they arrived: tls="yes" on the POP3S (implicit TLS) port, tls="no" on the POP3 port, even when they go on with STLS.`,
 		}, []string{"tls"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pouch_connections_refused_total", Help: `Connections refused at connect, by reason: "banned", "denied" (access rules) or "limit".`,
+			Name: "pouch_connections_refused_total", Help: `Connections refused at connect, by reason: "banned", "denied" (access rules), "limit", "proxy" (a missing, malformed or unwanted PROXY protocol header), or closed to make room for new ones before they logged in ("shed").`,
 		}, []string{"reason"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pouch_logins_total",
@@ -104,7 +104,7 @@ func (m *Metrics) SessionEnded(tls bool) {
 }
 
 // Refused counts a connection refused at connect ("banned", "denied",
-// "limit").
+// "limit", "proxy"), or closed before login to make room ("shed").
 func (m *Metrics) Refused(reason string) {
 	if m == nil {
 		return

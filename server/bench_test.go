@@ -106,39 +106,45 @@ func BenchmarkRETRLarge(b *testing.B) {
 // of the connections lives in the same process; its share (a net.Conn and a
 // 4 KiB read buffer) is included.
 func BenchmarkIdleSessionMemory(b *testing.B) {
-	users := map[string]string{}
-	for i := range b.N {
-		users[fmt.Sprintf("u%d", i)] = "pw"
-	}
-	ts := newTestServer(b, func(c *Config) { c.Auth = fakeAuth{users: users} })
+	ts := newTestServer(b, func(c *Config) { c.Auth = benchUsers(b.N) })
 	var ms0, ms1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
-	conns := make([]net.Conn, 0, b.N)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
 	for i := range b.N {
-		c, err := net.Dial("tcp", ts.addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns = append(conns, c)
-		r := bufio.NewReader(c)
-		fmt.Fprintf(c, "USER u%d\r\nPASS pw\r\n", i)
-		for range 3 {
-			if l, err := r.ReadString('\n'); err != nil || l[0] != '+' {
-				b.Fatalf("%q %v", l, err)
-			}
-		}
+		loginAs(b, i, func() (net.Conn, error) { return net.Dial("tcp", ts.addr) })
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&ms1)
 	n := float64(b.N)
 	b.ReportMetric(float64(ms1.HeapInuse-ms0.HeapInuse)/n, "heap-B/session")
 	b.ReportMetric(float64(ms1.StackInuse-ms0.StackInuse)/n, "stack-B/session")
+}
+
+// benchUsers has the users u0 … u(n-1), password "pw".
+func benchUsers(n int) fakeAuth {
+	users := map[string]string{}
+	for i := range n {
+		users[fmt.Sprintf("u%d", i)] = "pw"
+	}
+	return fakeAuth{users: users}
+}
+
+// loginAs logs in as user ui on a connection made by dial, which is closed
+// when the benchmark ends, and returns it.
+func loginAs(b *testing.B, i int, dial func() (net.Conn, error)) net.Conn {
+	c, err := dial()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	r := bufio.NewReader(c)
+	fmt.Fprintf(c, "USER u%d\r\nPASS pw\r\n", i)
+	for range 3 {
+		if l, err := r.ReadString('\n'); err != nil || l[0] != '+' {
+			b.Fatalf("%q %v", l, err)
+		}
+	}
+	return c
 }
 
 // genMessage streams a message of about size octets like bench/gendata.py's:

@@ -72,13 +72,7 @@ func (s *Server) admit(ip netip.Addr) (reply, reason string) {
 			return "-ERR [SYS/PERM] access denied", "denied"
 		}
 	}
-	if max := s.cfg.MaxConnections; max > 0 && len(s.sessions) >= max {
-		return "-ERR [SYS/TEMP] too many connections; try again later", "limit"
-	}
-	if max := s.cfg.MaxConnectionsPerIP; max > 0 && ip.IsValid() && s.perIP[guard.Source(ip)] >= max {
-		return "-ERR [SYS/TEMP] too many connections from your address", "limit"
-	}
-	return "", ""
+	return s.admitLimits(ip)
 }
 
 // refuse answers a refused connection and closes it, without holding up the
@@ -111,6 +105,9 @@ func (s *session) fields(user string) map[string]string {
 // (AuthFailDelay) counts from the end of this wait, so the guard's delay
 // adds to it.
 func (s *session) throttle() bool {
+	if !s.startCheck() {
+		return false
+	}
 	if g := s.srv.cfg.Guard; g != nil && s.ip.IsValid() {
 		ctx := s.ctx
 		if !s.dc.notAfter.IsZero() {

@@ -192,6 +192,9 @@ func TestLoginDelay(t *testing.T) {
 	}
 }
 
+// The per-address limit refuses; the total makes room by closing the
+// oldest connection not logged in, and refuses only when every session is
+// logged in.
 func TestConnectionLimits(t *testing.T) {
 	ts := newTestServer(t, func(c *Config) {
 		c.MaxConnections = 3
@@ -206,13 +209,39 @@ func TestConnectionLimits(t *testing.T) {
 	d := ts.dialFrom(t, "127.0.0.3")
 	d.expect(`\+OK.*`)
 	e := ts.dialFrom(t, "127.0.0.4")
-	e.expect(`-ERR \[SYS/TEMP\] too many connections; try again later`)
-	a.send("QUIT\r\n")
-	a.expect(`\+OK.*`)
+	e.expect(`\+OK.*`)
+	// a, the oldest not logged in, made room for e.
+	a.expect(`-ERR \[SYS/TEMP\] too many connections waiting to log in; try again`)
 	a.closed()
-	waitSessions(t, ts.srv, 2)
-	f := ts.dialFrom(t, "127.0.0.2")
+	waitSessions(t, ts.srv, 3)
+	for _, c := range []*client{b, d, e} {
+		c.send("USER alice\r\nPASS secret\r\n")
+		c.expect(`\+OK send PASS`)
+		c.expect(`\+OK maildrop has .*|-ERR \[IN-USE\].*`)
+	}
+	// b holds the maildrop; d and e are refused IN-USE but stay
+	// connected, not logged in: they are shed for f and g.
+	f := ts.dialFrom(t, "127.0.0.5")
 	f.expect(`\+OK.*`)
+	g := ts.dialFrom(t, "127.0.0.5")
+	g.expect(`\+OK.*`)
+	d.expect(`-ERR \[SYS/TEMP\] too many connections waiting to log in; try again`)
+	e.expect(`-ERR \[SYS/TEMP\] too many connections waiting to log in; try again`)
+	f.send("USER bob\r\nPASS pass word with spaces\r\n")
+	f.expect(`\+OK send PASS`)
+	f.expect(`\+OK maildrop has .*`)
+	g.send("USER carol\r\nPASS c\r\n")
+	g.expect(`\+OK send PASS`)
+	g.expect(`\+OK maildrop has .*`)
+	// Three sessions logged in: nothing to shed, the next is refused.
+	h := ts.dialFrom(t, "127.0.0.6")
+	h.expect(`-ERR \[SYS/TEMP\] too many connections; try again later`)
+	b.send("QUIT\r\n")
+	b.expect(`\+OK.*`)
+	b.closed()
+	waitSessions(t, ts.srv, 2)
+	i := ts.dialFrom(t, "127.0.0.2")
+	i.expect(`\+OK.*`)
 }
 
 func TestSlowlorisCannotHoldASlot(t *testing.T) {

@@ -218,6 +218,10 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 			// a failed login, as -ERR [AUTH] does.
 			s.failDelay()
 		}
+		// Waiting for the client again, the session may be shed for room
+		// (shedOldest) like any other not logged in: a client that stalls
+		// the exchange after its check holds no protected place.
+		s.endCheck()
 		if s.w.Continue(base64.StdEncoding.EncodeToString(challenge)) != nil || s.w.Flush() != nil {
 			s.state = stateDone
 			s.countFailure(&res, method)

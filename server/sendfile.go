@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/pouchmail/pouch/internal/proxied"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -89,6 +90,8 @@ func plainTCP(c net.Conn) (*net.TCPConn, func(int64)) {
 		case countingConn:
 			count = func(n int64) { v.v.bytesOut.Add(n) }
 			c = v.Conn
+		case *proxied.Conn:
+			c = v.NetConn() // only writes bypass it
 		case *net.TCPConn:
 			return v, count
 		default:

@@ -7,6 +7,7 @@
 package server
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/proxied"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/store"
 )
@@ -93,6 +95,19 @@ type Config struct {
 	MaxConnections      int
 	MaxConnectionsPerIP int
 	MaxSessionsPerUser  int
+	// MaxPreLogin bounds the connections not logged in yet (0: no limit
+	// but MaxConnections). When it, or MaxConnections, is reached, a new
+	// connection closes the oldest of them that is not having its
+	// credentials checked, so that a flood of connections that never log
+	// in cannot keep a user out; logged-in sessions are never closed for
+	// room.
+	MaxPreLogin int
+	// ProxyNetworks are the load balancers' networks: a connection from
+	// them must start with a PROXY protocol header (v1 or v2), whose client
+	// address then stands for the connection's everywhere (limits, guard,
+	// rules, InsecureAuthNetworks, logs, audit); a header from any other
+	// address closes the connection. Nil: no header is read from anyone.
+	ProxyNetworks []netip.Prefix
 	// LoginDelay is the LOGIN-DELAY of RFC 2449 §6.5 for users without one
 	// of their own (0: none).
 	LoginDelay time.Duration
@@ -139,6 +154,10 @@ type Server struct {
 	fakeKey   []byte // keys the made-up SCRAM salts of unknown users
 
 	perIP        map[netip.Prefix]int // open sessions per source (address, or IPv6 /64)
+	preLogin     list.List            // *session not logged in (nor shed), oldest first
+	preIP        map[netip.Prefix]int // sessions in preLogin per source
+	loggedIn     int                  // sessions logged in
+	sheds        notice               // log lines about shed connections, at most one a minute
 	userSessions map[string]int       // logged-in sessions per user
 	lastLogin    map[string]time.Time // for LOGIN-DELAY
 }
@@ -189,6 +208,7 @@ func New(cfg Config) *Server {
 		fakeKey:   cfg.SecretKey,
 
 		perIP:        make(map[netip.Prefix]int),
+		preIP:        make(map[netip.Prefix]int),
 		userSessions: make(map[string]int),
 		lastLogin:    make(map[string]time.Time),
 	}
@@ -236,6 +256,7 @@ func (s *Server) ServeTLS(l net.Listener) error {
 }
 
 func (s *Server) serve(l net.Listener, implicitTLS bool) error {
+	l = proxied.Listen(l, proxied.Config{Networks: s.cfg.ProxyNetworks, Timeout: s.cfg.PreLoginTimeout, Refused: s.proxyRefused})
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -300,7 +321,9 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 	sess := newSession(s, c, implicitTLS)
 	sess.ip = ip
 	s.sessions[sess] = struct{}{}
-	s.perIP[guard.Source(ip)]++
+	sess.src = guard.Source(ip)
+	s.addPreLogin(sess)
+	s.perIP[sess.src]++
 	s.wg.Add(1)
 	s.cfg.Metrics.SessionStarted(implicitTLS)
 	go func() {
@@ -311,6 +334,10 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		s.cfg.Metrics.SessionEnded(implicitTLS || sess.tls != nil) // or upgraded by STLS
 		s.mu.Lock()
 		delete(s.sessions, sess)
+		s.notPreLogin(sess)
+		if sess.counted {
+			s.loggedIn--
+		}
 		if src := guard.Source(ip); s.perIP[src] <= 1 {
 			delete(s.perIP, src)
 		} else {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"crypto/md5"
 	"crypto/rand"
@@ -55,6 +56,7 @@ type session struct {
 
 	implicitTLS bool
 	ip          netip.Addr           // the client's address
+	src         netip.Prefix         // its source, as the limits and the guard count
 	stream      net.Conn             // the connection as read and written: TLS or not
 	tls         *tls.ConnectionState // nil before TLS
 	localCert   *tls.Certificate     // the certificate the server picked in a full handshake
@@ -81,6 +83,15 @@ type session struct {
 
 	op operatorView // what Server.Who and Server.Kick read (operator.go)
 
+	// Guarded by srv.mu: the session's place among those not logged in
+	// (nil once logged in or shed), whether its credentials are being
+	// checked (shedding passes it over), and whether it counts as logged in.
+	pre      *list.Element
+	checking bool
+	counted  bool
+	// shed is set when the session was closed to make room (shedNow).
+	shed atomic.Bool
+
 	closeOnce sync.Once
 	tlsConn   atomic.Pointer[tls.Conn] // set once TLS is up, for abort
 }
@@ -95,8 +106,14 @@ func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
 		implicitTLS: implicitTLS,
 		log:         s.log.With("session", id, "remote", remote),
 	}
+	if p, ok := c.(interface{ Proxy() net.Addr }); ok && p.Proxy() != nil {
+		sess.log = sess.log.With("via", p.Proxy().String()) // the load balancer
+	}
 	sess.ctx, sess.cancel = context.WithCancel(context.Background())
 	sess.op.remote, sess.op.since = remote, time.Now()
+	// Made here, before the session's goroutine starts, so that shedNow
+	// can reach it from the accept loop.
+	sess.dc = &deadlineConn{Conn: countingConn{c, &sess.op}, timeout: s.cfg.PreLoginTimeout, notAfter: time.Now().Add(s.cfg.PreLoginTimeout)}
 	return sess
 }
 
@@ -219,7 +236,6 @@ func (s *session) run() {
 		}
 		s.finish()
 	}()
-	s.dc = &deadlineConn{Conn: countingConn{s.conn, &s.op}, timeout: s.srv.cfg.PreLoginTimeout, notAfter: time.Now().Add(s.srv.cfg.PreLoginTimeout)}
 	s.trusted = s.srv.trusted(s.conn.RemoteAddr())
 	s.setStream(s.dc)
 	if s.implicitTLS && !s.startTLS() {
@@ -251,6 +267,7 @@ func (s *session) run() {
 				return // even a command already buffered: nothing is committed
 			}
 			s.dispatch(line)
+			s.endCheck()
 		}
 		// PIPELINING (RFC 2449 §6.6): replies go out in order; flush only when
 		// no further command is already waiting.
@@ -278,11 +295,17 @@ func (s *session) setStream(rw net.Conn) {
 // when the handshake fails; the session then ends.
 func (s *session) startTLS() bool {
 	tc := tls.Server(s.dc, s.tlsConfig())
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.PreLoginTimeout)
+	// Ended by the pre-login timeout, or at once by an abort or a shed.
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.cfg.PreLoginTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		s.log.Info("TLS handshake failed", "err", err)
+		switch {
+		case s.shed.Load():
+			s.log.Debug("closed to make room during the TLS handshake: the oldest connection not logged in")
+		case !s.untrustedHeader(err):
+			s.log.Info("TLS handshake failed", "err", err)
+		}
 		return false
 	}
 	state := tc.ConnectionState()
@@ -436,6 +459,9 @@ func (s *session) cleartextAllowed() bool {
 func (s *session) readFailed(err error) {
 	var ne net.Error
 	switch {
+	case s.shed.Load():
+		s.shedGoodbye()
+	case s.untrustedHeader(err):
 	case errors.As(err, &ne) && ne.Timeout():
 		s.log.Info("autologout: idle timeout", "user", s.mailbox)
 		s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
@@ -775,6 +801,7 @@ func (s *session) login(user, method string, ok bool) {
 	s.srv.mu.Lock()
 	s.srv.userSessions[user]++
 	s.srv.lastLogin[user] = time.Now()
+	s.loggedInLocked()
 	s.op.user = user
 	s.srv.mu.Unlock()
 	var size int64
@@ -930,7 +957,7 @@ func (s *session) send(i, lines int, text string) bool {
 		send = s.fileSender(int(f.Fd()))
 	}
 	pool := &copyBufs
-	if lines < 0 && s.msgs[i].Size >= bigMessage {
+	if lines < 0 && s.msgs[i].Size >= bigMessage && s.tls == nil {
 		pool = &bigCopyBufs
 	}
 	bufp := pool.Get().(*[]byte)
@@ -952,8 +979,11 @@ func (s *session) send(i, lines int, text string) bool {
 
 // copyBufs are WriteBody's work buffers: 128 KiB file reads, converted in
 // place into writes of up to 256 KiB. Messages of bigMessage octets or more
-// get 1 MiB buffers from bigCopyBufs: half as many system calls again, for
-// less server CPU per octet.
+// sent on plain TCP get 1 MiB buffers from bigCopyBufs: half as many system
+// calls again, for less server CPU per octet. Over TLS they do not: TLS
+// cuts every write into records of 16 KiB, each written on its own, so a
+// bigger buffer saves only file reads, while a session whose client stops
+// reading holds its buffer as long as it waits.
 var (
 	copyBufs    = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 	bigCopyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/tlsutil"
 	"github.com/pouchmail/pouch/server"
 )
@@ -63,6 +64,14 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	}
 	if w := idleTimeoutWarning(c.idleTimeout); w != "" {
 		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	if _, err := guard.ParseNets(c.proxyNets); err != nil {
+		bad("proxy-networks", err)
+	}
+	if limit, err := hardFDLimit(); err == nil {
+		if w := fdBudgetWarning(limit, fdCaps(c)); w != "" {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
+		}
 	}
 	if fi, err := os.Stat(c.data); errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(stderr, "note: %s does not exist yet; pouch serve will create it\n", c.data)

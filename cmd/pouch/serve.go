@@ -47,6 +47,7 @@ type serveConfig struct {
 	authFailDelay   time.Duration
 	maxBadCommands  int
 	insecureNets    string
+	proxyNets       string
 	clientCA        string
 	oauthIssuer     string
 	oauthAudience   string
@@ -85,6 +86,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.authFailDelay, "auth-fail-delay", 2*time.Second, "wait this `long` before answering a failed login")
 	fs.IntVar(&c.maxBadCommands, "max-bad-commands", 10, "disconnect after this `many` bad commands")
 	fs.StringVar(&c.insecureNets, "insecure-auth-networks", "127.0.0.0/8,::1/128", "`networks` (CIDR, comma-separated) allowed to send passwords without TLS; empty: none")
+	fs.StringVar(&c.proxyNets, "proxy-networks", "", "load balancers' `networks` (CIDR, comma-separated) that must start every connection with a PROXY protocol header (v1 or v2) on the POP3, POP3S and LMTP ports; from anywhere else a header is refused; empty: none")
 	fs.StringVar(&c.clientCA, "tls-client-ca", "", "CA certificates `file` (PEM) for client certificates: enables SASL EXTERNAL")
 	fs.StringVar(&c.oauthIssuer, "oauth-issuer", "", "OAuth 2.0 token `issuer` (the iss claim): enables OAUTHBEARER and XOAUTH2")
 	fs.StringVar(&c.oauthAudience, "oauth-audience", "", "`audience` that tokens must be meant for (one of the aud claim)")
@@ -178,6 +180,11 @@ func runServe(args []string, stderr io.Writer) error {
 	if w := idleTimeoutWarning(c.idleTimeout); w != "" {
 		log.Warn(w)
 	}
+	proxyNets, err := parseProxyNetworks(c.proxyNets)
+	if err != nil {
+		return err
+	}
+	checkFDBudget(c, log)
 	activated := systemdListeners()
 	if c.pop3 == "" && c.pop3s == "" && c.lmtp.addr == "" && len(activated) == 0 {
 		return usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve")
@@ -282,6 +289,7 @@ func runServe(args []string, stderr io.Writer) error {
 		}
 		cfg.InsecureAuthNetworks = append(cfg.InsecureAuthNetworks, p)
 	}
+	cfg.ProxyNetworks = proxyNets
 	certs, err := setupTLS(c, hostname, log, &cfg)
 	if err != nil {
 		return err
@@ -318,6 +326,7 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	proxiedLMTP(lmtpSvc, c, proxyNets, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go users.Watch(ctx, usersWatchInterval)

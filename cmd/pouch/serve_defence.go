@@ -39,6 +39,7 @@ type defenceSettings struct {
 	denyCountry     string
 	maxConns        int
 	maxConnsPerIP   int
+	maxPreLogin     int
 	maxPerUser      int
 	loginDelay      time.Duration
 	passwordMaxAge  string
@@ -58,7 +59,8 @@ func (d *defenceSettings) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.allowCountry, "allow-country", "", "admit only these `countries` (ISO codes, comma-separated)")
 	fs.StringVar(&d.denyCountry, "deny-country", "", "refuse these `countries` (ISO codes, comma-separated)")
 	fs.IntVar(&d.maxConns, "max-connections", 1000, "most POP3 connections at once (0: no limit)")
-	fs.IntVar(&d.maxConnsPerIP, "max-connections-per-ip", 20, "most POP3 connections at once from one address (0: no limit)")
+	fs.IntVar(&d.maxConnsPerIP, "max-connections-per-ip", 100, "most POP3 connections at once from one address, or IPv6 /64 (0: no limit)")
+	fs.IntVar(&d.maxPreLogin, "max-prelogin-connections", 250, "most POP3 connections not logged in at once; past it, or --max-connections, the oldest of them is closed for a new one (0: no limit but --max-connections)")
 	fs.IntVar(&d.maxPerUser, "max-sessions-per-user", 0, "most logged-in sessions per user (0: no limit beyond the maildrop lock)")
 	fs.DurationVar(&d.loginDelay, "login-delay", 0, "LOGIN-DELAY: least `time` between two logins of a user (RFC 2449; the login_delay field overrides)")
 	fs.StringVar(&d.passwordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
@@ -106,6 +108,7 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 	}
 	closers = append(closers, cfg.Rules.Close)
 	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = d.maxConns, d.maxConnsPerIP, d.maxPerUser
+	cfg.MaxPreLogin = d.maxPreLogin
 	cfg.LoginDelay = d.loginDelay
 	if d.passwordMaxAge != "" {
 		age, ok := days.Parse(d.passwordMaxAge)
