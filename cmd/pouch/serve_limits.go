@@ -27,11 +27,16 @@ const fdReserve = 64
 
 // fdCaps are the caps that use file descriptors. A POP3 session holds its
 // socket, its maildrop's lock file once logged in, and the message file it
-// is sending.
+// is sending; an LMTP connection its socket, its spool file and the Maildir
+// file being written.
 func fdCaps(c *serveConfig) []fdCap {
-	return []fdCap{
+	caps := []fdCap{
 		{"--max-connections", c.defence.maxConns, 3},
 	}
+	if c.lmtp.addr != "" {
+		caps = append(caps, fdCap{"--lmtp-max-connections", c.lmtp.maxConnections, 3})
+	}
+	return caps
 }
 
 // raiseFDLimit raises the soft RLIMIT_NOFILE to the hard limit, and

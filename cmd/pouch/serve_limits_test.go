@@ -27,6 +27,24 @@ func TestFDBudgetWarning(t *testing.T) {
 	}
 }
 
+// The LMTP cap joins the budget when LMTP listens, at its default.
+func TestFDCapsCountLMTP(t *testing.T) {
+	fs, c := serveFlags(new(strings.Builder))
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if caps := fdCaps(c); len(caps) != 1 {
+		t.Errorf("without --lmtp: %v", caps)
+	}
+	if err := fs.Parse([]string{"--lmtp", "127.0.0.1:2424"}); err != nil {
+		t.Fatal(err)
+	}
+	caps := fdCaps(c)
+	if len(caps) != 2 || caps[1].flag != "--lmtp-max-connections" || caps[1].conns != 100 {
+		t.Errorf("with --lmtp: %v", caps)
+	}
+}
+
 // pouch serve raises the soft limit on open files to the hard one.
 func TestRaiseFDLimit(t *testing.T) {
 	var rl syscall.Rlimit
