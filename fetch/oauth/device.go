@@ -46,8 +46,7 @@ func deviceLogin(ctx context.Context, p *provider, o LoginOptions) (*oauth2.Toke
 		fmt.Fprintf(o.Out, "The code is good for %s.\n", lifetime.Round(time.Minute))
 	}
 	fmt.Fprintln(o.Out, "Waiting for the sign-in…")
-	t, err := p.pollDevice(ctx, da.DeviceCode, time.Duration(da.Interval)*time.Second, lifetime, o.clock)
-	return t, redact(err, da.DeviceCode)
+	return p.pollDevice(ctx, da.DeviceCode, time.Duration(da.Interval)*time.Second, lifetime, o.clock)
 }
 
 // maxBackoff bounds the interval after network errors.
@@ -59,6 +58,11 @@ const maxBackoff = 5 * time.Minute
 // slow_down (§3.5), and twice as long after a connection failure (§3.5's
 // exponential back-off).
 func (p *provider) pollDevice(ctx context.Context, deviceCode string, interval, lifetime time.Duration, clk clock) (*oauth2.Token, error) {
+	t, err := p.poll(ctx, deviceCode, interval, lifetime, clk)
+	return t, redact(err, deviceCode)
+}
+
+func (p *provider) poll(ctx context.Context, deviceCode string, interval, lifetime time.Duration, clk clock) (*oauth2.Token, error) {
 	acct := p.cfg.Account
 	if interval <= 0 {
 		interval = 5 * time.Second

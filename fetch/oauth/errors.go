@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -110,43 +111,53 @@ func cleanText(s string, max int) string {
 
 // redact replaces each secret found in err's text. Every error a flow
 // returns passes through it: the package builds its own messages, and this
-// is the net under them.
+// is the net under them. A *ProviderError in the chain is copied with its
+// fields cleaned too, so errors.As finds no secret either.
 func redact(err error, secrets ...string) error {
 	if err == nil {
 		return nil
 	}
-	msg := err.Error()
-	changed := false
-	for _, s := range secrets {
-		if len(s) >= 4 && strings.Contains(msg, s) {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-			changed = true
+	clean := func(s string) string {
+		for _, x := range secrets {
+			if len(x) >= 4 {
+				s = strings.ReplaceAll(s, x, "[redacted]")
+			}
 		}
+		return s
 	}
-	if !changed {
+	msg := err.Error()
+	if clean(msg) == msg {
 		return err
 	}
-	return &redactedError{msg: msg, err: err}
+	r := &redactedError{msg: clean(msg), err: err}
+	var pe *ProviderError
+	if errors.As(err, &pe) {
+		c := *pe
+		c.Code, c.Description = clean(c.Code), clean(c.Description)
+		if pe == err {
+			return &c
+		}
+		r.inner = &c
+	}
+	var lr *LoginRequiredError
+	if errors.As(err, &lr) {
+		r.inner = lr // its texts are Pouch's own
+	}
+	return r
 }
 
-// redactedError keeps the error chain for errors.As on the package's own
-// types, whose texts hold no secret, while its own text is cleaned.
+// redactedError is an error whose text was cleaned of secrets. It unwraps
+// only to the package's error types (cleaned) and to a context's end.
 type redactedError struct {
-	msg string
-	err error
+	msg   string
+	err   error
+	inner error
 }
 
 func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error {
-	var lr *LoginRequiredError
-	if errors.As(e.err, &lr) {
-		return lr
-	}
-	var pe *ProviderError
-	if errors.As(e.err, &pe) {
-		return pe
-	}
-	return nil
+func (e *redactedError) Unwrap() error { return e.inner }
+func (e *redactedError) Is(target error) bool {
+	return (target == context.Canceled || target == context.DeadlineExceeded) && errors.Is(e.err, target)
 }
 
 // shellWord quotes an account name for a command line when it needs it.
