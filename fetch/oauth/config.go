@@ -87,7 +87,7 @@ type Config struct {
 
 	// HTTPClient is used for every request to the provider; nil means a
 	// client with a 30-second timeout.
-	HTTPClient *http.Client
+	HTTPClient *http.Client `json:"-"`
 }
 
 // validTenant is a tenant Microsoft's endpoints take in their path.
@@ -108,32 +108,32 @@ func (c Config) Validate() error {
 	switch c.Provider {
 	case Gmail:
 		if c.clientID() == "" || c.clientSecret() == "" {
-			return fail(`provider "gmail" needs client_id and client_secret from a Google Cloud "Desktop app" client; docs/fetch-oauth.md says how to make one`)
+			return fail(`provider "gmail" needs client-id and client-secret from a Google Cloud "Desktop app" client; docs/fetch-oauth.md says how to make one`)
 		}
 	case Microsoft:
 		if c.clientID() == "" {
-			return fail(`provider "microsoft" needs client_id from a Microsoft Entra app registration; docs/fetch-oauth.md says how to make one`)
+			return fail(`provider "microsoft" needs client-id from a Microsoft Entra app registration; docs/fetch-oauth.md says how to make one`)
 		}
 		if c.Tenant != "" && !validTenant.MatchString(c.Tenant) {
 			return fail("tenant %q is not common, consumers, organizations, a tenant id or a domain", c.Tenant)
 		}
 	case Custom:
 		if c.ClientID == "" {
-			return fail(`provider "custom" needs client_id`)
+			return fail(`provider "custom" needs client-id`)
 		}
 		if c.Issuer == "" && c.TokenURL == "" {
-			return fail(`provider "custom" needs issuer (for discovery) or token_url with auth_url or device_url`)
+			return fail(`provider "custom" needs issuer (for discovery) or token-url with auth-url or device-url`)
 		}
 		if c.Issuer == "" && c.AuthURL == "" && c.DeviceURL == "" {
-			return fail(`provider "custom" needs auth_url (browser sign-in) or device_url (device sign-in)`)
+			return fail(`provider "custom" needs auth-url (browser sign-in) or device-url (device sign-in)`)
 		}
 	case "":
 		return fail(`no provider: set provider = "gmail", "microsoft" or "custom"`)
 	default:
 		return fail(`unknown provider %q: use "gmail", "microsoft" or "custom"`, c.Provider)
 	}
-	for name, u := range map[string]string{"issuer": c.Issuer, "auth_url": c.AuthURL,
-		"token_url": c.TokenURL, "device_url": c.DeviceURL, "revoke_url": c.RevokeURL} {
+	for name, u := range map[string]string{"issuer": c.Issuer, "auth-url": c.AuthURL,
+		"token-url": c.TokenURL, "device-url": c.DeviceURL, "revoke-url": c.RevokeURL} {
 		if u == "" {
 			continue
 		}
@@ -142,7 +142,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.RedirectPort < 0 || c.RedirectPort > 65535 {
-		return fail("redirect_port %d is not a port", c.RedirectPort)
+		return fail("redirect-port %d is not a port", c.RedirectPort)
 	}
 	return nil
 }

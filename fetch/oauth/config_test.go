@@ -33,15 +33,15 @@ func TestValidate(t *testing.T) {
 		{Config{Account: "a/b", Provider: Gmail}, "cannot name a token file"},
 		{Config{Account: "a"}, `no provider: set provider = "gmail", "microsoft" or "custom"`},
 		{Config{Account: "a", Provider: "yahoo"}, `unknown provider "yahoo"`},
-		{Config{Account: "a", Provider: Gmail, ClientID: "id"}, `needs client_id and client_secret from a Google Cloud "Desktop app" client; docs/fetch-oauth.md`},
-		{Config{Account: "a", Provider: Microsoft}, "needs client_id from a Microsoft Entra app registration"},
+		{Config{Account: "a", Provider: Gmail, ClientID: "id"}, `needs client-id and client-secret from a Google Cloud "Desktop app" client; docs/fetch-oauth.md`},
+		{Config{Account: "a", Provider: Microsoft}, "needs client-id from a Microsoft Entra app registration"},
 		{Config{Account: "a", Provider: Microsoft, ClientID: "id", Tenant: "../evil"}, `tenant "../evil" is not`},
-		{Config{Account: "a", Provider: Custom, ClientID: "id"}, "needs issuer (for discovery) or token_url"},
-		{Config{Account: "a", Provider: Custom, ClientID: "id", TokenURL: "https://x/t"}, "needs auth_url (browser sign-in) or device_url"},
-		{Config{Account: "a", Provider: Custom, Issuer: "https://x"}, `provider "custom" needs client_id`},
+		{Config{Account: "a", Provider: Custom, ClientID: "id"}, "needs issuer (for discovery) or token-url"},
+		{Config{Account: "a", Provider: Custom, ClientID: "id", TokenURL: "https://x/t"}, "needs auth-url (browser sign-in) or device-url"},
+		{Config{Account: "a", Provider: Custom, Issuer: "https://x"}, `provider "custom" needs client-id`},
 		{Config{Account: "a", Provider: Custom, ClientID: "id", Issuer: "http://id.example.org"}, "issuer: http://id.example.org must use https"},
 		{Config{Account: "a", Provider: Custom, ClientID: "id", Issuer: "id.example.org"}, "is not an absolute URL"},
-		{Config{Account: "a", Provider: Gmail, ClientID: "id", ClientSecret: "s", RedirectPort: 70000}, "redirect_port 70000"},
+		{Config{Account: "a", Provider: Gmail, ClientID: "id", ClientSecret: "s", RedirectPort: 70000}, "redirect-port 70000"},
 	} {
 		err := tc.c.Validate()
 		if err == nil || !contains(err.Error(), tc.want) {

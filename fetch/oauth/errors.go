@@ -64,7 +64,7 @@ func (e *ProviderError) Error() string {
 // codeHints say what the RFC 6749 §5.2 and RFC 8628 §3.5 codes mean for
 // the user.
 var codeHints = map[string]string{
-	"invalid_client":          "the provider does not accept this client_id and client_secret",
+	"invalid_client":          "the provider does not accept this client-id and client-secret",
 	"unauthorized_client":     "this app registration may not use this sign-in flow; for the device flow on Microsoft, turn on \"Allow public client flows\"",
 	"invalid_scope":           "the provider refuses the scopes asked for",
 	"access_denied":           "the sign-in was declined",

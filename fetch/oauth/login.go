@@ -103,7 +103,7 @@ func chooseMode(p *provider, o LoginOptions, display bool) (Mode, error) {
 		if p.cfg.Provider == Gmail {
 			return "", fmt.Errorf("account %s: Google's device sign-in does not grant mail access; use the browser flow (with no browser here, open its address on another machine and paste back the address that browser ends up on)", p.cfg.Account)
 		}
-		return "", fmt.Errorf("account %s: the provider has no device authorization endpoint; set device_url or use the browser flow", p.cfg.Account)
+		return "", fmt.Errorf("account %s: the provider has no device authorization endpoint; set device-url or use the browser flow", p.cfg.Account)
 	case Auto:
 		if !hasAuth || (hasDevice && !(display && o.OpenBrowser != nil)) {
 			return Device, nil
@@ -292,7 +292,7 @@ func listenLoopback(host string, port int) ([]net.Listener, int, error) {
 	ln, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		if port != 0 {
-			return nil, 0, fmt.Errorf("cannot listen on redirect_port %d: %w", port, err)
+			return nil, 0, fmt.Errorf("cannot listen on redirect-port %d: %w", port, err)
 		}
 		return nil, 0, err
 	}

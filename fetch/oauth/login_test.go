@@ -175,7 +175,7 @@ func TestBrowserLoginFixedPortInUse(t *testing.T) {
 	cfg := customConfig(srv, "")
 	cfg.RedirectPort = ln.Addr().(*net.TCPAddr).Port
 	err = Login(context.Background(), cfg, NewStore(t.TempDir(), nil), LoginOptions{Mode: Browser, Out: io.Discard})
-	if err == nil || !contains(err.Error(), "cannot listen on redirect_port") {
+	if err == nil || !contains(err.Error(), "cannot listen on redirect-port") {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -353,7 +353,7 @@ func (s *Source) matches(rec *record) error {
 	case rec.Provider != s.cfg.Provider:
 		lr.Reason = fmt.Sprintf("it signed in with provider %q, and the configuration now says %q", rec.Provider, s.cfg.Provider)
 	case rec.ClientID != s.cfg.clientID():
-		lr.Reason = "its sign-in was made with another client_id than the configured one"
+		lr.Reason = "its sign-in was made with another client-id than the configured one"
 	case !sameScopes(rec.Scopes, s.cfg.scopes()):
 		lr.Reason = "the configured scopes changed since it signed in"
 	default:
