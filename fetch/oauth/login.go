@@ -142,12 +142,25 @@ func (s *Store) saveLogin(p *provider, t *oauth2.Token, out io.Writer) error {
 		for _, want := range rec.Scopes {
 			// Providers leave offline_access and the OIDC scopes out
 			// of their answer.
-			if !slices.Contains(granted, want) && !slices.Contains([]string{"offline_access", "openid", "email", "profile"}, want) {
+			if !grantedHas(granted, want) && !slices.Contains([]string{"offline_access", "openid", "email", "profile"}, want) {
 				fmt.Fprintf(out, "Warning: the provider did not grant the scope %s; the mail server may refuse the token.\n", want)
 			}
 		}
 	}
 	return nil
+}
+
+// grantedHas reports whether the granted scopes hold want; a provider
+// may name a resource's scope without the resource
+// ("POP.AccessAsUser.All" for "https://outlook.office.com/POP.AccessAsUser.All").
+func grantedHas(granted []string, want string) bool {
+	short := want[strings.LastIndexByte(want, '/')+1:]
+	for _, g := range granted {
+		if strings.EqualFold(g, want) || (short != "" && strings.EqualFold(g, short)) {
+			return true
+		}
+	}
+	return false
 }
 
 // arrival is the browser's return to the redirect URI (or its address,
@@ -175,6 +188,7 @@ func browserLogin(ctx context.Context, p *provider, o LoginOptions, finish func(
 
 	arrivals := make(chan arrival, 1)
 	var taken atomic.Bool
+	finished := make(chan struct{}) // closed when the flow ends, answered or not
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		if r.URL.Path != "/" || !(q.Has("code") || q.Has("error") || q.Has("state")) {
@@ -194,6 +208,8 @@ func browserLogin(ctx context.Context, p *provider, o LoginOptions, finish func(
 			} else {
 				writePage(w, http.StatusBadRequest, "Sign-in failed", msg+" The terminal says what to do next.")
 			}
+		case <-finished:
+			writePage(w, http.StatusServiceUnavailable, "Sign-in abandoned", "Pouch stopped waiting for this sign-in.")
 		case <-r.Context().Done():
 		}
 	})}
@@ -202,6 +218,7 @@ func browserLogin(ctx context.Context, p *provider, o LoginOptions, finish func(
 	}
 	defer func() {
 		// Shutdown lets the page out, then closes the listeners.
+		close(finished)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/pouchmail/pouch/internal/oauthtest"
 )
 
@@ -417,5 +419,79 @@ func TestLogoutRevokes(t *testing.T) {
 	}
 	if err := Logout(context.Background(), cfg, store); err != nil {
 		t.Fatalf("a second logout: %v", err)
+	}
+}
+
+// Microsoft's redirect is written http://localhost:PORT/ (as Entra ID
+// registers a desktop app's), and Pouch listens on both loopback addresses.
+func TestMicrosoftRedirectIsLocalhost(t *testing.T) {
+	srv := oauthtest.New(t, oauthtest.Options{ClientID: "ms-app"})
+	cfg := Config{Account: "m365", Provider: Microsoft, ClientID: "ms-app",
+		AuthURL: srv.AuthURL(), TokenURL: srv.TokenURL(), DeviceURL: srv.DeviceURL()}
+	store := NewStore(t.TempDir(), nil)
+	out := &syncBuffer{}
+	v, err := loginBrowser(t, cfg, store, newBrowser(), out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	u, _ := url.Parse(v.location)
+	if u.Hostname() != "localhost" || v.status != http.StatusOK {
+		t.Fatalf("redirect %s, page %d", v.location, v.status)
+	}
+	if !contains(out.String(), "scope=https%3A%2F%2Foutlook.office.com%2FPOP.AccessAsUser.All+offline_access") {
+		t.Fatalf("instructions:\n%s", out)
+	}
+	if contains(out.String(), "Warning") {
+		t.Fatalf("a warning for granted scopes:\n%s", out)
+	}
+}
+
+func TestLoginAbandoned(t *testing.T) {
+	srv := oauthtest.New(t, oauthtest.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var addr string
+	open := func(u string) error {
+		p, _ := url.Parse(u)
+		r, _ := url.Parse(p.Query().Get("redirect_uri"))
+		addr = r.Host
+		cancel() // the user gives up: Ctrl-C
+		return nil
+	}
+	err := Login(ctx, customConfig(srv, ""), NewStore(t.TempDir(), nil), LoginOptions{Mode: Browser, Out: io.Discard, OpenBrowser: open})
+	if !errors.Is(err, context.Canceled) || !contains(err.Error(), "sign-in abandoned") {
+		t.Fatalf("got %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("the loopback listener %s is still open", addr)
+	}
+}
+
+func TestGrantedScopes(t *testing.T) {
+	for _, tc := range []struct {
+		granted, want string
+		ok            bool
+	}{
+		{"https://outlook.office.com/POP.AccessAsUser.All", "https://outlook.office.com/POP.AccessAsUser.All", true},
+		{"POP.AccessAsUser.All openid", "https://outlook.office.com/POP.AccessAsUser.All", true},
+		{"https://mail.google.com/", "https://mail.google.com/", true},
+		{"https://www.googleapis.com/auth/gmail.readonly", "https://mail.google.com/", false},
+		{"IMAP.AccessAsUser.All", "https://outlook.office.com/POP.AccessAsUser.All", false},
+	} {
+		if got := grantedHas(strings.Fields(tc.granted), tc.want); got != tc.ok {
+			t.Errorf("%q has %q: %v", tc.granted, tc.want, got)
+		}
+	}
+	// A sign-in that got less than it asked for says so.
+	store := NewStore(t.TempDir(), nil)
+	p := &provider{cfg: Config{Account: "a", Provider: Gmail}}
+	p.oauth.ClientID, p.oauth.Scopes = "id", []string{"https://mail.google.com/"}
+	out := &syncBuffer{}
+	tok := (&oauth2.Token{AccessToken: "x", RefreshToken: "y"}).WithExtra(map[string]any{"scope": "https://www.googleapis.com/auth/gmail.readonly"})
+	if err := store.saveLogin(p, tok, out); err != nil {
+		t.Fatal(err)
+	}
+	if !contains(out.String(), "Warning: the provider did not grant the scope https://mail.google.com/") {
+		t.Fatalf("got:\n%s", out)
 	}
 }
