@@ -201,15 +201,24 @@ func browserLogin(ctx context.Context, p *provider, o LoginOptions, finish func(
 		}
 		reply := make(chan string, 1)
 		arrivals <- arrival{query: q, reply: reply}
-		select {
-		case msg := <-reply:
+		answer := func(msg string) {
 			if msg == "" {
 				writePage(w, http.StatusOK, "Signed in", "Pouch is signed in to account "+acct+". You can close this tab and go back to the terminal.")
 			} else {
 				writePage(w, http.StatusBadRequest, "Sign-in failed", msg+" The terminal says what to do next.")
 			}
+		}
+		select {
+		case msg := <-reply:
+			answer(msg)
 		case <-finished:
-			writePage(w, http.StatusServiceUnavailable, "Sign-in abandoned", "Pouch stopped waiting for this sign-in.")
+			// The flow may have answered just before it ended.
+			select {
+			case msg := <-reply:
+				answer(msg)
+			default:
+				writePage(w, http.StatusServiceUnavailable, "Sign-in abandoned", "Pouch stopped waiting for this sign-in.")
+			}
 		case <-r.Context().Done():
 		}
 	})}
