@@ -3,6 +3,7 @@ package fetch
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -555,7 +556,12 @@ func (e *fromEscaper) finish() error {
 // mdaMemMax) before the MDA starts: an MDA that writes as it reads (cat >
 // FILE) would otherwise be left with part of a message when the connection
 // breaks.
-type mda struct{ cmd string }
+type mda struct {
+	cmd      string
+	deadline time.Time // the run's; zero: none
+}
+
+func (d *mda) setDeadline(t time.Time) { d.deadline = t }
 
 const mdaMemMax = 4 << 20
 
@@ -609,12 +615,19 @@ func (d *mda) Deliver(msg Msg, body io.Reader) error {
 		return err
 	}
 	defer cleanup()
-	cmd := exec.Command("/bin/sh", "-c", d.cmd)
+	ctx := context.Background()
+	if !d.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.deadline)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", d.cmd)
 	cmd.Env = append(os.Environ(), "POUCH_UIDL="+msg.UID)
 	// Its own process group: a Ctrl-C at the terminal must not reach it (the
-	// run finishes the messages being stored), and an abort kills every
-	// process of a pipeline, not only the shell.
+	// run finishes the messages being stored), and an abort (or the run's
+	// deadline) kills every process of a pipeline, not only the shell.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 2048}
 	in, err := cmd.StdinPipe()
@@ -660,11 +673,14 @@ func (l *limited) Write(p []byte) (int, error) {
 // smtpDest hands each message to an LMTP or SMTP server; a 250 reply to
 // the end of DATA means stored.
 type smtpDest struct {
-	lmtp bool
-	addr string
-	rcpt string
-	c    *smtp.Client
+	lmtp     bool
+	addr     string
+	rcpt     string
+	c        *smtp.Client
+	deadline time.Time // the run's; zero: none
 }
+
+func (s *smtpDest) setDeadline(t time.Time) { s.deadline = t }
 
 func (s *smtpDest) String() string {
 	if s.lmtp {
@@ -674,10 +690,13 @@ func (s *smtpDest) String() string {
 }
 
 func (s *smtpDest) connect() error {
-	conn, err := net.DialTimeout("tcp", s.addr, 30*time.Second)
+	d := net.Dialer{Timeout: 30 * time.Second, Deadline: s.deadline}
+	conn, err := d.Dial("tcp", s.addr)
 	if err != nil {
 		return err
 	}
+	// A server that stops answering cannot hold the run past its deadline.
+	conn.SetDeadline(s.deadline)
 	if s.lmtp {
 		s.c = smtp.NewClientLMTP(conn)
 	} else {
