@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 }
 
 // child starts the test binary as a fetch client.
-func child(t *testing.T, a *Account, point string) *exec.Cmd {
+func child(t testing.TB, a *Account, point string) *exec.Cmd {
 	t.Helper()
 	spec, err := json.Marshal(a)
 	if err != nil {

@@ -12,7 +12,6 @@ package fetch
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -25,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -443,16 +441,6 @@ func desync(err error) bool {
 	return errors.Is(err, pop3.ErrProtocol) || errors.Is(err, pop3.ErrBadLine) || errors.Is(err, pop3.ErrLineTooLong)
 }
 
-// listed is one message of the server's listing: 16 octets, however many
-// messages there are.
-type listed struct {
-	size int64
-	num  uint32
-	id   ref // its UIDL in the journal's table; 0: none; badID: invalid
-}
-
-const badID = ^ref(0)
-
 type runner struct {
 	a        *Account
 	c        *client.Client
@@ -463,11 +451,12 @@ type runner struct {
 	stateDir string
 
 	noUIDL  bool
-	msgs    []listed // by message number
-	dele    []uint32 // message numbers to delete before QUIT
-	dels    int      // DELEs acknowledged with +OK
+	l       listing
+	todo    chunks[uint32] // indexes into l: to download
+	dele    chunks[uint32] // message numbers to delete before QUIT
+	dels    int            // DELEs acknowledged with +OK
 	delFail int
-	batch   []uint32 // indexes into msgs: stored, not yet journaled
+	batch   []uint32 // indexes into l: stored, not yet journaled
 
 	// The RETR window: at most window RETRs unanswered (1 without
 	// PIPELINING); messages of todo sent, their octets not yet read.
@@ -484,70 +473,34 @@ func (r *runner) due(t time.Time) bool {
 	return !r.a.KeepForever && time.Since(t) >= r.a.Keep
 }
 
-// list reads LIST and UIDL as they stream in, into one listed entry per
-// message; every valid UIDL is entered in the journal's table.
+// list reads LIST and UIDL as they stream in, into r.l; every valid UIDL
+// is entered in the journal's table.
 func (r *runner) list() (uidlErr error, err error) {
-	sorted, ready := true, false
-	prepare := func() error {
-		ready = true
-		if !sorted {
-			slices.SortFunc(r.msgs, func(x, y listed) int { return cmp.Compare(x.num, y.num) })
-		}
-		for i := 1; i < len(r.msgs); i++ {
-			if r.msgs[i].num == r.msgs[i-1].num {
-				return fmt.Errorf("%w: LIST names message %d twice", pop3.ErrProtocol, r.msgs[i].num)
-			}
-		}
-		return nil
-	}
-	uidlErr, err = r.c.ListUidlFunc(func(n int, size int64) error {
-		if k := len(r.msgs); k > 0 && uint32(n) <= r.msgs[k-1].num {
-			sorted = false
-		}
-		r.msgs = append(r.msgs, listed{num: uint32(n), size: size})
-		return nil
-	}, func(n int, uid []byte) error {
-		if !ready {
-			if err := prepare(); err != nil {
-				return err
-			}
-		}
-		i, ok := r.find(uint32(n))
+	return r.c.ListUidlFunc(r.l.add, func(n int, uid []byte) error {
+		i, ok := r.l.find(n)
 		if !ok {
 			return nil // not in LIST: never touched
 		}
-		m := &r.msgs[i]
-		if m.id != 0 {
+		if r.l.id(i) != 0 {
 			return fmt.Errorf("%w: UIDL names message %d twice", pop3.ErrProtocol, n)
 		}
 		if !validUID(uid) {
 			r.obs.Warn(fmt.Sprintf("message %d: invalid UIDL %q: skipped", n, uid))
-			m.id = badID
+			r.l.setID(i, badID)
 			return nil
 		}
-		m.id, _, err = r.j.Listed(uid)
+		id, _, err := r.j.Listed(uid)
+		r.l.setID(i, id)
 		return err
 	})
-	if err == nil && !ready {
-		err = prepare()
-	}
-	return uidlErr, err
 }
 
-// find returns the index of message n in r.msgs.
-func (r *runner) find(n uint32) (int, bool) {
-	if i := int(n) - 1; i >= 0 && i < len(r.msgs) && r.msgs[i].num == n {
-		return i, true
+// uid returns the UIDL of message i, or "".
+func (r *runner) uid(i int) string {
+	if id := r.l.id(i); id != 0 && id != badID {
+		return r.j.ids.UID(id)
 	}
-	return slices.BinarySearchFunc(r.msgs, n, func(m listed, n uint32) int { return cmp.Compare(m.num, n) })
-}
-
-// uid returns the UIDL of a listed message, or "".
-func (r *runner) uid(m *listed) string {
-	if m.id == 0 || m.id == badID {
-		return ""
-	}
-	return r.j.ids.UID(m.id)
+	return ""
 }
 
 func (r *runner) run(ctx context.Context) error {
@@ -559,7 +512,7 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		return err
 	}
-	r.st.OnServer = len(r.msgs)
+	r.st.OnServer = r.l.len()
 	if uerr != nil {
 		r.noUIDL = true
 		if a.KeepForever || a.Keep > 0 {
@@ -568,42 +521,41 @@ func (r *runner) run(ctx context.Context) error {
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
 	var dups map[ref]int
-	for _, m := range r.msgs {
-		if m.id != 0 && m.id != badID && ids.Has(m.id, fDup) {
+	r.l.ids.each(func(id ref) {
+		if id != 0 && id != badID && ids.Has(id, fDup) {
 			if dups == nil {
 				dups = map[ref]int{}
 			}
-			dups[m.id]++
+			dups[id]++
 		}
-	}
-	var todo []uint32 // indexes into r.msgs
+	})
 	var todoBytes int64
 	now := time.Now()
 	recovered := false
 	dd, _ := r.dest.(deduper)
-	for i := range r.msgs {
-		m := &r.msgs[i]
+	for i := range r.l.len() {
+		num, size := r.l.num(i), r.l.size(i)
 		if !r.noUIDL {
-			id := m.id
+			id := r.l.id(i)
 			switch {
 			case id == 0:
-				r.obs.Warn(fmt.Sprintf("message %d has no UIDL: skipped", m.num))
+				r.obs.Warn(fmt.Sprintf("message %d has no UIDL: skipped", num))
 				r.st.Skipped++
 				continue
 			case id == badID:
 				r.st.Skipped++ // warned while listing
 				continue
 			case dups[id] > 0:
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q is shared by %d messages: skipped and never deleted", m.num, ids.UID(id), dups[id]))
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q is shared by %d messages: skipped and never deleted", num, ids.UID(id), dups[id]))
 				r.st.Skipped++
 				continue
 			case ids.Has(id, fSuspect) && !a.RetryQuarantined:
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", m.num, ids.UID(id)))
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", num, ids.UID(id)))
 				r.st.Skipped++
 				continue
 			case ids.Has(id, fSeen) && !ids.Has(id, fSuspect):
 				if r.due(time.Unix(ids.Time(id), 0)) {
-					r.dele = append(r.dele, m.num)
+					r.dele.add(num)
 				} else {
 					r.st.Kept++
 				}
@@ -613,7 +565,7 @@ func (r *runner) run(ctx context.Context) error {
 				// partial (it was downloaded then) or the server reuses
 				// the UIDL for a new message. Neither download it twice
 				// nor delete it unread.
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", m.num, ids.UID(id)))
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", num, ids.UID(id)))
 				r.st.Skipped++
 				continue
 			case dd != nil && ids.Has(id, fPending) && !ids.Has(id, fSeen) && dd.Has(a.messageKey(ids.UID(id))):
@@ -624,25 +576,25 @@ func (r *runner) run(ctx context.Context) error {
 				recovered = true
 				r.st.Recovered++
 				if r.due(now) {
-					r.dele = append(r.dele, m.num)
+					r.dele.add(num)
 				} else {
 					r.st.Kept++
 				}
 				continue
 			}
 		}
-		if a.MaxSize > 0 && m.size > a.MaxSize {
+		if a.MaxSize > 0 && size > a.MaxSize {
 			r.st.Skipped++
 			if a.DeleteOversized {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: deleted without downloading", m.num, m.size))
-				r.dele = append(r.dele, m.num)
+				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: deleted without downloading", num, size))
+				r.dele.add(num)
 			} else {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: left on the server", m.num, m.size))
+				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: left on the server", num, size))
 			}
 			continue
 		}
-		todo = append(todo, uint32(i))
-		todoBytes += m.size
+		r.todo.add(uint32(i))
+		todoBytes += size
 	}
 	if !r.noUIDL {
 		if err := r.j.Prune(); err != nil {
@@ -653,13 +605,13 @@ func (r *runner) run(ctx context.Context) error {
 		r.obs.Warn(w)
 	}
 	if a.DryRun {
-		r.st.Fetched = len(todo)
+		r.st.Fetched = r.todo.len()
 		r.st.Bytes = todoBytes
-		r.st.Deleted = len(r.dele)
+		r.st.Deleted = r.dele.len()
 		if !a.KeepForever && a.Keep == 0 {
-			r.st.Deleted += len(todo)
+			r.st.Deleted += r.todo.len()
 		} else {
-			r.st.Kept += len(todo)
+			r.st.Kept += r.todo.len()
 		}
 		return c.Quit()
 	}
@@ -672,25 +624,25 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 	}
-	r.obs.Plan(len(todo), todoBytes)
+	r.obs.Plan(r.todo.len(), todoBytes)
 	// The first RETRs go out before the pending records are fsynced, so
 	// that the fsync overlaps the round trip; nothing is stored before it.
-	if err := r.sendRetrs(ctx, todo, 0); err != nil {
+	if err := r.sendRetrs(ctx, 0); err != nil {
 		return err
 	}
 	if err := c.Flush(); err != nil {
 		return err
 	}
 	// Pending records first: recovery trusts a Maildir digest only for them.
-	for _, i := range todo {
-		if id := r.msgs[i].id; id != 0 {
+	r.todo.each(func(i uint32) {
+		if id := r.l.id(int(i)); id != 0 {
 			r.j.addPendingRef(id)
 		}
-	}
+	})
 	if err := r.j.Sync(); err != nil {
 		return err
 	}
-	if err := r.download(ctx, todo); err != nil {
+	if err := r.download(ctx); err != nil {
 		return err
 	}
 	return r.finish()
@@ -703,18 +655,18 @@ func (r *runner) run(ctx context.Context) error {
 // instead, and the session then ends without deleting anything.
 func (r *runner) finish() error {
 	c := r.c
-	if len(r.dele) > 0 {
+	if r.dele.len() > 0 {
 		count, _, err := c.Stat()
 		switch {
 		case desync(err):
 			return r.broken("STAT", err)
 		case err != nil && !isERR(err):
 			return err
-		case err == nil && count != len(r.msgs):
-			return r.broken("STAT", fmt.Errorf("%w: STAT counts %d messages where LIST listed %d", pop3.ErrProtocol, count, len(r.msgs)))
+		case err == nil && count != r.l.len():
+			return r.broken("STAT", fmt.Errorf("%w: STAT counts %d messages where LIST listed %d", pop3.ErrProtocol, count, r.l.len()))
 		}
-		for _, n := range r.dele {
-			if err := r.sendDele(int(n)); err != nil {
+		for k := range r.dele.len() {
+			if err := r.sendDele(int(*r.dele.at(k))); err != nil {
 				return err
 			}
 			if c.Pending() >= r.window {
@@ -770,30 +722,29 @@ const (
 	maxInflight   = 8 << 20  // octets of RETRs in flight
 )
 
-// download runs the RETR window: up to Window RETRs (and maxInflight
-// octets) are on the wire at once when the server offers PIPELINING, one
-// otherwise. Messages are stored as they arrive and committed in batches:
-// destination sync, then journal fsync. The first RETRs may already have
-// been sent by sendRetrs.
-func (r *runner) download(ctx context.Context, todo []uint32) error {
+// download runs the RETR window over r.todo: up to Window RETRs (and
+// maxInflight octets) are on the wire at once when the server offers
+// PIPELINING, one otherwise. Messages are stored as they arrive and
+// committed in batches: destination sync, then journal fsync. The first
+// RETRs may already have been sent by sendRetrs.
+func (r *runner) download(ctx context.Context) error {
 	var batchBytes int64
 	recvd := 0
-	for recvd < len(todo) {
-		if err := r.sendRetrs(ctx, todo, recvd); err != nil {
+	for recvd < r.todo.len() {
+		if err := r.sendRetrs(ctx, recvd); err != nil {
 			return r.fail(err)
 		}
 		if r.sent == recvd {
 			r.st.Stopped = true
 			break // stopped by a signal
 		}
-		i := todo[recvd]
-		m := &r.msgs[i]
+		i := int(*r.todo.at(recvd))
 		recvd++
-		r.inflight -= m.size
-		n, err := r.fetchOne(m)
+		r.inflight -= r.l.size(i)
+		n, err := r.fetchOne(i)
 		if err != nil {
 			if isERR(err) {
-				r.obs.Warn(fmt.Sprintf("RETR %d: %v: skipped", m.num, err))
+				r.obs.Warn(fmt.Sprintf("RETR %d: %v: skipped", r.l.num(i), err))
 				r.st.Skipped++
 				continue
 			}
@@ -802,7 +753,7 @@ func (r *runner) download(ctx context.Context, todo []uint32) error {
 		r.st.Fetched++
 		r.st.Bytes += n
 		r.obs.Fetched(n)
-		r.batch = append(r.batch, i)
+		r.batch = append(r.batch, uint32(i))
 		batchBytes += n
 		crashpoint.Hit("fetch.delivered")
 		if len(r.batch) >= batchMax || batchBytes >= batchMaxBytes || recvd == r.sent {
@@ -815,23 +766,24 @@ func (r *runner) download(ctx context.Context, todo []uint32) error {
 	return r.commit()
 }
 
-// sendRetrs queues RETRs for todo[r.sent:] while the window has room; recvd
-// replies have been read. It waits until half of the window is free,
-// so that commands go out (and the server reads them) in groups rather than
-// one per message. Nothing is queued once ctx is cancelled.
-func (r *runner) sendRetrs(ctx context.Context, todo []uint32, recvd int) error {
+// sendRetrs queues RETRs for r.todo from r.sent on while the window has
+// room; recvd replies have been read. It waits until half of the window is
+// free, so that commands go out (and the server reads them) in groups
+// rather than one per message. Nothing is queued once ctx is cancelled.
+func (r *runner) sendRetrs(ctx context.Context, recvd int) error {
 	if r.sent > recvd && (r.sent-recvd > r.window/2 || r.inflight > maxInflight/2) {
 		return nil
 	}
-	for r.sent < len(todo) && ctx.Err() == nil {
-		m := &r.msgs[todo[r.sent]]
-		if r.sent != recvd && (r.sent-recvd >= r.window || r.inflight+m.size > maxInflight) {
+	for r.sent < r.todo.len() && ctx.Err() == nil {
+		i := int(*r.todo.at(r.sent))
+		size := r.l.size(i)
+		if r.sent != recvd && (r.sent-recvd >= r.window || r.inflight+size > maxInflight) {
 			break
 		}
-		if err := r.c.SendRetr(int(m.num)); err != nil {
+		if err := r.c.SendRetr(int(r.l.num(i))); err != nil {
 			return err
 		}
-		r.inflight += m.size
+		r.inflight += size
 		r.sent++
 	}
 	return nil
@@ -839,37 +791,38 @@ func (r *runner) sendRetrs(ctx context.Context, todo []uint32, recvd int) error 
 
 var errStore = errors.New("storing failed")
 
-// fetchOne reads the next RETR reply and stores the message. The message
+// fetchOne reads the next RETR reply and stores message i. The message
 // counts as received only if its size agrees with LIST (checkReader): the
 // destination sees a read error instead of its end otherwise, and keeps
 // nothing.
-func (r *runner) fetchOne(m *listed) (int64, error) {
+func (r *runner) fetchOne(i int) (int64, error) {
+	num, size := r.l.num(i), r.l.size(i)
 	rc, err := r.c.ReadRetr()
 	if err != nil {
 		if desync(err) {
-			return 0, r.suspect(m, nil, err)
+			return 0, r.suspect(i, nil, err)
 		}
 		return 0, err
 	}
 	r.tee.reset()
-	chk := &checkReader{r: rc, want: m.size, tee: &r.tee}
-	uid := r.uid(m)
+	chk := &checkReader{r: rc, want: size, tee: &r.tee}
+	uid := r.uid(i)
 	var key string
 	if uid != "" {
 		key = r.a.messageKey(uid)
 	}
-	err = r.dest.Deliver(Msg{UID: uid, Key: key, Size: m.size}, chk)
+	err = r.dest.Deliver(Msg{UID: uid, Key: key, Size: size}, chk)
 	if err != nil {
 		rc.Close()
 		switch {
 		case chk.bad != nil:
-			return chk.n, r.suspect(m, chk, chk.bad)
+			return chk.n, r.suspect(i, chk, chk.bad)
 		case chk.err != nil && desync(chk.err):
-			return chk.n, r.suspect(m, chk, chk.err)
+			return chk.n, r.suspect(i, chk, chk.err)
 		case chk.err != nil:
-			return chk.n, fmt.Errorf("message %d: connection failed mid-message, nothing stored: %w", m.num, chk.err)
+			return chk.n, fmt.Errorf("message %d: connection failed mid-message, nothing stored: %w", num, chk.err)
 		}
-		return chk.n, fmt.Errorf("%w: message %d to %s: %v", errStore, m.num, r.dest, err)
+		return chk.n, fmt.Errorf("%w: message %d to %s: %v", errStore, num, r.dest, err)
 	}
 	if err := rc.Close(); err != nil {
 		return chk.n, err
@@ -877,30 +830,31 @@ func (r *runner) fetchOne(m *listed) (int64, error) {
 	return chk.n, nil
 }
 
-// suspect handles a sign, while message m was due, that the server's replies
-// are out of step with the commands. What arrived of m goes to quarantine,
-// the journal records m's UIDL as suspect (no later run stores or deletes
-// it), and the session ends without QUIT, so the server deletes nothing:
-// the messages stored earlier in the session are journaled by fail, each
-// having passed its own size check, and are deleted by a later run.
-func (r *runner) suspect(m *listed, chk *checkReader, cause error) error {
+// suspect handles a sign, while message i was due, that the server's
+// replies are out of step with the commands. What arrived of it goes to
+// quarantine, the journal records its UIDL as suspect (no later run stores
+// or deletes it), and the session ends without QUIT, so the server deletes
+// nothing: the messages stored earlier in the session are journaled by fail,
+// each having passed its own size check, and are deleted by a later run.
+func (r *runner) suspect(i int, chk *checkReader, cause error) error {
+	num := r.l.num(i)
 	where := ""
 	if chk != nil && chk.n > 0 {
 		dir, err := r.quarantine()
 		if err != nil {
-			r.obs.Warn(fmt.Sprintf("could not keep what arrived of message %d: %v", m.num, err))
+			r.obs.Warn(fmt.Sprintf("could not keep what arrived of message %d: %v", num, err))
 		} else {
 			where = ", and what arrived of it is in " + dir
 		}
 	}
 	crashpoint.Hit("fetch.quarantined")
-	uid := r.uid(m)
-	what := fmt.Sprintf("message %d", m.num)
+	uid := r.uid(i)
+	what := fmt.Sprintf("message %d", num)
 	stays := "it stays on the server"
 	if uid != "" {
-		what = fmt.Sprintf("message %d (UIDL %s)", m.num, uid)
+		what = fmt.Sprintf("message %d (UIDL %s)", num, uid)
 		stays = "it stays on the server and is not downloaded again"
-		r.j.addSuspectRef(m.id)
+		r.j.addSuspectRef(r.l.id(i))
 		if err := r.j.Sync(); err != nil {
 			return errors.Join(fmt.Errorf("%w: %s: %v", ErrBrokenServer, what, cause), err)
 		}
@@ -960,7 +914,7 @@ func (r *runner) commit() error {
 	now := time.Now()
 	r.j.markDone()
 	for _, i := range r.batch {
-		if id := r.msgs[i].id; id != 0 {
+		if id := r.l.id(int(i)); id != 0 {
 			r.j.addRef(id, now)
 		}
 	}
@@ -973,7 +927,7 @@ func (r *runner) commit() error {
 	}
 	if !r.a.KeepForever && r.a.Keep == 0 {
 		for _, i := range r.batch {
-			r.dele = append(r.dele, r.msgs[i].num)
+			r.dele.add(r.l.num(int(i)))
 		}
 	}
 	r.batch = r.batch[:0]

@@ -76,7 +76,7 @@ func testMessages(n int) []string {
 }
 
 // account returns an account for alice on addr storing into a Maildir.
-func testAccount(t *testing.T, addr string) *Account {
+func testAccount(t testing.TB, addr string) *Account {
 	t.Helper()
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "pw")

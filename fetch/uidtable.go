@@ -4,29 +4,35 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/maphash"
+	"math"
 )
 
 // uidTable maps UIDLs to a few flags and a time, compactly enough for
-// maildrops of millions of messages: every entry is one record in a single
-// arena,
+// maildrops of millions of messages: every entry is one record,
 //
-//	flags (1 octet) | length (1) | time (8, little-endian) | UIDL
+//	flags (1 octet) | length (1) | time (4, unix seconds, little-endian) | UIDL
 //
-// and an open-addressing index of arena offsets finds it. An entry costs
-// its UIDL plus about 20 octets, where a Go map of strings costs about
-// 100. A ref (the record's offset plus one) names an entry for as long as
-// the table lives; entries are never removed, only their flags cleared.
+// in 1 MiB arena blocks that are filled in turn and never moved, and an
+// open-addressing index of refs finds it. An entry costs its UIDL plus
+// about 12 octets, where a Go map of strings costs about 100. A ref (block
+// number and offset, plus one) names an entry for as long as the table
+// lives; entries are never removed, only their flags cleared.
 type uidTable struct {
-	arena []byte
-	index []uint32 // ref, or 0 for an empty slot; len is a power of two
-	n     int
-	seed  maphash.Seed
+	blocks [][]byte
+	index  []uint32 // ref, or 0 for an empty slot; len is a power of two
+	n      int
+	seed   maphash.Seed
 }
 
 // ref names an entry of a uidTable; 0 is none.
 type ref uint32
 
-const recHead = 10
+const (
+	recHead   = 6
+	blockBits = 20
+	blockSize = 1 << blockBits
+	maxBlocks = 1<<(32-blockBits) - 1 // so that no ref is ^ref(0)
+)
 
 // errTableFull is returned when the arena would pass what a ref can name.
 var errTableFull = errors.New("more UIDLs than pouch fetch can track (over 4 GiB of them)")
@@ -37,6 +43,11 @@ func newUIDTable() *uidTable {
 
 // Len returns the number of entries.
 func (t *uidTable) Len() int { return t.n }
+
+// rec returns the record of r, from its flags octet to the end of its block.
+func (t *uidTable) rec(r ref) []byte {
+	return t.blocks[(r-1)>>blockBits][(r-1)&(blockSize-1):]
+}
 
 // slot returns the index slot of uid and its entry, or an empty slot and 0.
 func slot[S string | []byte](t *uidTable, uid S, h uint64) (int, ref) {
@@ -79,13 +90,18 @@ func insert[S string | []byte](t *uidTable, uid S, h uint64) (ref, error) {
 	if r != 0 {
 		return r, nil
 	}
-	off := len(t.arena)
-	if uint64(off)+recHead+uint64(len(uid)) >= 1<<32-1 {
-		return 0, errTableFull
+	need := recHead + len(uid)
+	if len(t.blocks) == 0 || len(t.blocks[len(t.blocks)-1])+need > blockSize {
+		if len(t.blocks) == maxBlocks {
+			return 0, errTableFull
+		}
+		t.blocks = append(t.blocks, make([]byte, 0, blockSize))
 	}
-	t.arena = append(t.arena, 0, byte(len(uid)), 0, 0, 0, 0, 0, 0, 0, 0)
-	t.arena = append(t.arena, uid...)
-	r = ref(off + 1)
+	b := len(t.blocks) - 1
+	blk := t.blocks[b]
+	r = ref(b<<blockBits|len(blk)) + 1
+	blk = append(blk, 0, byte(len(uid)), 0, 0, 0, 0)
+	t.blocks[b] = append(blk, uid...)
 	t.index[i] = uint32(r)
 	t.n++
 	if t.n*4 > len(t.index)*3 {
@@ -111,41 +127,40 @@ func (t *uidTable) grow() {
 }
 
 func (t *uidTable) uidBytes(r ref) []byte {
-	off := int(r) - 1
-	n := int(t.arena[off+1])
-	return t.arena[off+recHead : off+recHead+n]
+	rec := t.rec(r)
+	return rec[recHead : recHead+int(rec[1])]
 }
 
 // UID returns the entry's UIDL.
 func (t *uidTable) UID(r ref) string { return string(t.uidBytes(r)) }
 
 // Flags returns the entry's flags.
-func (t *uidTable) Flags(r ref) uint8 { return t.arena[int(r)-1] }
+func (t *uidTable) Flags(r ref) uint8 { return t.rec(r)[0] }
 
 // Has reports whether the entry has every flag in f.
-func (t *uidTable) Has(r ref, f uint8) bool { return r != 0 && t.arena[int(r)-1]&f == f }
+func (t *uidTable) Has(r ref, f uint8) bool { return r != 0 && t.rec(r)[0]&f == f }
 
 // Set sets the flags f of the entry.
-func (t *uidTable) Set(r ref, f uint8) { t.arena[int(r)-1] |= f }
+func (t *uidTable) Set(r ref, f uint8) { t.rec(r)[0] |= f }
 
 // Clear clears the flags f of the entry.
-func (t *uidTable) Clear(r ref, f uint8) { t.arena[int(r)-1] &^= f }
+func (t *uidTable) Clear(r ref, f uint8) { t.rec(r)[0] &^= f }
 
 // Time returns the entry's time (unix seconds).
 func (t *uidTable) Time(r ref) int64 {
-	off := int(r) - 1
-	return int64(binary.LittleEndian.Uint64(t.arena[off+2 : off+10]))
+	return int64(binary.LittleEndian.Uint32(t.rec(r)[2:6]))
 }
 
-// SetTime sets the entry's time (unix seconds).
+// SetTime sets the entry's time (unix seconds), clamped to 1970 to 2106.
 func (t *uidTable) SetTime(r ref, sec int64) {
-	off := int(r) - 1
-	binary.LittleEndian.PutUint64(t.arena[off+2:off+10], uint64(sec))
+	binary.LittleEndian.PutUint32(t.rec(r)[2:6], uint32(min(max(sec, 0), math.MaxUint32)))
 }
 
 // Each calls fn for every entry, in the order they were added.
 func (t *uidTable) Each(fn func(r ref)) {
-	for off := 0; off < len(t.arena); off += recHead + int(t.arena[off+1]) {
-		fn(ref(off + 1))
+	for b, blk := range t.blocks {
+		for off := 0; off < len(blk); off += recHead + int(blk[off+1]) {
+			fn(ref(b<<blockBits|off) + 1)
+		}
 	}
 }
