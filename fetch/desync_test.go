@@ -213,7 +213,7 @@ func TestStatBarrier(t *testing.T) {
 			C: STAT
 			`+stat)
 		st, err := Run(context.Background(), a, nil)
-		if !errors.Is(err, ErrBrokenServer) || !strings.Contains(err.Error(), "STAT before QUIT") || st.Deleted != 0 {
+		if !errors.Is(err, ErrBrokenServer) || !strings.Contains(err.Error(), "answering STAT before QUIT") || st.Deleted != 0 {
 			t.Fatalf("%s: %+v %v", stat, st, err)
 		}
 		// Stored and journaled: deleted by a later run.

@@ -305,7 +305,7 @@ const DefaultDeadline = 30 * time.Minute
 var ErrBrokenServer = errors.New("the server broke the POP3 protocol")
 
 // ErrDeadline is wrapped by the error of a run cut off at its deadline.
-var ErrDeadline = errors.New("deadline passed")
+var ErrDeadline = errors.New("the account's deadline passed")
 
 // Run fetches the account once. Cancelling ctx stops it gently: the message
 // being stored is finished (with those already in flight), deletions due are
@@ -339,7 +339,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		defer cancel()
 		defer func() {
 			if err != nil && (cutOff.Load() || ctx.Err() == nil && dctx.Err() != nil) {
-				err = fmt.Errorf("%w: the run took longer than its deadline of %v and was cut off, so nothing was deleted this time (what was stored is recorded and is not fetched again)", ErrDeadline, limit)
+				err = fmt.Errorf("%w: the run was cut off after %v, so nothing was deleted this time (what was stored is recorded and is not fetched again)", ErrDeadline, limit)
 			}
 		}()
 	}
@@ -508,7 +508,7 @@ func (r *runner) run(ctx context.Context) error {
 	uerr, err := r.list()
 	if err != nil {
 		if desync(err) {
-			return fmt.Errorf("%w: %v in the message listing; the session was ended without deleting anything", ErrBrokenServer, err)
+			return fmt.Errorf("%w in its message listing: %s, so the session was ended without deleting anything", ErrBrokenServer, describe(err))
 		}
 		return err
 	}
@@ -702,7 +702,7 @@ func (r *runner) broken(what string, err error) error {
 	if !desync(err) {
 		return err
 	}
-	return fmt.Errorf("%w: %s before QUIT: %v; the session was ended without deleting anything", ErrBrokenServer, what, err)
+	return fmt.Errorf("%w answering %s before QUIT: %s, so the session was ended without deleting anything", ErrBrokenServer, what, describe(err))
 }
 
 func (r *runner) sendDele(n int) error {
@@ -850,26 +850,26 @@ func (r *runner) suspect(i int, chk *checkReader, cause error) error {
 	crashpoint.Hit("fetch.quarantined")
 	uid := r.uid(i)
 	what := fmt.Sprintf("message %d", num)
-	stays := "it stays on the server"
+	stays := "the message stays on the server"
 	if uid != "" {
 		what = fmt.Sprintf("message %d (UIDL %s)", num, uid)
-		stays = "it stays on the server and is not downloaded again"
+		stays = "the message stays on the server and is not downloaded again"
 		r.j.addSuspectRef(r.l.id(i))
 		if err := r.j.Sync(); err != nil {
-			return errors.Join(fmt.Errorf("%w: %s: %v", ErrBrokenServer, what, cause), err)
+			return errors.Join(fmt.Errorf("%w at %s: %s", ErrBrokenServer, what, describe(cause)), err)
 		}
 		crashpoint.Hit("fetch.suspect-journaled")
 	}
-	return fmt.Errorf("%w: %s %v, so the session was ended without deleting anything; %s%s", ErrBrokenServer, what, describe(cause), stays, where)
+	return fmt.Errorf("%w at %s: %s, so the session was ended without deleting anything; %s%s", ErrBrokenServer, what, describe(cause), stays, where)
 }
 
-// describe words a sign of a broken stream for suspect's sentence.
+// describe words a sign of a broken stream for a sentence.
 func describe(err error) string {
-	var se *sizeError
-	if errors.As(err, &se) {
-		return se.Error()
+	s := err.Error()
+	for _, p := range []string{"pop3: protocol error: ", "pop3: "} {
+		s = strings.TrimPrefix(s, p)
 	}
-	return "got a reply that broke the protocol (" + err.Error() + ")"
+	return s
 }
 
 // quarantine stores the message just received (r.tee) in the Maildir
@@ -945,14 +945,14 @@ func (r *runner) fail(err error) error {
 
 // sizeError is a message whose size disagrees with LIST, or an empty one.
 type sizeError struct {
-	got, lf, want int64
+	got, want int64
 }
 
 func (e *sizeError) Error() string {
 	if e.got == 0 {
-		return "arrived empty"
+		return "it arrived empty"
 	}
-	return fmt.Sprintf("arrived as %d octets where LIST announced %d (a body line \".\" not dot-stuffed ends a message early)", e.got, e.want)
+	return fmt.Sprintf("it arrived as %d octets where LIST announced %d (a body line \".\" that is not dot-stuffed ends a message early)", e.got, e.want)
 }
 
 // checkReader passes a message body through, counting its octets and CRLF
@@ -984,13 +984,15 @@ func (c *checkReader) Read(p []byte) (int, error) {
 		c.n += int64(n)
 		c.tee.write(b)
 	}
-	switch {
-	case err == io.EOF:
+	// A protocol error here came at the body's end (data followed it that
+	// answers no command): the size is worth judging too.
+	if err == io.EOF || err != nil && desync(err) {
 		if c.n == 0 || c.n != c.want && c.n-c.crlf != c.want {
-			c.bad = &sizeError{got: c.n, lf: c.n - c.crlf, want: c.want}
+			c.bad = &sizeError{got: c.n, want: c.want}
 			return n, c.bad
 		}
-	case err != nil:
+	}
+	if err != nil && err != io.EOF {
 		c.err = err
 	}
 	return n, err
