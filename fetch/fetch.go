@@ -4,10 +4,13 @@
 // when the keep policy says so and only after the message is stored and
 // journaled, so that no crash loses or (for Maildir) duplicates a message.
 //
-// The order for each message is RETR → store durably → journal (fsync) →
-// DELE → QUIT. A crash before the journal fsync means the message is fetched
-// again; for Maildir the next run finds it by the digest in its file name
-// instead. A crash after it means the DELE is sent by the next run.
+// The order for each message is RETR → size checked against LIST → store
+// durably → journal (fsync); once the last message is stored, STAT → DELE →
+// QUIT. A crash before the journal fsync means the message is fetched again;
+// for Maildir the next run finds it by the digest in its file name instead.
+// A crash after it means the DELE is sent by the next run. A server whose
+// replies go out of step with the commands ends the session without DELE or
+// QUIT; the message at fault goes to quarantine and is left on the server.
 package fetch
 
 import (
