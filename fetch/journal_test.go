@@ -1,11 +1,15 @@
 package fetch
 
 import (
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -124,4 +128,62 @@ func TestUIDTable(t *testing.T) {
 		}
 		n++
 	})
+}
+
+// Pending records past spillSize are written out before Sync (without an
+// fsync), so that millions of them are not held in memory; a failed write
+// of them fails the next Sync.
+func TestJournalSpillsPending(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := spillSize/20 + 10
+	for i := range n {
+		j.AddPending(fmt.Sprintf("uid-%015d", i))
+	}
+	if len(j.buf) >= spillSize {
+		t.Fatalf("%d octets buffered", len(j.buf))
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "x.journal")); fi.Size() < spillSize {
+		t.Fatalf("journal has %d octets before Sync", fi.Size())
+	}
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j, err = OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if !j.Pending("uid-000000000000000") || !j.Pending(fmt.Sprintf("uid-%015d", n-1)) {
+		t.Fatal("pending records lost")
+	}
+	journalWrite = func(*os.File, []byte) (int, error) { return 0, syscall.ENOSPC }
+	for i := range n {
+		j.AddPending(fmt.Sprintf("new-%015d", i))
+	}
+	journalWrite = (*os.File).Write
+	if err := j.Sync(); err == nil {
+		t.Fatal("a failed spill went unnoticed")
+	}
+}
+
+// The size check counts CRLF pairs split between reads, accepts the CRLF
+// and the LF count of LIST, and refuses anything else and empty bodies.
+func TestCheckReader(t *testing.T) {
+	body := "a\r\nbb\r\n\r\nc\r\n"
+	for want, ok := range map[int64]bool{12: true, 8: true, 13: false, 11: false, 9: false, 0: false} {
+		c := &checkReader{r: iotest.OneByteReader(strings.NewReader(body)), want: want, tee: &teeSpool{}}
+		got, err := io.ReadAll(c)
+		if ok != (err == nil) || string(got) != body || c.crlf != 4 {
+			t.Errorf("LIST %d: %v, %d CRLF", want, err, c.crlf)
+		}
+	}
+	c := &checkReader{r: strings.NewReader(""), tee: &teeSpool{}}
+	if _, err := io.ReadAll(c); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("empty body: %v", err)
+	}
 }

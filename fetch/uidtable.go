@@ -3,6 +3,7 @@ package fetch
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"math"
 )
@@ -86,6 +87,9 @@ func (t *uidTable) InsertString(uid string) (ref, error) {
 }
 
 func insert[S string | []byte](t *uidTable, uid S, h uint64) (ref, error) {
+	if len(uid) == 0 || len(uid) > 255 {
+		return 0, fmt.Errorf("UIDL of %d octets", len(uid))
+	}
 	i, r := slot(t, uid, h)
 	if r != 0 {
 		return r, nil
