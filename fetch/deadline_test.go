@@ -3,6 +3,8 @@ package fetch
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -42,5 +44,32 @@ func TestDeadlineCutsOffTrickle(t *testing.T) {
 	defer j.Close()
 	if _, seen := j.Seen("u1"); !seen {
 		t.Fatal("the message stored before the cut is not journaled")
+	}
+}
+
+// An MDA or an LMTP server that hangs is stopped at the run's deadline.
+func TestDeadlineStopsDestinations(t *testing.T) {
+	d := &mda{cmd: "sleep 60"}
+	d.setDeadline(time.Now().Add(300 * time.Millisecond))
+	start := time.Now()
+	if err := d.Deliver(Msg{}, strings.NewReader("x\r\n")); err == nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("MDA: %v after %v", err, time.Since(start))
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c) // never greets
+		}
+	}()
+	s := &smtpDest{lmtp: true, addr: l.Addr().String(), rcpt: "alice"}
+	s.setDeadline(time.Now().Add(300 * time.Millisecond))
+	start = time.Now()
+	if err := s.Deliver(Msg{}, strings.NewReader("x\r\n")); err == nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("LMTP: %v after %v", err, time.Since(start))
 	}
 }

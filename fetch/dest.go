@@ -695,8 +695,12 @@ func (s *smtpDest) connect() error {
 	if err != nil {
 		return err
 	}
-	// A server that stops answering cannot hold the run past its deadline.
-	conn.SetDeadline(s.deadline)
+	if !s.deadline.IsZero() {
+		// A server that stops answering cannot hold the run past its
+		// deadline (the SMTP client sets and clears deadlines of its own).
+		conn = cappedConn{conn, s.deadline}
+		conn.SetDeadline(time.Time{})
+	}
 	if s.lmtp {
 		s.c = smtp.NewClientLMTP(conn)
 	} else {
@@ -745,6 +749,24 @@ func (s *smtpDest) send(body io.Reader) error {
 }
 
 func (s *smtpDest) Sync() error { return nil }
+
+// cappedConn keeps every deadline set on it at or before limit; none is
+// limit.
+type cappedConn struct {
+	net.Conn
+	limit time.Time
+}
+
+func (c cappedConn) capped(t time.Time) time.Time {
+	if t.IsZero() || t.After(c.limit) {
+		return c.limit
+	}
+	return t
+}
+
+func (c cappedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.capped(t)) }
+func (c cappedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.capped(t)) }
+func (c cappedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.capped(t)) }
 
 func (s *smtpDest) Close() error {
 	if s.c == nil {
