@@ -1,11 +1,15 @@
 // Package client is a POP3 client (RFC 1939, RFC 2449, RFC 2595, RFC 5034)
 // built on the pop3 wire codec: dialing with timeouts, implicit TLS or STLS,
 // CAPA, every RFC 1939 command, TOP, UIDL, SASL and APOP, streaming RETR with
-// byte-exact dot-unstuffing, and pipelined RETR/DELE when the server offers
-// PIPELINING (and never when it does not).
+// byte-exact dot-unstuffing, streamed LIST and UIDL, and pipelined
+// RETR/DELE/STAT when the server offers PIPELINING (and never when it does
+// not).
 //
-// A Client is not safe for concurrent use. After any I/O or protocol error
-// the connection is unusable and every later call returns the same error.
+// A Client is not safe for concurrent use (Abort excepted). After any I/O or
+// protocol error the connection is unusable and every later call returns the
+// same error. A reply that is neither +OK nor -ERR where a status line is
+// due, and data that answers no command, are protocol errors: the server's
+// replies are out of step with the commands.
 package client
 
 import (
