@@ -1,14 +1,19 @@
 // Package client is a POP3 client (RFC 1939, RFC 2449, RFC 2595, RFC 5034)
 // built on the pop3 wire codec: dialing with timeouts, implicit TLS or STLS,
 // CAPA, every RFC 1939 command, TOP, UIDL, SASL and APOP, streaming RETR with
-// byte-exact dot-unstuffing, and pipelined RETR/DELE when the server offers
-// PIPELINING (and never when it does not).
+// byte-exact dot-unstuffing, streamed LIST and UIDL, and pipelined
+// RETR/DELE/STAT when the server offers PIPELINING (and never when it does
+// not).
 //
-// A Client is not safe for concurrent use. After any I/O or protocol error
-// the connection is unusable and every later call returns the same error.
+// A Client is not safe for concurrent use (Abort excepted). After any I/O or
+// protocol error the connection is unusable and every later call returns the
+// same error. A reply that is neither +OK nor -ERR where a status line is
+// due, and data that answers no command, are protocol errors: the server's
+// replies are out of step with the commands.
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/tls"
@@ -101,6 +106,7 @@ var (
 // Client is one POP3 connection.
 type Client struct {
 	conn     net.Conn
+	raw      net.Conn // the TCP connection under any TLS, for Abort
 	r        *pop3.Reader
 	w        *pop3.Writer
 	timeout  time.Duration
@@ -116,7 +122,9 @@ type Client struct {
 // pending is a command whose reply has not been read yet.
 type pending struct {
 	name string
-	done func(error) // single-line replies: called with the reply's Err
+	// reply, for single-line replies, gets the status line (never a
+	// continuation); an error it returns breaks the connection.
+	reply func(pop3.Reply) error
 }
 
 // Dial connects to addr ("host:port"), protects the connection as opts.TLS
@@ -156,6 +164,7 @@ func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 }
 
 func setup(ctx context.Context, conn net.Conn, addr string, opts Options) (*Client, error) {
+	raw := conn
 	cfg := tlsConfigFor(opts.TLSConfig, addr)
 	if opts.TLS == TLSImplicit {
 		tc := tls.Client(conn, cfg)
@@ -165,6 +174,7 @@ func setup(ctx context.Context, conn net.Conn, addr string, opts Options) (*Clie
 		conn = tc
 	}
 	c := newClient(conn, opts.Timeout)
+	c.raw = raw
 	c.tls = opts.TLS == TLSImplicit
 	if err := c.readGreeting(); err != nil {
 		return nil, err
@@ -211,7 +221,15 @@ func newClient(conn net.Conn, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = defaultTimeout
 	}
-	return &Client{conn: conn, r: pop3.NewReader(conn), w: pop3.NewWriter(conn), timeout: timeout}
+	return &Client{conn: conn, raw: conn, r: pop3.NewReader(conn), w: pop3.NewWriter(conn), timeout: timeout}
+}
+
+// Abort closes the connection at once, without QUIT, so the server deletes
+// nothing (RFC 1939 §6). It is the one method that may be called from
+// another goroutine: a call blocked on the server returns an error, and so
+// does every later one.
+func (c *Client) Abort() {
+	c.raw.Close()
 }
 
 func (c *Client) readGreeting() error {
@@ -277,7 +295,7 @@ func (c *Client) readReply() (pop3.Reply, error) {
 // send writes one command into the buffer and records it as pending. It
 // refuses to put a second command on the wire when the server has not
 // offered PIPELINING (RFC 2449 §6.6).
-func (c *Client) send(done func(error), name string, args ...string) error {
+func (c *Client) send(reply func(pop3.Reply) error, name string, args ...string) error {
 	if err := c.usable(); err != nil {
 		return err
 	}
@@ -293,7 +311,7 @@ func (c *Client) send(done func(error), name string, args ...string) error {
 	if err := pop3.WriteCommand(c.w, name, args...); err != nil {
 		return err // a bad argument: nothing written
 	}
-	c.pending = append(c.pending, pending{name: name, done: done})
+	c.pending = append(c.pending, pending{name: name, reply: reply})
 	return nil
 }
 
@@ -315,7 +333,7 @@ func (c *Client) Flush() error {
 // drainSingle flushes and reads the replies of the single-line commands at
 // the front of the queue, calling their callbacks.
 func (c *Client) drainSingle() error {
-	for len(c.pending) > 0 && c.pending[0].done != nil {
+	for len(c.pending) > 0 && c.pending[0].reply != nil {
 		if err := c.Flush(); err != nil {
 			return err
 		}
@@ -324,8 +342,27 @@ func (c *Client) drainSingle() error {
 		if err != nil {
 			return err
 		}
+		if rep.Continuation {
+			return c.fail(fmt.Errorf("%w: unexpected continuation to %s", pop3.ErrProtocol, p.name))
+		}
 		c.pending = c.pending[1:]
-		p.done(rep.Err())
+		if err := p.reply(rep); err != nil {
+			return c.fail(err)
+		}
+		if err := c.checkQuiet(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkQuiet fails the connection when the server has sent anything while
+// no reply is due: a server that does not dot-stuff a body line "." ends
+// the body early, and the rest of it arrives unasked. Data that is still
+// in flight is found instead as the next status line, which it cannot be.
+func (c *Client) checkQuiet() error {
+	if len(c.pending) == 0 && c.r.Buffered() > 0 {
+		return c.fail(fmt.Errorf("%w: the server sent %d octets that answer no command (a body line \".\" not dot-stuffed?)", pop3.ErrProtocol, c.r.Buffered()))
 	}
 	return nil
 }
@@ -376,29 +413,42 @@ func (c *Client) multi(name string, args ...string) ([]string, error) {
 	if _, err := c.cmd(name, args...); err != nil {
 		return nil, err
 	}
-	return c.multiLines(name)
+	return c.multiLines(name, true)
 }
 
 // multiReply reads the status line of a multi-line reply to a command
-// already sent, then its lines.
-func (c *Client) multiReply(name string) ([]string, error) {
+// already sent, then passes each of its lines to fn. last says that no
+// other reply is due after this one.
+func (c *Client) multiReply(name string, last bool, fn func(line []byte) error) error {
 	rep, err := c.readReply()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if rep.Continuation {
-		return nil, c.fail(fmt.Errorf("%w: unexpected continuation to %s", pop3.ErrProtocol, name))
+		return c.fail(fmt.Errorf("%w: unexpected continuation to %s", pop3.ErrProtocol, name))
 	}
 	if err := rep.Err(); err != nil {
-		return nil, err
+		return err
 	}
-	return c.multiLines(name)
+	return c.eachLine(name, last, fn)
 }
 
 // multiLines reads the lines of a multi-line reply after its +OK.
-func (c *Client) multiLines(name string) ([]string, error) {
+func (c *Client) multiLines(name string, last bool) ([]string, error) {
 	var lines []string
-	total := 0
+	err := c.eachLine(name, last, func(line []byte) error {
+		lines = append(lines, string(line))
+		return nil
+	})
+	return lines, err
+}
+
+// eachLine passes the lines of a multi-line reply after its +OK to fn,
+// unstuffed (RFC 1939 §3), without terminators; a line is valid only
+// during the call. An error from fn breaks the connection, since the rest
+// of the reply is left unread.
+func (c *Client) eachLine(name string, last bool, fn func(line []byte) error) error {
+	total, n := 0, 0
 	for {
 		c.conn.SetReadDeadline(time.Now().Add(c.timeout))
 		line, err := c.r.ReadLine(maxListLine)
@@ -407,18 +457,24 @@ func (c *Client) multiLines(name string) ([]string, error) {
 			err = io.ErrUnexpectedEOF
 		}
 		if err != nil {
-			return nil, c.fail(err)
+			return c.fail(err)
 		}
 		if len(line) > 0 && line[0] == '.' {
 			if len(line) == 1 {
-				return lines, nil
+				if last {
+					return c.checkQuiet()
+				}
+				return nil
 			}
 			line = line[1:]
 		}
-		if len(lines) >= maxMultiLines || total > maxMultiBytes {
-			return nil, c.fail(fmt.Errorf("%w: %s reply too long (more than %d lines or %d octets)", pop3.ErrProtocol, name, maxMultiLines, maxMultiBytes))
+		if n >= maxMultiLines || total > maxMultiBytes {
+			return c.fail(fmt.Errorf("%w: %s reply too long (more than %d lines or %d octets)", pop3.ErrProtocol, name, maxMultiLines, maxMultiBytes))
 		}
-		lines = append(lines, string(line))
+		n++
+		if err := fn(line); err != nil {
+			return c.fail(err)
+		}
 	}
 }
 
@@ -520,21 +576,20 @@ func (c *Client) APOP(name, secret string) error {
 func (c *Client) HasAPOP() bool { return c.stamp != "" }
 
 // Stat returns the number of messages and their total size (RFC 1939 §5).
+// Anything the server sent after the reply is a protocol error: nothing
+// else was asked.
 func (c *Client) Stat() (count int, size int64, err error) {
 	rep, err := c.cmd("STAT")
+	if err != nil && !isERR(err) {
+		return 0, 0, err
+	}
+	if qerr := c.checkQuiet(); qerr != nil {
+		return 0, 0, qerr
+	}
 	if err != nil {
 		return 0, 0, err
 	}
-	f := strings.Fields(rep.Text)
-	if len(f) < 2 {
-		return 0, 0, fmt.Errorf("%w: bad STAT reply %q", pop3.ErrProtocol, rep.Text)
-	}
-	count, err1 := strconv.Atoi(f[0])
-	size, err2 := strconv.ParseInt(f[1], 10, 64)
-	if err1 != nil || err2 != nil || count < 0 || size < 0 {
-		return 0, 0, fmt.Errorf("%w: bad STAT reply %q", pop3.ErrProtocol, rep.Text)
-	}
-	return count, size, nil
+	return parseStat(rep.Text)
 }
 
 // MessageInfo is one line of a LIST or UIDL response.
@@ -546,11 +601,19 @@ type MessageInfo struct {
 
 // List returns every message number and size (RFC 1939 §5).
 func (c *Client) List() ([]MessageInfo, error) {
-	lines, err := c.multi("LIST")
+	var out []MessageInfo
+	if _, err := c.cmd("LIST"); err != nil {
+		return nil, err
+	}
+	err := c.eachLine("LIST", true, func(l []byte) error {
+		n, size, err := parseListLine(l)
+		out = append(out, MessageInfo{Num: n, Size: size})
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	return c.parseList(lines)
+	return out, nil
 }
 
 // ListUidl returns what List and Uidl return, sending both commands at once
@@ -558,63 +621,119 @@ func (c *Client) List() ([]MessageInfo, error) {
 // to UIDL (not implemented) comes back as uidlErr, a *pop3.Error; err is
 // any other failure.
 func (c *Client) ListUidl() (list, uidl []MessageInfo, uidlErr, err error) {
-	if !c.Pipelining() {
-		if list, err = c.List(); err != nil {
-			return nil, nil, nil, err
-		}
-		uidl, uidlErr = c.Uidl()
-		var pe *pop3.Error
-		if uidlErr != nil && !errors.As(uidlErr, &pe) {
-			return nil, nil, nil, uidlErr
-		}
-		return list, uidl, uidlErr, nil
-	}
-	if err := c.Wait(); err != nil {
+	uidlErr, err = c.ListUidlFunc(func(n int, size int64) error {
+		list = append(list, MessageInfo{Num: n, Size: size})
+		return nil
+	}, func(n int, uid []byte) error {
+		uidl = append(uidl, MessageInfo{Num: n, UID: string(uid)})
+		return nil
+	})
+	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := pop3.WriteCommand(c.w, "LIST"); err != nil {
-		return nil, nil, nil, err
+	if uidlErr != nil {
+		uidl = nil
 	}
-	if err := pop3.WriteCommand(c.w, "UIDL"); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := c.Flush(); err != nil {
-		return nil, nil, nil, err
-	}
-	llines, lerr := c.multiReply("LIST")
-	if lerr != nil && c.err != nil {
-		return nil, nil, nil, lerr
-	}
-	ulines, uerr := c.multiReply("UIDL") // read even after a -ERR to LIST
-	if lerr != nil {
-		return nil, nil, nil, lerr
-	}
-	if uerr != nil && c.err != nil {
-		return nil, nil, nil, uerr
-	}
-	if list, err = c.parseList(llines); err != nil {
-		return nil, nil, nil, err
-	}
-	if uerr != nil {
-		return list, nil, uerr, nil
-	}
-	if uidl, err = c.parseUidl(ulines); err != nil {
-		return nil, nil, nil, err
-	}
-	return list, uidl, nil, nil
+	return list, uidl, uidlErr, nil
 }
 
-func (c *Client) parseList(lines []string) ([]MessageInfo, error) {
-	out := make([]MessageInfo, 0, len(lines))
-	for _, l := range lines {
-		n, rest, ok := scanListing(l)
-		size, err := strconv.ParseInt(rest, 10, 64)
-		if !ok || err != nil || size < 0 {
-			return nil, c.fail(fmt.Errorf("%w: bad LIST line %q", pop3.ErrProtocol, l))
+// ListUidlFunc is ListUidl streamed, for listings too long to hold: list
+// gets each LIST line and then uidl each UIDL line, in the server's order,
+// as they are read; uid is valid only during the call. An error from either
+// function ends the session and is returned as err.
+func (c *Client) ListUidlFunc(list func(n int, size int64) error, uidl func(n int, uid []byte) error) (uidlErr, err error) {
+	onList := func(l []byte) error {
+		n, size, err := parseListLine(l)
+		if err != nil {
+			return err
 		}
-		out = append(out, MessageInfo{Num: n, Size: size})
+		return list(n, size)
 	}
-	return out, nil
+	onUidl := func(l []byte) error {
+		n, uid, err := parseUidlLine(l)
+		if err != nil {
+			return err
+		}
+		return uidl(n, uid)
+	}
+	if !c.Pipelining() {
+		if _, err := c.cmd("LIST"); err != nil {
+			return nil, err
+		}
+		if err := c.eachLine("LIST", true, onList); err != nil {
+			return nil, err
+		}
+		if _, err := c.cmd("UIDL"); err != nil {
+			if isERR(err) {
+				return err, nil
+			}
+			return nil, err
+		}
+		return nil, c.eachLine("UIDL", true, onUidl)
+	}
+	if err := c.Wait(); err != nil {
+		return nil, err
+	}
+	if err := pop3.WriteCommand(c.w, "LIST"); err != nil {
+		return nil, err
+	}
+	if err := pop3.WriteCommand(c.w, "UIDL"); err != nil {
+		return nil, err
+	}
+	if err := c.Flush(); err != nil {
+		return nil, err
+	}
+	lerr := c.multiReply("LIST", false, onList)
+	if lerr != nil && c.err != nil {
+		return nil, lerr
+	}
+	uerr := c.multiReply("UIDL", true, onUidl) // read even after a -ERR to LIST
+	if lerr != nil {
+		return nil, lerr
+	}
+	if uerr != nil && c.err != nil {
+		return nil, uerr
+	}
+	return uerr, nil
+}
+
+func isERR(err error) bool {
+	var pe *pop3.Error
+	return errors.As(err, &pe)
+}
+
+// parseListLine parses a scan listing, "n size" (RFC 1939 §5).
+func parseListLine(l []byte) (int, int64, error) {
+	n, rest, ok := scanListing(l)
+	size, sok := parseOctets(rest)
+	if !ok || !sok {
+		return 0, 0, fmt.Errorf("%w: bad LIST line %q", pop3.ErrProtocol, l)
+	}
+	return n, size, nil
+}
+
+// parseOctets parses a size: decimal digits, less than 2^63.
+func parseOctets(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// parseUidlLine parses a unique-id listing, "n uid" (RFC 1939 §7).
+func parseUidlLine(l []byte) (int, []byte, error) {
+	n, uid, ok := scanListing(l)
+	if !ok || len(uid) == 0 {
+		return 0, nil, fmt.Errorf("%w: bad UIDL line %q", pop3.ErrProtocol, l)
+	}
+	return n, uid, nil
 }
 
 // ListOne returns the size of message n.
@@ -623,9 +742,8 @@ func (c *Client) ListOne(n int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	_, rest, ok := scanListing(rep.Text)
-	size, err := strconv.ParseInt(rest, 10, 64)
-	if !ok || err != nil || size < 0 {
+	_, size, err := parseListLine([]byte(rep.Text))
+	if err != nil {
 		return 0, fmt.Errorf("%w: bad LIST reply %q", pop3.ErrProtocol, rep.Text)
 	}
 	return size, nil
@@ -634,21 +752,17 @@ func (c *Client) ListOne(n int) (int64, error) {
 // Uidl returns every message number and unique id (RFC 1939 §7). A server
 // that does not implement UIDL returns a *pop3.Error.
 func (c *Client) Uidl() ([]MessageInfo, error) {
-	lines, err := c.multi("UIDL")
-	if err != nil {
+	var out []MessageInfo
+	if _, err := c.cmd("UIDL"); err != nil {
 		return nil, err
 	}
-	return c.parseUidl(lines)
-}
-
-func (c *Client) parseUidl(lines []string) ([]MessageInfo, error) {
-	out := make([]MessageInfo, 0, len(lines))
-	for _, l := range lines {
-		n, uid, ok := scanListing(l)
-		if !ok || uid == "" {
-			return nil, c.fail(fmt.Errorf("%w: bad UIDL line %q", pop3.ErrProtocol, l))
-		}
-		out = append(out, MessageInfo{Num: n, UID: uid})
+	err := c.eachLine("UIDL", true, func(l []byte) error {
+		n, uid, err := parseUidlLine(l)
+		out = append(out, MessageInfo{Num: n, UID: string(uid)})
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -659,18 +773,19 @@ func (c *Client) UidlOne(n int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	_, uid, ok := scanListing(rep.Text)
-	if !ok || uid == "" {
+	_, uid, err := parseUidlLine([]byte(rep.Text))
+	if err != nil {
 		return "", fmt.Errorf("%w: bad UIDL reply %q", pop3.ErrProtocol, rep.Text)
 	}
-	return uid, nil
+	return string(uid), nil
 }
 
 // scanListing splits "n rest" and trims rest; UIDs keep any inner octets.
-func scanListing(l string) (int, string, bool) {
-	num, rest, _ := strings.Cut(strings.TrimLeft(l, " "), " ")
-	n, ok := pop3.ParseNumber(num)
-	return n, strings.Trim(rest, " "), ok
+func scanListing(l []byte) (int, []byte, bool) {
+	l = bytes.TrimLeft(l, " ")
+	num, rest, _ := bytes.Cut(l, []byte(" "))
+	n, ok := pop3.ParseNumber(string(num))
+	return n, bytes.Trim(rest, " "), ok
 }
 
 // Dele marks message n deleted (RFC 1939 §5); QUIT commits.
@@ -744,10 +859,47 @@ func (c *Client) SendRetr(n int) error {
 // SendDele queues "DELE n"; done is called with the reply's error when a
 // later ReadRetr, Wait or command reads it.
 func (c *Client) SendDele(n int, done func(error)) error {
-	if done == nil {
-		done = func(error) {}
+	return c.send(func(rep pop3.Reply) error {
+		if done != nil {
+			done(rep.Err())
+		}
+		return nil
+	}, "DELE", strconv.Itoa(n))
+}
+
+// SendStat queues STAT (RFC 1939 §5); done is called with the drop
+// listing, or the -ERR as err, when a later ReadRetr, Wait or command reads
+// the reply. A +OK without a drop listing is a protocol error that ends the
+// session.
+func (c *Client) SendStat(done func(count int, size int64, err error)) error {
+	return c.send(func(rep pop3.Reply) error {
+		if err := rep.Err(); err != nil {
+			done(0, 0, err)
+			return nil
+		}
+		count, size, err := parseStat(rep.Text)
+		if err != nil {
+			return err
+		}
+		done(count, size, nil)
+		return nil
+	}, "STAT")
+}
+
+// parseStat parses a drop listing, "nn mm" and perhaps more text.
+func parseStat(text string) (int, int64, error) {
+	f := strings.Fields(text)
+	if len(f) >= 2 {
+		count, ok1 := pop3.ParseNumber(f[0])
+		size, ok2 := parseOctets([]byte(f[1]))
+		if f[0] == "0" {
+			count, ok1 = 0, true
+		}
+		if ok1 && ok2 {
+			return count, size, nil
+		}
 	}
-	return c.send(done, "DELE", strconv.Itoa(n))
+	return 0, 0, fmt.Errorf("%w: bad STAT reply %q", pop3.ErrProtocol, text)
 }
 
 // ReadRetr flushes, reads the replies of queued DELEs, then the reply of the
@@ -799,6 +951,10 @@ func (b *body) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if err == io.EOF {
 		b.done = true
+		if qerr := b.c.checkQuiet(); qerr != nil {
+			b.err = qerr
+			return n, qerr
+		}
 	} else if err != nil {
 		b.err = b.c.fail(err)
 	}

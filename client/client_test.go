@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -534,5 +535,143 @@ func TestListUidlPipelined(t *testing.T) {
 	}
 	if err := c.Noop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A continuation or any other line that is neither +OK nor -ERR where a
+// DELE's status line is due breaks the session.
+func TestNonStatusReplyToDele(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hi
+		C: DELE 1
+		S: + go on
+		CLOSE`)
+	c := dialFake(t, fs)
+	called := false
+	if err := c.SendDele(1, func(error) { called = true }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(); !errors.Is(err, pop3.ErrProtocol) || called {
+		t.Fatalf("got %v, callback %v", err, called)
+	}
+	if err := c.Noop(); err == nil {
+		t.Fatal("the session goes on")
+	}
+}
+
+// Octets that answer no command, after a body or a STAT, break the session.
+func TestUnsolicitedData(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hi
+		C: RETR 1
+		S! +OK\r\nhalf\r\n.\r\nthe other half\r\n.\r\n
+		CLOSE`)
+	c := dialFake(t, fs)
+	rc, err := c.Retr(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(rc); !errors.Is(err, pop3.ErrProtocol) || !strings.Contains(err.Error(), "answer no command") {
+		t.Fatalf("got %v", err)
+	}
+	fs = newFake(t, `
+		S: +OK hi
+		C: STAT
+		S! +OK 1 10\r\n+OK\r\n
+		CLOSE`)
+	c = dialFake(t, fs)
+	if _, _, err := c.Stat(); !errors.Is(err, pop3.ErrProtocol) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// SendStat pipelines STAT and parses its drop listing; a +OK without one
+// breaks the session.
+func TestSendStat(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hi
+		C: CAPA
+		S: +OK
+		S: PIPELINING
+		S: .
+		C: STAT
+		C: DELE 1
+		C: STAT
+		C: STAT
+		S: +OK 0 0
+		S: +OK
+		S: -ERR no
+		S: +OK two
+		CLOSE`)
+	c := dialFake(t, fs)
+	if _, err := c.Capa(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	stat := func(n int, size int64, err error) { got = append(got, fmt.Sprint(n, size, err != nil)) }
+	c.SendStat(stat)
+	c.SendDele(1, nil)
+	c.SendStat(stat)
+	c.SendStat(stat)
+	if err := c.Wait(); !errors.Is(err, pop3.ErrProtocol) {
+		t.Fatalf("got %v", err)
+	}
+	if strings.Join(got, ",") != "0 0 false,0 0 true" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// Abort, from another goroutine, ends a wait on a silent server at once.
+func TestAbort(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hi
+		C: NOOP`)
+	c := dialFake(t, fs)
+	time.AfterFunc(50*time.Millisecond, c.Abort)
+	start := time.Now()
+	if err := c.Noop(); err == nil || time.Since(start) > 4*time.Second {
+		t.Fatalf("got %v after %v", err, time.Since(start))
+	}
+	if err := c.Noop(); err == nil {
+		t.Fatal("usable after Abort")
+	}
+}
+
+// ListUidlFunc streams both listings; an error from a callback ends the
+// session.
+func TestListUidlFunc(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hi
+		C: LIST
+		S: +OK
+		S: 1 10
+		S: 2 20
+		S: .
+		C: UIDL
+		S: +OK
+		S: 1 a
+		S: 2 b
+		S: .
+		C: LIST
+		S: +OK
+		S: 1 10
+		S: 2 x
+		S: .
+		CLOSE`)
+	c := dialFake(t, fs)
+	var lines []string
+	uerr, err := c.ListUidlFunc(func(n int, size int64) error {
+		lines = append(lines, fmt.Sprint(n, size))
+		return nil
+	}, func(n int, uid []byte) error {
+		lines = append(lines, fmt.Sprintf("%d %s", n, uid))
+		return nil
+	})
+	if err != nil || uerr != nil || strings.Join(lines, ",") != "1 10,2 20,1 a,2 b" {
+		t.Fatalf("%q %v %v", lines, uerr, err)
+	}
+	_, err = c.ListUidlFunc(func(int, int64) error { return nil }, nil)
+	if !errors.Is(err, pop3.ErrProtocol) || !strings.Contains(err.Error(), `bad LIST line "2 x"`) {
+		t.Fatalf("got %v", err)
 	}
 }

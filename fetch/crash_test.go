@@ -7,12 +7,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/popscript"
 )
 
 const childEnv = "POUCH_FETCH_TEST_CHILD"
@@ -36,7 +38,7 @@ func TestMain(m *testing.M) {
 }
 
 // child starts the test binary as a fetch client.
-func child(t *testing.T, a *Account, point string) *exec.Cmd {
+func child(t testing.TB, a *Account, point string) *exec.Cmd {
 	t.Helper()
 	spec, err := json.Marshal(a)
 	if err != nil {
@@ -149,4 +151,40 @@ func TestRandomKills(t *testing.T) {
 		t.Fatalf("%d messages left on the server", n)
 	}
 	t.Logf("%d of %d runs killed, %d of them in the middle of downloading", kills, iterations, midway)
+}
+
+// TestCrashWhileQuarantining kills the client after it kept a damaged
+// message in quarantine, before and after the journal records it as
+// suspect; later runs must store the others once, delete them, and never
+// store or delete the damaged one.
+func TestCrashWhileQuarantining(t *testing.T) {
+	for _, point := range []string{"fetch.quarantined", "fetch.suspect-journaled"} {
+		t.Run(point, func(t *testing.T) {
+			msgs, bodies := fiveMessages(2, func(m *popscript.Message) {
+				m.Wire = "Subject: 2\r\n\r\nfirst half\r\n.\r\nother text\r\n.\r\n"
+			})
+			b := (&popscript.Box{Messages: msgs, Pipelining: true}).Start(t)
+			a := testAccount(t, b.Addr)
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("child was not killed at %s: %v", point, err)
+			}
+			if d := b.Deleted(); len(d) != 0 {
+				t.Fatalf("deleted %v", d)
+			}
+			finish(t, a)
+			for _, s := range b.Sessions() {
+				if sent(s, "DELE 2") {
+					t.Fatalf("a session deleted message 2: %q", s)
+				}
+			}
+			if d := b.Deleted(); !slices.Equal(d, []string{"u1", "u3", "u4", "u5"}) {
+				t.Fatalf("deleted %v", d)
+			}
+			checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), []string{bodies[0], bodies[2], bodies[3], bodies[4]})
+			copies := maildirBodies(t, quarantineDir(a))
+			if len(copies) == 0 || slices.ContainsFunc(copies, func(c string) bool { return c != "Subject: 2\n\nfirst half\n" }) {
+				t.Fatalf("quarantine %q", copies)
+			}
+		})
+	}
 }

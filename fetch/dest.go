@@ -3,6 +3,7 @@ package fetch
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -555,7 +556,12 @@ func (e *fromEscaper) finish() error {
 // mdaMemMax) before the MDA starts: an MDA that writes as it reads (cat >
 // FILE) would otherwise be left with part of a message when the connection
 // breaks.
-type mda struct{ cmd string }
+type mda struct {
+	cmd      string
+	deadline time.Time // the run's; zero: none
+}
+
+func (d *mda) setDeadline(t time.Time) { d.deadline = t }
 
 const mdaMemMax = 4 << 20
 
@@ -609,12 +615,19 @@ func (d *mda) Deliver(msg Msg, body io.Reader) error {
 		return err
 	}
 	defer cleanup()
-	cmd := exec.Command("/bin/sh", "-c", d.cmd)
+	ctx := context.Background()
+	if !d.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.deadline)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", d.cmd)
 	cmd.Env = append(os.Environ(), "POUCH_UIDL="+msg.UID)
 	// Its own process group: a Ctrl-C at the terminal must not reach it (the
-	// run finishes the messages being stored), and an abort kills every
-	// process of a pipeline, not only the shell.
+	// run finishes the messages being stored), and an abort (or the run's
+	// deadline) kills every process of a pipeline, not only the shell.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 2048}
 	in, err := cmd.StdinPipe()
@@ -660,11 +673,14 @@ func (l *limited) Write(p []byte) (int, error) {
 // smtpDest hands each message to an LMTP or SMTP server; a 250 reply to
 // the end of DATA means stored.
 type smtpDest struct {
-	lmtp bool
-	addr string
-	rcpt string
-	c    *smtp.Client
+	lmtp     bool
+	addr     string
+	rcpt     string
+	c        *smtp.Client
+	deadline time.Time // the run's; zero: none
 }
+
+func (s *smtpDest) setDeadline(t time.Time) { s.deadline = t }
 
 func (s *smtpDest) String() string {
 	if s.lmtp {
@@ -674,9 +690,16 @@ func (s *smtpDest) String() string {
 }
 
 func (s *smtpDest) connect() error {
-	conn, err := net.DialTimeout("tcp", s.addr, 30*time.Second)
+	d := net.Dialer{Timeout: 30 * time.Second, Deadline: s.deadline}
+	conn, err := d.Dial("tcp", s.addr)
 	if err != nil {
 		return err
+	}
+	if !s.deadline.IsZero() {
+		// A server that stops answering cannot hold the run past its
+		// deadline (the SMTP client sets and clears deadlines of its own).
+		conn = cappedConn{conn, s.deadline}
+		conn.SetDeadline(time.Time{})
 	}
 	if s.lmtp {
 		s.c = smtp.NewClientLMTP(conn)
@@ -726,6 +749,24 @@ func (s *smtpDest) send(body io.Reader) error {
 }
 
 func (s *smtpDest) Sync() error { return nil }
+
+// cappedConn keeps every deadline set on it at or before limit; none is
+// limit.
+type cappedConn struct {
+	net.Conn
+	limit time.Time
+}
+
+func (c cappedConn) capped(t time.Time) time.Time {
+	if t.IsZero() || t.After(c.limit) {
+		return c.limit
+	}
+	return t
+}
+
+func (c cappedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.capped(t)) }
+func (c cappedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.capped(t)) }
+func (c cappedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.capped(t)) }
 
 func (s *smtpDest) Close() error {
 	if s.c == nil {

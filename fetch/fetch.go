@@ -4,13 +4,17 @@
 // when the keep policy says so and only after the message is stored and
 // journaled, so that no crash loses or (for Maildir) duplicates a message.
 //
-// The order for each message is RETR → store durably → journal (fsync) →
-// DELE → QUIT. A crash before the journal fsync means the message is fetched
-// again; for Maildir the next run finds it by the digest in its file name
-// instead. A crash after it means the DELE is sent by the next run.
+// The order for each message is RETR → size checked against LIST → store
+// durably → journal (fsync); once the last message is stored, STAT → DELE →
+// QUIT. A crash before the journal fsync means the message is fetched again;
+// for Maildir the next run finds it by the digest in its file name instead.
+// A crash after it means the DELE is sent by the next run. A server whose
+// replies go out of step with the commands ends the session without DELE or
+// QUIT; the message at fault goes to quarantine and is left on the server.
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -22,8 +26,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pouchmail/pouch/client"
@@ -55,10 +61,14 @@ type Account struct {
 
 	StateDir string
 	DryRun   bool
+	// RetryQuarantined downloads again the messages earlier runs found
+	// damaged (their UIDLs are suspect in the journal).
+	RetryQuarantined bool
 
 	Window      int                                                               // RETRs in flight with PIPELINING (1024)
 	Timeout     time.Duration                                                     // per server reply (2 min)
 	DialTimeout time.Duration                                                     // connect, TLS, greeting (30 s)
+	Deadline    time.Duration                                                     // the whole run (DefaultDeadline); negative: none
 	Dialer      func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
 }
 
@@ -269,7 +279,7 @@ func (a *Account) tlsConfig() (*tls.Config, error) {
 }
 
 // validUID reports whether uid is a UIDL as RFC 1939 §7 defines it.
-func validUID(uid string) bool {
+func validUID[S string | []byte](uid S) bool {
 	if len(uid) == 0 || len(uid) > 70 {
 		return false
 	}
@@ -287,17 +297,25 @@ func (nopObserver) Plan(int, int64) {}
 func (nopObserver) Fetched(int64)   {}
 func (nopObserver) Warn(string)     {}
 
-// item is a message to download or delete.
-type item struct {
-	num  int
-	uid  string
-	size int64
-}
+// DefaultDeadline bounds a whole run of an account whose Deadline is 0.
+const DefaultDeadline = 30 * time.Minute
+
+// ErrBrokenServer is wrapped by the error of a run that stopped because the
+// server's replies went out of step with the commands: a reply that is
+// neither +OK nor -ERR where one is due, data that answers no command, an
+// empty message, or a message whose size disagrees with LIST (a body line
+// "." that the server did not dot-stuff ends the body early).
+var ErrBrokenServer = errors.New("the server broke the POP3 protocol")
+
+// ErrDeadline is wrapped by the error of a run cut off at its deadline.
+var ErrDeadline = errors.New("the account's deadline passed")
 
 // Run fetches the account once. Cancelling ctx stops it gently: the message
 // being stored is finished (with those already in flight), deletions due are
-// sent, and the session ends with QUIT. Run returns an error when anything
-// failed; Stats are valid either way.
+// sent, and the session ends with QUIT. The account's deadline stops it at
+// once: the connection is closed without QUIT, so the server deletes nothing
+// (RFC 1939 §6), and what was stored is journaled. Run returns an error when
+// anything failed; Stats are valid either way.
 func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	start := time.Now()
 	defer func() { st.Elapsed = time.Since(start) }()
@@ -307,6 +325,26 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	st.DryRun = a.DryRun
 	if a.Server == "" || a.User == "" {
 		return st, errors.New("server and user are required")
+	}
+	limit := a.Deadline
+	if limit == 0 {
+		limit = DefaultDeadline
+	}
+	// dctx ends at the deadline or with ctx: it bounds the steps that have
+	// nothing to finish (the secret command, connecting, logging in).
+	dctx := ctx
+	var deadline time.Time
+	var cutOff atomic.Bool
+	if limit > 0 {
+		deadline = start.Add(limit)
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+		defer func() {
+			if err != nil && (cutOff.Load() || ctx.Err() == nil && dctx.Err() != nil) {
+				err = fmt.Errorf("%w: the run was cut off after %v, so nothing was deleted this time (what was stored is recorded and is not fetched again)", ErrDeadline, limit)
+			}
+		}()
 	}
 	stateDir := expandHome(a.StateDir)
 	if stateDir == "" {
@@ -343,8 +381,11 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 			return st, err
 		}
 		defer dest.Close()
+		if d, ok := dest.(interface{ setDeadline(time.Time) }); ok {
+			d.setDeadline(deadline)
+		}
 	}
-	cr, err := a.credentials(ctx)
+	cr, err := a.credentials(dctx)
 	if err != nil {
 		return st, err
 	}
@@ -352,12 +393,19 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	if err != nil {
 		return st, err
 	}
-	c, err := client.Dial(ctx, a.Server, client.Options{
+	c, err := client.Dial(dctx, a.Server, client.Options{
 		TLS: a.TLS, TLSConfig: tcfg, Timeout: a.Timeout, DialTimeout: a.DialTimeout, Dialer: a.Dialer})
 	if err != nil {
 		return st, err
 	}
 	defer c.Close()
+	if !deadline.IsZero() {
+		t := time.AfterFunc(time.Until(deadline), func() {
+			cutOff.Store(true)
+			c.Abort()
+		})
+		defer t.Stop()
+	}
 	if st.Mechanism, err = c.Login(cr); err != nil {
 		return st, err
 	}
@@ -368,13 +416,14 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 			return st, err
 		}
 	}
-	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st, window: 1}
+	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st, stateDir: stateDir, window: 1}
 	if c.Pipelining() {
 		r.window = a.Window
 		if r.window <= 0 {
 			r.window = 1024
 		}
 	}
+	defer r.tee.close()
 	if mb, ok := dest.(*mbox); ok {
 		mb.mark = j.Mark
 	}
@@ -389,24 +438,36 @@ func isERR(err error) bool {
 	return errors.As(err, &pe)
 }
 
+// desync reports whether err shows that the server's replies are out of
+// step with the commands.
+func desync(err error) bool {
+	return errors.Is(err, pop3.ErrProtocol) || errors.Is(err, pop3.ErrBadLine) || errors.Is(err, pop3.ErrLineTooLong)
+}
+
 type runner struct {
-	a    *Account
-	c    *client.Client
-	j    *Journal
-	dest Destination
-	obs  Observer
-	st   *Stats
+	a        *Account
+	c        *client.Client
+	j        *Journal
+	dest     Destination
+	obs      Observer
+	st       *Stats
+	stateDir string
 
 	noUIDL  bool
-	dels    int // DELEs acknowledged with +OK
+	l       listing
+	todo    chunks[uint32] // indexes into l: to download
+	dele    chunks[uint32] // message numbers to delete before QUIT
+	dels    int            // DELEs acknowledged with +OK
 	delFail int
-	batch   []item
+	batch   []uint32 // indexes into l: stored, not yet journaled
 
 	// The RETR window: at most window RETRs unanswered (1 without
 	// PIPELINING); messages of todo sent, their octets not yet read.
 	window   int
 	sent     int
 	inflight int64
+
+	tee teeSpool // a copy of the message being received, for quarantine
 }
 
 // due reports whether a message first downloaded at t is due for
@@ -415,106 +476,131 @@ func (r *runner) due(t time.Time) bool {
 	return !r.a.KeepForever && time.Since(t) >= r.a.Keep
 }
 
+// list reads LIST and UIDL as they stream in, into r.l; every valid UIDL
+// is entered in the journal's table.
+func (r *runner) list() (uidlErr error, err error) {
+	return r.c.ListUidlFunc(r.l.add, func(n int, uid []byte) error {
+		i, ok := r.l.find(n)
+		if !ok {
+			return nil // not in LIST: never touched
+		}
+		if r.l.id(i) != 0 {
+			return fmt.Errorf("%w: UIDL names message %d twice", pop3.ErrProtocol, n)
+		}
+		if !validUID(uid) {
+			r.obs.Warn(fmt.Sprintf("message %d: invalid UIDL %q: skipped", n, uid))
+			r.l.setID(i, badID)
+			return nil
+		}
+		id, _, err := r.j.Listed(uid)
+		r.l.setID(i, id)
+		return err
+	})
+}
+
+// uid returns the UIDL of message i, or "".
+func (r *runner) uid(i int) string {
+	if id := r.l.id(i); id != 0 && id != badID {
+		return r.j.ids.UID(id)
+	}
+	return ""
+}
+
 func (r *runner) run(ctx context.Context) error {
-	a, c := r.a, r.c
-	list, ul, uerr, err := c.ListUidl()
+	a, c, ids := r.a, r.c, r.j.ids
+	uerr, err := r.list()
 	if err != nil {
+		if desync(err) {
+			return fmt.Errorf("%w in its message listing: %s, so the session was ended without deleting anything", ErrBrokenServer, describe(err))
+		}
 		return err
 	}
-	r.st.OnServer = len(list)
-	uids := map[int]string{}
-	switch err = uerr; {
-	case err == nil:
-		for _, m := range ul {
-			uids[m.Num] = m.UID
-		}
-	case isERR(err):
+	r.st.OnServer = r.l.len()
+	if uerr != nil {
 		r.noUIDL = true
 		if a.KeepForever || a.Keep > 0 {
-			return fmt.Errorf("the server does not support UIDL, so pouch fetch cannot tell old mail from new: only download-and-delete works here (remove --keep); %v", err)
+			return fmt.Errorf("the server does not support UIDL, so pouch fetch cannot tell old mail from new: only download-and-delete works here (remove --keep); %v", uerr)
 		}
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
-	default:
-		return err
 	}
-	count := map[string]int{}
-	for _, u := range uids {
-		count[u]++
-	}
-	present := map[string]bool{}
-	var todo, dele []item
+	var dups map[ref]int
+	r.l.ids.each(func(id ref) {
+		if id != 0 && id != badID && ids.Has(id, fDup) {
+			if dups == nil {
+				dups = map[ref]int{}
+			}
+			dups[id]++
+		}
+	})
 	var todoBytes int64
 	now := time.Now()
 	recovered := false
 	dd, _ := r.dest.(deduper)
-	for _, m := range list {
-		it := item{num: m.Num, size: m.Size}
+	for i := range r.l.len() {
+		num, size := r.l.num(i), r.l.size(i)
 		if !r.noUIDL {
-			uid, ok := uids[m.Num]
-			if !ok {
-				r.obs.Warn(fmt.Sprintf("message %d has no UIDL: skipped", m.Num))
+			id := r.l.id(i)
+			switch {
+			case id == 0:
+				r.obs.Warn(fmt.Sprintf("message %d has no UIDL: skipped", num))
 				r.st.Skipped++
 				continue
-			}
-			it.uid = uid
-			present[uid] = true
-			if count[uid] > 1 {
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q is shared by %d messages: skipped and never deleted", m.Num, uid, count[uid]))
+			case id == badID:
+				r.st.Skipped++ // warned while listing
+				continue
+			case dups[id] > 0:
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q is shared by %d messages: skipped and never deleted", num, ids.UID(id), dups[id]))
 				r.st.Skipped++
 				continue
-			}
-			if !validUID(uid) {
-				r.obs.Warn(fmt.Sprintf("message %d: invalid UIDL %q: skipped", m.Num, uid))
+			case ids.Has(id, fSuspect) && !a.RetryQuarantined:
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", num, ids.UID(id)))
 				r.st.Skipped++
 				continue
-			}
-			if t, ok := r.j.Seen(uid); ok {
-				if r.due(t) {
-					dele = append(dele, it)
+			case ids.Has(id, fSeen) && !ids.Has(id, fSuspect):
+				if r.due(time.Unix(ids.Time(id), 0)) {
+					r.dele.add(num)
 				} else {
 					r.st.Kept++
 				}
 				continue
-			}
-			if r.j.Tombstoned(uid) {
+			case ids.Has(id, fTomb):
 				// It vanished from an earlier LIST: either that LIST was
 				// partial (it was downloaded then) or the server reuses
 				// the UIDL for a new message. Neither download it twice
 				// nor delete it unread.
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", m.Num, uid))
+				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", num, ids.UID(id)))
 				r.st.Skipped++
 				continue
-			}
-			if dd != nil && r.j.Pending(uid) && dd.Has(a.messageKey(uid)) {
+			case dd != nil && ids.Has(id, fPending) && !ids.Has(id, fSeen) && dd.Has(a.messageKey(ids.UID(id))):
 				// Stored by a run that was killed before its journal
 				// entry (the pending record says this message, not an
 				// earlier one with the same UIDL, was being stored).
-				r.j.Add(uid, now)
+				r.j.addRef(id, now)
 				recovered = true
 				r.st.Recovered++
 				if r.due(now) {
-					dele = append(dele, it)
+					r.dele.add(num)
 				} else {
 					r.st.Kept++
 				}
 				continue
 			}
 		}
-		if a.MaxSize > 0 && m.Size > a.MaxSize {
+		if a.MaxSize > 0 && size > a.MaxSize {
 			r.st.Skipped++
 			if a.DeleteOversized {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: deleted without downloading", m.Num, m.Size))
-				dele = append(dele, it)
+				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: deleted without downloading", num, size))
+				r.dele.add(num)
 			} else {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: left on the server", m.Num, m.Size))
+				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: left on the server", num, size))
 			}
 			continue
 		}
-		todo = append(todo, it)
-		todoBytes += m.Size
+		r.todo.add(uint32(i))
+		todoBytes += size
 	}
 	if !r.noUIDL {
-		if err := r.j.Prune(present); err != nil {
+		if err := r.j.Prune(); err != nil {
 			return err
 		}
 	}
@@ -522,13 +608,13 @@ func (r *runner) run(ctx context.Context) error {
 		r.obs.Warn(w)
 	}
 	if a.DryRun {
-		r.st.Fetched = len(todo)
+		r.st.Fetched = r.todo.len()
 		r.st.Bytes = todoBytes
-		r.st.Deleted = len(dele)
+		r.st.Deleted = r.dele.len()
 		if !a.KeepForever && a.Keep == 0 {
-			r.st.Deleted += len(todo)
+			r.st.Deleted += r.todo.len()
 		} else {
-			r.st.Kept += len(todo)
+			r.st.Kept += r.todo.len()
 		}
 		return c.Quit()
 	}
@@ -541,35 +627,60 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 	}
-	r.obs.Plan(len(todo), todoBytes)
-	for _, it := range dele {
-		if err := r.sendDele(it); err != nil {
-			return err
-		}
-	}
+	r.obs.Plan(r.todo.len(), todoBytes)
 	// The first RETRs go out before the pending records are fsynced, so
 	// that the fsync overlaps the round trip; nothing is stored before it.
-	if err := r.sendRetrs(ctx, todo, 0); err != nil {
+	if err := r.sendRetrs(ctx, 0); err != nil {
 		return err
 	}
 	if err := c.Flush(); err != nil {
 		return err
 	}
 	// Pending records first: recovery trusts a Maildir digest only for them.
-	for _, it := range todo {
-		if it.uid != "" {
-			r.j.AddPending(it.uid)
+	r.todo.each(func(i uint32) {
+		if id := r.l.id(int(i)); id != 0 {
+			r.j.addPendingRef(id)
 		}
-	}
+	})
 	if err := r.j.Sync(); err != nil {
 		return err
 	}
-	ferr := r.download(ctx, todo)
-	if ferr != nil {
-		return ferr
-	}
-	if err := c.Wait(); err != nil {
+	if err := r.download(ctx); err != nil {
 		return err
+	}
+	return r.finish()
+}
+
+// finish deletes what is due and ends the session with QUIT (RFC 1939 §6:
+// only QUIT commits deletions). Before the first DELE a STAT must count the
+// messages LIST listed, with nothing after its reply: what is left of a
+// body the server cut short, or a reply it sent twice, would answer it
+// instead, and the session then ends without deleting anything.
+func (r *runner) finish() error {
+	c := r.c
+	if r.dele.len() > 0 {
+		count, _, err := c.Stat()
+		switch {
+		case desync(err):
+			return r.broken("STAT", err)
+		case err != nil && !isERR(err):
+			return err
+		case err == nil && count != r.l.len():
+			return r.broken("STAT", fmt.Errorf("%w: STAT counts %d messages where LIST listed %d", pop3.ErrProtocol, count, r.l.len()))
+		}
+		for k := range r.dele.len() {
+			if err := r.sendDele(int(*r.dele.at(k))); err != nil {
+				return err
+			}
+			if c.Pending() >= r.window {
+				if err := c.Wait(); err != nil {
+					return r.broken("DELE", err)
+				}
+			}
+		}
+		if err := c.Wait(); err != nil {
+			return r.broken("DELE", err)
+		}
 	}
 	crashpoint.Hit("fetch.before-quit")
 	if err := c.Quit(); err != nil {
@@ -579,7 +690,7 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 	r.st.Deleted = r.dels
-	if a.KeepForever || a.Keep > 0 {
+	if r.a.KeepForever || r.a.Keep > 0 {
 		r.st.Kept += r.st.Fetched
 	}
 	if r.delFail > 0 {
@@ -588,11 +699,20 @@ func (r *runner) run(ctx context.Context) error {
 	return nil
 }
 
-func (r *runner) sendDele(it item) error {
-	return r.c.SendDele(it.num, func(err error) {
+// broken words a sign of a desynchronised stream found after the downloads;
+// any other error passes unchanged.
+func (r *runner) broken(what string, err error) error {
+	if !desync(err) {
+		return err
+	}
+	return fmt.Errorf("%w answering %s before QUIT: %s, so the session was ended without deleting anything", ErrBrokenServer, what, describe(err))
+}
+
+func (r *runner) sendDele(n int) error {
+	return r.c.SendDele(n, func(err error) {
 		if err != nil {
 			r.delFail++
-			r.obs.Warn(fmt.Sprintf("DELE %d: %v", it.num, err))
+			r.obs.Warn(fmt.Sprintf("DELE %d: %v", n, err))
 			return
 		}
 		r.dels++
@@ -605,29 +725,29 @@ const (
 	maxInflight   = 8 << 20  // octets of RETRs in flight
 )
 
-// download runs the RETR window: up to Window RETRs (and maxInflight
-// octets) are on the wire at once when the server offers PIPELINING, one
-// otherwise. Messages are stored as they arrive and committed in batches:
-// destination sync, journal fsync, then DELE. The first RETRs may already
-// have been sent by sendRetrs.
-func (r *runner) download(ctx context.Context, todo []item) error {
+// download runs the RETR window over r.todo: up to Window RETRs (and
+// maxInflight octets) are on the wire at once when the server offers
+// PIPELINING, one otherwise. Messages are stored as they arrive and
+// committed in batches: destination sync, then journal fsync. The first
+// RETRs may already have been sent by sendRetrs.
+func (r *runner) download(ctx context.Context) error {
 	var batchBytes int64
 	recvd := 0
-	for recvd < len(todo) {
-		if err := r.sendRetrs(ctx, todo, recvd); err != nil {
+	for recvd < r.todo.len() {
+		if err := r.sendRetrs(ctx, recvd); err != nil {
 			return r.fail(err)
 		}
 		if r.sent == recvd {
 			r.st.Stopped = true
 			break // stopped by a signal
 		}
-		it := todo[recvd]
+		i := int(*r.todo.at(recvd))
 		recvd++
-		r.inflight -= it.size
-		n, err := r.fetchOne(it)
+		r.inflight -= r.l.size(i)
+		n, err := r.fetchOne(i)
 		if err != nil {
 			if isERR(err) {
-				r.obs.Warn(fmt.Sprintf("RETR %d: %v: skipped", it.num, err))
+				r.obs.Warn(fmt.Sprintf("RETR %d: %v: skipped", r.l.num(i), err))
 				r.st.Skipped++
 				continue
 			}
@@ -636,33 +756,37 @@ func (r *runner) download(ctx context.Context, todo []item) error {
 		r.st.Fetched++
 		r.st.Bytes += n
 		r.obs.Fetched(n)
-		r.batch = append(r.batch, it)
+		r.batch = append(r.batch, uint32(i))
 		batchBytes += n
 		crashpoint.Hit("fetch.delivered")
 		if len(r.batch) >= batchMax || batchBytes >= batchMaxBytes || recvd == r.sent {
-			if err := r.commit(true); err != nil {
+			if err := r.commit(); err != nil {
 				return r.fail(err)
 			}
 			batchBytes = 0
 		}
 	}
-	return r.commit(true)
+	return r.commit()
 }
 
-// sendRetrs queues RETRs for todo[r.sent:] while the window has room; recvd
-// replies have been read. It waits until half of the window is free,
-// so that commands go out (and the server reads them) in groups rather than
-// one per message. Nothing is queued once ctx is cancelled.
-func (r *runner) sendRetrs(ctx context.Context, todo []item, recvd int) error {
+// sendRetrs queues RETRs for r.todo from r.sent on while the window has
+// room; recvd replies have been read. It waits until half of the window is
+// free, so that commands go out (and the server reads them) in groups
+// rather than one per message. Nothing is queued once ctx is cancelled.
+func (r *runner) sendRetrs(ctx context.Context, recvd int) error {
 	if r.sent > recvd && (r.sent-recvd > r.window/2 || r.inflight > maxInflight/2) {
 		return nil
 	}
-	for r.sent < len(todo) && ctx.Err() == nil &&
-		(r.sent == recvd || r.sent-recvd < r.window && r.inflight+todo[r.sent].size <= maxInflight) {
-		if err := r.c.SendRetr(todo[r.sent].num); err != nil {
+	for r.sent < r.todo.len() && ctx.Err() == nil {
+		i := int(*r.todo.at(r.sent))
+		size := r.l.size(i)
+		if r.sent != recvd && (r.sent-recvd >= r.window || r.inflight+size > maxInflight) {
+			break
+		}
+		if err := r.c.SendRetr(int(r.l.num(i))); err != nil {
 			return err
 		}
-		r.inflight += todo[r.sent].size
+		r.inflight += size
 		r.sent++
 	}
 	return nil
@@ -670,37 +794,116 @@ func (r *runner) sendRetrs(ctx context.Context, todo []item, recvd int) error {
 
 var errStore = errors.New("storing failed")
 
-// fetchOne reads the next RETR reply and stores the message.
-func (r *runner) fetchOne(it item) (int64, error) {
+// fetchOne reads the next RETR reply and stores message i. The message
+// counts as received only if its size agrees with LIST (checkReader): the
+// destination sees a read error instead of its end otherwise, and keeps
+// nothing.
+func (r *runner) fetchOne(i int) (int64, error) {
+	num, size := r.l.num(i), r.l.size(i)
 	rc, err := r.c.ReadRetr()
 	if err != nil {
+		if desync(err) {
+			return 0, r.suspect(i, nil, err)
+		}
 		return 0, err
 	}
-	cnt := &countReader{r: rc}
+	r.tee.reset()
+	chk := &checkReader{r: rc, want: size, tee: &r.tee}
+	uid := r.uid(i)
 	var key string
-	if it.uid != "" {
-		key = r.a.messageKey(it.uid)
+	if uid != "" {
+		key = r.a.messageKey(uid)
 	}
-	err = r.dest.Deliver(Msg{UID: it.uid, Key: key, Size: it.size}, cnt)
+	err = r.dest.Deliver(Msg{UID: uid, Key: key, Size: size}, chk)
 	if err != nil {
 		rc.Close()
-		if cnt.err != nil {
-			return cnt.n, fmt.Errorf("message %d: connection failed mid-message, nothing stored: %w", it.num, cnt.err)
+		switch {
+		case chk.bad != nil:
+			return chk.n, r.suspect(i, chk, chk.bad)
+		case chk.err != nil && desync(chk.err):
+			return chk.n, r.suspect(i, chk, chk.err)
+		case chk.err != nil:
+			return chk.n, fmt.Errorf("message %d: connection failed mid-message, nothing stored: %w", num, chk.err)
 		}
-		return cnt.n, fmt.Errorf("%w: message %d to %s: %v", errStore, it.num, r.dest, err)
+		return chk.n, fmt.Errorf("%w: message %d to %s: %v", errStore, num, r.dest, err)
 	}
 	if err := rc.Close(); err != nil {
-		return cnt.n, err
+		return chk.n, err
 	}
-	if cnt.n != it.size {
-		r.obs.Warn(fmt.Sprintf("message %d: LIST said %d octets, RETR sent %d", it.num, it.size, cnt.n))
-	}
-	return cnt.n, nil
+	return chk.n, nil
 }
 
-// commit makes the batch durable: destination sync, then journal, then
-// (if the policy deletes at once and the connection still works) DELE.
-func (r *runner) commit(dele bool) error {
+// suspect handles a sign, while message i was due, that the server's
+// replies are out of step with the commands. What arrived of it goes to
+// quarantine, the journal records its UIDL as suspect (no later run stores
+// or deletes it), and the session ends without QUIT, so the server deletes
+// nothing: the messages stored earlier in the session are journaled by fail,
+// each having passed its own size check, and are deleted by a later run.
+func (r *runner) suspect(i int, chk *checkReader, cause error) error {
+	num := r.l.num(i)
+	where := ""
+	if chk != nil && chk.n > 0 {
+		dir, err := r.quarantine()
+		if err != nil {
+			r.obs.Warn(fmt.Sprintf("could not keep what arrived of message %d: %v", num, err))
+		} else {
+			where = ", and what arrived of it is in " + dir
+		}
+	}
+	crashpoint.Hit("fetch.quarantined")
+	uid := r.uid(i)
+	what := fmt.Sprintf("message %d", num)
+	stays := "the message stays on the server"
+	if uid != "" {
+		what = fmt.Sprintf("message %d (UIDL %s)", num, uid)
+		stays = "the message stays on the server and is not downloaded again"
+		r.j.addSuspectRef(r.l.id(i))
+		if err := r.j.Sync(); err != nil {
+			return errors.Join(fmt.Errorf("%w at %s: %s", ErrBrokenServer, what, describe(cause)), err)
+		}
+		crashpoint.Hit("fetch.suspect-journaled")
+	}
+	return fmt.Errorf("%w at %s: %s, so the session was ended without deleting anything; %s%s", ErrBrokenServer, what, describe(cause), stays, where)
+}
+
+// describe words a sign of a broken stream for a sentence.
+func describe(err error) string {
+	s := err.Error()
+	for _, p := range []string{"pop3: protocol error: ", "pop3: "} {
+		s = strings.TrimPrefix(s, p)
+	}
+	return s
+}
+
+// quarantine stores the message just received (r.tee) in the Maildir
+// quarantine/NAME/ under the state directory, apart from the user's mail.
+func (r *runner) quarantine() (string, error) {
+	dir := filepath.Join(r.stateDir, "quarantine", r.a.StateName())
+	if err := mkdirSynced(dir); err != nil {
+		return "", err
+	}
+	body, err := r.tee.reader()
+	if err != nil {
+		return "", err
+	}
+	q, err := openMaildir(dir, "")
+	if err != nil {
+		return "", err
+	}
+	err = q.Deliver(Msg{}, body)
+	if cerr := q.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "new"), nil
+}
+
+// commit makes the batch durable: destination sync, then journal. The
+// messages join the deletions sent before QUIT if the policy deletes at
+// once.
+func (r *runner) commit() error {
 	if len(r.batch) == 0 {
 		return nil
 	}
@@ -713,9 +916,9 @@ func (r *runner) commit(dele bool) error {
 	crashpoint.Hit("fetch.synced")
 	now := time.Now()
 	r.j.markDone()
-	for _, it := range r.batch {
-		if it.uid != "" {
-			r.j.Add(it.uid, now)
+	for _, i := range r.batch {
+		if id := r.l.id(int(i)); id != 0 {
+			r.j.addRef(id, now)
 		}
 	}
 	if err := r.j.Sync(); err != nil {
@@ -725,38 +928,138 @@ func (r *runner) commit(dele bool) error {
 	if rl, ok := r.dest.(interface{ Release() }); ok {
 		rl.Release()
 	}
-	batch := r.batch
-	r.batch = r.batch[:0]
-	if dele && !r.a.KeepForever && r.a.Keep == 0 {
-		for _, it := range batch {
-			if err := r.sendDele(it); err != nil {
-				return err
-			}
+	if !r.a.KeepForever && r.a.Keep == 0 {
+		for _, i := range r.batch {
+			r.dele.add(r.l.num(int(i)))
 		}
 	}
+	r.batch = r.batch[:0]
 	return nil
 }
 
-// fail commits what was stored before the failure (without DELE: the
-// connection is suspect) and returns err.
+// fail commits what was stored before the failure and returns err; the
+// session then ends without QUIT.
 func (r *runner) fail(err error) error {
-	if cerr := r.commit(false); cerr != nil {
+	if cerr := r.commit(); cerr != nil {
 		return errors.Join(err, cerr)
 	}
 	return err
 }
 
-type countReader struct {
-	r   io.Reader
-	n   int64
-	err error
+// sizeError is a message whose size disagrees with LIST, or an empty one.
+type sizeError struct {
+	got, want int64
 }
 
-func (c *countReader) Read(p []byte) (int, error) {
+func (e *sizeError) Error() string {
+	if e.got == 0 {
+		return "it arrived empty"
+	}
+	return fmt.Sprintf("it arrived as %d octets where LIST announced %d (a body line \".\" that is not dot-stuffed ends a message early)", e.got, e.want)
+}
+
+// checkReader passes a message body through, counting its octets and CRLF
+// line ends and keeping a copy in tee. At its end it checks the size against
+// LIST: the octets received (CRLF line ends, dots unstuffed) as RFC 1939
+// §11 counts them, or those octets less one per CRLF, as servers that count
+// their stored LF line ends report. A body of another size, or an empty
+// one, ends with an error instead of io.EOF.
+type checkReader struct {
+	r    io.Reader
+	want int64
+	tee  *teeSpool
+	n    int64 // octets
+	crlf int64 // CRLF pairs
+	cr   bool  // the last octet was CR
+	bad  error // the size check failed
+	err  error // reading failed
+}
+
+func (c *checkReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	if n > 0 {
+		b := p[:n]
+		if c.cr && b[0] == '\n' {
+			c.crlf++
+		}
+		c.crlf += int64(bytes.Count(b, crlf))
+		c.cr = b[n-1] == '\r'
+		c.n += int64(n)
+		c.tee.write(b)
+	}
+	// A protocol error here came at the body's end (data followed it that
+	// answers no command): the size is worth judging too.
+	if err == io.EOF || err != nil && desync(err) {
+		if c.n == 0 || c.n != c.want && c.n-c.crlf != c.want {
+			c.bad = &sizeError{got: c.n, want: c.want}
+			return n, c.bad
+		}
+	}
 	if err != nil && err != io.EOF {
 		c.err = err
 	}
 	return n, err
+}
+
+var crlf = []byte("\r\n")
+
+// teeMem is how much of a message teeSpool keeps in memory.
+const teeMem = 1 << 20
+
+// teeSpool keeps a copy of the message being received, the first teeMem
+// octets in memory and the rest in an unlinked temporary file, so that a
+// message found damaged at its end can be put in quarantine. A failure to
+// keep the copy is remembered, not returned: it must not fail a good
+// message.
+type teeSpool struct {
+	mem []byte
+	f   *os.File
+	off int64 // octets in f
+	err error
+}
+
+func (t *teeSpool) reset() {
+	t.mem, t.off, t.err = t.mem[:0], 0, nil
+}
+
+func (t *teeSpool) write(p []byte) {
+	if t.err != nil {
+		return
+	}
+	if k := min(len(p), teeMem-len(t.mem)); k > 0 {
+		t.mem = append(t.mem, p[:k]...)
+		p = p[k:]
+	}
+	if len(p) == 0 {
+		return
+	}
+	if t.f == nil {
+		f, err := os.CreateTemp("", "pouch-fetch-tee-*")
+		if err != nil {
+			t.err = err
+			return
+		}
+		os.Remove(f.Name())
+		t.f = f
+	}
+	n, err := t.f.WriteAt(p, t.off)
+	t.off += int64(n)
+	t.err = err
+}
+
+// reader returns the copy.
+func (t *teeSpool) reader() (io.Reader, error) {
+	if t.err != nil {
+		return nil, fmt.Errorf("keeping a copy: %w", t.err)
+	}
+	if t.off == 0 {
+		return bytes.NewReader(t.mem), nil
+	}
+	return io.MultiReader(bytes.NewReader(t.mem), io.NewSectionReader(t.f, 0, t.off)), nil
+}
+
+func (t *teeSpool) close() {
+	if t.f != nil {
+		t.f.Close()
+	}
 }

@@ -65,8 +65,8 @@ func TestFetchAndDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	if j.Len() != 1 || len(j.tombs) != 150 {
-		t.Fatalf("journal keeps %d UIDLs, %d tombstones", j.Len(), len(j.tombs))
+	if j.Len() != 1 || tombstones(j) != 150 {
+		t.Fatalf("journal keeps %d UIDLs, %d tombstones", j.Len(), tombstones(j))
 	}
 }
 
@@ -92,12 +92,14 @@ func TestKeepPolicy(t *testing.T) {
 	}
 	old := time.Now().Add(-2 * time.Hour).Unix()
 	n := 0
-	for uid := range j.seen {
-		if n < 3 {
-			j.seen[uid] = old
+	j.ids.Each(func(r ref) {
+		if j.ids.Has(r, fSeen) {
+			if n < 3 {
+				j.ids.SetTime(r, old)
+			}
+			n++
 		}
-		n++
-	}
+	})
 	if err := j.rewrite(); err != nil {
 		t.Fatal(err)
 	}

@@ -76,7 +76,7 @@ func testMessages(n int) []string {
 }
 
 // account returns an account for alice on addr storing into a Maildir.
-func testAccount(t *testing.T, addr string) *Account {
+func testAccount(t testing.TB, addr string) *Account {
 	t.Helper()
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "pw")
@@ -134,3 +134,31 @@ type recObserver struct {
 func (r *recObserver) Plan(int, int64) {}
 func (r *recObserver) Fetched(int64)   {}
 func (r *recObserver) Warn(s string)   { r.warns = append(r.warns, s) }
+
+// tombstones counts the journal's tombstones.
+func tombstones(j *Journal) int {
+	n := 0
+	j.ids.Each(func(r ref) {
+		if j.ids.Has(r, fTomb) {
+			n++
+		}
+	})
+	return n
+}
+
+// prune runs Prune as if the server listed exactly uids.
+func prune(j *Journal, uids ...string) error {
+	j.ids.Each(func(r ref) { j.ids.Clear(r, fListed|fDup) })
+	j.nListed = 0
+	for _, u := range uids {
+		if _, _, err := j.Listed([]byte(u)); err != nil {
+			return err
+		}
+	}
+	return j.Prune()
+}
+
+// quarantineDir is the account's quarantine Maildir.
+func quarantineDir(a *Account) string {
+	return filepath.Join(a.StateDir, "quarantine", a.StateName())
+}

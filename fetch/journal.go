@@ -24,10 +24,12 @@ var (
 )
 
 // journalHeader is the first line of every journal file this version
-// writes; journalHeaderV1 files are still read (and rewritten as version 2 at
-// the first writable open).
+// writes; files of versions 1 and 2 are still read (and rewritten as version
+// 3 at the first writable open, so that a version that knows no Q record
+// refuses the file instead of skipping its Q lines).
 const (
-	journalHeader   = "pouch-fetch-journal 2\n"
+	journalHeader   = "pouch-fetch-journal 3\n"
+	journalHeaderV2 = "pouch-fetch-journal 2\n"
 	journalHeaderV1 = "pouch-fetch-journal 1\n"
 )
 
@@ -35,13 +37,30 @@ const (
 // that a transient partial LIST cannot cause a second download.
 const tombstoneTTL = 30 * 24 * time.Hour
 
+// Flags of a journal entry. fListed and fDup describe this run's listing and
+// are never written; fStaged marks an Add not yet synced.
+const (
+	fSeen    uint8 = 1 << iota // downloaded, stored and durable; the time is when
+	fPending                   // about to be downloaded
+	fTomb                      // left the server; the time is when
+	fSuspect                   // arrived damaged: never stored as mail, never deleted
+	fListed                    // in this run's UIDL listing
+	fDup                       // in this run's UIDL listing more than once
+	fStaged                    // recorded by Add, durable after Sync
+)
+
+// spillSize is how much the journal buffers before writing (without an
+// fsync) when many pending records are added at once.
+const spillSize = 1 << 20
+
 // Journal is an account's state: the UIDLs already downloaded, each with the
 // time it was first downloaded. It is an append-only text file,
 //
-//	pouch-fetch-journal 2
+//	pouch-fetch-journal 3
 //	<unix-seconds> SP <uidl> LF        downloaded, stored and durable
 //	P SP <uidl> LF                     about to be downloaded (pending)
 //	T SP <unix-seconds> SP <uidl> LF   left the server at that time (tombstone)
+//	Q SP <uidl> LF                     arrived damaged (suspect)
 //	M SP <octets> SP <mbox-path> LF    mbox size before an append
 //	M SP - LF                          no mbox append outstanding
 //
@@ -51,16 +70,21 @@ const tombstoneTTL = 30 * 24 * time.Hour
 // is dropped when the journal is opened; a line that does not parse, or
 // whose UIDL is not 1 to 70 octets 0x21-0x7E, is skipped with a warning. The
 // first downloaded line for a UIDL wins. Version 1 files have only
-// downloaded lines.
+// downloaded lines; version 2 files have no Q lines.
 //
 // A pending record marks a UIDL whose message may be in the destination
 // without a downloaded record (the run was killed in between): only those are
 // trusted when a Maildir file carries the UIDL's digest. An M record is
 // outstanding until a later downloaded line or "M -": the next run cuts the
-// mbox back to that size, removing an append the journal never recorded.
+// mbox back to that size, removing an append the journal never recorded. A
+// Q record marks a message whose reply broke the protocol or disagreed with
+// LIST: later runs neither download it nor delete it, until a downloaded
+// line follows (--retry-quarantined) or it leaves the server.
 //
 // A failed write is cut back to the last good offset; a failed fdatasync
 // makes the journal unusable (its pages' state is unknown).
+//
+// The entries live in a uidTable, about 20 octets plus the UIDL each.
 //
 // The journal holds the account lock (flock on NAME.lock) while open, so two
 // runs for one account cannot overlap; the kernel drops it if the process dies.
@@ -68,18 +92,24 @@ type Journal struct {
 	dir, name string
 	f         *os.File
 	lock      *os.File
-	seen      map[string]int64
-	pending   map[string]bool
-	tombs     map[string]int64
+	ids       *uidTable
+	nSeen     int
+	nListed   int
 	mark      int64 // outstanding mbox size, -1: none
 	markPath  string
 	lines     int
 	off       int64 // end of the last good write
 	buf       []byte
-	staged    map[string]int64
+	staged    []stagedAdd
 	readOnly  bool
 	err       error // sticky: a failed fdatasync
+	werr      error // a failed write of spilled records, for the next Sync
 	warnings  []string
+}
+
+type stagedAdd struct {
+	r ref
+	t int64
 }
 
 // ErrLocked is returned when another run holds the account lock.
@@ -102,8 +132,7 @@ func OpenJournal(dir, name string, readOnly bool) (*Journal, error) {
 		}
 		return nil, fmt.Errorf("state lock: %w", err)
 	}
-	j := &Journal{dir: dir, name: name, lock: lock, seen: map[string]int64{}, pending: map[string]bool{},
-		tombs: map[string]int64{}, staged: map[string]int64{}, mark: -1, readOnly: readOnly}
+	j := &Journal{dir: dir, name: name, lock: lock, ids: newUIDTable(), mark: -1, readOnly: readOnly}
 	if !readOnly {
 		// Temporary files of a compaction a killed run left (we hold the lock).
 		if names, err := readNames(dir); err == nil {
@@ -153,7 +182,7 @@ func (j *Journal) warn(format string, args ...any) {
 }
 
 func (j *Journal) load() error {
-	data, err := os.ReadFile(j.path())
+	f, err := os.Open(j.path())
 	if errors.Is(err, os.ErrNotExist) {
 		if j.readOnly {
 			return nil
@@ -163,151 +192,271 @@ func (j *Journal) load() error {
 	if err != nil {
 		return fmt.Errorf("state journal: %w", err)
 	}
-	v1 := bytes.HasPrefix(data, []byte(journalHeaderV1))
-	if !v1 && !bytes.HasPrefix(data, []byte(journalHeader)) {
-		if len(data) < len(journalHeader) && (bytes.HasPrefix([]byte(journalHeader), data) || bytes.HasPrefix([]byte(journalHeaderV1), data)) {
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 64<<10)
+	head, err := br.Peek(len(journalHeader))
+	version := 0
+	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeader} {
+		if string(head) == h {
+			version = v + 1
+		}
+	}
+	if version == 0 {
+		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV2, string(head)) || strings.HasPrefix(journalHeaderV1, string(head))) {
 			// A crash while creating it: nothing was recorded yet.
 			if j.readOnly {
 				return nil
 			}
 			return j.rewrite()
 		}
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("state journal: %w", err)
+		}
 		return fmt.Errorf("state journal %s: not a pouch fetch journal (or a newer version)", j.path())
 	}
-	good := len(journalHeader)
-	rest := data[good:]
-	for len(rest) > 0 {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			break // torn last line
+	br.Discard(len(journalHeader))
+	good := int64(len(journalHeader))
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			// No valid line is this long: skip it whole.
+			n := int64(len(line))
+			for err == bufio.ErrBufferFull {
+				line, err = br.ReadSlice('\n')
+				n += int64(len(line))
+			}
+			if err != nil {
+				break // torn last line
+			}
+			good += n
+			j.lines++
+			j.warn("state journal %s: bad line of %d octets skipped", j.path(), n)
+			continue
 		}
-		line := rest[:i]
-		rest = rest[i+1:]
-		good += i + 1
+		if err == io.EOF {
+			break // torn last line, or the end
+		}
+		if err != nil {
+			return fmt.Errorf("state journal: %w", err)
+		}
+		good += int64(len(line))
 		j.lines++
-		if !j.parse(string(line), v1) {
+		line = line[:len(line)-1]
+		if !j.parse(line, version) {
 			j.warn("state journal %s: bad line %q skipped", j.path(), line)
 		}
 	}
 	if j.readOnly {
 		return nil
 	}
-	if v1 {
+	if version < 3 {
 		return j.rewrite() // upgrade
 	}
-	f, err := os.OpenFile(j.path(), os.O_RDWR, 0o600)
+	w, err := os.OpenFile(j.path(), os.O_RDWR, 0o600)
 	if err != nil {
 		return fmt.Errorf("state journal: %w", err)
 	}
-	if good < len(data) {
-		if err := f.Truncate(int64(good)); err != nil {
-			f.Close()
-			return fmt.Errorf("state journal: %w", err)
-		}
+	if err := w.Truncate(good); err != nil {
+		w.Close()
+		return fmt.Errorf("state journal: %w", err)
 	}
-	if j.off, err = f.Seek(0, io.SeekEnd); err != nil {
-		f.Close()
+	if j.off, err = w.Seek(0, io.SeekEnd); err != nil {
+		w.Close()
 		return err
 	}
-	j.f = f
+	j.f = w
 	return nil
 }
 
-// parse applies one journal line.
-func (j *Journal) parse(line string, v1 bool) bool {
-	kind, rest, ok := strings.Cut(line, " ")
+// entry returns the entry for a valid UIDL, adding it if it is new.
+func (j *Journal) entry(uid []byte) (ref, bool) {
+	if !validUID(uid) {
+		return 0, false
+	}
+	r, err := j.ids.Insert(uid)
+	return r, err == nil
+}
+
+// parse applies one journal line of a file of the given version.
+func (j *Journal) parse(line []byte, version int) bool {
+	kind, rest, ok := bytes.Cut(line, []byte(" "))
 	if !ok {
 		return false
 	}
-	if !v1 {
-		switch kind {
+	if version >= 2 {
+		switch string(kind) {
 		case "P":
-			if !validUID(rest) {
-				return false
+			r, ok := j.entry(rest)
+			if ok {
+				j.ids.Set(r, fPending)
 			}
-			j.pending[rest] = true
-			return true
+			return ok
 		case "T":
-			ts, uid, ok := strings.Cut(rest, " ")
-			t, err := strconv.ParseInt(ts, 10, 64)
-			if !ok || err != nil || !validUID(uid) {
+			ts, uid, ok := bytes.Cut(rest, []byte(" "))
+			t, err := strconv.ParseInt(string(ts), 10, 64)
+			if !ok || err != nil {
 				return false
 			}
-			delete(j.seen, uid)
-			j.tombs[uid] = t
-			return true
+			r, ok := j.entry(uid)
+			if ok {
+				j.setSeen(r, false)
+				j.ids.Set(r, fTomb)
+				j.ids.SetTime(r, t)
+			}
+			return ok
+		case "Q":
+			if version < 3 {
+				return false
+			}
+			r, ok := j.entry(rest)
+			if ok {
+				j.ids.Set(r, fSuspect)
+			}
+			return ok
 		case "M":
-			if rest == "-" {
+			if string(rest) == "-" {
 				j.mark, j.markPath = -1, ""
 				return true
 			}
-			sz, p, ok := strings.Cut(rest, " ")
-			n, err := strconv.ParseInt(sz, 10, 64)
-			if !ok || err != nil || n < 0 || p == "" {
+			sz, p, ok := bytes.Cut(rest, []byte(" "))
+			n, err := strconv.ParseInt(string(sz), 10, 64)
+			if !ok || err != nil || n < 0 || len(p) == 0 {
 				return false
 			}
-			j.mark, j.markPath = n, p
+			j.mark, j.markPath = n, string(p)
 			return true
 		}
 	}
-	t, err := strconv.ParseInt(kind, 10, 64)
-	if err != nil || !validUID(rest) {
+	t, err := strconv.ParseInt(string(kind), 10, 64)
+	if err != nil {
 		return false
 	}
-	if _, dup := j.seen[rest]; !dup {
-		j.seen[rest] = t
+	r, ok := j.entry(rest)
+	if !ok {
+		return false
 	}
-	delete(j.tombs, rest)
+	if !j.ids.Has(r, fSeen) {
+		j.setSeen(r, true)
+		j.ids.SetTime(r, t)
+	}
+	j.ids.Clear(r, fTomb|fSuspect)
 	j.mark, j.markPath = -1, "" // written only after the destination synced
 	return true
 }
 
+// setSeen sets or clears fSeen, keeping the count.
+func (j *Journal) setSeen(r ref, on bool) {
+	switch was := j.ids.Has(r, fSeen); {
+	case on && !was:
+		j.ids.Set(r, fSeen)
+		j.nSeen++
+	case !on && was:
+		j.ids.Clear(r, fSeen)
+		j.nSeen--
+	}
+}
+
 // Len returns the number of UIDLs recorded as downloaded.
-func (j *Journal) Len() int { return len(j.seen) }
+func (j *Journal) Len() int { return j.nSeen }
 
 // Seen returns when uid was first downloaded, if it was.
 func (j *Journal) Seen(uid string) (time.Time, bool) {
-	t, ok := j.seen[uid]
-	return time.Unix(t, 0), ok
+	r := j.ids.FindString(uid)
+	if !j.ids.Has(r, fSeen) {
+		return time.Time{}, false
+	}
+	return time.Unix(j.ids.Time(r), 0), true
 }
 
 // Pending reports whether a run recorded that it was about to download uid
 // and no run recorded it as downloaded.
 func (j *Journal) Pending(uid string) bool {
-	_, done := j.seen[uid]
-	return j.pending[uid] && !done
+	r := j.ids.FindString(uid)
+	return j.ids.Has(r, fPending) && !j.ids.Has(r, fSeen)
 }
 
 // Tombstoned reports whether uid left the server less than 30 days ago.
 func (j *Journal) Tombstoned(uid string) bool {
-	_, ok := j.tombs[uid]
-	return ok
+	return j.ids.Has(j.ids.FindString(uid), fTomb)
+}
+
+// Suspect reports whether uid's message arrived damaged and is left alone.
+func (j *Journal) Suspect(uid string) bool {
+	return j.ids.Has(j.ids.FindString(uid), fSuspect)
+}
+
+// Listed records that uid is in this run's UIDL listing and returns its
+// entry; dup says it was listed before. Prune forgets what was not listed.
+func (j *Journal) Listed(uid []byte) (r ref, dup bool, err error) {
+	r, err = j.ids.Insert(uid)
+	if err != nil {
+		return 0, false, err
+	}
+	if j.ids.Has(r, fListed) {
+		j.ids.Set(r, fDup)
+		return r, true, nil
+	}
+	j.ids.Set(r, fListed)
+	j.nListed++
+	return r, false, nil
 }
 
 // Add records uid as downloaded at t; it is durable (and Seen) after Sync.
 func (j *Journal) Add(uid string, t time.Time) {
-	if _, ok := j.seen[uid]; ok {
+	if r, err := j.ids.InsertString(uid); err == nil {
+		j.addRef(r, t)
+	}
+}
+
+// addRef is Add for an entry. A suspect entry (downloaded again with
+// --retry-quarantined) gets a new downloaded line, which clears it.
+func (j *Journal) addRef(r ref, t time.Time) {
+	if j.ids.Has(r, fStaged) || j.ids.Has(r, fSeen) && !j.ids.Has(r, fSuspect) {
 		return
 	}
-	if _, ok := j.staged[uid]; ok {
-		return
-	}
-	j.staged[uid] = t.Unix()
+	j.ids.Set(r, fStaged)
+	j.staged = append(j.staged, stagedAdd{r, t.Unix()})
 	j.buf = strconv.AppendInt(j.buf, t.Unix(), 10)
 	j.buf = append(j.buf, ' ')
-	j.buf = append(j.buf, uid...)
+	j.buf = append(j.buf, j.ids.uidBytes(r)...)
 	j.buf = append(j.buf, '\n')
 }
 
 // AddPending records that uid is about to be downloaded; durable after Sync.
 func (j *Journal) AddPending(uid string) {
-	if j.pending[uid] {
+	if r, err := j.ids.InsertString(uid); err == nil {
+		j.addPendingRef(r)
+	}
+}
+
+func (j *Journal) addPendingRef(r ref) {
+	if j.ids.Has(r, fPending) {
 		return
 	}
-	j.pending[uid] = true
+	j.ids.Set(r, fPending)
 	j.buf = append(j.buf, "P "...)
-	j.buf = append(j.buf, uid...)
+	j.buf = append(j.buf, j.ids.uidBytes(r)...)
 	j.buf = append(j.buf, '\n')
+	j.spill()
+}
+
+// addSuspectRef records that the entry's message arrived damaged; durable
+// after Sync.
+func (j *Journal) addSuspectRef(r ref) {
+	j.ids.Set(r, fSuspect)
+	j.buf = append(j.buf, "Q "...)
+	j.buf = append(j.buf, j.ids.uidBytes(r)...)
+	j.buf = append(j.buf, '\n')
+}
+
+// spill writes a large buffer out (without waiting for the disk), so that
+// recording millions of pending UIDLs does not hold them all in memory; a
+// failure is returned by the next Sync.
+func (j *Journal) spill() {
+	if len(j.buf) < spillSize || j.readOnly || j.err != nil || j.werr != nil {
+		return
+	}
+	j.werr = j.write()
 }
 
 // Mark records, durably, the size of the mbox at path before an append.
@@ -341,21 +490,24 @@ func (j *Journal) markDone() {
 	}
 }
 
-// Sync writes what was recorded and waits until it is on disk.
-func (j *Journal) Sync() error {
-	if j.err != nil {
-		return j.err
+// dropStaged forgets the Adds not yet durable.
+func (j *Journal) dropStaged() {
+	for _, s := range j.staged {
+		j.ids.Clear(s.r, fStaged)
 	}
-	if len(j.buf) == 0 || j.readOnly {
-		j.buf = j.buf[:0]
-		clear(j.staged)
+	j.staged = j.staged[:0]
+}
+
+// write appends the buffer to the file. A failed write is cut back to the
+// last good offset, so that a retry cannot merge lines.
+func (j *Journal) write() error {
+	if len(j.buf) == 0 {
 		return nil
 	}
 	n, err := journalWrite(j.f, j.buf)
 	if err != nil {
-		// Cut a partial write back, so that a retry cannot merge lines.
 		j.buf = j.buf[:0]
-		clear(j.staged)
+		j.dropStaged()
 		if n > 0 {
 			if terr := j.f.Truncate(j.off); terr != nil {
 				j.err = fmt.Errorf("state journal: %v; cutting it back: %w", err, terr)
@@ -369,56 +521,87 @@ func (j *Journal) Sync() error {
 		return fmt.Errorf("state journal: %w", err)
 	}
 	j.lines += bytes.Count(j.buf, []byte{'\n'})
+	j.off += int64(n)
 	j.buf = j.buf[:0]
-	if err := fdatasyncFn(j.f); err != nil {
-		j.err = fmt.Errorf("state journal: fsync: %w (the journal is unusable until the next run)", err)
-		clear(j.staged)
+	return nil
+}
+
+// Sync writes what was recorded and waits until it is on disk.
+func (j *Journal) Sync() error {
+	if j.err != nil {
 		return j.err
 	}
-	j.off += int64(n)
-	for uid, t := range j.staged {
-		j.seen[uid] = t
-		delete(j.tombs, uid)
+	if j.readOnly {
+		j.buf = j.buf[:0]
+		j.dropStaged()
+		return nil
+	}
+	if err := j.werr; err != nil {
+		j.werr = nil
+		j.buf = j.buf[:0]
+		j.dropStaged()
+		return err
+	}
+	if len(j.buf) == 0 && len(j.staged) == 0 {
+		return nil
+	}
+	if err := j.write(); err != nil {
+		return err
+	}
+	if err := fdatasyncFn(j.f); err != nil {
+		j.err = fmt.Errorf("state journal: fsync: %w (the journal is unusable until the next run)", err)
+		j.dropStaged()
+		return j.err
+	}
+	for _, s := range j.staged {
+		r := s.r
+		j.ids.Clear(r, fStaged|fTomb|fSuspect)
+		if !j.ids.Has(r, fSeen) {
+			j.setSeen(r, true)
+			j.ids.SetTime(r, s.t)
+		}
 	}
 	if len(j.staged) > 0 {
 		j.mark, j.markPath = -1, "" // downloaded lines follow the destination's sync
 	}
-	clear(j.staged)
+	j.staged = j.staged[:0]
 	return nil
 }
 
-// Prune forgets the UIDLs not in present (they left the server), keeping
-// them as tombstones for 30 days, and compacts the journal when that or
-// dead lines make it worth it. An empty present set with a non-empty journal
-// prunes nothing: a server listing no messages at all is more likely broken
-// than emptied by someone else.
-func (j *Journal) Prune(present map[string]bool) error {
-	if len(present) == 0 && len(j.seen) > 0 {
-		j.warn("the server lists no messages, but the journal knows %d: not forgetting them this time", len(j.seen))
+// Prune forgets the UIDLs that this run's listing (Listed) did not name
+// (they left the server), keeping downloaded ones as tombstones for 30
+// days, and compacts the journal when that or dead lines make it worth it.
+// An empty listing with a non-empty journal prunes nothing: a server listing
+// no messages at all is more likely broken than emptied by someone else.
+func (j *Journal) Prune() error {
+	if j.nListed == 0 && j.nSeen > 0 {
+		j.warn("the server lists no messages, but the journal knows %d: not forgetting them this time", j.nSeen)
 		return nil
 	}
 	now := time.Now()
-	removed := 0
-	for uid := range j.seen {
-		if !present[uid] {
-			delete(j.seen, uid)
-			j.tombs[uid] = now.Unix()
-			removed++
+	removed, live := 0, 0
+	j.ids.Each(func(r ref) {
+		f := j.ids.Flags(r)
+		if f&fListed == 0 {
+			if f&fSeen != 0 {
+				j.setSeen(r, false)
+				j.ids.Set(r, fTomb)
+				j.ids.SetTime(r, now.Unix())
+				removed++
+			}
+			if f&(fPending|fSuspect) != 0 {
+				j.ids.Clear(r, fPending|fSuspect)
+				removed++
+			}
+			if f&fTomb != 0 && now.Sub(time.Unix(j.ids.Time(r), 0)) > tombstoneTTL {
+				j.ids.Clear(r, fTomb)
+				removed++
+			}
 		}
-	}
-	for uid := range j.pending {
-		if !present[uid] {
-			delete(j.pending, uid)
-			removed++
+		if j.ids.Flags(r)&(fSeen|fPending|fTomb|fSuspect) != 0 {
+			live++
 		}
-	}
-	for uid, t := range j.tombs {
-		if !present[uid] && now.Sub(time.Unix(t, 0)) > tombstoneTTL {
-			delete(j.tombs, uid)
-			removed++
-		}
-	}
-	live := len(j.seen) + len(j.tombs) + len(j.pending)
+	})
 	if j.readOnly || (removed == 0 && j.lines <= 2*live+1024) {
 		return nil
 	}
@@ -439,23 +622,32 @@ func (j *Journal) rewrite() error {
 		return fmt.Errorf("state journal: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	w := bufio.NewWriter(tmp)
+	w := bufio.NewWriterSize(tmp, 64<<10)
 	w.WriteString(journalHeader)
 	lines := 0
-	for uid, t := range j.tombs {
-		fmt.Fprintf(w, "T %d %s\n", t, uid)
-		lines++
-	}
-	for uid := range j.pending {
-		if _, done := j.seen[uid]; !done {
-			fmt.Fprintf(w, "P %s\n", uid)
+	var line []byte
+	j.ids.Each(func(r ref) {
+		f, uid := j.ids.Flags(r), j.ids.uidBytes(r)
+		line = line[:0]
+		if f&fTomb != 0 {
+			line = fmt.Appendf(line, "T %d %s\n", j.ids.Time(r), uid)
 			lines++
 		}
-	}
-	for uid, t := range j.seen {
-		fmt.Fprintf(w, "%d %s\n", t, uid)
-		lines++
-	}
+		if f&fPending != 0 && f&fSeen == 0 {
+			line = fmt.Appendf(line, "P %s\n", uid)
+			lines++
+		}
+		if f&fSeen != 0 {
+			line = fmt.Appendf(line, "%d %s\n", j.ids.Time(r), uid)
+			lines++
+		}
+		if f&fSuspect != 0 {
+			// After the downloaded line, which would clear it.
+			line = fmt.Appendf(line, "Q %s\n", uid)
+			lines++
+		}
+		w.Write(line)
+	})
 	if j.mark >= 0 {
 		// Last, so that no downloaded line clears it.
 		fmt.Fprintf(w, "M %d %s\n", j.mark, j.markPath)

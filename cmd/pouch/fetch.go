@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -34,6 +35,15 @@ network failure loses or duplicates it.
 With --config, the TOML file has the flag names as keys: top-level keys apply
 to every account, and each [account.NAME] table is one account. Flags on the
 command line win over the file. ACCOUNT names select accounts (default: all).
+Up to --parallel accounts are fetched at once; each account's lines are
+printed together, in the order the accounts are named or sorted.
+
+A server whose replies go out of step with the commands (a body line "."
+that it did not dot-stuff, a message whose size disagrees with LIST, an
+empty message, a reply that is neither +OK nor -ERR) ends the session
+without deleting anything; what arrived of the message is kept in the
+Maildir quarantine/ under --state-dir, and the message is left on the
+server until --retry-quarantined.
 
 Examples:
   pouch fetch --server pop.example.com:995 --user alice \
@@ -65,6 +75,9 @@ type fetchConfig struct {
 	quiet             bool
 	window            int
 	timeout           time.Duration
+	deadline          time.Duration
+	parallel          int
+	retryQuarantined  bool
 }
 
 func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
@@ -91,6 +104,9 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.BoolVar(&c.quiet, "q", false, "print nothing but errors")
 	fs.IntVar(&c.window, "window", 1024, "RETR commands in flight when the server offers PIPELINING")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up on a server silent this `long`")
+	fs.DurationVar(&c.deadline, "deadline", fetch.DefaultDeadline, "cut off an account's run after this `long` in all (the session ends without deleting anything); 0 for none")
+	fs.IntVar(&c.parallel, "parallel", 4, "fetch up to `n` accounts at once")
+	fs.BoolVar(&c.retryQuarantined, "retry-quarantined", false, "download again the messages an earlier run found damaged and left on the server")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, fetchUsage)
 		fs.PrintDefaults()
@@ -163,17 +179,30 @@ func (c *fetchConfig) account(name string) (*fetch.Account, error) {
 	if c.deleteOversized && maxSize == 0 {
 		return nil, errors.New("--delete-oversized needs --max-size")
 	}
+	if c.deadline < 0 {
+		return nil, errors.New("--deadline must not be negative")
+	}
+	deadline := c.deadline
+	if deadline == 0 {
+		deadline = -1 // none
+	}
 	return &fetch.Account{
 		Name: name, Server: c.server, TLS: mode, CAFile: c.caFile, Fingerprint: c.fingerprint,
 		User: c.user, PasswordFile: c.passwordFile, PasswordCommand: c.passwordCommand,
 		OAuthTokenCommand: c.oauthTokenCommand, To: c.to, Rcpt: c.rcpt,
 		Keep: keep, KeepForever: forever, MaxSize: maxSize, DeleteOversized: c.deleteOversized,
 		StateDir: c.stateDir, DryRun: c.dryRun, Window: c.window, Timeout: c.timeout,
+		Deadline: deadline, RetryQuarantined: c.retryQuarantined,
 	}, nil
 }
 
-// setFromTOML sets every flag not given on the command line from values.
-func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, where string) error {
+// topLevelKeys are the keys that apply to the whole command, not to one
+// account.
+var topLevelKeys = map[string]bool{"parallel": true}
+
+// setFromTOML sets every flag not given on the command line from values
+// (an account's table if account).
+func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, where string, account bool) error {
 	keys := make([]string, 0, len(values))
 	for k := range values {
 		keys = append(keys, k)
@@ -185,6 +214,9 @@ func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, w
 		}
 		if key == "config" || fs.Lookup(key) == nil {
 			return fmt.Errorf("%s: unknown key %q", where, key)
+		}
+		if account && topLevelKeys[key] {
+			return fmt.Errorf("%s: key %q belongs at the top of the file", where, key)
 		}
 		if set[key] {
 			continue
@@ -201,28 +233,42 @@ type namedAccount struct {
 	quiet bool
 }
 
-// loadAccounts returns the accounts to fetch and the --every interval.
-func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duration, error) {
+// fetchRun is what one pouch fetch command does.
+type fetchRun struct {
+	accts    []namedAccount
+	every    time.Duration // 0: once
+	parallel int
+}
+
+// loadAccounts returns the accounts to fetch, the --every interval and
+// --parallel.
+func loadAccounts(args []string, stderr io.Writer) (fetchRun, error) {
 	fs, c := fetchFlags(stderr)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return nil, 0, err
+		return fetchRun{}, err
 	}
 	set := flagNames(fs)
 	if c.configFile == "" {
 		if len(pos) > 0 {
-			return nil, 0, usageError("account names need --config; got %q", pos[0])
+			return fetchRun{}, usageError("account names need --config; got %q", pos[0])
 		}
 		a, err := c.account("")
 		if err != nil {
-			return nil, 0, usageError("fetch: %v", err)
+			return fetchRun{}, usageError("fetch: %v", err)
 		}
 		every, err := parseEvery(c.every)
-		return []namedAccount{{a, c.quiet}}, every, err
+		return fetchRun{[]namedAccount{{a, c.quiet}}, every, 1}, err
 	}
 	var file map[string]any
 	if _, err := toml.DecodeFile(c.configFile, &file); err != nil {
-		return nil, 0, &exitError{code: 2, msg: fmt.Sprintf("config %s: %v", c.configFile, err)}
+		return fetchRun{}, &exitError{code: 2, msg: fmt.Sprintf("config %s: %v", c.configFile, err)}
+	}
+	if err := setFromTOML(fs, set, file, "config "+c.configFile, false); err != nil {
+		return fetchRun{}, &exitError{code: 2, msg: err.Error()}
+	}
+	if c.parallel < 1 {
+		return fetchRun{}, usageError("--parallel %d: give at least 1", c.parallel)
 	}
 	table, _ := file["account"].(map[string]any)
 	if t2, ok := file["accounts"].(map[string]any); ok {
@@ -234,7 +280,7 @@ func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duratio
 		}
 	}
 	if len(table) == 0 {
-		return nil, 0, usageError("config %s: no [account.NAME] table", c.configFile)
+		return fetchRun{}, usageError("config %s: no [account.NAME] table", c.configFile)
 	}
 	names := pos
 	if len(names) == 0 {
@@ -248,30 +294,28 @@ func loadAccounts(args []string, stderr io.Writer) ([]namedAccount, time.Duratio
 	for _, name := range names {
 		vals, ok := table[name].(map[string]any)
 		if !ok {
-			return nil, 0, usageError("config %s: no account %q", c.configFile, name)
+			return fetchRun{}, usageError("config %s: no account %q", c.configFile, name)
 		}
 		afs, ac := fetchFlags(stderr)
 		parseInterleaved(afs, args) // parsed once above without error
-		if err := setFromTOML(afs, set, file, "config "+c.configFile); err != nil {
-			return nil, 0, &exitError{code: 2, msg: err.Error()}
-		}
-		if err := setFromTOML(afs, set, vals, fmt.Sprintf("config %s: account %s", c.configFile, name)); err != nil {
-			return nil, 0, &exitError{code: 2, msg: err.Error()}
+		setFromTOML(afs, set, file, "config "+c.configFile, false)
+		if err := setFromTOML(afs, set, vals, fmt.Sprintf("config %s: account %s", c.configFile, name), true); err != nil {
+			return fetchRun{}, &exitError{code: 2, msg: err.Error()}
 		}
 		a, err := ac.account(name)
 		if err != nil {
-			return nil, 0, usageError("account %s: %v", name, err)
+			return fetchRun{}, usageError("account %s: %v", name, err)
 		}
 		e, err := parseEvery(ac.every)
 		if err != nil {
-			return nil, 0, err
+			return fetchRun{}, err
 		}
 		if every == 0 || (e > 0 && e < every) {
 			every = e
 		}
 		out = append(out, namedAccount{a, ac.quiet})
 	}
-	return out, every, nil
+	return fetchRun{out, every, c.parallel}, nil
 }
 
 func parseEvery(s string) (time.Duration, error) {
@@ -286,7 +330,7 @@ func parseEvery(s string) (time.Duration, error) {
 }
 
 func runFetch(args []string, stderr io.Writer) error {
-	accts, every, err := loadAccounts(args, stderr)
+	fr, err := loadAccounts(args, stderr)
 	if err != nil {
 		return err
 	}
@@ -299,35 +343,161 @@ func runFetch(args []string, stderr io.Writer) error {
 	if f, ok := stderr.(*os.File); ok {
 		tty = term.IsTerminal(int(f.Fd()))
 	}
-	for {
-		failed := 0
-		for _, na := range accts {
-			if ctx.Err() != nil {
-				break
+	// A progress bar only while one account runs at a time.
+	bar := tty && (len(fr.accts) == 1 || fr.parallel == 1)
+	if fr.every == 0 {
+		return fetchOnce(ctx, fr, bar, stderr)
+	}
+	fetchEvery(ctx, fr, &lockedWriter{w: stderr})
+	return nil
+}
+
+// fetchOnce fetches every account once, up to fr.parallel at a time, and
+// prints each account's lines together, in the accounts' order.
+func fetchOnce(ctx context.Context, fr fetchRun, bar bool, stderr io.Writer) error {
+	out := newOrderedOutput(stderr, len(fr.accts))
+	sem := make(chan struct{}, fr.parallel)
+	same := sameMailbox(fr.accts)
+	errs := make([]error, len(fr.accts))
+	var wg sync.WaitGroup
+	for i, na := range fr.accts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer out.finish(i)
+			mu := same[i]
+			mu.Lock()
+			defer mu.Unlock()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if ctx.Err() == nil {
+				errs[i] = fetchOne(ctx, na, bar, out.writer(i))
 			}
-			if err := fetchOne(ctx, na, tty, stderr); err != nil {
-				failed++
-			}
+		}()
+	}
+	wg.Wait()
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
 		}
-		if every == 0 || ctx.Err() != nil {
-			if failed > 0 {
-				return &exitError{code: 1, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, len(accts))}
+	}
+	if failed > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, len(fr.accts))}
+	}
+	return nil
+}
+
+// fetchEvery fetches each account every fr.every until ctx ends, up to
+// fr.parallel at a time; each account keeps its own pace, so a slow server
+// holds up only its own account.
+func fetchEvery(ctx context.Context, fr fetchRun, stderr io.Writer) {
+	sem := make(chan struct{}, fr.parallel)
+	same := sameMailbox(fr.accts)
+	var wg sync.WaitGroup
+	for i, na := range fr.accts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				same[i].Lock()
+				sem <- struct{}{}
+				if ctx.Err() == nil {
+					fetchOne(ctx, na, false, stderr)
+				}
+				<-sem
+				same[i].Unlock()
+				select {
+				case <-ctx.Done():
+				case <-time.After(fr.every):
+				}
 			}
-			return nil
+		}()
+	}
+	wg.Wait()
+}
+
+// sameMailbox returns a mutex per account, shared by the accounts of one
+// server and user: a POP3 server locks a maildrop for one session at a
+// time, so those run one after another.
+func sameMailbox(accts []namedAccount) []*sync.Mutex {
+	byKey := map[string]*sync.Mutex{}
+	out := make([]*sync.Mutex, len(accts))
+	for i, na := range accts {
+		k := na.acct.Server + "\x00" + na.acct.User
+		if byKey[k] == nil {
+			byKey[k] = &sync.Mutex{}
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(every):
+		out[i] = byKey[k]
+	}
+	return out
+}
+
+// lockedWriter keeps each Write whole when several goroutines write.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// orderedOutput prints the lines of accounts fetched at once in the
+// accounts' order: the first unfinished account writes through, the others
+// are held until every account before them has finished.
+type orderedOutput struct {
+	mu   sync.Mutex
+	w    io.Writer
+	held []bytes.Buffer
+	done []bool
+	head int
+}
+
+func newOrderedOutput(w io.Writer, n int) *orderedOutput {
+	return &orderedOutput{w: w, held: make([]bytes.Buffer, n), done: make([]bool, n)}
+}
+
+// writer returns account i's writer; each Write is kept whole.
+func (o *orderedOutput) writer(i int) io.Writer { return orderedWriter{o, i} }
+
+type orderedWriter struct {
+	o *orderedOutput
+	i int
+}
+
+func (w orderedWriter) Write(p []byte) (int, error) {
+	o := w.o
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if w.i == o.head {
+		return o.w.Write(p)
+	}
+	return o.held[w.i].Write(p)
+}
+
+// finish marks account i finished and prints what the accounts after it
+// held, up to the next unfinished one.
+func (o *orderedOutput) finish(i int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.done[i] = true
+	for o.head < len(o.done) && o.done[o.head] {
+		o.head++
+		if o.head < len(o.done) {
+			o.w.Write(o.held[o.head].Bytes())
+			o.held[o.head] = bytes.Buffer{}
 		}
 	}
 }
 
 // fetchOne runs one account and reports on stderr.
-func fetchOne(ctx context.Context, na namedAccount, tty bool, stderr io.Writer) error {
+func fetchOne(ctx context.Context, na namedAccount, bar bool, stderr io.Writer) error {
 	a := na.acct
 	name := a.DisplayName()
-	obs := &reporter{w: stderr, name: name, quiet: na.quiet, bar: tty && !na.quiet}
+	obs := &reporter{w: stderr, name: name, quiet: na.quiet, bar: bar && !na.quiet}
 	st, err := fetch.Run(ctx, a, obs)
 	obs.clear()
 	if err != nil {

@@ -2,17 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/popscript"
 	"github.com/pouchmail/pouch/server"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -240,13 +241,122 @@ func TestFetchEvery(t *testing.T) {
 	}
 }
 
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+// TestFetchAccountsInParallel: a server trickling one octet at a time holds
+// up neither the other accounts (fetched meanwhile) nor the command (cut
+// off at the account's deadline); the output keeps the accounts' order.
+func TestFetchAccountsInParallel(t *testing.T) {
+	addr, st := fetchServer(t)
+	st.Deliver(context.Background(), "alice", strings.NewReader("Subject: a\n\na\n"))
+	st.Deliver(context.Background(), "bob", strings.NewReader("Subject: b\n\nb\n"))
+	slow := (&popscript.Box{Trickle: time.Millisecond, Messages: []popscript.Message{
+		{UID: "s1", Body: "Subject: slow\n\n" + strings.Repeat("slow line\n", 20000)},
+	}}).Start(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fetch.toml")
+	os.WriteFile(cfg, []byte(`
+tls = "none"
+state-dir = "`+dir+`/state"
+timeout = "1s"
+
+[account.a-slow]
+server = "`+slow.Addr+`"
+user = "carol"
+password-command = "echo x"
+to = "maildir:`+dir+`/carol"
+deadline = "2s"
+
+[account.b-alice]
+server = "`+addr+`"
+user = "alice"
+password-command = "echo secret"
+to = "maildir:`+dir+`/alice"
+
+[account.c-bob]
+server = "`+addr+`"
+user = "bob"
+password-command = "echo hunter2"
+to = "maildir:`+dir+`/bob"
+`), 0o600)
+	type result struct {
+		stderr string
+		code   int
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		_, stderr, code := pouch(t, "", "fetch", "--config", cfg)
+		done <- result{stderr, code}
+	}()
+	var res result
+	early := false
+	for res.stderr == "" {
+		select {
+		case res = <-done:
+		case <-time.After(10 * time.Millisecond):
+			early = early || countFiles(t, dir+"/alice") == 1 && countFiles(t, dir+"/bob") == 1
+		}
+	}
+	if !early {
+		t.Fatal("the other accounts were not fetched while the slow one ran")
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("took %v with a deadline of 2s", took)
+	}
+	if res.code != 1 || !strings.Contains(res.stderr, "fetch failed for 1 of 3 accounts") {
+		t.Fatalf("exit %d: %s", res.code, res.stderr)
+	}
+	s := res.stderr
+	i, j, k := strings.Index(s, "a-slow: the account's deadline passed: the run was cut off after 2s"), strings.Index(s, "b-alice: 1 fetched"), strings.Index(s, "c-bob: 1 fetched")
+	if i < 0 || j < i || k < j {
+		t.Fatalf("output out of order:\n%s", s)
+	}
+	// parallel belongs to the whole command.
+	os.WriteFile(cfg, []byte("[account.x]\nserver = \"h:1\"\nparallel = 2\n"), 0o600)
+	if _, stderr, code := pouch(t, "", "fetch", "--config", cfg); code != 2 || !strings.Contains(stderr, `key "parallel" belongs at the top`) {
+		t.Fatalf("parallel in an account: %d %q", code, stderr)
+	}
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+// Accounts held back by the order are printed whole once it is their turn.
+func TestOrderedOutput(t *testing.T) {
+	var b strings.Builder
+	o := newOrderedOutput(&b, 3)
+	fmt.Fprint(o.writer(2), "c1\n")
+	fmt.Fprint(o.writer(0), "a1\n")
+	fmt.Fprint(o.writer(1), "b1\n")
+	o.finish(1)
+	fmt.Fprint(o.writer(0), "a2\n")
+	o.finish(0)
+	fmt.Fprint(o.writer(2), "c2\n")
+	o.finish(2)
+	if b.String() != "a1\na2\nb1\nc1\nc2\n" {
+		t.Fatalf("%q", b.String())
+	}
+}
+
+// A server that does not dot-stuff: exit status 1 and one sentence naming
+// its fault; the next run leaves the message alone, --retry-quarantined
+// fetches it once the server is fixed.
+func TestFetchBrokenServer(t *testing.T) {
+	b := (&popscript.Box{Messages: []popscript.Message{
+		{UID: "u1", Body: "Subject: 1\n\none\n"},
+		{UID: "u2", Size: 40, Wire: "Subject: 2\r\n\r\nhalf\r\n.\r\nrest\r\n.\r\n"},
+	}}).Start(t)
+	dir := t.TempDir()
+	args := []string{"fetch", "--server", b.Addr, "--tls", "none", "--user", "u", "--password-command", "echo x",
+		"--to", "maildir:" + dir + "/Mail", "--state-dir", dir + "/state"}
+	_, stderr, code := pouch(t, "", args...)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if code != 1 || len(lines) != 3 || !strings.HasPrefix(lines[0], "pouch fetch: u@"+b.Addr+": the server broke the POP3 protocol at message 2 (UIDL u2): it arrived as 20 octets where LIST announced 40") {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	_, stderr, code = pouch(t, "", args...)
+	if code != 0 || !strings.Contains(stderr, `warning: message 2: UIDL "u2" arrived damaged in an earlier run`) || !strings.Contains(stderr, "0 fetched") {
+		t.Fatalf("second run: exit %d:\n%s", code, stderr)
+	}
+	b.Messages[1] = popscript.Message{UID: "u2", Body: "Subject: 2\n\nwhole\n"}
+	_, stderr, code = pouch(t, "", append(args, "--retry-quarantined")...)
+	if code != 0 || !strings.Contains(stderr, "1 fetched") || countFiles(t, dir+"/Mail") != 2 {
+		t.Fatalf("retry: exit %d:\n%s", code, stderr)
+	}
 }

@@ -1,0 +1,359 @@
+package popscript
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Message is one message of a Box.
+type Message struct {
+	// UID is its UIDL; "" leaves it out of the UIDL listing.
+	UID string
+	// Body is sent by RETR with LF turned into CRLF, dot-stuffed and
+	// terminated, as RFC 1939 §3 asks.
+	Body string
+	// Wire, if set, is sent by RETR verbatim after "+OK" CRLF instead of
+	// Body: the test writes the dots and the terminating line, or leaves
+	// them out.
+	Wire string
+	// Size is what LIST says; 0 means the octets a correct RETR of Body
+	// carries (CRLF line ends, not stuffed).
+	Size int64
+	// Status, if set, replaces RETR's "+OK" status line.
+	Status string
+}
+
+// WireSize returns the octets of Body in wire form: CRLF line ends, a
+// final CRLF, dots not stuffed (what RFC 1939 §11 has LIST count).
+func WireSize(body string) int64 {
+	return int64(len(wireBody(body)))
+}
+
+func wireBody(body string) string {
+	s := strings.ReplaceAll(strings.ReplaceAll(body, "\r\n", "\n"), "\n", "\r\n")
+	if s != "" && !strings.HasSuffix(s, "\r\n") {
+		s += "\r\n"
+	}
+	return s
+}
+
+func (m Message) listSize() int64 {
+	if m.Size != 0 {
+		return m.Size
+	}
+	return WireSize(m.Body)
+}
+
+// Box is a POP3 server for tests over a fixed set of messages, answering
+// whatever its clients ask, across any number of sessions: CAPA (RFC 2449
+// §5), USER, PASS, STAT, LIST, UIDL, RETR, DELE, NOOP, RSET and QUIT
+// (RFC 1939), with the maildrop locked by one session at a time. Deletions
+// are committed by QUIT only. Each message's RETR reply can be sent exactly
+// as the test wrote it (Message.Wire), so that a client can be tested
+// against a server that breaks the protocol.
+type Box struct {
+	Addr string
+
+	Messages []Message
+	// Count and Gen, when Count > 0, stand for Messages: Gen(i) returns
+	// message i (from 0), and is called afresh each time, so a listing of
+	// millions of messages costs the server no memory.
+	Count int
+	Gen   func(i int) Message
+	// Pipelining offers PIPELINING (RFC 2449 §6.6).
+	Pipelining bool
+	// Trickle, if set, is the pause before each octet sent after the
+	// greeting.
+	Trickle time.Duration
+
+	l        net.Listener
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	locked   bool
+	deleted  map[int]bool
+	sessions [][]string
+	conns    map[net.Conn]bool
+	closed   bool
+}
+
+// Start starts b on a 127.0.0.1:0 listener; the test's cleanup closes it
+// and every session it has open.
+func (b *Box) Start(t testing.TB) *Box {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.l = l
+	b.Addr = l.Addr().String()
+	b.deleted = map[int]bool{}
+	b.conns = map[net.Conn]bool{}
+	b.wg.Add(1)
+	go b.accept()
+	t.Cleanup(b.Close)
+	return b
+}
+
+// Close stops the server and ends its sessions.
+func (b *Box) Close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	b.l.Close()
+	for c := range b.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+func (b *Box) accept() {
+	defer b.wg.Done()
+	for {
+		c, err := b.l.Accept()
+		if err != nil {
+			return
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			c.Close()
+			return
+		}
+		b.conns[c] = true
+		b.sessions = append(b.sessions, nil)
+		id := len(b.sessions) - 1
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.serve(c, id)
+			b.mu.Lock()
+			delete(b.conns, c)
+			b.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+func (b *Box) count() int {
+	if b.Count > 0 {
+		return b.Count
+	}
+	return len(b.Messages)
+}
+
+func (b *Box) msg(i int) Message {
+	if b.Count > 0 {
+		return b.Gen(i)
+	}
+	return b.Messages[i]
+}
+
+// Deleted returns the UIDLs (or, for messages without one, "#" and the
+// message's index) that committed QUITs deleted.
+func (b *Box) Deleted() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for i := range b.count() {
+		if b.deleted[i] {
+			if uid := b.msg(i).UID; uid != "" {
+				out = append(out, uid)
+			} else {
+				out = append(out, "#"+strconv.Itoa(i))
+			}
+		}
+	}
+	return out
+}
+
+// Sessions returns the command lines of each session so far, in order.
+func (b *Box) Sessions() [][]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([][]string, len(b.sessions))
+	for i, s := range b.sessions {
+		out[i] = append([]string(nil), s...)
+	}
+	return out
+}
+
+// trickler writes one octet at a time with a pause before each.
+type trickler struct {
+	w     io.Writer
+	pause time.Duration
+}
+
+func (t trickler) Write(p []byte) (int, error) {
+	for i := range p {
+		time.Sleep(t.pause)
+		if _, err := t.w.Write(p[i : i+1]); err != nil {
+			return i, err
+		}
+	}
+	return len(p), nil
+}
+
+func (b *Box) serve(c net.Conn, id int) {
+	var out io.Writer = c
+	w := bufio.NewWriterSize(out, 64<<10)
+	br := bufio.NewReader(c)
+	w.WriteString("+OK popscript box ready\r\n")
+	w.Flush()
+	if b.Trickle > 0 {
+		w.Reset(trickler{w: c, pause: b.Trickle})
+	}
+	// The session's view: message indexes by number, deletion marks.
+	var nums []int
+	marked := map[int]bool{}
+	authed, user := false, false
+	defer func() {
+		if authed {
+			b.mu.Lock()
+			b.locked = false
+			b.mu.Unlock()
+		}
+	}()
+	reply := func(format string, args ...any) {
+		fmt.Fprintf(w, format+"\r\n", args...)
+	}
+	msgArg := func(arg string) (int, bool) {
+		n, err := strconv.Atoi(arg)
+		if err != nil || n < 1 || n > len(nums) || marked[n] {
+			reply("-ERR no such message")
+			return 0, false
+		}
+		return n, true
+	}
+	for {
+		// A pipelining client's commands are answered together.
+		if br.Buffered() == 0 {
+			if err := w.Flush(); err != nil {
+				return
+			}
+		}
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		b.mu.Lock()
+		b.sessions[id] = append(b.sessions[id], line)
+		b.mu.Unlock()
+		cmd, arg, _ := strings.Cut(line, " ")
+		switch cmd = strings.ToUpper(cmd); {
+		case cmd == "CAPA":
+			reply("+OK")
+			reply("USER")
+			reply("UIDL")
+			if b.Pipelining {
+				reply("PIPELINING")
+			}
+			reply(".")
+		case cmd == "USER" && !authed:
+			user = true
+			reply("+OK")
+		case cmd == "PASS" && user && !authed:
+			b.mu.Lock()
+			busy := b.locked
+			b.locked = !busy
+			b.mu.Unlock()
+			if busy {
+				reply("-ERR [IN-USE] maildrop locked")
+				continue
+			}
+			authed = true
+			b.mu.Lock()
+			for i := range b.count() {
+				if !b.deleted[i] {
+					nums = append(nums, i)
+				}
+			}
+			b.mu.Unlock()
+			reply("+OK")
+		case cmd == "QUIT":
+			if authed {
+				b.mu.Lock()
+				for n := range marked {
+					b.deleted[nums[n-1]] = true
+				}
+				b.mu.Unlock()
+			}
+			reply("+OK bye")
+			w.Flush()
+			return
+		case !authed:
+			reply("-ERR log in first")
+		case cmd == "STAT":
+			total, n := int64(0), 0
+			for i, idx := range nums {
+				if !marked[i+1] {
+					total += b.msg(idx).listSize()
+					n++
+				}
+			}
+			reply("+OK %d %d", n, total)
+		case cmd == "LIST" && arg == "":
+			reply("+OK")
+			for i, idx := range nums {
+				if !marked[i+1] {
+					reply("%d %d", i+1, b.msg(idx).listSize())
+				}
+			}
+			reply(".")
+		case cmd == "UIDL" && arg == "":
+			reply("+OK")
+			for i, idx := range nums {
+				if uid := b.msg(idx).UID; uid != "" && !marked[i+1] {
+					reply("%d %s", i+1, uid)
+				}
+			}
+			reply(".")
+		case cmd == "RETR":
+			n, ok := msgArg(arg)
+			if !ok {
+				continue
+			}
+			m := b.msg(nums[n-1])
+			if m.Status != "" {
+				reply("%s", m.Status)
+			} else {
+				reply("+OK")
+			}
+			if m.Wire != "" {
+				w.WriteString(m.Wire)
+				continue
+			}
+			for _, l := range strings.SplitAfter(wireBody(m.Body), "\r\n") {
+				if strings.HasPrefix(l, ".") {
+					w.WriteString(".")
+				}
+				w.WriteString(l)
+			}
+			reply(".")
+		case cmd == "DELE":
+			if n, ok := msgArg(arg); ok {
+				marked[n] = true
+				reply("+OK")
+			}
+		case cmd == "NOOP":
+			reply("+OK")
+		case cmd == "RSET":
+			clear(marked)
+			reply("+OK")
+		default:
+			reply("-ERR unknown command")
+		}
+	}
+}
