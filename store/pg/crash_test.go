@@ -148,16 +148,20 @@ func TestCrashDuringCommit(t *testing.T) {
 }
 
 func TestCrashDuringDelivery(t *testing.T) {
-	const size = 2*ChunkSize + 1000 // three chunks
+	const big, small = 2*ChunkSize + 1000, 10 << 10 // three chunks, and one written with the row
 	for _, tc := range []struct {
 		point     string
+		size      int
 		delivered bool
 	}{
-		{"pg.deliver.chunks-written", false},
-		{"pg.deliver.before-commit", false},
-		{"pg.deliver.committed", true},
+		{"pg.deliver.chunks-written", big, false},
+		{"pg.deliver.before-commit", big, false},
+		{"pg.deliver.committed", big, true},
+		{"pg.deliver.before-commit", small, false},
+		{"pg.deliver.committed", small, true},
 	} {
-		t.Run(tc.point, func(t *testing.T) {
+		size := tc.size
+		t.Run(fmt.Sprintf("%s/%d", tc.point, size), func(t *testing.T) {
 			ctx := context.Background()
 			url := newSchema(t)
 			s := connect(t, url, Options{})
@@ -182,7 +186,7 @@ func TestCrashDuringDelivery(t *testing.T) {
 			}
 			checkConsistent(t, s)
 			// What a dead delivery left is garbage once it is old enough.
-			if !tc.delivered {
+			if !tc.delivered && size == big {
 				sql(t, url, "UPDATE uploads SET started = started - interval '2 hours'")
 				if _, err := s.Sweep(ctx, "u", store.Policy{}, time.Now()); err != nil {
 					t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pouchmail/pouch/store"
 )
@@ -32,7 +33,7 @@ import (
 // for the next session. A node that was paused longer than that may not
 // know it has lost its leases; that is why every transaction that removes
 // messages first locks its lease row and checks that it is still the
-// session's, under a live node (checkLease). A takeover must update that
+// session's, under a live node (queueLeaseCheck). A takeover must update that
 // row, so it waits for such a transaction, and after a takeover the check
 // fails: the paused node's QUIT removes nothing.
 
@@ -98,6 +99,12 @@ func (s *Store) heartbeat(n *node, lastOK time.Time) {
 	defer watchdog.Stop()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
 	for beat := 1; ; beat++ {
 		select {
 		case <-n.stop:
@@ -112,8 +119,7 @@ func (s *Store) heartbeat(n *node, lastOK time.Time) {
 		}
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(n.ctx, every)
-		tag, err := s.pool.Exec(ctx, `UPDATE nodes SET expires = now() + make_interval(secs => $2)
-			WHERE id = $1 AND expires > now()`, n.id, s.ttl.Seconds())
+		tag, err := s.renew(ctx, &conn, n.id)
 		switch {
 		case err == nil && tag.RowsAffected() == 1:
 			watchdog.Reset(time.Until(sent.Add(giveUp)))
@@ -130,6 +136,21 @@ func (s *Store) heartbeat(n *node, lastOK time.Time) {
 		}
 		cancel()
 	}
+}
+
+// renew extends node id's expiry, unless it has passed, on a connection of
+// the heartbeat's own, so that a pool busy with sessions cannot hold the
+// heartbeat up; *conn is made, or made again, as needed.
+func (s *Store) renew(ctx context.Context, conn **pgx.Conn, id int64) (pgconn.CommandTag, error) {
+	if *conn == nil || (*conn).IsClosed() {
+		c, err := pgx.ConnectConfig(ctx, s.connConfig)
+		if err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		*conn = c
+	}
+	return (*conn).Exec(ctx, `UPDATE nodes SET expires = now() + make_interval(secs => $2)
+		WHERE id = $1 AND expires > now()`, id, s.ttl.Seconds())
 }
 
 // lose declares n lost: its maildrops' Lost channels close and their
@@ -185,14 +206,19 @@ func (s *Store) acquire(ctx context.Context, md int64) (lease, error) {
 	return l, nil
 }
 
-// checkLease locks l's row in tx and fails with ErrLeaseLost unless it is
-// still l's, under a live node. Until tx ends, no other node can take the
+// queueLeaseCheck queues the statement that locks l's row and finds it
+// still l's, under a live node; leaseChecked reads its result: ErrLeaseLost
+// when it is not. Until the transaction ends, no other node can take the
 // maildrop over.
-func checkLease(ctx context.Context, tx pgx.Tx, md int64, l lease) error {
-	var one int
-	err := tx.QueryRow(ctx, `SELECT 1 FROM leases WHERE maildrop = $1 AND node = $2 AND session = $3
+func queueLeaseCheck(b *pgx.Batch, md int64, l lease) {
+	b.Queue(`SELECT 1 FROM leases WHERE maildrop = $1 AND node = $2 AND session = $3
 		AND EXISTS (SELECT 1 FROM nodes WHERE nodes.id = leases.node AND nodes.expires > now())
-		FOR UPDATE`, md, l.node.id, l.session).Scan(&one)
+		FOR UPDATE`, md, l.node.id, l.session)
+}
+
+func leaseChecked(res pgx.BatchResults) error {
+	var one int
+	err := res.QueryRow().Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrLeaseLost
 	}

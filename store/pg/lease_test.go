@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pouchmail/pouch/internal/pgtest"
 	"github.com/pouchmail/pouch/store"
 )
@@ -102,7 +104,7 @@ func TestLeaseAcrossNodes(t *testing.T) {
 	checkConsistent(t, b)
 }
 
-// TestLeaseCommitWaitsForTakeover: a takeover that comes while the old
+// TestLeaseTakeoverDuringCommit: a takeover that comes while the old
 // holder's commit runs waits for it, and sees what it removed.
 func TestLeaseTakeoverDuringCommit(t *testing.T) {
 	ctx := context.Background()
@@ -118,12 +120,14 @@ func TestLeaseTakeoverDuringCommit(t *testing.T) {
 	defer ma.Close()
 	m := ma.(*maildrop)
 	// A's commit locks the lease row and stops before COMMIT.
-	tx, err := a.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	batch := &pgx.Batch{}
+	batch.BeginTx(pgx.TxOptions{})
+	queueLeaseCheck(batch, m.id, m.lease)
+	queueHold(batch, m.id)
+	res := a.pool.SendBatch(ctx, batch)
+	tx := res.Tx()
 	defer tx.Rollback(ctx)
-	if err := checkLease(ctx, tx, m.id, m.lease); err != nil {
+	if _, err := leaseAndHold(res); err != nil {
 		t.Fatal(err)
 	}
 	if err := takeOut(ctx, tx, m.id, []int64{m.rows[0].id}, false, time.Now()); err != nil {

@@ -92,12 +92,13 @@ type Options struct {
 // Store is a connection pool to the database and this node's heartbeat.
 // It is safe for concurrent use.
 type Store struct {
-	pool     *pgxpool.Pool
-	ttl      time.Duration
-	nodeName string
-	policy   func(user string) store.Policy
-	now      func() time.Time
-	log      *slog.Logger
+	pool       *pgxpool.Pool
+	connConfig *pgx.ConnConfig // for the heartbeat's connection
+	ttl        time.Duration
+	nodeName   string
+	policy     func(user string) store.Policy
+	now        func() time.Time
+	log        *slog.Logger
 
 	node     atomic.Pointer[node] // the live incarnation, nil until needed
 	nodeMu   sync.Mutex           // serializes registrations and Close
@@ -135,7 +136,7 @@ func Connect(ctx context.Context, connString string, opt Options) (*Store, error
 		pool.Close()
 		return nil, err
 	}
-	s := &Store{pool: pool, ttl: opt.LockTTL, nodeName: opt.Node, now: time.Now, log: slog.Default()}
+	s := &Store{pool: pool, connConfig: cfg.ConnConfig.Copy(), ttl: opt.LockTTL, nodeName: opt.Node, now: time.Now, log: slog.Default()}
 	if s.ttl <= 0 {
 		s.ttl = DefaultLockTTL
 	}
@@ -290,22 +291,33 @@ type row struct {
 
 // Open takes the lease on user's maildrop (ErrLocked at once if a live node
 // holds it) and reads the snapshot: the messages not in the holding area,
-// in delivery order.
+// in delivery order. Both go in one round trip.
 func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
-	id, err := s.maildropID(ctx, user, true)
+	if err := validUser(user); err != nil {
+		return nil, err
+	}
+	n, err := s.currentNode(ctx)
 	if err != nil {
 		return nil, err
 	}
-	l, err := s.acquire(ctx, id)
-	if err != nil {
-		return nil, err
+	s.retryReleases(ctx)
+	for try := 0; ; try++ {
+		m := &maildrop{s: s, user: user, lease: lease{node: n, session: s.sessions.Add(1)}}
+		ok, err := m.lockAndLoad(ctx)
+		switch {
+		case err != nil:
+			return nil, err
+		case ok:
+			return m, nil
+		case try > 0:
+			return nil, store.ErrLocked
+		}
+		// Locked, or a maildrop that does not exist yet: make sure it
+		// exists, and try once more.
+		if _, err := s.maildropID(ctx, user, true); err != nil {
+			return nil, err
+		}
 	}
-	m := &maildrop{s: s, user: user, id: id, lease: l}
-	if err := m.load(ctx); err != nil {
-		m.Close()
-		return nil, err
-	}
-	return m, nil
 }
 
 type maildrop struct {
@@ -324,11 +336,36 @@ var (
 	_ store.RetrievalRecorder = (*maildrop)(nil)
 )
 
-func (m *maildrop) load(ctx context.Context) error {
-	rows, err := m.s.pool.Query(ctx, `SELECT id, uid, size, body, chunks FROM messages
-		WHERE maildrop = $1 AND deleted IS NULL ORDER BY id`, m.id)
+// lockAndLoad takes the lease (acquire has the rules) and reads the
+// snapshot in one implicit transaction; the listing reads nothing unless
+// the lease was taken. ok is false when no lease was taken: the maildrop is
+// locked or does not exist.
+func (m *maildrop) lockAndLoad(ctx context.Context) (ok bool, err error) {
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO leases (maildrop, node, session) SELECT id, $2, $3 FROM maildrops WHERE name = $1
+		ON CONFLICT (maildrop) DO UPDATE SET node = excluded.node, session = excluded.session, since = now()
+		WHERE NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.id = leases.node AND nodes.expires > now())
+		RETURNING maildrop`, m.user, m.lease.node.id, m.lease.session)
+	b.Queue(`SELECT m.id, m.uid, m.size, m.body, m.chunks FROM leases l JOIN messages m ON m.maildrop = l.maildrop
+		WHERE l.maildrop = (SELECT id FROM maildrops WHERE name = $1) AND l.node = $2 AND l.session = $3
+		AND m.deleted IS NULL ORDER BY m.id`, m.user, m.lease.node.id, m.lease.session)
+	res := m.s.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := res.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	err = res.QueryRow().Scan(&m.id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
 	if err != nil {
-		return err
+		return false, err
+	}
+	m.lease.maildrop = m.id
+	rows, err := res.Query()
+	if err != nil {
+		return false, err
 	}
 	var (
 		r   row
@@ -339,7 +376,7 @@ func (m *maildrop) load(ctx context.Context) error {
 		m.msgs = append(m.msgs, msg)
 		return nil
 	})
-	return err
+	return err == nil, err
 }
 
 func (m *maildrop) Messages() []store.Message { return m.msgs }
@@ -390,7 +427,7 @@ func (m *maildrop) Commit(deleted []int) error {
 	}
 	ctx, cancel := m.ctx()
 	defer cancel()
-	_, err := m.s.remove(ctx, m.id, m.lease, ids, m.s.policyOf(m.user).Window > 0, m.s.now(), "pg.commit")
+	err := m.s.remove(ctx, m.id, m.lease, ids, m.s.policyOf(m.user).Window > 0, m.s.now(), "pg.commit")
 	return leaseErr(ctx, err)
 }
 
@@ -427,80 +464,75 @@ func (m *maildrop) Close() error {
 // remove takes the messages ids out of maildrop md in one transaction that
 // first checks that l still holds the lease: into the holding area,
 // stamped at, when keep is set or the maildrop is under legal hold,
-// otherwise for good. crash names its crash points. It returns the rows
-// removed, and whether they were kept.
-func (s *Store) remove(ctx context.Context, md int64, l lease, ids []int64, keep bool, at time.Time, crash string) (bool, error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return false, err
-	}
+// otherwise for good. crash names its crash points.
+func (s *Store) remove(ctx context.Context, md int64, l lease, ids []int64, keep bool, at time.Time, crash string) error {
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	queueLeaseCheck(b, md, l)
+	queueHold(b, md)
+	res := s.pool.SendBatch(ctx, b)
+	tx := res.Tx()
 	defer tx.Rollback(context.Background())
-	if err := checkLease(ctx, tx, md, l); err != nil {
-		return false, err
-	}
-	hold, err := holdFor(ctx, tx, md)
+	hold, err := leaseAndHold(res)
 	if err != nil {
-		return false, err
+		return err
 	}
-	keep = keep || hold
-	if err := takeOut(ctx, tx, md, ids, keep, at); err != nil {
-		return false, err
+	if err := takeOut(ctx, tx, md, ids, keep || hold, at); err != nil {
+		return err
 	}
 	crashpoint.Hit(crash + ".before-commit")
 	if err := tx.Commit(ctx); err != nil {
-		return false, err
+		return err
 	}
 	crashpoint.Hit(crash + ".committed")
-	return keep, nil
+	return nil
 }
 
-// holdFor reads whether maildrop md is under legal hold, and keeps the
-// hold from changing until tx ends: SetHold's update waits for it, so that
-// nothing is purged once SetHold has returned.
-func holdFor(ctx context.Context, tx pgx.Tx, md int64) (bool, error) {
-	var hold bool
-	err := tx.QueryRow(ctx, "SELECT hold_since IS NOT NULL FROM maildrops WHERE id = $1 FOR SHARE", md).Scan(&hold)
+// queueHold queues the read of whether maildrop md is under legal hold,
+// which keeps the hold from changing until the transaction ends: SetHold's
+// update waits for it, so that nothing is purged once SetHold has returned.
+func queueHold(b *pgx.Batch, md int64) {
+	b.Queue("SELECT hold_since IS NOT NULL FROM maildrops WHERE id = $1 FOR SHARE", md)
+}
+
+// leaseAndHold reads the results of a batch of BEGIN, queueLeaseCheck and
+// queueHold, and closes it: ErrLeaseLost, or whether the maildrop is
+// under legal hold.
+func leaseAndHold(res pgx.BatchResults) (hold bool, err error) {
+	defer func() {
+		if cerr := res.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if _, err := res.Exec(); err != nil {
+		return false, err
+	}
+	if err := leaseChecked(res); err != nil {
+		return false, err
+	}
+	err = res.QueryRow().Scan(&hold)
 	return hold, err
 }
 
-// takeOut removes the live messages ids of maildrop md in tx: into the
-// holding area, stamped at, when keep is set, otherwise with their
-// bodies; and counts them out of the usage.
+// takeOut removes the live messages ids of maildrop md in tx, in one
+// statement: into the holding area, stamped at, when keep is set,
+// otherwise with their bodies; and counts them out of the usage.
 func takeOut(ctx context.Context, tx pgx.Tx, md int64, ids []int64, keep bool, at time.Time) error {
-	var (
-		rows pgx.Rows
-		err  error
-	)
+	var err error
 	if keep {
-		rows, err = tx.Query(ctx, `UPDATE messages SET deleted = $3
-			WHERE maildrop = $1 AND id = ANY($2) AND deleted IS NULL RETURNING size, body`, md, ids, at)
+		_, err = tx.Exec(ctx, `WITH gone AS (UPDATE messages SET deleted = $3
+				WHERE maildrop = $1 AND id = ANY($2) AND deleted IS NULL RETURNING size)
+			UPDATE maildrops SET messages = messages - (SELECT count(*) FROM gone),
+				octets = octets - (SELECT coalesce(sum(size), 0) FROM gone)
+			WHERE id = $1`, md, ids, at)
 	} else {
-		rows, err = tx.Query(ctx, `DELETE FROM messages
-			WHERE maildrop = $1 AND id = ANY($2) AND deleted IS NULL RETURNING size, body`, md, ids)
+		_, err = tx.Exec(ctx, `WITH gone AS (DELETE FROM messages
+				WHERE maildrop = $1 AND id = ANY($2) AND deleted IS NULL RETURNING size, body),
+			bodies AS (DELETE FROM chunks WHERE maildrop = $1 AND body IN (SELECT body FROM gone))
+			UPDATE maildrops SET messages = messages - (SELECT count(*) FROM gone),
+				octets = octets - (SELECT coalesce(sum(size), 0) FROM gone)
+			WHERE id = $1`, md, ids)
 	}
-	if err != nil {
-		return err
-	}
-	var (
-		size, body int64
-		octets     int64
-		bodies     []int64
-	)
-	_, err = pgx.ForEachRow(rows, []any{&size, &body}, func() error {
-		octets += size
-		bodies = append(bodies, body)
-		return nil
-	})
-	if err != nil || len(bodies) == 0 {
-		return err
-	}
-	if !keep {
-		if _, err := tx.Exec(ctx, "DELETE FROM chunks WHERE maildrop = $1 AND body = ANY($2)", md, bodies); err != nil {
-			return err
-		}
-	}
-	_, err = tx.Exec(ctx, "UPDATE maildrops SET messages = messages - $2, octets = octets - $3 WHERE id = $1",
-		md, len(bodies), octets)
 	return err
 }
 
@@ -566,11 +598,13 @@ func newUID(id int64) string {
 	return strconv.FormatInt(id, 36) + "." + strconv.FormatInt(time.Now().UnixMicro(), 36)
 }
 
-// put stores a message: its body in chunks (writeBody), then its row and
-// the usage counters in one transaction, which first checks that every
-// chunk is there. imp, if not nil, gives its UIDL and times.
-func (s *Store) put(ctx context.Context, user string, r io.Reader, imp *Imported) error {
-	md, err := s.maildropID(ctx, user, true)
+// put stores a message: its body in chunks, then its row and the usage
+// counters in one transaction. A message of one chunk is written in that
+// transaction; a longer one first (writeBody), and the transaction checks
+// that every chunk is there. imp, if not nil, gives its UIDL and times.
+func (s *Store) put(ctx context.Context, user string, r io.Reader, imp *Imported) (err error) {
+	sent := false // COMMIT went out
+	md, body, err := s.newBody(ctx, user)
 	if err != nil {
 		return err
 	}
@@ -584,22 +618,36 @@ func (s *Store) put(ctx context.Context, user string, r io.Reader, imp *Imported
 			return ErrExists
 		}
 	}
-	var body int64
-	if err := s.pool.QueryRow(ctx, `INSERT INTO uploads (maildrop, body)
-		VALUES ($1, nextval('message_ids')) RETURNING body`, md).Scan(&body); err != nil {
+	bufp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bufp)
+	r = store.NewCanonicalReader(contextReader{ctx, r})
+	n, err := io.ReadFull(r, *bufp)
+	first := (*bufp)[:n]
+	size, chunks, whole := int64(n), min(n, 1), err != nil
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+	case err != nil:
 		return err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			s.discard(md, body)
+	default:
+		// More than a chunk: the chunks go first, each in a transaction
+		// of its own. Until COMMIT is sent, a failure removes them; after,
+		// the outcome may be unknown, and a sweep removes them if the
+		// message did not commit.
+		defer func() {
+			if err != nil && !sent {
+				s.discard(md, body)
+			}
+		}()
+		if err := s.writeChunk(ctx, md, body, 0, first); err != nil {
+			return err
 		}
-	}()
-	size, chunks, err := s.writeBody(ctx, md, body, store.NewCanonicalReader(contextReader{ctx, r}))
-	if err != nil {
-		return err
+		more, n, err := s.writeBody(ctx, md, body, r, *bufp)
+		if err != nil {
+			return err
+		}
+		size, chunks = size+more, 1+n
+		crashpoint.Hit("pg.deliver.chunks-written")
 	}
-	crashpoint.Hit("pg.deliver.chunks-written")
 	uid, delivered := newUID(body), s.now()
 	var retrieved, deleted *time.Time
 	if imp != nil {
@@ -614,34 +662,25 @@ func (s *Store) put(ctx context.Context, user string, r io.Reader, imp *Imported
 			deleted = &imp.Deleted
 		}
 	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(context.Background())
 	b := &pgx.Batch{}
-	b.Queue("DELETE FROM uploads WHERE maildrop = $1 AND body = $2", md, body)
-	b.Queue("SELECT count(*), coalesce(sum(octet_length(data)), 0) FROM chunks WHERE maildrop = $1 AND body = $2", md, body)
+	b.BeginTx(pgx.TxOptions{})
+	if whole {
+		if n > 0 {
+			b.Queue("INSERT INTO chunks (maildrop, body, n, data) VALUES ($1, $2, 0, $3)", md, body, first)
+		}
+	} else {
+		b.Queue("DELETE FROM uploads WHERE maildrop = $1 AND body = $2", md, body)
+		b.Queue("SELECT count(*), coalesce(sum(octet_length(data)), 0) FROM chunks WHERE maildrop = $1 AND body = $2", md, body)
+	}
 	b.Queue(`INSERT INTO messages (maildrop, id, uid, body, size, chunks, delivered, retrieved, deleted)
 		VALUES ($1, $2, $3, $2, $4, $5, $6, $7, $8)`, md, body, uid, size, chunks, delivered, retrieved, deleted)
 	if deleted == nil {
 		b.Queue("UPDATE maildrops SET messages = messages + 1, octets = octets + $2 WHERE id = $1", md, size)
 	}
-	res := tx.SendBatch(ctx, b)
-	tag, err := res.Exec()
-	if err == nil && tag.RowsAffected() != 1 {
-		err = errors.New("pg: the delivery's upload record is gone (taken for garbage by a sweep)")
-	}
-	if err == nil {
-		var n, octets int64
-		err = res.QueryRow().Scan(&n, &octets)
-		if err == nil && (n != int64(chunks) || octets != size) {
-			err = fmt.Errorf("pg: the database has %d chunks of %d octets of the message, not %d of %d", n, octets, chunks, size)
-		}
-	}
-	if err == nil {
-		_, err = res.Exec()
-	}
+	res := s.pool.SendBatch(ctx, b)
+	tx := res.Tx()
+	defer tx.Rollback(context.Background())
+	err = finalChecks(res, whole, n > 0, chunks, size)
 	if cerr := res.Close(); err == nil {
 		err = cerr
 	}
@@ -653,12 +692,62 @@ func (s *Store) put(ctx context.Context, user string, r io.Reader, imp *Imported
 		return err
 	}
 	crashpoint.Hit("pg.deliver.before-commit")
+	sent = true
 	if err := tx.Commit(ctx); err != nil {
 		return err
 	}
-	ok = true
 	crashpoint.Hit("pg.deliver.committed")
 	return nil
+}
+
+// finalChecks reads the results of put's batch up to the message's row:
+// for a message written in chunks beforehand, that its uploads row and all
+// its chunks are there.
+func finalChecks(res pgx.BatchResults, whole, chunk bool, chunks int, size int64) error {
+	if _, err := res.Exec(); err != nil { // BEGIN
+		return err
+	}
+	if whole {
+		if chunk {
+			if _, err := res.Exec(); err != nil {
+				return err
+			}
+		}
+	} else {
+		tag, err := res.Exec()
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return errors.New("pg: the delivery's upload record is gone (taken for garbage by a sweep)")
+		}
+		var n, octets int64
+		if err := res.QueryRow().Scan(&n, &octets); err != nil {
+			return err
+		}
+		if n != int64(chunks) || octets != size {
+			return fmt.Errorf("pg: the database has %d chunks of %d octets of the message, not %d of %d", n, octets, chunks, size)
+		}
+	}
+	_, err := res.Exec()
+	return err
+}
+
+// newBody returns the id of user's maildrop, created if need be, and a new
+// id for a message.
+func (s *Store) newBody(ctx context.Context, user string) (md, body int64, err error) {
+	if err := validUser(user); err != nil {
+		return 0, 0, err
+	}
+	for try := 0; ; try++ {
+		err := s.pool.QueryRow(ctx, "SELECT id, nextval('message_ids') FROM maildrops WHERE name = $1", user).Scan(&md, &body)
+		if !errors.Is(err, pgx.ErrNoRows) || try > 0 {
+			return md, body, err
+		}
+		if _, err := s.maildropID(ctx, user, true); err != nil {
+			return 0, 0, err
+		}
+	}
 }
 
 // discard removes what a delivery that failed wrote, if it can; what is

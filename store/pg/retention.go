@@ -137,15 +137,14 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 		return res, err
 	}
 	defer s.release(l)
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return res, err
-	}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	queueLeaseCheck(b, md, l)
+	queueHold(b, md)
+	br := s.pool.SendBatch(ctx, b)
+	tx := br.Tx()
 	defer tx.Rollback(context.Background())
-	if err := checkLease(ctx, tx, md, l); err != nil {
-		return res, err
-	}
-	if hold, err := holdFor(ctx, tx, md); err != nil || hold {
+	if hold, err := leaseAndHold(br); err != nil || hold {
 		return res, err
 	}
 	if p.Expire > 0 {
@@ -242,12 +241,20 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 		return nil, err
 	}
 	defer s.release(l)
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	queueLeaseCheck(b, md, l)
+	br := s.pool.SendBatch(ctx, b)
+	tx := br.Tx()
 	defer tx.Rollback(context.Background())
-	if err := checkLease(ctx, tx, md, l); err != nil {
+	_, err = br.Exec()
+	if err == nil {
+		err = leaseChecked(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, err
 	}
 	rows, err := tx.Query(ctx, `SELECT id, uid, size, delivered, deleted FROM messages
@@ -270,7 +277,7 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 	}); err != nil || len(out) == 0 {
 		return nil, err
 	}
-	b := &pgx.Batch{}
+	b = &pgx.Batch{}
 	for i, id := range ids {
 		if !asNew {
 			b.Queue("UPDATE messages SET deleted = NULL WHERE maildrop = $1 AND id = $2", md, id)
