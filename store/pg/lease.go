@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -52,6 +53,7 @@ type node struct {
 	stop   chan struct{} // closed to end the heartbeat without declaring the node lost
 	once   sync.Once
 	done   chan struct{} // closed when the heartbeat goroutine has ended
+	lost   atomic.Bool
 }
 
 // halt ends n's heartbeat and waits for it.
@@ -156,7 +158,7 @@ func (s *Store) renew(ctx context.Context, conn **pgx.Conn, id int64) (pgconn.Co
 // lose declares n lost: its maildrops' Lost channels close and their
 // operations fail with ErrLeaseLost; the next Open registers a new node.
 func (s *Store) lose(n *node, why string) {
-	if n.ctx.Err() != nil {
+	if n.ctx.Err() != nil || !n.lost.CompareAndSwap(false, true) {
 		return
 	}
 	s.log.Error("pg: this node lost its heartbeat; closing its POP3 sessions", "node", n.id, "reason", why)

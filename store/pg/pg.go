@@ -20,7 +20,10 @@
 // it and its node's heartbeat has not expired; a crashed node's leases lapse
 // with its heartbeat, after the lock TTL. A QUIT commits in one transaction
 // that first locks and re-checks the lease row, so a node that was paused or
-// cut off past its lease deletes nothing once another has taken over.
+// cut off past its lease deletes nothing once another has taken over. A
+// node that cannot renew its heartbeat gives its sessions up: the Maildrops
+// that Open returns have a method Lost() <-chan struct{}, closed then, for
+// the server to end those sessions.
 //
 // Delivery writes the body's chunks first, each in a short transaction of
 // its own, then the message row and the usage counters in one transaction;
@@ -104,7 +107,7 @@ type Store struct {
 	nodeMu   sync.Mutex           // serializes registrations and Close
 	closed   bool                 // under nodeMu
 	sessions atomic.Int64         // lease tokens of this Store
-	bg       sync.WaitGroup       // heartbeats and the clean-ups of lost nodes
+	bg       sync.WaitGroup       // the heartbeats
 
 	relMu    sync.Mutex
 	releases []lease // leases whose release failed, tried again
