@@ -34,7 +34,7 @@ import (
 // for the next session. A node that was paused longer than that may not
 // know it has lost its leases; that is why every transaction that removes
 // messages first locks its lease row and checks that it is still the
-// session's, under a live node (queueLeaseCheck). A takeover must update that
+// session's, under a live node (beginChecked). A takeover must update that
 // row, so it waits for such a transaction, and after a takeover the check
 // fails: the paused node's QUIT removes nothing.
 
@@ -208,23 +208,40 @@ func (s *Store) acquire(ctx context.Context, md int64) (lease, error) {
 	return l, nil
 }
 
-// queueLeaseCheck queues the statement that locks l's row and finds it
-// still l's, under a live node; leaseChecked reads its result: ErrLeaseLost
-// when it is not. Until the transaction ends, no other node can take the
-// maildrop over.
-func queueLeaseCheck(b *pgx.Batch, md int64, l lease) {
+// beginChecked begins a transaction whose first statements, sent with
+// BEGIN in one round trip, lock l's lease row and find it still l's, under
+// a live node (ErrLeaseLost otherwise), and read whether maildrop md is
+// under legal hold under a share lock of its row. Until the transaction
+// ends, no other node can take the maildrop over, and the hold cannot
+// change: SetHold's update waits, so nothing is purged once it returned.
+// The caller ends tx.
+func (s *Store) beginChecked(ctx context.Context, md int64, l lease) (tx pgx.Tx, hold bool, err error) {
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
 	b.Queue(`SELECT 1 FROM leases WHERE maildrop = $1 AND node = $2 AND session = $3
 		AND EXISTS (SELECT 1 FROM nodes WHERE nodes.id = leases.node AND nodes.expires > now())
 		FOR UPDATE`, md, l.node.id, l.session)
-}
-
-func leaseChecked(res pgx.BatchResults) error {
-	var one int
-	err := res.QueryRow().Scan(&one)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrLeaseLost
+	b.Queue("SELECT hold_since IS NOT NULL FROM maildrops WHERE id = $1 FOR SHARE", md)
+	res := s.pool.SendBatch(ctx, b)
+	tx = res.Tx()
+	_, err = res.Exec()
+	if err == nil {
+		var one int
+		if err = res.QueryRow().Scan(&one); errors.Is(err, pgx.ErrNoRows) {
+			err = ErrLeaseLost
+		}
 	}
-	return err
+	if err == nil {
+		err = res.QueryRow().Scan(&hold)
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		tx.Rollback(context.Background())
+		return nil, false, err
+	}
+	return tx, hold, nil
 }
 
 // release gives l up. When the database cannot be reached, it is tried

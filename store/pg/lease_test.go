@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pouchmail/pouch/internal/pgtest"
 	"github.com/pouchmail/pouch/store"
 )
@@ -51,19 +49,29 @@ func bodies(t *testing.T, s *Store, user string) []string {
 	return out
 }
 
-func TestLeaseAcrossNodes(t *testing.T) {
-	ctx := context.Background()
-	const ttl = 2 * time.Second
-	u := newSchema(t)
-	a := connect(t, u, Options{LockTTL: ttl, Node: "a"})
-	b := connect(t, u, Options{LockTTL: ttl, Node: "b"})
-	fill(t, b, "u", 3)
+// testTTL is the lock TTL of the lease tests.
+const testTTL = 2 * time.Second
 
-	ma, err := a.Open(ctx, "u")
+// twoNodes returns two nodes on one new database, with three messages
+// for u, and A's session on them.
+func twoNodes(t *testing.T) (a, b *Store, ma store.Maildrop) {
+	t.Helper()
+	u := newSchema(t)
+	a = connect(t, u, Options{LockTTL: testTTL, Node: "a"})
+	b = connect(t, u, Options{LockTTL: testTTL, Node: "b"})
+	fill(t, b, "u", 3)
+	ma, err := a.Open(context.Background(), "u")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ma.Close()
+	t.Cleanup(func() { ma.Close() })
+	return a, b, ma
+}
+
+func TestLeaseAcrossNodes(t *testing.T) {
+	ctx := context.Background()
+	const ttl = testTTL
+	a, b, ma := twoNodes(t)
 	start := time.Now()
 	if _, err := b.Open(ctx, "u"); !errors.Is(err, store.ErrLocked) {
 		t.Fatalf("B opens while A holds: %v, want ErrLocked", err)
@@ -108,28 +116,14 @@ func TestLeaseAcrossNodes(t *testing.T) {
 // holder's commit runs waits for it, and sees what it removed.
 func TestLeaseTakeoverDuringCommit(t *testing.T) {
 	ctx := context.Background()
-	const ttl = 2 * time.Second
-	u := newSchema(t)
-	a := connect(t, u, Options{LockTTL: ttl, Node: "a"})
-	b := connect(t, u, Options{LockTTL: ttl, Node: "b"})
-	fill(t, a, "u", 3)
-	ma, err := a.Open(ctx, "u")
+	a, b, ma := twoNodes(t)
+	m := ma.(*maildrop)
+	// A's commit locks the lease row and stops before COMMIT.
+	tx, _, err := a.beginChecked(ctx, m.id, m.lease)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ma.Close()
-	m := ma.(*maildrop)
-	// A's commit locks the lease row and stops before COMMIT.
-	batch := &pgx.Batch{}
-	batch.BeginTx(pgx.TxOptions{})
-	queueLeaseCheck(batch, m.id, m.lease)
-	queueHold(batch, m.id)
-	res := a.pool.SendBatch(ctx, batch)
-	tx := res.Tx()
 	defer tx.Rollback(ctx)
-	if _, err := leaseAndHold(res); err != nil {
-		t.Fatal(err)
-	}
 	if err := takeOut(ctx, tx, m.id, []int64{m.rows[0].id}, false, time.Now()); err != nil {
 		t.Fatal(err)
 	}

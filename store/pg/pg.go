@@ -469,17 +469,11 @@ func (m *maildrop) Close() error {
 // stamped at, when keep is set or the maildrop is under legal hold,
 // otherwise for good. crash names its crash points.
 func (s *Store) remove(ctx context.Context, md int64, l lease, ids []int64, keep bool, at time.Time, crash string) error {
-	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
-	queueLeaseCheck(b, md, l)
-	queueHold(b, md)
-	res := s.pool.SendBatch(ctx, b)
-	tx := res.Tx()
-	defer tx.Rollback(context.Background())
-	hold, err := leaseAndHold(res)
+	tx, hold, err := s.beginChecked(ctx, md, l)
 	if err != nil {
 		return err
 	}
+	defer tx.Rollback(context.Background())
 	if err := takeOut(ctx, tx, md, ids, keep || hold, at); err != nil {
 		return err
 	}
@@ -489,32 +483,6 @@ func (s *Store) remove(ctx context.Context, md int64, l lease, ids []int64, keep
 	}
 	crashpoint.Hit(crash + ".committed")
 	return nil
-}
-
-// queueHold queues the read of whether maildrop md is under legal hold,
-// which keeps the hold from changing until the transaction ends: SetHold's
-// update waits for it, so that nothing is purged once SetHold has returned.
-func queueHold(b *pgx.Batch, md int64) {
-	b.Queue("SELECT hold_since IS NOT NULL FROM maildrops WHERE id = $1 FOR SHARE", md)
-}
-
-// leaseAndHold reads the results of a batch of BEGIN, queueLeaseCheck and
-// queueHold, and closes it: ErrLeaseLost, or whether the maildrop is
-// under legal hold.
-func leaseAndHold(res pgx.BatchResults) (hold bool, err error) {
-	defer func() {
-		if cerr := res.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if _, err := res.Exec(); err != nil {
-		return false, err
-	}
-	if err := leaseChecked(res); err != nil {
-		return false, err
-	}
-	err = res.QueryRow().Scan(&hold)
-	return hold, err
 }
 
 // takeOut removes the live messages ids of maildrop md in tx, in one

@@ -137,15 +137,13 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 		return res, err
 	}
 	defer s.release(l)
-	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
-	queueLeaseCheck(b, md, l)
-	queueHold(b, md)
-	br := s.pool.SendBatch(ctx, b)
-	tx := br.Tx()
-	defer tx.Rollback(context.Background())
-	if hold, err := leaseAndHold(br); err != nil || hold {
+	tx, hold, err := s.beginChecked(ctx, md, l)
+	if err != nil {
 		return res, err
+	}
+	defer tx.Rollback(context.Background())
+	if hold {
+		return res, nil
 	}
 	if p.Expire > 0 {
 		rows, err := tx.Query(ctx, `SELECT id, uid, size, delivered FROM messages
@@ -241,22 +239,11 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 		return nil, err
 	}
 	defer s.release(l)
-	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
-	queueLeaseCheck(b, md, l)
-	br := s.pool.SendBatch(ctx, b)
-	tx := br.Tx()
-	defer tx.Rollback(context.Background())
-	_, err = br.Exec()
-	if err == nil {
-		err = leaseChecked(br)
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
+	tx, _, err := s.beginChecked(ctx, md, l)
 	if err != nil {
 		return nil, err
 	}
+	defer tx.Rollback(context.Background())
 	rows, err := tx.Query(ctx, `SELECT id, uid, size, delivered, deleted FROM messages
 		WHERE maildrop = $1 AND deleted >= $2 ORDER BY deleted, id`, md, since)
 	if err != nil {
@@ -277,7 +264,7 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 	}); err != nil || len(out) == 0 {
 		return nil, err
 	}
-	b = &pgx.Batch{}
+	b := &pgx.Batch{}
 	for i, id := range ids {
 		if !asNew {
 			b.Queue("UPDATE messages SET deleted = NULL WHERE maildrop = $1 AND id = $2", md, id)
