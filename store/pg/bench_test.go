@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"testing"
 )
 
@@ -35,6 +36,25 @@ func BenchmarkDeliver(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkDeliverParallel delivers 10 KB messages from 8 senders at once
+// per CPU, as LMTP clients do: their commits share the WAL's flushes.
+func BenchmarkDeliverParallel(b *testing.B) {
+	s := newStore(b)
+	msg := benchMessage(10 << 10)
+	var users atomic.Int64
+	b.SetBytes(int64(len(msg)))
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		user := fmt.Sprintf("u%d", users.Add(1))
+		for pb.Next() {
+			if err := s.Deliver(context.Background(), user, bytes.NewReader(msg)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // BenchmarkRetr reads a message the way the POP3 server does: Read into

@@ -204,3 +204,32 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("users = %v, %v", users, err)
 	}
 }
+
+// TestDeliveryChecksChunks: the transaction that commits a delivery
+// written in chunks finds out when the database lost one of them (a crash
+// of the database after their commits, which do not wait for the disk) or
+// a sweep took them for garbage, and commits nothing.
+func TestDeliveryChecksChunks(t *testing.T) {
+	for _, tc := range []struct{ name, lose string }{
+		{"chunk lost", "DELETE FROM chunks WHERE n = 1"},
+		{"upload taken", "DELETE FROM uploads"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := newSchema(t)
+			s := connect(t, u, Options{})
+			msg := crashMessage(3 * ChunkSize)
+			// Chunks 0 and 1 are written when the sender sends its last octets.
+			r := &triggerReader{r: bytes.NewReader(msg), at: len(msg), fire: func() { sql(t, u, tc.lose) }}
+			if err := s.Deliver(context.Background(), "u", r); err == nil {
+				t.Fatal("a delivery that lost part of its body was committed")
+			}
+			if n, _, err := s.Usage("u"); n != 0 || err != nil {
+				t.Fatalf("%d messages, %v; want none", n, err)
+			}
+			if len(bodies(t, s, "u")) != 0 {
+				t.Fatal("the delivery is visible")
+			}
+			checkConsistent(t, s)
+		})
+	}
+}
