@@ -174,12 +174,15 @@ func (s *Store) dropNode(ctx context.Context, id int64) error {
 	return s.pool.SendBatch(ctx, b).Close()
 }
 
-// tidy removes the leases of expired nodes (which any session may take
-// anyway) and the rows of nodes expired for an hour.
+// tidy removes the leases of nodes expired for a minute (which any session
+// may take anyway) and the rows of nodes expired for an hour. It goes by
+// the rows of expired nodes it sees, never by the absence of a live one: a
+// node registered after the statement began is invisible to it, and its
+// leases must stay.
 func (s *Store) tidy(ctx context.Context) {
 	b := &pgx.Batch{}
-	b.Queue(`DELETE FROM leases WHERE NOT EXISTS
-		(SELECT 1 FROM nodes WHERE nodes.id = leases.node AND nodes.expires > now())`)
+	b.Queue(`DELETE FROM leases USING nodes
+		WHERE nodes.id = leases.node AND nodes.expires < now() - interval '1 minute'`)
 	b.Queue("DELETE FROM nodes WHERE expires < now() - interval '1 hour'")
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		s.log.Warn("pg: removing expired leases failed", "err", err)

@@ -439,3 +439,36 @@ func (t *triggerReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// TestTidy: the leases of nodes long expired and the rows of nodes
+// expired for an hour go; a live node's lease stays.
+func TestTidy(t *testing.T) {
+	ctx := context.Background()
+	a, b, ma := twoNodes(t)
+	mb, err := b.Open(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mb.Close()
+	a.freeze()
+	sql(t, b.connConfig.ConnString(), "UPDATE nodes SET expires = now() - interval '2 minutes' WHERE id = $1", nodeOf(ma))
+	b.tidy(ctx)
+	count := func(q string) (n int) {
+		t.Helper()
+		if err := b.pool.QueryRow(ctx, q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count("SELECT count(*) FROM leases"); n != 1 || holder(t, b) != 0 {
+		t.Fatalf("%d leases after tidying, want only B's", n)
+	}
+	if n := count("SELECT count(*) FROM nodes"); n != 2 {
+		t.Fatalf("%d nodes, want 2: A's row stays for an hour", n)
+	}
+	sql(t, b.connConfig.ConnString(), "UPDATE nodes SET expires = now() - interval '2 hours' WHERE id = $1", nodeOf(ma))
+	b.tidy(ctx)
+	if n := count("SELECT count(*) FROM nodes"); n != 1 {
+		t.Fatalf("%d nodes, want B's alone", n)
+	}
+}
