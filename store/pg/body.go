@@ -1,0 +1,202 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pouchmail/pouch/store"
+)
+
+// Bodies are stored in wire form (store.NewCanonicalReader), so that RETR
+// sends the chunks as they are and a message's size is the sum of its
+// chunks' lengths.
+
+// chunkBufs are the buffers of one chunk that writers and readers use.
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, ChunkSize); return &b }}
+
+// writeBody stores the chunks of body in maildrop md after the first,
+// read from r through buf, and returns their size and number. Each chunk
+// is written in a transaction of its own (writeChunk), so that none stays
+// open while the sender is slow, and no more than one chunk is in memory.
+func (s *Store) writeBody(ctx context.Context, md, body int64, r io.Reader, buf []byte) (size int64, chunks int, err error) {
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			return 0, 0, rerr
+		}
+		if n > 0 {
+			if err := s.writeChunk(ctx, md, body, 1+chunks, buf[:n]); err != nil {
+				return 0, 0, err
+			}
+			size += int64(n)
+			chunks++
+		}
+		if rerr != nil {
+			return size, chunks, nil
+		}
+	}
+}
+
+// writeChunk stores chunk n of body, with the uploads row that marks the
+// chunks of a delivery under way along with chunk 0, in one round trip.
+// The transaction commits without waiting for the disk (synchronous_commit
+// off): the delivery's final transaction waits, and a commit is durable
+// only with all that the database logged before it, the chunks included.
+// put checks that they are all there, since a database that crashed
+// meanwhile may have lost them.
+func (s *Store) writeChunk(ctx context.Context, md, body int64, n int, data []byte) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit = off")
+	if n == 0 {
+		b.Queue("INSERT INTO uploads (maildrop, body) VALUES ($1, $2)", md, body)
+	}
+	b.Queue("INSERT INTO chunks (maildrop, body, n, data) VALUES ($1, $2, $3, $4)", md, body, n, data)
+	b.Queue("COMMIT")
+	// A failure leaves the connection in a failed transaction, and the
+	// pool closes such a connection rather than reuse it.
+	return s.pool.SendBatch(ctx, b).Close()
+}
+
+// bodyReader streams a message's chunks, one query each, so that a slow
+// client holds neither a connection nor a snapshot between reads. While
+// the caller sends one chunk, the next is on its way: RETR runs at the
+// speed of the slower of the two rather than of their sum.
+type bodyReader struct {
+	m      *maildrop
+	r      row
+	size   int64      // wire size, as the snapshot says
+	read   int64      // octets handed out
+	cur    chunk      // the chunk being handed out; cur.data is what is left of it
+	next   int        // the chunk after cur
+	ahead  chan chunk // the fetch of chunk next, under way; nil when there is none
+	closed bool
+}
+
+// chunk is a chunk fetched into a pooled buffer.
+type chunk struct {
+	bufp  *[]byte
+	data  []byte
+	found bool // false: not in the database
+	err   error
+}
+
+func (c chunk) release() {
+	if c.bufp != nil {
+		chunkBufs.Put(c.bufp)
+	}
+}
+
+// errDamaged says that a message's chunks do not add up to its size.
+var errDamaged = errors.New("pg: the message's stored body does not match its size")
+
+// openBody opens the message of r, fetching its first chunk at once, so
+// that a message that is gone is ErrNotFound before anything is sent.
+func openBody(m *maildrop, r row, size int64) (*bodyReader, error) {
+	b := &bodyReader{m: m, r: r, size: size}
+	if r.chunks == 0 {
+		return b, nil
+	}
+	c := b.fetch(0)
+	if c.err == nil && !c.found {
+		c.err = store.ErrNotFound
+	}
+	if c.err != nil {
+		c.release()
+		return nil, c.err
+	}
+	b.cur, b.next = c, 1
+	b.prefetch()
+	return b, nil
+}
+
+// fetch reads chunk n.
+func (b *bodyReader) fetch(n int) chunk {
+	c := chunk{bufp: chunkBufs.Get().(*[]byte)}
+	ctx, cancel := b.m.ctx()
+	defer cancel()
+	rows, err := b.m.s.pool.Query(ctx, "SELECT data FROM chunks WHERE maildrop = $1 AND body = $2 AND n = $3",
+		b.m.id, b.r.body, n)
+	if err != nil {
+		c.err = leaseErr(ctx, err)
+		return c
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		c.err = leaseErr(ctx, rows.Err())
+		return c
+	}
+	var data pgtype.DriverBytes // valid until rows.Next or rows.Close
+	if c.err = rows.Scan(&data); c.err != nil {
+		return c
+	}
+	if len(data) == 0 || len(data) > ChunkSize {
+		c.err = errDamaged
+		return c
+	}
+	c.data, c.found = append((*c.bufp)[:0], data...), true
+	c.err = leaseErr(ctx, rows.Err())
+	return c
+}
+
+// prefetch starts the fetch of chunk next, if there is one.
+func (b *bodyReader) prefetch() {
+	b.ahead = nil
+	if b.next >= b.r.chunks {
+		return
+	}
+	ch, n := make(chan chunk, 1), b.next
+	go func() { ch <- b.fetch(n) }()
+	b.ahead = ch
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, errors.New("pg: read after close")
+	}
+	if len(b.cur.data) == 0 {
+		if b.next == b.r.chunks {
+			if b.read != b.size {
+				return 0, errDamaged
+			}
+			return 0, io.EOF
+		}
+		b.cur.release()
+		b.cur = <-b.ahead
+		if b.cur.err != nil {
+			return 0, b.cur.err
+		}
+		if !b.cur.found {
+			return 0, fmt.Errorf("pg: chunk %d of the message is missing: %w", b.next, errDamaged)
+		}
+		b.next++
+		b.prefetch()
+	}
+	n := copy(p, b.cur.data)
+	b.cur.data = b.cur.data[n:]
+	b.read += int64(n)
+	if b.read > b.size {
+		return n, errDamaged
+	}
+	return n, nil
+}
+
+// Close returns the buffers; a fetch under way returns its own when done.
+func (b *bodyReader) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	b.cur.release()
+	b.cur = chunk{}
+	if ch := b.ahead; ch != nil {
+		go func() { c := <-ch; c.release() }()
+	}
+	return nil
+}
