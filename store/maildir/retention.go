@@ -426,6 +426,13 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 	for _, e := range m.entries {
 		present[e.base] = true
 	}
+	if len(m.removed) > 0 && !asNew {
+		// The last commit's base names come back with their messages:
+		// they must no longer be taken for other files' (twins.go).
+		if err := clearJournal(m.dir); err != nil {
+			return nil, err
+		}
+	}
 	var out []store.Removed
 	for _, h := range held {
 		if h.at.Before(since) {

@@ -1,0 +1,310 @@
+package maildir
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/client"
+	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/server/servertest"
+	"github.com/pouchmail/pouch/store"
+)
+
+// smallDisk mounts a tmpfs of size octets on a new directory for the test.
+// Mounting needs root: without it the test is skipped, unless
+// POUCH_REQUIRE_INTEROP=1.
+func smallDisk(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
+			t.Fatalf("cannot mount a tmpfs (POUCH_REQUIRE_INTEROP=1): %v", err)
+		}
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	// Cleanups run last first: unmounted before TempDir removes dir.
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// fillDisk writes a file in dir until the disk is full, to the last octet.
+func fillDisk(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, "filler"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, chunk := range []int{64 << 10, 4 << 10, 1} {
+		buf := make([]byte, chunk)
+		for {
+			_, err := f.Write(buf)
+			if errors.Is(err, syscall.ENOSPC) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if free := freeSpace(t, dir); free != 0 {
+		t.Fatalf("%d octets still free", free)
+	}
+}
+
+// freeSpace returns the octets free on dir's filesystem.
+func freeSpace(t *testing.T, dir string) uint64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Bavail * uint64(st.Bsize)
+}
+
+// fullMaildrop delivers n messages to u under disk/mail and fills the disk.
+func fullMaildrop(t *testing.T, disk string, n int) *Store {
+	t.Helper()
+	s := New(filepath.Join(disk, "mail"))
+	for i := range n {
+		if err := s.Deliver(context.Background(), "u", strings.NewReader(fmt.Sprintf("m%d\r\n", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fillDisk(t, disk)
+	if err := s.Deliver(context.Background(), "u", strings.NewReader("one more\r\n")); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("delivery to a full disk: %v, want ENOSPC", err)
+	}
+	return s
+}
+
+// On a full disk, a login (whose index write fails), the recording of
+// retrievals (which fails) and a commit that removes mail all go through,
+// and the commit frees the space. A commit too large for the journal's
+// reserve goes in batches; one that moves the messages into the holding
+// area needs no space on tmpfs either.
+func TestDeleteOnFullDisk(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		n      int
+		delete int // the first delete messages
+		window time.Duration
+	}{
+		{"some", 12, 5, 0},
+		{"all", 12, 12, 0},
+		{"more than the reserve holds", 300, 300, 0},
+		{"into the deletion window", 12, 5, time.Hour},
+		{"more than the reserve holds, into the deletion window", 300, 250, time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := smallDisk(t, 2<<20)
+			s := fullMaildrop(t, disk, tc.n)
+			if tc.window > 0 {
+				s.SetPolicy(policyOf(store.Policy{Window: tc.window}))
+			}
+			before := uids(t, s) // the login on the full disk
+			md := openT(t, s, "u")
+			var del []int
+			for i := range tc.delete {
+				del = append(del, i)
+			}
+			if err := md.(*maildrop).Retrieved(del, time.Now()); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("recording retrievals on a full disk: %v, want ENOSPC", err)
+			}
+			if err := md.Commit(del); err != nil {
+				t.Fatalf("commit on a full disk: %v", err)
+			}
+			md.Close()
+			free := freeSpace(t, disk)
+			if got := uids(t, s); !slices.Equal(got, before[tc.delete:]) {
+				t.Fatalf("left %d messages, want %d", len(got), tc.n-tc.delete)
+			}
+			dir := filepath.Join(disk, "mail", "u")
+			if journalPending(t, dir) {
+				t.Fatal("journal still pending")
+			}
+			if fi, err := os.Stat(filepath.Join(dir, expungeFile)); err != nil || fi.Size() != journalSize {
+				t.Fatalf("journal after the commit: %v, %v; want %d octets", fi, err, journalSize)
+			}
+			st, err := s.Stats(context.Background(), "u")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.window > 0 {
+				if st.Held != tc.delete {
+					t.Fatalf("%d held, want %d", st.Held, tc.delete)
+				}
+				return
+			}
+			// Each message took a page of the tmpfs.
+			if free < uint64(tc.delete)*4096 {
+				t.Fatalf("%d octets free after deleting %d messages", free, tc.delete)
+			}
+		})
+	}
+}
+
+// A kill during a commit on a full disk leaves each message in the
+// maildrop or removed as the journal decided; a commit in batches is all
+// or nothing batch by batch.
+func TestCrashDuringFullDiskCommit(t *testing.T) {
+	for _, tc := range []struct {
+		point string
+		n     int
+		left  int // messages left; -1: the first batch is removed, the others stay
+	}{
+		{"maildir.commit.before-journal", 12, 12},
+		{"maildir.commit.journaled", 12, 0},
+		{"maildir.commit.first-unlinked", 12, 0},
+		{"maildir.commit.disposed", 12, 0},
+		{"maildir.commit.batch-done", 300, -1},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			disk := smallDisk(t, 2<<20)
+			s := fullMaildrop(t, disk, tc.n)
+			all := uids(t, s)
+			del := make([]string, tc.n)
+			for i := range del {
+				del[i] = strconv.Itoa(i)
+			}
+			root := filepath.Join(disk, "mail")
+			runCrash(t, root, tc.point, "POUCH_CRASH_DELETE="+strings.Join(del, ","))
+			got := uids(t, s)
+			left := tc.left
+			if left < 0 {
+				left = len(got)
+				if left == 0 || left == tc.n {
+					t.Fatalf("%d of %d left after the first batch", left, tc.n)
+				}
+			}
+			if want := all[tc.n-left:]; !slices.Equal(got, want) {
+				t.Fatalf("%d left after the crash, want %d: the last ones", len(got), len(want))
+			}
+			if journalPending(t, filepath.Join(root, "u")) {
+				t.Fatal("journal still pending after the next Open")
+			}
+		})
+	}
+}
+
+// Through a real POP3 session: a user whose maildrop filled the disk logs
+// in, downloads, deletes everything and quits; the server answers +OK,
+// and the disk has room again. The audit log is on the same full disk, and
+// the retention policy records retrievals at QUIT: neither write stops
+// the deletions.
+func TestPOP3DeleteOnFullDisk(t *testing.T) {
+	disk := smallDisk(t, 1<<20)
+	const n = 20
+	s := New(filepath.Join(disk, "mail"))
+	for i := range n {
+		msg := fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("x", 10000))
+		if err := s.Deliver(context.Background(), "alice", strings.NewReader(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	al, err := audit.Open(filepath.Join(disk, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer al.Close()
+	logs := &syncWriter{w: new(bytes.Buffer)}
+	_, addr, _ := servertest.Start(t, server.Config{
+		Store: s, Auth: passwords{"alice": "secret"}, Audit: al,
+		Logger:        slog.New(slog.NewTextHandler(logs, nil)),
+		Retention:     retention{store.Policy{Expire: 30 * 24 * time.Hour, FromRetrieval: true}},
+		AuthFailDelay: -1, Hostname: "localhost",
+	})
+	fillDisk(t, disk)
+	free := freeSpace(t, disk)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, addr, client.Options{TLS: client.TLSNone, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.User("alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pass("secret"); err != nil {
+		t.Fatalf("login on a full disk: %v", err)
+	}
+	count, _, err := c.Stat()
+	if err != nil || count != n {
+		t.Fatalf("STAT: %d, %v", count, err)
+	}
+	r, err := c.Retr(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, r)
+	r.Close()
+	for i := 1; i <= n; i++ {
+		if err := c.Dele(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatalf("QUIT on a full disk: %v\n%s", err, logs.String())
+	}
+	// Each message took three pages of the tmpfs; the audit log's line
+	// about the logout takes one of them.
+	if got := freeSpace(t, disk); got < free+n*2*4096 {
+		t.Fatalf("%d octets free after QUIT, want at least %d", got, free+n*2*4096)
+	}
+	if st, err := s.Stats(context.Background(), "alice"); err != nil || st.Messages != 0 {
+		t.Fatalf("after QUIT: %+v, %v", st, err)
+	}
+	// The disk freed itself: mail is delivered again.
+	if err := s.Deliver(context.Background(), "alice", strings.NewReader("again\r\n")); err != nil {
+		t.Fatalf("delivery after QUIT: %v", err)
+	}
+}
+
+type passwords map[string]string
+
+func (a passwords) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
+func (a passwords) APOPSecret(string) (string, bool) { return "", false }
+func (a passwords) APOPAvailable() bool              { return false }
+
+type retention struct{ p store.Policy }
+
+func (r retention) Policy(string) store.Policy  { return r.p }
+func (r retention) Floor() (store.Policy, bool) { return r.p, false }
+
+// syncWriter is a log destination for several goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprint(w.w)
+}
