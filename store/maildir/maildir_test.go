@@ -263,8 +263,18 @@ func crashHelper(root string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if twin := os.Getenv("POUCH_CRASH_TWIN"); twin != "" {
+		// Another program makes a file of the same base name meanwhile.
+		if err := os.WriteFile(filepath.Join(root, "u", twin), []byte("twin\n"), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+	}
 	var del []int
 	for _, s := range strings.Split(os.Getenv("POUCH_CRASH_DELETE"), ",") {
+		if s == "" {
+			continue
+		}
 		n, _ := strconv.Atoi(s)
 		del = append(del, n)
 	}
@@ -293,12 +303,17 @@ func journalPending(t *testing.T, dir string) bool {
 	return j != nil && j.pending
 }
 
-func runCrash(t *testing.T, root, point string, env ...string) {
-	t.Helper()
+// crashCommand is the helper process, to be killed at point.
+func crashCommand(root, point string, env ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+root, crashpoint.Env+"="+point)
 	cmd.Env = append(cmd.Env, env...)
-	out, err := cmd.CombinedOutput()
+	return cmd
+}
+
+func runCrash(t *testing.T, root, point string, env ...string) {
+	t.Helper()
+	out, err := crashCommand(root, point, env...).CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("helper was not killed at %s: %v\n%s", point, err, out)
