@@ -232,7 +232,7 @@ func (m *maildrop) undoHold(j *journalFile, jr *journal) error {
 	}
 	for _, file := range held {
 		at, sub, name, ok := parseHolding(file)
-		if !ok || !at.Equal(jr.at) {
+		if !ok || at.Unix() != jr.at.Unix() {
 			continue
 		}
 		ino, err := inodeOf(m.dir, holdingDir, file)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -307,4 +308,145 @@ func (w *syncWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return fmt.Sprint(w.w)
+}
+
+// smallExt4 mounts an ext4 filesystem of size octets, made in a file, on a
+// new directory for the test. It is skipped where mkfs.ext4 or loop
+// devices are missing (containers often have none).
+func smallExt4(t *testing.T, size int64) string {
+	t.Helper()
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
+			t.Fatal("mkfs.ext4 is not installed (POUCH_REQUIRE_INTEROP=1)")
+		}
+		t.Skip("mkfs.ext4 is not installed (e2fsprogs)")
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	// 4 KiB blocks as on a disk of any size, none reserved for root.
+	if out, err := exec.Command(mkfs, "-q", "-F", "-b", "4096", "-m", "0", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-o", "loop", img, dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount an ext4 image (needs root and loop devices): %v: %s", err, bytes.TrimSpace(out))
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// On a full ext4 filesystem, where a directory that grows needs a block: a
+// commit that removes mail succeeds; one that moves messages into a
+// holding area that cannot be made, or whose directory has no room for
+// them, fails and is undone: every message is still in the maildrop,
+// nothing more is held, nothing is pending, and the same commit succeeds
+// once there is space.
+func TestDeleteOnFullExt4(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		window  time.Duration
+		holding bool // the holding area exists before the disk fills
+	}{
+		{"unlink", 0, false},
+		{"no holding area", time.Hour, false},
+		{"holding area full", time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := smallExt4(t, 16<<20)
+			s := New(filepath.Join(disk, "mail"))
+			s.SetPolicy(policyOf(store.Policy{Window: tc.window}))
+			const n = 200
+			held := 0
+			if tc.holding {
+				held = 1
+			}
+			fill(t, s, nil, n+held)
+			if tc.holding {
+				commit(t, s, n) // the last: the others keep their numbers
+			}
+			fillDisk(t, disk)
+			all := uids(t, s)
+			del := make([]int, n)
+			for i := range del {
+				del[i] = i
+			}
+			md := openT(t, s, "u")
+			err := md.Commit(del)
+			md.Close()
+			dir := filepath.Join(disk, "mail", "u")
+			if journalPending(t, dir) {
+				t.Fatal("journal pending after the commit")
+			}
+			if tc.window == 0 {
+				if err != nil {
+					t.Fatalf("commit on a full disk: %v", err)
+				}
+				if got := uids(t, s); len(got) != 0 {
+					t.Fatalf("%d left, want 0", len(got))
+				}
+				return
+			}
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("commit into the holding area on a full disk: %v, want ENOSPC", err)
+			}
+			if tc.holding != strings.Contains(err.Error(), "no space to move") {
+				t.Fatalf("failed with %v", err)
+			}
+			if got := uids(t, s); !slices.Equal(got, all) {
+				t.Fatalf("%d messages after the failed commit, want all %d", len(got), n)
+			}
+			if st, _ := s.Stats(context.Background(), "u"); st.Held != held {
+				t.Fatalf("%d held after the failed commit, want %d", st.Held, held)
+			}
+			os.Remove(filepath.Join(disk, "filler"))
+			commit(t, s, del...)
+			if st, _ := s.Stats(context.Background(), "u"); st.Held != n+held || st.Messages != 0 {
+				t.Fatalf("after the commit with space: %+v", st)
+			}
+		})
+	}
+}
+
+// A commit into a full holding area on a full ext4 filesystem, killed after
+// its journal or its first move: the next Open's replay runs out of space
+// as the commit would have, undoes it, and the login succeeds with every
+// message in the maildrop.
+func TestCrashDuringFullExt4HeldCommit(t *testing.T) {
+	for _, point := range []string{"maildir.commit.journaled", "maildir.commit.first-unlinked"} {
+		t.Run(point, func(t *testing.T) {
+			disk := smallExt4(t, 16<<20)
+			root := filepath.Join(disk, "mail")
+			s := New(root)
+			s.SetPolicy(policyOf(store.Policy{Window: time.Hour}))
+			const n = 200
+			fill(t, s, nil, n+1)
+			commit(t, s, n) // makes the holding area
+			fillDisk(t, disk)
+			all := uids(t, s)
+			del := make([]string, n)
+			for i := range del {
+				del[i] = strconv.Itoa(i)
+			}
+			runCrash(t, root, point, "POUCH_CRASH_DELETE="+strings.Join(del, ","), "POUCH_CRASH_WINDOW=1h")
+			if got := uids(t, s); !slices.Equal(got, all) {
+				t.Fatalf("%d messages after the replay, want all %d", len(got), n)
+			}
+			if journalPending(t, filepath.Join(root, "u")) {
+				t.Fatal("journal still pending")
+			}
+			if st, _ := s.Stats(context.Background(), "u"); st.Held != 1 {
+				t.Fatalf("%d held, want 1", st.Held)
+			}
+		})
+	}
 }

@@ -475,3 +475,118 @@ func TestCrashDuringReplay(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalReplay replays journals of this version as a crash can leave
+// them: pending, which removes the files it names by base name and inode
+// only; done, or torn by the crash, or the reserve's zeros, which remove
+// nothing. Every Open succeeds. A file left with a base name that the
+// journal names is another message than the one removed, and gets a new
+// name.
+func TestJournalReplay(t *testing.T) {
+	const a, b = "1700000001.M1P1.a", "1700000002.M1P1.b"
+	renamed := "renamed"
+	for _, tc := range []struct {
+		name    string
+		journal func(inoA, inoB uint64) []byte
+		left    []string
+	}{
+		{"reserve", func(uint64, uint64) []byte { return nil }, []string{a, b}},
+		{"pending", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			return append(headerFor(statePending, lines), lines...)
+		}, []string{b}},
+		{"pending, another inode", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA + 1000}})
+			return append(headerFor(statePending, lines), lines...)
+		}, []string{b, renamed}},
+		{"done", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			return append(headerFor(stateDone, lines), lines...)
+		}, []string{b, renamed}},
+		{"torn lines", func(inoA, inoB uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}, {b, inoB}})
+			h := headerFor(statePending, lines)
+			return append(h, lines[:len(lines)/2]...)
+		}, []string{a, b}},
+		{"torn header", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			return append(headerFor(statePending, lines)[:30], lines...)
+		}, []string{a, b}},
+		{"length past the end", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			h := headerFor(statePending, append(lines, make([]byte, journalSize)...))
+			return append(h, lines...)
+		}, []string{a, b}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "u")
+			put(t, dir, "new", a, "a\n")
+			put(t, dir, "cur", b+":2,S", "b\n")
+			inoA, _ := inodeOf(dir, "new", a)
+			inoB, _ := inodeOf(dir, "cur", b+":2,S")
+			data := make([]byte, journalSize)
+			copy(data, tc.journal(inoA, inoB))
+			if err := os.WriteFile(filepath.Join(dir, expungeFile), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got := uids(t, New(root))
+			if len(got) == 2 && got[1] != a && ownName(got[1]) {
+				got[1] = renamed
+			}
+			if !slices.Equal(got, tc.left) {
+				t.Fatalf("left %q, want %q", got, tc.left)
+			}
+			if journalPending(t, dir) {
+				t.Fatal("journal still pending")
+			}
+		})
+	}
+}
+
+// The journal's reserve is made with the Maildir, written and of its full
+// size, and an Open makes it where it is missing or short; a commit too
+// large for it grows it and cuts it back.
+func TestJournalReserve(t *testing.T) {
+	root := t.TempDir()
+	s := New(root)
+	fill(t, s, nil, 150)
+	dir := filepath.Join(root, "u")
+	size := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(dir, expungeFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if n := size(); n != journalSize {
+		t.Fatalf("reserve of %d octets after the first delivery, want %d", n, journalSize)
+	}
+	var st syscall.Stat_t
+	syscall.Stat(filepath.Join(dir, expungeFile), &st)
+	if st.Blocks*512 < journalSize {
+		t.Fatalf("reserve has %d octets of blocks, want %d", st.Blocks*512, journalSize)
+	}
+	os.Truncate(filepath.Join(dir, expungeFile), 100)
+	openT(t, s, "u").Close()
+	if n := size(); n != journalSize {
+		t.Fatalf("reserve of %d octets after an Open, want %d", n, journalSize)
+	}
+	os.Remove(filepath.Join(dir, expungeFile))
+	all := uids(t, s)
+	if n := size(); n != journalSize {
+		t.Fatalf("reserve of %d octets after an Open, want %d", n, journalSize)
+	}
+	del := make([]int, 140) // more than the reserve holds
+	for i := range del {
+		del[i] = i
+	}
+	commit(t, s, del...)
+	if n := size(); n != journalSize {
+		t.Fatalf("journal of %d octets after a large commit, want %d", n, journalSize)
+	}
+	if got := uids(t, s); !slices.Equal(got, all[140:]) {
+		t.Fatalf("left %d, want 10", len(got))
+	}
+}
