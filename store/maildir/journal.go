@@ -328,10 +328,29 @@ func (j *journalFile) stat() {
 	}
 }
 
-// read returns the content of the file.
+// read returns the content of the file that parseJournal needs: the first
+// octet when it is a zero (the reserve), the header and the lines it
+// counts in this version, all of it in an earlier one.
 func (j *journalFile) read() ([]byte, error) {
-	buf := make([]byte, j.size)
-	n, err := j.pread(buf, 0)
+	var head [journalHeader]byte
+	n, err := j.pread(head[:min(j.size, journalHeader)], 0)
+	if err != nil || n == 0 || head[0] == 0 {
+		return head[:n], err
+	}
+	size := j.size
+	if bytes.HasPrefix(head[:n], []byte(journalMagic)) {
+		fields := bytes.Fields(head[len(journalMagic):n])
+		if len(fields) < 2 {
+			return head[:n], nil
+		}
+		lines, ok := parseCount(fields[1])
+		if !ok {
+			return head[:n], nil
+		}
+		size = min(size, journalHeader+lines)
+	}
+	buf := make([]byte, size)
+	n, err = j.pread(buf, 0)
 	return buf[:n], err
 }
 

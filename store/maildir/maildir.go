@@ -10,7 +10,10 @@
 //	               retrieval (unix seconds, 0 for never), file location; in
 //	               arrival order, under a header that says when it can be
 //	               trusted without listing the directories (index.go)
-//	pouch-expunge  the deletions of a QUIT being committed (replayed by the next Open)
+//	pouch-expunge  the expunge journal: the files a commit removes, written
+//	               in place into space reserved with the Maildir, so that
+//	               deleting needs no free space; a pending one is finished
+//	               by the next Open (journal.go)
 //	pouch-deleted/ the holding area: deleted and expired messages kept for the
 //	               policy's deletion window, named "UNIXTIME.SUB.NAME"
 //	pouch-hold     present while the maildrop is under legal hold
@@ -18,7 +21,8 @@
 //
 // A message is a regular file of new/ or cur/ whose name does not start with
 // "."; anything else there (directories, symbolic links, pipes) is left
-// alone. Files that a killed delivery left in tmp/ are removed by the
+// alone. Two files with one base name are two messages: Open renames one
+// aside (twins.go). Files that a killed delivery left in tmp/ are removed by the
 // retention sweep once unchanged for 36 hours (retention.go).
 package maildir
 
@@ -679,12 +683,13 @@ func readNames(dir string) ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
-// Commit removes the given messages. The base names are first written to the
-// expunge journal and synced: from that moment the deletion is decided, and an
-// interrupted commit is completed by the next Open. Then the files are unlinked
-// (or moved into the holding area, when the user's policy has a deletion
-// window or the maildrop is under legal hold), the directories synced and the
-// journal removed.
+// Commit removes the given messages. Their files' base names and inode
+// numbers are first written to the expunge journal and synced: from that
+// moment the deletion is decided, and an interrupted commit is completed by
+// the next Open. Then the files are unlinked (or moved into the holding
+// area, when the user's policy has a deletion window or the maildrop is
+// under legal hold), the directories synced and the journal marked done
+// (commit.go).
 func (m *maildrop) Commit(deleted []int) error {
 	if m.done {
 		return errors.New("maildir: commit after commit or close")
