@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -207,8 +206,8 @@ func TestCrashDuringFullDiskCommit(t *testing.T) {
 }
 
 // Through a real POP3 session: a user whose maildrop filled the disk logs
-// in, downloads, deletes everything and quits; the server answers +OK,
-// and the disk has room again. The audit log is on the same full disk, and
+// in, downloads, deletes all but one message and quits; the server answers
+// +OK, and the disk has room again. The audit log is on the same full disk, and
 // the retention policy records retrievals at QUIT: neither write stops
 // the deletions.
 func TestPOP3DeleteOnFullDisk(t *testing.T) {
@@ -226,10 +225,9 @@ func TestPOP3DeleteOnFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer al.Close()
-	logs := &syncWriter{w: new(bytes.Buffer)}
 	_, addr, _ := servertest.Start(t, server.Config{
 		Store: s, Auth: passwords{"alice": "secret"}, Audit: al,
-		Logger:        slog.New(slog.NewTextHandler(logs, nil)),
+		Logger:        slog.New(slog.NewTextHandler(t.Output(), nil)),
 		Retention:     retention{store.Policy{Expire: 30 * 24 * time.Hour, FromRetrieval: true}},
 		AuthFailDelay: -1, Hostname: "localhost",
 	})
@@ -253,26 +251,30 @@ func TestPOP3DeleteOnFullDisk(t *testing.T) {
 	if err != nil || count != n {
 		t.Fatalf("STAT: %d, %v", count, err)
 	}
-	r, err := c.Retr(1)
-	if err != nil {
-		t.Fatal(err)
+	for i := 1; i <= 2; i++ {
+		r, err := c.Retr(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, r)
+		r.Close()
 	}
-	io.Copy(io.Discard, r)
-	r.Close()
-	for i := 1; i <= n; i++ {
+	// Message 1 stays: its first retrieval is recorded at QUIT, which
+	// fails on the full disk.
+	for i := 2; i <= n; i++ {
 		if err := c.Dele(i); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := c.Quit(); err != nil {
-		t.Fatalf("QUIT on a full disk: %v\n%s", err, logs.String())
+		t.Fatalf("QUIT on a full disk: %v", err)
 	}
 	// Each message took three pages of the tmpfs; the audit log's line
 	// about the logout takes one of them.
-	if got := freeSpace(t, disk); got < free+n*2*4096 {
-		t.Fatalf("%d octets free after QUIT, want at least %d", got, free+n*2*4096)
+	if got := freeSpace(t, disk); got < free+(n-1)*2*4096 {
+		t.Fatalf("%d octets free after QUIT, want at least %d", got, free+(n-1)*2*4096)
 	}
-	if st, err := s.Stats(context.Background(), "alice"); err != nil || st.Messages != 0 {
+	if st, err := s.Stats(context.Background(), "alice"); err != nil || st.Messages != 1 {
 		t.Fatalf("after QUIT: %+v, %v", st, err)
 	}
 	// The disk freed itself: mail is delivered again.
@@ -291,24 +293,6 @@ type retention struct{ p store.Policy }
 
 func (r retention) Policy(string) store.Policy  { return r.p }
 func (r retention) Floor() (store.Policy, bool) { return r.p, false }
-
-// syncWriter is a log destination for several goroutines.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return fmt.Sprint(w.w)
-}
 
 // smallExt4 mounts an ext4 filesystem of size octets, made in a file, on a
 // new directory for the test. It is skipped where mkfs.ext4 or loop
