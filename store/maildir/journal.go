@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/pouchmail/pouch/internal/owner"
+	"github.com/pouchmail/pouch/store"
 )
 
 // The expunge journal, pouch-expunge, makes a commit all or nothing: the
@@ -437,16 +439,25 @@ func noSpace(err error) bool {
 }
 
 // reserveJournal makes the journal's reserve in the Maildir dir, if it is
-// not there yet.
+// not there yet, under the maildrop lock so that no commit writes the file
+// meanwhile; while a session holds the lock, its Open has done it.
 func reserveJournal(dir string) error {
+	if fi, err := os.Lstat(filepath.Join(dir, expungeFile)); err == nil && fi.Size() >= journalSize {
+		return nil
+	}
+	lock, err := lockMaildrop(dir)
+	if errors.Is(err, store.ErrLocked) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	j, err := openJournal(dir)
 	if err != nil {
 		return err
 	}
 	defer j.Close()
-	if j.size >= journalSize {
-		return nil
-	}
 	data, err := j.read()
 	if err != nil {
 		return err

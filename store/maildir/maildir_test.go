@@ -590,3 +590,20 @@ func TestJournalReserve(t *testing.T) {
 		t.Fatalf("left %d, want 10", len(got))
 	}
 }
+
+// A Maildir that another program made gets its journal's reserve from the
+// retention sweep, before any session opens it.
+func TestSweepReservesJournal(t *testing.T) {
+	root := t.TempDir()
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(root, "u", sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := New(root).Sweep(context.Background(), "u", store.Policy{}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(root, "u", expungeFile)); err != nil || fi.Size() != journalSize {
+		t.Fatalf("journal after a sweep: %v, %v", fi, err)
+	}
+}
