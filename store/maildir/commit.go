@@ -126,9 +126,12 @@ func (m *maildrop) remove(indexes []int, keep bool, at time.Time) error {
 			// grow for the second.
 			lines = journalLines(keep, at, nil)
 			n = 0
-			for n < len(targets) && int64(journalHeader+len(appendLine(lines, targets[n].doomed))) <= j.size {
-				lines = appendLine(lines, targets[n].doomed)
-				n++
+			for ; n < len(targets); n++ {
+				next := appendLine(lines, targets[n].doomed)
+				if int64(journalHeader+len(next)) > j.size {
+					break
+				}
+				lines = next
 			}
 			if n == 0 {
 				return err
@@ -196,7 +199,10 @@ func (m *maildrop) carryOut(j *journalFile, batch []target, lines []byte, keep b
 		return err
 	}
 	crashpoint.Hit("maildir.commit.disposed")
-	return j.done(lines)
+	// The removal is complete and durable: a journal left pending by a
+	// failure to mark it is replayed, which removes nothing more.
+	_ = j.done(lines)
+	return nil
 }
 
 // dispose unlinks sub/name, or moves it into the holding area.

@@ -23,9 +23,9 @@ import (
 //
 // It is written where the space is already taken, so that a commit that
 // only removes mail needs no free space: the file is made journalSize
-// octets long, of zeros written and fsynced, when Pouch creates the Maildir
-// or first opens it (reserve), and every commit writes its journal into it
-// in place and fdatasyncs it. Its format:
+// octets long, of zeros written and fsynced, when Pouch creates the
+// Maildir, or first opens or sweeps it (reserve), and every commit writes
+// its journal into it in place and fdatasyncs it. Its format:
 //
 //	#pouch-expunge 3 STATE LEN HASH     padded with spaces to 63 octets, and LF
 //	#hold UNIXTIME                      when the files go into the holding area
@@ -45,7 +45,8 @@ import (
 //
 // A commit whose journal does not fit grows the file first (fallocate); on
 // a full disk, where it cannot, the commit goes in batches of what fits,
-// each all or nothing. The file is cut back to journalSize afterwards.
+// each all or nothing. The file is cut back to journalSize afterwards,
+// which leaves its lines unread: the names of such a commit are not kept.
 //
 // Journals of earlier versions are text files that exist only while a
 // commit is pending: "#pouch-expunge 2", then the escaped base names one a
@@ -54,10 +55,10 @@ import (
 // then replaced by a reserve.
 
 const (
-	// journalSize is the reserve: one block of the filesystems Mail lives
-	// on (ext4, XFS, and a page of tmpfs), the least that any file with
-	// content takes, which holds a commit of 60 or so messages named as
-	// Pouch and Dovecot name them.
+	// journalSize is the reserve: one block of the filesystems mail lives
+	// on (ext4, XFS; a page of tmpfs), the least that any file with
+	// content takes, which holds a commit of about 60 messages named as
+	// Pouch and Dovecot name them (a line of 60 to 70 octets each).
 	journalSize   = 4096
 	journalHeader = 64
 	journalMagic  = "#pouch-expunge 3 "
@@ -81,12 +82,19 @@ type journal struct {
 	files   []doomed
 	lines   []byte // as written, after the header
 	legacy  bool   // a text journal of an earlier version
+	inodes  map[string][]uint64
 }
 
 // has reports whether the journal names a file of this base name and inode.
 func (j *journal) has(base string, ino uint64) bool {
-	for _, d := range j.files {
-		if d.base == base && (d.ino == 0 || d.ino == ino) {
+	if j.inodes == nil {
+		j.inodes = make(map[string][]uint64, len(j.files))
+		for _, d := range j.files {
+			j.inodes[d.base] = append(j.inodes[d.base], d.ino)
+		}
+	}
+	for _, n := range j.inodes[base] {
+		if n == 0 || n == ino {
 			return true
 		}
 	}
