@@ -62,6 +62,9 @@ const (
 	journalSize   = 4096
 	journalHeader = 64
 	journalMagic  = "#pouch-expunge 3 "
+	// journalVersion is the first line of a text journal of version 2,
+	// whose names are encoded as in the index (appendEscaped).
+	journalVersion = "#pouch-expunge 2"
 
 	statePending = "pending"
 	stateDone    = "done"

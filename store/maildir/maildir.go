@@ -54,11 +54,6 @@ const (
 	indexFile   = "pouch-index"
 	expungeFile = "pouch-expunge"
 	maxUIDLen   = 70 // RFC 1939 §7
-
-	// journalVersion is the first line of an expunge journal whose names
-	// are encoded as in the index (appendEscaped), so that a name holding
-	// a line end cannot read as two other names.
-	journalVersion = "#pouch-expunge 2"
 )
 
 // Store keeps each user's Maildir in Root/USER.
