@@ -61,15 +61,22 @@ func (m *maildrop) relocateIno(e *entry, ino uint64) bool {
 
 // inodeOf returns the inode number of the Maildir dir's file sub/name.
 func inodeOf(dir, sub, name string) (uint64, error) {
+	ino, _, err := links(dir, sub, name)
+	return ino, err
+}
+
+// links returns the inode number of the Maildir dir's file sub/name, and
+// how many names the file has.
+func links(dir, sub, name string) (ino, nlink uint64, err error) {
 	var st syscall.Stat_t
 	path := filepath.Join(dir, sub, name)
 	if err := syscall.Lstat(path, &st); err != nil {
-		return 0, &fs.PathError{Op: "lstat", Path: path, Err: err}
+		return 0, 0, &fs.PathError{Op: "lstat", Path: path, Err: err}
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return 0, &fs.PathError{Op: "lstat", Path: path, Err: errNotFile}
+		return 0, 0, &fs.PathError{Op: "lstat", Path: path, Err: errNotFile}
 	}
-	return st.Ino, nil
+	return st.Ino, uint64(st.Nlink), nil
 }
 
 // target is a file a commit removes: the entry of the snapshot, and what
@@ -83,14 +90,16 @@ type target struct {
 // through the expunge journal: into the holding area, stamped with at, when
 // keep is set, otherwise for good. Each message's file is the one the
 // snapshot listed, found again by its base name if another program renamed
-// it; one that is gone is not journaled.
+// it; one that is gone is not journaled. A file with other names of the
+// same base name (hard links, left by a move made with link and unlink) is
+// removed under all of them: it is one message.
 func (m *maildrop) remove(indexes []int, keep bool, at time.Time) error {
 	targets := make([]target, 0, len(indexes))
 	for _, i := range indexes {
 		e := &m.entries[i]
-		ino, err := inodeOf(m.dir, e.sub, e.name)
+		ino, nlink, err := links(m.dir, e.sub, e.name)
 		if gone(err) && m.relocate(e) {
-			ino, err = inodeOf(m.dir, e.sub, e.name)
+			ino, nlink, err = links(m.dir, e.sub, e.name)
 		}
 		if gone(err) {
 			continue // removed by another program meanwhile
@@ -99,6 +108,13 @@ func (m *maildrop) remove(indexes []int, keep bool, at time.Time) error {
 			return err
 		}
 		targets = append(targets, target{doomed{e.base, ino}, e})
+		if nlink > 1 {
+			for _, f := range m.find(e.base) {
+				if n, err := inodeOf(m.dir, f.sub, f.name); err == nil && n == ino && (f.sub != e.sub || f.name != e.name) {
+					targets = append(targets, target{doomed{e.base, ino}, &f})
+				}
+			}
+		}
 	}
 	if len(targets) == 0 {
 		return nil

@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -330,7 +331,16 @@ func (m *maildrop) load(ctx context.Context) error {
 		fresh = append(fresh, f)
 	}
 	if len(twins) > 0 {
-		fresh = append(fresh, m.renameTwins(twins)...)
+		keepers := make(map[string]entry, len(twins))
+		for _, t := range twins {
+			keepers[t.base] = entry{}
+		}
+		for _, e := range slices.Concat(known, fresh) {
+			if _, ok := keepers[e.base]; ok {
+				keepers[e.base] = e
+			}
+		}
+		fresh = append(fresh, m.renameTwins(twins, keepers)...)
 	}
 	changed := len(known) != len(idx) || moved || hdr.version != 3
 	fresh = sortArrival(m.dir, fresh)

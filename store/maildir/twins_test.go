@@ -61,12 +61,6 @@ func TestTwinsListedApart(t *testing.T) {
 			put(t, dir, "cur", x+":2,S", "seen\n")
 			put(t, dir, "cur", x+":2,RS", "replied\n")
 		}, "replied\r\n", "seen\r\n", ":2,S"},
-		{"hard link", func(t *testing.T, dir string) {
-			put(t, dir, "new", x, "linked\n")
-			if err := os.Link(filepath.Join(dir, "new", x), filepath.Join(dir, "cur", x+":2,S")); err != nil {
-				t.Fatal(err)
-			}
-		}, "linked\r\n", "linked\r\n", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
@@ -137,6 +131,60 @@ func mapsEqual(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// Two names of one file (hard links, as a move made with link and unlink
+// leaves them when it is interrupted) are one message, listed once, and
+// its commit removes every name, also one linked during the session, and
+// also when the commit is killed after its first unlink.
+func TestHardLinkTwin(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		during bool   // linked during the session, not before
+		point  string // kill the commit here
+	}{
+		{"before", false, ""},
+		{"during", true, ""},
+		{"before, killed", false, "maildir.commit.first-unlinked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "u")
+			const x = "1700000001.M1P1.mx"
+			put(t, dir, "new", x, "linked\n")
+			put(t, dir, "new", "1700000002.M1P1.mx", "other\n")
+			link := func() {
+				if err := os.Link(filepath.Join(dir, "new", x), filepath.Join(dir, "cur", x+":2,S")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !tc.during {
+				link()
+			}
+			s := New(root)
+			if got := snapshot(t, s); len(got) != 2 || got[x] != "linked\r\n" {
+				t.Fatalf("listed %v", got)
+			}
+			if tc.point != "" {
+				runCrash(t, root, tc.point, "POUCH_CRASH_DELETE=0")
+			} else {
+				m := openT(t, s, "u")
+				if tc.during {
+					link()
+				}
+				if err := m.Commit([]int{0}); err != nil {
+					t.Fatal(err)
+				}
+				m.Close()
+			}
+			if got := snapshot(t, s); len(got) != 1 || got["1700000002.M1P1.mx"] != "other\r\n" {
+				t.Fatalf("after deleting it: %v", got)
+			}
+			if names, _ := readNames(filepath.Join(dir, "cur")); len(names) != 0 {
+				t.Fatalf("cur/ holds %v", names)
+			}
+		})
+	}
 }
 
 // The file that the index knew under the name keeps it, whether or not
