@@ -21,9 +21,10 @@
 //
 // A message is a regular file of new/ or cur/ whose name does not start with
 // "."; anything else there (directories, symbolic links, pipes) is left
-// alone. Two files with one base name are two messages: Open renames one
-// aside (twins.go). Files that a killed delivery left in tmp/ are removed by the
-// retention sweep once unchanged for 36 hours (retention.go).
+// alone. Two files with one base name are two messages, and Open renames
+// one aside; two names of one file are one message (twins.go). Files that
+// a killed delivery left in tmp/ are removed by the retention sweep once
+// unchanged for 36 hours (retention.go).
 package maildir
 
 import (
