@@ -13,8 +13,11 @@
 //     known without reading the body.
 //   - Bodies stream; nothing holds a whole message in memory.
 //   - Deletions are passed to Commit, which the server calls only for QUIT in the
-//     TRANSACTION state; Commit removes them in one durable step. Closing without
-//     Commit removes nothing.
+//     TRANSACTION state; Commit removes them in one durable step, and removes
+//     nothing else. Closing without Commit removes nothing.
+//   - A commit that only removes mail does not need free space, so that a
+//     full disk can be freed through POP3; Open does not need it either (what
+//     it caches may go unwritten).
 package store
 
 import (
@@ -59,10 +62,13 @@ type Maildrop interface {
 	// Open returns the message at index i in wire form (Canonical). The caller
 	// closes it.
 	Open(i int) (io.ReadCloser, error)
-	// Commit durably removes the messages at the given indexes. It is called at
+	// Commit durably removes the messages at the given indexes, and no other
+	// file or record, whatever else shares a message's name. It is called at
 	// most once, for QUIT in the TRANSACTION state. After it returns nil the
-	// removal survives a crash; if the process dies during Commit, the next Open
-	// sees either all or none of the removals.
+	// removal survives a crash; if the process dies during Commit, the next
+	// Open sees either all or none of the removals. A backend may split a
+	// commit that its reserved space cannot hold on a full disk into parts,
+	// each all or none.
 	Commit(deleted []int) error
 	// Close releases the lock. It removes nothing.
 	Close() error

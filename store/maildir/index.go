@@ -538,13 +538,14 @@ func sortArrival(dir string, entries []entry) []entry {
 	return sorted
 }
 
-// list adds the message files of dir/sub to found by base name, unless
-// found has the base name already (cur/ is listed first, and wins over a
-// stale copy in new/). Names starting with "." are not messages. Entries
+// list adds the message files of dir/sub to found by base name. A file
+// whose base name found has already goes to twins, if twins is not nil:
+// cur/ is listed first and keeps the name, and in one directory the file
+// whose name sorts first. Names starting with "." are not messages. Entries
 // that are not regular files are left out, and their names appended to
 // skipped if it is not nil: a symbolic link is not followed, so no message
 // is read from outside the Maildir.
-func list(found map[string]entry, dir, sub string, skipped *[]string) error {
+func list(found map[string]entry, twins *[]entry, dir, sub string, skipped *[]string) error {
 	path := filepath.Join(dir, sub)
 	ents, err := readDir(path)
 	if err != nil {
@@ -562,10 +563,17 @@ func list(found map[string]entry, dir, sub string, skipped *[]string) error {
 			continue
 		}
 		base := baseName(name)
-		if _, dup := found[base]; dup {
+		e := entry{base: base, sub: sub, name: name}
+		if first, dup := found[base]; dup {
+			if first.sub == sub && name < first.name {
+				found[base], e = e, first
+			}
+			if twins != nil {
+				*twins = append(*twins, e)
+			}
 			continue
 		}
-		found[base] = entry{base: base, sub: sub, name: name}
+		found[base] = e
 	}
 	return nil
 }

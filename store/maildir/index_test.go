@@ -434,3 +434,61 @@ func BenchmarkOpen(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCommit opens a maildrop of 1,000 messages and commits the
+// deletion of 1, 10 or 1,000 of them (a QUIT: journal, unlinks, syncs),
+// and BenchmarkOpen's small counterpart opens a maildrop of 10 messages
+// whose index is up to date, where what an Open does besides reading the
+// index shows. The messages are made again, untimed, before each commit.
+func BenchmarkCommit(b *testing.B) {
+	for _, del := range []int{1, 10, 1000} {
+		b.Run(fmt.Sprintf("delete-%d", del), func(b *testing.B) {
+			const n = 1000
+			s, user := benchMaildir(b, n)
+			dir := filepath.Join(s.root, user)
+			made := 0
+			for b.Loop() {
+				b.StopTimer()
+				names, _ := readNames(filepath.Join(dir, "cur"))
+				for i := len(names); i < n; i++ {
+					made++
+					name := fmt.Sprintf("%d.M%06dP2Q%d.bench,S=1000,W=1020:2,S", 1800000000+made/100, made%100, made)
+					os.WriteFile(filepath.Join(dir, "cur", name), nil, 0o600)
+				}
+				m, err := s.Open(context.Background(), user)
+				if err != nil {
+					b.Fatal(err)
+				}
+				idx := make([]int, del)
+				for i := range idx {
+					idx[i] = i
+				}
+				b.StartTimer()
+				if err := m.Commit(idx); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				m.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+func BenchmarkOpenSmall(b *testing.B) {
+	s, user := benchMaildir(b, 10)
+	openCount(b, s, user, 10)
+	settleB(b)
+	openCount(b, s, user, 10)
+	for b.Loop() {
+		openCount(b, s, user, 10)
+	}
+}
+
+// settleB waits until the directories may be recorded in the index.
+func settleB(b *testing.B) {
+	old := trustMargin
+	trustMargin = 30 * time.Millisecond
+	b.Cleanup(func() { trustMargin = old })
+	time.Sleep(40 * time.Millisecond)
+}

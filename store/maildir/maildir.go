@@ -10,7 +10,10 @@
 //	               retrieval (unix seconds, 0 for never), file location; in
 //	               arrival order, under a header that says when it can be
 //	               trusted without listing the directories (index.go)
-//	pouch-expunge  the deletions of a QUIT being committed (replayed by the next Open)
+//	pouch-expunge  the expunge journal: the files a commit removes, written
+//	               in place into space reserved with the Maildir, so that
+//	               deleting needs no free space; a pending one is finished
+//	               by the next Open (journal.go)
 //	pouch-deleted/ the holding area: deleted and expired messages kept for the
 //	               policy's deletion window, named "UNIXTIME.SUB.NAME"
 //	pouch-hold     present while the maildrop is under legal hold
@@ -18,8 +21,10 @@
 //
 // A message is a regular file of new/ or cur/ whose name does not start with
 // "."; anything else there (directories, symbolic links, pipes) is left
-// alone. Files that a killed delivery left in tmp/ are removed by the
-// retention sweep once unchanged for 36 hours (retention.go).
+// alone. Two files with one base name are two messages, and Open renames
+// one aside; two names of one file are one message (twins.go). Files that
+// a killed delivery left in tmp/ are removed by the retention sweep once
+// unchanged for 36 hours (retention.go).
 package maildir
 
 import (
@@ -33,6 +38,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -50,11 +56,6 @@ const (
 	indexFile   = "pouch-index"
 	expungeFile = "pouch-expunge"
 	maxUIDLen   = 70 // RFC 1939 §7
-
-	// journalVersion is the first line of an expunge journal whose names
-	// are encoded as in the index (appendEscaped), so that a name holding
-	// a line end cannot read as two other names.
-	journalVersion = "#pouch-expunge 2"
 )
 
 // Store keeps each user's Maildir in Root/USER.
@@ -148,6 +149,9 @@ func ensureStamps(dir string) (stamps, error) {
 	if !created {
 		return st, nil
 	}
+	// The space that deleting mail needs is taken with the Maildir, before
+	// a disk can fill up (journal.go); an Open tries again if it fails.
+	_ = reserveJournal(dir)
 	// dir holds the new subdirectories, its parent the user's entry, and the
 	// grandparent the mail root's entry, should MkdirAll have made it.
 	for _, d := range []string{dir, filepath.Dir(dir), filepath.Dir(filepath.Dir(dir))} {
@@ -224,6 +228,9 @@ type maildrop struct {
 	entries  []entry
 	messages []store.Message
 	done     bool
+	// removed are the base names that the last commit removed, as its
+	// journal says (journal.go).
+	removed map[string]bool
 }
 
 // load creates the directories that are missing, replays a pending expunge
@@ -239,7 +246,7 @@ func (m *maildrop) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	replayed, err := m.replayExpunge()
+	jr, replayed, err := m.replayJournal()
 	if err != nil {
 		return err
 	}
@@ -248,6 +255,9 @@ func (m *maildrop) load(ctx context.Context) error {
 		if st, err = statDirs(m.dir); err != nil {
 			return err
 		}
+	}
+	if jr != nil && !jr.pending {
+		m.removed = jr.bases()
 	}
 	idx, hdr, err := loadIndex(filepath.Join(m.dir, indexFile))
 	if err != nil {
@@ -266,16 +276,25 @@ func (m *maildrop) load(ctx context.Context) error {
 	// List the directories that changed; the lines of the others stand.
 	trusted := func(sub string) bool { return sub == "cur" && trustCur || sub == "new" && trustNew }
 	scanned := make(map[string]entry)
+	var twins []entry // files with the base name of another (twins.go)
 	var skipped []string
 	for _, sub := range subdirs {
 		if !trusted(sub) {
 			listings.Add(1)
-			if err := list(scanned, m.dir, sub, &skipped); err != nil {
+			if err := list(scanned, &twins, m.dir, sub, &skipped); err != nil {
 				return err
 			}
 		}
 	}
 	m.store.skipped(m.user, skipped)
+	// A file named as a message that the last commit removed is another
+	// message.
+	for base := range m.removed {
+		if f, ok := scanned[base]; ok {
+			twins = append(twins, f)
+			delete(scanned, base)
+		}
+	}
 	// Known messages keep their index order; the rest follow in delivery order.
 	known := make([]entry, 0, len(idx))
 	var fresh []entry
@@ -283,10 +302,24 @@ func (m *maildrop) load(ctx context.Context) error {
 	for _, e := range idx {
 		f, ok := scanned[e.base]
 		switch {
-		case trusted(e.sub) && (!ok || e.sub == "cur"):
-			// Still there; a copy in a listed new/ loses to it.
+		case trusted(e.sub) && ok:
+			// e's directory did not change, so its file is still there:
+			// the one listed in the other directory is another file.
+			twins = append(twins, f)
+			f = e
+		case trusted(e.sub):
 			f, ok = e, true
 		case ok:
+			if f.sub != e.sub || f.name != e.name {
+				// The file the index knew keeps the name, if it is among
+				// several that have it.
+				for i, t := range twins {
+					if t.sub == e.sub && t.name == e.name {
+						twins[i], f = f, t
+						break
+					}
+				}
+			}
 			moved = moved || f.sub != e.sub || f.name != e.name
 			f.raw, f.wire, f.seen, f.extra = e.raw, e.wire, e.seen, e.extra
 		}
@@ -295,10 +328,22 @@ func (m *maildrop) load(ctx context.Context) error {
 			delete(scanned, e.base)
 		}
 	}
-	changed := len(known) != len(idx) || moved || hdr.version != 3
 	for _, f := range scanned {
 		fresh = append(fresh, f)
 	}
+	if len(twins) > 0 {
+		keepers := make(map[string]entry, len(twins))
+		for _, t := range twins {
+			keepers[t.base] = entry{}
+		}
+		for _, e := range slices.Concat(known, fresh) {
+			if _, ok := keepers[e.base]; ok {
+				keepers[e.base] = e
+			}
+		}
+		fresh = append(fresh, m.renameTwins(twins, keepers)...)
+	}
+	changed := len(known) != len(idx) || moved || hdr.version != 3
 	fresh = sortArrival(m.dir, fresh)
 	for i := range fresh {
 		if err := ctx.Err(); err != nil {
@@ -346,15 +391,20 @@ func (m *maildrop) setEntries(entries []entry) {
 	}
 }
 
-// scan lists the message files of new/ and cur/ by base name.
-func scan(dir string) (map[string]entry, error) {
+// scan lists the message files of new/ and cur/: a file whose base name
+// another has too is listed as well (Open renames it aside: twins.go).
+func scan(dir string) ([]entry, error) {
 	found := make(map[string]entry)
+	var out []entry
 	for _, sub := range subdirs {
-		if err := list(found, dir, sub, nil); err != nil {
+		if err := list(found, &out, dir, sub, nil); err != nil {
 			return nil, err
 		}
 	}
-	return found, nil
+	for _, e := range found {
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 // skipped reports, once for a listing, the entries of user's new/ and cur/
@@ -630,24 +680,6 @@ func (r readCloser) Close() error { return r.f.Close() }
 // Stored returns the message file as stored.
 func (r readCloser) Stored() io.Reader { return r.f }
 
-// relocate finds e's file again by its base name.
-func (m *maildrop) relocate(e *entry) bool {
-	for _, sub := range subdirs {
-		path := filepath.Join(m.dir, sub)
-		ents, err := readDir(path)
-		if err != nil {
-			continue
-		}
-		for _, d := range ents {
-			if baseName(d.name) == e.base && d.regular(path) {
-				e.sub, e.name = sub, d.name
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func readNames(dir string) ([]string, error) {
 	f, err := os.Open(dir)
 	if err != nil {
@@ -657,12 +689,13 @@ func readNames(dir string) ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
-// Commit removes the given messages. The base names are first written to the
-// expunge journal and synced: from that moment the deletion is decided, and an
-// interrupted commit is completed by the next Open. Then the files are unlinked
-// (or moved into the holding area, when the user's policy has a deletion
-// window or the maildrop is under legal hold), the directories synced and the
-// journal removed.
+// Commit removes the given messages. Their files' base names and inode
+// numbers are first written to the expunge journal and synced: from that
+// moment the deletion is decided, and an interrupted commit is completed by
+// the next Open. Then the files are unlinked (or moved into the holding
+// area, when the user's policy has a deletion window or the maildrop is
+// under legal hold), the directories synced and the journal marked done
+// (commit.go).
 func (m *maildrop) Commit(deleted []int) error {
 	if m.done {
 		return errors.New("maildir: commit after commit or close")
@@ -698,128 +731,6 @@ func (s *Store) policyOf(user string) store.Policy {
 		return store.Policy{}
 	}
 	return s.policy(user)
-}
-
-// remove takes the messages at the given indexes out of the maildrop through
-// the expunge journal: into the holding area, stamped with at, when keep is
-// set, otherwise for good.
-func (m *maildrop) remove(indexes []int, keep bool, at time.Time) error {
-	b := []byte(journalVersion + "\n")
-	if keep {
-		b = fmt.Appendf(b, "#hold %d\n", at.Unix())
-		if err := ensureHolding(m.dir); err != nil {
-			return err
-		}
-	}
-	for _, i := range indexes {
-		b = appendEscaped(b, m.entries[i].base)
-		b = append(b, '\n')
-	}
-	crashpoint.Hit("maildir.commit.before-journal")
-	if err := writeFileAtomic(m.dir, expungeFile, b); err != nil {
-		return err
-	}
-	crashpoint.Hit("maildir.commit.journaled")
-	for n, i := range indexes {
-		e := &m.entries[i]
-		err := m.dispose(e.sub, e.name, keep, at)
-		if errors.Is(err, fs.ErrNotExist) && m.relocate(e) {
-			err = m.dispose(e.sub, e.name, keep, at)
-		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err // the journal stays; the next Open finishes the job
-		}
-		if n == 0 {
-			crashpoint.Hit("maildir.commit.first-unlinked")
-		}
-	}
-	return m.finishExpunge(keep)
-}
-
-// dispose unlinks sub/name, or moves it into the holding area.
-func (m *maildrop) dispose(sub, name string, keep bool, at time.Time) error {
-	from := filepath.Join(m.dir, sub, name)
-	if !keep {
-		return os.Remove(from)
-	}
-	return os.Rename(from, filepath.Join(m.dir, holdingDir, holdingName(at, sub, name)))
-}
-
-// finishExpunge syncs the directories after the unlinks or moves and drops
-// the journal.
-func (m *maildrop) finishExpunge(kept bool) error {
-	dirs := []string{"cur", "new"}
-	if kept {
-		dirs = append(dirs, holdingDir)
-	}
-	for _, sub := range dirs {
-		if err := syncDir(filepath.Join(m.dir, sub)); err != nil {
-			return err
-		}
-	}
-	if err := os.Remove(filepath.Join(m.dir, expungeFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return syncDir(m.dir)
-}
-
-// replayExpunge completes a commit that a crash interrupted, the way it was
-// decided: into the holding area if the journal says so. replayed says
-// whether there was a journal.
-func (m *maildrop) replayExpunge() (replayed bool, err error) {
-	data, err := os.ReadFile(filepath.Join(m.dir, expungeFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	doomed := make(map[string]bool)
-	keep, at := false, time.Time{}
-	escapedNames := false // a journal of this version; earlier ones have the names as they are
-	for n, line := range strings.Split(string(data), "\n") {
-		damaged := func() error {
-			return fmt.Errorf("maildir: damaged journal %s: %q", filepath.Join(m.dir, expungeFile), line)
-		}
-		if v, ok := strings.CutPrefix(line, "#hold "); ok {
-			sec, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return true, damaged()
-			}
-			keep, at = true, time.Unix(sec, 0)
-		} else if n == 0 && line == journalVersion {
-			escapedNames = true
-		} else if line != "" && escapedNames {
-			base, ok := unescape([]byte(line))
-			if !ok {
-				return true, damaged()
-			}
-			doomed[string(base)] = true
-		} else if line != "" {
-			doomed[line] = true
-		}
-	}
-	if keep {
-		if err := ensureHolding(m.dir); err != nil {
-			return true, err
-		}
-	}
-	for _, sub := range []string{"cur", "new"} {
-		path := filepath.Join(m.dir, sub)
-		ents, err := readDir(path)
-		if err != nil {
-			return true, err
-		}
-		for _, d := range ents {
-			if doomed[baseName(d.name)] && d.regular(path) {
-				if err := m.dispose(sub, d.name, keep, at); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return true, err
-				}
-				crashpoint.Hit("maildir.replay.disposed")
-			}
-		}
-	}
-	return true, m.finishExpunge(keep)
 }
 
 // Close releases the lock.

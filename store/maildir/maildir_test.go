@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -262,8 +263,18 @@ func crashHelper(root string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	if twin := os.Getenv("POUCH_CRASH_TWIN"); twin != "" {
+		// Another program makes a file of the same base name meanwhile.
+		if err := os.WriteFile(filepath.Join(root, "u", twin), []byte("twin\n"), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+	}
 	var del []int
 	for _, s := range strings.Split(os.Getenv("POUCH_CRASH_DELETE"), ",") {
+		if s == "" {
+			continue
+		}
 		n, _ := strconv.Atoi(s)
 		del = append(del, n)
 	}
@@ -274,12 +285,35 @@ func crashHelper(root string) {
 	os.Exit(0)
 }
 
-func runCrash(t *testing.T, root, point string, env ...string) {
+// journalPending reports whether the Maildir dir's expunge journal has a
+// commit to finish.
+func journalPending(t *testing.T, dir string) bool {
 	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, expungeFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := parseJournal(data, expungeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j != nil && j.pending
+}
+
+// crashCommand is the helper process, to be killed at point.
+func crashCommand(root, point string, env ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+root, crashpoint.Env+"="+point)
 	cmd.Env = append(cmd.Env, env...)
-	out, err := cmd.CombinedOutput()
+	return cmd
+}
+
+func runCrash(t *testing.T, root, point string, env ...string) {
+	t.Helper()
+	out, err := crashCommand(root, point, env...).CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("helper was not killed at %s: %v\n%s", point, err, out)
@@ -314,8 +348,8 @@ func TestCrashDuringCommit(t *testing.T) {
 					t.Errorf("message %d = %q, want %q", i+1, got, want)
 				}
 			}
-			if _, err := os.Stat(filepath.Join(root, "u", expungeFile)); !os.IsNotExist(err) {
-				t.Errorf("expunge journal left behind: %v", err)
+			if journalPending(t, filepath.Join(root, "u")) {
+				t.Error("expunge journal still pending")
 			}
 		})
 	}
@@ -399,8 +433,8 @@ func TestExpungeJournalFormats(t *testing.T) {
 			if st, err := s.Stats(context.Background(), "u"); err != nil || st.Held != tc.held {
 				t.Fatalf("held %d, want %d (%v)", st.Held, tc.held, err)
 			}
-			if _, err := os.Stat(filepath.Join(dir, expungeFile)); !os.IsNotExist(err) {
-				t.Fatalf("journal left behind: %v", err)
+			if journalPending(t, dir) {
+				t.Fatal("journal still pending")
 			}
 		})
 	}
@@ -422,8 +456,8 @@ func TestCrashDuringReplay(t *testing.T) {
 			}
 			runCrash(t, root, "maildir.commit.journaled", env...)
 			runCrash(t, root, "maildir.replay.disposed", env...)
-			if _, err := os.Stat(filepath.Join(root, "u", expungeFile)); err != nil {
-				t.Fatalf("journal gone after a crash during its replay: %v", err)
+			if !journalPending(t, filepath.Join(root, "u")) {
+				t.Fatal("journal not pending after a crash during its replay")
 			}
 			if got := uids(t, s); !slices.Equal(got, []string{all[1], all[3], all[5]}) {
 				t.Fatalf("after the replay: %v", got)
@@ -435,9 +469,161 @@ func TestCrashDuringReplay(t *testing.T) {
 			if st, _ := s.Stats(context.Background(), "u"); st.Held != want {
 				t.Fatalf("held %d, want %d", st.Held, want)
 			}
-			if _, err := os.Stat(filepath.Join(root, "u", expungeFile)); !os.IsNotExist(err) {
-				t.Fatalf("journal left behind: %v", err)
+			if journalPending(t, filepath.Join(root, "u")) {
+				t.Fatal("journal still pending")
 			}
 		})
 	}
+}
+
+// TestJournalReplay replays journals of this version as a crash can leave
+// them: pending, which removes the files it names by base name and inode
+// only; done, or torn by the crash, or the reserve's zeros, which remove
+// nothing. Every Open succeeds. A file left with a base name that the
+// journal names is another message than the one removed, and gets a new
+// name.
+func TestJournalReplay(t *testing.T) {
+	const a, b = "1700000001.M1P1.a", "1700000002.M1P1.b"
+	renamed := "renamed"
+	for _, tc := range []struct {
+		name    string
+		journal func(inoA, inoB uint64) []byte
+		left    []string
+	}{
+		{"reserve", func(uint64, uint64) []byte { return nil }, []string{a, b}},
+		{"pending", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			return append(headerFor(statePending, lines), lines...)
+		}, []string{b}},
+		{"pending, another inode", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA + 1000}})
+			return append(headerFor(statePending, lines), lines...)
+		}, []string{b, renamed}},
+		{"done", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			return append(headerFor(stateDone, lines), lines...)
+		}, []string{b, renamed}},
+		{"torn lines", func(inoA, inoB uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}, {b, inoB}})
+			h := headerFor(statePending, lines)
+			return append(h, lines[:len(lines)/2]...)
+		}, []string{a, b}},
+		{"torn header", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			return append(headerFor(statePending, lines)[:30], lines...)
+		}, []string{a, b}},
+		{"length past the end", func(inoA, _ uint64) []byte {
+			lines := journalLines(false, time.Time{}, []doomed{{a, inoA}})
+			h := headerFor(statePending, append(lines, make([]byte, journalSize)...))
+			return append(h, lines...)
+		}, []string{a, b}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "u")
+			put(t, dir, "new", a, "a\n")
+			put(t, dir, "cur", b+":2,S", "b\n")
+			inoA, _ := inodeOf(dir, "new", a)
+			inoB, _ := inodeOf(dir, "cur", b+":2,S")
+			data := make([]byte, journalSize)
+			copy(data, tc.journal(inoA, inoB))
+			if err := os.WriteFile(filepath.Join(dir, expungeFile), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got := uids(t, New(root))
+			if len(got) == 2 && got[1] != a && ownName(got[1]) {
+				got[1] = renamed
+			}
+			if !slices.Equal(got, tc.left) {
+				t.Fatalf("left %q, want %q", got, tc.left)
+			}
+			if journalPending(t, dir) {
+				t.Fatal("journal still pending")
+			}
+		})
+	}
+}
+
+// The journal's reserve is made with the Maildir, written and of its full
+// size, and an Open makes it where it is missing or short; a commit too
+// large for it grows it and cuts it back.
+func TestJournalReserve(t *testing.T) {
+	root := t.TempDir()
+	s := New(root)
+	fill(t, s, nil, 150)
+	dir := filepath.Join(root, "u")
+	size := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(filepath.Join(dir, expungeFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if n := size(); n != journalSize {
+		t.Fatalf("reserve of %d octets after the first delivery, want %d", n, journalSize)
+	}
+	var st syscall.Stat_t
+	syscall.Stat(filepath.Join(dir, expungeFile), &st)
+	if st.Blocks*512 < journalSize {
+		t.Fatalf("reserve has %d octets of blocks, want %d", st.Blocks*512, journalSize)
+	}
+	os.Truncate(filepath.Join(dir, expungeFile), 100)
+	openT(t, s, "u").Close()
+	if n := size(); n != journalSize {
+		t.Fatalf("reserve of %d octets after an Open, want %d", n, journalSize)
+	}
+	os.Remove(filepath.Join(dir, expungeFile))
+	all := uids(t, s)
+	if n := size(); n != journalSize {
+		t.Fatalf("reserve of %d octets after an Open, want %d", n, journalSize)
+	}
+	del := make([]int, 140) // more than the reserve holds
+	for i := range del {
+		del[i] = i
+	}
+	commit(t, s, del...)
+	if n := size(); n != journalSize {
+		t.Fatalf("journal of %d octets after a large commit, want %d", n, journalSize)
+	}
+	if got := uids(t, s); !slices.Equal(got, all[140:]) {
+		t.Fatalf("left %d, want 10", len(got))
+	}
+}
+
+// A Maildir that another program made gets its journal's reserve from the
+// retention sweep, before any session opens it.
+func TestSweepReservesJournal(t *testing.T) {
+	root := t.TempDir()
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(root, "u", sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := New(root).Sweep(context.Background(), "u", store.Policy{}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(root, "u", expungeFile)); err != nil || fi.Size() != journalSize {
+		t.Fatalf("journal after a sweep: %v, %v", fi, err)
+	}
+}
+
+// FuzzJournal reads arbitrary journal files: never a panic, and a journal
+// of this version that reads as one is the one its lines encode.
+func FuzzJournal(f *testing.F) {
+	lines := journalLines(true, time.Unix(1700000000, 0), []doomed{{"1700000001.M1P1.a", 12}, {"sp ace\n", 7}})
+	f.Add(append(headerFor(statePending, lines), lines...))
+	f.Add(append(headerFor(stateDone, lines), lines...))
+	f.Add([]byte(journalVersion + "\n1700000001.M1P1.a%0A\n"))
+	f.Add([]byte("#hold 1\nname\n"))
+	f.Add(make([]byte, journalSize))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		j, err := parseJournal(data, expungeFile)
+		if err != nil || j == nil || j.legacy {
+			return
+		}
+		if got := journalLines(j.keep, j.at, j.files); !bytes.Equal(got, j.lines) {
+			t.Fatalf("lines %q read as %+v, which encodes as %q", j.lines, j, got)
+		}
+	})
 }

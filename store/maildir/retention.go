@@ -200,6 +200,13 @@ func deliveredAt(dir string, e *entry) time.Time {
 func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time.Time) (store.SweepResult, error) {
 	var res store.SweepResult
 	var m *maildrop
+	if dir, err := s.dir(user); err == nil {
+		// A Maildir that another program made, and that no session opened
+		// yet, gets the journal's reserve before its disk fills up.
+		if err := reserveJournal(dir); err != nil {
+			s.noReserve(user, err)
+		}
+	}
 	if p.Expire > 0 {
 		md, err := s.Open(ctx, user)
 		if err != nil {
@@ -425,6 +432,13 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 	present := make(map[string]bool, len(m.entries))
 	for _, e := range m.entries {
 		present[e.base] = true
+	}
+	if len(m.removed) > 0 && !asNew {
+		// The last commit's base names come back with their messages:
+		// they must no longer be taken for other files' (twins.go).
+		if err := clearJournal(m.dir); err != nil {
+			return nil, err
+		}
 	}
 	var out []store.Removed
 	for _, h := range held {

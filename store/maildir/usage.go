@@ -31,8 +31,8 @@ func (s *Store) Usage(user string) (messages int, bytes int64, err error) {
 		return 0, 0, err
 	}
 	var indexed map[string]int64 // raw sizes from pouch-index, read when first needed
-	for base, e := range found {
-		if n, ok := field(base, "S"); ok {
+	for _, e := range found {
+		if n, ok := field(e.base, "S"); ok {
 			messages++
 			bytes += n
 			continue
@@ -47,7 +47,7 @@ func (s *Store) Usage(user string) (messages int, bytes int64, err error) {
 				indexed[ie.base] = ie.raw
 			}
 		}
-		if n, ok := indexed[base]; ok {
+		if n, ok := indexed[e.base]; ok {
 			messages++
 			bytes += n
 			continue
