@@ -260,6 +260,34 @@ func TestMalformedSASLIsABadCommand(t *testing.T) {
 	c.login("alice", goodPassword)
 }
 
+// A session kicked (or shut down) while it waits out the failure delay ends
+// at once, rather than hold its goroutine and its place among the open
+// sessions until the delay is over.
+func TestKickEndsTheFailureDelay(t *testing.T) {
+	auth := &blockingAuth{
+		fakeAuth: fakeAuth{users: map[string]string{"alice": goodPassword}},
+		entered:  make(chan struct{}, 1),
+		release:  make(chan struct{}),
+	}
+	close(auth.release)
+	ts := newTestServer(t, func(c *Config) {
+		c.Auth = auth
+		c.AuthFailDelay = time.Minute
+	})
+	c := ts.dial(t)
+	c.expect(`\+OK Pouch ready\.`)
+	c.send("USER alice\r\nPASS wrong\r\n")
+	c.expect(`\+OK send PASS`)
+	<-auth.entered // the failure delay is next
+	who := ts.srv.Who()
+	if len(who) != 1 || ts.srv.Kick(who[0].ID) != 1 {
+		t.Fatalf("sessions %+v", who)
+	}
+	c.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	c.closed()
+	waitSessions(t, ts.srv, 0) // the session's goroutine ended, not only its connection
+}
+
 // One user's failures slow that user only: after max's wrong passwords,
 // lena logs in at once from the same address, with PASS or SASL.
 func TestOtherUsersFailuresDoNotSlowALogin(t *testing.T) {

@@ -379,10 +379,17 @@ func (s *session) reportBan(b guard.Ban) {
 }
 
 // failDelay waits until AuthFailDelay after the attempt began (after the
-// guard's delay), whatever was checked meanwhile.
+// guard's delay), whatever was checked meanwhile, or until the session is
+// aborted (kick, shutdown), which ends it.
 func (s *session) failDelay() {
 	if d := s.srv.cfg.AuthFailDelay - time.Since(s.authStart); s.srv.cfg.AuthFailDelay > 0 && d > 0 {
 		s.w.Flush()
-		time.Sleep(d)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			s.state = stateDone
+		}
 	}
 }
