@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -336,4 +338,39 @@ func TestNotice(t *testing.T) {
 	if ok, missed := g.Notice(attacker); !ok || missed != 1000 {
 		t.Fatalf("a minute later: %v, %d unlogged", ok, missed)
 	}
+}
+
+// BenchmarkConcurrentLogins is the guard's share of a login when 64
+// clients log in at once from one address, as 199 users who logged in there
+// before, one login in fifty with a wrong password.
+func BenchmarkConcurrentLogins(b *testing.B) {
+	g, err := New(Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const users = 199 // prime to 50: every name has its typos, among successes
+	names := make([]string, users)
+	for i := range names {
+		names[i] = fmt.Sprint("user", i)
+		a, _, _, _ := g.Attempt(context.Background(), nat, names[i])
+		a.Success()
+	}
+	var next atomic.Int64
+	b.SetParallelism(64 / max(1, runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1)
+			a, d, _, err := g.Attempt(context.Background(), nat, names[i%users])
+			if err != nil || d > time.Second {
+				a.Done()
+				b.Errorf("login %d: %v, delay %v", i, err, d)
+				return
+			}
+			if i%50 == 0 {
+				a.Failure()
+			} else {
+				a.Success()
+			}
+		}
+	})
 }
