@@ -26,33 +26,35 @@ import (
 	"github.com/pouchmail/pouch/metrics"
 )
 
-// guardFail records in g a failed login of user from ip, as a session does.
-func guardFail(t testing.TB, g *guard.Guard, ip, user string) {
+// guardAttempt starts in g an attempt of user from ip, as a session does,
+// and returns it with its delay.
+func guardAttempt(t testing.TB, g *guard.Guard, ip, user string) (*guard.Attempt, time.Duration) {
 	t.Helper()
-	a, _, _, err := g.Attempt(context.Background(), netip.MustParseAddr(ip), user)
+	a, d, _, err := g.Attempt(context.Background(), netip.MustParseAddr(ip), user)
 	if err != nil {
 		t.Fatalf("guard attempt of %s from %s: %v", user, ip, err)
 	}
+	return a, d
+}
+
+// guardFail records in g a failed login of user from ip.
+func guardFail(t testing.TB, g *guard.Guard, ip, user string) {
+	t.Helper()
+	a, _ := guardAttempt(t, g, ip, user)
 	a.Failure()
 }
 
 // guardSucceed records in g a successful login of user from ip.
 func guardSucceed(t testing.TB, g *guard.Guard, ip, user string) {
 	t.Helper()
-	a, _, _, err := g.Attempt(context.Background(), netip.MustParseAddr(ip), user)
-	if err != nil {
-		t.Fatalf("guard attempt of %s from %s: %v", user, ip, err)
-	}
+	a, _ := guardAttempt(t, g, ip, user)
 	a.Success()
 }
 
 // guardDelay is g's delay for a login of user from ip now.
 func guardDelay(t testing.TB, g *guard.Guard, ip, user string) time.Duration {
 	t.Helper()
-	a, d, _, err := g.Attempt(context.Background(), netip.MustParseAddr(ip), user)
-	if err != nil {
-		t.Fatalf("guard attempt of %s from %s: %v", user, ip, err)
-	}
+	a, d := guardAttempt(t, g, ip, user)
 	a.Done()
 	return d
 }
