@@ -1,21 +1,27 @@
 // Package guard is Pouch's defence against password guessing: it counts
-// failed logins per source (an IPv4 address, or an IPv6 /64) and per user name,
-// slows a source down as its failures grow, bans it for a while after too many,
-// and keeps the bans in a file so that they survive a restart and can be
-// managed with `pouch ban`.
+// failed logins per source (an IPv4 address, or an IPv6 /64) and user name,
+// slows down and then refuses a user name for a source that keeps failing
+// for it, bans a source that fails for many user names or very often, and
+// keeps the bans in a file so that they survive a restart and can be managed
+// with `pouch ban`.
 //
-// An attempt counts from the moment it starts until its Done or Failure:
-// attempts of one source that run at once (parallel connections, pipelined
-// commands) each wait longer than the one before, and no more of them check
-// a password than the failures that ban the source.
+// Many honest users may share a source (an office NAT, a carrier's CGNAT, a
+// webmail host, a load balancer), so the defence slows attackers, not
+// crowds. A login is slowed only by failures of its own user name from its
+// source, or by failures for many names from its source; logins that run at
+// once are not slowed at all. A user name that logged in from a source
+// within the window is proven there: its failures from that source are its
+// user's typos and never count toward the source's ban, and its attempts
+// need no place among the source's attempts. For the other names, no more
+// passwords of a source are checked at once than the failures it has left
+// before its ban, so that opening many connections buys an attacker nothing.
 //
-// Protection per user never locks a user out from everywhere: when a user name
-// collects many failures, only sources that themselves failed are refused
-// for it; a correct password from a clean source still works.
+// Protection per user never locks a user out from everywhere: when a user
+// name collects many failures, only sources that themselves failed for it
+// are refused it; a correct password from a clean source still works.
 package guard
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,22 +44,35 @@ import (
 type Config struct {
 	// Trusted networks are never slowed down or banned.
 	Trusted []netip.Prefix
-	// Window is how long a failure counts (15 min).
+	// Window is how long a failure, a refused attempt and a successful
+	// login count (15 min).
 	Window time.Duration
-	// MaxFailures from one source within Window bans it (10).
+	// MaxFailures of one user name from one source within Window lock the
+	// name for that source, until they leave the window (10). A successful
+	// login of the name from the source forgets them.
 	MaxFailures int
+	// MaxNames user names not proven from a source, each with a failure
+	// from it within Window, ban the source: password spraying (MaxFailures).
+	MaxNames int
+	// SourceMaxFailures failures for names not proven from a source, and
+	// attempts refused there for a locked name, within Window, ban the
+	// source (10 × MaxFailures).
+	SourceMaxFailures int
 	// BanTime is the first ban's length (15 min); each further ban of the
 	// same source within BanMemory doubles it, up to MaxBanTime (24 h).
 	BanTime    time.Duration
 	MaxBanTime time.Duration
 	// BanMemory is how long a ban is remembered for doubling (7 days).
 	BanMemory time.Duration
-	// DelayStep is the delay added for each recent failure of a source,
-	// before its next password is checked (1 s), up to MaxDelay (8 s).
+	// DelayStep is the wait before a password is checked for each failure
+	// of its user name from its source after the first, and, for a name not
+	// proven there, for each name beyond half MaxNames that failed from the
+	// source (1 s); the wait is at most MaxDelay (8 s).
 	DelayStep time.Duration
 	MaxDelay  time.Duration
-	// UserMaxFailures within Window for one user name lock that name against
-	// every source with failures of its own (20).
+	// UserMaxFailures within Window for one user name, from sources where it
+	// is not proven, lock that name against each of those sources that
+	// failed for it (20).
 	UserMaxFailures int
 	// StatePath is the file keeping bans across restarts ("" keeps them in
 	// memory only).
@@ -79,6 +98,12 @@ func (c *Config) defaults() {
 	set(&c.MaxDelay, 8*time.Second)
 	if c.MaxFailures <= 0 {
 		c.MaxFailures = 10
+	}
+	if c.MaxNames <= 0 {
+		c.MaxNames = c.MaxFailures
+	}
+	if c.SourceMaxFailures <= 0 {
+		c.SourceMaxFailures = 10 * c.MaxFailures
 	}
 	if c.UserMaxFailures <= 0 {
 		c.UserMaxFailures = 20
@@ -112,10 +137,9 @@ type Guard struct {
 	cfg Config
 
 	mu        sync.Mutex
-	sources   map[netip.Prefix][]time.Time   // recent failures per source
-	pending   map[netip.Prefix]int           // attempts in progress, per source
-	waiting   map[netip.Prefix]chan struct{} // closed when an attempt of the source ends or the bans change
-	users     map[string][]time.Time         // recent failures per user name
+	sources   map[netip.Prefix]*source // what is known of each source (attempt.go)
+	names     int                      // user names tracked in all sources
+	users     map[string][]time.Time   // recent failures per user name where it is not proven
 	bans      map[netip.Prefix]Ban
 	unsaved   map[netip.Prefix]Ban // automatic bans not yet written to StatePath
 	nextSweep int                  // size at which sweep looks again
@@ -130,9 +154,7 @@ func New(cfg Config) (*Guard, error) {
 	cfg.defaults()
 	g := &Guard{
 		cfg:     cfg,
-		sources: make(map[netip.Prefix][]time.Time),
-		pending: make(map[netip.Prefix]int),
-		waiting: make(map[netip.Prefix]chan struct{}),
+		sources: make(map[netip.Prefix]*source),
 		users:   make(map[string][]time.Time),
 		bans:    make(map[netip.Prefix]Ban),
 		unsaved: make(map[netip.Prefix]Ban),
@@ -168,16 +190,6 @@ func (g *Guard) trusted(ip netip.Addr) bool {
 	return false
 }
 
-// recent drops the times older than the window.
-func (g *Guard) recent(times []time.Time, now time.Time) []time.Time {
-	cut := now.Add(-g.cfg.Window)
-	i := 0
-	for i < len(times) && times[i].Before(cut) {
-		i++
-	}
-	return times[i:]
-}
-
 // Banned reports whether ip is banned now, and by which ban (the one that
 // lasts longest when several hold).
 func (g *Guard) Banned(ip netip.Addr) (Ban, bool) {
@@ -203,239 +215,12 @@ func (g *Guard) bannedLocked(ip netip.Addr, now time.Time) (Ban, bool) {
 	return found, ok
 }
 
-// Delay is how long an attempt from ip starting now would wait before its
-// password is checked: a step per recent failure of its source and per
-// attempt of the source in progress, up to the maximum.
-func (g *Guard) Delay(ip netip.Addr) time.Duration {
-	if g.trusted(ip) {
-		return 0
-	}
-	now := g.cfg.Now()
-	src := Source(ip)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.delay(len(g.recent(g.sources[src], now)) + g.pending[src])
-}
-
-func (g *Guard) delay(n int) time.Duration {
-	return min(time.Duration(n)*g.cfg.DelayStep, g.cfg.MaxDelay)
-}
-
-// ErrBanned is Attempt's error for a source that is banned.
-var ErrBanned = errors.New("guard: source banned")
-
-// An Attempt is one authentication attempt in progress, from Guard.Attempt
-// until its Done or Failure. It never expires: whoever starts an attempt
-// ends it, however the login ends.
-type Attempt struct {
-	g     *Guard
-	ip    netip.Addr
-	src   netip.Prefix
-	ended bool // under g.mu
-}
-
-// Attempt starts an authentication attempt from ip, once its password or
-// token has arrived and before it is checked, and returns it with how long
-// to wait first (Delay). The attempt counts until its Done or Failure, so
-// attempts of one source that run at once each wait a step longer than the
-// one before. While the source's recent failures and attempts in progress
-// add up to MaxFailures, a further attempt waits until one of them ends or
-// a failure leaves the window: no more passwords of a source are checked
-// than the failures that ban it. Attempt returns ErrBanned and the ban,
-// without starting an attempt, when the source is banned before or while it
-// waits, and ctx's error when ctx ends while it waits.
-func (g *Guard) Attempt(ctx context.Context, ip netip.Addr) (*Attempt, time.Duration, Ban, error) {
-	src := Source(ip)
-	if g.trusted(ip) {
-		return &Attempt{g: g, ip: ip, src: src, ended: true}, 0, Ban{}, nil
-	}
-	for {
-		g.reloadIfChanged()
-		now := g.cfg.Now()
-		g.mu.Lock()
-		// Under the same lock as the start of the attempt: a ban cannot
-		// come in between.
-		if b, ok := g.bannedLocked(ip.Unmap(), now); ok {
-			g.mu.Unlock()
-			return nil, 0, b, ErrBanned
-		}
-		failures := g.recent(g.sources[src], now)
-		n := len(failures) + g.pending[src]
-		if g.pending[src] == 0 || n < g.cfg.MaxFailures {
-			g.pending[src]++
-			g.mu.Unlock()
-			return &Attempt{g: g, ip: ip, src: src}, g.delay(n), Ban{}, nil
-		}
-		changed := g.waiting[src]
-		if changed == nil {
-			changed = make(chan struct{})
-			g.waiting[src] = changed
-		}
-		var aged <-chan time.Time // the oldest failure leaves the window
-		var t *time.Timer
-		if len(failures) > 0 {
-			t = time.NewTimer(failures[0].Add(g.cfg.Window).Sub(now))
-			aged = t.C
-		}
-		g.mu.Unlock()
-		var err error
-		select {
-		case <-changed:
-		case <-aged:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if err != nil {
-			return nil, 0, Ban{}, err
-		}
-	}
-}
-
-// Done ends an attempt that did not fail. Ending an attempt again, or a nil
-// one, does nothing.
-func (a *Attempt) Done() {
-	if a == nil {
-		return
-	}
-	a.g.mu.Lock()
-	a.g.end(a)
-	a.g.mu.Unlock()
-}
-
-// Failure records a failed login of user in the attempt, and ends it. It
-// returns the ban when this failure caused one (see Guard.Failure).
-func (a *Attempt) Failure(user string) (Ban, bool) {
-	if a == nil {
-		return Ban{}, false
-	}
-	return a.g.failure(a.ip, user, a)
-}
-
-// end ends attempt a, once, and wakes the attempts of its source waiting
-// for one to end. Called with g.mu held.
-func (g *Guard) end(a *Attempt) {
-	if a.ended {
-		return
-	}
-	a.ended = true
-	if g.pending[a.src] <= 1 {
-		delete(g.pending, a.src)
-	} else {
-		g.pending[a.src]--
-	}
-	g.wake(a.src)
-}
-
-// wake wakes the attempts of src waiting in Attempt. Called with g.mu held.
-func (g *Guard) wake(src netip.Prefix) {
-	if c := g.waiting[src]; c != nil {
-		close(c)
-		delete(g.waiting, src)
-	}
-}
-
-// wakeAll wakes every attempt waiting in Attempt, when the bans changed.
-// Called with g.mu held.
-func (g *Guard) wakeAll() {
-	for _, c := range g.waiting {
-		close(c)
-	}
-	clear(g.waiting)
-}
-
-// UserLocked reports whether user is locked for ip: the user name has
-// collected many failures and ip's source has failed too. The caller refuses
-// the login, even with the right password, answering as a failure is
-// answered; it is no failure, so the caller ends its attempt with Done.
-func (g *Guard) UserLocked(ip netip.Addr, user string) bool {
-	if g.trusted(ip) {
-		return false
-	}
-	now := g.cfg.Now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.recent(g.users[user], now)) >= g.cfg.UserMaxFailures &&
-		len(g.recent(g.sources[Source(ip)], now)) > 0
-}
-
-// sweepAt is the number of tracked sources and names from which old
-// entries are dropped, and maxTracked the most kept even then: an attacker
-// trying many names or addresses cannot make the guard grow without bound.
-const (
-	sweepAt    = 10_000
-	maxTracked = 100_000
-)
-
-// sweep drops sources and user names without recent failures once there
-// are many; if too many remain, it forgets user names first. Called with
-// g.mu held.
-func (g *Guard) sweep(now time.Time) {
-	if len(g.sources)+len(g.users) < max(sweepAt, g.nextSweep) {
-		return
-	}
-	defer func() { g.nextSweep = 2 * (len(g.sources) + len(g.users)) }() // amortized
-	for k, v := range g.sources {
-		if len(g.recent(v, now)) == 0 {
-			delete(g.sources, k)
-		}
-	}
-	for k, v := range g.users {
-		if len(g.recent(v, now)) == 0 {
-			delete(g.users, k)
-		}
-	}
-	for k := range g.waiting {
-		if g.pending[k] == 0 {
-			g.wake(k) // no attempt is left to end and wake it
-		}
-	}
-	if len(g.users) > maxTracked/2 {
-		clear(g.users)
-	}
-	if len(g.sources) > maxTracked {
-		clear(g.sources)
-	}
-}
-
-// Failure records a failed login of user from ip outside any attempt; one
-// in an attempt is Attempt.Failure. It returns the ban when this failure
-// caused one. A failure from a source already banned (an attempt that began
-// before the ban) is not counted: it neither bans again nor counts toward
-// the next ban.
-func (g *Guard) Failure(ip netip.Addr, user string) (Ban, bool) {
-	return g.failure(ip, user, nil)
-}
-
-// failure records a failure, ending attempt a when there is one.
-func (g *Guard) failure(ip netip.Addr, user string, a *Attempt) (Ban, bool) {
-	if g.trusted(ip) {
-		return Ban{}, false
-	}
-	now := g.cfg.Now()
-	src := Source(ip)
-	g.mu.Lock()
-	if a != nil {
-		g.end(a)
-	}
-	if _, banned := g.bannedLocked(ip.Unmap(), now); banned {
-		g.mu.Unlock()
-		return Ban{}, false
-	}
-	g.sweep(now)
-	g.sources[src] = append(g.recent(g.sources[src], now), now)
-	if user != "" {
-		g.users[user] = append(g.recent(g.users[user], now), now)
-	}
-	if len(g.sources[src]) < g.cfg.MaxFailures {
-		g.mu.Unlock()
-		return Ban{}, false
-	}
-	delete(g.sources, src)
+// banLocked bans src automatically for reason, for BanTime doubled for each
+// ban of it remembered, and wakes its waiting attempts. The caller saves the
+// bans once it has let go of g.mu. Called with g.mu held.
+func (g *Guard) banLocked(src netip.Prefix, reason string, now time.Time) Ban {
 	prev := g.bans[src]
-	b := Ban{Net: src, Since: now, Reason: fmt.Sprintf("%d failed logins", g.cfg.MaxFailures), Count: 1}
+	b := Ban{Net: src, Since: now, Reason: reason, Count: 1}
 	length := g.cfg.BanTime
 	if prev.Count > 0 && now.Sub(prev.Since) < g.cfg.BanMemory {
 		b.Count = prev.Count + 1
@@ -446,10 +231,11 @@ func (g *Guard) failure(ip netip.Addr, user string, a *Attempt) (Ban, bool) {
 	b.Until = now.Add(min(length, g.cfg.MaxBanTime))
 	g.bans[src] = b
 	g.unsaved[src] = b
-	g.wake(src)
-	g.mu.Unlock()
-	g.save()
-	return b, true
+	if s := g.sources[src]; s != nil {
+		s.forgetFailures() // they led to this ban; the next one starts afresh
+		g.wake(s)
+	}
+	return b
 }
 
 // Ban bans a network by hand for d (forever when d is 0).

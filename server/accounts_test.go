@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -37,11 +38,12 @@ func TestLoginsWhileTheUsersFileIsUnusable(t *testing.T) {
 	c.expect(`\+OK .*`)
 	c.closed()
 
-	// More unknown names than the guard's limit of 3: none is counted.
+	// More unknown names than the guard's limit of 3: none is counted, or
+	// the source would be banned for guessing across names.
 	c = ts.dialFrom(t, "127.0.0.3")
 	c.expect(greetingAPOP)
-	for range 5 {
-		c.send("USER nobody\r\nPASS x\r\n")
+	for i := range 5 {
+		c.send(fmt.Sprintf("USER nobody%d\r\nPASS x\r\n", i))
 		c.expect(`\+OK send PASS`)
 		c.expect(sysTempCredentials)
 	}
@@ -50,7 +52,8 @@ func TestLoginsWhileTheUsersFileIsUnusable(t *testing.T) {
 	c.expect(`\+OK maildrop has \d+ messages \(\d+ octets\)`)
 
 	// A wrong password for alice has the same reply, and counts: the third
-	// bans the source and ends the session.
+	// locks the name for this source, so that even her right password is
+	// refused from it.
 	c = ts.dialFrom(t, "127.0.0.4")
 	c.expect(greetingAPOP)
 	for range 3 {
@@ -58,7 +61,9 @@ func TestLoginsWhileTheUsersFileIsUnusable(t *testing.T) {
 		c.expect(`\+OK send PASS`)
 		c.expect(sysTempCredentials)
 	}
-	c.closed()
+	c.send("USER alice\r\nPASS secret\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(authFailed)
 
 	if err := os.WriteFile(path, []byte("alice:{PLAIN}secret\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,12 +1,14 @@
 package server
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,8 +125,8 @@ func TestSessionEndEndsItsAttempt(t *testing.T) {
 // Attackers elsewhere have locked the name alice against sources that
 // failed; alice's own address has one typo. Her client, polling with the
 // right password, is refused as a failure would be, but that is no failed
-// login: it is not logged as one for fail2ban, not counted by the guard,
-// and her address is never banned for it.
+// login: it is not logged as one for fail2ban, not counted as a failure by
+// the guard, and her address is not banned for it.
 func TestUserLockedRefusalIsNoFailure(t *testing.T) {
 	var logs syncBuffer
 	auditPath := filepath.Join(t.TempDir(), "audit.log")
@@ -133,20 +135,26 @@ func TestUserLockedRefusalIsNoFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	const delay = 100 * time.Millisecond
-	ts, g := newGuarded(t, func(c *Config) { // MaxFailures 3, UserMaxFailures 4
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func(d time.Duration) time.Time { mu.Lock(); defer mu.Unlock(); now = now.Add(d); return now }
+	g, err := guard.New(guard.Config{MaxFailures: 3, UserMaxFailures: 4, Now: func() time.Time { return clock(0) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServer(t, func(c *Config) {
+		c.Guard = g
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		c.Audit = al
 		c.Auth = fakeAuth{users: map[string]string{"alice": goodPassword}}
 		c.AuthFailDelay = delay
 	})
-	for _, ip := range []string{"127.0.0.4", "127.0.0.5"} {
-		for range 2 {
-			g.Failure(netip.MustParseAddr(ip), "alice")
-		}
-	}
 	victim := netip.MustParseAddr("127.0.0.9")
-	g.Failure(victim, "alice") // one typo
-	before := g.Delay(victim)
+	guardFail(t, g, "127.0.0.9", "alice") // one typo
+	clock(10 * time.Minute)
+	for _, ip := range []string{"127.0.0.4", "127.0.0.4", "127.0.0.5"} {
+		guardFail(t, g, ip, "alice") // 4 failures for alice: locked
+	}
 	for range 3 {
 		c := ts.dialFrom(t, "127.0.0.9")
 		c.expect(`\+OK Pouch ready\.`)
@@ -161,9 +169,11 @@ func TestUserLockedRefusalIsNoFailure(t *testing.T) {
 	if b, banned := g.Banned(victim); banned {
 		t.Fatalf("the user's own address was banned for her right password: %+v", b)
 	}
-	if d := g.Delay(victim); d != before {
-		t.Errorf("guard delay %v after the refusals, %v before: they were counted as failures", d, before)
-	}
+	// Once her typo leaves the window her address has no failure of alice:
+	// the refusals were none, or they would lock alice there now.
+	clock(5*time.Minute + time.Second)
+	c := ts.dialFrom(t, "127.0.0.9")
+	c.login("alice", goodPassword)
 	text := logs.String()
 	if strings.Contains(text, `msg="authentication failed"`) {
 		t.Errorf("a refusal of the right password was logged as a failed login:\n%s", text)
@@ -240,7 +250,7 @@ func TestMalformedSASLIsABadCommand(t *testing.T) {
 	if _, banned := g.Banned(ip); banned {
 		t.Fatal("banned for malformed SASL messages")
 	}
-	if d := g.Delay(ip); d != 0 {
+	if d := guardDelay(t, g, "127.0.0.2", "alice"); d != 0 {
 		t.Errorf("guard delay %v: malformed messages counted as failures", d)
 	}
 	if text := logs.String(); strings.Contains(text, `msg="authentication failed"`) {
@@ -248,4 +258,106 @@ func TestMalformedSASLIsABadCommand(t *testing.T) {
 	}
 	c = ts.dialFrom(t, "127.0.0.2")
 	c.login("alice", goodPassword)
+}
+
+// A session kicked (or shut down) while it waits out the failure delay ends
+// at once, rather than hold its goroutine and its place among the open
+// sessions until the delay is over.
+func TestKickEndsTheFailureDelay(t *testing.T) {
+	auth := &blockingAuth{
+		fakeAuth: fakeAuth{users: map[string]string{"alice": goodPassword}},
+		entered:  make(chan struct{}, 1),
+		release:  make(chan struct{}),
+	}
+	close(auth.release)
+	ts := newTestServer(t, func(c *Config) {
+		c.Auth = auth
+		c.AuthFailDelay = time.Minute
+	})
+	c := ts.dial(t)
+	c.expect(`\+OK Pouch ready\.`)
+	c.send("USER alice\r\nPASS wrong\r\n")
+	c.expect(`\+OK send PASS`)
+	<-auth.entered // the failure delay is next
+	who := ts.srv.Who()
+	if len(who) != 1 || ts.srv.Kick(who[0].ID) != 1 {
+		t.Fatalf("sessions %+v", who)
+	}
+	waitSessions(t, ts.srv, 0) // the session's goroutine ended, not only its connection
+}
+
+// One user's failures slow that user only: after max's wrong passwords,
+// lena logs in at once from the same address, with PASS or SASL.
+func TestOtherUsersFailuresDoNotSlowALogin(t *testing.T) {
+	g, err := guard.New(guard.Config{DelayStep: time.Minute, MaxDelay: time.Hour}) // the defaults, but a step no test would wait out
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServer(t, func(c *Config) {
+		c.Guard = g
+		c.Auth = fakeAuth{users: map[string]string{"max": goodPassword, "lena": goodPassword}}
+	})
+	c := ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK Pouch ready\.`)
+	for range 2 {
+		c.send("USER max\r\nPASS wrong\r\n")
+		c.expect(`\+OK send PASS`)
+		c.expect(authFailed)
+	}
+	if d := guardDelay(t, g, "127.0.0.2", "max"); d != time.Minute {
+		t.Fatalf("max's next try waits %v, want a step", d)
+	}
+	lena := ts.dialFrom(t, "127.0.0.2")
+	lena.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	lena.login("lena", goodPassword)
+	lena.send("QUIT\r\n")
+	lena.expect(`\+OK .*`)
+	lena.closed()
+	lena = ts.dialFrom(t, "127.0.0.2")
+	lena.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	lena.expect(`\+OK Pouch ready\.`)
+	lena.send("AUTH PLAIN " + b64("\x00lena\x00"+goodPassword) + "\r\n")
+	lena.expect(`\+OK maildrop has \d+ messages .*`)
+}
+
+// 64 logins at once from one address, of names that logged in from there
+// before, all have their passwords checked at once: none waits for another.
+func TestConcurrentLoginsFromOneAddress(t *testing.T) {
+	const clients = 64
+	g, err := guard.New(guard.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := make(map[string]string)
+	for i := range clients {
+		users[fmt.Sprint("user", i)] = goodPassword
+	}
+	auth := &blockingAuth{fakeAuth: fakeAuth{users: users}, entered: make(chan struct{}, clients), release: make(chan struct{})}
+	ts := newTestServer(t, func(c *Config) {
+		c.Guard, c.Auth = g, auth
+		c.MaxConcurrentAuth = clients
+		c.MaxConnectionsPerIP = 0
+	})
+	for i := range clients { // each name logs in once
+		guardSucceed(t, g, "127.0.0.2", fmt.Sprint("user", i))
+	}
+	conns := make([]*client, clients)
+	for i := range clients {
+		conns[i] = ts.dialFrom(t, "127.0.0.2")
+		conns[i].conn.SetDeadline(time.Now().Add(20 * time.Second))
+		conns[i].expect(`\+OK Pouch ready\.`)
+		conns[i].send(fmt.Sprintf("USER user%d\r\nPASS %s\r\n", i, goodPassword))
+	}
+	for i := range clients {
+		select {
+		case <-auth.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d passwords checked at once; the others wait", i, clients)
+		}
+	}
+	close(auth.release)
+	for _, c := range conns {
+		c.expect(`\+OK send PASS`)
+		c.expect(`\+OK maildrop has \d+ messages .*`)
+	}
 }

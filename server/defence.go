@@ -95,16 +95,16 @@ func (s *session) fields(user string) map[string]string {
 	return nil
 }
 
-// throttle starts an authentication attempt (guard.Attempt) once a
-// password, token or proof has arrived, just before it is checked: it
-// refuses a source banned meanwhile (by this session's own failures,
-// another session's, or pouch ban) and ends the session, and otherwise
-// waits as long as the guard says for this source's recent failures and
-// attempts in progress, within the pre-login timeout. It reports whether
-// the attempt may go on; when not, it has answered. The failure delay
-// (AuthFailDelay) counts from the end of this wait, so the guard's delay
-// adds to it.
-func (s *session) throttle() bool {
+// throttle starts the guard's attempt (guard.Attempt) for user, with
+// mechanism method, once a password, token or proof has arrived, just before
+// it is checked: it refuses a source banned meanwhile (by this session's own
+// failures, another session's, or pouch ban) and ends the session; it
+// refuses a user name locked for this source as a failed login is answered,
+// without checking anything; and otherwise it waits as long as the guard
+// says, within the pre-login timeout. It reports whether the attempt may go
+// on; when not, it has answered. The failure delay (AuthFailDelay) counts
+// from the end of this wait, so the guard's delay adds to it.
+func (s *session) throttle(user, method string) bool {
 	if !s.startCheck() {
 		return false
 	}
@@ -115,7 +115,7 @@ func (s *session) throttle() bool {
 			ctx, cancel = context.WithDeadline(ctx, s.dc.notAfter)
 			defer cancel()
 		}
-		a, d, b, err := g.Attempt(ctx, s.ip)
+		a, d, b, err := g.Attempt(ctx, s.ip, user)
 		if err == nil && d > 0 {
 			s.w.Flush()
 			t := time.NewTimer(d)
@@ -134,6 +134,21 @@ func (s *session) throttle() bool {
 			}
 		}
 		switch {
+		case errors.Is(err, guard.ErrLocked):
+			// Answered as a failure is, after the same delay, so that a
+			// client polling with the right password learns nothing; it is
+			// no failed login (no fail2ban line, the user's own client must
+			// not get her address banned), but a refusal, which the guard
+			// counted toward the source's ban.
+			s.authStart = time.Now()
+			s.loginRefused(user, method, "user locked")
+			s.failDelay()
+			s.w.Err(pop3.CodeAuth, errBadLogin)
+			if b.Net.IsValid() {
+				s.reportBan(b)
+				s.state = stateDone
+			}
+			return false
 		case errors.Is(err, guard.ErrBanned):
 			s.log.Info("attempt from a banned source", "ip", s.ip.String(), "net", b.Net.String())
 			s.w.Err(banReply(b))
@@ -216,7 +231,7 @@ func (s *session) loginDelay(u userSettings) time.Duration {
 }
 
 // admitUser applies the per-user settings after the credentials were found
-// good, which ends the guard's attempt. It answers the client and returns
+// good, which ends the guard's attempt as a success. It answers the client and returns
 // false when the user may not log in now; method is the mechanism used.
 //
 // Only a client that gave the right password learns why it is refused
@@ -233,7 +248,7 @@ func (s *session) admitUser(user, mech string) bool {
 		// The operator's mistake, not the client's: no failure is counted.
 		s.log.Error("login refused: the user's settings in the users file cannot be read", "user", user, "err", errors.Join(errs...))
 		s.loginRefused(user, mech, "invalid settings")
-		s.attemptDone()
+		s.attemptSucceeded()
 		s.w.Err(pop3.CodeSysPerm, "this account's settings are invalid; ask the administrator")
 		return false
 	}
@@ -248,7 +263,7 @@ func (s *session) admitUser(user, mech string) bool {
 	}
 	if u.disabled {
 		s.loginRefused(user, mech, "disabled")
-		s.answerFailure(user, pop3.CodeSysPerm, "POP3 access is disabled for this account")
+		s.answerFailure(pop3.CodeSysPerm, "POP3 access is disabled for this account")
 		return false
 	}
 	maxAge := s.srv.cfg.PasswordMaxAge
@@ -257,10 +272,10 @@ func (s *session) admitUser(user, mech string) bool {
 	}
 	if maxAge > 0 && !u.changed.IsZero() && time.Since(u.changed) > maxAge {
 		s.loginRefused(user, mech, "password expired")
-		s.answerFailure(user, pop3.CodeAuth, "password expired")
+		s.answerFailure(pop3.CodeAuth, "password expired")
 		return false
 	}
-	s.attemptDone()
+	s.attemptSucceeded()
 	if d := s.loginDelay(u); d > 0 {
 		s.srv.mu.Lock()
 		last, ok := s.srv.lastLogin[user]
@@ -284,10 +299,18 @@ func (s *session) admitUser(user, mech string) bool {
 	return true
 }
 
-// attemptDone ends the guard's attempt of a login that did not fail; once
-// the attempt has ended it does nothing.
+// attemptDone ends the guard's attempt of a login whose credentials were
+// not found wrong nor right (nothing was checked, the client left); once the
+// attempt has ended it does nothing.
 func (s *session) attemptDone() {
 	s.attempt.Done()
+	s.attempt = nil
+}
+
+// attemptSucceeded ends the guard's attempt of a login whose credentials
+// were right: the user name is proven from this source.
+func (s *session) attemptSucceeded() {
+	s.attempt.Success()
 	s.attempt = nil
 }
 
@@ -302,8 +325,8 @@ func (s *session) loginRefused(user, method, reason string) {
 // answerFailure answers a failed login, or a refusal for the account itself,
 // as every failure is answered: counted by the guard, after the failure
 // delay; a failure that banned the source ends the session.
-func (s *session) answerFailure(user string, code pop3.Code, text string) {
-	banned := s.guardFailure(user)
+func (s *session) answerFailure(code pop3.Code, text string) {
+	banned := s.guardFailure()
 	s.failDelay()
 	s.w.Err(code, text)
 	if banned {
@@ -345,7 +368,7 @@ func (s *session) failLogin(user, method, reason string) {
 	}
 	s.log.Info("authentication failed", attrs...)
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
-	s.answerFailure(user, code, text)
+	s.answerFailure(code, text)
 }
 
 // AccountSource is implemented by an Authenticator whose list of users can
@@ -362,23 +385,36 @@ const errAccountsDown = "cannot check credentials now; try again later"
 
 // guardFailure records a failure in the guard's attempt, which ends it,
 // and reports whether it banned the source. Every failure follows a check
-// that throttle began the attempt of; without a guard there is none.
-func (s *session) guardFailure(user string) bool {
-	b, ok := s.attempt.Failure(user)
+// that throttle began the attempt of, for the user name the client gave;
+// without a guard there is none.
+func (s *session) guardFailure() bool {
+	b, ok := s.attempt.Failure()
 	s.attempt = nil
 	if ok {
-		s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
-		s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
-		s.srv.cfg.Metrics.Banned()
+		s.reportBan(b)
 	}
 	return ok
 }
 
+// reportBan logs, audits and counts a ban this session's login caused.
+func (s *session) reportBan(b guard.Ban) {
+	s.log.Warn("source banned", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
+	s.srv.audit("ban", "net", b.Net.String(), "until", b.Until, "reason", b.Reason)
+	s.srv.cfg.Metrics.Banned()
+}
+
 // failDelay waits until AuthFailDelay after the attempt began (after the
-// guard's delay), whatever was checked meanwhile.
+// guard's delay), whatever was checked meanwhile, or until the session is
+// aborted (kick, shutdown), which ends it.
 func (s *session) failDelay() {
 	if d := s.srv.cfg.AuthFailDelay - time.Since(s.authStart); s.srv.cfg.AuthFailDelay > 0 && d > 0 {
 		s.w.Flush()
-		time.Sleep(d)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			s.state = stateDone
+		}
 	}
 }

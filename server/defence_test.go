@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,6 +26,39 @@ import (
 	"github.com/pouchmail/pouch/metrics"
 )
 
+// guardAttempt starts in g an attempt of user from ip, as a session does,
+// and returns it with its delay.
+func guardAttempt(t testing.TB, g *guard.Guard, ip, user string) (*guard.Attempt, time.Duration) {
+	t.Helper()
+	a, d, _, err := g.Attempt(context.Background(), netip.MustParseAddr(ip), user)
+	if err != nil {
+		t.Fatalf("guard attempt of %s from %s: %v", user, ip, err)
+	}
+	return a, d
+}
+
+// guardFail records in g a failed login of user from ip.
+func guardFail(t testing.TB, g *guard.Guard, ip, user string) {
+	t.Helper()
+	a, _ := guardAttempt(t, g, ip, user)
+	a.Failure()
+}
+
+// guardSucceed records in g a successful login of user from ip.
+func guardSucceed(t testing.TB, g *guard.Guard, ip, user string) {
+	t.Helper()
+	a, _ := guardAttempt(t, g, ip, user)
+	a.Success()
+}
+
+// guardDelay is g's delay for a login of user from ip now.
+func guardDelay(t testing.TB, g *guard.Guard, ip, user string) time.Duration {
+	t.Helper()
+	a, d := guardAttempt(t, g, ip, user)
+	a.Done()
+	return d
+}
+
 func newGuarded(t *testing.T, mod func(*Config)) (*testServer, *guard.Guard) {
 	t.Helper()
 	g, err := guard.New(guard.Config{MaxFailures: 3, DelayStep: 50 * time.Millisecond, MaxDelay: 200 * time.Millisecond, UserMaxFailures: 4})
@@ -40,22 +74,37 @@ func newGuarded(t *testing.T, mod func(*Config)) (*testServer, *guard.Guard) {
 	return ts, g
 }
 
-func TestFailedLoginsSlowThenBan(t *testing.T) {
-	ts, _ := newGuarded(t, nil)
+// Failed logins of one name from one address slow that name down there,
+// then lock it there; failures for as many names ban the address.
+func TestFailedLoginsSlowLockThenBan(t *testing.T) {
+	ts, g := newGuarded(t, nil) // MaxFailures 3, DelayStep 50 ms
 	c := ts.dialFrom(t, "127.0.0.2")
 	c.expect(`\+OK Pouch ready\.`)
 	var took []time.Duration
-	for i := 0; i < 2; i++ {
+	for range 3 {
 		start := time.Now()
 		c.send("USER alice\r\nPASS wrong\r\n")
 		c.expect(`\+OK send PASS`)
 		c.expect(authFailed)
 		took = append(took, time.Since(start))
 	}
-	if took[1] < 50*time.Millisecond {
-		t.Errorf("second failure answered after %v: no growing delay", took[1])
+	if took[2] < 50*time.Millisecond {
+		t.Errorf("third failure answered after %v: no growing delay", took[2])
 	}
-	// The third failure bans the source and ends the session.
+	// alice is locked here: even her right password is refused.
+	c.send("USER alice\r\nPASS secret\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(authFailed)
+	// Others from this address are not slowed by alice's failures.
+	if d := guardDelay(t, g, "127.0.0.2", "bob"); d != 0 {
+		t.Errorf("bob waits %v for alice's failures", d)
+	}
+	b := ts.dialFrom(t, "127.0.0.2")
+	b.login("bob", "pass word with spaces")
+	// A third name that fails bans the source and ends the session.
+	c.send("USER carol\r\nPASS wrong\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(authFailed)
 	c.send("USER nobody\r\nPASS wrong\r\n")
 	c.expect(`\+OK send PASS`)
 	c.expect(authFailed)
@@ -74,7 +123,7 @@ func TestUserLockSparesCleanSource(t *testing.T) {
 	// Attackers on two addresses fail for alice, two times each (no ban).
 	for _, ip := range []string{"127.0.0.4", "127.0.0.5"} {
 		for i := 0; i < 2; i++ {
-			g.Failure(netip.MustParseAddr(ip), "alice")
+			guardFail(t, g, ip, "alice")
 		}
 	}
 	// Even the right password is refused from an attacking address…
@@ -278,8 +327,8 @@ func TestAuditAndMetrics(t *testing.T) {
 	ts.deliver(t, "alice", msg1, msg2)
 	c := ts.dialFrom(t, "127.0.0.2")
 	c.expect(`\+OK.*`)
-	for i := 0; i < 3; i++ {
-		c.send("USER alice\r\nPASS wrong\r\n")
+	for _, user := range []string{"alice", "bob", "nobody"} { // a ban for spraying
+		c.send("USER " + user + "\r\nPASS wrong\r\n")
 		c.expect(`\+OK send PASS`)
 		c.expect(authFailed)
 	}
@@ -351,8 +400,8 @@ func TestBanStopsOpenSessions(t *testing.T) {
 	// Another connection from the same address gets it banned.
 	c := ts.dialFrom(t, "127.0.0.2")
 	c.expect(`\+OK Pouch ready\.`)
-	for i := 0; i < 3; i++ {
-		c.send("USER alice\r\nPASS wrong\r\n")
+	for _, user := range []string{"bob", "carol", "nobody"} {
+		c.send("USER " + user + "\r\nPASS wrong\r\n")
 		c.expect(`\+OK send PASS`)
 		c.expect(authFailed)
 	}
@@ -418,14 +467,15 @@ func (a *countingAuth) Verify(user, password string) bool {
 const goodPassword = "Kq7-vTz2-mW9p"
 
 // burst opens n connections from ip at once, each sending pairs pipelined
-// USER/PASS pairs with wrong passwords, and returns when each -ERR [AUTH]
-// came (after start) and how many connections were refused as banned.
+// USER/PASS pairs for alice with wrong passwords and QUIT, and returns when each
+// -ERR [AUTH] came (after start) and how many connections were refused as
+// banned.
 func burst(t *testing.T, addr, ip string, n, pairs int) (authAt []time.Duration, banned int) {
-	return burstWith(t, addr, ip, n, pairs, func(i, j int) string { return fmt.Sprintf("wrong-%d-%d-guess", i, j) })
+	return burstWith(t, addr, ip, n, pairs, func(i, j int) (string, string) { return "alice", fmt.Sprintf("wrong-%d-%d-guess", i, j) })
 }
 
-// burstWith is burst with the guess of pair j on connection i.
-func burstWith(t *testing.T, addr, ip string, n, pairs int, guess func(i, j int) string) (authAt []time.Duration, banned int) {
+// burstWith is burst with the user name and guess of pair j on connection i.
+func burstWith(t *testing.T, addr, ip string, n, pairs int, guess func(i, j int) (user, password string)) (authAt []time.Duration, banned int) {
 	t.Helper()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -444,8 +494,10 @@ func burstWith(t *testing.T, addr, ip string, n, pairs int, guess func(i, j int)
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			var b strings.Builder
 			for j := range pairs {
-				fmt.Fprintf(&b, "USER alice\r\nPASS %s\r\n", guess(i, j))
+				user, password := guess(i, j)
+				fmt.Fprintf(&b, "USER %s\r\nPASS %s\r\n", user, password)
 			}
+			b.WriteString("QUIT\r\n") // a connection never banned ends too
 			if _, err := io.WriteString(c, b.String()); err != nil {
 				t.Error(err)
 				return
@@ -475,11 +527,14 @@ func burstWith(t *testing.T, addr, ip string, n, pairs int, guess func(i, j int)
 	return authAt, banned
 }
 
-// Parallel connections from one source, each with pipelined attempts, get
-// the growing delay one after another, and no more passwords are checked
-// than the failures that ban the source: one ban, the first.
+// Parallel connections from one source, each with pipelined attempts at one
+// name: no more of its passwords are checked than the failures that lock
+// the name there, whatever the number of connections; later attempts are
+// refused as failures are, without a check, and the refusals ban the source
+// at SourceMaxFailures. The checked attempts ran at once: none waited for
+// another's delay.
 func TestParallelAttemptsFromOneSource(t *testing.T) {
-	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 40 * time.Millisecond, MaxDelay: 320 * time.Millisecond})
+	g, err := guard.New(guard.Config{MaxFailures: 10, SourceMaxFailures: 50, DelayStep: 40 * time.Millisecond, MaxDelay: 320 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -490,25 +545,21 @@ func TestParallelAttemptsFromOneSource(t *testing.T) {
 	})
 	authAt, banned := burst(t, ts.addr, "127.0.0.2", 20, 5)
 	if n := auth.checks.Load(); n != 10 {
-		t.Errorf("%d passwords checked; the ban comes after 10", n)
+		t.Errorf("%d passwords checked; alice is locked after 10", n)
 	}
-	// The connection whose failure banned the source ends with its -ERR
-	// [AUTH]; every other one is told of the ban.
-	if len(authAt) != 10 || banned != 19 {
-		t.Fatalf("%d wrong-password replies, %d connections refused as banned; want 10 and 19", len(authAt), banned)
-	}
-	// The failure delay, then a step more for each attempt before.
-	for i, at := range authAt {
-		if want := 100*time.Millisecond + min(time.Duration(i)*40*time.Millisecond, 320*time.Millisecond); at < want {
-			t.Errorf("failure %d answered after %v, before %v: %v", i+1, at, want, authAt)
-		}
+	// 10 failures and 40 refusals are answered -ERR [AUTH]; the refusal
+	// that banned the source ends its session, and every other connection
+	// is told of the ban at its next attempt.
+	if len(authAt) != 50 || banned == 0 {
+		t.Fatalf("%d wrong-password replies, %d connections refused as banned; want 50 and some", len(authAt), banned)
 	}
 	if b := g.Bans(); len(b) != 1 || b[0].Count != 1 || b[0].Until.Sub(b[0].Since) != 15*time.Minute {
 		t.Fatalf("bans after one burst: %+v; want one first ban of 15 minutes", b)
 	}
 }
 
-// The guard's delay comes before the attempt and the failure delay after
+// The guard's delay (a step for each failure of the name from the address
+// after the first) comes before the attempt and the failure delay after
 // it: the two add up.
 func TestGuardDelayAddsToFailureDelay(t *testing.T) {
 	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 100 * time.Millisecond})
@@ -526,7 +577,7 @@ func TestGuardDelayAddsToFailureDelay(t *testing.T) {
 		c.send("USER alice\r\nPASS wrong\r\n")
 		c.expect(`\+OK send PASS`)
 		c.expect(authFailed)
-		if took, want := time.Since(start), 200*time.Millisecond+time.Duration(i)*100*time.Millisecond; took < want {
+		if took, want := time.Since(start), 200*time.Millisecond+time.Duration(max(i-1, 0))*100*time.Millisecond; took < want {
 			t.Errorf("failure %d answered after %v, before %v", i+1, took, want)
 		}
 	}
@@ -559,7 +610,7 @@ func TestInvalidUserSettings(t *testing.T) {
 		c.expect(`\+OK send PASS`)
 		c.expect(`-ERR \[SYS/PERM\] this account's settings are invalid; ask the administrator`)
 	}
-	if d := g.Delay(netip.MustParseAddr("127.0.0.2")); d != 0 {
+	if d := guardDelay(t, g, "127.0.0.2", "alice"); d != 0 {
 		t.Errorf("refusals for the operator's mistake were counted as failures (delay %v)", d)
 	}
 	text := logs.String()
@@ -645,7 +696,6 @@ func TestRefusedLoginsAudited(t *testing.T) {
 			},
 		}
 	})
-	ip := netip.MustParseAddr("127.0.0.2")
 	c := ts.dialFrom(t, "127.0.0.2")
 	c.expect(`\+OK.*`)
 	for _, pw := range []string{goodPassword, "wrong-password-1"} {
@@ -661,7 +711,7 @@ func TestRefusedLoginsAudited(t *testing.T) {
 			t.Errorf("disabled account, password %q: answered after %v, before the failure delay", pw, took)
 		}
 	}
-	if d := g.Delay(ip); d != 20*time.Millisecond {
+	if d := guardDelay(t, g, "127.0.0.2", "off"); d != 10*time.Millisecond {
 		t.Errorf("a disabled account's right and wrong passwords: guard delay %v, want two failures counted", d)
 	}
 	c.send("USER old\r\nPASS " + goodPassword + "\r\n")
@@ -703,8 +753,8 @@ func TestRefusedConnectionsLogged(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		c.Rules = rules
 	})
-	for range 3 {
-		g.Failure(netip.MustParseAddr("127.0.0.2"), "alice")
+	for _, user := range []string{"alice", "bob", "carol"} {
+		guardFail(t, g, "127.0.0.2", user)
 	}
 	for range 5 {
 		for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {

@@ -57,7 +57,8 @@ type saslMechanism struct {
 
 // saslResult is what an exchange found out.
 type saslResult struct {
-	user string // the user authenticated, or who tried
+	method string // "AUTH " and the mechanism's name
+	user   string // the user authenticated, or who tried
 	// attempted: a message bearing credentials arrived and the guard's
 	// attempt began (beginCheck); an exchange that fails without it was
 	// malformed and checked nothing.
@@ -66,12 +67,13 @@ type saslResult struct {
 	checked   bool // credentials were checked and found wrong
 }
 
-// beginCheck starts the guard's attempt (throttle) when a message bearing
-// credentials has arrived, just before they are checked, and reports
-// whether they may be checked. When not, the client was answered and the
-// mechanism ends the exchange with errRefused.
+// beginCheck starts the guard's attempt (throttle) for res.user, the name
+// the client gave, when a message bearing credentials has arrived, just
+// before they are checked, and reports whether they may be checked. When
+// not, the client was answered and the mechanism ends the exchange with
+// errRefused.
 func (s *session) beginCheck(res *saslResult) bool {
-	if !s.throttle() {
+	if !s.throttle(res.user, res.method) {
 		res.refused = true
 		return false
 	}
@@ -179,7 +181,8 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 	// its source. However the exchange ends without a failed check
 	// (cancelled, cut off), the attempt ends with it.
 	defer s.attemptDone()
-	var res saslResult
+	method := "AUTH " + mech.name
+	res := saslResult{method: method}
 	server := mech.start(s, &res)
 	var response []byte // nil: no initial response
 	if len(cmd.Args) == 2 {
@@ -192,7 +195,6 @@ func (s *session) cmdAUTH(cmd pop3.Command) {
 			}
 		}
 	}
-	method := "AUTH " + mech.name
 	for {
 		challenge, done, err := server.Next(response)
 		if res.refused {

@@ -709,7 +709,7 @@ func (s *session) cmdPASS(cmd pop3.Command) {
 		return
 	}
 	// RFC 1939 §7: the password is the rest of the line and may hold spaces.
-	if !s.throttle() {
+	if !s.throttle(user, "PASS") {
 		return
 	}
 	s.login(user, "PASS", s.srv.verify(user, cmd.Rest))
@@ -734,7 +734,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 		return
 	}
 	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
-	if !s.throttle() {
+	if !s.throttle(user, "APOP") {
 		return
 	}
 	secret, ok := s.srv.cfg.Auth.APOPSecret(user)
@@ -754,19 +754,6 @@ func (s *session) login(user, method string, ok bool) {
 	if len(user) > maxNameOctets {
 		// No user has such a name; keep logs, audit and the guard small.
 		user, ok = user[:maxNameOctets], false
-	}
-	if ok && s.srv.cfg.Guard != nil && s.srv.cfg.Guard.UserLocked(s.ip, user) {
-		// The right password, from a source that failed itself, for a user
-		// name under attack: refused with the reply and the delay of a
-		// failure, so that nothing tells it was right. It is no failed
-		// login, though: counted, the user's own client polling with the
-		// right password would keep the name locked and get her address
-		// banned. Its log line is a refusal's, which fail2ban does not match.
-		s.loginRefused(user, method, "user locked")
-		s.attemptDone()
-		s.failDelay()
-		s.w.Err(pop3.CodeAuth, errBadLogin)
-		return
 	}
 	if !ok {
 		s.failLogin(user, method, "")

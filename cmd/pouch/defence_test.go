@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -127,8 +128,12 @@ func TestBanDelAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 10 {
-		g.Failure(netip.MustParseAddr("::1"), "alice")
+	for i := range 10 { // failures for 10 names ban the source
+		a, _, _, err := g.Attempt(context.Background(), netip.MustParseAddr("::1"), fmt.Sprint("user", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Failure()
 	}
 	if _, e, code := pouch(t, "", "ban", "del", "--data", data, "::1/128"); code != 1 || !strings.Contains(e, "no ban of ::1/128") {
 		t.Fatalf("ban del ::1/128: exit %d, %s", code, e)

@@ -49,7 +49,7 @@ type defenceSettings struct {
 }
 
 func (d *defenceSettings) register(fs *flag.FlagSet) {
-	fs.IntVar(&d.banAfter, "ban-after", 10, "ban a source after this `many` failed logins within --ban-window (0: never ban)")
+	fs.IntVar(&d.banAfter, "ban-after", 10, "lock a user name for an address after this `many` failed logins within --ban-window; ban an address failing for as many names, or 10 times as often (0: never)")
 	fs.DurationVar(&d.banWindow, "ban-window", 15*time.Minute, "how `long` a failed login counts")
 	fs.DurationVar(&d.banTime, "ban-time", 15*time.Minute, "the first ban's `length`; it doubles for repeat offenders, up to a day")
 	fs.StringVar(&d.trusted, "trusted-networks", "", "`networks` (CIDR, comma-separated) never slowed down or banned")
