@@ -190,7 +190,7 @@ func TestAuditActor(t *testing.T) {
 func TestUserAddRefusesUserName(t *testing.T) {
 	data := t.TempDir()
 	_, e, code := pouch(t, "alicealice2024\n", "user", "add", "--data", data, "alice")
-	if code != 1 || !strings.Contains(e, "the user name repeated and a year") {
+	if code != 1 || !strings.Contains(e, "built from the user name repeated") {
 		t.Fatalf("user add with the user name as password: exit %d, %s", code, e)
 	}
 }
