@@ -106,8 +106,8 @@ func TestBreachedSHA1(t *testing.T) {
 // Random passwords pass however their characters happen to fall: zxcvbn
 // counts twelve letters and digits as 40 bits and twenty digits as 66, less
 // only for the parts that happen to be what guessers try first, which
-// never takes them under the bar (bench/strength measures how far above it
-// they stay over a million of them).
+// takes about 6 in a million of the twelve under the bar (bench/strength
+// measures it over a million).
 func TestRandomPasswordsPass(t *testing.T) {
 	const alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 	for i, tc := range []struct {
