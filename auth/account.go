@@ -205,26 +205,20 @@ var settingParsers = []struct {
 		a.PasswordChanged = time.Unix(n, 0)
 		return nil
 	}},
-	{fieldAllowNets, func(a *Account, v string) (err error) {
-		a.Access.AllowNets, err = netlist.Parse(v)
-		return err
+	{fieldAllowNets, func(a *Account, v string) error {
+		return set(&a.Access.AllowNets, v, netlist.Parse)
 	}},
-	{fieldDenyNets, func(a *Account, v string) (err error) {
-		a.Access.DenyNets, err = netlist.Parse(v)
-		return err
+	{fieldDenyNets, func(a *Account, v string) error {
+		return set(&a.Access.DenyNets, v, netlist.Parse)
 	}},
-	{fieldAllowCountries, func(a *Account, v string) (err error) {
-		a.Access.AllowCountries, err = parseCountries(v)
-		return err
+	{fieldAllowCountries, func(a *Account, v string) error {
+		return set(&a.Access.AllowCountries, v, parseCountries)
 	}},
-	{fieldDenyCountries, func(a *Account, v string) (err error) {
-		a.Access.DenyCountries, err = parseCountries(v)
-		return err
+	{fieldDenyCountries, func(a *Account, v string) error {
+		return set(&a.Access.DenyCountries, v, parseCountries)
 	}},
 	{fieldQuotaStorage, func(a *Account, v string) error {
-		n, err := units.ParseSize(v)
-		a.Quota.Storage = Own(n)
-		return err
+		return setOwn(&a.Quota.Storage, v, units.ParseSize)
 	}},
 	{fieldQuotaMessages, func(a *Account, v string) error {
 		n, err := strconv.Atoi(v)
@@ -235,20 +229,32 @@ var settingParsers = []struct {
 		return nil
 	}},
 	{FieldExpire, func(a *Account, v string) error {
-		e, err := ParseExpire(v)
-		a.Retention.Expire = Own(e)
-		return err
+		return setOwn(&a.Retention.Expire, v, ParseExpire)
 	}},
 	{FieldExpireFrom, func(a *Account, v string) error {
-		from, err := ParseExpireFrom(v)
-		a.Retention.FromRetrieval = Own(from)
-		return err
+		return setOwn(&a.Retention.FromRetrieval, v, ParseExpireFrom)
 	}},
 	{FieldWindow, func(a *Account, v string) error {
-		d, err := ParseWindow(v)
-		a.Retention.Window = Own(d)
-		return err
+		return setOwn(&a.Retention.Window, v, ParseWindow)
 	}},
+}
+
+// set stores in *dst what parse reads from v, if it can.
+func set[T any](dst *T, v string, parse func(string) (T, error)) error {
+	x, err := parse(v)
+	if err == nil {
+		*dst = x
+	}
+	return err
+}
+
+// setOwn sets the setting *dst to what parse reads from v, if it can.
+func setOwn[T any](dst *Setting[T], v string, parse func(string) (T, error)) error {
+	x, err := parse(v)
+	if err == nil {
+		*dst = Own(x)
+	}
+	return err
 }
 
 // parseSettings reads the settings among fields into a. It returns one

@@ -227,3 +227,31 @@ func TestParseExpire(t *testing.T) {
 		}
 	}
 }
+
+// No field value panics the parser, a value it takes is read the same
+// every time, and one it refuses leaves nothing set.
+func FuzzSettings(f *testing.F) {
+	for _, p := range settingParsers {
+		f.Add(p.field, "")
+		f.Add(p.field, "0")
+		f.Add(p.field, "10.0.0.0/8, ::ffff:1.2.3.4/120")
+		f.Add(p.field, "9223372036854775807G")
+	}
+	f.Add("expire", "0d")
+	f.Add("allow_countries", "de,FR, ")
+	f.Fuzz(func(t *testing.T, key, value string) {
+		var a, b Account
+		errs := parseSettings(&a, map[string]string{key: value})
+		parseSettings(&b, map[string]string{key: value})
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("%s=%q read two ways: %+v, %+v", key, value, a, b)
+		}
+		if len(errs) > 1 || len(errs) == 1 && (!strings.HasPrefix(errs[0].Error(), key+": ") || !reflect.DeepEqual(a, Account{})) {
+			t.Fatalf("%s=%q: %v, with %+v", key, value, errs, a)
+		}
+		if a.LoginDelay.Value < 0 || a.PasswordMaxAge.Value < 0 || a.Quota.Storage.Value < 0 || a.Quota.Messages.Value < 0 ||
+			a.Retention.Window.Value < 0 || a.Retention.Expire.Value.After < 0 {
+			t.Fatalf("%s=%q gave a negative setting: %+v", key, value, a)
+		}
+	})
+}
