@@ -78,7 +78,7 @@ func SetPassword(path, name, password string) error {
 			// The old keys would let the old password in.
 			l.delExtra(scramField)
 		}
-		l.setExtra(ChangedField, f[ChangedField])
+		l.setExtra(fieldPasswordChanged, f[fieldPasswordChanged])
 		lines[i] = l.String()
 		return lines, nil
 	})
@@ -87,12 +87,18 @@ func SetPassword(path, name, password string) error {
 // SetFields sets (value non-nil) or removes (value nil) extra fields of
 // name's line (in any form, see NormalizeName), such as "nologin" or
 // "login_delay", keeping the rest of the line. It fails with ErrNoSuchUser if
-// name is not in the file.
+// name is not in the file, and refuses a value that the account's setting
+// cannot take (the error names the field), which would refuse the account.
 func SetFields(path, name string, fields map[string]*string) error {
 	name = NormalizeName(name)
 	for k, v := range fields {
 		if k == "" || strings.ContainsAny(k, " =:\t\n") || (v != nil && strings.ContainsAny(*v, " :\t\n")) {
 			return fmt.Errorf("auth: invalid extra field %q", k)
+		}
+		if v != nil {
+			if err := checkSetting(k, *v); err != nil {
+				return fmt.Errorf("auth: %w", err)
+			}
 		}
 	}
 	return updateExisting(path, name, func(lines []string) ([]string, error) {
@@ -165,10 +171,6 @@ func ListUsers(path string) ([]string, error) {
 	return names, nil
 }
 
-// ChangedField is the extra field holding when the password was last set,
-// in seconds since 1970, for a maximum password age.
-const ChangedField = "password_changed"
-
 // newPasswordLine returns the line of a new user: the password as {ARGON2ID},
 // and its SCRAM-SHA-256 credentials in the extra fields when SCRAM can use
 // the password.
@@ -181,7 +183,7 @@ func newPasswordLine(name, password string) (userLine, error) {
 	if creds, err := scramCredentials(password); err == nil {
 		l.setExtra(scramField, creds)
 	}
-	l.setExtra(ChangedField, strconv.FormatInt(time.Now().Unix(), 10))
+	l.setExtra(fieldPasswordChanged, strconv.FormatInt(time.Now().Unix(), 10))
 	return l, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -218,11 +219,11 @@ func TestAPOPSecret(t *testing.T) {
 			t.Errorf("APOPSecret(%q) = %q, %v; want %q, %v", tt.name, s, ok, tt.secret, tt.ok)
 		}
 	}
-	if !u.APOPAvailable() {
-		t.Error("APOPAvailable is false with {PLAIN} users")
+	if !u.Summary().APOP {
+		t.Error("Summary().APOP is false with {PLAIN} users")
 	}
-	if openUsers(t, writeFile(t, "h:"+vecArgon2Pouch, "e:{PLAIN}")).APOPAvailable() {
-		t.Error("APOPAvailable is true without a usable cleartext secret")
+	if openUsers(t, writeFile(t, "h:"+vecArgon2Pouch, "e:{PLAIN}")).Summary().APOP {
+		t.Error("Summary().APOP is true without a usable cleartext secret")
 	}
 }
 
@@ -691,17 +692,19 @@ func TestExtraFields(t *testing.T) {
 		"b:{PLAIN}y::::::",
 		"c:{PLAIN}z",
 	))
-	f := u.Fields("a")
-	if f["quota_storage"] != "1G" || f["allow_nets"] != "10.0.0.0/8,::1" || len(f) != 3 {
-		t.Errorf("Fields(a) = %v", f)
+	// nopop3 is no field Pouch reads: it is kept and ignored.
+	a, err := u.Account("a")
+	want := Access{AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	if err != nil || a.Name != "a" || a.Quota != (Quota{Storage: Own(int64(1 << 30))}) || !reflect.DeepEqual(a.Access, want) {
+		t.Errorf("Account(a) = %+v, %v", a, err)
 	}
-	if _, ok := f["nopop3"]; !ok {
-		t.Errorf("Fields(a) lacks a bare key: %v", f)
-	}
-	for _, name := range []string{"b", "c", "nobody"} {
-		if f := u.Fields(name); f != nil {
-			t.Errorf("Fields(%s) = %v, want nil", name, f)
+	for _, name := range []string{"b", "c"} {
+		if a, err := u.Account(name); err != nil || !reflect.DeepEqual(a, Account{Name: name, Credentials: a.Credentials}) {
+			t.Errorf("Account(%s) = %+v, %v; want no settings", name, a, err)
 		}
+	}
+	if _, err := u.Account("nobody"); !errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrUnavailable) {
+		t.Errorf("Account(nobody) = %v, want ErrNoSuchUser", err)
 	}
 }
 
@@ -722,8 +725,8 @@ func TestSCRAMCredentials(t *testing.T) {
 	fmt.Fprintf(f, "user:%s::::::\nold:{PLAIN}x\ndv:%s\n", rfc7677, doveadm)
 	f.Close()
 	u := openUsers(t, path)
-	if !u.SCRAMAvailable() {
-		t.Fatal("SCRAMAvailable is false")
+	if !u.Summary().SCRAM {
+		t.Fatal("Summary().SCRAM is false")
 	}
 	for _, name := range []string{"alice", "user", "dv"} {
 		creds, ok := u.SCRAMCredentials(name)
@@ -771,11 +774,11 @@ func TestSetFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	u := openUsers(t, path)
-	if f := u.Fields("a"); f["quota_storage"] != "1G" || f["login_delay"] != "60" || len(f) != 3 {
-		t.Fatalf("fields of a: %v", f)
+	if a, err := u.Account("a"); err != nil || a.Quota.Storage != Own(int64(1<<30)) || a.LoginDelay != Own(time.Minute) || !a.Disabled {
+		t.Fatalf("account a: %+v, %v", a, err)
 	}
-	if _, ok := u.Fields("b")["nologin"]; !ok {
-		t.Fatal("b lacks nologin")
+	if b, err := u.Account("b"); err != nil || !b.Disabled {
+		t.Fatalf("account b is not disabled: %+v, %v", b, err)
 	}
 	if err := SetFields(path, "a", map[string]*string{"nologin": nil}); err != nil {
 		t.Fatal(err)
@@ -791,12 +794,22 @@ func TestSetFields(t *testing.T) {
 	if err := SetFields(path, "a", map[string]*string{"x": &bad}); err == nil {
 		t.Fatal("a value with a space was accepted")
 	}
+	// A value that would refuse the account is not written.
+	before, _ := os.ReadFile(path)
+	for k, v := range map[string]string{"login_delay": "soon", "expire": "tomorrow", "quota_storage": "lots"} {
+		if err := SetFields(path, "a", map[string]*string{k: &v}); err == nil || !strings.Contains(err.Error(), k+": ") {
+			t.Errorf("SetFields(%s=%s) = %v, want an error naming the field", k, v, err)
+		}
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Errorf("a refused value changed the file:\n%s", after)
+	}
 }
 
 func TestMaxLoginDelay(t *testing.T) {
 	t.Parallel()
 	u := openUsers(t, writeFile(t, "a:{PLAIN}x::::::login_delay=60", "b:{PLAIN}y::::::login_delay=900", "c:{PLAIN}z"))
-	if d := u.MaxLoginDelay(); d != 900*time.Second {
-		t.Fatalf("MaxLoginDelay = %v", d)
+	if d := u.Summary().MaxLoginDelay; d != 900*time.Second {
+		t.Fatalf("Summary().MaxLoginDelay = %v", d)
 	}
 }

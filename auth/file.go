@@ -1,9 +1,12 @@
-// Package auth is Pouch's user database: a Dovecot passwd-file compatible users
-// file, password hashing and verification.
+// Package auth is Pouch's accounts: the Account record and the Source
+// interface that every package reads users through, the Dovecot
+// passwd-file compatible users file that is its first Source, password
+// hashing and verification, and the strength of new passwords.
 //
 // The users file has one user per line, "name:{SCHEME}secret:uid:gid:gecos:home:shell:extra".
-// Only the name and the password are used; the other fields may be absent and
-// are kept as they are when a password changes. Blank lines and lines starting
+// The name, the password and the extra fields (the account's settings: see
+// Account) are used; the other fields may be absent and are kept as they are
+// when a password changes. Blank lines and lines starting
 // with '#' are ignored and kept on rewrite. A name listed twice means its first
 // line (as in Dovecot).
 //

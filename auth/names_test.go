@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // jörg composed (NFC) and decomposed (NFD: o and a combining diaeresis).
@@ -82,8 +83,8 @@ func TestLoadNormalizesNames(t *testing.T) {
 	if !u.Exists(jorgNFC) || !u.Verify(jorgNFC, pw) {
 		t.Error("the NFD line is not found under the NFC name")
 	}
-	if u.Fields(jorgNFC)["login_delay"] != "30" {
-		t.Errorf("Fields(NFC) = %v", u.Fields(jorgNFC))
+	if a, err := u.Account(jorgNFC); err != nil || a.LoginDelay != Own(30*time.Second) || a.Name != jorgNFC {
+		t.Errorf("Account(NFC) = %+v, %v", a, err)
 	}
 	if w := u.Warnings(); len(w) != 1 || !strings.Contains(w[0], "listed again") {
 		t.Errorf("Warnings = %q, want one for the second form of the name", w)

@@ -103,38 +103,25 @@ func (s *scramSecret) verify(password string) bool {
 	return err == nil && subtle.ConstantTimeCompare(got.StoredKey, s.creds.StoredKey) == 1
 }
 
-// scramOf returns the SCRAM credentials of a user line: from a
-// {SCRAM-SHA-256} password, or from the scram extra field.
-func scramOf(sec secret, fields map[string]string) (scram.StoredCredentials, bool) {
-	if s, ok := sec.(*scramSecret); ok {
-		return s.creds, true
-	}
-	v, ok := fields[scramField]
-	if !ok || sec == nil {
-		return scram.StoredCredentials{}, false
-	}
-	v, ok = strings.CutPrefix(v, "{SCRAM-SHA-256}")
+// parseSCRAMField reads the scram_sha_256 field: "{SCRAM-SHA-256}" and the
+// credentials.
+func parseSCRAMField(v string) (*scram.StoredCredentials, error) {
+	v, ok := strings.CutPrefix(v, "{SCRAM-SHA-256}")
 	if !ok {
-		return scram.StoredCredentials{}, false
+		return nil, errors.New("not {SCRAM-SHA-256} credentials")
 	}
 	s, err := parseSCRAM(v)
 	if err != nil {
-		return scram.StoredCredentials{}, false
+		return nil, err
 	}
-	return s.creds, true
+	return &s.creds, nil
 }
 
 // SCRAMCredentials returns the SCRAM-SHA-256 credentials of name, if the
 // users file has them (users whose password was set by Pouch, or stored as
-// {SCRAM-SHA-256}).
+// {SCRAM-SHA-256}). It makes Users a SCRAMSource.
 func (u *Users) SCRAMCredentials(name string) (scram.StoredCredentials, bool) {
-	db := u.current()
-	return scramOf(db.users[name], db.fields[name])
-}
-
-// SCRAMAvailable reports whether any user has SCRAM-SHA-256 credentials.
-func (u *Users) SCRAMAvailable() bool {
-	return u.current().scram
+	return u.current().accounts[name].Credentials.scramKeys()
 }
 
 // delExtra removes key from the extra fields of a user line.

@@ -104,7 +104,7 @@ func TestUsersFileFaultsKeepTheLastGoodList(t *testing.T) {
 				if known, err := u.Known("bob"); known || !errors.As(err, &se) {
 					t.Errorf("Known(bob) = %v, %v; want false with the fault: not confirmed, not unknown", known, err)
 				}
-				if !u.Verify("alice", "alice-pw") || u.Fields("alice")["quota_storage"] != "1M" {
+				if a, err := u.Account("alice"); !u.Verify("alice", "alice-pw") || err != nil || a.Quota.Storage != Own(int64(1<<20)) {
 					t.Error("alice's line is not in use while the file is bad")
 				}
 				if err := u.Reload(); !errors.As(err, &se) {

@@ -36,29 +36,32 @@ func TestCheckStrength(t *testing.T) {
 }
 
 // Passwords built from what guessers try first are refused, whatever their
-// length and kinds of characters, with what they are built from.
+// length and kinds of characters, with what they are built from; those on
+// zxcvbn's list of common passwords (reason "") as such.
 func TestPredictablePasswords(t *testing.T) {
 	for _, tc := range []struct{ user, password, reason string }{
-		{"bob", "Summer2024!!", "a common word, a year and a repeated character"},
-		{"bob", "qwertyuiop12", "a run of neighbouring keys"},
-		{"bob", "asdfghjkl123", "a run of neighbouring keys and a sequence"},
-		{"bob", "1qaz2wsx3edc4rfv", "runs of neighbouring keys"},
-		{"bob", "iloveyouiloveyou", "a repeated common word"},
-		{"bob", "passwordpassword1", "a repeated common word"},
-		{"bob", "Password2024!", "a common word and a year"},
-		{"bob", "Welcome2024!", "a common word and a year"},
-		{"bob", "p4$$w0rd-2019!", "a common word and a year"},
-		{"bob", "drowssap12345", "a common word and a sequence"},
+		{"bob", "Summer2024!!", "a common password"},
+		{"bob", "qwertyuiop12", ""},
+		{"bob", "asdfghjkl123", ""},
+		{"bob", "1qaz2wsx3edc4rfv", ""},
+		{"bob", "iloveyouiloveyou", "a repeated common password"},
+		{"bob", "passwordpassword1", "a repeated common password"},
+		{"bob", "Password2024!", "a common password"},
+		{"bob", "Welcome2024!", "a common password"},
+		{"bob", "p4$$w0rd-2019!", "a common password"},
+		{"bob", "drowssap12345", "common passwords"},
 		{"bob", "abcabcabcabc", "a repeated sequence"},
-		{"bob", "Dragon Monkey Summer Football", "common words"},
-		{"bob", "Autumn25.12.1990", "a common word and a date"},
-		{"alice", "alicealice2024", "the user name repeated and a year"},
+		{"bob", "Autumn25.12.1990", "a common name and a date"},
+		{"alice", "alicealice2024", "the user name repeated and a run of neighbouring keys"},
 		{"alice.smith", "Alice.Smith1987", "the user name and a year"},
-		{"carol", "c4r0l-1990-c4r0l", "the user name and a year"},
 	} {
 		err := CheckStrength(tc.password, "", tc.user)
-		if err == nil || !strings.Contains(err.Error(), "too predictable") || !strings.Contains(err.Error(), "built from "+tc.reason+";") {
-			t.Errorf("CheckStrength(%q) for %s = %v, want it built from %s", tc.password, tc.user, err, tc.reason)
+		want := "too predictable"
+		if tc.reason == "" {
+			want = "one of the most common passwords"
+		}
+		if err == nil || !strings.Contains(err.Error(), want) || (tc.reason != "" && !strings.Contains(err.Error(), "built from "+tc.reason+";")) {
+			t.Errorf("CheckStrength(%q) for %s = %v, want it %s, built from %q", tc.password, tc.user, err, want, tc.reason)
 		}
 	}
 }
@@ -100,67 +103,69 @@ func TestBreachedSHA1(t *testing.T) {
 	}
 }
 
-// Random passwords pass however their characters happen to fall: twelve
-// letters and digits (71 bits) and twenty digits (66 bits) are refused only
-// when they are made of what guessers try first, which random characters
-// practically never are.
+// Random passwords pass however their characters happen to fall: zxcvbn
+// counts twelve letters and digits as 40 bits and twenty digits as 66, less
+// only for the parts that happen to be what guessers try first, which
+// takes about 6 in a million of the twelve under the bar (bench/strength
+// measures it over a million).
 func TestRandomPasswordsPass(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, tc := range []struct {
-		alphabet string
-		length   int
+	const alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	for i, tc := range []struct {
+		alphabet        string
+		length, samples int
 	}{
-		{"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 12},
-		{"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 16},
-		{"0123456789", 20},
-		{"0123456789", 24},
-		{"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", 12},
+		// The policy's edge: the fewest bits of random passwords that
+		// pass. The others stay far above the bar and are sampled less,
+		// since zxcvbn takes milliseconds a password under the race
+		// detector.
+		{alnum, 12, 2000},
+		{alnum, 16, 500},
+		{"0123456789", 20, 500},
+		{"0123456789", 24, 500},
+		{alnum + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", 12, 500},
 	} {
-		refused := 0
-		for range 2000 {
-			b := make([]byte, tc.length)
-			for i := range b {
-				b[i] = tc.alphabet[rng.IntN(len(tc.alphabet))]
-			}
-			if err := CheckStrength(string(b), "", "alice"); err != nil {
-				if refused++; refused <= 3 {
-					t.Errorf("random %q refused: %v", b, err)
+		t.Run(fmt.Sprintf("%d of %d", tc.length, len(tc.alphabet)), func(t *testing.T) {
+			t.Parallel()
+			rng := rand.New(rand.NewPCG(1, uint64(2+i)))
+			refused := 0
+			for range tc.samples {
+				b := make([]byte, tc.length)
+				for i := range b {
+					b[i] = tc.alphabet[rng.IntN(len(tc.alphabet))]
+				}
+				if err := CheckStrength(string(b), "", "alice"); err != nil {
+					if refused++; refused <= 3 {
+						t.Errorf("random %q refused: %v", b, err)
+					}
 				}
 			}
-		}
-		if refused > 0 {
-			t.Errorf("%d of 2000 random passwords of %d characters from %d refused", refused, tc.length, len(tc.alphabet))
-		}
+			if refused > 0 {
+				t.Errorf("%d of %d random passwords of %d characters from %d refused", refused, tc.samples, tc.length, len(tc.alphabet))
+			}
+		})
 	}
-	for _, pw := range []string{"j5RfGzRmbgFg", "bgFgxm7Qt2Lw", "3234xsws9Kp2"} {
+	for _, pw := range []string{"j5RfGzRmbgFg", "bgFgxm7Qt2Lw", "3234xsws9Kp2", "hT73XJune8ug"} {
 		if err := CheckStrength(pw, "", "alice"); err != nil {
 			t.Errorf("CheckStrength(%q): %v", pw, err)
 		}
 	}
 }
 
-// Only straight runs of keys are runs: along a row either way, or down or
-// up a column; a path that turns is random characters.
-func TestKeyboardRuns(t *testing.T) {
-	for s, want := range map[string]bool{
-		"qwer": true, "rewq": true, "asdfgh": true, "7890": true, "!@#$": true,
-		"1qaz": true, "zaq1": true, "QWERTY": true,
-		"bgFg": false, "3234": false, "xsws": false, "qwsa": false, "1q2w": false,
+// The refusal names what zxcvbn found the password to be made of.
+func TestPiecesNamed(t *testing.T) {
+	for _, tc := range []struct{ user, password, reason string }{
+		{"bob", "zxcvbnm,./;lkjhg", "a run of neighbouring keys"},
+		{"bob", "zyxwvutsrqponmlk", "a sequence"},
+		{"bob", "!!!!!!!!!!!!!!!!", "a repeated character"},
+		{"bob", "iloveyouiloveyou", "a repeated common password"},
+		{"bob", "Jennifer1.1.1990", "a common name and a date"},
+		{"bob", "HistoryHistoryHistory", "a repeated common word"},
+		{"robert", "robertrobert1987", "the user name repeated and a year"},
 	} {
-		got := false
-		for _, m := range keyboardMatches([]rune(s)) {
-			got = got || m.i == 0 && m.j == len(s)
+		err := CheckStrength(tc.password, "", tc.user)
+		if err == nil || !strings.Contains(err.Error(), "built from "+tc.reason+";") {
+			t.Errorf("CheckStrength(%q) for %s = %v, want it built from %s", tc.password, tc.user, err, tc.reason)
 		}
-		if got != want {
-			t.Errorf("%q a run of keys: %v, want %v", s, got, want)
-		}
-	}
-	// Shift among the keys costs what placing it does.
-	plain, _ := estimate("qwertyuiop", nil)
-	first, _ := estimate("Qwertyuiop", nil)
-	mixed, _ := estimate("qWeRtYuIoP", nil)
-	if !(plain < first && first+5 < mixed) {
-		t.Errorf("qwertyuiop %.1f bits, Qwertyuiop %.1f, qWeRtYuIoP %.1f", plain, first, mixed)
 	}
 }
 
@@ -169,7 +174,7 @@ func TestKeyboardRuns(t *testing.T) {
 func TestStrengthBitsRoundedDown(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for range 100_000 {
-		b := make([]byte, 16)
+		b := make([]byte, 12)
 		for i := range b {
 			b[i] = byte('0' + rng.IntN(10))
 		}
@@ -182,4 +187,14 @@ func TestStrengthBitsRoundedDown(t *testing.T) {
 		}
 	}
 	t.Fatal("no password found just under the limit")
+}
+
+// BenchmarkCheckStrength is the cost of checking one new password of 12
+// random letters and digits (the breached list aside).
+func BenchmarkCheckStrength(b *testing.B) {
+	for b.Loop() {
+		if err := CheckStrength("hT73XJune8ug", "", "alice"); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -7,20 +7,27 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// Users is the users file, as of its last load. Every lookup (Verify,
-// APOPSecret, Known, Exists) first stats the file and reloads it when its
-// device, inode, size, modification time, mode or owner changed, so changes
-// made by the administration functions or by hand take effect on the next
-// lookup.
+// Users is the users file, as of its last load: the Source of the accounts
+// it lists. Every lookup (Account, Verify, APOPSecret, Summary, Known,
+// Exists, ...) first stats the file and reloads it when its device, inode,
+// size, modification time, mode or owner changed, so changes made by the
+// administration functions or by hand take effect on the next lookup.
+//
+// Each load reads every line's settings (the extra fields: see Account)
+// once. A line with a setting that cannot be read is refused whole, with an
+// *AccountError that Account returns and that the load logs (ERROR, naming
+// the line and the fields): never a default in the place of what the line
+// says. Its password is still verified, so that only the right password
+// learns why it is refused.
 //
 // The file is the one source of users, so a file that cannot be used is a
 // temporary failure, never an empty list: while it is missing, empty,
@@ -49,17 +56,18 @@ type Users struct {
 // database is one load of the users file, or the users kept from an earlier
 // one while the file cannot be used. It is never modified.
 type database struct {
-	stamp    fileStamp
-	users    map[string]secret // a nil secret: the user exists but cannot log in
+	stamp fileStamp
+	// accounts holds every user by name; a user whose password cannot be
+	// used has no password in its Credentials, and a refused account has
+	// only its Name and Credentials.
+	accounts map[string]Account
+	// refused holds why the accounts whose settings cannot be read are
+	// refused.
+	refused map[string]*AccountError
+	// names are the users in file order.
+	names    []string
 	warnings []string
-	// fields holds the extra fields of users that have any.
-	fields map[string]map[string]string
-	// scram is whether any user has SCRAM-SHA-256 credentials.
-	scram bool
-	// maxLoginDelay is the largest login_delay field, in seconds.
-	maxLoginDelay int
-	// apop is whether any user has a secret that allows APOP.
-	apop bool
+	summary  Summary
 	// usable is whether users came from a usable version of the file.
 	usable bool
 	// fault, when not nil, is why the file as it is now cannot be used;
@@ -99,6 +107,9 @@ type SourceError struct {
 func (e *SourceError) Error() string { return "auth: users file " + e.Path + " " + e.Reason }
 func (e *SourceError) Unwrap() error { return e.Err }
 
+// Is makes a SourceError ErrUnavailable.
+func (e *SourceError) Is(target error) bool { return target == ErrUnavailable }
+
 // fileStamp identifies a version of the users file.
 type fileStamp struct {
 	exists   bool
@@ -127,7 +138,8 @@ type UsersOptions struct {
 	Expected bool
 	// Logger, if set, gets an ERROR when the file becomes unusable (once
 	// for each episode, and a WARN if it changes and is still unusable),
-	// and an INFO when it is usable again.
+	// and an INFO when it is usable again; and an ERROR for each account
+	// refused for its settings, at each load that puts it in use.
 	Logger *slog.Logger
 }
 
@@ -234,12 +246,13 @@ func (u *Users) loadLocked(st fileStamp) *database {
 	prev := u.db.Load() // nil at open
 	fresh, fault := load(u.path, u.expect)
 	if fault == nil {
-		u.expect = len(fresh.users) > 0
+		u.expect = len(fresh.accounts) > 0
 		fresh.usable = true
 		if prev != nil && prev.fault != nil && u.log != nil {
-			u.log.Info("users file usable again", "path", u.path, "users", len(fresh.users),
+			u.log.Info("users file usable again", "path", u.path, "users", len(fresh.accounts),
 				"after", time.Since(prev.fault.Since).Round(time.Millisecond))
 		}
+		u.logRefused(fresh)
 		u.db.Store(fresh)
 		return fresh
 	}
@@ -249,8 +262,9 @@ func (u *Users) loadLocked(st fileStamp) *database {
 		db = *prev // the last usable users, or the best there was
 	case fresh != nil:
 		db = *fresh // a damaged file before any usable one: its good lines
+		u.logRefused(fresh)
 	default:
-		db = database{users: map[string]secret{}}
+		db = database{accounts: map[string]Account{}}
 	}
 	db.verified = &credCache{} // the file changed: trust nothing verified before
 	fault.Since = time.Now()
@@ -262,7 +276,7 @@ func (u *Users) loadLocked(st fileStamp) *database {
 		db.faultStamp = fresh.stamp // the version that was read
 	}
 	if u.log != nil {
-		kept := []any{"path", u.path, "reason", fault.Reason, "users_kept", len(db.users)}
+		kept := []any{"path", u.path, "reason", fault.Reason, "users_kept", len(db.accounts)}
 		switch {
 		case prev == nil || prev.fault == nil:
 			u.log.Error("users file unusable: keeping the users loaded before; "+
@@ -273,6 +287,21 @@ func (u *Users) loadLocked(st fileStamp) *database {
 	}
 	u.db.Store(&db)
 	return &db
+}
+
+// logRefused logs, once for each load that is put in use, each account
+// refused for its settings.
+func (u *Users) logRefused(db *database) {
+	if u.log == nil {
+		return
+	}
+	for _, name := range db.names {
+		if e := db.refused[name]; e != nil {
+			u.log.Error("account refused: its settings in the users file cannot be read; "+
+				"it cannot log in and its mail is deferred until they are fixed",
+				"user", name, "where", e.Where, "err", errors.Join(e.Errs...))
+		}
+	}
 }
 
 // statStamp returns the stamp of the file at u.path. Any error other than a
@@ -293,7 +322,7 @@ func (u *Users) statStamp() fileStamp {
 // change by the next lookup. On a fault, the database is what could be read
 // (the usable lines of a damaged file, or an empty one), or nil.
 func load(path string, expect bool) (*database, *SourceError) {
-	db := &database{users: make(map[string]secret), verified: &credCache{}}
+	db := &database{accounts: make(map[string]Account), verified: &credCache{}}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		if expect {
@@ -321,6 +350,7 @@ func load(path string, expect bool) (*database, *SourceError) {
 		return db, nil
 	}
 	var skipped []string
+	seen := make(map[Retention]bool)
 	for i, line := range splitLines(data) {
 		l, sec, ok, err := parseLine(line)
 		where := fmt.Sprintf("%s:%d", path, i+1)
@@ -334,7 +364,7 @@ func load(path string, expect bool) (*database, *SourceError) {
 		// Users are found by their normalized names, whatever form the
 		// line has; the line itself stays as it is.
 		name := NormalizeName(l.name)
-		if _, dup := db.users[name]; dup {
+		if _, dup := db.accounts[name]; dup {
 			db.warnings = append(db.warnings,
 				fmt.Sprintf("%s: user %s listed again; the first line counts", where, name))
 			continue
@@ -342,22 +372,19 @@ func load(path string, expect bool) (*database, *SourceError) {
 		if err != nil {
 			db.warnings = append(db.warnings, fmt.Sprintf("%s: %v", where, err))
 		}
-		db.users[name] = sec
-		if f := l.extraFields(); f != nil {
-			if db.fields == nil {
-				db.fields = make(map[string]map[string]string)
+		a, errs := parseAccount(name, l, sec)
+		if errs != nil {
+			// Refused whole: no setting of a line that is partly wrong is
+			// trusted.
+			a = Account{Name: name, Credentials: a.Credentials}
+			if db.refused == nil {
+				db.refused = make(map[string]*AccountError)
 			}
-			db.fields[name] = f
+			db.refused[name] = &AccountError{Name: name, Where: where, Errs: errs}
 		}
-		if _, ok := scramOf(sec, db.fields[name]); ok {
-			db.scram = true
-		}
-		if p, ok := sec.(plainSecret); ok && p != "" {
-			db.apop = true
-		}
-		if n, err := strconv.Atoi(db.fields[name]["login_delay"]); err == nil && n > db.maxLoginDelay {
-			db.maxLoginDelay = n
-		}
+		db.accounts[name] = a
+		db.names = append(db.names, name)
+		db.summary.add(a, errs != nil, seen)
 	}
 	switch len(skipped) {
 	case 0:
@@ -379,13 +406,6 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// lookup returns the secret of a user, nil if the user cannot log in, and
-// whether the user exists.
-func (u *Users) lookup(name string) (secret, bool) {
-	sec, ok := u.current().users[name]
-	return sec, ok
-}
-
 // Verify reports whether name is a known user whose stored password matches
 // password. So that its time does not tell whether a user exists, it always
 // costs at least one Argon2id computation with the parameters of new
@@ -404,7 +424,7 @@ func (u *Users) lookup(name string) (secret, bool) {
 func (u *Users) Verify(name, password string) bool {
 	password = normalizePassword(password)
 	db := u.current()
-	sec := db.users[name]
+	sec := db.accounts[name].Credentials.password
 	key := cacheKey(name, password)
 	if sec != nil && db.verified.hit(key) {
 		return true
@@ -425,48 +445,62 @@ func (u *Users) Verify(name, password string) bool {
 func (u *Users) VerifyCached(name, password string) bool {
 	password = normalizePassword(password)
 	db := u.current()
-	return db.users[name] != nil && db.verified.hit(cacheKey(name, password))
+	return db.accounts[name].Credentials.password != nil && db.verified.hit(cacheKey(name, password))
 }
 
 // APOPSecret returns the cleartext password of name for APOP (RFC 1939 §7).
 // Only users stored as {PLAIN} or {CLEARTEXT} have one; ok is false for all
 // others and for unknown users.
 func (u *Users) APOPSecret(name string) (secret string, ok bool) {
-	sec, _ := u.lookup(name)
-	p, ok := sec.(plainSecret)
-	return string(p), ok
+	return u.current().accounts[name].Credentials.apopSecret()
 }
 
-// APOPAvailable reports whether any user has a secret that allows APOP, so
-// that the greeting carries an APOP timestamp only when APOP can succeed.
-func (u *Users) APOPAvailable() bool {
-	return u.current().apop
+// Account returns the account of name (see Source). While the file cannot
+// be used (see Fault), a name that is not among the users kept from before
+// cannot be confirmed either way: the error is then the *SourceError.
+func (u *Users) Account(name string) (Account, error) {
+	db := u.current()
+	a, ok := db.accounts[name]
+	switch {
+	case !ok && db.fault != nil:
+		return Account{}, db.fault
+	case !ok:
+		return Account{}, fmt.Errorf("%w: %s", ErrNoSuchUser, name)
+	case db.refused[name] != nil:
+		return Account{Name: name}, db.refused[name]
+	}
+	return a, nil
 }
 
-// MaxLoginDelay is the largest LOGIN-DELAY any user has in the login_delay
-// extra field (RFC 2449 §6.5: announced before login).
-func (u *Users) MaxLoginDelay() time.Duration {
-	return time.Duration(u.current().maxLoginDelay) * time.Second
+// Accounts lists the users in use, in file order (see Source). While the
+// file cannot be used, the listing ends with the *SourceError.
+func (u *Users) Accounts() iter.Seq2[Account, error] {
+	return func(yield func(Account, error) bool) {
+		db := u.current()
+		for _, name := range db.names {
+			a, err := db.accounts[name], error(nil)
+			if e := db.refused[name]; e != nil {
+				a, err = Account{Name: name}, e
+			}
+			if !yield(a, err) {
+				return
+			}
+		}
+		if db.fault != nil {
+			yield(Account{}, db.fault)
+		}
+	}
 }
 
-// Fields returns the extra fields of name's line (the eighth field of
-// Dovecot's passwd-file: space-separated key=value pairs, such as
-// "quota_storage=1G"), or nil. The map must not be modified.
-func (u *Users) Fields(name string) map[string]string {
-	return u.current().fields[name]
-}
-
-// AllFields returns the extra fields of every user who has any, by name.
-// The map must not be modified; a new one is returned after the users file
-// changed.
-func (u *Users) AllFields() map[string]map[string]string {
-	return u.current().fields
+// Summary says what the users in use add up to.
+func (u *Users) Summary() Summary {
+	return u.current().summary
 }
 
 // Exists reports whether name is among the users in use (see Known), whether
 // or not that user can log in.
 func (u *Users) Exists(name string) bool {
-	_, ok := u.lookup(name)
+	_, ok := u.current().accounts[name]
 	return ok
 }
 
@@ -476,7 +510,7 @@ func (u *Users) Exists(name string) bool {
 // callers answer with a temporary failure, never as an unknown user.
 func (u *Users) Known(name string) (bool, error) {
 	db := u.current()
-	if _, ok := db.users[name]; ok {
+	if _, ok := db.accounts[name]; ok {
 		return true, nil
 	}
 	if db.fault != nil {

@@ -26,12 +26,6 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-type testAuth map[string]string
-
-func (a testAuth) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
-func (a testAuth) APOPSecret(string) (string, bool) { return "", false }
-func (a testAuth) APOPAvailable() bool              { return false }
-
 // testCert makes a self-signed certificate for 127.0.0.1 and a pool that
 // trusts it.
 func testCert(t testing.TB) (tls.Certificate, *x509.CertPool) {
@@ -63,7 +57,7 @@ func pouchServer(t *testing.T) (plain, implicit string, st *maildir.Store, pool 
 	cert, pool := testCert(t)
 	st = maildir.New(t.TempDir())
 	_, plain, implicit = servertest.Start(t, server.Config{
-		Store: st, Auth: testAuth{"alice": "secret"},
+		Store: st, Auth: servertest.Users{"alice": "secret"},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hostname: "localhost",
 		AuthFailDelay: -1, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 	})

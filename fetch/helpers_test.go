@@ -18,12 +18,6 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-type testAuth map[string]string
-
-func (a testAuth) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
-func (a testAuth) APOPSecret(string) (string, bool) { return "", false }
-func (a testAuth) APOPAvailable() bool              { return false }
-
 type pouchSrv struct {
 	addr  string
 	store *maildir.Store
@@ -34,7 +28,7 @@ func newPouch(t *testing.T) *pouchSrv {
 	t.Helper()
 	st := maildir.New(t.TempDir())
 	_, addr, _ := servertest.Start(t, server.Config{
-		Store: st, Auth: testAuth{"alice": "secret"},
+		Store: st, Auth: servertest.Users{"alice": "secret"},
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Hostname: "localhost", AuthFailDelay: -1,
 	})

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/oschwald/maxminddb-golang/v2"
+
+	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/netlist"
 )
 
 // Rules decide which addresses may use the server: network allow and deny
@@ -95,10 +98,6 @@ func (r *Rules) Notice(ip netip.Addr) (log bool, unlogged int) {
 // errDenied is wrapped by every refusal.
 var errDenied = errors.New("access denied")
 
-// ErrBadRule is wrapped by the error of CheckUser when a user's own rules
-// cannot be read: a mistake in the users file, not a refusal of the client.
-var ErrBadRule = errors.New("invalid access rule")
-
 // Check applies the server-wide rules to ip.
 func (r *Rules) Check(ip netip.Addr) error {
 	if r.geo == nil && (r.allowCountries != nil || r.denyCountries != nil) {
@@ -107,76 +106,13 @@ func (r *Rules) Check(ip netip.Addr) error {
 	return check(ip.Unmap(), r.allow, r.deny, r.allowCountries, r.denyCountries, r.Country)
 }
 
-// CheckUser applies a user's own rules, from the extra fields of the users
-// file: allow_nets and deny_nets (comma-separated networks, as Dovecot's
-// allow_nets), allow_countries and deny_countries (comma-separated codes).
-// Rules that cannot be read refuse, with an error wrapping ErrBadRule.
-func (r *Rules) CheckUser(ip netip.Addr, fields map[string]string) error {
-	if len(fields) == 0 {
-		return nil
-	}
-	u, errs := parseUserRules(fields)
-	if len(errs) > 0 {
-		return errs[0]
-	}
-	if r.geo == nil && (u.allowC != nil || u.denyC != nil) {
+// CheckUser applies a user's own rules (auth.Access, from the account).
+func (r *Rules) CheckUser(ip netip.Addr, a auth.Access) error {
+	allowC, denyC := countrySet(a.AllowCountries), countrySet(a.DenyCountries)
+	if r.geo == nil && (allowC != nil || denyC != nil) {
 		return fmt.Errorf("%w: country rules without a GeoIP database", errDenied)
 	}
-	return check(ip.Unmap(), u.allow, u.deny, u.allowC, u.denyC, r.Country)
-}
-
-// CheckUserRules reports each of a user's rule fields (allow_nets,
-// deny_nets, allow_countries, deny_countries) that cannot be read, naming
-// it; the errors wrap ErrBadRule.
-func CheckUserRules(fields map[string]string) []error {
-	_, errs := parseUserRules(fields)
-	return errs
-}
-
-type userRules struct {
-	allow, deny   []netip.Prefix
-	allowC, denyC map[string]bool
-}
-
-func parseUserRules(fields map[string]string) (userRules, []error) {
-	var u userRules
-	var errs []error
-	for _, f := range []struct {
-		name string
-		nets *[]netip.Prefix
-	}{{"allow_nets", &u.allow}, {"deny_nets", &u.deny}} {
-		nets, err := parseNets(fields[f.name])
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%w: %s: %v", ErrBadRule, f.name, err))
-		}
-		*f.nets = nets
-	}
-	for _, f := range []struct {
-		name string
-		set  *map[string]bool
-	}{{"allow_countries", &u.allowC}, {"deny_countries", &u.denyC}} {
-		codes := splitComma(fields[f.name])
-		for _, c := range codes {
-			if !isCountryCode(c) {
-				errs = append(errs, fmt.Errorf("%w: %s: %q is not a two-letter country code (like DE)", ErrBadRule, f.name, c))
-				break
-			}
-		}
-		*f.set = countrySet(codes)
-	}
-	return u, errs
-}
-
-func isCountryCode(c string) bool {
-	if len(c) != 2 {
-		return false
-	}
-	for _, b := range []byte(c) {
-		if !(b >= 'A' && b <= 'Z' || b >= 'a' && b <= 'z') {
-			return false
-		}
-	}
-	return true
+	return check(ip.Unmap(), a.AllowNets, a.DenyNets, allowC, denyC, r.Country)
 }
 
 // local reports whether ip belongs to no country: loopback, private and
@@ -224,35 +160,4 @@ func check(ip netip.Addr, allow, deny []netip.Prefix, allowC, denyC map[string]b
 
 // ParseNets parses comma-separated networks in CIDR form; a bare address
 // means that address alone.
-func ParseNets(s string) ([]netip.Prefix, error) { return parseNets(s) }
-
-func parseNets(s string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, item := range splitComma(s) {
-		if p, err := netip.ParsePrefix(item); err == nil {
-			// Client addresses are compared unmapped, so ::ffff:a.b.c.d/N
-			// becomes a.b.c.d/(N-96).
-			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
-				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-			}
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(item)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not a network (like 192.0.2.0/24) or an address", item)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
-}
-
-func splitComma(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
-}
+func ParseNets(s string) ([]netip.Prefix, error) { return netlist.Parse(s) }

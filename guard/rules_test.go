@@ -6,11 +6,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/maxmind/mmdbwriter"
 	"github.com/maxmind/mmdbwriter/mmdbtype"
+
+	"github.com/pouchmail/pouch/auth"
 )
 
 // writeGeoDB builds a tiny GeoLite2-Country-style database giving each
@@ -68,15 +69,16 @@ func TestCountryRules(t *testing.T) {
 		t.Error("allow-country does not admit only Germany")
 	}
 	// Per user.
-	fields := map[string]string{"allow_countries": "FR", "deny_nets": "2.9.0.0/16"}
-	if r.CheckUser(netip.MustParseAddr("2.3.4.5"), fields) != nil {
+	deny9, _ := ParseNets("2.9.0.0/16")
+	user := auth.Access{AllowCountries: []string{"FR"}, DenyNets: deny9}
+	if r.CheckUser(netip.MustParseAddr("2.3.4.5"), user) != nil {
 		t.Error("user rule refuses France")
 	}
-	if r.CheckUser(netip.MustParseAddr("81.2.3.4"), fields) == nil || r.CheckUser(netip.MustParseAddr("2.9.1.1"), fields) == nil {
+	if r.CheckUser(netip.MustParseAddr("81.2.3.4"), user) == nil || r.CheckUser(netip.MustParseAddr("2.9.1.1"), user) == nil {
 		t.Error("user rules admit what they should not")
 	}
-	if r.CheckUser(netip.MustParseAddr("81.2.3.4"), map[string]string{"allow_nets": "bad"}) == nil {
-		t.Error("a broken user rule admits")
+	if err := noGeoUser(t).CheckUser(netip.MustParseAddr("2.3.4.5"), user); err == nil {
+		t.Error("a user's country rules without a database must refuse, not ignore")
 	}
 	noGeo, _ := NewRules(nil, nil, nil, []string{"RU"}, "")
 	if noGeo.Check(netip.MustParseAddr("81.2.3.4")) == nil {
@@ -146,7 +148,7 @@ func TestCountryAllowListAndUnknownAddresses(t *testing.T) {
 			t.Errorf("Check(%s) = %v, want allowed %v", ip, err, ok)
 		}
 	}
-	if err := r.CheckUser(netip.MustParseAddr("198.51.100.7"), map[string]string{"allow_countries": "de"}); err == nil {
+	if err := r.CheckUser(netip.MustParseAddr("198.51.100.7"), auth.Access{AllowCountries: []string{"DE"}}); err == nil {
 		t.Error("a user's country allow list admits an address of no known country")
 	}
 	// A deny list alone refuses only what it names.
@@ -157,28 +159,30 @@ func TestCountryAllowListAndUnknownAddresses(t *testing.T) {
 	}
 }
 
-func TestCheckUserRules(t *testing.T) {
-	for fields, want := range map[[2]string]string{
-		{"allow_nets", "10.0.0.0/33"}:     "allow_nets",
-		{"deny_nets", "10.0.0.0/8, x"}:    "deny_nets",
-		{"allow_countries", "DE,GER"}:     "allow_countries",
-		{"deny_countries", "1X"}:          "deny_countries",
-		{"allow_nets", "10.0.0.0/8, ::1"}: "",
-		{"deny_countries", "de, FR"}:      "",
+// noGeoUser is rules without a country database.
+func noGeoUser(t *testing.T) *Rules {
+	t.Helper()
+	r, err := NewRules(nil, nil, nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A user's network rules refuse what they do not admit, and nothing else.
+func TestCheckUserNets(t *testing.T) {
+	r := noGeoUser(t)
+	allow, _ := ParseNets("192.0.2.0/24, ::ffff:198.51.100.0/120")
+	deny, _ := ParseNets("192.0.2.66")
+	user := auth.Access{AllowNets: allow, DenyNets: deny}
+	for ip, ok := range map[string]bool{
+		"192.0.2.1": true, "192.0.2.66": false, "10.1.1.1": false, "::ffff:198.51.100.9": true, "2001:db8::1": false,
 	} {
-		errs := CheckUserRules(map[string]string{fields[0]: fields[1]})
-		if (want == "") != (len(errs) == 0) || len(errs) > 0 && (len(errs) != 1 || !strings.Contains(errs[0].Error(), want) || !errors.Is(errs[0], ErrBadRule)) {
-			t.Errorf("CheckUserRules(%s=%s) = %v", fields[0], fields[1], errs)
+		if err := r.CheckUser(netip.MustParseAddr(ip), user); (err == nil) != ok || err != nil && !errors.Is(err, errDenied) {
+			t.Errorf("CheckUser(%s) = %v, want allowed %v", ip, err, ok)
 		}
 	}
-	if errs := CheckUserRules(map[string]string{"allow_nets": "10.0.0.0/33", "deny_countries": "France"}); len(errs) != 2 {
-		t.Errorf("two broken rules give %v", errs)
-	}
-	r, _ := NewRules(nil, nil, nil, nil, "")
-	if err := r.CheckUser(netip.MustParseAddr("10.1.1.1"), map[string]string{"allow_nets": "10.0.0.0/33"}); !errors.Is(err, ErrBadRule) {
-		t.Errorf("CheckUser with a broken rule = %v", err)
-	}
-	if err := r.CheckUser(netip.MustParseAddr("10.1.1.1"), map[string]string{"allow_nets": "192.0.2.0/24"}); err == nil || errors.Is(err, ErrBadRule) {
-		t.Errorf("CheckUser refusing by a good rule = %v", err)
+	if err := r.CheckUser(netip.MustParseAddr("10.1.1.1"), auth.Access{}); err != nil {
+		t.Errorf("no rules refuse: %v", err)
 	}
 }

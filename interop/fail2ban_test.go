@@ -15,6 +15,7 @@ import (
 	"time"
 
 	pouchserver "github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/server/servertest"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -94,7 +95,7 @@ func TestFail2banJSONLogIPv6(t *testing.T) {
 	log := &lockedWriter{w: &strings.Builder{}}
 	srv := pouchserver.New(pouchserver.Config{
 		Store:         maildir.New(t.TempDir()),
-		Auth:          noUsers{},
+		Auth:          servertest.Users{},
 		Logger:        slog.New(slog.NewJSONHandler(log, nil)),
 		AuthFailDelay: -1,
 	})
@@ -155,12 +156,6 @@ func logTimes(t *testing.T, log string) []string {
 	slices.Sort(times)
 	return times
 }
-
-type noUsers struct{}
-
-func (noUsers) Verify(string, string) bool       { return false }
-func (noUsers) APOPSecret(string) (string, bool) { return "", false }
-func (noUsers) APOPAvailable() bool              { return false }
 
 // lockedWriter serializes writes and reads of a log kept in memory.
 type lockedWriter struct {

@@ -16,12 +16,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
+
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -33,14 +34,15 @@ type Mailboxes interface {
 	Usage(user string) (messages int, bytes int64, err error)
 }
 
-// Users is the user database. auth.Users implements it.
+// Users is where the recipients' accounts come from (auth.Source; auth.Users
+// implements it).
 type Users interface {
-	// Known reports whether name is a user. An error means that the
-	// database cannot tell now (its source is unusable): the recipient is
-	// then neither accepted nor refused for good, but deferred.
-	Known(name string) (bool, error)
-	// Fields returns the extra fields of name's entry (key=value), or nil.
-	Fields(name string) map[string]string
+	// Account returns the account of name: auth.ErrNoSuchUser when there
+	// is none; an error that is auth.ErrInvalidAccount when it is refused
+	// for its settings, or another one when the accounts cannot be looked
+	// up now, the recipient being then neither accepted nor refused for
+	// good, but deferred.
+	Account(name string) (auth.Account, error)
 }
 
 // Quota limits what one maildrop may hold. A zero field means no limit.
@@ -49,19 +51,13 @@ type Quota struct {
 	Messages int
 }
 
-// Extra fields of a users-file line that set that user's quota in place of
-// the default; "0" lifts the limit.
-const (
-	FieldQuotaStorage  = "quota_storage"  // a size, as ParseSize reads it
-	FieldQuotaMessages = "quota_messages" // a number of messages
-)
-
 // Agent delivers messages into maildrops. Its fields must not change once it
 // is in use; it is safe for concurrent use.
 type Agent struct {
 	Store Mailboxes
 	Users Users
-	// Quota is every user's quota unless the users file says otherwise.
+	// Quota is every user's quota unless the user's account says otherwise
+	// (auth.Quota).
 	Quota Quota
 	// QuotaTemporary makes a refusal for quota a temporary failure (LMTP
 	// 452 4.2.2, exit status 75), so that the sender keeps the message and
@@ -96,7 +92,10 @@ type usageEntry struct {
 	at       time.Time
 }
 
-// Errors of a delivery besides *QuotaError and *InputError.
+// Errors of a delivery besides *QuotaError and *InputError, and an
+// *auth.AccountError for an account refused for its settings (a temporary
+// failure: LMTP 451 4.3.0, exit status 75, so that the mail waits for the
+// settings to be fixed).
 var (
 	// ErrUnknownUser means that the recipient names no user.
 	ErrUnknownUser = errors.New("lmtp: no such user")
@@ -120,7 +119,7 @@ func (e *QuotaError) Error() string {
 	if e.Messages {
 		return fmt.Sprintf("the mailbox of %s is full (limit of %d messages)", e.User, e.Limit)
 	}
-	return fmt.Sprintf("the mailbox of %s is full (storage limit of %s)", e.User, FormatSize(e.Limit))
+	return fmt.Sprintf("the mailbox of %s is full (storage limit of %s)", e.User, units.FormatSize(e.Limit))
 }
 
 // InputError means that reading the message failed: the sender's side (a lost
@@ -132,9 +131,11 @@ func (e *InputError) Unwrap() error { return e.Err }
 
 // User returns the user that the local part of an address names: the user of
 // exactly that name, or else of that name in lower case; failing both, the
-// same for the part before the first RecipientDelimiter character. When no
-// name is found, the error is ErrUnknownUser, or ErrUnconfirmed (wrapping the
-// database's error) when the database could not tell for one of them.
+// same for the part before the first RecipientDelimiter character. An
+// account refused for its settings is found with its *auth.AccountError,
+// so that mail for it waits. When no name is found, the error is
+// ErrUnknownUser, or ErrUnconfirmed (wrapping the database's error) when the
+// database could not tell for one of them.
 func (a *Agent) User(local string) (string, error) {
 	names := []string{local}
 	if a.RecipientDelimiter != "" {
@@ -153,11 +154,11 @@ func (a *Agent) User(local string) (string, error) {
 			if i == 1 && n == name {
 				break
 			}
-			known, err := a.Users.Known(n)
-			if known {
-				return n, nil
-			}
-			if err != nil && unsure == nil {
+			_, err := a.Users.Account(n)
+			switch {
+			case err == nil || errors.Is(err, auth.ErrInvalidAccount):
+				return n, err
+			case !errors.Is(err, auth.ErrNoSuchUser) && unsure == nil:
 				unsure = err
 			}
 		}
@@ -168,67 +169,49 @@ func (a *Agent) User(local string) (string, error) {
 	return "", ErrUnknownUser
 }
 
-// known returns nil when user is a user, or ErrUnknownUser or
-// ErrUnconfirmed.
-func (a *Agent) known(user string) error {
-	known, err := a.Users.Known(user)
+// account returns user's account, or ErrUnknownUser, ErrUnconfirmed or the
+// *auth.AccountError of an account refused for its settings.
+func (a *Agent) account(user string) (auth.Account, error) {
+	acct, err := a.Users.Account(user)
 	switch {
-	case known:
-		return nil
-	case err != nil:
-		return fmt.Errorf("%w: %w", ErrUnconfirmed, err)
+	case err == nil, errors.Is(err, auth.ErrInvalidAccount):
+		return acct, err
+	case errors.Is(err, auth.ErrNoSuchUser):
+		return acct, ErrUnknownUser
 	}
-	return ErrUnknownUser
+	return acct, fmt.Errorf("%w: %w", ErrUnconfirmed, err)
 }
 
-// QuotaOf returns user's quota: the default, with the user's extra fields
-// quota_storage and quota_messages in place of its parts. A malformed field
-// is an error (a configuration problem: the delivery should be retried later,
-// not refused).
-func (a *Agent) QuotaOf(user string) (Quota, error) {
-	q := a.Quota
-	f := a.Users.Fields(user)
-	if v, ok := f[FieldQuotaStorage]; ok {
-		n, err := ParseSize(v)
-		if err != nil {
-			return Quota{}, fmt.Errorf("users file: %s of user %s: %v", FieldQuotaStorage, user, err)
-		}
-		q.Storage = n
+// QuotaOf returns the quota of a user whose account is acct: the default,
+// with the account's own parts in place of its.
+func (a *Agent) QuotaOf(acct auth.Account) Quota {
+	return Quota{
+		Storage:  acct.Quota.Storage.Or(a.Quota.Storage),
+		Messages: acct.Quota.Messages.Or(a.Quota.Messages),
 	}
-	if v, ok := f[FieldQuotaMessages]; ok {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return Quota{}, fmt.Errorf("users file: %s of user %s: %q is not a number of messages", FieldQuotaMessages, user, v)
-		}
-		q.Messages = n
-	}
-	return q, nil
 }
 
 // Check reports early whether user can take a message of size octets (0 when
-// the size is not known yet): nil, ErrUnknownUser, ErrUnconfirmed, ErrTooBig,
-// a *QuotaError, or another error when the users file or the storage fails.
-// It answers RCPT, and pouch deliver before it reads the message; Deliver
-// checks again.
+// the size is not known yet): nil, ErrUnknownUser, ErrUnconfirmed, an
+// *auth.AccountError, ErrTooBig, a *QuotaError, or another error when the
+// storage fails. It answers RCPT, and pouch deliver before it reads the
+// message; Deliver checks again.
 func (a *Agent) Check(user string, size int64) error {
-	if err := a.known(user); err != nil {
+	acct, err := a.account(user)
+	if err != nil {
 		return err
 	}
 	if a.MaxMessageSize > 0 && size > a.MaxMessageSize {
 		return ErrTooBig
 	}
-	_, _, err := a.room(user, max(size, 1))
+	_, _, err = a.room(user, a.QuotaOf(acct), max(size, 1))
 	return err
 }
 
-// room returns the octets left under user's storage quota and that quota
+// room returns the octets left under user's storage quota q and that quota
 // (-1 and 0 for no limit), or a *QuotaError when a message of need octets does
 // not fit. It measures the maildrop only when the user has a quota.
-func (a *Agent) room(user string, need int64) (left, limit int64, err error) {
-	q, err := a.QuotaOf(user)
-	if err != nil {
-		return 0, 0, err
-	}
+func (a *Agent) room(user string, q Quota, need int64) (left, limit int64, err error) {
 	if q.Storage == 0 && q.Messages == 0 {
 		return -1, 0, nil
 	}
@@ -314,10 +297,12 @@ type Delivery struct {
 //
 // It returns the octets read from r, and nil only when the message is durable
 // (see store.Deliverer). On error nothing is stored; the error is
-// ErrUnknownUser, ErrUnconfirmed, ErrTooBig, a *QuotaError, an *InputError
-// when reading r failed, or another error from the users file or the storage.
+// ErrUnknownUser, ErrUnconfirmed, an *auth.AccountError, ErrTooBig, a
+// *QuotaError, an *InputError when reading r failed, or another error from
+// the storage.
 func (a *Agent) Deliver(ctx context.Context, d Delivery, r io.Reader) (int64, error) {
-	if err := a.known(d.User); err != nil {
+	acct, err := a.account(d.User)
+	if err != nil {
 		return 0, err
 	}
 	if a.MaxMessageSize > 0 && d.Size > a.MaxMessageSize {
@@ -342,7 +327,7 @@ func (a *Agent) Deliver(ctx context.Context, d Delivery, r io.Reader) (int64, er
 		r = br
 	}
 	header := headerLines(d, eol)
-	left, limit, err := a.room(d.User, int64(len(header))+max(d.Size, 1))
+	left, limit, err := a.room(d.User, a.QuotaOf(acct), int64(len(header))+max(d.Size, 1))
 	if err != nil {
 		return 0, err
 	}
@@ -548,43 +533,4 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		b.readErr = err
 	}
 	return n, err
-}
-
-// ParseSize reads a size in octets: a whole number, optionally followed by K,
-// M, G or T (powers of 1024, any case, with or without a final B or iB), such
-// as 52428800, 500M, 2G or 10KiB.
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	u := strings.ToUpper(t)
-	u = strings.TrimSuffix(u, "IB")
-	u = strings.TrimSuffix(u, "B")
-	shift := 0
-	if u != "" {
-		if i := strings.IndexByte("KMGT", u[len(u)-1]); i >= 0 {
-			shift = 10 * (i + 1)
-			u = u[:len(u)-1]
-		}
-	}
-	n, err := strconv.ParseInt(u, 10, 64)
-	if err != nil || n < 0 || u == "" || u[0] == '+' || u[0] == '-' {
-		return 0, fmt.Errorf("%q is not a size (say 52428800, 500M or 2G)", s)
-	}
-	if n > (1<<63-1)>>shift {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return n << shift, nil
-}
-
-// FormatSize writes a size the way ParseSize reads it, in the largest unit
-// that divides it.
-func FormatSize(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		shift  int
-	}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}} {
-		if n != 0 && n%(1<<u.shift) == 0 {
-			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
-		}
-	}
-	return strconv.FormatInt(n, 10)
 }

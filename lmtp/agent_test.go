@@ -9,29 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store/maildir"
 )
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{
-		"0": 0, "1024": 1024, "10K": 10 << 10, "10kb": 10 << 10, "500M": 500 << 20, "2G": 2 << 30,
-		"2GiB": 2 << 30, "1t": 1 << 40, " 7 ": 7, "52428800": 50 << 20,
-	} {
-		if got, err := ParseSize(in); err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "M", "-1", "+5", "1.5G", "5X", "lots", "9999999999T"} {
-		if got, err := ParseSize(in); err == nil {
-			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
-		}
-	}
-	for _, n := range []int64{0, 1, 1023, 1024, 50 << 20, 3 << 30, 1<<40 + 1} {
-		if got, err := ParseSize(FormatSize(n)); err != nil || got != n {
-			t.Errorf("ParseSize(FormatSize(%d) = %q) = %d, %v", n, FormatSize(n), got, err)
-		}
-	}
-}
 
 func newAgent(t *testing.T, users fakeUsers) (*Agent, string) {
 	root := t.TempDir()
@@ -56,7 +36,7 @@ func readNew(t *testing.T, root, user string) []string {
 // The added header lines take the line ending of the message's first line,
 // so an LF message (from a pipe) stays LF throughout.
 func TestAgentHeaders(t *testing.T) {
-	a, root := newAgent(t, fakeUsers{"u": nil})
+	a, root := newAgent(t, fakeUsers{"u": {}})
 	ctx := context.Background()
 	for _, tc := range []struct {
 		d    Delivery
@@ -94,7 +74,7 @@ func TestAgentHeaders(t *testing.T) {
 }
 
 func TestAgentUser(t *testing.T) {
-	a, _ := newAgent(t, fakeUsers{"alice": nil, "Bob": nil, "list+owner": nil, "j\u00f6rg": nil})
+	a, _ := newAgent(t, fakeUsers{"alice": {}, "Bob": {}, "list+owner": {}, "j\u00f6rg": {}})
 	for in, want := range map[string]string{"alice": "alice", "ALICE": "alice", "Bob": "Bob", "bob": "", "": "", "carol": "",
 		"alice+news": "", "list+owner": "list+owner",
 		// A decomposed name finds the user stored in the normalized form.
@@ -122,7 +102,7 @@ func TestAgentUser(t *testing.T) {
 // A storage quota is exact: a message that fills it to the octet is taken,
 // one octet more is refused while streaming and leaves nothing behind.
 func TestAgentQuotaBoundary(t *testing.T) {
-	a, root := newAgent(t, fakeUsers{"u": {FieldQuotaStorage: "100"}, "v": {FieldQuotaStorage: "0"}})
+	a, root := newAgent(t, fakeUsers{"u": storage(100), "v": storage(0)})
 	a.Quota = Quota{Storage: 10}
 	ctx := context.Background()
 	d := Delivery{User: "u", Recipient: "u", NoReturnPath: true, LineEnd: "\n"}
@@ -159,7 +139,7 @@ func TestAgentQuotaBoundary(t *testing.T) {
 }
 
 func TestAgentSizeLimitAndInputErrors(t *testing.T) {
-	a, root := newAgent(t, fakeUsers{"u": nil})
+	a, root := newAgent(t, fakeUsers{"u": {}})
 	a.MaxMessageSize = 10
 	ctx := context.Background()
 	if _, err := a.Deliver(ctx, Delivery{User: "u"}, strings.NewReader(strings.Repeat("x", 11))); !errors.Is(err, ErrTooBig) {
@@ -180,10 +160,38 @@ func TestAgentSizeLimitAndInputErrors(t *testing.T) {
 	if n := len(readNew(t, root, "u")); n != 1 {
 		t.Fatalf("%d messages, want 1", n)
 	}
-	// Malformed per-user quotas are errors, not silently no quota.
-	a.Users = fakeUsers{"u": {FieldQuotaMessages: "-3"}}
-	if err := a.Check("u", 0); err == nil || !strings.Contains(err.Error(), "quota_messages") {
-		t.Fatalf("a malformed quota_messages: %v", err)
+}
+
+// An account refused for a setting that cannot be read (here a malformed
+// quota, never taken for no quota) is found, and its mail is held up:
+// nothing is stored, and the error is the account's.
+func TestAgentRefusedAccount(t *testing.T) {
+	a, root := newAgent(t, nil)
+	a.RecipientDelimiter = "+"
+	path := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(path, []byte("u:{PLAIN}x::::::quota_messages=-3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	users, err := auth.OpenUsers(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Users = users
+	refused := func(err error) bool {
+		return errors.Is(err, auth.ErrInvalidAccount) && strings.Contains(err.Error(), "quota_messages") &&
+			!errors.Is(err, ErrUnknownUser) && !errors.Is(err, ErrUnconfirmed)
+	}
+	if user, err := a.User("u+tag"); user != "u" || !refused(err) {
+		t.Errorf("User(u+tag) = %q, %v", user, err)
+	}
+	if err := a.Check("u", 0); !refused(err) {
+		t.Errorf("Check: %v", err)
+	}
+	if _, err := a.Deliver(context.Background(), Delivery{User: "u"}, strings.NewReader("x\r\n")); !refused(err) {
+		t.Errorf("Deliver: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(root, "u", "new")); len(entries) != 0 {
+		t.Errorf("%d messages stored for a refused account", len(entries))
 	}
 }
 
@@ -235,7 +243,7 @@ func TestMailbox(t *testing.T) {
 // keeps the Return-Path and Delivered-To lines that the MTA wrote at the top
 // instead of getting a second set.
 func TestAgentPiped(t *testing.T) {
-	a, root := newAgent(t, fakeUsers{"u": nil})
+	a, root := newAgent(t, fakeUsers{"u": {}})
 	ctx := context.Background()
 	d := Delivery{User: "u", Recipient: "u", Sender: "s@x.test", Piped: true}
 	for _, tc := range []struct{ msg, want string }{

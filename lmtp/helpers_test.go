@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,28 +19,46 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-// fakeUsers is a users database: name → extra fields.
-type fakeUsers map[string]map[string]string
+// fakeUser is an account: its own quota, or why it is refused.
+type fakeUser struct {
+	quota   auth.Quota
+	refused error
+}
 
-func (u fakeUsers) Known(name string) (bool, error) { _, ok := u[name]; return ok, nil }
+// fakeUsers is an account source: name → account.
+type fakeUsers map[string]fakeUser
 
-func (u fakeUsers) Fields(name string) map[string]string { return u[name] }
+func (u fakeUsers) Account(name string) (auth.Account, error) {
+	f, ok := u[name]
+	switch {
+	case !ok:
+		return auth.Account{}, fmt.Errorf("%w: %s", auth.ErrNoSuchUser, name)
+	case f.refused != nil:
+		return auth.Account{Name: name}, &auth.AccountError{Name: name, Errs: []error{f.refused}}
+	}
+	return auth.Account{Name: name, Quota: f.quota}, nil
+}
 
-// unsureUsers is a users database whose source cannot confirm one name, as
+// storage and messages are a user's own quota.
+func storage(n int64) fakeUser { return fakeUser{quota: auth.Quota{Storage: auth.Own(n)}} }
+func messages(n int) fakeUser  { return fakeUser{quota: auth.Quota{Messages: auth.Own(n)}} }
+
+// unsureUsers is an account source that cannot confirm one name, as
 // auth.Users cannot while its users file is unusable.
 type unsureUsers struct {
 	fakeUsers
 	unsure string
 }
 
-func (u unsureUsers) Known(name string) (bool, error) {
+func (u unsureUsers) Account(name string) (auth.Account, error) {
 	if name == u.unsure {
-		return false, errors.New("the users file is missing")
+		return auth.Account{}, &auth.SourceError{Path: "users", Reason: "is missing"}
 	}
-	return u.fakeUsers.Known(name)
+	return u.fakeUsers.Account(name)
 }
 
 // syncBuffer collects log output from several goroutines.
@@ -73,12 +92,12 @@ type env struct {
 }
 
 var testUsers = fakeUsers{
-	"alice": nil,
-	"carol": nil,
-	"bob":   {FieldQuotaStorage: "1K"},
-	"dave":  {FieldQuotaMessages: "1"},
-	"erin":  {FieldQuotaStorage: "lots"},
-	"frank": nil,
+	"alice": {},
+	"carol": {},
+	"bob":   storage(1 << 10),
+	"dave":  messages(1),
+	"erin":  {refused: errors.New(`quota_storage: "lots" is not a size`)},
+	"frank": {},
 }
 
 // newEnv starts a server; mod may change the configuration first.

@@ -98,7 +98,8 @@ func TestRecipientReplies(t *testing.T) {
 		// The quota is not checked at RCPT (see TestQuotaAfterData).
 		{"bob@example.org", 2000, 250, smtp.EnhancedCode{}},
 		{"dave@example.org", 0, 250, smtp.EnhancedCode{}},
-		{"erin@example.org", 0, 250, smtp.EnhancedCode{}},
+		// An account refused for its settings: its mail waits for the fix.
+		{"erin@example.org", 0, 451, smtp.EnhancedCode{4, 3, 0}},
 		{"alice@example.org", 60 << 20, 552, smtp.EnhancedCode{5, 3, 4}}, // at MAIL: SIZE= over the limit
 	} {
 		t.Run(fmt.Sprintf("%s/%d", tc.rcpt, tc.size), func(t *testing.T) {
@@ -180,14 +181,16 @@ func TestQuotaAfterData(t *testing.T) {
 			t.Errorf("dave has %d messages, want the old one only", n)
 		}
 		e.nothingStored("bob")
-		// A broken quota field is a temporary local failure, after DATA too.
-		_, dataErrs = send(t, c, "s@example.net", []string{"erin@example.org"}, "x\r\n")
-		if se := dataErrs["erin@example.org"]; se == nil || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 0}) {
-			t.Errorf("a broken quota field: %v, want 451 4.3.0", se)
+		// An account refused for a broken quota field is deferred at
+		// RCPT already.
+		rcptErrs, _ = send(t, c, "s@example.net", []string{"erin@example.org", "alice@example.org"}, "x\r\n")
+		if se := rcptErrs["erin@example.org"]; se == nil || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 0}) {
+			t.Errorf("an account refused for its settings: %v, want 451 4.3.0", se)
 		}
-		if !strings.Contains(e.logs.String(), `quota_storage of user erin`) {
-			t.Errorf("the broken quota field is not logged:\n%s", e.logs)
+		if !strings.Contains(e.logs.String(), `quota_storage: \"lots\"`) || !strings.Contains(e.logs.String(), "user=erin") {
+			t.Errorf("the refusal is not noted:\n%s", e.logs)
 		}
+		e.nothingStored("erin")
 	}
 }
 
@@ -772,7 +775,7 @@ func TestMessageSizeBoundary(t *testing.T) {
 // Delivered-To, unless a user of the whole name exists; an empty delimiter
 // turns it off.
 func TestRecipientDelimiter(t *testing.T) {
-	users := fakeUsers{"alice": nil, "list+owner": nil}
+	users := fakeUsers{"alice": {}, "list+owner": {}}
 	for _, delim := range []string{"+", "", "-+"} {
 		e := newEnv(t, func(c *Config) { c.Agent.Users = users; c.Agent.RecipientDelimiter = delim })
 		c := e.client()
@@ -811,7 +814,7 @@ func TestRecipientDelimiter(t *testing.T) {
 // A quoted local part keeps its quotes in Return-Path and Delivered-To
 // (RFC 5321 §4.1.2): go-smtp hands the address over unquoted.
 func TestQuotedAddresses(t *testing.T) {
-	users := fakeUsers{"alice": nil, "john doe": nil}
+	users := fakeUsers{"alice": {}, "john doe": {}}
 	e := newEnv(t, func(c *Config) { c.Agent.Users = users })
 	r := e.raw()
 	r.send(`MAIL FROM:<"john doe"@x.test>` + "\r\n" + `RCPT TO:<"alice"@example.org>` + "\r\n" +

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/internal/crashpoint"
 )
 
@@ -27,6 +28,11 @@ var (
 	// refused for good.
 	replyUnconfirmed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Cannot confirm the recipient now, try again later"}
+	// The recipient's account is refused for its settings until they are
+	// fixed: the mail waits for that rather than being bounced or
+	// delivered under settings that were not meant.
+	replyAccountRefused = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "Cannot take mail for this recipient now, try again later"}
 	replyDomain   = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 2}, Message: "Domain not served here"}
 	replyTooBig   = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for this system"}
 	replyFull     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
@@ -115,7 +121,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	agent := s.srv.cfg.Agent
 	user, err := agent.User(local)
 	if err != nil {
-		return s.refusal(recipient{to, ""}, err, "recipient refused")
+		return s.refusal(recipient{to, user}, err, "recipient refused")
 	}
 	if s.srv.cfg.RcptCheckQuota {
 		if err := agent.Check(user, s.size); err != nil {
@@ -253,6 +259,9 @@ func (s *session) refusal(rc recipient, err error, what string) *smtp.SMTPError 
 		// The users file's fault is logged once, where it is found; each
 		// recipient it holds up is only noted.
 		reply = replyUnconfirmed
+	case errors.Is(err, auth.ErrInvalidAccount):
+		// Logged at each load of the users file; here only noted.
+		reply = replyAccountRefused
 	case errors.Is(err, ErrTooBig):
 		reply = replyTooBig
 	case errors.As(err, &qe):

@@ -19,19 +19,13 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-type fakeAuth map[string]string
-
-func (a fakeAuth) Verify(user, password string) bool { pw, ok := a[user]; return ok && pw == password }
-func (fakeAuth) APOPSecret(string) (string, bool)    { return "", false }
-func (fakeAuth) APOPAvailable() bool                 { return false }
-
 // startPouch runs an in-process Pouch with users u0…u(n-1), each with msgs
 // messages, on a plaintext and an implicit-TLS listener.
 func startPouch(t *testing.T, users, msgs int) (plain, tlsAddr string, creds []Cred) {
 	t.Helper()
 	dir := t.TempDir()
 	st := maildir.New(filepath.Join(dir, "mail"))
-	auth := fakeAuth{}
+	auth := servertest.Users{}
 	for i := range users {
 		name := fmt.Sprintf("u%d", i)
 		auth[name] = "pw" + name

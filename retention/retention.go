@@ -1,105 +1,31 @@
 // Package retention decides how long mail stays on the server and carries it
-// out: each user's policy (a server-wide default, overridden per user by
-// fields of the users file) and the sweeper that expires messages and purges
-// the holding area of deleted ones (RFC 2449 §6.7).
-//
-// The per-user fields, as Dovecot passwd-file extra fields:
-//
-//	expire=30d              remove messages 30 days after ... (never, 0, or a duration)
-//	expire_from=retrieval   ... their first retrieval instead of their delivery
-//	deletion_window=30d     keep deleted and expired messages restorable this long
+// out: each user's policy (a server-wide default, overridden per user by the
+// account's own: auth.Retention) and the sweeper that expires messages and
+// purges the holding area of deleted ones (RFC 2449 §6.7).
 //
 // Legal hold is kept by the storage backend, beside the mail it protects, so
-// that it outlives the user's entry in the users file.
+// that it outlives the user's account.
 package retention
 
 import (
+	"errors"
 	"fmt"
-	"reflect"
 	"strings"
 	"sync"
-	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/internal/days"
 	"github.com/pouchmail/pouch/store"
 )
 
-// Names of the users file fields that override the default policy.
-const (
-	FieldExpire     = "expire"
-	FieldExpireFrom = "expire_from"
-	FieldWindow     = "deletion_window"
-)
-
-// ParseExpire reads an expiry setting: "never" (keep messages until a client
-// deletes them), "0" (RFC 2449's EXPIRE 0: messages retrieved with RETR are
-// deleted at QUIT), or a duration ("30d", "12h").
-func ParseExpire(v string) (expire time.Duration, deleteRetrieved bool, err error) {
-	switch v {
-	case "never", "":
-		return 0, false, nil
-	case "0", "0d", "0s":
-		return 0, true, nil
+// Apply returns p overridden by an account's own retention settings.
+func Apply(p store.Policy, r auth.Retention) store.Policy {
+	if r.Expire.Set {
+		p.Expire, p.DeleteRetrieved = r.Expire.Value.After, r.Expire.Value.DeleteRetrieved
 	}
-	d, ok := days.Parse(v)
-	if !ok || d == 0 {
-		return 0, false, fmt.Errorf("%q is not \"never\", \"0\" or a duration such as 30d", v)
-	}
-	return d, false, nil
-}
-
-// ParseFrom reads what an expiry counts from: "delivery" or "retrieval".
-func ParseFrom(v string) (fromRetrieval bool, err error) {
-	switch v {
-	case "delivery", "":
-		return false, nil
-	case "retrieval":
-		return true, nil
-	}
-	return false, fmt.Errorf("%q is not \"delivery\" or \"retrieval\"", v)
-}
-
-// ParseWindow reads a deletion window: a duration, 0 for none.
-func ParseWindow(v string) (time.Duration, error) {
-	if v == "0" {
-		return 0, nil
-	}
-	d, ok := days.Parse(v)
-	if !ok {
-		return 0, fmt.Errorf("%q is not a duration such as 30d (or 0)", v)
-	}
-	return d, nil
-}
-
-// Apply returns p overridden by the retention fields among fields. A field
-// that does not parse leaves p as it is and is reported.
-func Apply(p store.Policy, fields map[string]string) (store.Policy, error) {
-	var errs []string
-	if v, ok := fields[FieldExpire]; ok {
-		if d, del, err := ParseExpire(v); err != nil {
-			errs = append(errs, FieldExpire+": "+err.Error())
-		} else {
-			p.Expire, p.DeleteRetrieved = d, del
-		}
-	}
-	if v, ok := fields[FieldExpireFrom]; ok {
-		if from, err := ParseFrom(v); err != nil {
-			errs = append(errs, FieldExpireFrom+": "+err.Error())
-		} else {
-			p.FromRetrieval = from
-		}
-	}
-	if v, ok := fields[FieldWindow]; ok {
-		if d, err := ParseWindow(v); err != nil {
-			errs = append(errs, FieldWindow+": "+err.Error())
-		} else {
-			p.Window = d
-		}
-	}
-	if errs != nil {
-		return p, fmt.Errorf("%s", strings.Join(errs, "; "))
-	}
-	return p, nil
+	p.FromRetrieval = r.FromRetrieval.Or(p.FromRetrieval)
+	p.Window = r.Window.Or(p.Window)
+	return p
 }
 
 // Describe says p in words, for operators.
@@ -123,29 +49,26 @@ func Describe(p store.Policy) string {
 	return b.String()
 }
 
-// UserFields gives the users file's extra fields (auth.Users does).
-type UserFields interface {
-	Fields(user string) map[string]string
-	AllFields() map[string]map[string]string
+// Accounts are where the users' own policies come from (auth.Source).
+type Accounts interface {
+	Account(name string) (auth.Account, error)
+	Summary() auth.Summary
 }
 
 // Policies gives each user's policy: the default, overridden by the user's
-// fields. It implements the server's Retention; it is safe for concurrent
+// account. It implements the server's Retention; it is safe for concurrent
 // use, and the default can change under a running server (SetDefault).
 type Policies struct {
-	users UserFields // nil: the default for everyone
+	accounts Accounts // nil: the default for everyone
 
-	mu        sync.Mutex
-	def       store.Policy
-	floorOf   uintptr // identity of the fields map the floor was computed from
-	floor     store.Policy
-	perUser   bool
-	floorDone bool
+	mu  sync.Mutex
+	def store.Policy
 }
 
-// NewPolicies returns the policies for def and the users' fields (nil: none).
-func NewPolicies(def store.Policy, users UserFields) *Policies {
-	return &Policies{def: def, users: users}
+// NewPolicies returns the policies for def and the users' accounts (nil:
+// none).
+func NewPolicies(def store.Policy, accounts Accounts) *Policies {
+	return &Policies{def: def, accounts: accounts}
 }
 
 // Default returns the server-wide policy.
@@ -159,47 +82,52 @@ func (p *Policies) Default() store.Policy {
 func (p *Policies) SetDefault(def store.Policy) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.def, p.floorDone = def, false
+	p.def = def
 }
 
-// Policy returns user's policy. Fields that do not parse are ignored (pouch
-// check-config reports them).
-func (p *Policies) Policy(user string) store.Policy {
+// Lookup returns user's policy: the default, overridden by the user's
+// account; the default alone for a name with no account (the maildrop of a
+// user deleted since). When the user's own policy cannot be known now (an
+// account refused for its settings, or accounts that cannot be looked up),
+// the error says why, and the policy is the one that removes least: nothing
+// expires, and nothing retrieved is deleted that the client did not delete
+// itself.
+func (p *Policies) Lookup(user string) (store.Policy, error) {
 	def := p.Default()
-	if p.users == nil {
-		return def
+	if p.accounts == nil {
+		return def, nil
 	}
-	pol, _ := Apply(def, p.users.Fields(user))
+	a, err := p.accounts.Account(user)
+	switch {
+	case err == nil:
+		return Apply(def, a.Retention), nil
+	case errors.Is(err, auth.ErrNoSuchUser):
+		return def, nil
+	}
+	return store.Policy{Window: def.Window}, err
+}
+
+// Policy returns user's policy, as Lookup does, whether or not it is known.
+func (p *Policies) Policy(user string) store.Policy {
+	pol, _ := p.Lookup(user)
 	return pol
 }
 
 // Floor returns the policy to announce before login (RFC 2449 §6.7): the
 // shortest expiry of any user, and whether some users have their own.
 func (p *Policies) Floor() (store.Policy, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.users == nil {
-		return p.def, false
+	def := p.Default()
+	if p.accounts == nil {
+		return def, false
 	}
-	all := p.users.AllFields()
-	id := reflect.ValueOf(all).Pointer()
-	if p.floorDone && p.floorOf == id {
-		return p.floor, p.perUser
-	}
-	floor, perUser := p.def, false
-	for _, f := range all {
-		_, e := f[FieldExpire]
-		_, from := f[FieldExpireFrom]
-		if !e && !from {
-			continue
-		}
-		perUser = true
-		if u, _ := Apply(p.def, f); shorter(u, floor) {
+	own := p.accounts.Summary().Retention
+	floor := def
+	for _, r := range own {
+		if u := Apply(def, r); shorter(u, floor) {
 			floor = u
 		}
 	}
-	p.floor, p.perUser, p.floorOf, p.floorDone = floor, perUser, id, true
-	return floor, perUser
+	return floor, len(own) > 0
 }
 
 // shorter reports whether a may remove messages sooner than b.

@@ -11,11 +11,15 @@ import (
 )
 
 // Sweeper applies the policies to every maildrop in the background. It
-// never touches a maildrop while a session has it open: such a maildrop is
-// left for the next sweep.
+// never touches a maildrop while a session has it open, nor one whose
+// user's policy cannot be known (Policy's error: an account refused for its
+// settings, or accounts that cannot be looked up): such a maildrop is left
+// for the next sweep.
 type Sweeper struct {
-	Store  store.Retainer
-	Policy func(user string) store.Policy
+	Store store.Retainer
+	// Policy gives each user's policy, or an error when it is not known
+	// (Policies.Lookup).
+	Policy func(user string) (store.Policy, error)
 	Now    func() time.Time // nil: time.Now
 	Log    *slog.Logger     // nil: slog.Default()
 	Audit  *audit.Log       // every expiry and purge, one line per message
@@ -32,6 +36,7 @@ func (s *Sweeper) logger() *slog.Logger {
 type Summary struct {
 	Users   int // maildrops swept
 	Busy    int // maildrops skipped because a session had them open
+	Unsure  int // maildrops skipped because their policy is not known
 	Failed  int // maildrops whose sweep failed (logged)
 	Expired int
 	Purged  int
@@ -55,7 +60,12 @@ func (s *Sweeper) Sweep(ctx context.Context) (Summary, error) {
 		if err := ctx.Err(); err != nil {
 			return sum, err
 		}
-		p := s.Policy(user)
+		p, err := s.Policy(user)
+		if err != nil {
+			sum.Unsure++
+			log.Warn("retention sweep: maildrop left as it is: its user's policy is not known", "user", user, "err", err)
+			continue
+		}
 		res, err := s.Store.Sweep(ctx, user, p, now())
 		s.record(log, user, p, res)
 		sum.Expired += len(res.Expired)
@@ -113,8 +123,8 @@ func (s *Sweeper) Run(ctx context.Context, every time.Duration) {
 		if err != nil && ctx.Err() == nil {
 			log.Error("retention sweep failed", "err", err)
 		}
-		if sum.Expired+sum.Purged+sum.Failed > 0 || sum.Busy > 0 {
-			log.Info("retention sweep", "maildrops", sum.Users, "busy", sum.Busy, "failed", sum.Failed,
+		if sum.Expired+sum.Purged+sum.Failed > 0 || sum.Busy+sum.Unsure > 0 {
+			log.Info("retention sweep", "maildrops", sum.Users, "busy", sum.Busy, "unsure", sum.Unsure, "failed", sum.Failed,
 				"expired", sum.Expired, "purged", sum.Purged, "purged_octets", sum.Octets,
 				"took", time.Since(start).Round(time.Millisecond))
 		}

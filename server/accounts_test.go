@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/pouchmail/pouch/auth"
@@ -73,4 +74,52 @@ func TestLoginsWhileTheUsersFileIsUnusable(t *testing.T) {
 	c.send("USER nobody\r\nPASS x\r\n")
 	c.expect(`\+OK send PASS`)
 	c.expect(authFailed)
+}
+
+// bareSource is an account source with none of the optional capabilities,
+// whose accounts would still have SCRAM keys and APOP secrets.
+type bareSource struct{ users map[string]string }
+
+func (b bareSource) Account(user string) (auth.Account, error) {
+	if _, ok := b.users[user]; !ok {
+		return auth.Account{}, auth.ErrNoSuchUser
+	}
+	return auth.Account{Name: user}, nil
+}
+func (b bareSource) Verify(user, pw string) bool { p, ok := b.users[user]; return ok && p == pw }
+func (b bareSource) Summary() auth.Summary       { return auth.Summary{SCRAM: true, APOP: true} }
+func (b bareSource) Fault() error                { return nil }
+
+// SCRAM and APOP are offered only by a source that can serve them
+// (auth.SCRAMSource, auth.APOPSource, found once by New), and only while
+// some account can use them (Summary).
+func TestOptionalCapabilities(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) { c.Auth = bareSource{map[string]string{"alice": "secret"}} })
+	c := ts.dial(t)
+	c.expect(`\+OK Pouch ready\.$`)
+	caps := c.capa()
+	if strings.Contains(strings.Join(caps, " "), "SCRAM") {
+		t.Errorf("SCRAM offered by a source without keys: %v", caps)
+	}
+	c.send("APOP alice 0123456789abcdef0123456789abcdef\r\n")
+	c.expect(`-ERR APOP is not available`)
+	c.login2("alice", "secret")
+
+	path := filepath.Join(t.TempDir(), "users")
+	if err := auth.AddUser(path, "bob", "Kq7-vTz2-mW9p"); err != nil {
+		t.Fatal(err)
+	}
+	users := auth.OpenUsersWith(path, auth.UsersOptions{})
+	ts = newTestServer(t, func(c *Config) { c.Auth = users })
+	c = ts.dial(t)
+	c.expect(`\+OK Pouch ready\.$`) // no {PLAIN} user: no APOP
+	if caps := c.capa(); !has(caps, "SASL SCRAM-SHA-256 PLAIN LOGIN") {
+		t.Errorf("CAPA with SCRAM keys: %v", caps)
+	}
+	os.WriteFile(path, []byte("bob:{PLAIN}pw\n"), 0o600)
+	c = ts.dial(t)
+	c.expect(greetingAPOP)
+	if caps := c.capa(); !has(caps, "SASL PLAIN LOGIN") {
+		t.Errorf("CAPA once no account has SCRAM keys: %v", caps)
+	}
 }

@@ -6,21 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
-	"github.com/pouchmail/pouch/internal/days"
 	"github.com/pouchmail/pouch/pop3"
 )
-
-// FieldsProvider is implemented by an Authenticator that keeps per-user
-// settings (the extra fields of auth.Users): allow_nets, deny_nets,
-// allow_countries, deny_countries, nologin, login_delay, password_max_age,
-// password_changed.
-type FieldsProvider interface {
-	Fields(user string) map[string]string
-}
 
 // addrOf returns the IP address of a connection's remote end, or the zero
 // Addr for other kinds of connections.
@@ -85,14 +76,6 @@ func (s *Server) refuse(c net.Conn, reply string) {
 		c.Write([]byte(reply + "\r\n"))
 		c.Close()
 	}()
-}
-
-// fields returns user's per-user settings, or nil.
-func (s *session) fields(user string) map[string]string {
-	if f, ok := s.srv.cfg.Auth.(FieldsProvider); ok {
-		return f.Fields(user)
-	}
-	return nil
 }
 
 // throttle starts the guard's attempt (guard.Attempt) for user, with
@@ -172,65 +155,20 @@ func (s *session) throttle(user, method string) bool {
 	return true
 }
 
-// userSettings are a user's own settings, from the extra fields of the
-// users file.
-type userSettings struct {
-	disabled   bool          // nologin
-	loginDelay time.Duration // login_delay; -1: the server's
-	maxAge     time.Duration // password_max_age; -1: the server's
-	changed    time.Time     // password_changed; zero: unknown, never expires
+// known reports whether the source has an account for user, usable or
+// refused for its settings.
+func (s *Server) known(user string) bool {
+	_, err := s.cfg.Auth.Account(user)
+	return err == nil || errors.Is(err, auth.ErrInvalidAccount)
 }
 
-// parseUserSettings reads a user's settings; each field that cannot be read
-// is an error naming it.
-func parseUserSettings(f map[string]string) (userSettings, []error) {
-	u := userSettings{loginDelay: -1, maxAge: -1}
-	var errs []error
-	_, u.disabled = f["nologin"]
-	if v, ok := f["login_delay"]; ok {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-			u.loginDelay = time.Duration(n) * time.Second
-		} else {
-			errs = append(errs, fmt.Errorf("login_delay: %q is not a number of seconds", v))
-		}
-	}
-	if v, ok := f["password_max_age"]; ok {
-		if d, ok := days.Parse(v); ok {
-			u.maxAge = d
-		} else {
-			errs = append(errs, fmt.Errorf("password_max_age: %q is not an age (like 90d)", v))
-		}
-	}
-	if v, ok := f["password_changed"]; ok {
-		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-			u.changed = time.Unix(n, 0)
-		} else {
-			errs = append(errs, fmt.Errorf("password_changed: %q is not a Unix time", v))
-		}
-	}
-	return u, append(errs, guard.CheckUserRules(f)...)
+// loginDelay is the LOGIN-DELAY (RFC 2449 §6.5) of a user with account a:
+// the account's own, or the server's.
+func (s *session) loginDelay(a auth.Account) time.Duration {
+	return a.LoginDelay.Or(s.srv.cfg.LoginDelay)
 }
 
-// CheckUserFields reports each of a user's own settings (the users file's
-// extra fields login_delay, password_max_age, password_changed, allow_nets,
-// deny_nets, allow_countries, deny_countries) that cannot be read. Such a
-// user cannot log in until the field is fixed: the server answers
-// -ERR [SYS/PERM] and logs the problem.
-func CheckUserFields(fields map[string]string) []error {
-	_, errs := parseUserSettings(fields)
-	return errs
-}
-
-// loginDelay is the LOGIN-DELAY (RFC 2449 §6.5) of a user with settings u:
-// the login_delay field in seconds, or the server's.
-func (s *session) loginDelay(u userSettings) time.Duration {
-	if u.loginDelay >= 0 {
-		return u.loginDelay
-	}
-	return s.srv.cfg.LoginDelay
-}
-
-// admitUser applies the per-user settings after the credentials were found
+// admitUser applies the user's account after the credentials were found
 // good, which ends the guard's attempt as a success. It answers the client and returns
 // false when the user may not log in now; method is the mechanism used.
 //
@@ -241,39 +179,44 @@ func (s *session) loginDelay(u userSettings) time.Duration {
 // refusals for the account itself (disabled, password expired) take the
 // failure delay and count for the guard as failures, as a wrong password
 // would; the others are answered at once.
-func (s *session) admitUser(user, mech string) bool {
-	f := s.fields(user)
-	u, errs := parseUserSettings(f)
-	if len(errs) > 0 {
+func (s *session) admitUser(user, mech string) (auth.Account, bool) {
+	u, err := s.srv.cfg.Auth.Account(user)
+	switch {
+	case errors.Is(err, auth.ErrInvalidAccount):
 		// The operator's mistake, not the client's: no failure is counted.
-		s.log.Error("login refused: the user's settings in the users file cannot be read", "user", user, "err", errors.Join(errs...))
+		s.log.Error("login refused: the account's settings cannot be read", "user", user, "err", err)
 		s.loginRefused(user, mech, "invalid settings")
 		s.attemptSucceeded()
 		s.w.Err(pop3.CodeSysPerm, "this account's settings are invalid; ask the administrator")
-		return false
+		return u, false
+	case err != nil:
+		// The account went away, or the accounts cannot be looked up,
+		// since the credentials were checked: no failure either.
+		s.log.Warn("login deferred: the account cannot be looked up", "user", user, "err", err)
+		s.loginRefused(user, mech, "account unavailable")
+		s.attemptDone()
+		s.w.Err(pop3.CodeSysTemp, errAccountsDown)
+		return u, false
 	}
 	if r := s.srv.cfg.Rules; r != nil && s.ip.IsValid() {
-		if err := r.CheckUser(s.ip, f); err != nil {
+		if err := r.CheckUser(s.ip, u.Access); err != nil {
 			// Answered like bad credentials, after the same delay, so that
 			// nothing tells that the password was right.
 			s.log.Info("login refused by the user's access rules", "user", user, "reason", err)
 			s.failLogin(user, mech, "access rules")
-			return false
+			return u, false
 		}
 	}
-	if u.disabled {
+	if u.Disabled {
 		s.loginRefused(user, mech, "disabled")
 		s.answerFailure(pop3.CodeSysPerm, "POP3 access is disabled for this account")
-		return false
+		return u, false
 	}
-	maxAge := s.srv.cfg.PasswordMaxAge
-	if u.maxAge >= 0 {
-		maxAge = u.maxAge
-	}
-	if maxAge > 0 && !u.changed.IsZero() && time.Since(u.changed) > maxAge {
+	maxAge := u.PasswordMaxAge.Or(s.srv.cfg.PasswordMaxAge)
+	if maxAge > 0 && !u.PasswordChanged.IsZero() && time.Since(u.PasswordChanged) > maxAge {
 		s.loginRefused(user, mech, "password expired")
 		s.answerFailure(pop3.CodeAuth, "password expired")
-		return false
+		return u, false
 	}
 	s.attemptSucceeded()
 	if d := s.loginDelay(u); d > 0 {
@@ -283,7 +226,7 @@ func (s *session) admitUser(user, mech string) bool {
 		if ok && time.Since(last) < d {
 			s.loginRefused(user, mech, "login delay")
 			s.w.Err(pop3.CodeLoginDelay, "minimum time between logins not reached")
-			return false
+			return u, false
 		}
 	}
 	if max := s.srv.cfg.MaxSessionsPerUser; max > 0 {
@@ -293,10 +236,10 @@ func (s *session) admitUser(user, mech string) bool {
 		if n >= max {
 			s.loginRefused(user, mech, "too many sessions")
 			s.w.Err(pop3.CodeInUse, "too many sessions for this user")
-			return false
+			return u, false
 		}
 	}
-	return true
+	return u, true
 }
 
 // attemptDone ends the guard's attempt of a login whose credentials were
@@ -346,14 +289,14 @@ const errBadLogin = "invalid user name or password"
 //	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD [reason=REASON]
 func (s *session) failLogin(user, method, reason string) {
 	code, text := pop3.CodeAuth, errBadLogin
-	if src, ok := s.srv.cfg.Auth.(AccountSource); ok && src.Fault() != nil {
+	if s.srv.cfg.Auth.Fault() != nil {
 		// RFC 3206 §4 [SYS/TEMP]: the list of users cannot be used now, so
 		// the failure may be the list's. Every failure gets this reply, so
 		// that nothing tells a name missing from the list from a wrong
 		// password; only a wrong password for a user the list still has is
 		// a failed login, counted by the guard.
 		code, text = pop3.CodeSysTemp, errAccountsDown
-		if !src.Exists(user) {
+		if !s.srv.known(user) {
 			s.log.Warn("login deferred: the users file cannot be used", "ip", s.ip.String(), "user", user, "method", method)
 			s.attemptDone()
 			s.failDelay()
@@ -369,14 +312,6 @@ func (s *session) failLogin(user, method, reason string) {
 	s.log.Info("authentication failed", attrs...)
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
 	s.answerFailure(code, text)
-}
-
-// AccountSource is implemented by an Authenticator whose list of users can
-// be unusable for a while (auth.Users, when its users file is missing or
-// damaged): Fault is then not nil, and Exists tells the users it still has.
-type AccountSource interface {
-	Fault() error
-	Exists(user string) bool
 }
 
 // errAccountsDown is the reply to a failed login while the list of users

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/metrics"
 )
@@ -148,8 +149,8 @@ func TestAccessRules(t *testing.T) {
 	ts := newTestServer(t, func(c *Config) {
 		c.Rules = rules
 		c.Auth = fakeAuth{
-			users:  map[string]string{"alice": "secret", "bob": "secret"},
-			fields: map[string]map[string]string{"alice": {"allow_nets": "127.0.0.7/32"}},
+			users:    map[string]string{"alice": "secret", "bob": "secret"},
+			accounts: map[string]auth.Account{"alice": {Access: auth.Access{AllowNets: nets("127.0.0.7/32")}}},
 		}
 	})
 	c := ts.dialFrom(t, "127.0.0.3")
@@ -172,16 +173,16 @@ func TestAccessRules(t *testing.T) {
 }
 
 func TestPerUserSwitches(t *testing.T) {
-	old := strconv.FormatInt(time.Now().Add(-100*24*time.Hour).Unix(), 10)
+	old := time.Now().Add(-100 * 24 * time.Hour)
 	ts := newTestServer(t, func(c *Config) {
 		c.PasswordMaxAge = 90 * 24 * time.Hour
 		c.Auth = fakeAuth{
 			users: map[string]string{"off": "secret", "old": "secret", "young": "secret", "ownage": "secret"},
-			fields: map[string]map[string]string{
-				"off":    {"nologin": ""},
-				"old":    {"password_changed": old},
-				"young":  {"password_changed": strconv.FormatInt(time.Now().Unix(), 10)},
-				"ownage": {"password_changed": old, "password_max_age": "365d"},
+			accounts: map[string]auth.Account{
+				"off":    {Disabled: true},
+				"old":    {PasswordChanged: old},
+				"young":  {PasswordChanged: time.Now()},
+				"ownage": {PasswordChanged: old, PasswordMaxAge: auth.Own(365 * 24 * time.Hour)},
 			},
 		}
 	})
@@ -209,8 +210,8 @@ func TestLoginDelay(t *testing.T) {
 	ts := newTestServer(t, func(c *Config) {
 		c.LoginDelay = 300 * time.Second
 		c.Auth = fakeAuth{
-			users:  map[string]string{"alice": "secret", "bob": "secret"},
-			fields: map[string]map[string]string{"bob": {"login_delay": "0"}},
+			users:    map[string]string{"alice": "secret", "bob": "secret"},
+			accounts: map[string]auth.Account{"bob": {LoginDelay: auth.Own(time.Duration(0))}},
 		}
 	})
 	c := ts.dial(t)
@@ -421,8 +422,8 @@ func TestRefusalByUserRulesTakesTheFailureDelay(t *testing.T) {
 		rules, _ := guard.NewRules(nil, nil, nil, nil, "")
 		c.Rules = rules
 		c.Auth = fakeAuth{
-			users:  map[string]string{"alice": "secret"},
-			fields: map[string]map[string]string{"alice": {"allow_nets": "192.0.2.0/24"}},
+			users:    map[string]string{"alice": "secret"},
+			accounts: map[string]auth.Account{"alice": {Access: auth.Access{AllowNets: nets("192.0.2.0/24")}}},
 		}
 	})
 	c := ts.dial(t)
@@ -439,7 +440,7 @@ func TestRefusalByUserRulesTakesTheFailureDelay(t *testing.T) {
 // delayAuth announces the largest per-user LOGIN-DELAY, as auth.Users does.
 type delayAuth struct{ fakeAuth }
 
-func (delayAuth) MaxLoginDelay() time.Duration { return 900 * time.Second }
+func (delayAuth) Summary() auth.Summary { return auth.Summary{MaxLoginDelay: 900 * time.Second} }
 
 func TestLoginDelayAnnouncesTheLargest(t *testing.T) {
 	ts := newTestServer(t, func(c *Config) {
@@ -587,6 +588,15 @@ func TestGuardDelayAddsToFailureDelay(t *testing.T) {
 // password gets -ERR [SYS/PERM], the operator is told which fields are
 // wrong, and nothing counts as a failed password.
 func TestInvalidUserSettings(t *testing.T) {
+	usersPath := filepath.Join(t.TempDir(), "users")
+	line := "alice:{PLAIN}" + goodPassword + "::::::allow_nets=10.0.0.0/33 login_delay=abc password_max_age=ninety\n"
+	if err := os.WriteFile(usersPath, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	users, err := auth.OpenUsers(usersPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(t.TempDir(), "audit.log")
 	al, err := audit.Open(path)
 	if err != nil {
@@ -598,10 +608,7 @@ func TestInvalidUserSettings(t *testing.T) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		rules, _ := guard.NewRules(nil, nil, nil, nil, "")
 		c.Rules = rules
-		c.Auth = fakeAuth{
-			users:  map[string]string{"alice": goodPassword},
-			fields: map[string]map[string]string{"alice": {"allow_nets": "10.0.0.0/33", "login_delay": "abc", "password_max_age": "ninety"}},
-		}
+		c.Auth = users
 	})
 	for range 4 { // more than MaxFailures (3)
 		c := ts.dialFrom(t, "127.0.0.2")
@@ -626,12 +633,21 @@ func TestInvalidUserSettings(t *testing.T) {
 	if len(events) != 4 || events[0]["reason"] != "invalid settings" {
 		t.Fatalf("audit events: %v", events)
 	}
-	if errs := CheckUserFields(map[string]string{"allow_nets": "10.0.0.0/33", "login_delay": "abc", "password_max_age": "ninety", "password_changed": "x"}); len(errs) != 4 {
-		t.Errorf("CheckUserFields found %v", errs)
+	// A wrong password learns nothing: it fails as for any user.
+	c := ts.dialFrom(t, "127.0.0.3")
+	c.expect(`\+OK.*`)
+	c.send("USER alice\r\nPASS wrong-password\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(authFailed)
+}
+
+// nets parses networks for the tests' accounts.
+func nets(s string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, n := range strings.Split(s, ",") {
+		out = append(out, netip.MustParsePrefix(n))
 	}
-	if errs := CheckUserFields(map[string]string{"allow_nets": "10.0.0.0/8", "login_delay": "60", "password_max_age": "90d", "nologin": ""}); len(errs) != 0 {
-		t.Errorf("CheckUserFields refuses good fields: %v", errs)
-	}
+	return out
 }
 
 // A right password refused by the user's network rules is recorded under
@@ -648,8 +664,8 @@ func TestAccessRulesRefusalRecordsMechanism(t *testing.T) {
 		rules, _ := guard.NewRules(nil, nil, nil, nil, "")
 		c.Rules = rules
 		c.Auth = fakeAuth{
-			users:  map[string]string{"alice": goodPassword},
-			fields: map[string]map[string]string{"alice": {"allow_nets": "192.0.2.0/24"}},
+			users:    map[string]string{"alice": goodPassword},
+			accounts: map[string]auth.Account{"alice": {Access: auth.Access{AllowNets: nets("192.0.2.0/24")}}},
 		}
 	})
 	c := ts.dial(t)
@@ -677,7 +693,7 @@ func TestRefusedLoginsAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := strconv.FormatInt(time.Now().Add(-100*24*time.Hour).Unix(), 10)
+	old := time.Now().Add(-100 * 24 * time.Hour)
 	g, err := guard.New(guard.Config{MaxFailures: 10, DelayStep: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -689,10 +705,10 @@ func TestRefusedLoginsAudited(t *testing.T) {
 		c.MaxSessionsPerUser = 1
 		c.Auth = fakeAuth{
 			users: map[string]string{"off": goodPassword, "old": goodPassword, "slow": goodPassword, "busy": goodPassword},
-			fields: map[string]map[string]string{
-				"off":  {"nologin": ""},
-				"old":  {"password_changed": old},
-				"slow": {"login_delay": "600"},
+			accounts: map[string]auth.Account{
+				"off":  {Disabled: true},
+				"old":  {PasswordChanged: old},
+				"slow": {LoginDelay: auth.Own(600 * time.Second)},
 			},
 		}
 	})

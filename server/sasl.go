@@ -18,23 +18,9 @@ import (
 	"github.com/xdg-go/scram"
 	"golang.org/x/text/secure/precis"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/pop3"
 )
-
-// SCRAMAuthenticator is implemented by an Authenticator that keeps
-// SCRAM-SHA-256 credentials (RFC 5802, RFC 7677).
-type SCRAMAuthenticator interface {
-	// SCRAMCredentials returns user's stored SCRAM-SHA-256 credentials.
-	SCRAMCredentials(user string) (scram.StoredCredentials, bool)
-	// SCRAMAvailable reports whether any user has them.
-	SCRAMAvailable() bool
-}
-
-// UserChecker is implemented by an Authenticator that can tell whether a user
-// exists; SASL EXTERNAL, which has no password to check, needs it.
-type UserChecker interface {
-	Exists(user string) bool
-}
 
 // TokenVerifier checks OAuth 2.0 bearer tokens (OAUTHBEARER, RFC 7628, and
 // XOAUTH2).
@@ -95,7 +81,7 @@ func init() {
 	mechanismList = []saslMechanism{
 		{"SCRAM-SHA-256-PLUS", func(s *session) bool { return s.tls != nil && s.scram() != nil }, startSCRAMPlus},
 		{"SCRAM-SHA-256", func(s *session) bool { return s.scram() != nil }, startSCRAM},
-		{"EXTERNAL", func(s *session) bool { return s.clientCertName() != "" && s.userChecker() != nil }, startExternal},
+		{"EXTERNAL", func(s *session) bool { return s.clientCertName() != "" }, startExternal},
 		{"OAUTHBEARER", (*session).tokensUsable, startOAuthBearer},
 		{"XOAUTH2", (*session).tokensUsable, startXOAuth2},
 		{"PLAIN", (*session).cleartextAllowed, startPlain},
@@ -114,23 +100,19 @@ func (s *session) mechanisms() []string {
 	return names
 }
 
-func (s *session) scram() SCRAMAuthenticator {
-	if a, ok := s.srv.cfg.Auth.(SCRAMAuthenticator); ok && a.SCRAMAvailable() {
-		return a
+// scram returns the source of SCRAM-SHA-256 keys (RFC 5802, RFC 7677)
+// while some account has them, or nil.
+func (s *session) scram() auth.SCRAMSource {
+	if s.srv.scramKeys != nil && s.srv.cfg.Auth.Summary().SCRAM {
+		return s.srv.scramKeys
 	}
 	return nil
 }
 
 // tokensUsable reports whether bearer tokens can be checked here: a
-// verifier, a way to know the users, and a connection where a bearer secret
-// may be sent.
+// verifier, and a connection where a bearer secret may be sent.
 func (s *session) tokensUsable() bool {
-	return s.srv.cfg.Tokens != nil && s.userChecker() != nil && s.cleartextAllowed()
-}
-
-func (s *session) userChecker() UserChecker {
-	c, _ := s.srv.cfg.Auth.(UserChecker)
-	return c
+	return s.srv.cfg.Tokens != nil && s.cleartextAllowed()
 }
 
 // clientCertName is the common name of a client certificate verified against
@@ -507,7 +489,7 @@ func startExternal(s *session, res *saslResult) sasl.Server {
 		if err := checkAuthz(identity, name); err != nil {
 			return err
 		}
-		if !s.userChecker().Exists(name) {
+		if !s.srv.known(name) {
 			return errBadCredentials
 		}
 		return nil
@@ -538,7 +520,7 @@ func (s *session) tokenAccount(name, token string) (user string, err error) {
 	for _, n := range names {
 		if slices.Contains(tokenNames, n) {
 			matched = true
-			if s.userChecker().Exists(n) {
+			if s.srv.known(n) {
 				return n, nil
 			}
 		}

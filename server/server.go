@@ -2,8 +2,8 @@
 // per-connection state machine of RFC 1939 with the extensions of RFC 2449
 // (CAPA, response codes, PIPELINING) and SASL authentication (RFC 5034).
 //
-// The server knows neither the storage backend nor the user database: it talks
-// to a store.Store and an Authenticator.
+// The server knows neither the storage backend nor where the accounts are
+// kept: it talks to a store.Store and an Authenticator (an auth.Source).
 package server
 
 import (
@@ -22,23 +22,30 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/proxied"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/store"
 )
 
-// Authenticator checks credentials. auth.Users implements it.
+// Authenticator is what the server asks of the account source (see
+// auth.Source, which auth.Users implements): the server looks up accounts,
+// verifies passwords, and announces what the accounts add up to. Its
+// optional capabilities, auth.SCRAMSource (SCRAM-SHA-256), auth.APOPSource
+// (APOP) and auth.CachedVerifier, are found once, by New.
 type Authenticator interface {
+	// Account returns user's account (see auth.Source.Account).
+	Account(user string) (auth.Account, error)
 	// Verify reports whether password is user's password. It takes the same
 	// time whether or not the user exists.
 	Verify(user, password string) bool
-	// APOPSecret returns the shared secret for APOP (RFC 1939 §7), if user
-	// has one stored in a form that allows APOP.
-	APOPSecret(user string) (string, bool)
-	// APOPAvailable reports whether any user could use APOP; the greeting
-	// carries an APOP timestamp only then.
-	APOPAvailable() bool
+	// Summary says what the accounts add up to: SCRAM and APOP are offered
+	// only while some account can use them.
+	Summary() auth.Summary
+	// Fault is not nil while the accounts cannot all be looked up: failed
+	// logins then get -ERR [SYS/TEMP].
+	Fault() error
 }
 
 // Config configures a Server. Zero durations and limits take the defaults.
@@ -77,7 +84,7 @@ type Config struct {
 	// Nil means loopback only; an empty, non-nil slice means nowhere.
 	InsecureAuthNetworks []netip.Prefix
 	// Tokens, if set, checks OAuth 2.0 bearer tokens for OAUTHBEARER and
-	// XOAUTH2 (the Authenticator must then be a UserChecker).
+	// XOAUTH2.
 	Tokens TokenVerifier
 	// OAuthDomains, if set, are the domains whose user@DOMAIN tokens and
 	// OAuth login names log in as user; otherwise a token's user (and the
@@ -153,6 +160,11 @@ type Server struct {
 	authSem   chan struct{}
 	fakeKey   []byte // keys the made-up SCRAM salts of unknown users
 
+	// The Authenticator's optional capabilities, nil when it has not.
+	scramKeys auth.SCRAMSource
+	apop      auth.APOPSource
+	cached    auth.CachedVerifier
+
 	perIP        map[netip.Prefix]int // open sessions per source (address, or IPv6 /64)
 	preLogin     list.List            // *session not logged in (nor shed), oldest first
 	preIP        map[netip.Prefix]int // sessions in preLogin per source
@@ -198,7 +210,7 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{
+	srv := &Server{
 		cfg:       cfg,
 		log:       log,
 		listeners: make(map[net.Listener]struct{}),
@@ -212,21 +224,17 @@ func New(cfg Config) *Server {
 		userSessions: make(map[string]int),
 		lastLogin:    make(map[string]time.Time),
 	}
-}
-
-// CachedVerifier is implemented by Authenticators that remember credentials
-// they verified recently (auth.Users does). VerifyCached computes no hash; it
-// returns false when the credentials are not known to be right, and the
-// server then calls Verify.
-type CachedVerifier interface {
-	VerifyCached(user, password string) bool
+	srv.scramKeys, _ = cfg.Auth.(auth.SCRAMSource)
+	srv.apop, _ = cfg.Auth.(auth.APOPSource)
+	srv.cached, _ = cfg.Auth.(auth.CachedVerifier)
+	return srv
 }
 
 // verify checks a password with at most MaxConcurrentAuth checks at once, so
 // that a login storm queues instead of exhausting memory and CPU. Credentials
-// verified recently skip the queue.
+// verified recently (auth.CachedVerifier) skip the queue.
 func (s *Server) verify(user, password string) bool {
-	if cv, ok := s.cfg.Auth.(CachedVerifier); ok && cv.VerifyCached(user, password) {
+	if s.cached != nil && s.cached.VerifyCached(user, password) {
 		return true
 	}
 	s.authSem <- struct{}{}

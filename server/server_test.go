@@ -17,18 +17,37 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-// fakeAuth is a users table with plaintext secrets.
+// fakeAuth is a users table with plaintext secrets, and the users' own
+// settings.
 type fakeAuth struct {
-	users  map[string]string
-	apop   bool
-	fields map[string]map[string]string
+	users    map[string]string
+	apop     bool
+	accounts map[string]auth.Account // settings by name; no entry: none
 }
 
-func (a fakeAuth) Fields(user string) map[string]string { return a.fields[user] }
+func (a fakeAuth) Account(user string) (auth.Account, error) {
+	if _, ok := a.users[user]; !ok {
+		return auth.Account{}, fmt.Errorf("%w: %s", auth.ErrNoSuchUser, user)
+	}
+	acct := a.accounts[user]
+	acct.Name = user
+	return acct, nil
+}
+
+func (a fakeAuth) Summary() auth.Summary {
+	s := auth.Summary{APOP: a.apop}
+	for _, acct := range a.accounts {
+		s.MaxLoginDelay = max(s.MaxLoginDelay, acct.LoginDelay.Value)
+	}
+	return s
+}
+
+func (a fakeAuth) Fault() error { return nil }
 
 func (a fakeAuth) Verify(user, password string) bool {
 	pw, ok := a.users[user]

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
@@ -72,6 +73,7 @@ type session struct {
 
 	// TRANSACTION state.
 	mailbox string
+	account auth.Account // the mailbox's, as it was at login
 	md      store.Maildrop
 	msgs    []store.Message
 	deleted []bool
@@ -244,7 +246,7 @@ func (s *session) run() {
 	s.log.Debug("connected", "tls", s.tls != nil, "trusted", s.trusted)
 
 	greeting := "Pouch ready."
-	if s.srv.cfg.Auth.APOPAvailable() && s.cleartextAllowed() {
+	if s.srv.apop != nil && s.srv.cfg.Auth.Summary().APOP && s.cleartextAllowed() {
 		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), randomHex(8), s.srv.cfg.Hostname)
 		greeting += " " + s.timestamp
 	}
@@ -603,16 +605,11 @@ func (s *session) capabilities() []string {
 	}
 	if s.state == stateAuthorization {
 		// RFC 2449 §6.5: before login, the largest delay any user has.
-		d := s.srv.cfg.LoginDelay
-		if ld, ok := s.srv.cfg.Auth.(interface{ MaxLoginDelay() time.Duration }); ok {
-			d = max(d, ld.MaxLoginDelay())
-		}
-		if d > 0 {
+		if d := max(s.srv.cfg.LoginDelay, s.srv.cfg.Auth.Summary().MaxLoginDelay); d > 0 {
 			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d USER", int(d/time.Second)))
 		}
 	} else if s.state == stateTransaction {
-		u, _ := parseUserSettings(s.fields(s.mailbox))
-		if d := s.loginDelay(u); d > 0 {
+		if d := s.loginDelay(s.account); d > 0 {
 			caps = append(caps, fmt.Sprintf("LOGIN-DELAY %d", int(d/time.Second)))
 		}
 	}
@@ -737,7 +734,10 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 	if !s.throttle(user, "APOP") {
 		return
 	}
-	secret, ok := s.srv.cfg.Auth.APOPSecret(user)
+	secret, ok := "", false
+	if s.srv.apop != nil {
+		secret, ok = s.srv.apop.APOPSecret(user)
+	}
 	if !ok {
 		secret = randomHex(16) // compare anyway, so that timing tells nothing
 	}
@@ -759,7 +759,8 @@ func (s *session) login(user, method string, ok bool) {
 		s.failLogin(user, method, "")
 		return
 	}
-	if !s.admitUser(user, method) {
+	account, ok := s.admitUser(user, method)
+	if !ok {
 		return
 	}
 	md, err := s.srv.cfg.Store.Open(context.Background(), user)
@@ -779,7 +780,7 @@ func (s *session) login(user, method string, ok bool) {
 		return
 	}
 	s.md = md
-	s.mailbox = user
+	s.mailbox, s.account = user, account
 	s.msgs = md.Messages()
 	s.deleted = make([]bool, len(s.msgs))
 	s.retrieved = make([]uint8, len(s.msgs))

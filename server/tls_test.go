@@ -25,10 +25,11 @@ import (
 
 	"github.com/xdg-go/scram"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/internal/tlsutil"
 )
 
-// scramAuth adds SCRAM credentials and user lookup to fakeAuth.
+// scramAuth adds SCRAM credentials to fakeAuth, and takes APOP away.
 type scramAuth struct{ fakeAuth }
 
 func (a scramAuth) SCRAMCredentials(user string) (scram.StoredCredentials, bool) {
@@ -41,10 +42,7 @@ func (a scramAuth) SCRAMCredentials(user string) (scram.StoredCredentials, bool)
 	return creds, err == nil
 }
 
-func (a scramAuth) SCRAMAvailable() bool             { return true }
-func (a scramAuth) Exists(user string) bool          { _, ok := a.users[user]; return ok }
-func (a scramAuth) APOPAvailable() bool              { return false }
-func (a scramAuth) Verify(u, p string) bool          { return a.fakeAuth.Verify(u, p) }
+func (a scramAuth) Summary() auth.Summary            { return auth.Summary{SCRAM: true} }
 func (a scramAuth) APOPSecret(string) (string, bool) { return "", false }
 
 // fakeTokens accepts "good-TOKEN-for-USER" for USER.

@@ -87,7 +87,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 		for _, w := range users.Warnings() {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
-		for _, w := range checkUserFields(users.AllFields()) {
+		for _, w := range refusedAccounts(users) {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 	}
@@ -138,6 +138,25 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stderr, "configuration OK")
 	return nil
+}
+
+// refusedAccounts lists, one sentence each, the accounts of src refused for
+// their settings.
+func refusedAccounts(src auth.Source) []string {
+	var out []string
+	for _, err := range src.Accounts() {
+		if errors.Is(err, auth.ErrInvalidAccount) {
+			out = append(out, refusedAccount(err))
+		}
+	}
+	return out
+}
+
+// refusedAccount says what it means for an account to be refused for its
+// settings (an *auth.AccountError).
+func refusedAccount(err error) string {
+	return strings.TrimPrefix(err.Error(), "auth: ") +
+		"; the user cannot log in, and mail for the user waits, until it is fixed"
 }
 
 // printEffective prints every setting as a TOML line, in name order.

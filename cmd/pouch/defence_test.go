@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/server"
 )
@@ -103,17 +104,22 @@ func TestRootWarning(t *testing.T) {
 	}
 }
 
-// Malformed per-user settings are reported, naming the user and the field.
-func TestCheckUserFieldsNamesUserAndField(t *testing.T) {
-	got := checkUserFields(map[string]map[string]string{
-		"alice": {"allow_nets": "10.0.0.0/33", "login_delay": "abc", "password_max_age": "ninety"},
-		"bob":   {"allow_nets": "10.0.0.0/8", "login_delay": "60", "password_max_age": "90d"},
-	})
+// Accounts refused for settings that cannot be read are reported, naming
+// the user, the line and each field.
+func TestRefusedAccountsNamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users")
+	os.WriteFile(path, []byte("alice:{PLAIN}x::::::allow_nets=10.0.0.0/33 login_delay=abc password_max_age=ninety\n"+
+		"bob:{PLAIN}y::::::allow_nets=10.0.0.0/8 login_delay=60 password_max_age=90d\n"), 0o600)
+	users, err := auth.OpenUsers(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := refusedAccounts(users)
 	text := strings.Join(got, "\n")
-	if len(got) != 3 || strings.Contains(text, "bob") {
+	if len(got) != 1 || strings.Contains(text, "bob") {
 		t.Fatalf("warnings: %q", got)
 	}
-	for _, want := range []string{"user alice: login_delay", "user alice: password_max_age", "user alice: invalid access rule: allow_nets", "cannot log in"} {
+	for _, want := range []string{path + ":1: account alice refused", "login_delay: ", "password_max_age: ", "allow_nets: ", "cannot log in, and mail for the user waits"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("warnings lack %q: %q", want, got)
 		}
@@ -195,7 +201,7 @@ func TestAuditActor(t *testing.T) {
 func TestUserAddRefusesUserName(t *testing.T) {
 	data := t.TempDir()
 	_, e, code := pouch(t, "alicealice2024\n", "user", "add", "--data", data, "alice")
-	if code != 1 || !strings.Contains(e, "the user name repeated and a year") {
+	if code != 1 || !strings.Contains(e, "built from the user name repeated") {
 		t.Fatalf("user add with the user name as password: exit %d, %s", code, e)
 	}
 }

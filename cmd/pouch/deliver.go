@@ -21,6 +21,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/lmtp"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -51,8 +52,8 @@ Exit status (sysexits.h, as Postfix, procmail and fetchmail read it):
   73  refused for good: the mailbox is full or the message too big (EX_CANTCREAT)
   75  temporary failure, try again later (EX_TEMPFAIL); also while the users
       file is missing, empty, unreadable or damaged (a line names no user),
-      and for a bad command line or configuration, so that the MTA keeps the
-      message queued
+      for a user whose settings in it cannot be read, and for a bad command
+      line or configuration, so that the MTA keeps the message queued
 
 Flags:
 `
@@ -117,10 +118,10 @@ func (s *lmtpSettings) agent(data string, users lmtp.Users) (*lmtp.Agent, error)
 // sizeValue is a flag holding a size in octets, written like 500M or 2G.
 type sizeValue int64
 
-func (v *sizeValue) String() string { return lmtp.FormatSize(int64(*v)) }
+func (v *sizeValue) String() string { return units.FormatSize(int64(*v)) }
 
 func (v *sizeValue) Set(s string) error {
-	n, err := lmtp.ParseSize(s)
+	n, err := units.ParseSize(s)
 	if err != nil {
 		return err
 	}
@@ -273,6 +274,9 @@ func deliverFailure(stderr io.Writer, err error, user string) error {
 	case errors.Is(err, lmtp.ErrUnconfirmed):
 		return deliverFail(stderr, exTempFail, "the users file cannot be used now, try again later",
 			"user", user, "err", err)
+	case errors.Is(err, auth.ErrInvalidAccount):
+		return deliverFail(stderr, exTempFail, "the user's settings in the users file cannot be read; "+
+			"the message waits until they are fixed", "user", user, "err", err)
 	case errors.As(err, &qe):
 		code := exCantCreat
 		if qe.Temporary {

@@ -29,11 +29,13 @@ func deliverLog(t *testing.T) *bytes.Buffer {
 }
 
 // deliverData makes a data directory with a users file: alice without quota,
-// bob with a storage quota of 100 octets, carol with one message at most.
+// bob with a storage quota of 100 octets, carol with one message at most,
+// and dan whose quota cannot be read.
 func deliverData(t *testing.T) string {
 	t.Helper()
 	data := t.TempDir()
-	users := "alice:{PLAIN}x::::::\nbob:{PLAIN}x::::::quota_storage=100\ncarol:{PLAIN}x::::::quota_messages=1\n"
+	users := "alice:{PLAIN}x::::::\nbob:{PLAIN}x::::::quota_storage=100\ncarol:{PLAIN}x::::::quota_messages=1\n" +
+		"dan:{PLAIN}x::::::quota_storage=lots\n"
 	if err := os.WriteFile(filepath.Join(data, "users"), []byte(users), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +96,7 @@ func TestDeliverCommand(t *testing.T) {
 		msg   string
 	}{
 		{"unknown user", "x\n", []string{"deliver", "--data", data, "nobody"}, 67, "no such user"},
+		{"refused account", "x\n", []string{"deliver", "--data", data, "dan+tag"}, 75, "settings in the users file cannot be read"},
 		{"over storage quota", big, []string{"deliver", "--data", data, "bob"}, 73, "the mailbox of bob is full (storage limit of 100)"},
 		{"over quota, temporary", big, []string{"deliver", "--data", data, "--quota-temporary", "bob"}, 75, "the mailbox of bob is full"},
 		{"over message quota", "x\n", []string{"deliver", "--data", data, "carol"}, 73, "limit of 1 messages"},
@@ -106,7 +109,7 @@ func TestDeliverCommand(t *testing.T) {
 		{"bad size", "x\n", []string{"deliver", "--data", data, "--max-message-size", "big", "alice"}, 75, "max-message-size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "bob"))
+			before := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "bob")) + len(deliveredTo(t, data, "dan"))
 			_, e, code := pouch(t, tc.stdin, tc.args...)
 			if code != tc.code || !strings.Contains(e, tc.msg) {
 				t.Errorf("exit %d, %q; want exit %d with %q", code, e, tc.code, tc.msg)
@@ -114,7 +117,7 @@ func TestDeliverCommand(t *testing.T) {
 			if lines := strings.Count(strings.TrimSpace(e), "\n"); lines > 0 {
 				t.Errorf("more than one line on stderr: %q", e)
 			}
-			if after := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "bob")); after != before {
+			if after := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "bob")) + len(deliveredTo(t, data, "dan")); after != before {
 				t.Errorf("a failed delivery stored something")
 			}
 		})

@@ -15,21 +15,16 @@ import (
 
 	"github.com/pouchmail/pouch/internal/popscript"
 	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/server/servertest"
 	"github.com/pouchmail/pouch/store/maildir"
 )
-
-type fetchTestAuth map[string]string
-
-func (a fetchTestAuth) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
-func (a fetchTestAuth) APOPSecret(string) (string, bool) { return "", false }
-func (a fetchTestAuth) APOPAvailable() bool              { return false }
 
 // fetchServer runs an in-process Pouch server with alice and bob.
 func fetchServer(t *testing.T) (string, *maildir.Store) {
 	t.Helper()
 	st := maildir.New(t.TempDir())
 	srv := server.New(server.Config{
-		Store: st, Auth: fetchTestAuth{"alice": "secret", "bob": "hunter2"},
+		Store: st, Auth: servertest.Users{"alice": "secret", "bob": "hunter2"},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Hostname: "localhost", AuthFailDelay: -1,
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -8,13 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/internal/days"
-	"github.com/pouchmail/pouch/retention"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -200,24 +197,27 @@ func mailboxRestore(ctx context.Context, mail *maildir.Store, data, user string,
 	return nil
 }
 
-// mailboxPolicy shows or changes the user's own retention fields.
+// mailboxPolicy shows or changes the user's own retention settings.
 func mailboxPolicy(data, user string, set map[string]bool, expire, from, window string, stdout, stderr io.Writer) error {
 	path := filepath.Join(data, "users")
 	changes := map[string]*string{}
-	for flagName, field := range map[string]string{"expire": retention.FieldExpire,
-		"expire-from": retention.FieldExpireFrom, "deletion-window": retention.FieldWindow} {
-		if !set[flagName] {
-			continue
+	for _, f := range []struct {
+		flag, field, value string
+		check              func(string) error
+	}{
+		{"expire", auth.FieldExpire, expire, func(v string) error { _, err := auth.ParseExpire(v); return err }},
+		{"expire-from", auth.FieldExpireFrom, from, func(v string) error { _, err := auth.ParseExpireFrom(v); return err }},
+		{"deletion-window", auth.FieldWindow, window, func(v string) error { _, err := auth.ParseWindow(v); return err }},
+	} {
+		switch {
+		case !set[f.flag]:
+		case f.value == "default":
+			changes[f.field] = nil
+		case f.check(f.value) != nil:
+			return usageError("mailbox policy: --%s: %v", f.flag, f.check(f.value))
+		default:
+			changes[f.field] = &f.value
 		}
-		v := map[string]string{"expire": expire, "expire-from": from, "deletion-window": window}[flagName]
-		if v == "default" {
-			changes[field] = nil
-			continue
-		}
-		if _, err := retention.Apply(store.Policy{}, map[string]string{field: v}); err != nil {
-			return usageError("mailbox policy: --%s: %v", flagName, strings.TrimPrefix(err.Error(), field+": "))
-		}
-		changes[field] = &v
 	}
 	if len(changes) > 0 {
 		if err := auth.SetFields(path, user, changes); err != nil {
@@ -240,25 +240,20 @@ func mailboxPolicy(data, user string, set map[string]bool, expire, from, window 
 	if err != nil {
 		return fmt.Errorf("mailbox policy: %v", err)
 	}
-	if !users.Exists(user) {
-		return fmt.Errorf("mailbox policy: %v", describe(auth.ErrNoSuchUser, user, path))
+	a, err := users.Account(user)
+	switch {
+	case errors.Is(err, auth.ErrInvalidAccount):
+		fmt.Fprintf(stderr, "warning: %s\n", refusedAccount(err))
+		return nil
+	case err != nil:
+		return fmt.Errorf("mailbox policy: %v", describe(err, user, path))
 	}
-	f := users.Fields(user)
-	var keys []string
-	for _, k := range []string{retention.FieldExpire, retention.FieldExpireFrom, retention.FieldWindow} {
-		if _, ok := f[k]; ok {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	if len(keys) == 0 {
+	lines := a.Retention.Lines()
+	if len(lines) == 0 {
 		fmt.Fprintf(stdout, "%s has no retention settings of its own: the server's --expire, --expire-from and --deletion-window apply\n", user)
 	}
-	for _, k := range keys {
-		fmt.Fprintf(stdout, "%s = %s\n", k, f[k])
-	}
-	if _, err := retention.Apply(store.Policy{}, f); err != nil {
-		fmt.Fprintf(stderr, "warning: %v; the server-wide setting applies instead\n", err)
+	for _, l := range lines {
+		fmt.Fprintln(stdout, l)
 	}
 	return nil
 }

@@ -259,9 +259,6 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, w := range checkUserFields(users.AllFields()) {
-		log.Warn("users file", "problem", w)
-	}
 	mail := maildir.New(filepath.Join(c.data, "mail"))
 	mail.SetLogger(log)
 	policies := retention.NewPolicies(policy, users)
@@ -363,7 +360,7 @@ func runServe(args []string, stderr io.Writer) error {
 	}
 	lmtpSvc.start(&wg, errs)
 	sweepCtx, stopSweeps := context.WithCancel(context.Background())
-	sweeper := &retention.Sweeper{Store: mail, Policy: policies.Policy, Log: log, Audit: cfg.Audit}
+	sweeper := &retention.Sweeper{Store: mail, Policy: policies.Lookup, Log: log, Audit: cfg.Audit}
 	var sweeps sync.WaitGroup
 	sweeps.Add(1)
 	go func() { defer sweeps.Done(); sweeper.Run(sweepCtx, c.retention.sweepEvery) }()
@@ -461,9 +458,6 @@ func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, user
 		failed = append(failed, fmt.Sprintf("kept the users loaded before (%v)", err))
 	} else {
 		for _, w := range users.Warnings() {
-			log.Warn("users file", "problem", w)
-		}
-		for _, w := range checkUserFields(users.AllFields()) {
 			log.Warn("users file", "problem", w)
 		}
 	}

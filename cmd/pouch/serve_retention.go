@@ -2,12 +2,9 @@ package main
 
 import (
 	"flag"
-	"fmt"
-	"sort"
 	"time"
 
-	"github.com/pouchmail/pouch/retention"
-	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -30,41 +27,19 @@ func (r *retentionSettings) register(fs *flag.FlagSet) {
 // name the flag.
 func (r *retentionSettings) policy() (store.Policy, error) {
 	var p store.Policy
-	var err error
-	if p.Expire, p.DeleteRetrieved, err = retention.ParseExpire(r.expire); err != nil {
+	e, err := auth.ParseExpire(r.expire)
+	if err != nil {
 		return p, usageError("--expire: %v", err)
 	}
-	if p.FromRetrieval, err = retention.ParseFrom(r.expireFrom); err != nil {
+	p.Expire, p.DeleteRetrieved = e.After, e.DeleteRetrieved
+	if p.FromRetrieval, err = auth.ParseExpireFrom(r.expireFrom); err != nil {
 		return p, usageError("--expire-from: %v", err)
 	}
-	if p.Window, err = retention.ParseWindow(r.window); err != nil {
+	if p.Window, err = auth.ParseWindow(r.window); err != nil {
 		return p, usageError("--deletion-window: %v", err)
 	}
 	if r.sweepEvery < time.Second {
 		return p, usageError("--sweep-interval: %v is shorter than a second", r.sweepEvery)
 	}
 	return p, nil
-}
-
-// checkUserFields reports, user by user in name order, the fields that do
-// not parse: retention fields (the server-wide policy applies instead), and
-// the login settings and access rules (server.CheckUserFields: the user
-// cannot log in until they are fixed).
-func checkUserFields(all map[string]map[string]string) []string {
-	names := make([]string, 0, len(all))
-	for name := range all {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	var out []string
-	for _, name := range names {
-		f := all[name]
-		if _, err := retention.Apply(store.Policy{}, f); err != nil {
-			out = append(out, fmt.Sprintf("user %s: %v; the server-wide policy applies", name, err))
-		}
-		for _, err := range server.CheckUserFields(f) {
-			out = append(out, fmt.Sprintf("user %s: %v; the user cannot log in until it is fixed", name, err))
-		}
-	}
-	return out
 }

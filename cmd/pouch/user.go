@@ -130,7 +130,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			empty := ""
 			v = &empty
 		}
-		if err := auth.SetFields(path, name, map[string]*string{"nologin": v}); err != nil {
+		if err := auth.SetFields(path, name, map[string]*string{auth.FieldNoLogin: v}); err != nil {
 			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
 		}
 		done = action + "d POP3 access for " + name

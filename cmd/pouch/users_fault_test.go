@@ -412,3 +412,71 @@ func TestDeliverUnreadableUsersFile(t *testing.T) {
 		t.Errorf("exit %v, %q; want %d", err, out, exTempFail)
 	}
 }
+
+// pouch serve with an account whose settings cannot be read: it is refused
+// whole and said so in the log at start and at each reload; its mail waits
+// (LMTP 451 4.3.0), its right password gets -ERR [SYS/PERM]; the others are
+// served as ever, and once the line is fixed the account is in use without
+// a restart.
+func TestServeRefusedAccount(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := lmtpTestBinary(t)
+	data := t.TempDir()
+	const secret = "Users-fault-secret-7"
+	if _, e, code := pouch(t, secret+"\n", "user", "add", "--data", data, "alice"); code != 0 {
+		t.Fatalf("user add: %s", e)
+	}
+	usersPath := filepath.Join(data, "users")
+	good, err := os.ReadFile(usersPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeUsers(t, usersPath, string(good)+"carol:{PLAIN}carol-secret::::::expire=7d quota_storage=lots\n", false)
+	args := []string{"serve", "--data", data, "--pop3", "127.0.0.1:0", "--pop3s", "", "--lmtp", "127.0.0.1:0",
+		"--auth-fail-delay", "0"}
+	asNobody := os.Geteuid() == 0
+	if asNobody {
+		giveToNobody(t, data)
+		args = append(args, "--run-as", "nobody")
+	}
+	p := startServe(t, exec.Command(bin, args...), "pop3", "lmtp")
+
+	l := dialLMTP(t, p.addrs["lmtp"])
+	l.cmd("MAIL FROM:<s@example.net>")
+	if r := l.cmd("RCPT TO:<carol@example.org>"); !strings.HasPrefix(r, "451 4.3.0 ") || strings.Contains(r, "lots") {
+		t.Errorf("RCPT for the refused account: %q, want 451 4.3.0 without the reason", r)
+	}
+	if r := l.cmd("RCPT TO:<alice@example.org>"); !strings.HasPrefix(r, "250 ") {
+		t.Errorf("RCPT alice: %q", r)
+	}
+	l.cmd("DATA")
+	if r := l.cmd("Subject: x\r\n\r\nbody\r\n."); !strings.HasPrefix(r, "250 2.0.0 ") {
+		t.Errorf("delivery to alice: %q", r)
+	}
+	if r := pop3Login(t, p.addrs["pop3"], "carol", "carol-secret"); !strings.HasPrefix(r, "-ERR [SYS/PERM] ") {
+		t.Errorf("POP3 login of the refused account: %q", r)
+	}
+	if r := pop3Login(t, p.addrs["pop3"], "alice", secret); !strings.HasPrefix(r, "+OK") {
+		t.Errorf("POP3 login of alice: %q", r)
+	}
+
+	writeUsers(t, usersPath, string(good)+"carol:{PLAIN}carol-secret::::::expire=7d quota_storage=1G\n", asNobody)
+	if r := pop3Login(t, p.addrs["pop3"], "carol", "carol-secret"); !strings.HasPrefix(r, "+OK") {
+		t.Errorf("POP3 login of carol once fixed: %q", r)
+	}
+	l.cmd("RSET")
+	l.cmd("MAIL FROM:<s@example.net>")
+	if r := l.cmd("RCPT TO:<carol@example.org>"); !strings.HasPrefix(r, "250 ") {
+		t.Errorf("RCPT carol once fixed: %q", r)
+	}
+	if err := p.stop(); err != nil {
+		t.Errorf("pouch serve after SIGTERM: %v", err)
+	}
+	logs := p.logText()
+	if n := strings.Count(logs, `level=ERROR msg="account refused`); n != 1 || !strings.Contains(logs, "user=carol") ||
+		!strings.Contains(logs, `quota_storage: \"lots\"`) || !strings.Contains(logs, "users:2") {
+		t.Errorf("want one ERROR at start naming carol, the line and the field:\n%s", logs)
+	}
+}

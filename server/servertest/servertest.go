@@ -4,12 +4,31 @@ package servertest
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/server"
 )
+
+// Users is an account source for tests: user name → cleartext password,
+// accounts without settings of their own, and no SCRAM or APOP.
+type Users map[string]string
+
+var _ server.Authenticator = Users(nil)
+
+func (u Users) Account(name string) (auth.Account, error) {
+	if _, ok := u[name]; !ok {
+		return auth.Account{}, fmt.Errorf("%w: %s", auth.ErrNoSuchUser, name)
+	}
+	return auth.Account{Name: name}, nil
+}
+
+func (u Users) Verify(name, password string) bool { pw, ok := u[name]; return ok && pw == password }
+func (Users) Summary() auth.Summary               { return auth.Summary{} }
+func (Users) Fault() error                        { return nil }
 
 // Start serves cfg on 127.0.0.1: POP3 always, and POP3S when cfg.TLS is set
 // (implicit is "" otherwise). The server is shut down in t.Cleanup.

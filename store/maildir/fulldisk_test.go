@@ -226,7 +226,7 @@ func TestPOP3DeleteOnFullDisk(t *testing.T) {
 	}
 	defer al.Close()
 	_, addr, _ := servertest.Start(t, server.Config{
-		Store: s, Auth: passwords{"alice": "secret"}, Audit: al,
+		Store: s, Auth: servertest.Users{"alice": "secret"}, Audit: al,
 		Logger:        slog.New(slog.NewTextHandler(t.Output(), nil)),
 		Retention:     retention{store.Policy{Expire: 30 * 24 * time.Hour, FromRetrieval: true}},
 		AuthFailDelay: -1, Hostname: "localhost",
@@ -282,12 +282,6 @@ func TestPOP3DeleteOnFullDisk(t *testing.T) {
 		t.Fatalf("delivery after QUIT: %v", err)
 	}
 }
-
-type passwords map[string]string
-
-func (a passwords) Verify(u, p string) bool          { pw, ok := a[u]; return ok && pw == p }
-func (a passwords) APOPSecret(string) (string, bool) { return "", false }
-func (a passwords) APOPAvailable() bool              { return false }
 
 type retention struct{ p store.Policy }
 
