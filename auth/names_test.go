@@ -20,6 +20,10 @@ func TestNormalizeName(t *testing.T) {
 	for in, want := range map[string]string{
 		"alice":              "alice",
 		"alice@example.org":  "alice@example.org",
+		"Alice@Example.ORG":  "Alice@example.org", // the domain only
+		"alice@example.org.": "alice@example.org",
+		"a@b@Example.org":    "a@b@example.org", // the last '@' counts
+		"alice@":             "alice@",
 		jorgNFD:              jorgNFC,
 		jorgNFC:              jorgNFC,
 		"\uff41\uff4c\uff49": "ali",       // full-width letters
@@ -27,6 +31,21 @@ func TestNormalizeName(t *testing.T) {
 	} {
 		if got := NormalizeName(in); got != want {
 			t.Errorf("NormalizeName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestAccountName(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, def, want string }{
+		{"alice", "", "alice"},
+		{"alice", "Example.org", "alice@example.org"},
+		{"alice@example.net", "example.org", "alice@example.net"},
+		{"Alice@EXAMPLE.net", "example.org", "Alice@example.net"},
+		{jorgNFD, "example.org", jorgNFC + "@example.org"},
+	} {
+		if got := AccountName(tc.in, tc.def); got != tc.want {
+			t.Errorf("AccountName(%q, %q) = %q, want %q", tc.in, tc.def, got, tc.want)
 		}
 	}
 }
