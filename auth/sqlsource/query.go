@@ -123,8 +123,8 @@ func parseQuery(q string, dollar bool) (query, error) {
 }
 
 // literalEnd returns the index just past the string literal that starts at
-// q[start] ('), where '' is a quote inside it, and, with backslash (MySQL),
-// so is \'.
+// q[start], where two quotes in a row are a quote inside it, and, with
+// backslash (MySQL), so is a backslash and a quote.
 func literalEnd(q string, start int, backslash bool) (int, error) {
 	for i := start + 1; i < len(q); i++ {
 		switch {
