@@ -297,10 +297,7 @@ func (s *session) failLogin(user, method, reason string) {
 		// a failed login, counted by the guard.
 		code, text = pop3.CodeSysTemp, errAccountsDown
 		if !s.srv.known(user) {
-			s.log.Warn("login deferred: the users file cannot be used", "ip", s.ip.String(), "user", user, "method", method)
-			s.attemptDone()
-			s.failDelay()
-			s.w.Err(code, text)
+			s.deferLogin(user, method, s.srv.cfg.Auth.Fault())
 			return
 		}
 	}
@@ -312,6 +309,18 @@ func (s *session) failLogin(user, method, reason string) {
 	s.log.Info("authentication failed", attrs...)
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
 	s.answerFailure(code, text)
+}
+
+// deferLogin answers a login whose credentials could not be checked, since
+// the accounts could not be looked up (err says why): RFC 3206 §4
+// [SYS/TEMP], after the failure delay, as a failure is answered, but no
+// failed login: the guard counts nothing, and no fail2ban line is logged.
+func (s *session) deferLogin(user, method string, err error) {
+	s.log.Warn("login deferred: the accounts cannot be looked up", "ip", s.ip.String(), "user", user,
+		"method", method, "err", err)
+	s.attemptDone()
+	s.failDelay()
+	s.w.Err(pop3.CodeSysTemp, errAccountsDown)
 }
 
 // errAccountsDown is the reply to a failed login while the list of users

@@ -16,7 +16,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/xdg-go/scram"
-	"golang.org/x/text/secure/precis"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/pop3"
@@ -271,9 +270,10 @@ func (s *session) authLineMax() int {
 var errBadCredentials = errors.New("invalid credentials")
 
 // checkAuthz accepts an authorization identity that is empty or, once
-// normalized, the authenticated user: Pouch has no proxy authorization.
-func checkAuthz(authz, user string) error {
-	if authz != "" && normalizeName(authz) != user {
+// made an account name, the authenticated user: Pouch has no proxy
+// authorization.
+func (s *session) checkAuthz(authz, user string) error {
+	if authz != "" && s.accountName(authz) != user {
 		return errors.New("authorization identity differs from the user")
 	}
 	return nil
@@ -286,12 +286,12 @@ func startPlain(s *session, res *saslResult) sasl.Server {
 		if username == "" {
 			return errMalformed
 		}
-		res.user = normalizeName(username)
+		res.user = s.accountName(username)
 		if !s.beginCheck(res) {
 			return errRefused
 		}
-		ok := s.srv.verify(res.user, password)
-		if err := checkAuthz(identity, res.user); err != nil {
+		ok := s.verify(res.user, password)
+		if err := s.checkAuthz(identity, res.user); err != nil {
 			return err
 		}
 		if !ok {
@@ -318,14 +318,14 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 	case l.username == nil && len(response) == 0:
 		return nil, true, errMalformed // no user name: no credential
 	case l.username == nil:
-		name := normalizeName(string(response))
+		name := l.s.accountName(string(response))
 		l.username, l.res.user = &name, name
 		return []byte("Password:"), false, nil
 	}
 	if !l.s.beginCheck(l.res) {
 		return nil, true, errRefused
 	}
-	if !l.s.srv.verify(*l.username, string(response)) {
+	if !l.s.verify(*l.username, string(response)) {
 		return nil, true, errBadCredentials
 	}
 	return nil, true, nil
@@ -380,7 +380,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 	}
 	out, err := m.conv.Step(string(response))
 	if m.conv.Username() != "" {
-		m.res.user = normalizeName(m.conv.Username())
+		m.res.user = m.s.accountName(m.conv.Username())
 	}
 	switch {
 	case err != nil && final && scramProof(out):
@@ -398,7 +398,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 		if !m.conv.Valid() {
 			return nil, true, errBadCredentials
 		}
-		if err := checkAuthz(m.conv.AuthzID(), m.res.user); err != nil {
+		if err := m.s.checkAuthz(m.conv.AuthzID(), m.res.user); err != nil {
 			return nil, true, err
 		}
 		m.success = true
@@ -458,7 +458,7 @@ func (m *scramServer) endpointBinding() (scram.ChannelBinding, error) {
 // from the client-first message is normalized as every user name is
 // (RFC 6856 §4).
 func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
-	user = normalizeName(user)
+	user = s.accountName(user)
 	if a := s.scram(); a != nil {
 		if creds, ok := a.SCRAMCredentials(user); ok {
 			return creds, nil
@@ -481,12 +481,12 @@ func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
 // every user name is (RFC 6856 §4).
 func startExternal(s *session, res *saslResult) sasl.Server {
 	return sasl.NewExternalServer(func(identity string) error {
-		name := normalizeName(s.clientCertName())
+		name := s.accountName(s.clientCertName())
 		res.user = name
 		if !s.beginCheck(res) {
 			return errRefused
 		}
-		if err := checkAuthz(identity, name); err != nil {
+		if err := s.checkAuthz(identity, name); err != nil {
 			return err
 		}
 		if !s.srv.known(name) {
@@ -509,7 +509,7 @@ func (s *session) tokenAccount(name, token string) (user string, err error) {
 	if err != nil {
 		return name, err
 	}
-	tokenNames := s.oauthNames(normalizeName(issued))
+	tokenNames := s.oauthNames(s.accountName(issued))
 	names := tokenNames
 	if name != "" {
 		names = s.oauthNames(name)
@@ -545,7 +545,7 @@ func (s *session) oauthNames(name string) []string {
 		ok = ok || strings.EqualFold(d, name[i+1:])
 	}
 	if ok {
-		names = append(names, name[:i])
+		names = append(names, s.accountName(name[:i]))
 	}
 	return names
 }
@@ -555,7 +555,7 @@ func startOAuthBearer(s *session, res *saslResult) sasl.Server {
 	return &oauthBearerServer{res: res, inner: sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
 		name := ""
 		if opts.Username != "" {
-			name = normalizeName(opts.Username)
+			name = s.accountName(opts.Username)
 		}
 		res.user = name
 		if !s.beginCheck(res) {
@@ -623,7 +623,7 @@ func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 			}
 		}
 	}
-	x.res.user = normalizeName(user)
+	x.res.user = x.s.accountName(user)
 	if user == "" || token == "" {
 		return nil, true, fmt.Errorf("%w: XOAUTH2 without user or token", errMalformed)
 	}
@@ -696,14 +696,12 @@ func (s *session) cmdLANG(cmd pop3.Command) {
 	}
 }
 
-// normalizeName applies the PRECIS UsernameCasePreserved profile (RFC 8265
-// §3.4) to a user name given by a client, as RFC 6856 §4 asks; a name the
-// profile refuses is used as given, and then matches no user.
-func normalizeName(name string) string {
-	if n, err := precis.UsernameCasePreserved.String(name); err == nil {
-		return n
-	}
-	return name
+// accountName is the account a name given by the client stands for: the
+// name normalized with the PRECIS UsernameCasePreserved profile (RFC 8265
+// §3.4, as RFC 6856 §4 asks), its domain in lower case, and completed with
+// the default domain when it has none (auth.AccountName).
+func (s *session) accountName(name string) string {
+	return auth.AccountName(name, s.srv.cfg.DefaultDomain)
 }
 
 // trusted reports whether addr is in a network where cleartext passwords

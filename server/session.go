@@ -66,6 +66,7 @@ type session struct {
 	trusted     bool                 // from a network where cleartext passwords are allowed
 	authStart   time.Time            // when the current authentication attempt began
 	attempt     *guard.Attempt       // the guard's attempt (throttle), until it ends
+	unchecked   error                // why the last password could not be checked, or nil
 	state       state
 	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
 	user        string // from USER, waiting for PASS
@@ -694,7 +695,7 @@ func (s *session) cmdUSER(cmd pop3.Command) {
 		return
 	}
 	// The same answer for every name: nothing tells whether the user exists.
-	s.user = normalizeName(cmd.Args[0])
+	s.user = s.accountName(cmd.Args[0])
 	s.w.OK("send PASS")
 }
 
@@ -709,7 +710,7 @@ func (s *session) cmdPASS(cmd pop3.Command) {
 	if !s.throttle(user, "PASS") {
 		return
 	}
-	s.login(user, "PASS", s.srv.verify(user, cmd.Rest))
+	s.login(user, "PASS", s.verify(user, cmd.Rest))
 }
 
 func (s *session) cmdAPOP(cmd pop3.Command) {
@@ -730,7 +731,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) {
 		s.badCommand("argument too long")
 		return
 	}
-	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
+	user, digest := s.accountName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
 	if !s.throttle(user, "APOP") {
 		return
 	}
@@ -756,6 +757,11 @@ func (s *session) login(user, method string, ok bool) {
 		user, ok = user[:maxNameOctets], false
 	}
 	if !ok {
+		if err := s.unchecked; err != nil {
+			s.unchecked = nil
+			s.deferLogin(user, method, err)
+			return
+		}
 		s.failLogin(user, method, "")
 		return
 	}

@@ -208,16 +208,12 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if err != nil {
 		return tempFail("deliver: %v", err)
 	}
-	local := rcpt
-	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
-		local = rcpt[:at]
-	}
-	user, err := agent.User(local)
+	user, err := agent.User(rcpt)
 	if errors.Is(err, lmtp.ErrUnknownUser) {
-		return deliverFail(stderr, exNoUser, "no such user", "user", local, "users", usersPath)
+		return deliverFail(stderr, exNoUser, "no such user", "user", rcpt, "users", usersPath)
 	}
 	if err != nil {
-		return deliverFailure(stderr, err, local)
+		return deliverFailure(stderr, err, rcpt)
 	}
 	if err := agent.Check(user, 0); err != nil {
 		return deliverFailure(stderr, err, user)
