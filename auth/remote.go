@@ -90,10 +90,9 @@ const (
 	DefaultNegativeTTL = time.Minute
 	// DefaultTimeout bounds each look-up.
 	DefaultTimeout = 5 * time.Second
-	// retryEvery is how often, while the backend cannot be reached, a
-	// look-up or Watch tries it again; other look-ups meanwhile fail at
-	// once, so that a login storm does not queue behind timeouts.
-	retryEvery = time.Second
+	// DefaultRetryEvery is how often, while the backend cannot be reached,
+	// a look-up or Watch tries it again.
+	DefaultRetryEvery = time.Second
 	// maxCacheEntries bounds the cache.
 	maxCacheEntries = 100_000
 )
@@ -109,6 +108,11 @@ type RemoteOptions struct {
 	// Timeout bounds each request to the backend (0: DefaultTimeout); one
 	// that takes longer is a failure of the backend.
 	Timeout time.Duration
+	// RetryEvery is how often, while the backend cannot be reached, a
+	// look-up or Watch tries it again (0: DefaultRetryEvery); other
+	// look-ups meanwhile fail at once, so that a login storm does not
+	// queue behind timeouts.
+	RetryEvery time.Duration
 	// Logger gets an ERROR when the backend cannot be reached (once for
 	// each episode) and an INFO when it answers again; an ERROR for each
 	// account refused for its settings and a WARN for each that cannot
@@ -193,6 +197,9 @@ func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailab
 func NewRemote(b Backend, opts RemoteOptions) *Remote {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
+	}
+	if opts.RetryEvery <= 0 {
+		opts.RetryEvery = DefaultRetryEvery
 	}
 	r := &Remote{b: b, opts: opts, log: opts.Logger,
 		cache: make(map[string]*entry), domains: make(map[string]domainEntry), seen: make(map[Retention]bool)}
@@ -286,7 +293,7 @@ func (r *Remote) entry(name string, fresh bool) (*entry, error) {
 		return e, nil
 	}
 	if down := r.down; down != nil {
-		if now.Sub(r.lastTry) < retryEvery {
+		if now.Sub(r.lastTry) < r.opts.RetryEvery {
 			r.mu.Unlock()
 			if e != nil && e.found {
 				return e, nil
@@ -479,7 +486,7 @@ func (r *Remote) Fault() error {
 func (r *Remote) Watch(ctx context.Context, every time.Duration) {
 	first := every
 	if r.Fault() != nil {
-		first = retryEvery
+		first = r.opts.RetryEvery
 	}
 	t := time.NewTimer(first)
 	defer t.Stop()
@@ -502,7 +509,7 @@ func (r *Remote) Watch(ctx context.Context, every time.Duration) {
 		}
 		cancel()
 		if r.Fault() != nil {
-			t.Reset(retryEvery)
+			t.Reset(r.opts.RetryEvery)
 		} else {
 			t.Reset(every)
 		}

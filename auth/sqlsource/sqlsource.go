@@ -188,6 +188,9 @@ func openMySQL(dsn, password string, timeout time.Duration) (*sql.DB, string, er
 		cfg.Passwd = password
 	}
 	cfg.ParseTime = true // DATETIME and TIMESTAMP as times
+	// The driver's own log lines are of connections it drops and
+	// database/sql opens again; a failure that matters reaches the Remote.
+	cfg.Logger = &mysql.NopLogger{}
 	if cfg.Timeout == 0 || cfg.Timeout > timeout {
 		cfg.Timeout = timeout
 	}
