@@ -90,6 +90,10 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		skip(t, err)
 	}
+	slapaddPath, err := look("slapadd")
+	if err != nil {
+		skip(t, err)
+	}
 	if _, err := look("ldapadd"); err != nil {
 		skip(t, err)
 	}
@@ -137,6 +141,13 @@ access to *
 	if err := os.WriteFile(confFile, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// slapadd makes the database with its first entries; then slaptest,
+	// which opens it, turns slapd.conf into the cn=config directory.
+	slapadd := exec.Command(slapaddPath, "-f", confFile)
+	slapadd.Stdin = strings.NewReader(baseEntries)
+	if out, err := slapadd.CombinedOutput(); err != nil {
+		t.Fatalf("slapadd: %v\n%s", err, out)
+	}
 	if out, err := exec.Command(slaptest, "-f", confFile, "-F", s.conf).CombinedOutput(); err != nil {
 		t.Fatalf("slaptest: %v\n%s", err, out)
 	}
@@ -147,7 +158,11 @@ access to *
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Stop() })
-	s.Add(t, `dn: dc=example,dc=org
+	return s
+}
+
+// baseEntries are the suffix entry, ou=people and ou=services.
+const baseEntries = `dn: dc=example,dc=org
 objectClass: dcObject
 objectClass: organization
 dc: example
@@ -160,9 +175,7 @@ ou: people
 dn: ou=services,dc=example,dc=org
 objectClass: organizationalUnit
 ou: services
-`)
-	return s
-}
+`
 
 // makeCert writes a self-signed certificate for 127.0.0.1 and its key.
 func (s *Server) makeCert(t testing.TB) (cert, key string) {
