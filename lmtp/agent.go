@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -52,7 +53,7 @@ type Quota struct {
 // Extra fields of a users-file line that set that user's quota in place of
 // the default; "0" lifts the limit.
 const (
-	FieldQuotaStorage  = "quota_storage"  // a size, as ParseSize reads it
+	FieldQuotaStorage  = "quota_storage"  // a size, as units.ParseSize reads it
 	FieldQuotaMessages = "quota_messages" // a number of messages
 )
 
@@ -120,7 +121,7 @@ func (e *QuotaError) Error() string {
 	if e.Messages {
 		return fmt.Sprintf("the mailbox of %s is full (limit of %d messages)", e.User, e.Limit)
 	}
-	return fmt.Sprintf("the mailbox of %s is full (storage limit of %s)", e.User, FormatSize(e.Limit))
+	return fmt.Sprintf("the mailbox of %s is full (storage limit of %s)", e.User, units.FormatSize(e.Limit))
 }
 
 // InputError means that reading the message failed: the sender's side (a lost
@@ -189,7 +190,7 @@ func (a *Agent) QuotaOf(user string) (Quota, error) {
 	q := a.Quota
 	f := a.Users.Fields(user)
 	if v, ok := f[FieldQuotaStorage]; ok {
-		n, err := ParseSize(v)
+		n, err := units.ParseSize(v)
 		if err != nil {
 			return Quota{}, fmt.Errorf("users file: %s of user %s: %v", FieldQuotaStorage, user, err)
 		}
@@ -548,43 +549,4 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		b.readErr = err
 	}
 	return n, err
-}
-
-// ParseSize reads a size in octets: a whole number, optionally followed by K,
-// M, G or T (powers of 1024, any case, with or without a final B or iB), such
-// as 52428800, 500M, 2G or 10KiB.
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	u := strings.ToUpper(t)
-	u = strings.TrimSuffix(u, "IB")
-	u = strings.TrimSuffix(u, "B")
-	shift := 0
-	if u != "" {
-		if i := strings.IndexByte("KMGT", u[len(u)-1]); i >= 0 {
-			shift = 10 * (i + 1)
-			u = u[:len(u)-1]
-		}
-	}
-	n, err := strconv.ParseInt(u, 10, 64)
-	if err != nil || n < 0 || u == "" || u[0] == '+' || u[0] == '-' {
-		return 0, fmt.Errorf("%q is not a size (say 52428800, 500M or 2G)", s)
-	}
-	if n > (1<<63-1)>>shift {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return n << shift, nil
-}
-
-// FormatSize writes a size the way ParseSize reads it, in the largest unit
-// that divides it.
-func FormatSize(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		shift  int
-	}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}} {
-		if n != 0 && n%(1<<u.shift) == 0 {
-			return strconv.FormatInt(n>>u.shift, 10) + u.suffix
-		}
-	}
-	return strconv.FormatInt(n, 10)
 }

@@ -20,7 +20,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -41,8 +41,8 @@ func ParseExpire(v string) (expire time.Duration, deleteRetrieved bool, err erro
 	case "0", "0d", "0s":
 		return 0, true, nil
 	}
-	d, ok := days.Parse(v)
-	if !ok || d == 0 {
+	d, err := units.ParseDuration(v)
+	if err != nil || d == 0 {
 		return 0, false, fmt.Errorf("%q is not \"never\", \"0\" or a duration such as 30d", v)
 	}
 	return d, false, nil
@@ -64,8 +64,8 @@ func ParseWindow(v string) (time.Duration, error) {
 	if v == "0" {
 		return 0, nil
 	}
-	d, ok := days.Parse(v)
-	if !ok {
+	d, err := units.ParseDuration(v)
+	if err != nil {
 		return 0, fmt.Errorf("%q is not a duration such as 30d (or 0)", v)
 	}
 	return d, nil
@@ -111,12 +111,12 @@ func Describe(p store.Policy) string {
 	case p.Expire == 0:
 		b.WriteString("messages are kept until a client deletes them (EXPIRE NEVER)")
 	case p.FromRetrieval:
-		fmt.Fprintf(&b, "messages are removed %s after their first retrieval", days.Format(p.Expire))
+		fmt.Fprintf(&b, "messages are removed %s after their first retrieval", units.FormatDuration(p.Expire))
 	default:
-		fmt.Fprintf(&b, "messages are removed %s after delivery", days.Format(p.Expire))
+		fmt.Fprintf(&b, "messages are removed %s after delivery", units.FormatDuration(p.Expire))
 	}
 	if p.Window > 0 {
-		fmt.Fprintf(&b, "; deleted and expired messages can be restored for %s", days.Format(p.Window))
+		fmt.Fprintf(&b, "; deleted and expired messages can be restored for %s", units.FormatDuration(p.Window))
 	} else {
 		b.WriteString("; deleted messages are removed at once")
 	}

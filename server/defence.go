@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/guard"
-	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -180,7 +180,7 @@ func parseUserSettings(f map[string]string) (userSettings, []error) {
 		}
 	}
 	if v, ok := f["password_max_age"]; ok {
-		if d, ok := days.Parse(v); ok {
+		if d, err := units.ParseDuration(v); err == nil {
 			u.maxAge = d
 		} else {
 			errs = append(errs, fmt.Errorf("password_max_age: %q is not an age (like 90d)", v))

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/lmtp"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -114,13 +115,13 @@ func (s *lmtpSettings) agent(data string, users lmtp.Users) (*lmtp.Agent, error)
 	}, nil
 }
 
-// sizeValue is a flag holding a size in octets, written like 500M or 2G.
+// sizeValue is a flag holding a size in octets, as units.ParseSize reads it.
 type sizeValue int64
 
-func (v *sizeValue) String() string { return lmtp.FormatSize(int64(*v)) }
+func (v *sizeValue) String() string { return units.FormatSize(int64(*v)) }
 
 func (v *sizeValue) Set(s string) error {
-	n, err := lmtp.ParseSize(s)
+	n, err := units.ParseSize(s)
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
-	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/server"
 )
@@ -111,9 +111,9 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 	cfg.MaxPreLogin = d.maxPreLogin
 	cfg.LoginDelay = d.loginDelay
 	if d.passwordMaxAge != "" {
-		age, ok := days.Parse(d.passwordMaxAge)
-		if !ok {
-			return closers, usageError("--password-max-age %q: use a duration like 90d or 2160h", d.passwordMaxAge)
+		age, err := units.ParseDuration(d.passwordMaxAge)
+		if err != nil {
+			return closers, usageError("--password-max-age: %v", err)
 		}
 		cfg.PasswordMaxAge = age
 	}
