@@ -108,7 +108,7 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.BoolVar(&c.retryQuarantined, "retry-quarantined", false, "download again the messages an earlier run found damaged and left on the server")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, fetchUsage)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	return fs, c
 }

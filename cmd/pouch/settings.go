@@ -223,9 +223,21 @@ func printSettings(w io.Writer, fs *flag.FlagSet) {
 	})
 }
 
+// flagCollector is a writer of --help that takes the flag sets themselves,
+// not their text: printFlags gives them to it (the flag reference in the
+// docs is made so).
+type flagCollector interface {
+	io.Writer
+	collectFlags(fs *flag.FlagSet)
+}
+
 // printFlags writes the flags of fs as flag.PrintDefaults does, naming the
 // settings' kinds as it names its own.
 func printFlags(w io.Writer, fs *flag.FlagSet) {
+	if c, ok := w.(flagCollector); ok {
+		c.collectFlags(fs)
+		return
+	}
 	fs.VisitAll(func(f *flag.Flag) {
 		name, usage, def := describeFlag(f)
 		line := "  -" + f.Name
