@@ -7,11 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/signal"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/pouchmail/pouch/client"
 	"github.com/pouchmail/pouch/fetch"
+	"github.com/pouchmail/pouch/internal/units"
 )
 
 const fetchUsage = `Usage: pouch fetch [flags]
@@ -109,39 +108,9 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.BoolVar(&c.retryQuarantined, "retry-quarantined", false, "download again the messages an earlier run found damaged and left on the server")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, fetchUsage)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	return fs, c
-}
-
-// parseSize parses a size: a number of octets, optionally followed by B, or
-// by K, M or G (powers of 1024) with an optional B: 500K, 25MB, 1G, 100.
-func parseSize(s string) (int64, error) {
-	in := s
-	s = strings.TrimSpace(strings.ToUpper(s))
-	s = strings.TrimSuffix(s, "B")
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		}
-		if mult > 1 {
-			s = strings.TrimSpace(s[:n-1])
-		}
-	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || v < 0 {
-		return 0, fmt.Errorf("size %q: use a number of octets, or with K, M or G (500K, 25M)", in)
-	}
-	if v > math.MaxInt64/mult {
-		return 0, fmt.Errorf("size %q: too large", in)
-	}
-	return v * mult, nil
 }
 
 // account turns the flags into an Account.
@@ -172,7 +141,7 @@ func (c *fetchConfig) account(name string) (*fetch.Account, error) {
 	if err != nil {
 		return nil, err
 	}
-	maxSize, err := parseSize(c.maxSize)
+	maxSize, err := units.ParseSize(c.maxSize)
 	if err != nil {
 		return nil, err
 	}

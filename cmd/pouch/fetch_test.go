@@ -164,20 +164,6 @@ to = "mbox:`+dir+`/bob.mbox"
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "100": 100, "10K": 10240, "2M": 2 << 20, "1g": 1 << 30,
-		"25MB": 25 << 20, "25B": 25, "500kb": 500 << 10, "3 GB": 3 << 30} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("%s: %d %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "M", "-1", "10X", "9223372036854775807K", "99999999999G", "1BB", "1MBB"} {
-		if got, err := parseSize(bad); err == nil {
-			t.Errorf("%q accepted as %d", bad, got)
-		}
-	}
-}
-
 func TestProgressBar(t *testing.T) {
 	var b strings.Builder
 	r := &reporter{w: &b, name: "acct", bar: true}

@@ -114,7 +114,7 @@ func parseCommand(fs *flag.FlagSet, usage string, args []string, stderr io.Write
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	return parseInterleaved(fs, args)
 }
@@ -147,15 +147,6 @@ func flagNames(fs *flag.FlagSet) map[string]bool {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	return set
-}
-
-// joinList renders a TOML array as a comma-separated flag value.
-func joinList(v []any) string {
-	parts := make([]string, len(v))
-	for i, x := range v {
-		parts[i] = fmt.Sprint(x)
-	}
-	return strings.Join(parts, ",")
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.
