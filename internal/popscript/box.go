@@ -120,6 +120,14 @@ type OAuth struct {
 	Refusal string
 }
 
+// Append adds messages, as new mail arriving; sessions see them from their
+// next login on.
+func (b *Box) Append(msgs ...Message) {
+	b.mu.Lock()
+	b.Messages = append(b.Messages[:len(b.Messages):len(b.Messages)], msgs...)
+	b.mu.Unlock()
+}
+
 // Problems lists what clients did against the protocol: a wrong answer to
 // an error challenge, a login sooner than LOGIN-DELAY allows.
 func (b *Box) Problems() []string {
@@ -287,8 +295,16 @@ func (b *Box) serve(c net.Conn, id int) {
 	if b.Trickle > 0 {
 		w.Reset(trickler{w: c, pause: b.Trickle})
 	}
-	// The session's view: message indexes by number, deletion marks.
+	// The session's view: message indexes by number, deletion marks, and
+	// the messages as they were at login (Append may add more meanwhile).
 	var nums []int
+	var view []Message
+	msgAt := func(i int) Message {
+		if b.Count > 0 {
+			return b.Gen(i)
+		}
+		return view[i]
+	}
 	marked := map[int]bool{}
 	authed, user := false, false
 	defer func() {
@@ -326,6 +342,7 @@ func (b *Box) serve(c net.Conn, id int) {
 				nums = append(nums, i)
 			}
 		}
+		view = b.Messages
 		b.mu.Unlock()
 		reply("+OK")
 		return true
@@ -397,7 +414,7 @@ func (b *Box) serve(c net.Conn, id int) {
 			total, n := int64(0), 0
 			for i, idx := range nums {
 				if !marked[i+1] {
-					total += b.msg(idx).listSize()
+					total += msgAt(idx).listSize()
 					n++
 				}
 			}
@@ -406,14 +423,14 @@ func (b *Box) serve(c net.Conn, id int) {
 			reply("+OK")
 			for i, idx := range nums {
 				if !marked[i+1] {
-					reply("%d %d", i+1, b.msg(idx).listSize())
+					reply("%d %d", i+1, msgAt(idx).listSize())
 				}
 			}
 			reply(".")
 		case cmd == "UIDL" && arg == "":
 			reply("+OK")
 			for i, idx := range nums {
-				if uid := b.msg(idx).UID; uid != "" && !marked[i+1] {
+				if uid := msgAt(idx).UID; uid != "" && !marked[i+1] {
 					reply("%d %s", i+1, uid)
 				}
 			}
@@ -423,7 +440,7 @@ func (b *Box) serve(c net.Conn, id int) {
 			if !ok {
 				continue
 			}
-			m := b.msg(nums[n-1])
+			m := msgAt(nums[n-1])
 			if m.Status != "" {
 				reply("%s", m.Status)
 			} else {
