@@ -538,7 +538,7 @@ func (a *Account) login(ctx context.Context, tcfg *tls.Config, cur *atomic.Point
 		}
 		var oe *client.OAuthError
 		if !errors.As(err, &oe) {
-			return nil, err
+			return nil, authError(err)
 		}
 		switch {
 		case oe.FormRefused() && !oe.BothForms && !reformed:
@@ -555,10 +555,46 @@ func (a *Account) login(ctx context.Context, tcfg *tls.Config, cur *atomic.Point
 			}
 			continue
 		case oe.TokenRefused() && a.Tokens != nil:
-			return nil, fmt.Errorf("%w; a freshly refreshed token was refused too, so the sign-in may have been revoked or be for another address than %s", err, a.User)
+			err = fmt.Errorf("%w; a freshly refreshed token was refused too, so the sign-in may have been revoked or be for another address than %s", err, a.User)
 		}
-		return nil, err
+		return nil, authError(err)
 	}
+}
+
+// AuthError is a login the server refused for its credentials: a wrong
+// password, or a token it does not take. Trying again does not help; the
+// user must act.
+type AuthError struct{ Err error }
+
+func (e *AuthError) Error() string { return e.Err.Error() }
+func (e *AuthError) Unwrap() error { return e.Err }
+
+// authError wraps err in an *AuthError when it is the server's refusal of
+// the credentials: -ERR [AUTH] (RFC 3206 §5), or a bare -ERR that does not
+// speak of a lock or of trying later, or an OAuth refusal that is not about
+// the form of the exchange.
+func authError(err error) error {
+	var oe *client.OAuthError
+	if errors.As(err, &oe) && oe.FormRefused() {
+		return err
+	}
+	var pe *pop3.Error
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case pop3.CodeAuth:
+		return &AuthError{err}
+	case "":
+		low := strings.ToLower(pe.Text)
+		for _, s := range []string{"lock", "in use", "busy", "later", "temporar"} {
+			if strings.Contains(low, s) {
+				return err
+			}
+		}
+		return &AuthError{err}
+	}
+	return err
 }
 
 // LoginDelayError says that the server's LOGIN-DELAY (RFC 2449 §6.5) does
@@ -572,21 +608,22 @@ type LoginDelayError struct {
 func (e *LoginDelayError) Error() string {
 	switch {
 	case !e.Refused:
-		return fmt.Sprintf("the server allows one login every %s (LOGIN-DELAY): not logging in before %s", shortDuration(e.Delay), e.Until.Format("15:04:05"))
+		return fmt.Sprintf("the server allows one login every %s (LOGIN-DELAY): not logging in before %s", ShortDuration(e.Delay), e.Until.Format("15:04:05"))
 	case e.Delay > 0:
-		return fmt.Sprintf("the server refused the login as too soon after the last one (LOGIN-DELAY %s): not trying again before %s", shortDuration(e.Delay), e.Until.Format("15:04:05"))
+		return fmt.Sprintf("the server refused the login as too soon after the last one (LOGIN-DELAY %s): not trying again before %s", ShortDuration(e.Delay), e.Until.Format("15:04:05"))
 	}
 	return "the server refused the login as too soon after the last one (LOGIN-DELAY), without saying how long to wait"
 }
 
-// shortDuration writes 15m rather than 15m0s.
-func shortDuration(d time.Duration) string {
+// ShortDuration writes a duration in whole seconds, as 15m rather than
+// 15m0s and 1h rather than 1h0m0s.
+func ShortDuration(d time.Duration) string {
 	s := d.Round(time.Second).String()
 	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
+		s = s[:len(s)-2]
 	}
 	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
+		s = s[:len(s)-2]
 	}
 	return s
 }

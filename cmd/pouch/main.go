@@ -79,7 +79,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "ban":
 		return runBan(rest, stdout, stderr)
 	case "fetch":
-		return runFetch(rest, stderr)
+		return runFetch(rest, stdin, stderr)
 	case "deliver":
 		return runDeliver(rest, stdin, stderr)
 	case "who":
