@@ -510,7 +510,7 @@ func (a *Account) login(ctx context.Context, tcfg *tls.Config, cur *atomic.Point
 			cr.OAuthForm = form
 			if refreshed && cr.OAuthToken == refusedToken {
 				// The source has nothing newer: the first refusal stands.
-				return nil, firstErr
+				return nil, authError(firstErr)
 			}
 		}
 		c, err := client.Dial(ctx, a.Server, client.Options{

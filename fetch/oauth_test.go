@@ -91,7 +91,8 @@ func TestTokenCommandRefusedOnce(t *testing.T) {
 	a := testAccount(t, b.Addr)
 	a.PasswordFile, a.OAuthTokenCommand, a.User = "", "echo same-token", "alice@example.org"
 	_, err := Run(context.Background(), a, nil)
-	if err == nil || !strings.Contains(err.Error(), "login with OAUTHBEARER failed: the server refused the access token as invalid or expired") {
+	var ae *AuthError
+	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "login with OAUTHBEARER failed: the server refused the access token as invalid or expired") {
 		t.Fatalf("%v", err)
 	}
 	if n := len(b.Connects()); n != 1 {
