@@ -453,11 +453,15 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	// user's LOGIN-DELAY is told after login (§6.5's USER tag).
 	_, perUser, _ := c.Caps().LoginDelay()
 	if !c.Pipelining() || !c.Caps().Has("UIDL") || perUser {
-		if _, err := c.Capa(); err != nil && !isERR(err) {
+		_, err := c.Capa()
+		if err != nil && !isERR(err) {
 			return st, err
 		}
-		if d, _, ok := c.Caps().LoginDelay(); ok {
-			st.LoginDelay = d
+		if err == nil {
+			// After login the value is the user's own; none means none.
+			if d, _, ok := c.Caps().LoginDelay(); ok || perUser {
+				st.LoginDelay = d
+			}
 		}
 	}
 	ld.loggedIn(st.LoggedIn, st.LoginDelay)

@@ -169,3 +169,48 @@ func TestLoginDelayHonoured(t *testing.T) {
 		t.Fatalf("problems %q", p) // the one refused login
 	}
 }
+
+// LOGIN-DELAY with the USER tag before login is the largest of any user
+// (RFC 2449 §6.5): the value after login is the user's own, and none after
+// login means none.
+func TestLoginDelayPerUser(t *testing.T) {
+	for _, tc := range []struct {
+		after string
+		want  time.Duration
+	}{{"S: LOGIN-DELAY 60", time.Minute}, {"", 0}} {
+		fs := newFake(t, `
+			S: +OK hello
+			C: CAPA
+			S: +OK
+			S: USER
+			S: UIDL
+			S: LOGIN-DELAY 900 USER
+			S: .
+			C: USER alice
+			S: +OK
+			C: PASS secret
+			S: +OK
+			C: CAPA
+			S: +OK
+			S: UIDL
+			`+tc.after+`
+			S: .
+			C: LIST
+			S: +OK
+			S: .
+			C: UIDL
+			S: +OK
+			S: .
+			C: QUIT
+			S: +OK`)
+		a := testAccount(t, fs.Addr)
+		st, err := Run(context.Background(), a, nil)
+		if err != nil || st.LoginDelay != tc.want {
+			t.Fatalf("%q: %v %v", tc.after, st.LoginDelay, err)
+		}
+		_, err = os.Stat(filepath.Join(a.StateDir, a.StateName()+".login"))
+		if (tc.want > 0) != (err == nil) {
+			t.Fatalf("%q: state file: %v", tc.after, err)
+		}
+	}
+}

@@ -266,10 +266,7 @@ func (c *fetchConfig) account1(name string, forAuth bool) (*fetch.Account, error
 			n++
 		}
 	}
-	if forAuth && c.provider == "" {
-		return nil, errors.New(`the account has no provider: set provider = "gmail", "microsoft" or "custom" (and client-id) to sign it in with OAuth 2.0`)
-	}
-	if n != 1 {
+	if n != 1 && !(forAuth && n == 0) {
 		return nil, errors.New("give exactly one of --password-file, --password-command, --oauth-token-command, --provider")
 	}
 	if c.to == "" && !c.dryRun && !c.markExisting && !forAuth {
@@ -312,7 +309,7 @@ func (c *fetchConfig) account1(name string, forAuth bool) (*fetch.Account, error
 var topLevelKeys = map[string]bool{"parallel": true}
 
 // commandOnly are flags that are no configuration keys.
-var commandOnly = map[string]bool{"config": true, "device": true, "browser": true}
+var commandOnly = map[string]bool{"config": true, "device": true, "browser": true, "mark-existing": true}
 
 // setFromTOML sets every flag not given on the command line from values
 // (an account's table if account).
@@ -437,7 +434,7 @@ func loadAccounts(fa *fetchArgs, names []string, forAuth bool, stores *tokenStor
 		if err := na.wire(stores); err != nil {
 			return fetchRun{}, err
 		}
-		return fetchRun{accts: []namedAccount{na}, daemon: every > 0, parallel: 1}, nil
+		return fetchRun{accts: []namedAccount{na}, daemon: every > 0 && !c.markExisting, parallel: 1}, nil
 	}
 	var file map[string]any
 	if _, err := toml.DecodeFile(fetch.ExpandHome(c.configFile), &file); err != nil {
@@ -515,7 +512,8 @@ func loadAccounts(fa *fetchArgs, names []string, forAuth bool, stores *tokenStor
 			out[i].every = shortest // accounts without an interval of their own
 		}
 	}
-	return fetchRun{accts: out, daemon: shortest > 0, parallel: tc.parallel, config: c.configFile}, nil
+	// --mark-existing is done once, whatever the intervals.
+	return fetchRun{accts: out, daemon: shortest > 0 && !c.markExisting, parallel: tc.parallel, config: c.configFile}, nil
 }
 
 // wire gives an account with a provider its token source.

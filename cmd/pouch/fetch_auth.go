@@ -41,6 +41,9 @@ func runFetchAuth(fa *fetchArgs, args []string, stdin io.Reader, stores *tokenSt
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cmd != "status" && fr.accts[0].oauth == nil {
+		return usageError(`account %s has no provider: set provider = "gmail", "microsoft" or "custom" (and client-id) to sign it in with OAuth 2.0`, fr.accts[0].acct.DisplayName())
+	}
 	switch cmd {
 	case "login":
 		na := fr.accts[0]
@@ -83,6 +86,9 @@ func runFetchAuth(fa *fetchArgs, args []string, stdin io.Reader, stores *tokenSt
 // the account must sign in before it can be fetched.
 func authStatus(na namedAccount, stores *tokenStores) (string, bool) {
 	name := na.acct.DisplayName()
+	if na.oauth == nil {
+		return name + ": no provider; it logs in with a password or a token command", true
+	}
 	st, err := oauth.Describe(*na.oauth, stores.get(na.stateDir()))
 	login := "pouch fetch auth login " + name
 	switch {

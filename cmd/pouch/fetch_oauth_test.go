@@ -339,7 +339,17 @@ func TestFetchOAuthConfigErrors(t *testing.T) {
 	}
 	os.WriteFile(cfg, []byte("[account.a]\nserver = \"h:995\"\nuser = \"u\"\npassword-command = \"echo x\"\n"), 0o600)
 	_, stderr, code = pouch(t, "", "fetch", "--config", cfg, "auth", "login", "a")
-	if code != 2 || !strings.Contains(stderr, "the account has no provider") {
+	if code != 2 || !strings.Contains(stderr, "account a has no provider") {
+		t.Errorf("exit %d %q", code, stderr)
+	}
+	_, stderr, code = pouch(t, "", "fetch", "--config", cfg, "auth", "status")
+	if code != 0 || stderr != "a: no provider; it logs in with a password or a token command\n" {
+		t.Errorf("exit %d %q", code, stderr)
+	}
+	// --mark-existing is done once, from the command line only.
+	os.WriteFile(cfg, []byte("[account.a]\nserver = \"h:995\"\nuser = \"u\"\npassword-command = \"echo x\"\nmark-existing = true\n"), 0o600)
+	_, stderr, code = pouch(t, "", "fetch", "--config", cfg)
+	if code != 2 || !strings.Contains(stderr, `unknown key "mark-existing"`) {
 		t.Errorf("exit %d %q", code, stderr)
 	}
 }
@@ -352,7 +362,7 @@ func TestFetchMarkExistingQuietAndLoginDelay(t *testing.T) {
 	dir := t.TempDir()
 	args := []string{"fetch", "--server", b.Addr, "--tls", "none", "--user", "u", "--password-command", "echo x",
 		"--to", "maildir:" + dir + "/Mail", "--state-dir", dir + "/state"}
-	_, stderr, code := pouch(t, "", append(args, "--mark-existing")...)
+	_, stderr, code := pouch(t, "", append(args, "--mark-existing", "--every", "1m")...) // once, --every or not
 	if code != 0 || !strings.Contains(stderr, "recorded 2 messages on the server as fetched, downloading and deleting nothing") {
 		t.Fatalf("exit %d:\n%s", code, stderr)
 	}
