@@ -285,8 +285,7 @@ func (d *daemon) doReload() {
 			continue
 		}
 		if sameAccount(s.na, na) {
-			s.na.acct.Tokens = na.acct.Tokens
-			continue
+			continue // its token source is as good as the new one
 		}
 		changed = append(changed, name)
 		if na.every != s.na.every && !s.running && s.failures == 0 && !s.lastEnd.IsZero() {
