@@ -194,9 +194,17 @@ func (c *Client) oauthExchange(mech string, cr Credentials, form OAuthForm) erro
 	}
 	args := []string{mech}
 	sent := form == OAuthInitialResponse
+	encoded := base64.StdEncoding.EncodeToString(msg)
 	if sent {
-		args = append(args, base64.StdEncoding.EncodeToString(msg))
+		args = append(args, encoded)
 	}
+	// A server may repeat what it was sent in its answer (an AUTH line it
+	// did not understand); the token never goes further in an error.
+	pairs := []string{encoded, "[redacted]"}
+	if len(cr.OAuthToken) >= 8 { // a shorter one would blank ordinary words
+		pairs = append(pairs, cr.OAuthToken, "[redacted]")
+	}
+	hide := strings.NewReplacer(pairs...)
 	if err := pop3.WriteCommand(c.w, "AUTH", args...); err != nil {
 		return fmt.Errorf("pop3 client: the user name cannot be sent in an AUTH command: %w", err)
 	}
@@ -216,13 +224,16 @@ func (c *Client) oauthExchange(mech string, cr Credentials, form OAuthForm) erro
 				c.oauthForm = form
 				return nil
 			}
-			return &OAuthError{Mechanism: mech, Form: form, Challenge: ch, Code: rep.Code, Text: rep.Text}
+			if ch != nil {
+				ch.Status, ch.Schemes, ch.Scope, ch.OpenIDConfiguration = hide.Replace(ch.Status), hide.Replace(ch.Schemes), hide.Replace(ch.Scope), hide.Replace(ch.OpenIDConfiguration)
+			}
+			return &OAuthError{Mechanism: mech, Form: form, Challenge: ch, Code: rep.Code, Text: hide.Replace(rep.Text)}
 		}
 		switch {
 		case !sent:
 			// The empty challenge of the two-step form.
 			sent = true
-			if err := c.w.Line(base64.StdEncoding.EncodeToString(msg)); err != nil {
+			if err := c.w.Line(encoded); err != nil {
 				return err
 			}
 		case !answered:

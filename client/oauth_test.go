@@ -239,3 +239,22 @@ func TestCapsLoginDelay(t *testing.T) {
 		}
 	}
 }
+
+// A server that repeats the AUTH line in its refusal does not put the
+// token into the error.
+func TestOAuthErrorHidesEchoedToken(t *testing.T) {
+	ir := b64("user=a\x01auth=Bearer secret-token-value\x01\x01")
+	fs := newFake(t, `
+		S: +OK hi
+		C: CAPA
+		S: +OK
+		S: SASL XOAUTH2
+		S: .
+		C: AUTH XOAUTH2 `+ir+`
+		S: -ERR [AUTH] bad command AUTH XOAUTH2 `+ir+` (token secret-token-value)`)
+	c := dialFake(t, fs)
+	_, err := c.Login(Credentials{User: "a", OAuthToken: "secret-token-value"})
+	if err == nil || strings.Contains(err.Error(), ir) || strings.Contains(err.Error(), "secret-token-value") || !strings.Contains(err.Error(), "[redacted]") {
+		t.Fatalf("%v", err)
+	}
+}
