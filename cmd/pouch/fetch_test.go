@@ -83,15 +83,15 @@ func TestFetchCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "dry run: would fetch 0") || !strings.Contains(stderr, "delete 2") {
 		t.Fatalf("dry run: %d %q", code, stderr)
 	}
-	// A wrong password fails with status 1.
+	// A wrong password fails with status 3: only the user can fix it.
 	os.WriteFile(pw, []byte("wrong\n"), 0o600)
 	_, stderr, code = pouch(t, "", args...)
-	if code != 1 || !strings.Contains(stderr, "FAILED") {
+	if code != 3 || !strings.Contains(stderr, "FAILED") || !strings.Contains(stderr, "the server refused the password or token") {
 		t.Fatalf("wrong password: %d %q", code, stderr)
 	}
 	// A dry run that cannot log in says so, not "would fetch 0".
 	_, stderr, code = pouch(t, "", append(args, "--dry-run")...)
-	if code != 1 || !strings.Contains(stderr, "dry run FAILED") || strings.Contains(stderr, "would fetch") {
+	if code != 3 || !strings.Contains(stderr, "dry run FAILED") || strings.Contains(stderr, "would fetch") {
 		t.Fatalf("failed dry run: %d %q", code, stderr)
 	}
 }

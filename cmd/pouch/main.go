@@ -22,6 +22,8 @@ Usage:
                                          manage the bans of failed-login sources
   pouch fetch [flags] [--config FILE [ACCOUNT...]]
                                          download mail from a POP3 server
+  pouch fetch [--config FILE] auth login|logout|status [ACCOUNT]
+                                         sign a fetch account in with OAuth 2.0
   pouch deliver [--data DIR] [-f SENDER] USER < message
                                          deliver a message into a maildrop
   pouch who [--data DIR] [--json]        list the running server's sessions
@@ -79,7 +81,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "ban":
 		return runBan(rest, stdout, stderr)
 	case "fetch":
-		return runFetch(rest, stderr)
+		return runFetch(rest, stdin, stderr)
 	case "deliver":
 		return runDeliver(rest, stdin, stderr)
 	case "who":

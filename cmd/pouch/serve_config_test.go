@@ -237,7 +237,7 @@ func TestFetchSizesTakeEveryUnit(t *testing.T) {
 		if err := fs.Parse([]string{"--server", "127.0.0.1:1", "--user", "u", "--password-file", "/p", "--to", "maildir:/m", "--max-size", in}); err != nil {
 			t.Fatal(err)
 		}
-		if a, err := c.account(""); err != nil || a.MaxSize != want {
+		if a, _, err := c.account("", false); err != nil || a.MaxSize != want {
 			t.Errorf("--max-size %s: %v; want %d", in, err, want)
 		}
 	}
