@@ -300,6 +300,7 @@ func (m *maildrop) load(ctx context.Context) error {
 		fresh = append(fresh, f)
 	}
 	fresh = sortArrival(m.dir, fresh)
+	recallImports(m.dir, fresh) // import.go
 	for i := range fresh {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -376,10 +377,14 @@ func baseName(name string) string {
 	return name
 }
 
-// uidOf derives the UIDL from a base name: the name itself when it is a valid
-// unique-id (RFC 1939 §7), otherwise a digest of it. Either way it depends only
-// on the base name, which Maildir keeps for the life of the message.
+// uidOf derives the UIDL from a base name: the UIDL an import kept in it
+// (keptUID), or the name itself when it is a valid unique-id (RFC 1939 §7),
+// otherwise a digest of it. Either way it depends only on the base name,
+// which Maildir keeps for the life of the message.
 func uidOf(base string) string {
+	if u, ok := keptUID(base); ok {
+		return u // an imported UIDL (import.go)
+	}
 	if len(base) <= maxUIDLen {
 		ok := true
 		for i := 0; i < len(base); i++ {
