@@ -146,6 +146,14 @@ var (
 	ErrCrossDevice = errors.New("maildir: the message is on another file system than the maildrop")
 )
 
+// clashError is an ErrUIDInUse, told in one sentence.
+type clashError struct{ msg string }
+
+func (e *clashError) Error() string        { return e.msg }
+func (e *clashError) Is(target error) bool { return target == ErrUIDInUse }
+
+func clash(format string, args ...any) error { return &clashError{fmt.Sprintf(format, args...)} }
+
 // importRecord is one intent of the journal.
 type importRecord struct {
 	old, source string
@@ -363,20 +371,19 @@ func (im *Import) checkUID(msg *ImportMessage) (res ImportResult, ok bool) {
 		if r.source == msg.Source {
 			return ImportResult{Status: AlreadyImported, UID: msg.UID}, false
 		}
-		return ImportResult{Status: Refused, Err: fmt.Errorf("%w: UIDL %q was imported for %s already",
-			ErrUIDInUse, msg.UID, r.source)}, false
+		return ImportResult{Status: Refused, Err: clash("UIDL %q was imported for another message (%s) already", msg.UID, r.source)}, false
 	}
 	if !validUID(msg.UID) {
 		return ImportResult{}, true // imported with a UIDL of Pouch's
 	}
 	if i, found := im.present[msg.UID]; found {
-		return ImportResult{Status: Refused, Err: fmt.Errorf("%w: UIDL %q is message %d (%s/%s)",
-			ErrUIDInUse, msg.UID, i+1, im.m.entries[i].sub, im.m.entries[i].name)}, false
+		return ImportResult{Status: Refused, Err: clash("UIDL %q is that of message %d of the maildrop (%s/%s) already",
+			msg.UID, i+1, im.m.entries[i].sub, im.m.entries[i].name)}, false
 	}
 	if ownName(msg.UID) {
 		if sec, _, found := arrival(msg.UID); found && sec >= im.start.Unix() {
-			return ImportResult{Status: Refused, Err: fmt.Errorf("%w: UIDL %q has the form of the names Pouch gives new mail, with a time not yet past",
-				ErrUIDInUse, msg.UID)}, false
+			return ImportResult{Status: Refused, Err: clash("UIDL %q has the form of the names Pouch gives new mail, with a time not yet past",
+				msg.UID)}, false
 		}
 	}
 	return ImportResult{}, true
@@ -436,7 +443,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		}
 		res, ok := im.checkUID(msg)
 		if ok && taken[msg.UID] {
-			res, ok = ImportResult{Status: Refused, Err: fmt.Errorf("%w: UIDL %q is given twice", ErrUIDInUse, msg.UID)}, false
+			res, ok = ImportResult{Status: Refused, Err: clash("UIDL %q is given to another message of the source too", msg.UID)}, false
 		}
 		if !ok {
 			results[i] = res
@@ -495,7 +502,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 			if !move {
 				os.Remove(s.from)
 			}
-			results[s.i] = ImportResult{Status: Refused, Err: fmt.Errorf("%w: a file %s appeared in the maildrop", ErrUIDInUse, dest)}
+			results[s.i] = ImportResult{Status: Refused, Err: clash("a file %s appeared in the maildrop meanwhile", dest)}
 			continue
 		}
 		if err != nil {
@@ -759,6 +766,9 @@ func (im *Import) Close() error {
 	}
 	return err
 }
+
+// Dir is the Maildir the messages go into.
+func (im *Import) Dir() string { return im.m.dir }
 
 // Messages returns the maildrop as the import has made it so far, in order.
 func (im *Import) Messages() []store.Message { return im.m.messages }
