@@ -136,13 +136,14 @@ func importMaildir(ctx context.Context, st *maildir.Store, user, dir string, opt
 				rep.Imported++
 				rep.Octets += r.Size
 				octets += r.Size
-				if r.Status == maildir.ImportedNewUID {
+				switch {
+				case !m.Listed:
+					rep.New++ // no client knows its UIDL, whichever it is
+				case r.Status == maildir.ImportedNewUID:
 					rep.Changed = append(rep.Changed, Skip{m.Path, fmt.Sprintf(
 						"its UIDL %q is not a valid POP3 UIDL (1 to 70 printable octets), so it is listed as %s", clip(m.UID), r.UID)})
-				} else if m.Listed {
+				default:
 					rep.Kept++
-				} else {
-					rep.New++
 				}
 				if m.OldSize >= 0 && m.OldSize != r.Size {
 					rep.SizeDiffers++

@@ -65,6 +65,9 @@ func New(t testing.TB) *Server {
 	d := &Server{t: t, Dir: dir}
 	t.Cleanup(func() {
 		d.Stop()
+		if t.Failed() {
+			t.Logf("dovecot.log:\n%s", d.Log())
+		}
 		os.RemoveAll(dir)
 	})
 	os.WriteFile(filepath.Join(dir, "users"), []byte("alice:{PLAIN}"+Password+"\n"), 0o644)
