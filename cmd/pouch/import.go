@@ -179,8 +179,16 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 		return &exitError{code: 1, msg: fmt.Sprintf("import: stopped: %v; run it again to go on", err)}
 	}
 	if !sum.Complete() {
-		return &exitError{code: 1, msg: fmt.Sprintf("import: %d users failed, %d messages skipped, %d keep no UIDL their clients know; see the summary",
-			failed, skipped, changed)}
+		var parts []string
+		for _, p := range []struct {
+			n    int
+			what string
+		}{{failed, "users failed"}, {skipped, "messages were skipped"}, {changed, "messages keep no UIDL their clients know"}} {
+			if p.n > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", p.n, p.what))
+			}
+		}
+		return &exitError{code: 1, msg: "import: " + strings.Join(parts, ", ") + "; see the summary"}
 	}
 	return nil
 }
