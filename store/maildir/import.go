@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -436,11 +437,9 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		}
 		dirDev = st.Dev
 	}
+	var todo []int // the messages to stage, by index
 	for i := range msgs {
 		msg := &msgs[i]
-		if err := ctx.Err(); err != nil {
-			return fail(err)
-		}
 		res, ok := im.checkUID(msg)
 		if ok && taken[msg.UID] {
 			res, ok = ImportResult{Status: Refused, Err: clash("UIDL %q is given to another message of the source too", msg.UID)}, false
@@ -449,17 +448,51 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 			results[i] = res
 			continue
 		}
-		s, err := im.stage(msg, move, dirDev)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotFile) || errors.Is(err, ErrCrossDevice) {
-				results[i] = ImportResult{Status: Refused, Err: err}
-				continue
-			}
-			return fail(err)
-		}
-		s.i = i
 		taken[msg.UID] = true
-		batch = append(batch, s)
+		todo = append(todo, i)
+	}
+	if !move && len(todo) > 0 {
+		if err := im.ensureStaging(); err != nil {
+			return results, err
+		}
+	}
+	// Staging is mostly waiting for fsync: several at once let the
+	// filesystem commit them together.
+	stagedAt := make([]staged, len(msgs))
+	errs := make([]error, len(msgs))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < min(importWorkers, len(todo)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if errs[i] = ctx.Err(); errs[i] == nil {
+					stagedAt[i], errs[i] = im.stage(&msgs[i], move, dirDev)
+				}
+			}
+		}()
+	}
+	for _, i := range todo {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	var failure error
+	for _, i := range todo {
+		switch err := errs[i]; {
+		case err == nil:
+			s := stagedAt[i]
+			s.i = i
+			batch = append(batch, s)
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotFile) || errors.Is(err, ErrCrossDevice):
+			results[i] = ImportResult{Status: Refused, Err: err}
+		case failure == nil:
+			failure = err
+		}
+	}
+	if failure != nil {
+		return fail(failure)
 	}
 	if len(batch) == 0 {
 		return results, nil
@@ -588,14 +621,6 @@ func (im *Import) stage(msg *ImportMessage, move bool, dirDev uint64) (staged, e
 		}
 	} else {
 		staging := filepath.Join(m.dir, importStagingDir)
-		if err := os.Mkdir(staging, 0o700); err == nil {
-			owner.Adopt(staging)
-			if err := syncDir(m.dir); err != nil {
-				return staged{}, err
-			}
-		} else if !errors.Is(err, fs.ErrExist) {
-			return staged{}, err
-		}
 		from = filepath.Join(staging, fmt.Sprintf("%d.P%dN%d", im.start.Unix(), os.Getpid(), importStaged.Add(1)))
 		if err := copyFile(from, src, &size, mtime); err != nil {
 			os.Remove(from)
@@ -622,6 +647,22 @@ func (im *Import) stage(msg *ImportMessage, move bool, dirDev uint64) (staged, e
 	}
 	return s, nil
 }
+
+// ensureStaging makes the staging directory, durably.
+func (im *Import) ensureStaging() error {
+	staging := filepath.Join(im.m.dir, importStagingDir)
+	if err := os.Mkdir(staging, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	owner.Adopt(staging)
+	return syncDir(im.m.dir)
+}
+
+// importWorkers is how many messages of a batch are staged at once.
+const importWorkers = 8
 
 // sizes counts a message's stored and wire sizes, and keeps its last octet.
 type sizes struct {
