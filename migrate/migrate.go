@@ -28,6 +28,10 @@ type ImportOptions struct {
 	// Move renames the messages into the maildrop instead of copying
 	// them: the source and the maildrop must be on one file system.
 	Move bool
+	// Prune removes from the maildrop what an earlier run copied from
+	// this Maildir and the Maildir no longer has: mail that clients
+	// deleted on the old server since (see maildir.Import.Prune).
+	Prune bool
 	// Batch is how many messages are placed with one sync of the
 	// directories and the journal; 0 for 256.
 	Batch int
@@ -59,6 +63,8 @@ type Report struct {
 	Changed []Skip
 	// Already counts the messages an earlier run imported.
 	Already int
+	// Pruned counts the messages removed by Prune.
+	Pruned int
 	// Skipped lists the messages not imported, and why.
 	Skipped []Skip
 	// SizeDiffers counts messages whose LIST size differs from the one
@@ -160,6 +166,10 @@ func importMaildir(ctx context.Context, st *maildir.Store, user, dir string, opt
 		if err != nil {
 			return err
 		}
+	}
+	if opt.Prune {
+		rep.Pruned, err = im.Prune(dir, func(base string) bool { return src.bases[base] })
+		return err
 	}
 	return nil
 }

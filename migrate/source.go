@@ -72,6 +72,9 @@ type Source struct {
 	// Messages are in the order the old server listed them.
 	Messages []Message
 	Skipped  []Skip
+	// bases holds the base name of every file of new/ and cur/, skipped
+	// or not.
+	bases map[string]bool
 }
 
 // Options say how to read a source.
@@ -104,7 +107,7 @@ func Scan(dir string, opt Options) (*Source, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	src := &Source{Dir: dir}
+	src := &Source{Dir: dir, bases: map[string]bool{}}
 	files, err := listMaildir(dir, src)
 	if err != nil {
 		return nil, err
@@ -247,11 +250,12 @@ func listMaildir(dir string, src *Source) ([]maildir.ImportMessage, error) {
 				continue
 			}
 			path := filepath.Join(dir, sub, name)
+			base, info, _ := strings.Cut(name, ":")
+			src.bases[base] = true
 			if !e.Type().IsRegular() {
 				src.Skipped = append(src.Skipped, Skip{path, "it is not a regular file"})
 				continue
 			}
-			base, info, _ := strings.Cut(name, ":")
 			if seen[base] {
 				src.Skipped = append(src.Skipped, Skip{path, "cur/ has a file of the same base name, which is imported"})
 				continue

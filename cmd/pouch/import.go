@@ -20,8 +20,8 @@ import (
 )
 
 const importUsage = `Usage:
-  pouch import maildir [--data DIR] [--uidl-format FORMAT] [--control DIR] [--move] USER SRC
-  pouch import --layout LOCATION [--data DIR] [--uidl-format FORMAT] [--move]
+  pouch import maildir [--data DIR] [--uidl-format FORMAT] [--control DIR] [--move|--prune] USER SRC
+  pouch import --layout LOCATION [--data DIR] [--uidl-format FORMAT] [--move|--prune]
   pouch import users [--data DIR] [--replace] [PASSWD-FILE]
 
 Brings a Dovecot or Courier site's mail and accounts into Pouch so that no
@@ -47,9 +47,11 @@ and its retrieved state (the Maildir flag S) for the retention policies.
 Imports are safe to stop and to run again: a second run imports only what
 the first did not, never a message twice, and never one a client deleted
 since. Messages are copied (the source stays as it was) or, with --move,
-renamed (SRC must be on the file system of DATA). The exit status is 1 if
-anything was left out or keeps no UIDL its clients know; the summary says
-what and why.
+renamed (SRC must be on the file system of DATA). After a first import made
+while the old server still served, the final one with --prune also removes
+what clients deleted there meanwhile. The exit status is 1 if anything was
+left out or keeps no UIDL its clients know; the summary says what and why.
+The steps of a move: docs/migration.md.
 
 Examples:
   pouch import maildir alice /var/vmail/example.org/alice/Maildir
@@ -70,6 +72,7 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 	control := fs.String("control", "", "maildir: the `directory` holding dovecot-uidlist, if not SRC (Dovecot's CONTROL=)")
 	move := fs.Bool("move", false, "rename the messages into the maildrops instead of copying them")
 	layout := fs.String("layout", "", "import every user's Maildir found at this `location` (Dovecot's mail_location)")
+	prune := fs.Bool("prune", false, "remove the messages that an earlier run copied and the old server no longer has")
 	pos, err := parseCommand(fs, importUsage, args, stderr)
 	if err != nil {
 		return err
@@ -77,7 +80,10 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 	if _, err := migrate.ParseFormat(*format); err != nil {
 		return usageError("import: %v", err)
 	}
-	opt := migrate.ImportOptions{Options: migrate.Options{Format: *format, Control: *control}, Move: *move}
+	if *move && *prune {
+		return usageError("import: --prune is for copies; messages moved away are gone from the source by design")
+	}
+	opt := migrate.ImportOptions{Options: migrate.Options{Format: *format, Control: *control}, Move: *move, Prune: *prune}
 	mail := maildir.New(filepath.Join(*data, "mail"))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -146,7 +152,7 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 	if err != nil && sum == nil {
 		return fmt.Errorf("import: %v", err)
 	}
-	var users, msgs, imported, kept, fresh, already, skipped, changed, differs, failed int
+	var users, msgs, imported, kept, fresh, already, pruned, skipped, changed, differs, failed int
 	var octets int64
 	for _, r := range sum.Reports {
 		users++
@@ -156,6 +162,7 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 		kept += r.Kept
 		fresh += r.New
 		already += r.Already
+		pruned += r.Pruned
 		skipped += len(r.Skipped)
 		changed += len(r.Changed)
 		differs += r.SizeDiffers
@@ -168,6 +175,9 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 	}
 	fmt.Fprintf(stdout, "import: %d users, %d messages: %d imported (%s) in %s, %d under the UIDLs their clients know, %d new to clients, %d imported before\n",
 		users, msgs, imported, humanBytes(octets), time.Since(start).Round(time.Millisecond), kept, fresh, already)
+	if pruned > 0 {
+		fmt.Fprintf(stdout, "import: %d messages removed: clients deleted them on the old server after an earlier run\n", pruned)
+	}
 	if differs > 0 {
 		fmt.Fprintf(stdout, "import: %d messages list 2 octets more than the old server did: their last line has no line end, and Pouch counts the CRLF that it, like the old server, adds\n", differs)
 	}
@@ -200,6 +210,9 @@ func printReport(w io.Writer, r *migrate.Report) {
 	} else {
 		fmt.Fprintf(w, "%s: %d messages in %s (UIDLs from %s): %d imported (%s), %d under the UIDLs their clients know, %d new to clients, %d imported before\n",
 			r.User, r.Messages, r.Dir, r.From, r.Imported, humanBytes(r.Octets), r.Kept, r.New, r.Already)
+	}
+	if r.Pruned > 0 {
+		fmt.Fprintf(w, "  %d removed: clients deleted them on the old server after an earlier run\n", r.Pruned)
 	}
 	if r.Err != nil {
 		fmt.Fprintf(w, "  FAILED: %v\n", r.Err)

@@ -158,6 +158,20 @@ func TestImportCommandLine(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "1 imported") || !strings.Contains(out, "warning: alice has no account") {
 		t.Errorf("import: exit %d\n%s", code, out)
 	}
+	// A client deleted the message on the old server: the final run with
+	// --prune removes it; without, it stays.
+	names, _ := filepath.Glob(filepath.Join(old, "cur", "*"))
+	os.Remove(names[0])
+	if out, _, code = pouch(t, "", "import", "maildir", "--data", data, "alice", old); code != 0 || len(uidlsOf(t, data, "alice")) != 1 {
+		t.Errorf("without --prune: exit %d\n%s", code, out)
+	}
+	out, _, code = pouch(t, "", "import", "maildir", "--prune", "--data", data, "alice", old)
+	if code != 0 || !strings.Contains(out, "1 removed: clients deleted them on the old server") || len(uidlsOf(t, data, "alice")) != 0 {
+		t.Errorf("--prune: exit %d\n%s", code, out)
+	}
+	if _, e, code := pouch(t, "", "import", "maildir", "--prune", "--move", "--data", data, "alice", old); code != 2 || !strings.Contains(e, "--prune is for copies") {
+		t.Errorf("--prune --move: exit %d %s", code, e)
+	}
 }
 
 func TestImportUsers(t *testing.T) {

@@ -45,15 +45,16 @@ import (
 // old server, and is never a cache:
 //
 //	#pouch-imported 1
-//	+ OLDUID SEEN SOURCE LOC FROM
+//	+ OLDUID SEEN SOURCE LOC FROM MAILDIR
 //	- LOC
 //	=
 //
 // "+" is the intent to place FROM (a file of the staging directory
 // pouch-import-tmp/, or, for a move, an absolute path in the source
 // Maildir) at LOC ("cur/NAME" or "new/NAME"): OLDUID is the UIDL the old
-// server showed, SOURCE the base name of the message there, SEEN its first
-// retrieval (unix seconds, 0 for never). "-" abandons the intent for LOC;
+// server showed, SOURCE the base name of the message there, MAILDIR that
+// Maildir (absolute), SEEN its first retrieval (unix seconds, 0 for
+// never). "-" abandons the intent for LOC;
 // "=" says that every intent above it not abandoned is done. Fields are
 // encoded as in the index (appendEscaped). A last line without its line
 // end was cut short by a crash and is ignored.
@@ -158,6 +159,7 @@ func clash(format string, args ...any) error { return &clashError{fmt.Sprintf(fo
 // importRecord is one intent of the journal.
 type importRecord struct {
 	old, source string
+	maildir     string // the source Maildir
 	seen        int64
 	sub, name   string // where it goes
 	from        string // staging name, or absolute path of a move
@@ -514,6 +516,8 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		b = appendEscaped(b, r.loc())
 		b = append(b, ' ')
 		b = appendEscaped(b, r.from)
+		b = append(b, ' ')
+		b = appendEscaped(b, r.maildir)
 		b = append(b, '\n')
 	}
 	if err := im.appendJournal(b); err != nil {
@@ -639,7 +643,7 @@ func (im *Import) stage(msg *ImportMessage, move bool, dirDev uint64) (staged, e
 		e.seen = max(msg.Seen.Unix(), 1)
 	}
 	s := staged{e: e, from: from, rec: importRecord{old: msg.UID, source: msg.Source, seen: e.seen,
-		sub: e.sub, name: e.name}}
+		sub: e.sub, name: e.name, maildir: sourceMaildir(msg.Path)}}
 	if move {
 		s.rec.from = from
 	} else {
@@ -786,6 +790,57 @@ func keptUID(base string) (string, bool) {
 	return string(b), true
 }
 
+// sourceMaildir is the Maildir of a message file (the directory above its
+// cur/ or new/), absolute.
+func sourceMaildir(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	return filepath.Dir(filepath.Dir(path))
+}
+
+// Prune removes from the maildrop the messages that earlier runs copied
+// from the Maildir dir and that are no longer there (present reports
+// whether dir still has a message, by its base name): mail that clients
+// deleted on the old server after an import made while it still served.
+// It removes them as a QUIT that deleted them would (through the expunge
+// journal; under legal hold into the holding area), and returns how many.
+// Messages moved into the maildrop, and those of other Maildirs, are left
+// alone. It is the last use of the Import before Close.
+func (im *Import) Prune(dir string, present func(source string) bool) (int, error) {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	recs, err := readImportJournal(im.m.dir)
+	if err != nil {
+		return 0, err
+	}
+	gone := map[string]bool{}
+	for _, r := range recs {
+		if r.state == recDone && !r.move() && r.maildir == dir && !present(r.source) {
+			gone[baseName(r.name)] = true
+		}
+	}
+	var doomed []int
+	var kept []entry
+	for i, e := range im.m.entries {
+		if gone[e.base] {
+			doomed = append(doomed, i)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	if len(doomed) == 0 {
+		return 0, nil
+	}
+	if err := im.m.Commit(doomed); err != nil {
+		return 0, err
+	}
+	im.m.setEntries(kept)
+	im.dirty = true
+	return len(doomed), nil
+}
+
 // Close writes the index, with the imported messages in the journal's
 // order, and releases the maildrop lock.
 func (im *Import) Close() error {
@@ -881,8 +936,8 @@ func parseImportJournal(data []byte) (recs []*importRecord, bad int) {
 			}
 			r.state = recAbandoned
 			delete(pending, string(loc))
-		case len(fields) == 6 && string(fields[0]) == "+":
-			var dec [5][]byte
+		case len(fields) == 7 && string(fields[0]) == "+":
+			var dec [6][]byte
 			ok := true
 			for k, f := range fields[1:] {
 				if dec[k], ok = unescape(f); !ok {
@@ -892,11 +947,11 @@ func parseImportJournal(data []byte) (recs []*importRecord, bad int) {
 			seen, okSeen := parseCount(dec[1])
 			sub, name, okLoc := strings.Cut(string(dec[3]), "/")
 			if !ok || !okSeen || !okLoc || sub != "cur" && sub != "new" || name == "" ||
-				strings.Contains(name, "/") || len(dec[0]) == 0 || len(dec[4]) == 0 {
+				strings.Contains(name, "/") || len(dec[0]) == 0 || len(dec[4]) == 0 || len(dec[5]) == 0 {
 				return nil, n + 2
 			}
 			r := &importRecord{old: string(dec[0]), seen: seen, source: string(dec[2]), sub: sub, name: name,
-				from: string(dec[4])}
+				from: string(dec[4]), maildir: string(dec[5])}
 			recs = append(recs, r)
 			pending[r.loc()] = r
 		default:

@@ -464,3 +464,69 @@ func TestCrashDuringImport(t *testing.T) {
 		}
 	}
 }
+
+func TestImportPrune(t *testing.T) {
+	root, src, other := t.TempDir(), t.TempDir(), t.TempDir()
+	msgs := importFixture()[:3]
+	writeFixture(t, src, msgs)
+	more := []fixtureMsg{{"cur/1800000000.M1P1.x:2,", "from-elsewhere", "Subject: x\n\ny\n", 0}}
+	writeFixture(t, other, more)
+	s := New(root)
+	if _, err := runImport(s, "u", src, msgs, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runImport(s, "u", other, more, false); err != nil {
+		t.Fatal(err)
+	}
+	// A client deleted the second message on the old server.
+	os.Remove(filepath.Join(src, msgs[1].File))
+	prune := func(dir string, present func(string) bool) int {
+		im, err := s.BeginImport(context.Background(), "u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := im.Prune(dir, present)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := im.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	inSrc := func(base string) bool {
+		for _, m := range msgs {
+			if strings.HasPrefix(m.File[4:], base) {
+				_, err := os.Stat(filepath.Join(src, m.File))
+				return err == nil
+			}
+		}
+		return false
+	}
+	if n := prune(src, inSrc); n != 1 {
+		t.Fatalf("pruned %d, want 1", n)
+	}
+	checkImported(t, s, []fixtureMsg{msgs[0], msgs[2], more[0]})
+	// Nothing more, and the other source's message stays.
+	if n := prune(src, inSrc); n != 0 {
+		t.Fatalf("pruned %d again", n)
+	}
+	// Under legal hold, a pruned message goes to the holding area.
+	s.SetHold(context.Background(), "u", store.Hold{Set: true})
+	if n := prune(other, func(string) bool { return false }); n != 1 {
+		t.Fatalf("pruned %d of the other source", n)
+	}
+	if held, _ := listHolding(filepath.Join(root, "u")); len(held) != 1 {
+		t.Errorf("%d messages in the holding area, want 1", len(held))
+	}
+	// Messages moved in are never pruned: their source is gone by design.
+	src2 := filepath.Join(root, "moved")
+	m2 := []fixtureMsg{{"cur/1900000000.M1P1.x:2,", "moved-in", "Subject: m\n\nm\n", 0}}
+	writeFixture(t, src2, m2)
+	if _, err := runImport(s, "u", src2, m2, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := prune(src2, func(string) bool { return false }); n != 0 {
+		t.Errorf("pruned %d moved messages", n)
+	}
+}
