@@ -24,7 +24,7 @@ type listing struct {
 }
 
 // session logs in as alice, lists, retrieves the messages numbered in retr
-// (1-based), and quits.
+// (1-based; a negative number -n deletes message n), and quits.
 func session(t *testing.T, addr, pass string, retr ...int) listing {
 	t.Helper()
 	c, err := client.Dial(context.Background(), addr, client.Options{TLS: client.TLSNone, Timeout: 30 * time.Second})
@@ -52,6 +52,12 @@ func session(t *testing.T, addr, pass string, retr ...int) listing {
 		l.uids = append(l.uids, uidl[i].UID)
 	}
 	for _, n := range retr {
+		if n < 0 { // DELE -n
+			if err := c.Dele(-n); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
 		r, err := c.Retr(n)
 		if err != nil {
 			t.Fatal(err)
@@ -219,5 +225,28 @@ func TestHeaderMD5AgreesWithDovecot(t *testing.T) {
 		if sum != got.uids[i] {
 			t.Errorf("message %d: HeaderMD5 %s, Dovecot's UIDL %s", i+1, sum, got.uids[i])
 		}
+	}
+}
+
+// TestDeletedFlagAgreesWithDovecot: with pop3_deleted_flag, Dovecot keeps
+// what POP3 clients delete, flagged, and hides it from POP3; the import
+// leaves it behind.
+func TestDeletedFlagAgreesWithDovecot(t *testing.T) {
+	t.Parallel()
+	d := dovecottest.New(t)
+	dropMessages(t, d.Maildir(), 0, testMessages)
+	d.Start(d.MaildirLocation(), "pop3_deleted_flag = POP3Deleted")
+	session(t, d.Addr, dovecottest.Password, -2, -4)
+	got := session(t, d.Addr, dovecottest.Password)
+	d.Stop()
+	if len(got.uids) != len(testMessages)-2 {
+		t.Fatalf("Dovecot lists %d messages after deleting 2 of %d:\n%s", len(got.uids), len(testMessages), d.Log())
+	}
+	src, uids := scanUIDs(t, d.Maildir(), Options{DeletedFlag: "pop3deleted"})
+	if strings.Join(uids, " ") != strings.Join(got.uids, " ") || src.Hidden != 2 {
+		t.Errorf("UIDLs\n got %q (%d hidden)\nwant %q (Dovecot's)", uids, src.Hidden, got.uids)
+	}
+	if _, uids := scanUIDs(t, d.Maildir(), Options{}); len(uids) != len(testMessages) {
+		t.Errorf("without the flag, %d messages", len(uids))
 	}
 }

@@ -65,6 +65,9 @@ type Report struct {
 	Already int
 	// Pruned counts the messages removed by Prune.
 	Pruned int
+	// Hidden counts the messages left behind as deleted by POP3 clients
+	// (Options.DeletedFlag).
+	Hidden int
 	// Skipped lists the messages not imported, and why.
 	Skipped []Skip
 	// SizeDiffers counts messages whose LIST size differs from the one
@@ -95,7 +98,8 @@ func importMaildir(ctx context.Context, st *maildir.Store, user, dir string, opt
 		return err
 	}
 	rep.From = src.From
-	rep.Messages = len(src.Messages) + len(src.Skipped)
+	rep.Messages = len(src.Messages) + len(src.Skipped) + src.Hidden
+	rep.Hidden = src.Hidden
 	rep.Skipped = append(rep.Skipped, src.Skipped...)
 	im, err := st.BeginImport(ctx, user)
 	switch {

@@ -72,6 +72,9 @@ type Source struct {
 	// Messages are in the order the old server listed them.
 	Messages []Message
 	Skipped  []Skip
+	// Hidden counts the messages left behind because they carry the
+	// keyword of Options.DeletedFlag.
+	Hidden int
 	// bases holds the base name of every file of new/ and cur/, skipped
 	// or not.
 	bases map[string]bool
@@ -84,6 +87,10 @@ type Options struct {
 	// Control is the directory holding dovecot-uidlist, when it is not
 	// the Maildir (Dovecot's CONTROL=).
 	Control string
+	// DeletedFlag is Dovecot's pop3_deleted_flag: the keyword with which
+	// Dovecot marks, instead of expunging, messages that POP3 clients
+	// deleted, and hides them from POP3. Such messages are left behind.
+	DeletedFlag string
 	// Now bounds the first retrievals read from the source; zero for
 	// time.Now.
 	Now time.Time
@@ -116,6 +123,12 @@ func Scan(dir string, opt Options) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	var hiddenBy byte // the letter of DeletedFlag in the file names' flags
+	if opt.DeletedFlag != "" {
+		if hiddenBy, err = keywordLetter(cmp.Or(opt.Control, dir), opt.DeletedFlag); err != nil {
+			return nil, err
+		}
+	}
 	var sizes *sizeList
 	if uids == nil {
 		if sizes, err = readSizeList(filepath.Join(dir, sizeListFile)); err != nil {
@@ -137,6 +150,10 @@ func Scan(dir string, opt Options) (*Source, error) {
 	}
 	var listed, fresh []keyed
 	for _, f := range files {
+		if flags, ok := strings.CutPrefix(f.Info, "2,"); ok && hiddenBy != 0 && strings.IndexByte(flags, hiddenBy) >= 0 {
+			src.Hidden++
+			continue
+		}
 		m := Message{ImportMessage: f, OldSize: -1}
 		m.Seen = seenTime(f, now)
 		k := keyed{order: 1<<32 - 1}
@@ -203,6 +220,27 @@ func Scan(dir string, opt Options) (*Source, error) {
 		src.Messages = append(src.Messages, k.m)
 	}
 	return src, nil
+}
+
+// keywordLetter is the letter that stands for keyword in the flags of the
+// file names of the Maildir whose dovecot-keywords is in dir ("N KEYWORD"
+// lines: letter 'a'+N); 0 if it has none, so no message carries it.
+func keywordLetter(dir, keyword string) (byte, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "dovecot-keywords"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		num, name, ok := strings.Cut(line, " ")
+		n, err := strconv.Atoi(num)
+		if ok && err == nil && n >= 0 && n < 26 && strings.EqualFold(name, keyword) {
+			return byte('a' + n), nil
+		}
+	}
+	return 0, nil
 }
 
 // saved returns the UIDL that Dovecot saved for the message (P), if any.

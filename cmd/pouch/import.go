@@ -20,8 +20,10 @@ import (
 )
 
 const importUsage = `Usage:
-  pouch import maildir [--data DIR] [--uidl-format FORMAT] [--control DIR] [--move|--prune] USER SRC
+  pouch import maildir [--data DIR] [--uidl-format FORMAT] [--control DIR] [--move|--prune]
+                       [--pop3-deleted-flag KEYWORD] USER SRC
   pouch import --layout LOCATION [--data DIR] [--uidl-format FORMAT] [--move|--prune]
+                       [--pop3-deleted-flag KEYWORD]
   pouch import users [--data DIR] [--replace] [PASSWD-FILE]
 
 Brings a Dovecot or Courier site's mail and accounts into Pouch so that no
@@ -72,6 +74,7 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 	control := fs.String("control", "", "maildir: the `directory` holding dovecot-uidlist, if not SRC (Dovecot's CONTROL=)")
 	move := fs.Bool("move", false, "rename the messages into the maildrops instead of copying them")
 	layout := fs.String("layout", "", "import every user's Maildir found at this `location` (Dovecot's mail_location)")
+	deletedFlag := fs.String("pop3-deleted-flag", "", "Dovecot's pop3_deleted_flag: leave behind the messages with this `keyword`, which POP3 clients deleted")
 	prune := fs.Bool("prune", false, "remove the messages that an earlier run copied and the old server no longer has")
 	pos, err := parseCommand(fs, importUsage, args, stderr)
 	if err != nil {
@@ -83,7 +86,7 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 	if *move && *prune {
 		return usageError("import: --prune is for copies; messages moved away are gone from the source by design")
 	}
-	opt := migrate.ImportOptions{Options: migrate.Options{Format: *format, Control: *control}, Move: *move, Prune: *prune}
+	opt := migrate.ImportOptions{Options: migrate.Options{Format: *format, Control: *control, DeletedFlag: *deletedFlag}, Move: *move, Prune: *prune}
 	mail := maildir.New(filepath.Join(*data, "mail"))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -152,7 +155,7 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 	if err != nil && sum == nil {
 		return fmt.Errorf("import: %v", err)
 	}
-	var users, msgs, imported, kept, fresh, already, pruned, skipped, changed, differs, failed int
+	var users, msgs, imported, kept, fresh, already, pruned, hidden, skipped, changed, differs, failed int
 	var octets int64
 	for _, r := range sum.Reports {
 		users++
@@ -163,6 +166,7 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 		fresh += r.New
 		already += r.Already
 		pruned += r.Pruned
+		hidden += r.Hidden
 		skipped += len(r.Skipped)
 		changed += len(r.Changed)
 		differs += r.SizeDiffers
@@ -175,6 +179,9 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 	}
 	fmt.Fprintf(stdout, "import: %d users, %d messages: %d imported (%s) in %s, %d under the UIDLs their clients know, %d new to clients, %d imported before\n",
 		users, msgs, imported, humanBytes(octets), time.Since(start).Round(time.Millisecond), kept, fresh, already)
+	if hidden > 0 {
+		fmt.Fprintf(stdout, "import: %d messages left behind: POP3 clients deleted them (pop3_deleted_flag)\n", hidden)
+	}
 	if pruned > 0 {
 		fmt.Fprintf(stdout, "import: %d messages removed: clients deleted them on the old server after an earlier run\n", pruned)
 	}
@@ -210,6 +217,9 @@ func printReport(w io.Writer, r *migrate.Report) {
 	} else {
 		fmt.Fprintf(w, "%s: %d messages in %s (UIDLs from %s): %d imported (%s), %d under the UIDLs their clients know, %d new to clients, %d imported before\n",
 			r.User, r.Messages, r.Dir, r.From, r.Imported, humanBytes(r.Octets), r.Kept, r.New, r.Already)
+	}
+	if r.Hidden > 0 {
+		fmt.Fprintf(w, "  %d left behind: POP3 clients deleted them (pop3_deleted_flag)\n", r.Hidden)
 	}
 	if r.Pruned > 0 {
 		fmt.Fprintf(w, "  %d removed: clients deleted them on the old server after an earlier run\n", r.Pruned)
