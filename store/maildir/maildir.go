@@ -15,6 +15,8 @@
 //	               policy's deletion window, named "UNIXTIME.SUB.NAME"
 //	pouch-hold     present while the maildrop is under legal hold
 //	pouch-purge-lock  flock(2) target that orders purges against hold changes
+//	pouch-imported the journal of the messages imported from another server
+//	               (import.go); pouch-import-tmp/ holds them while they are copied
 //
 // A message is a regular file of new/ or cur/ whose name does not start with
 // "."; anything else there (directories, symbolic links, pipes) is left
