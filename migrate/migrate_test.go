@@ -219,3 +219,13 @@ func TestImportMaildirReport(t *testing.T) {
 		t.Errorf("second run %+v", rep)
 	}
 }
+
+func TestScanRefusesSymlinkedDirectories(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "new"), 0o700)
+	os.WriteFile(filepath.Join(elsewhere, "secret"), []byte("x\n"), 0o600)
+	os.Symlink(elsewhere, filepath.Join(dir, "cur"))
+	if _, err := Scan(dir, Options{}); err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+		t.Fatalf("Scan of a Maildir whose cur/ is a link: %v", err)
+	}
+}

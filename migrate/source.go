@@ -275,6 +275,12 @@ func listMaildir(dir string, src *Source) ([]maildir.ImportMessage, error) {
 	var out []maildir.ImportMessage
 	seen := map[string]bool{}
 	for _, sub := range []string{"cur", "new"} {
+		// The import runs as root: a cur/ or new/ that is a symbolic
+		// link could bring in files from anywhere (a message file that
+		// is one is skipped below, and opened without following one).
+		if fi, err := os.Lstat(filepath.Join(dir, sub)); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			return nil, fmt.Errorf("%s is a symbolic link; a Maildir's cur/ and new/ must be directories", filepath.Join(dir, sub))
+		}
 		ents, err := os.ReadDir(filepath.Join(dir, sub))
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && sub == "new" {

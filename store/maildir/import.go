@@ -329,7 +329,7 @@ func (r *importRecord) fromPath(dir string) string {
 // place renames from to dest, failing with fs.ErrExist rather than
 // replacing a file at dest.
 func place(from, dest string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, dest, unix.RENAME_NOREPLACE)
+	err := renameNoReplace(from, dest)
 	if err == unix.EINVAL || err == unix.ENOSYS {
 		// A filesystem without RENAME_NOREPLACE: link fails where dest
 		// exists. A crash between the two leaves both names, which
@@ -337,12 +337,19 @@ func place(from, dest string) error {
 		if err = os.Link(from, dest); err != nil {
 			return err
 		}
+		crashpoint.Hit("maildir.import.linked")
 		return os.Remove(from)
 	}
 	if err != nil {
 		return &fs.PathError{Op: "rename", Path: from, Err: err}
 	}
 	return nil
+}
+
+// renameNoReplace is renameat2(2) with RENAME_NOREPLACE; tests replace it
+// to take the path of filesystems that lack it.
+var renameNoReplace = func(from, dest string) error {
+	return unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, dest, unix.RENAME_NOREPLACE)
 }
 
 // appendJournal appends b to the journal, which it creates if needed, and

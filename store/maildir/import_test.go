@@ -93,6 +93,9 @@ const importHelperEnv = "POUCH_MAILDIR_CRASH_IMPORT"
 // importHelper imports the fixture at src into user u, in the child
 // process of a crash test (TestMain runs it).
 func importHelper(root, src string) {
+	if os.Getenv("POUCH_CRASH_IMPORT_LINK") != "" {
+		renameNoReplace = func(string, string) error { return syscall.EINVAL }
+	}
 	var msgs []fixtureMsg
 	b, _ := os.ReadFile(filepath.Join(src, "manifest"))
 	json.Unmarshal(b, &msgs)
@@ -403,13 +406,16 @@ func TestImportJournalDamage(t *testing.T) {
 // run completes it: every message exactly once, in the old order, and none
 // lost from the source.
 func TestCrashDuringImport(t *testing.T) {
-	for _, move := range []bool{false, true} {
-		for _, point := range []string{"maildir.import.staged", "maildir.import.journaled",
-			"maildir.import.first-placed", "maildir.import.placed", "maildir.import.before-index"} {
-			name := point
-			if move {
-				name = "move/" + point
-			}
+	for _, mode := range []string{"copy", "move", "link"} {
+		move := mode == "move"
+		points := []string{"maildir.import.staged", "maildir.import.journaled",
+			"maildir.import.first-placed", "maildir.import.placed", "maildir.import.before-index"}
+		if mode == "link" {
+			// A filesystem without RENAME_NOREPLACE: link, then unlink.
+			points = []string{"maildir.import.linked"}
+		}
+		for _, point := range points {
+			name := mode + "/" + point
 			t.Run(name, func(t *testing.T) {
 				root := t.TempDir()
 				src := filepath.Join(root, "old")
@@ -418,6 +424,9 @@ func TestCrashDuringImport(t *testing.T) {
 				env := []string{importHelperEnv + "=" + src}
 				if move {
 					env = append(env, "POUCH_CRASH_IMPORT_MOVE=1")
+				}
+				if mode == "link" {
+					env = append(env, "POUCH_CRASH_IMPORT_LINK=1")
 				}
 				mail := filepath.Join(root, "mail")
 				runCrash(t, mail, point, env...)
