@@ -190,7 +190,7 @@ func TestImportFromDovecotWithMpop(t *testing.T) {
 				t.Errorf("a second mpop run downloaded %d more", n-known-len(late))
 			}
 			if tc.move {
-				if n := countFiles(t, d.Maildir()); n != 0 {
+				if n := mailFiles(t, d.Dir, "alice"); n != 0 {
 					t.Errorf("%d files left in the old Maildir after --move", n)
 				}
 			}
@@ -210,15 +210,6 @@ func pouchImport(t *testing.T, code int, args ...string) string {
 		t.Fatalf("pouch %s: %v (exit %d, want %d)\n%s%s", strings.Join(args, " "), err, got, code, out.String(), errb.String())
 	}
 	return out.String()
-}
-
-func countFiles(t *testing.T, dir string) int {
-	n := 0
-	for _, sub := range []string{"cur", "new"} {
-		e, _ := os.ReadDir(filepath.Join(dir, sub))
-		n += len(e)
-	}
-	return n
 }
 
 // TestImportFromCourierWithMpop imports a Maildir that Courier's POP3

@@ -34,16 +34,11 @@ type uidRec struct {
 
 // readUIDList reads the dovecot-uidlist at path; a missing one is nil.
 func readUIDList(path string) (*uidList, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	sc, done, err := openList(path)
+	if sc == nil {
 		return nil, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	defer done()
 	damaged := func(n int, why string) error {
 		return fmt.Errorf("%s is damaged at line %d: %s", path, n, why)
 	}
@@ -119,6 +114,21 @@ func readUIDList(path string) (*uidList, error) {
 	return l, sc.Err()
 }
 
+// openList opens a list file to read by lines of up to 1 MiB; a missing
+// one gives a nil scanner and no error. done closes it.
+func openList(path string) (sc *bufio.Scanner, done func(), err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	sc = bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	return sc, func() { f.Close() }, nil
+}
+
 // sizeList is Courier's courierpop3dsizelist (imap/pop3dserver.c of
 // Courier): "/<version> <nextuid> <uidvalidity>", then for each message
 // "<file name> <size> <uid>:<uidvalidity>" (version 2) or with ":<utf8>"
@@ -139,16 +149,11 @@ type courierRec struct {
 // readSizeList reads the courierpop3dsizelist at path; a missing one, or
 // one of a version Courier ignores, is nil.
 func readSizeList(path string) (*sizeList, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	sc, done, err := openList(path)
+	if sc == nil {
 		return nil, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 4096), 1<<20)
+	defer done()
 	if !sc.Scan() {
 		return nil, sc.Err()
 	}

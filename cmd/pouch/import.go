@@ -120,7 +120,7 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("import maildir: %s is not a Maildir (it has no cur/ directory)", src)
 	}
 	opt.Progress = bar.step
-	bar.plan(1, countMessages(src))
+	bar.plan(1, migrate.CountFiles(src))
 	rep := migrate.ImportMaildir(ctx, mail, user, src, opt)
 	bar.userDone()
 	bar.clear()
@@ -259,19 +259,6 @@ func hasAccount(data, user string) bool {
 		}
 	}
 	return false
-}
-
-// countMessages counts the files of a Maildir's cur/ and new/, for the bar.
-func countMessages(dir string) int {
-	n := 0
-	for _, sub := range []string{"cur", "new"} {
-		if f, err := os.Open(filepath.Join(dir, sub)); err == nil {
-			names, _ := f.Readdirnames(-1)
-			f.Close()
-			n += len(names)
-		}
-	}
-	return n
 }
 
 // importUsers is pouch import users.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -143,18 +144,10 @@ func checkImported(t *testing.T, s *Store, msgs []fixtureMsg) {
 	}
 }
 
+// wireOf is a message in wire form.
 func wireOf(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' && (i == 0 || s[i-1] != '\r') {
-			b.WriteByte('\r')
-		}
-		b.WriteByte(s[i])
-	}
-	if s != "" && !strings.HasSuffix(s, "\n") {
-		b.WriteString("\r\n")
-	}
-	return b.String()
+	b, _ := io.ReadAll(store.NewCanonicalReader(strings.NewReader(s)))
+	return string(b)
 }
 
 func TestImportKeepsUIDLsOrderSizesAndRetrievals(t *testing.T) {
