@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -193,7 +194,7 @@ func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migr
 			len(sum.NoAccount), filepath.Join(data, "users"), strings.Join(sum.NoAccount, " "))
 	}
 	if err != nil {
-		return &exitError{code: 1, msg: fmt.Sprintf("import: stopped: %v; run it again to go on", err)}
+		return &exitError{code: 1, msg: "import: stopped by a signal; run it again to go on"}
 	}
 	if !sum.Complete() {
 		var parts []string
@@ -224,7 +225,10 @@ func printReport(w io.Writer, r *migrate.Report) {
 	if r.Pruned > 0 {
 		fmt.Fprintf(w, "  %d removed: clients deleted them on the old server after an earlier run\n", r.Pruned)
 	}
-	if r.Err != nil {
+	switch {
+	case errors.Is(r.Err, context.Canceled):
+		fmt.Fprintf(w, "  stopped by a signal: run the import again to go on\n")
+	case r.Err != nil:
 		fmt.Fprintf(w, "  FAILED: %v\n", r.Err)
 	}
 	const shown = 20
