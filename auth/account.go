@@ -11,7 +11,6 @@ import (
 
 	"github.com/xdg-go/scram"
 
-	"github.com/pouchmail/pouch/internal/days"
 	"github.com/pouchmail/pouch/internal/netlist"
 	"github.com/pouchmail/pouch/internal/units"
 )
@@ -190,8 +189,8 @@ var settingParsers = []struct {
 		return nil
 	}},
 	{fieldPasswordMaxAge, func(a *Account, v string) error {
-		d, ok := days.Parse(v)
-		if !ok {
+		d, err := units.ParseDuration(v)
+		if err != nil {
 			return fmt.Errorf("%q is not an age (like 90d)", v)
 		}
 		a.PasswordMaxAge = Own(d)
@@ -302,8 +301,8 @@ func ParseExpire(v string) (Expiry, error) {
 	case "0", "0d", "0s":
 		return Expiry{DeleteRetrieved: true}, nil
 	}
-	d, ok := days.Parse(v)
-	if !ok || d == 0 {
+	d, err := units.ParseDuration(v)
+	if err != nil || d == 0 {
 		return Expiry{}, fmt.Errorf("%q is not \"never\", \"0\" or a duration such as 30d", v)
 	}
 	return Expiry{After: d}, nil
@@ -317,7 +316,7 @@ func (e Expiry) String() string {
 	case e.After == 0:
 		return "never"
 	}
-	return days.Format(e.After)
+	return units.FormatDuration(e.After)
 }
 
 // ParseExpireFrom reads what an expiry counts from, as the expire_from
@@ -338,8 +337,8 @@ func ParseWindow(v string) (time.Duration, error) {
 	if v == "0" {
 		return 0, nil
 	}
-	d, ok := days.Parse(v)
-	if !ok {
+	d, err := units.ParseDuration(v)
+	if err != nil {
 		return 0, fmt.Errorf("%q is not a duration such as 30d (or 0)", v)
 	}
 	return d, nil
@@ -350,7 +349,7 @@ func FormatWindow(d time.Duration) string {
 	if d == 0 {
 		return "0"
 	}
-	return days.Format(d)
+	return units.FormatDuration(d)
 }
 
 // Summary is what the accounts of a source add up to: what the server

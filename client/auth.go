@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/xdg-go/scram"
 
+	"github.com/pouchmail/pouch/internal/oauthsasl"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -87,14 +88,19 @@ type Credentials struct {
 	User       string
 	Password   string // for USER/PASS, APOP, PLAIN, LOGIN, SCRAM
 	OAuthToken string // for OAUTHBEARER and XOAUTH2
-	// Host and Port go into OAUTHBEARER's message (RFC 7628 §3.1).
+	// OAuthForm says where the OAuth message goes: on the AUTH line, or
+	// after a "+" continuation.
+	OAuthForm OAuthForm
+	// Host and Port go into OAUTHBEARER's message (RFC 7628 §3.1); Host
+	// also tells Microsoft's servers, which want the two-step form.
 	Host string
 	Port int
 }
 
 // Login authenticates with the strongest method both sides support and
 // returns its name. It asks CAPA first if that was not done. With a token:
-// OAUTHBEARER, then XOAUTH2. With a password: SCRAM-SHA-256-PLUS (over TLS),
+// OAUTHBEARER, then XOAUTH2, in the form cr.OAuthForm says; a refusal is an
+// *OAuthError. With a password: SCRAM-SHA-256-PLUS (over TLS),
 // SCRAM-SHA-256, then over TLS PLAIN, LOGIN, USER/PASS, APOP, and without TLS
 // APOP first, since it does not reveal the password.
 func (c *Client) Login(cr Credentials) (string, error) {
@@ -158,13 +164,10 @@ func (c *Client) Login(cr Credentials) (string, error) {
 				mech = sasl.NewPlainClient("", cr.User, cr.Password)
 			case "LOGIN":
 				mech = sasl.NewLoginClient(cr.User, cr.Password)
-			case "OAUTHBEARER":
-				mech = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
-					Username: cr.User, Token: cr.OAuthToken, Host: cr.Host, Port: cr.Port})
-			case "XOAUTH2":
-				mech = NewXOAuth2Client(cr.User, cr.OAuthToken)
+			case "OAUTHBEARER", "XOAUTH2":
+				err = c.oauthLogin(m, cr)
 			}
-			if err == nil {
+			if err == nil && mech != nil {
 				err = c.Auth(mech)
 			}
 		}
@@ -245,18 +248,21 @@ func (s *scramMech) verified() error {
 }
 
 // NewXOAuth2Client returns a client of Google's and Microsoft's XOAUTH2
-// mechanism.
+// mechanism for Auth, which sends its message on the AUTH line; Login
+// chooses the form a server needs instead.
 func NewXOAuth2Client(user, token string) sasl.Client { return &xoauth2{user, token} }
 
 type xoauth2 struct{ user, token string }
 
 func (x *xoauth2) Start() (string, []byte, error) {
-	return "XOAUTH2", []byte("user=" + x.user + "\x01auth=Bearer " + x.token + "\x01\x01"), nil
+	return oauthsasl.XOAuth2, oauthsasl.XOAuth2Response(x.user, x.token), nil
 }
 
 // Next answers an error challenge (a JSON status) with an empty response so
 // the server ends the exchange with -ERR.
-func (x *xoauth2) Next([]byte) ([]byte, error) { return []byte{}, nil }
+func (x *xoauth2) Next([]byte) ([]byte, error) {
+	return oauthsasl.ErrorChallengeReply(oauthsasl.XOAuth2), nil
+}
 
 // Fingerprint returns the SHA-256 of a DER certificate as lower-case hex,
 // the form --tls-fingerprint takes.

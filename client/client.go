@@ -105,18 +105,19 @@ var (
 
 // Client is one POP3 connection.
 type Client struct {
-	conn     net.Conn
-	raw      net.Conn // the TCP connection under any TLS, for Abort
-	r        *pop3.Reader
-	w        *pop3.Writer
-	timeout  time.Duration
-	greeting pop3.Reply
-	stamp    string // APOP timestamp from the greeting, "" if none
-	caps     Caps   // nil until CAPA succeeded
-	tls      bool
-	pending  []pending
-	body     *body // open multi-line body, if any
-	err      error // sticky: the connection is broken
+	conn      net.Conn
+	raw       net.Conn // the TCP connection under any TLS, for Abort
+	r         *pop3.Reader
+	w         *pop3.Writer
+	timeout   time.Duration
+	greeting  pop3.Reply
+	stamp     string // APOP timestamp from the greeting, "" if none
+	caps      Caps   // nil until CAPA succeeded
+	tls       bool
+	pending   []pending
+	body      *body // open multi-line body, if any
+	oauthForm OAuthForm
+	err       error // sticky: the connection is broken
 }
 
 // pending is a command whose reply has not been read yet.
@@ -495,6 +496,25 @@ func (c Caps) SASL() []string {
 		out = append(out, strings.ToUpper(m))
 	}
 	return out
+}
+
+// LoginDelay returns the LOGIN-DELAY capability (RFC 2449 §6.5): how long
+// after the +OK of a login the server refuses the next one. Before
+// login, perUser (the USER tag) says it varies per user and this is the
+// largest; after login the value is the user's own.
+func (c Caps) LoginDelay() (d time.Duration, perUser, ok bool) {
+	args, ok := c["LOGIN-DELAY"]
+	if !ok || len(args) == 0 {
+		return 0, false, false
+	}
+	n, err := strconv.ParseInt(args[0], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false, false
+	}
+	// RFC 2449 §6.5 names no limit; a day keeps a typo from parking an
+	// account for years.
+	n = min(n, 86400)
+	return time.Duration(n) * time.Second, len(args) > 1 && strings.EqualFold(args[1], "USER"), true
 }
 
 // Capa asks for the capabilities (RFC 2449 §5) and remembers them; they

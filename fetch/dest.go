@@ -83,7 +83,10 @@ func OpenDestination(spec, rcpt, tag string) (Destination, error) {
 	return nil, fmt.Errorf("destination %q: unknown kind %q", spec, kind)
 }
 
-func expandHome(p string) string {
+func expandHome(p string) string { return ExpandHome(p) }
+
+// ExpandHome replaces a leading "~/" in a path with the home directory.
+func ExpandHome(p string) string {
 	if strings.HasPrefix(p, "~/") {
 		if h, err := os.UserHomeDir(); err == nil {
 			return filepath.Join(h, p[2:])

@@ -39,6 +39,7 @@ func checkBrokenRun(t *testing.T, b *popscript.Box, a *Account, err error, bodie
 	if !errors.Is(err, ErrBrokenServer) || !strings.Contains(err.Error(), "message 2 (UIDL u2)") {
 		t.Fatalf("first run: %v", err)
 	}
+	b.WaitIdle(t) // every command the client sent has been read
 	s := b.Sessions()[0]
 	if sent(s, "DELE") || sent(s, "QUIT") {
 		t.Fatalf("the broken session sent DELE or QUIT: %q", s)
@@ -62,6 +63,7 @@ func checkBrokenRun(t *testing.T, b *popscript.Box, a *Account, err error, bodie
 func checkLaterRuns(t *testing.T, b *popscript.Box, a *Account, bodies []string) {
 	t.Helper()
 	for run := 2; run <= 3; run++ {
+		b.WaitIdle(t) // the last session has let the maildrop go
 		obs := &recObserver{}
 		st, err := Run(context.Background(), a, obs)
 		if err != nil {

@@ -29,8 +29,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/oauth2"
 
 	"github.com/pouchmail/pouch/client"
 	"github.com/pouchmail/pouch/internal/crashpoint"
@@ -49,6 +52,15 @@ type Account struct {
 	PasswordFile      string
 	PasswordCommand   string
 	OAuthTokenCommand string
+	// Tokens, if set, hands out the OAuth access tokens of a signed-in
+	// account (fetch/oauth). A token the server refuses is handed back
+	// with Invalidate, and one fresh token is tried.
+	Tokens TokenSource `json:"-"`
+	// OAuthForm is where the OAuth message goes: client.OAuthAuto sends it
+	// on the AUTH line, or after a continuation to Microsoft's servers.
+	// Either way a form refused as a protocol error is followed by the
+	// other once.
+	OAuthForm client.OAuthForm
 
 	To   string // destination, see OpenDestination
 	Rcpt string // envelope recipient for lmtp: and smtp:
@@ -64,12 +76,25 @@ type Account struct {
 	// RetryQuarantined downloads again the messages earlier runs found
 	// damaged (their UIDLs are suspect in the journal).
 	RetryQuarantined bool
+	// MarkExisting records every message now on the server as fetched,
+	// downloading and deleting nothing, so that later runs fetch only new
+	// mail. Those messages are never deleted by a later run either: they
+	// were not stored here.
+	MarkExisting bool
 
 	Window      int                                                               // RETRs in flight with PIPELINING (1024)
 	Timeout     time.Duration                                                     // per server reply (2 min)
 	DialTimeout time.Duration                                                     // connect, TLS, greeting (30 s)
 	Deadline    time.Duration                                                     // the whole run (DefaultDeadline); negative: none
 	Dialer      func(ctx context.Context, network, addr string) (net.Conn, error) `json:"-"`
+}
+
+// TokenSource hands out OAuth access tokens; *oauth.Source is one.
+type TokenSource interface {
+	// TokenContext returns an access token good for a while yet.
+	TokenContext(ctx context.Context) (*oauth2.Token, error)
+	// Invalidate says that a server refused tok.
+	Invalidate(tok *oauth2.Token)
 }
 
 // Observer hears about a run's progress; Run accepts a nil Observer.
@@ -91,10 +116,16 @@ type Stats struct {
 	Kept      int   // left on the server by the keep policy
 	Skipped   int   // oversized, duplicate or invalid UIDLs, or refused by RETR
 	Recovered int   // found already stored (Maildir) after an interrupted run
+	Marked    int   // recorded as fetched by MarkExisting
 	Mechanism string
-	DryRun    bool
-	Stopped   bool // a signal ended the run early
-	Elapsed   time.Duration
+	// LoggedIn is when the server accepted the login, and LoginDelay its
+	// LOGIN-DELAY (RFC 2449 §6.5), 0 if it announced none: the next login
+	// is due no sooner than LoggedIn plus LoginDelay.
+	LoggedIn   time.Time
+	LoginDelay time.Duration
+	DryRun     bool
+	Stopped    bool // a signal ended the run early
+	Elapsed    time.Duration
 }
 
 // ParseKeep parses --keep: "forever", or a duration such as 14d, 36h, 90s,
@@ -193,35 +224,43 @@ func DefaultStateDir() string {
 	return ".pouch-state"
 }
 
-// credentials reads the secret afresh (tokens expire between polls).
-func (a *Account) credentials(ctx context.Context) (client.Credentials, error) {
-	cr := client.Credentials{User: a.User}
+// credentials reads the secret afresh (tokens expire between polls); tok
+// is the token from a.Tokens, if that is where the secret came from.
+func (a *Account) credentials(ctx context.Context) (cr client.Credentials, tok *oauth2.Token, err error) {
+	cr = client.Credentials{User: a.User, OAuthForm: a.OAuthForm}
 	host, port, _ := net.SplitHostPort(a.Server)
 	cr.Host = host
 	cr.Port, _ = strconv.Atoi(port)
 	switch {
+	case a.Tokens != nil:
+		tok, err := a.Tokens.TokenContext(ctx)
+		if err != nil {
+			return cr, nil, err
+		}
+		cr.OAuthToken = tok.AccessToken
+		return cr, tok, nil
 	case a.OAuthTokenCommand != "":
 		tok, err := runSecretCommand(ctx, a.OAuthTokenCommand)
 		if err != nil {
-			return cr, fmt.Errorf("oauth-token-command: %w", err)
+			return cr, nil, fmt.Errorf("oauth-token-command: %w", err)
 		}
 		cr.OAuthToken = tok
 	case a.PasswordCommand != "":
 		pw, err := runSecretCommand(ctx, a.PasswordCommand)
 		if err != nil {
-			return cr, fmt.Errorf("password-command: %w", err)
+			return cr, nil, fmt.Errorf("password-command: %w", err)
 		}
 		cr.Password = pw
 	case a.PasswordFile != "":
 		data, err := os.ReadFile(expandHome(a.PasswordFile))
 		if err != nil {
-			return cr, fmt.Errorf("password-file: %w", err)
+			return cr, nil, fmt.Errorf("password-file: %w", err)
 		}
 		cr.Password = firstLine(string(data))
 	default:
-		return cr, errors.New("no secret: give --password-file, --password-command or --oauth-token-command")
+		return cr, nil, errors.New("no secret: give --password-file, --password-command, --oauth-token-command or provider")
 	}
-	return cr, nil
+	return cr, nil, nil
 }
 
 func runSecretCommand(ctx context.Context, cmdline string) (string, error) {
@@ -372,7 +411,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		}
 	}
 	var dest Destination
-	if !a.DryRun {
+	if !a.DryRun && (a.To != "" || !a.MarkExisting) {
 		if a.To == "" {
 			return st, errors.New("no destination: give --to")
 		}
@@ -385,37 +424,47 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 			d.setDeadline(deadline)
 		}
 	}
-	cr, err := a.credentials(dctx)
-	if err != nil {
+	ld := loginDelayState{path: filepath.Join(stateDir, a.StateName()+".login")}
+	if err := ld.check(time.Now()); err != nil {
 		return st, err
 	}
 	tcfg, err := a.tlsConfig()
 	if err != nil {
 		return st, err
 	}
-	c, err := client.Dial(dctx, a.Server, client.Options{
-		TLS: a.TLS, TLSConfig: tcfg, Timeout: a.Timeout, DialTimeout: a.DialTimeout, Dialer: a.Dialer})
+	// cur is the connection the deadline aborts.
+	var cur atomic.Pointer[client.Client]
+	if !deadline.IsZero() {
+		t := time.AfterFunc(time.Until(deadline), func() {
+			cutOff.Store(true)
+			if c := cur.Load(); c != nil {
+				c.Abort()
+			}
+		})
+		defer t.Stop()
+	}
+	c, err := a.login(dctx, tcfg, &cur, &st, &ld)
 	if err != nil {
 		return st, err
 	}
 	defer c.Close()
-	if !deadline.IsZero() {
-		t := time.AfterFunc(time.Until(deadline), func() {
-			cutOff.Store(true)
-			c.Abort()
-		})
-		defer t.Stop()
-	}
-	if st.Mechanism, err = c.Login(cr); err != nil {
-		return st, err
-	}
 	// Capabilities may change at login (RFC 2449 §5); ask again only when
-	// the ones before login lack what the run uses.
-	if !c.Pipelining() || !c.Caps().Has("UIDL") {
-		if _, err := c.Capa(); err != nil && !isERR(err) {
+	// the ones before login lack what the run uses, or said that the
+	// user's LOGIN-DELAY is told after login (§6.5's USER tag).
+	_, perUser, _ := c.Caps().LoginDelay()
+	if !c.Pipelining() || !c.Caps().Has("UIDL") || perUser {
+		_, err := c.Capa()
+		if err != nil && !isERR(err) {
 			return st, err
 		}
+		if err == nil {
+			// After login the value is the user's own; none means none.
+			if d, _, ok := c.Caps().LoginDelay(); ok || perUser {
+				st.LoginDelay = d
+			}
+		}
 	}
+	ld.loggedIn(st.LoggedIn, st.LoginDelay)
 	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st, stateDir: stateDir, window: 1}
 	if c.Pipelining() {
 		r.window = a.Window
@@ -436,6 +485,207 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 func isERR(err error) bool {
 	var pe *pop3.Error
 	return errors.As(err, &pe)
+}
+
+// formMemo remembers, per server, the OAuth form that worked, so that a
+// server that refused one form is not asked in it at every poll.
+var formMemo sync.Map // server address → client.OAuthForm
+
+// login connects and logs in. An OAuth login the server refuses as a
+// protocol error, on a connection it then closed, is tried again on a new
+// connection in the other form; a token it refuses is handed back to its
+// source and one fresh token is tried (the token command runs again, and
+// a token it prints unchanged is not tried twice). A refusal for
+// LOGIN-DELAY (RFC 2449 §8.1.1) becomes a *LoginDelayError.
+func (a *Account) login(ctx context.Context, tcfg *tls.Config, cur *atomic.Pointer[client.Client], st *Stats, ld *loginDelayState) (*client.Client, error) {
+	form := a.OAuthForm
+	if f, ok := formMemo.Load(a.Server); ok && form == client.OAuthAuto {
+		form = f.(client.OAuthForm)
+	}
+	reformed, refreshed := false, false
+	var refusedToken string
+	var firstErr error
+	for {
+		cr, tok, err := a.credentials(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if cr.OAuthToken != "" {
+			cr.OAuthForm = form
+			if refreshed && cr.OAuthToken == refusedToken {
+				// The source has nothing newer: the first refusal stands.
+				return nil, authError(firstErr)
+			}
+		}
+		c, err := client.Dial(ctx, a.Server, client.Options{
+			TLS: a.TLS, TLSConfig: tcfg, Timeout: a.Timeout, DialTimeout: a.DialTimeout, Dialer: a.Dialer})
+		if err != nil {
+			return nil, err
+		}
+		cur.Store(c)
+		st.Mechanism, err = c.Login(cr)
+		if err == nil {
+			st.LoggedIn = time.Now()
+			if d, _, ok := c.Caps().LoginDelay(); ok {
+				st.LoginDelay = d
+			}
+			if cr.OAuthToken != "" {
+				formMemo.Store(a.Server, c.OAuthFormUsed())
+			}
+			return c, nil
+		}
+		c.Close()
+		var pe *pop3.Error
+		if errors.As(err, &pe) && pe.Code == pop3.CodeLoginDelay {
+			d, _, _ := c.Caps().LoginDelay()
+			return nil, ld.refused(time.Now(), d)
+		}
+		var oe *client.OAuthError
+		if !errors.As(err, &oe) {
+			return nil, authError(err)
+		}
+		switch {
+		case oe.FormRefused() && !oe.BothForms && !reformed:
+			reformed = true
+			form = client.OAuthTwoStep
+			if oe.Form == client.OAuthTwoStep {
+				form = client.OAuthInitialResponse
+			}
+			continue
+		case oe.TokenRefused() && !refreshed:
+			refreshed, refusedToken, firstErr = true, cr.OAuthToken, err
+			if a.Tokens != nil {
+				a.Tokens.Invalidate(tok)
+			}
+			continue
+		case oe.TokenRefused() && a.Tokens != nil:
+			err = fmt.Errorf("%w; a freshly refreshed token was refused too, so the sign-in may have been revoked or be for another address than %s", err, a.User)
+		}
+		return nil, authError(err)
+	}
+}
+
+// AuthError is a login the server refused for its credentials: a wrong
+// password, or a token it does not take. Trying again does not help; the
+// user must act.
+type AuthError struct{ Err error }
+
+func (e *AuthError) Error() string { return e.Err.Error() }
+func (e *AuthError) Unwrap() error { return e.Err }
+
+// authError wraps err in an *AuthError when it is the server's refusal of
+// the credentials: -ERR [AUTH] (RFC 3206 §5), or a bare -ERR that does not
+// speak of a lock or of trying later, or an OAuth refusal that is not about
+// the form of the exchange.
+func authError(err error) error {
+	var oe *client.OAuthError
+	if errors.As(err, &oe) && oe.FormRefused() {
+		return err
+	}
+	var pe *pop3.Error
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case pop3.CodeAuth:
+		return &AuthError{err}
+	case "":
+		low := strings.ToLower(pe.Text)
+		for _, s := range []string{"lock", "in use", "busy", "later", "temporar"} {
+			if strings.Contains(low, s) {
+				return err
+			}
+		}
+		return &AuthError{err}
+	}
+	return err
+}
+
+// LoginDelayError says that the server's LOGIN-DELAY (RFC 2449 §6.5) does
+// not allow a login yet, so nothing was fetched.
+type LoginDelayError struct {
+	Delay   time.Duration // the server's LOGIN-DELAY; 0 if it did not say
+	Until   time.Time     // when a login is allowed again; zero if unknown
+	Refused bool          // the server refused the login (-ERR [LOGIN-DELAY]), rather than Pouch waiting
+}
+
+func (e *LoginDelayError) Error() string {
+	switch {
+	case !e.Refused:
+		return fmt.Sprintf("the server allows one login every %s (LOGIN-DELAY): not logging in before %s", ShortDuration(e.Delay), e.Until.Format("15:04:05"))
+	case e.Delay > 0:
+		return fmt.Sprintf("the server refused the login as too soon after the last one (LOGIN-DELAY %s): not trying again before %s", ShortDuration(e.Delay), e.Until.Format("15:04:05"))
+	}
+	return "the server refused the login as too soon after the last one (LOGIN-DELAY), without saying how long to wait"
+}
+
+// ShortDuration writes a duration in whole seconds, as 15m rather than
+// 15m0s and 1h rather than 1h0m0s.
+func ShortDuration(d time.Duration) string {
+	s := d.Round(time.Second).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// loginDelayState keeps, beside the journal, when the account last logged
+// in and the server's LOGIN-DELAY, so that runs from cron honour it too
+// (RFC 2449 §6.5: clients use it as the least interval between checks).
+// The file is advice, not a record of mail: it is written without fsync,
+// and one that cannot be read is ignored.
+type loginDelayState struct {
+	path string
+}
+
+// check returns a *LoginDelayError while the last login's delay runs.
+func (l *loginDelayState) check(now time.Time) error {
+	data, err := os.ReadFile(l.path)
+	if err != nil {
+		return nil
+	}
+	var at, delay int64
+	var refused string
+	if n, _ := fmt.Sscanf(string(data), "%d %d %s", &at, &delay, &refused); n < 2 || delay <= 0 || delay > 86400 {
+		return nil
+	}
+	until := time.Unix(at, 0).Add(time.Duration(delay) * time.Second)
+	if !now.Before(until) || until.Sub(now) > time.Duration(delay)*time.Second {
+		return nil // over, or a clock that went back
+	}
+	return &LoginDelayError{Delay: time.Duration(delay) * time.Second, Until: until, Refused: refused == "refused"}
+}
+
+// loggedIn records a login the server accepted at t.
+func (l *loginDelayState) loggedIn(t time.Time, delay time.Duration) {
+	if delay <= 0 {
+		os.Remove(l.path)
+		return
+	}
+	l.write(fmt.Sprintf("%d %d\n", t.Unix(), int64(delay/time.Second)))
+}
+
+// refused records a -ERR [LOGIN-DELAY] at t; delay is what the server
+// announced before login (0: nothing).
+func (l *loginDelayState) refused(t time.Time, delay time.Duration) error {
+	e := &LoginDelayError{Delay: delay, Refused: true}
+	if delay > 0 {
+		// The server's last login was at most now: waiting the whole delay
+		// from now is always enough.
+		e.Until = t.Add(delay)
+		l.write(fmt.Sprintf("%d %d refused\n", t.Unix(), int64(delay/time.Second)))
+	}
+	return e
+}
+
+func (l *loginDelayState) write(content string) {
+	tmp := l.path + ".tmp"
+	if os.WriteFile(tmp, []byte(content), 0o600) == nil {
+		os.Rename(tmp, l.path)
+	}
 }
 
 // desync reports whether err shows that the server's replies are out of
@@ -516,6 +766,9 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 	r.st.OnServer = r.l.len()
+	if uerr != nil && a.MarkExisting {
+		return fmt.Errorf("the server does not support UIDL, so --mark-existing cannot record its messages (nothing was changed): %v", uerr)
+	}
 	if uerr != nil {
 		r.noUIDL = true
 		if a.KeepForever || a.Keep > 0 {
@@ -556,6 +809,11 @@ func (r *runner) run(ctx context.Context) error {
 				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", num, ids.UID(id)))
 				r.st.Skipped++
 				continue
+			case ids.Has(id, fSeen|fOld):
+				// On the server before --mark-existing: not stored here,
+				// so never deleted.
+				r.st.Kept++
+				continue
 			case ids.Has(id, fSeen) && !ids.Has(id, fSuspect):
 				if r.due(time.Unix(ids.Time(id), 0)) {
 					r.dele.add(num)
@@ -586,6 +844,15 @@ func (r *runner) run(ctx context.Context) error {
 				continue
 			}
 		}
+		if a.MarkExisting {
+			// Never downloaded, so never deleted (the E record).
+			if r.j.addExistingRef(r.l.id(i), now) {
+				r.st.Marked++
+			} else {
+				r.st.Skipped++
+			}
+			continue
+		}
 		if a.MaxSize > 0 && size > a.MaxSize {
 			r.st.Skipped++
 			if a.DeleteOversized {
@@ -606,6 +873,17 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	for _, w := range r.j.Warnings() {
 		r.obs.Warn(w)
+	}
+	if a.MarkExisting {
+		// Nothing is deleted in this run, whatever the keep policy: what
+		// is due stays for the next one.
+		r.st.Kept += r.dele.len()
+		r.dele = chunks[uint32]{}
+		if err := r.j.Sync(); err != nil {
+			return err
+		}
+		crashpoint.Hit("fetch.marked")
+		return r.finish()
 	}
 	if a.DryRun {
 		r.st.Fetched = r.todo.len()

@@ -24,11 +24,13 @@ var (
 )
 
 // journalHeader is the first line of every journal file this version
-// writes; files of versions 1 and 2 are still read (and rewritten as version
-// 3 at the first writable open, so that a version that knows no Q record
-// refuses the file instead of skipping its Q lines).
+// writes; files of versions 1 to 3 are still read (and rewritten as version
+// 4 at the first writable open, so that a version that knows no Q or E
+// record refuses the file instead of skipping those lines, which would
+// download their messages again).
 const (
-	journalHeader   = "pouch-fetch-journal 3\n"
+	journalHeader   = "pouch-fetch-journal 4\n"
+	journalHeaderV3 = "pouch-fetch-journal 3\n"
 	journalHeaderV2 = "pouch-fetch-journal 2\n"
 	journalHeaderV1 = "pouch-fetch-journal 1\n"
 )
@@ -47,6 +49,7 @@ const (
 	fListed                    // in this run's UIDL listing
 	fDup                       // in this run's UIDL listing more than once
 	fStaged                    // recorded by Add, durable after Sync
+	fOld                       // with fSeen: on the server before --mark-existing, never downloaded, never deleted
 )
 
 // spillSize is how much the journal buffers before writing (without an
@@ -61,6 +64,7 @@ const spillSize = 1 << 20
 //	P SP <uidl> LF                     about to be downloaded (pending)
 //	T SP <unix-seconds> SP <uidl> LF   left the server at that time (tombstone)
 //	Q SP <uidl> LF                     arrived damaged (suspect)
+//	E SP <unix-seconds> SP <uidl> LF   on the server when --mark-existing ran
 //	M SP <octets> SP <mbox-path> LF    mbox size before an append
 //	M SP - LF                          no mbox append outstanding
 //
@@ -79,7 +83,10 @@ const spillSize = 1 << 20
 // mbox back to that size, removing an append the journal never recorded. A
 // Q record marks a message whose reply broke the protocol or disagreed with
 // LIST: later runs neither download it nor delete it, until a downloaded
-// line follows (--retry-quarantined) or it leaves the server.
+// line follows (--retry-quarantined) or it leaves the server. An E record
+// counts as downloaded, except that the message was never stored here:
+// no run deletes it, whatever the keep policy. Version 3 files have no E
+// lines.
 //
 // A failed write is cut back to the last good offset; a failed fdatasync
 // makes the journal unusable (its pages' state is unknown).
@@ -196,13 +203,14 @@ func (j *Journal) load() error {
 	br := bufio.NewReaderSize(f, 64<<10)
 	head, err := br.Peek(len(journalHeader))
 	version := 0
-	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeader} {
+	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeaderV3, journalHeader} {
 		if string(head) == h {
 			version = v + 1
 		}
 	}
 	if version == 0 {
-		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV2, string(head)) || strings.HasPrefix(journalHeaderV1, string(head))) {
+		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV3, string(head)) ||
+			strings.HasPrefix(journalHeaderV2, string(head)) || strings.HasPrefix(journalHeaderV1, string(head))) {
 			// A crash while creating it: nothing was recorded yet.
 			if j.readOnly {
 				return nil
@@ -249,7 +257,7 @@ func (j *Journal) load() error {
 	if j.readOnly {
 		return nil
 	}
-	if version < 3 {
+	if version < 4 {
 		return j.rewrite() // upgrade
 	}
 	w, err := os.OpenFile(j.path(), os.O_RDWR, 0o600)
@@ -300,6 +308,7 @@ func (j *Journal) parse(line []byte, version int) bool {
 			r, ok := j.entry(uid)
 			if ok {
 				j.setSeen(r, false)
+				j.ids.Clear(r, fOld)
 				j.ids.Set(r, fTomb)
 				j.ids.SetTime(r, t)
 			}
@@ -311,6 +320,23 @@ func (j *Journal) parse(line []byte, version int) bool {
 			r, ok := j.entry(rest)
 			if ok {
 				j.ids.Set(r, fSuspect)
+			}
+			return ok
+		case "E":
+			if version < 4 {
+				return false
+			}
+			ts, uid, ok := bytes.Cut(rest, []byte(" "))
+			t, err := strconv.ParseInt(string(ts), 10, 64)
+			if !ok || err != nil {
+				return false
+			}
+			r, ok := j.entry(uid)
+			if ok && !j.ids.Has(r, fSeen) {
+				j.setSeen(r, true)
+				j.ids.Set(r, fOld)
+				j.ids.SetTime(r, t)
+				j.ids.Clear(r, fTomb)
 			}
 			return ok
 		case "M":
@@ -422,6 +448,25 @@ func (j *Journal) addRef(r ref, t time.Time) {
 	j.buf = append(j.buf, '\n')
 }
 
+// addExistingRef records that the entry's message was on the server when
+// --mark-existing ran: it counts as downloaded and is never deleted. It is
+// durable (and Seen) after Sync.
+func (j *Journal) addExistingRef(r ref, t time.Time) bool {
+	if j.ids.Has(r, fStaged) || j.ids.Has(r, fSeen) || j.ids.Has(r, fSuspect) {
+		return false
+	}
+	j.ids.Set(r, fStaged|fOld)
+	j.staged = append(j.staged, stagedAdd{r, t.Unix()})
+	j.buf = fmt.Appendf(j.buf, "E %d %s\n", t.Unix(), j.ids.uidBytes(r))
+	j.spill()
+	return true
+}
+
+// Existing reports whether uid was recorded by --mark-existing.
+func (j *Journal) Existing(uid string) bool {
+	return j.ids.Has(j.ids.FindString(uid), fSeen|fOld)
+}
+
 // AddPending records that uid is about to be downloaded; durable after Sync.
 func (j *Journal) AddPending(uid string) {
 	if r, err := j.ids.InsertString(uid); err == nil {
@@ -494,6 +539,9 @@ func (j *Journal) markDone() {
 func (j *Journal) dropStaged() {
 	for _, s := range j.staged {
 		j.ids.Clear(s.r, fStaged)
+		if !j.ids.Has(s.r, fSeen) {
+			j.ids.Clear(s.r, fOld)
+		}
 	}
 	j.staged = j.staged[:0]
 }
@@ -585,6 +633,7 @@ func (j *Journal) Prune() error {
 		if f&fListed == 0 {
 			if f&fSeen != 0 {
 				j.setSeen(r, false)
+				j.ids.Clear(r, fOld)
 				j.ids.Set(r, fTomb)
 				j.ids.SetTime(r, now.Unix())
 				removed++
@@ -637,7 +686,10 @@ func (j *Journal) rewrite() error {
 			line = fmt.Appendf(line, "P %s\n", uid)
 			lines++
 		}
-		if f&fSeen != 0 {
+		if f&(fSeen|fOld) == fSeen|fOld {
+			line = fmt.Appendf(line, "E %d %s\n", j.ids.Time(r), uid)
+			lines++
+		} else if f&fSeen != 0 {
 			line = fmt.Appendf(line, "%d %s\n", j.ids.Time(r), uid)
 			lines++
 		}

@@ -14,7 +14,7 @@ import (
 	"sync"
 
 	"github.com/pouchmail/pouch/auth"
-	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -37,12 +37,12 @@ func Describe(p store.Policy) string {
 	case p.Expire == 0:
 		b.WriteString("messages are kept until a client deletes them (EXPIRE NEVER)")
 	case p.FromRetrieval:
-		fmt.Fprintf(&b, "messages are removed %s after their first retrieval", days.Format(p.Expire))
+		fmt.Fprintf(&b, "messages are removed %s after their first retrieval", units.FormatDuration(p.Expire))
 	default:
-		fmt.Fprintf(&b, "messages are removed %s after delivery", days.Format(p.Expire))
+		fmt.Fprintf(&b, "messages are removed %s after delivery", units.FormatDuration(p.Expire))
 	}
 	if p.Window > 0 {
-		fmt.Fprintf(&b, "; deleted and expired messages can be restored for %s", days.Format(p.Window))
+		fmt.Fprintf(&b, "; deleted and expired messages can be restored for %s", units.FormatDuration(p.Window))
 	} else {
 		b.WriteString("; deleted messages are removed at once")
 	}

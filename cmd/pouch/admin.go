@@ -167,15 +167,15 @@ func (f *adminFlags) register(fs *flag.FlagSet) {
 func (f *adminFlags) path(fs *flag.FlagSet) (string, error) {
 	if f.configFile != "" {
 		set := flagNames(fs)
-		sfs, sc := serveFlags(io.Discard)
-		if err := applyConfigFile(sfs, f.configFile); err != nil {
+		sc, err := readServeConfig(f.configFile)
+		if err != nil {
 			return "", err
 		}
 		if !set["data"] {
-			f.data = sc.data
+			f.data = sc.Data.String()
 		}
 		if !set["admin-socket"] {
-			f.socket = sc.adminSocket
+			f.socket = sc.AdminSocket.String()
 		}
 	}
 	p := adminSocketPath(f.data, f.socket)

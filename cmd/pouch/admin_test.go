@@ -326,21 +326,11 @@ func TestConfigReload(t *testing.T) {
 	}
 	write("expire = \"30d\"\nlog-level = \"info\"\nidle-timeout = \"10m\"\n")
 	args := []string{"--config", file, "--deletion-window", "7d"}
-	fs, c := serveFlags(io.Discard)
-	if _, err := parseInterleaved(fs, args); err != nil {
-		t.Fatal(err)
-	}
-	if err := applyConfigFile(fs, file); err != nil {
-		t.Fatal(err)
-	}
-	def, err := c.retention.policy()
-	if err != nil {
-		t.Fatal(err)
-	}
+	fs, s := checkedSettings(t, args...)
 	var logs bytes.Buffer
-	log, level, _ := newLogger(&logs, c.logLevel, c.logFormat)
+	log, level := newLogger(&logs, s.logLevel, s.logFormat)
 	r := &configReloader{args: args, running: fs, file: file, level: level,
-		policies: retention.NewPolicies(def, nil), log: log}
+		policies: retention.NewPolicies(s.retention.policy, nil), log: log}
 
 	write("expire = \"2d\"\nlog-level = \"debug\"\nidle-timeout = \"20m\"\ndeletion-window = \"1d\"\n")
 	if err := r.reload(); err != nil {
@@ -357,7 +347,7 @@ func TestConfigReload(t *testing.T) {
 		t.Fatalf("no restart warning for idle-timeout:\n%s", logs.String())
 	}
 	write("expire = \"soon\"\n")
-	if err := r.reload(); err == nil || !strings.Contains(err.Error(), "kept the old configuration") || !strings.Contains(err.Error(), "--expire") {
+	if err := r.reload(); err == nil || !strings.Contains(err.Error(), "kept the old configuration") || !strings.Contains(err.Error(), file+`: key "expire"`) {
 		t.Fatalf("bad file: %v", err)
 	}
 	if r.policies.Default().Expire != 48*time.Hour {

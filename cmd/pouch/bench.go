@@ -49,7 +49,7 @@ Examples:
 
 Flags:
 `)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {

@@ -94,8 +94,8 @@ func TestRootWarning(t *testing.T) {
 	}
 	var log bytes.Buffer
 	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(&log, nil))}
-	d := defenceSettings{banAfter: 10, auditLog: "off"}
-	closers, err := d.apply(&cfg, t.TempDir())
+	d := defenceSettings{guard: guard.Config{MaxFailures: 10}}
+	closers, err := d.open(&cfg, configSource{}, t.TempDir())
 	for _, c := range closers {
 		c()
 	}

@@ -21,7 +21,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
-	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/lmtp"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -65,68 +64,106 @@ const (
 	exTempFail  = 75
 )
 
-// lmtpSettings are the flags of mail delivery: all of them for pouch serve,
-// the limits for pouch deliver.
-type lmtpSettings struct {
-	addr           string
-	domains        string
-	rcptCheckQuota bool
-	// maxConnections is the most LMTP connections open at once (0: no
-	// limit); each holds one file descriptor.
-	maxConnections int
-	idleTimeout    time.Duration
-	delimiter      string
-	quotaStorage   sizeValue
-	quotaMessages  int
-	quotaTemporary bool
-	maxMessageSize sizeValue
+// lmtpConfig are the settings of mail delivery: all of them for pouch serve,
+// the delivery limits for pouch deliver.
+type lmtpConfig struct {
+	LMTP           textSetting     `toml:"lmtp"`
+	LMTPDomains    textSetting     `toml:"lmtp-domains"`
+	RcptCheckQuota boolSetting     `toml:"lmtp-rcpt-check-quota"`
+	MaxConnections intSetting      `toml:"lmtp-max-connections"`
+	LMTPIdle       durationSetting `toml:"lmtp-idle-timeout"`
+	Delimiter      textSetting     `toml:"lmtp-recipient-delimiter"`
+	QuotaStorage   sizeSetting     `toml:"quota-storage"`
+	QuotaMessages  intSetting      `toml:"quota-messages"`
+	QuotaTemporary boolSetting     `toml:"quota-temporary"`
+	MaxMessageSize sizeSetting     `toml:"max-message-size"`
 }
 
 // register defines the flags on fs; listener adds those of the listener
 // (--lmtp, --lmtp-domains, --lmtp-rcpt-check-quota and its limits).
-func (s *lmtpSettings) register(fs *flag.FlagSet, listener bool) {
+func (c *lmtpConfig) register(fs *flag.FlagSet, listener bool) {
 	if listener {
-		fs.StringVar(&s.addr, "lmtp", "", "LMTP listen `address` (host:port, or unix:/path for a socket); empty disables it")
-		fs.StringVar(&s.domains, "lmtp-domains", "", "comma-separated `domains` whose recipients LMTP accepts (default: any domain)")
-		fs.BoolVar(&s.rcptCheckQuota, "lmtp-rcpt-check-quota", false, "refuse a recipient over quota at RCPT already, not only after DATA (MTAs that verify recipients cache such a refusal)")
-		fs.IntVar(&s.maxConnections, "lmtp-max-connections", lmtp.DefaultMaxConnections, "most LMTP connections at once; more get 421 4.3.2 (0: no limit)")
-		fs.DurationVar(&s.idleTimeout, "lmtp-idle-timeout", time.Minute, "close an LMTP connection that sends no command for this `long` outside a transaction")
+		textVar(fs, &c.LMTP, "lmtp", "", "LMTP listen `address` (host:port, or unix:/path for a socket); empty disables it")
+		textVar(fs, &c.LMTPDomains, "lmtp-domains", "", "comma-separated `domains` whose recipients LMTP accepts (default: any domain)")
+		boolVar(fs, &c.RcptCheckQuota, "lmtp-rcpt-check-quota", false, "refuse a recipient over quota at RCPT already, not only after DATA (MTAs that verify recipients cache such a refusal)")
+		intVar(fs, &c.MaxConnections, "lmtp-max-connections", lmtp.DefaultMaxConnections, "most LMTP connections at once; more get 421 4.3.2 (0: no limit)")
+		durationVar(fs, &c.LMTPIdle, "lmtp-idle-timeout", time.Minute, "close an LMTP connection that sends no command for this `long` outside a transaction")
 	}
-	fs.StringVar(&s.delimiter, "lmtp-recipient-delimiter", "+", "`characters` that separate a user name from an address extension (alice+news is alice); empty turns extensions off")
-	s.maxMessageSize = 50 << 20
-	fs.Var(&s.quotaStorage, "quota-storage", "default storage quota of each user, a `size` such as 500M or 2G; 0 means none")
-	fs.IntVar(&s.quotaMessages, "quota-messages", 0, "default quota of each user in `messages`; 0 means none")
-	fs.BoolVar(&s.quotaTemporary, "quota-temporary", false, "refuse mail over quota temporarily (452 4.2.2, exit 75) rather than for good (552 5.2.2, exit 73)")
-	fs.Var(&s.maxMessageSize, "max-message-size", "refuse messages larger than this `size`; 0 means no limit")
+	textVar(fs, &c.Delimiter, "lmtp-recipient-delimiter", "+", "`characters` that separate a user name from an address extension (alice+news is alice); empty turns extensions off")
+	sizeVar(fs, &c.QuotaStorage, "quota-storage", 0, "default storage quota of each user, a `size` such as 500M or 2G; 0 means none")
+	intVar(fs, &c.QuotaMessages, "quota-messages", 0, "default quota of each user in `messages`; 0 means none")
+	boolVar(fs, &c.QuotaTemporary, "quota-temporary", false, "refuse mail over quota temporarily (452 4.2.2, exit 75) rather than for good (552 5.2.2, exit 73)")
+	sizeVar(fs, &c.MaxMessageSize, "max-message-size", 50<<20, "refuse messages larger than this `size`; 0 means no limit")
+}
+
+// lmtpSettings are the checked settings of pouch serve's LMTP listener.
+type lmtpSettings struct {
+	addr           string // "" when off
+	domains        []string
+	rcptCheckQuota bool
+	maxConnections int // as lmtp.Config takes it: -1 for no limit
+	idleTimeout    time.Duration
+	delivery       deliverySettings
+}
+
+// deliverySettings are the checked delivery limits, which pouch deliver
+// shares with the LMTP listener.
+type deliverySettings struct {
+	quota          lmtp.Quota
+	quotaTemporary bool
+	maxMessageSize int64
+	delimiter      string
+}
+
+// validate checks the settings, adding what is wrong to bad. The listener's
+// own settings are checked only when it listens.
+func (c *lmtpConfig) validate(src configSource, bad *problems) lmtpSettings {
+	s := lmtpSettings{
+		addr:           c.LMTP.String(),
+		domains:        c.LMTPDomains.list(),
+		rcptCheckQuota: bool(c.RcptCheckQuota),
+		maxConnections: int(c.MaxConnections),
+		idleTimeout:    time.Duration(c.LMTPIdle),
+		delivery:       c.validateDelivery(src, bad),
+	}
+	if s.addr == "" {
+		return s
+	}
+	if s.maxConnections < 0 {
+		bad.add(src.problem("lmtp-max-connections", "%d is negative (0 means no limit)", s.maxConnections))
+	}
+	if s.maxConnections == 0 {
+		s.maxConnections = -1 // lmtp.Config: no limit
+	}
+	if s.idleTimeout <= 0 {
+		bad.add(src.problem("lmtp-idle-timeout", "it must be more than 0"))
+	}
+	return s
+}
+
+// validateDelivery checks the delivery limits.
+func (c *lmtpConfig) validateDelivery(src configSource, bad *problems) deliverySettings {
+	if c.QuotaMessages < 0 {
+		bad.add(src.problem("quota-messages", "%d is negative (0 means no quota)", c.QuotaMessages))
+	}
+	return deliverySettings{
+		quota:          lmtp.Quota{Storage: int64(c.QuotaStorage), Messages: int(c.QuotaMessages)},
+		quotaTemporary: bool(c.QuotaTemporary),
+		maxMessageSize: int64(c.MaxMessageSize),
+		delimiter:      c.Delimiter.String(),
+	}
 }
 
 // agent returns the delivery agent for the data directory.
-func (s *lmtpSettings) agent(data string, users lmtp.Users) (*lmtp.Agent, error) {
-	if s.quotaMessages < 0 {
-		return nil, errors.New("--quota-messages must not be negative")
-	}
+func (d deliverySettings) agent(data string, users lmtp.Users) *lmtp.Agent {
 	return &lmtp.Agent{
 		Store:              maildir.New(filepath.Join(data, "mail")),
 		Users:              users,
-		Quota:              lmtp.Quota{Storage: int64(s.quotaStorage), Messages: s.quotaMessages},
-		QuotaTemporary:     s.quotaTemporary,
-		MaxMessageSize:     int64(s.maxMessageSize),
-		RecipientDelimiter: s.delimiter,
-	}, nil
-}
-
-// sizeValue is a flag holding a size in octets, written like 500M or 2G.
-type sizeValue int64
-
-func (v *sizeValue) String() string { return units.FormatSize(int64(*v)) }
-
-func (v *sizeValue) Set(s string) error {
-	n, err := units.ParseSize(s)
-	if err != nil {
-		return err
+		Quota:              d.quota,
+		QuotaTemporary:     d.quotaTemporary,
+		MaxMessageSize:     d.maxMessageSize,
+		RecipientDelimiter: d.delimiter,
 	}
-	*v = sizeValue(n)
-	return nil
 }
 
 // tempFail is a failure of pouch deliver after which the MTA should retry.
@@ -173,17 +210,16 @@ func deliverFail(stderr io.Writer, code int, text string, details ...any) error 
 func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch deliver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // a failure is one sentence; only --help prints the usage
-	var s lmtpSettings
+	var c lmtpConfig
 	configFile := fs.String("config", "", "take --data and the limits from pouch serve's TOML `file` (flags win)")
 	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/USER/")
 	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
-	s.register(fs, false)
+	c.register(fs, false)
 	fs.Usage = func() {}
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stderr, deliverUsage)
-		fs.SetOutput(stderr)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 		return err
 	}
 	if err != nil {
@@ -194,20 +230,23 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	rcpt := pos[0]
 	set := flagNames(fs)
+	src := configSource{onCommandLine: set}
 	if *configFile != "" {
-		if err := deliverConfig(*configFile, set, data, &s); err != nil {
+		if src, err = deliverConfig(*configFile, fs, data, &c); err != nil {
 			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
+	}
+	var bad problems
+	limits := c.validateDelivery(src, &bad)
+	if err := bad.err(); err != nil {
+		return tempFail("deliver: %v", err)
 	}
 	// pouch deliver has no first start: a users file that is missing or
 	// empty is a fault, as one that cannot be read or is damaged, and only a
 	// name absent from a usable file is unknown (auth.SourceError).
 	usersPath := filepath.Join(*data, "users")
 	users := auth.OpenUsersWith(usersPath, auth.UsersOptions{Expected: true})
-	agent, err := s.agent(*data, users)
-	if err != nil {
-		return tempFail("deliver: %v", err)
-	}
+	agent := limits.agent(*data, users)
 	user, err := agent.User(rcpt)
 	if errors.Is(err, lmtp.ErrUnknownUser) {
 		return deliverFail(stderr, exNoUser, "no such user", "user", rcpt, "users", usersPath)
@@ -226,33 +265,29 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	return nil
 }
 
-// deliverConfig reads pouch serve's TOML file, checked as pouch serve checks
-// it, and takes from it the settings that pouch deliver shares and that its
-// command line did not give.
-func deliverConfig(path string, set map[string]bool, data *string, s *lmtpSettings) error {
-	sfs, sc := serveFlags(io.Discard)
-	if err := applyConfigFile(sfs, path); err != nil {
-		return err
+// deliverConfig reads pouch serve's TOML file, decoded as pouch serve decodes
+// it, and takes from it --data and the delivery limits that pouch deliver's
+// command line (fs) did not give. It returns where each setting came from.
+func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig) (configSource, error) {
+	sc, err := readServeConfig(path)
+	if err != nil {
+		return configSource{}, err
 	}
-	if !set["data"] {
-		*data = sc.data
+	src := configSource{file: path, inFile: map[string]bool{}, onCommandLine: flagNames(fs)}
+	if !src.onCommandLine["data"] {
+		*data = sc.Data.String()
 	}
-	if !set["quota-storage"] {
-		s.quotaStorage = sc.lmtp.quotaStorage
+	from := settingFields(&sc.lmtpConfig)
+	for key, f := range settingFields(c) {
+		if fs.Lookup(key) == nil || src.onCommandLine[key] {
+			continue
+		}
+		if err := f.Set(from[key].String()); err != nil {
+			return configSource{}, err
+		}
+		src.inFile[key] = sc.src.inFile[key]
 	}
-	if !set["quota-messages"] {
-		s.quotaMessages = sc.lmtp.quotaMessages
-	}
-	if !set["quota-temporary"] {
-		s.quotaTemporary = sc.lmtp.quotaTemporary
-	}
-	if !set["max-message-size"] {
-		s.maxMessageSize = sc.lmtp.maxMessageSize
-	}
-	if !set["lmtp-recipient-delimiter"] {
-		s.delimiter = sc.lmtp.delimiter
-	}
-	return nil
+	return src, nil
 }
 
 // deliverFailure turns a failed delivery into its exit status and sentence.
@@ -297,45 +332,25 @@ type lmtpService struct {
 
 // listenLMTP makes pouch serve's LMTP server and opens its listener. It
 // returns nil when --lmtp is empty.
-func listenLMTP(c *serveConfig, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
-	s := &c.lmtp
-	if s.addr == "" {
+func listenLMTP(s *serveSettings, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
+	l := s.lmtp
+	if l.addr == "" {
 		return nil, nil
 	}
-	agent, err := s.agent(c.data, users)
-	if err != nil {
-		return nil, usageError("%v", err)
-	}
-	spool := filepath.Join(c.data, "spool")
+	spool := filepath.Join(s.data, "spool")
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, fmt.Errorf("spool directory: %v", err)
 	}
-	var domains []string
-	for _, d := range strings.Split(s.domains, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			domains = append(domains, d)
-		}
-	}
-	if s.maxConnections < 0 {
-		return nil, usageError("--lmtp-max-connections must not be negative (0 means no limit)")
-	}
-	if s.idleTimeout <= 0 {
-		return nil, usageError("--lmtp-idle-timeout must be positive")
-	}
-	maxConns := s.maxConnections
-	if maxConns == 0 {
-		maxConns = -1 // lmtp.Config: no limit
-	}
-	srv := lmtp.New(lmtp.Config{Agent: agent, Logger: log, Hostname: hostname, Domains: domains, SpoolDir: spool,
-		RcptCheckQuota: s.rcptCheckQuota, MaxConnections: maxConns, IdleTimeout: s.idleTimeout})
-	l, err := lmtp.Listen(s.addr)
+	srv := lmtp.New(lmtp.Config{Agent: l.delivery.agent(s.data, users), Logger: log, Hostname: hostname, Domains: l.domains,
+		SpoolDir: spool, RcptCheckQuota: l.rcptCheckQuota, MaxConnections: l.maxConnections, IdleTimeout: l.idleTimeout})
+	ln, err := lmtp.Listen(l.addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen lmtp on %s: %v", s.addr, err)
+		return nil, fmt.Errorf("listen lmtp on %s: %v", l.addr, err)
 	}
-	if w := lmtp.ExposedWarning(l.Addr()); w != "" {
+	if w := lmtp.ExposedWarning(ln.Addr()); w != "" {
 		log.Warn(w, "protocol", "lmtp")
 	}
-	return &lmtpService{srv: srv, l: l, log: log}, nil
+	return &lmtpService{srv: srv, l: ln, log: log}, nil
 }
 
 // start serves LMTP in a goroutine counted by wg; a failure of the listener

@@ -186,19 +186,20 @@ func TestServeLMTPSettings(t *testing.T) {
 			t.Errorf("pouch %v: exit %d, %q; want exit %d with %q", tc.args, code, e, tc.code, tc.msg)
 		}
 	}
-	fs, c := serveFlags(io.Discard)
+	_, c := serveFlags(io.Discard)
 	cfg := filepath.Join(t.TempDir(), "pouch.toml")
-	if c.lmtp.delimiter != "+" || c.lmtp.rcptCheckQuota {
-		t.Errorf("defaults: recipient delimiter %q, RCPT quota check %v; want \"+\", off", c.lmtp.delimiter, c.lmtp.rcptCheckQuota)
+	if c.Delimiter != "+" || c.RcptCheckQuota {
+		t.Errorf("defaults: recipient delimiter %q, RCPT quota check %v; want \"+\", off", c.Delimiter, c.RcptCheckQuota)
 	}
 	os.WriteFile(cfg, []byte("lmtp = \"unix:/run/pouch/lmtp\"\nlmtp-domains = [\"a.org\", \"b.org\"]\nquota-storage = \"2G\"\nquota-temporary = true\nmax-message-size = 1048576\n"+
 		"lmtp-recipient-delimiter = \"+-\"\nlmtp-rcpt-check-quota = true\n"), 0o600)
-	if err := applyConfigFile(fs, cfg); err != nil {
+	c, err := readServeConfig(cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	l := c.lmtp
-	if l.addr != "unix:/run/pouch/lmtp" || l.domains != "a.org,b.org" || l.quotaStorage != 2<<30 || !l.quotaTemporary || l.maxMessageSize != 1<<20 ||
-		l.delimiter != "+-" || !l.rcptCheckQuota {
+	l := c.lmtpConfig
+	if l.LMTP != "unix:/run/pouch/lmtp" || l.LMTPDomains != "a.org,b.org" || l.QuotaStorage != 2<<30 || !l.QuotaTemporary || l.MaxMessageSize != 1<<20 ||
+		l.Delimiter != "+-" || !l.RcptCheckQuota {
 		t.Errorf("config file not applied: %+v", l)
 	}
 }

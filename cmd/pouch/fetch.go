@@ -7,11 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/pouchmail/pouch/client"
 	"github.com/pouchmail/pouch/fetch"
+	"github.com/pouchmail/pouch/fetch/oauth"
+	"github.com/pouchmail/pouch/internal/units"
 )
 
 const fetchUsage = `Usage: pouch fetch [flags]
@@ -44,6 +45,27 @@ empty message, a reply that is neither +OK nor -ERR) ends the session
 without deleting anything; what arrived of the message is kept in the
 Maildir quarantine/ under --state-dir, and the message is left on the
 server until --retry-quarantined.
+
+An account with provider = "gmail", "microsoft" or "custom" signs in with
+OAuth 2.0 once, and its tokens are refreshed by themselves:
+  pouch fetch --config FILE auth login ACCOUNT [--device]
+  pouch fetch --config FILE auth status [ACCOUNT...]
+  pouch fetch --config FILE auth logout ACCOUNT
+
+--mark-existing records the messages now on the server as fetched, without
+downloading or deleting anything, so that a user coming from another client
+gets only new mail from then on; those messages are never deleted by pouch
+fetch.
+
+With --every it keeps running: each account waits its own interval (the
+every key of its table, else --every) plus a little jitter after each run,
+never less than the server's LOGIN-DELAY, and longer after failures (twice
+as long each time, up to an hour); SIGHUP reloads the --config file.
+
+Exit status: 0 when every account was fetched (new mail or none), 1 when an
+account failed, 2 for a bad command line or configuration, 3 when an
+account needs you: it must sign in (again), or the server refused its
+password or token.
 
 Examples:
   pouch fetch --server pop.example.com:995 --user alice \
@@ -78,6 +100,25 @@ type fetchConfig struct {
 	deadline          time.Duration
 	parallel          int
 	retryQuarantined  bool
+	markExisting      bool
+	quietEmpty        bool
+
+	// OAuth 2.0 sign-in (fetch/oauth).
+	provider         string
+	clientID         string
+	clientSecret     string
+	clientSecretFile string
+	scopes           string
+	tenant           string
+	issuer           string
+	authURL          string
+	tokenURL         string
+	deviceURL        string
+	revokeURL        string
+	redirectPort     int
+
+	// pouch fetch auth login only.
+	device, browser bool
 }
 
 func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
@@ -107,45 +148,81 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.DurationVar(&c.deadline, "deadline", fetch.DefaultDeadline, "cut off an account's run after this `long` in all (the session ends without deleting anything); 0 for none")
 	fs.IntVar(&c.parallel, "parallel", 4, "fetch up to `n` accounts at once")
 	fs.BoolVar(&c.retryQuarantined, "retry-quarantined", false, "download again the messages an earlier run found damaged and left on the server")
+	fs.BoolVar(&c.markExisting, "mark-existing", false, "record every message now on the server as fetched, downloading and deleting nothing")
+	fs.BoolVar(&c.quietEmpty, "quiet-empty", false, "print an account's summary only when it fetched, deleted or recorded something, or failed")
+	fs.StringVar(&c.provider, "provider", "", "sign in with OAuth 2.0: `name` gmail, microsoft or custom (then: pouch fetch auth login)")
+	fs.StringVar(&c.clientID, "client-id", "", "OAuth client `id` of the app registration to sign in as")
+	fs.StringVar(&c.clientSecret, "client-secret", "", "OAuth client `secret` (Gmail's Desktop app clients have one; public clients none)")
+	fs.StringVar(&c.clientSecretFile, "client-secret-file", "", "read the OAuth client secret from the first line of this `file`")
+	fs.StringVar(&c.scopes, "scopes", "", "OAuth `scopes` to ask for, separated by spaces (default: the provider's for POP)")
+	fs.StringVar(&c.tenant, "tenant", "", "Microsoft `directory`: common, consumers, organizations or a tenant id (default common)")
+	fs.StringVar(&c.issuer, "issuer", "", "custom provider: the issuer `URL`, whose endpoints are found by discovery")
+	fs.StringVar(&c.authURL, "auth-url", "", "OAuth authorization endpoint `URL`")
+	fs.StringVar(&c.tokenURL, "token-url", "", "OAuth token endpoint `URL`")
+	fs.StringVar(&c.deviceURL, "device-url", "", "OAuth device authorization endpoint `URL` (RFC 8628)")
+	fs.StringVar(&c.revokeURL, "revoke-url", "", "OAuth revocation endpoint `URL` (RFC 7009)")
+	fs.IntVar(&c.redirectPort, "redirect-port", 0, "loopback `port` of the browser sign-in (default: a free one)")
+	fs.BoolVar(&c.device, "device", false, "auth login: sign in with a code typed on another device (RFC 8628), for machines without a browser")
+	fs.BoolVar(&c.browser, "browser", false, "auth login: sign in through a web browser (RFC 8252)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, fetchUsage)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	return fs, c
 }
 
-// parseSize parses a size: a number of octets, optionally followed by B, or
-// by K, M or G (powers of 1024) with an optional B: 500K, 25MB, 1G, 100.
-func parseSize(s string) (int64, error) {
-	in := s
-	s = strings.TrimSpace(strings.ToUpper(s))
-	s = strings.TrimSuffix(s, "B")
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
+// account turns the flags into an Account, and the OAuth settings of an
+// account with a provider (nil otherwise). forAuth (pouch fetch auth)
+// needs no destination.
+func (c *fetchConfig) account(name string, forAuth bool) (*fetch.Account, *oauth.Config, error) {
+	a, err := c.account1(name, forAuth)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.provider == "" {
+		for _, k := range []struct{ key, v string }{{"client-id", c.clientID}, {"client-secret", c.clientSecret},
+			{"client-secret-file", c.clientSecretFile}, {"scopes", c.scopes}, {"tenant", c.tenant}, {"issuer", c.issuer},
+			{"auth-url", c.authURL}, {"token-url", c.tokenURL}, {"device-url", c.deviceURL}, {"revoke-url", c.revokeURL}} {
+			if k.v != "" {
+				return nil, nil, fmt.Errorf("--%s needs --provider", k.key)
+			}
 		}
-		if mult > 1 {
-			s = strings.TrimSpace(s[:n-1])
+		return a, nil, nil
+	}
+	secret := c.clientSecret
+	if c.clientSecretFile != "" {
+		if secret != "" {
+			return nil, nil, errors.New("give --client-secret or --client-secret-file, not both")
+		}
+		data, err := os.ReadFile(fetch.ExpandHome(c.clientSecretFile))
+		if err != nil {
+			return nil, nil, fmt.Errorf("client-secret-file: %w", err)
+		}
+		if secret = strings.TrimSpace(firstLine(string(data))); secret == "" {
+			return nil, nil, fmt.Errorf("client-secret-file %s is empty", c.clientSecretFile)
 		}
 	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || v < 0 {
-		return 0, fmt.Errorf("size %q: use a number of octets, or with K, M or G (500K, 25M)", in)
+	oc := &oauth.Config{Account: a.DisplayName(), Provider: c.provider, ClientID: c.clientID, ClientSecret: secret,
+		Tenant: c.tenant, Issuer: c.issuer, AuthURL: c.authURL, TokenURL: c.tokenURL, DeviceURL: c.deviceURL,
+		RevokeURL: c.revokeURL, RedirectPort: c.redirectPort, LoginHint: c.user}
+	if c.scopes != "" {
+		oc.Scopes = strings.Fields(c.scopes) // RFC 6749 §3.3: scope tokens are separated by spaces
 	}
-	if v > math.MaxInt64/mult {
-		return 0, fmt.Errorf("size %q: too large", in)
+	if err := oc.Validate(); err != nil {
+		return nil, nil, err
 	}
-	return v * mult, nil
+	if c.provider == oauth.Microsoft {
+		a.OAuthForm = client.OAuthTwoStep
+	}
+	return a, oc, nil
 }
 
-// account turns the flags into an Account.
-func (c *fetchConfig) account(name string) (*fetch.Account, error) {
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return strings.TrimSuffix(s, "\r")
+}
+
+func (c *fetchConfig) account1(name string, forAuth bool) (*fetch.Account, error) {
 	if c.server == "" {
 		return nil, errors.New("--server is required")
 	}
@@ -153,15 +230,15 @@ func (c *fetchConfig) account(name string) (*fetch.Account, error) {
 		return nil, errors.New("--user is required")
 	}
 	n := 0
-	for _, s := range []string{c.passwordFile, c.passwordCommand, c.oauthTokenCommand} {
+	for _, s := range []string{c.passwordFile, c.passwordCommand, c.oauthTokenCommand, c.provider} {
 		if s != "" {
 			n++
 		}
 	}
-	if n != 1 {
-		return nil, errors.New("give exactly one of --password-file, --password-command, --oauth-token-command")
+	if n != 1 && !(forAuth && n == 0) {
+		return nil, errors.New("give exactly one of --password-file, --password-command, --oauth-token-command, --provider")
 	}
-	if c.to == "" && !c.dryRun {
+	if c.to == "" && !c.dryRun && !c.markExisting && !forAuth {
 		return nil, errors.New("--to is required (for example --to maildir:~/Mail/inbox)")
 	}
 	mode, err := client.ParseTLSMode(c.tlsMode)
@@ -172,7 +249,7 @@ func (c *fetchConfig) account(name string) (*fetch.Account, error) {
 	if err != nil {
 		return nil, err
 	}
-	maxSize, err := parseSize(c.maxSize)
+	maxSize, err := units.ParseSize(c.maxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -192,13 +269,16 @@ func (c *fetchConfig) account(name string) (*fetch.Account, error) {
 		OAuthTokenCommand: c.oauthTokenCommand, To: c.to, Rcpt: c.rcpt,
 		Keep: keep, KeepForever: forever, MaxSize: maxSize, DeleteOversized: c.deleteOversized,
 		StateDir: c.stateDir, DryRun: c.dryRun, Window: c.window, Timeout: c.timeout,
-		Deadline: deadline, RetryQuarantined: c.retryQuarantined,
+		Deadline: deadline, RetryQuarantined: c.retryQuarantined, MarkExisting: c.markExisting,
 	}, nil
 }
 
 // topLevelKeys are the keys that apply to the whole command, not to one
 // account.
 var topLevelKeys = map[string]bool{"parallel": true}
+
+// commandOnly are flags that are no configuration keys.
+var commandOnly = map[string]bool{"config": true, "device": true, "browser": true, "mark-existing": true}
 
 // setFromTOML sets every flag not given on the command line from values
 // (an account's table if account).
@@ -212,7 +292,7 @@ func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, w
 		if key == "account" || key == "accounts" {
 			continue
 		}
-		if key == "config" || fs.Lookup(key) == nil {
+		if commandOnly[key] || fs.Lookup(key) == nil {
 			return fmt.Errorf("%s: unknown key %q", where, key)
 		}
 		if account && topLevelKeys[key] {
@@ -221,7 +301,16 @@ func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, w
 		if set[key] {
 			continue
 		}
-		if err := fs.Set(key, fmt.Sprint(values[key])); err != nil {
+		v := fmt.Sprint(values[key])
+		if list, ok := values[key].([]any); ok {
+			// scopes = ["a", "b"]: the flag takes them separated by spaces.
+			parts := make([]string, len(list))
+			for i, e := range list {
+				parts[i] = fmt.Sprint(e)
+			}
+			v = strings.Join(parts, " ")
+		}
+		if err := fs.Set(key, v); err != nil {
 			return fmt.Errorf("%s: key %q: %v", where, key, err)
 		}
 	}
@@ -229,46 +318,105 @@ func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, w
 }
 
 type namedAccount struct {
-	acct  *fetch.Account
-	quiet bool
+	acct       *fetch.Account
+	oauth      *oauth.Config // nil: the account has no provider
+	quiet      bool
+	quietEmpty bool
+	every      time.Duration // 0: once
 }
 
 // fetchRun is what one pouch fetch command does.
 type fetchRun struct {
 	accts    []namedAccount
-	every    time.Duration // 0: once
+	daemon   bool // --every: keep running
 	parallel int
+	config   string // the --config file, "" for none
 }
 
-// loadAccounts returns the accounts to fetch, the --every interval and
-// --parallel.
-func loadAccounts(args []string, stderr io.Writer) (fetchRun, error) {
+// tokenStores are the token stores of one pouch fetch command, one per
+// state directory, kept across reloads: the sources of an account share
+// its token through them.
+type tokenStores struct {
+	mu     sync.Mutex
+	m      map[string]*oauth.Store
+	stderr io.Writer
+}
+
+func (t *tokenStores) get(stateDir string) *oauth.Store {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[string]*oauth.Store{}
+	}
+	if s := t.m[stateDir]; s != nil {
+		return s
+	}
+	// The store logs no token; only a refreshed token it could not save
+	// is worth a line here (the other failures come back as errors).
+	h := slog.NewTextHandler(t.stderr, &slog.HandlerOptions{Level: slog.LevelError,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}})
+	s := oauth.NewStore(stateDir, slog.New(h))
+	t.m[stateDir] = s
+	return s
+}
+
+// fetchArgs is a pouch fetch command line, parsed.
+type fetchArgs struct {
+	fs   *flag.FlagSet
+	c    *fetchConfig
+	pos  []string
+	set  map[string]bool
+	args []string
+}
+
+func parseFetchArgs(args []string, stderr io.Writer) (*fetchArgs, error) {
 	fs, c := fetchFlags(stderr)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return fetchRun{}, err
+		return nil, err
 	}
-	set := flagNames(fs)
+	return &fetchArgs{fs: fs, c: c, pos: pos, set: flagNames(fs), args: args}, nil
+}
+
+// loadAccounts returns the accounts to fetch: names selects them from the
+// --config file (all when empty). forAuth loads them for pouch fetch auth.
+func loadAccounts(fa *fetchArgs, names []string, forAuth bool, stores *tokenStores, stderr io.Writer) (fetchRun, error) {
+	c := fa.c
 	if c.configFile == "" {
-		if len(pos) > 0 {
-			return fetchRun{}, usageError("account names need --config; got %q", pos[0])
+		if len(names) > 0 {
+			return fetchRun{}, usageError("account names need --config; got %q", names[0])
 		}
-		a, err := c.account("")
+		a, oc, err := c.account("", forAuth)
 		if err != nil {
 			return fetchRun{}, usageError("fetch: %v", err)
 		}
 		every, err := parseEvery(c.every)
-		return fetchRun{[]namedAccount{{a, c.quiet}}, every, 1}, err
+		if err != nil {
+			return fetchRun{}, err
+		}
+		na := namedAccount{acct: a, oauth: oc, quiet: c.quiet, quietEmpty: c.quietEmpty, every: every}
+		if err := na.wire(stores); err != nil {
+			return fetchRun{}, err
+		}
+		return fetchRun{accts: []namedAccount{na}, daemon: every > 0 && !c.markExisting, parallel: 1}, nil
 	}
 	var file map[string]any
-	if _, err := toml.DecodeFile(c.configFile, &file); err != nil {
+	if _, err := toml.DecodeFile(fetch.ExpandHome(c.configFile), &file); err != nil {
 		return fetchRun{}, &exitError{code: 2, msg: fmt.Sprintf("config %s: %v", c.configFile, err)}
 	}
-	if err := setFromTOML(fs, set, file, "config "+c.configFile, false); err != nil {
+	// The top level, on a copy of the command line's flags.
+	tfs, tc := fetchFlags(stderr)
+	parseInterleaved(tfs, fa.args) // parsed once before without error
+	if err := setFromTOML(tfs, fa.set, file, "config "+c.configFile, false); err != nil {
 		return fetchRun{}, &exitError{code: 2, msg: err.Error()}
 	}
-	if c.parallel < 1 {
-		return fetchRun{}, usageError("--parallel %d: give at least 1", c.parallel)
+	if tc.parallel < 1 {
+		return fetchRun{}, usageError("--parallel %d: give at least 1", tc.parallel)
 	}
 	table, _ := file["account"].(map[string]any)
 	if t2, ok := file["accounts"].(map[string]any); ok {
@@ -282,40 +430,79 @@ func loadAccounts(args []string, stderr io.Writer) (fetchRun, error) {
 	if len(table) == 0 {
 		return fetchRun{}, usageError("config %s: no [account.NAME] table", c.configFile)
 	}
-	names := pos
 	if len(names) == 0 {
 		for n := range table {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 	}
+	// The default interval: --every, or the top level's every.
+	defEvery, err := parseEvery(tc.every)
+	if err != nil {
+		return fetchRun{}, err
+	}
 	var out []namedAccount
-	var every time.Duration
+	shortest := time.Duration(0)
 	for _, name := range names {
 		vals, ok := table[name].(map[string]any)
 		if !ok {
 			return fetchRun{}, usageError("config %s: no account %q", c.configFile, name)
 		}
 		afs, ac := fetchFlags(stderr)
-		parseInterleaved(afs, args) // parsed once above without error
-		setFromTOML(afs, set, file, "config "+c.configFile, false)
-		if err := setFromTOML(afs, set, vals, fmt.Sprintf("config %s: account %s", c.configFile, name), true); err != nil {
+		parseInterleaved(afs, fa.args)
+		setFromTOML(afs, fa.set, file, "config "+c.configFile, false)
+		where := fmt.Sprintf("config %s: account %s", c.configFile, name)
+		if err := setFromTOML(afs, fa.set, vals, where, true); err != nil {
 			return fetchRun{}, &exitError{code: 2, msg: err.Error()}
 		}
-		a, err := ac.account(name)
+		a, oc, err := ac.account(name, forAuth)
 		if err != nil {
 			return fetchRun{}, usageError("account %s: %v", name, err)
 		}
-		e, err := parseEvery(ac.every)
-		if err != nil {
+		// An account's own every wins over --every, which sets it for
+		// the others.
+		every := defEvery
+		if v, ok := vals["every"]; ok {
+			if every, err = parseEvery(fmt.Sprint(v)); err != nil {
+				return fetchRun{}, usageError("%s: %v", where, err)
+			}
+		}
+		if every > 0 && (shortest == 0 || every < shortest) {
+			shortest = every
+		}
+		na := namedAccount{acct: a, oauth: oc, quiet: ac.quiet, quietEmpty: ac.quietEmpty, every: every}
+		if err := na.wire(stores); err != nil {
 			return fetchRun{}, err
 		}
-		if every == 0 || (e > 0 && e < every) {
-			every = e
-		}
-		out = append(out, namedAccount{a, ac.quiet})
+		out = append(out, na)
 	}
-	return fetchRun{out, every, c.parallel}, nil
+	for i := range out {
+		if out[i].every == 0 {
+			out[i].every = shortest // accounts without an interval of their own
+		}
+	}
+	// --mark-existing is done once, whatever the intervals.
+	return fetchRun{accts: out, daemon: shortest > 0 && !c.markExisting, parallel: tc.parallel, config: c.configFile}, nil
+}
+
+// wire gives an account with a provider its token source.
+func (na *namedAccount) wire(stores *tokenStores) error {
+	if na.oauth == nil {
+		return nil
+	}
+	src, err := oauth.TokenSource(*na.oauth, stores.get(na.stateDir()))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	na.acct.Tokens = src
+	return nil
+}
+
+func (na *namedAccount) stateDir() string {
+	if d := na.acct.StateDir; d != "" {
+		return fetch.ExpandHome(d)
+	}
+	return fetch.DefaultStateDir()
 }
 
 func parseEvery(s string) (time.Duration, error) {
@@ -329,8 +516,16 @@ func parseEvery(s string) (time.Duration, error) {
 	return d, nil
 }
 
-func runFetch(args []string, stderr io.Writer) error {
-	fr, err := loadAccounts(args, stderr)
+func runFetch(args []string, stdin io.Reader, stderr io.Writer) error {
+	fa, err := parseFetchArgs(args, stderr)
+	if err != nil {
+		return err
+	}
+	stores := &tokenStores{stderr: stderr}
+	if len(fa.pos) > 0 && fa.pos[0] == "auth" {
+		return runFetchAuth(fa, fa.pos[1:], stdin, stores, stderr)
+	}
+	fr, err := loadAccounts(fa, fa.pos, false, stores, stderr)
 	if err != nil {
 		return err
 	}
@@ -345,11 +540,45 @@ func runFetch(args []string, stderr io.Writer) error {
 	}
 	// A progress bar only while one account runs at a time.
 	bar := tty && (len(fr.accts) == 1 || fr.parallel == 1)
-	if fr.every == 0 {
+	if !fr.daemon {
 		return fetchOnce(ctx, fr, bar, stderr)
 	}
-	fetchEvery(ctx, fr, &lockedWriter{w: stderr})
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	d := newDaemon(fr, &lockedWriter{w: stderr})
+	d.reload = func() (fetchRun, error) {
+		fa, err := parseFetchArgs(args, io.Discard)
+		if err != nil {
+			return fetchRun{}, err
+		}
+		return loadAccounts(fa, fa.pos, false, stores, io.Discard)
+	}
+	d.hup = hup
+	d.run(ctx)
 	return nil
+}
+
+// Exit statuses of pouch fetch besides 0 (every account fetched) and 2
+// (a bad command line or configuration).
+const (
+	exitFetchFailed = 1 // an account failed
+	exitNeedsUser   = 3 // an account must sign in, or its credentials were refused
+)
+
+// needsUser reports whether err is one that only the user can fix: a
+// missing or revoked sign-in, or credentials the server refused.
+func needsUser(err error) bool {
+	var lr *oauth.LoginRequiredError
+	var ae *fetch.AuthError
+	return errors.As(err, &lr) || errors.As(err, &ae)
+}
+
+// notFailed reports whether err leaves the account fetched: nil, or a
+// login put off for the server's LOGIN-DELAY.
+func notFailed(err error) bool {
+	var ld *fetch.LoginDelayError
+	return err == nil || errors.As(err, &ld)
 }
 
 // fetchOnce fetches every account once, up to fr.parallel at a time, and
@@ -371,50 +600,29 @@ func fetchOnce(ctx context.Context, fr fetchRun, bar bool, stderr io.Writer) err
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			if ctx.Err() == nil {
-				errs[i] = fetchOne(ctx, na, bar, out.writer(i))
+				_, errs[i] = fetchOne(ctx, na, bar, out.writer(i))
 			}
 		}()
 	}
 	wg.Wait()
-	failed := 0
+	failed, user := 0, 0
 	for _, err := range errs {
-		if err != nil {
+		switch {
+		case notFailed(err):
+		case needsUser(err):
+			user++
+			failed++
+		default:
 			failed++
 		}
 	}
-	if failed > 0 {
-		return &exitError{code: 1, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, len(fr.accts))}
+	switch {
+	case user > 0:
+		return &exitError{code: exitNeedsUser, msg: fmt.Sprintf("fetch failed for %d of %d accounts (for %d the server refused the password or token, or the account must sign in again)", failed, len(fr.accts), user)}
+	case failed > 0:
+		return &exitError{code: exitFetchFailed, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, len(fr.accts))}
 	}
 	return nil
-}
-
-// fetchEvery fetches each account every fr.every until ctx ends, up to
-// fr.parallel at a time; each account keeps its own pace, so a slow server
-// holds up only its own account.
-func fetchEvery(ctx context.Context, fr fetchRun, stderr io.Writer) {
-	sem := make(chan struct{}, fr.parallel)
-	same := sameMailbox(fr.accts)
-	var wg sync.WaitGroup
-	for i, na := range fr.accts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				same[i].Lock()
-				sem <- struct{}{}
-				if ctx.Err() == nil {
-					fetchOne(ctx, na, false, stderr)
-				}
-				<-sem
-				same[i].Unlock()
-				select {
-				case <-ctx.Done():
-				case <-time.After(fr.every):
-				}
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 // sameMailbox returns a mutex per account, shared by the accounts of one
@@ -494,27 +702,47 @@ func (o *orderedOutput) finish(i int) {
 }
 
 // fetchOne runs one account and reports on stderr.
-func fetchOne(ctx context.Context, na namedAccount, bar bool, stderr io.Writer) error {
+func fetchOne(ctx context.Context, na namedAccount, bar bool, stderr io.Writer) (fetch.Stats, error) {
 	a := na.acct
 	name := a.DisplayName()
 	obs := &reporter{w: stderr, name: name, quiet: na.quiet, bar: bar && !na.quiet}
 	st, err := fetch.Run(ctx, a, obs)
 	obs.clear()
+	var ld *fetch.LoginDelayError
+	if errors.As(err, &ld) {
+		// Not a failure: the server asks for the wait.
+		if !na.quiet && !na.quietEmpty {
+			fmt.Fprintf(stderr, "pouch fetch: %s: skipped: %v\n", name, err)
+		}
+		return st, err
+	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pouch fetch: %s: %v\n", name, err)
+		// The sign-in's errors name the account themselves.
+		fmt.Fprintf(stderr, "pouch fetch: %s: %s\n", name, strings.TrimPrefix(err.Error(), "account "+name+": "))
 	}
-	if !na.quiet {
-		fmt.Fprintf(stderr, "pouch fetch: %s\n", summary(name, st, err))
+	if !na.quiet && (!na.quietEmpty || err != nil || st.Fetched+st.Deleted+st.Marked+st.Recovered > 0) {
+		fmt.Fprintf(stderr, "pouch fetch: %s\n", summary(name, a.MarkExisting, st, err))
 	}
-	return err
+	return st, err
 }
 
 // summary is the one line printed per account and run.
-func summary(name string, st fetch.Stats, err error) string {
+func summary(name string, marking bool, st fetch.Stats, err error) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: ", name)
 	if st.DryRun && err != nil {
 		b.WriteString("dry run FAILED: nothing could be checked")
+		return b.String()
+	}
+	if marking {
+		verb := "recorded"
+		if st.DryRun {
+			verb = "dry run: would record"
+		}
+		fmt.Fprintf(&b, "%s %d messages on the server as fetched, downloading and deleting nothing; later runs fetch only newer mail", verb, st.Marked)
+		if err != nil {
+			b.WriteString(", FAILED")
+		}
 		return b.String()
 	}
 	if st.DryRun {

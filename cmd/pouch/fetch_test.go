@@ -83,15 +83,15 @@ func TestFetchCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "dry run: would fetch 0") || !strings.Contains(stderr, "delete 2") {
 		t.Fatalf("dry run: %d %q", code, stderr)
 	}
-	// A wrong password fails with status 1.
+	// A wrong password fails with status 3: only the user can fix it.
 	os.WriteFile(pw, []byte("wrong\n"), 0o600)
 	_, stderr, code = pouch(t, "", args...)
-	if code != 1 || !strings.Contains(stderr, "FAILED") {
+	if code != 3 || !strings.Contains(stderr, "FAILED") || !strings.Contains(stderr, "the server refused the password or token") {
 		t.Fatalf("wrong password: %d %q", code, stderr)
 	}
 	// A dry run that cannot log in says so, not "would fetch 0".
 	_, stderr, code = pouch(t, "", append(args, "--dry-run")...)
-	if code != 1 || !strings.Contains(stderr, "dry run FAILED") || strings.Contains(stderr, "would fetch") {
+	if code != 3 || !strings.Contains(stderr, "dry run FAILED") || strings.Contains(stderr, "would fetch") {
 		t.Fatalf("failed dry run: %d %q", code, stderr)
 	}
 }
@@ -161,20 +161,6 @@ to = "mbox:`+dir+`/bob.mbox"
 	_, stderr, code = pouch(t, "", "fetch", "--config", cfg)
 	if code != 2 || !strings.Contains(stderr, `unknown key "colour"`) {
 		t.Fatalf("bad key: %d %q", code, stderr)
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "100": 100, "10K": 10240, "2M": 2 << 20, "1g": 1 << 30,
-		"25MB": 25 << 20, "25B": 25, "500kb": 500 << 10, "3 GB": 3 << 30} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("%s: %d %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "M", "-1", "10X", "9223372036854775807K", "99999999999G", "1BB", "1MBB"} {
-		if got, err := parseSize(bad); err == nil {
-			t.Errorf("%q accepted as %d", bad, got)
-		}
 	}
 }
 

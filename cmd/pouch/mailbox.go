@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
-	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -153,7 +153,7 @@ func describeStoreErr(err error, user string) error {
 
 // parseSince reads --since: a date, a date and time (RFC 3339), or an age.
 func parseSince(v string, now time.Time) (time.Time, error) {
-	if d, ok := days.Parse(v); ok {
+	if d, err := units.ParseDuration(v); err == nil {
 		return now.Add(-d), nil
 	}
 	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {

@@ -22,12 +22,15 @@ Usage:
                                          manage the bans of failed-login sources
   pouch fetch [flags] [--config FILE [ACCOUNT...]]
                                          download mail from a POP3 server
+  pouch fetch [--config FILE] auth login|logout|status [ACCOUNT]
+                                         sign a fetch account in with OAuth 2.0
   pouch deliver [--data DIR] [-f SENDER] USER < message
                                          deliver a message into a maildrop
   pouch who [--data DIR] [--json]        list the running server's sessions
   pouch kick [--data DIR] USER|SESSION   close a user's sessions, or one session
   pouch reload [--data DIR]              reload users, certificates and bans, as SIGHUP does
   pouch mailbox stats [--data DIR] USER  describe a user's maildrop
+  pouch import maildir|users|--layout    move a Dovecot or Courier site's mail and users to Pouch
   pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
                                          check the configuration, print the effective one
@@ -79,7 +82,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "ban":
 		return runBan(rest, stdout, stderr)
 	case "fetch":
-		return runFetch(rest, stderr)
+		return runFetch(rest, stdin, stderr)
 	case "deliver":
 		return runDeliver(rest, stdin, stderr)
 	case "who":
@@ -90,6 +93,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runReload(rest, stdout, stderr)
 	case "mailbox":
 		return runMailbox(rest, stdout, stderr)
+	case "import":
+		return runImport(rest, stdout, stderr)
 	case "bench":
 		return runBench(rest, stdout, stderr)
 	case "check-config":
@@ -114,7 +119,7 @@ func parseCommand(fs *flag.FlagSet, usage string, args []string, stderr io.Write
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	return parseInterleaved(fs, args)
 }
@@ -147,15 +152,6 @@ func flagNames(fs *flag.FlagSet) map[string]bool {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	return set
-}
-
-// joinList renders a TOML array as a comma-separated flag value.
-func joinList(v []any) string {
-	parts := make([]string, len(v))
-	for i, x := range v {
-		parts[i] = fmt.Sprint(x)
-	}
-	return strings.Join(parts, ",")
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

@@ -116,17 +116,14 @@ idle-timeout = "15m"
 max-bad-commands = 3
 `), 0o600)
 	fs, c := serveFlags(&bytes.Buffer{})
-	if _, err := parseInterleaved(fs, []string{"--config", cfgPath, "--max-bad-commands", "7"}); err != nil {
+	if _, err := loadServeConfig(fs, c, []string{"--config", cfgPath, "--max-bad-commands", "7"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(fs, cfgPath); err != nil {
-		t.Fatal(err)
-	}
-	if c.data != "/srv/mail" || c.pop3 != "" || c.idleTimeout != 15*time.Minute {
+	if c.Data != "/srv/mail" || c.POP3 != "" || time.Duration(c.IdleTimeout) != 15*time.Minute {
 		t.Errorf("config not applied: %+v", c)
 	}
-	if c.maxBadCommands != 7 {
-		t.Errorf("max-bad-commands = %d; the flag must win over the file", c.maxBadCommands)
+	if c.MaxBadCommands != 7 {
+		t.Errorf("max-bad-commands = %d; the flag must win over the file", c.MaxBadCommands)
 	}
 
 	for content, want := range map[string]string{
@@ -138,8 +135,7 @@ max-bad-commands = 3
 		"pop3 = [\"a\", \"b\"]\nx=1\n": `unknown key "x"`,
 	} {
 		os.WriteFile(cfgPath, []byte(content), 0o600)
-		fs, _ := serveFlags(&bytes.Buffer{})
-		err := applyConfigFile(fs, cfgPath)
+		_, err := readServeConfig(cfgPath)
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), cfgPath) {
 			t.Errorf("config %q: error %v, want one naming %s and %q", content, err, cfgPath, want)
 		}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -22,107 +23,140 @@ import (
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
-	"github.com/pouchmail/pouch/internal/days"
+	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/server"
 )
 
-// defenceSettings are pouch serve's flags for the built-in defences.
+// defenceConfig are pouch serve's settings for the built-in defences.
+type defenceConfig struct {
+	BanAfter       intSetting      `toml:"ban-after"`
+	BanWindow      durationSetting `toml:"ban-window"`
+	BanTime        durationSetting `toml:"ban-time"`
+	Trusted        textSetting     `toml:"trusted-networks"`
+	AllowIP        textSetting     `toml:"allow-ip"`
+	DenyIP         textSetting     `toml:"deny-ip"`
+	GeoIPDB        textSetting     `toml:"geoip-db"`
+	AllowCountry   textSetting     `toml:"allow-country"`
+	DenyCountry    textSetting     `toml:"deny-country"`
+	MaxConns       intSetting      `toml:"max-connections"`
+	MaxConnsPerIP  intSetting      `toml:"max-connections-per-ip"`
+	MaxPreLogin    intSetting      `toml:"max-prelogin-connections"`
+	MaxPerUser     intSetting      `toml:"max-sessions-per-user"`
+	LoginDelay     durationSetting `toml:"login-delay"`
+	PasswordMaxAge textSetting     `toml:"password-max-age"`
+	AuditLog       textSetting     `toml:"audit-log"`
+	Metrics        textSetting     `toml:"metrics"`
+	RunAs          textSetting     `toml:"run-as"`
+}
+
+func (d *defenceConfig) register(fs *flag.FlagSet) {
+	intVar(fs, &d.BanAfter, "ban-after", 10, "lock a user name for an address after this `many` failed logins within --ban-window; ban an address failing for as many names, or 10 times as often (0: never)")
+	durationVar(fs, &d.BanWindow, "ban-window", 15*time.Minute, "how `long` a failed login counts")
+	durationVar(fs, &d.BanTime, "ban-time", 15*time.Minute, "the first ban's `length`; it doubles for repeat offenders, up to a day")
+	textVar(fs, &d.Trusted, "trusted-networks", "", "`networks` (CIDR, comma-separated) never slowed down or banned")
+	textVar(fs, &d.AllowIP, "allow-ip", "", "admit only these `networks` (CIDR, comma-separated)")
+	textVar(fs, &d.DenyIP, "deny-ip", "", "refuse these `networks` (CIDR, comma-separated)")
+	textVar(fs, &d.GeoIPDB, "geoip-db", "", "MaxMind-format country database `file` (GeoLite2-Country) for the country rules")
+	textVar(fs, &d.AllowCountry, "allow-country", "", "admit only these `countries` (ISO codes, comma-separated)")
+	textVar(fs, &d.DenyCountry, "deny-country", "", "refuse these `countries` (ISO codes, comma-separated)")
+	intVar(fs, &d.MaxConns, "max-connections", 1000, "most POP3 connections at once (0: no limit)")
+	intVar(fs, &d.MaxConnsPerIP, "max-connections-per-ip", 100, "most POP3 connections at once from one address, or IPv6 /64 (0: no limit)")
+	intVar(fs, &d.MaxPreLogin, "max-prelogin-connections", 250, "most POP3 connections not logged in at once; past it, or --max-connections, the oldest of them is closed for a new one (0: no limit but --max-connections)")
+	intVar(fs, &d.MaxPerUser, "max-sessions-per-user", 0, "most logged-in sessions per user (0: no limit beyond the maildrop lock)")
+	durationVar(fs, &d.LoginDelay, "login-delay", 0, "LOGIN-DELAY: least `time` between two logins of a user (RFC 2449; the login_delay field overrides)")
+	textVar(fs, &d.PasswordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
+	textVar(fs, &d.AuditLog, "audit-log", "", "audit log `file` (JSON lines; default DATA/audit.log; \"off\" turns it off)")
+	textVar(fs, &d.Metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (like 127.0.0.1:9110)")
+	textVar(fs, &d.RunAs, "run-as", "", "after binding the ports, run as this `user` (when started as root)")
+}
+
+// defenceSettings are the checked settings of the defences: what opens the
+// ban list, the access rules and the audit log (open).
 type defenceSettings struct {
-	banAfter        int
-	banWindow       time.Duration
-	banTime         time.Duration
-	trusted         string
-	allowIP, denyIP string
-	geoipDB         string
-	allowCountry    string
-	denyCountry     string
-	maxConns        int
-	maxConnsPerIP   int
-	maxPreLogin     int
-	maxPerUser      int
-	loginDelay      time.Duration
-	passwordMaxAge  string
-	auditLog        string
-	metricsAddr     string
-	runAs           string
+	guard       guard.Config // without the state file and the logger
+	allow, deny []netip.Prefix
+	geoipDB     string
+	allowC      []string
+	denyC       []string
+	auditLog    string // "" when off
+	metricsAddr string // "" when off
+	runAs       string
 }
 
-func (d *defenceSettings) register(fs *flag.FlagSet) {
-	fs.IntVar(&d.banAfter, "ban-after", 10, "lock a user name for an address after this `many` failed logins within --ban-window; ban an address failing for as many names, or 10 times as often (0: never)")
-	fs.DurationVar(&d.banWindow, "ban-window", 15*time.Minute, "how `long` a failed login counts")
-	fs.DurationVar(&d.banTime, "ban-time", 15*time.Minute, "the first ban's `length`; it doubles for repeat offenders, up to a day")
-	fs.StringVar(&d.trusted, "trusted-networks", "", "`networks` (CIDR, comma-separated) never slowed down or banned")
-	fs.StringVar(&d.allowIP, "allow-ip", "", "admit only these `networks` (CIDR, comma-separated)")
-	fs.StringVar(&d.denyIP, "deny-ip", "", "refuse these `networks` (CIDR, comma-separated)")
-	fs.StringVar(&d.geoipDB, "geoip-db", "", "MaxMind-format country database `file` (GeoLite2-Country) for the country rules")
-	fs.StringVar(&d.allowCountry, "allow-country", "", "admit only these `countries` (ISO codes, comma-separated)")
-	fs.StringVar(&d.denyCountry, "deny-country", "", "refuse these `countries` (ISO codes, comma-separated)")
-	fs.IntVar(&d.maxConns, "max-connections", 1000, "most POP3 connections at once (0: no limit)")
-	fs.IntVar(&d.maxConnsPerIP, "max-connections-per-ip", 100, "most POP3 connections at once from one address, or IPv6 /64 (0: no limit)")
-	fs.IntVar(&d.maxPreLogin, "max-prelogin-connections", 250, "most POP3 connections not logged in at once; past it, or --max-connections, the oldest of them is closed for a new one (0: no limit but --max-connections)")
-	fs.IntVar(&d.maxPerUser, "max-sessions-per-user", 0, "most logged-in sessions per user (0: no limit beyond the maildrop lock)")
-	fs.DurationVar(&d.loginDelay, "login-delay", 0, "LOGIN-DELAY: least `time` between two logins of a user (RFC 2449; the login_delay field overrides)")
-	fs.StringVar(&d.passwordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
-	fs.StringVar(&d.auditLog, "audit-log", "", "audit log `file` (JSON lines; default DATA/audit.log; \"off\" turns it off)")
-	fs.StringVar(&d.metricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (like 127.0.0.1:9110)")
-	fs.StringVar(&d.runAs, "run-as", "", "after binding the ports, run as this `user` (when started as root)")
-}
-
-// apply fills in the server configuration's defences. It returns what must
-// be closed at the end.
-func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func() error, err error) {
-	trusted, err := guard.ParseNets(d.trusted)
-	if err != nil {
-		return nil, usageError("--trusted-networks: %v", err)
+// validate checks the settings, adding what is wrong to bad, and puts the
+// limits into cfg.
+func (d *defenceConfig) validate(src configSource, data string, cfg *server.Config, bad *problems) defenceSettings {
+	nets := func(key string, v textSetting) []netip.Prefix {
+		n, err := guard.ParseNets(v.String())
+		if err != nil {
+			bad.add(src.problem(key, "%v", err))
+		}
+		return n
 	}
-	if w := rootWarning(os.Geteuid(), d.runAs); w != "" && cfg.Logger != nil {
-		cfg.Logger.Warn(w)
+	s := defenceSettings{
+		guard: guard.Config{
+			Trusted:     nets("trusted-networks", d.Trusted),
+			Window:      time.Duration(d.BanWindow),
+			MaxFailures: int(d.BanAfter),
+			BanTime:     time.Duration(d.BanTime),
+		},
+		allow:       nets("allow-ip", d.AllowIP),
+		deny:        nets("deny-ip", d.DenyIP),
+		geoipDB:     d.GeoIPDB.String(),
+		allowC:      d.AllowCountry.list(),
+		denyC:       d.DenyCountry.list(),
+		auditLog:    d.AuditLog.String(),
+		metricsAddr: d.Metrics.String(),
+		runAs:       d.RunAs.String(),
 	}
-	if d.banAfter > 0 {
-		if cfg.Guard, err = guard.New(guard.Config{
-			Trusted:     trusted,
-			Window:      d.banWindow,
-			MaxFailures: d.banAfter,
-			BanTime:     d.banTime,
-			StatePath:   filepath.Join(data, "bans.json"),
-			Log:         cfg.Logger,
-		}); err != nil {
-			return nil, err
+	if s.geoipDB == "" {
+		if len(s.allowC) > 0 {
+			bad.add(src.problem("allow-country", "country rules need --geoip-db, a country database"))
+		}
+		if len(s.denyC) > 0 {
+			bad.add(src.problem("deny-country", "country rules need --geoip-db, a country database"))
 		}
 	}
-	allow, err := guard.ParseNets(d.allowIP)
-	if err != nil {
-		return nil, usageError("--allow-ip: %v", err)
+	switch s.auditLog {
+	case "off":
+		s.auditLog = ""
+	case "":
+		s.auditLog = filepath.Join(data, "audit.log")
 	}
-	deny, err := guard.ParseNets(d.denyIP)
-	if err != nil {
-		return nil, usageError("--deny-ip: %v", err)
-	}
-	allowC, denyC := splitList(d.allowCountry), splitList(d.denyCountry)
-	if (len(allowC) > 0 || len(denyC) > 0) && d.geoipDB == "" {
-		return nil, usageError("--allow-country and --deny-country need --geoip-db")
-	}
-	if cfg.Rules, err = guard.NewRules(allow, deny, allowC, denyC, d.geoipDB); err != nil {
-		return nil, err
-	}
-	closers = append(closers, cfg.Rules.Close)
-	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = d.maxConns, d.maxConnsPerIP, d.maxPerUser
-	cfg.MaxPreLogin = d.maxPreLogin
-	cfg.LoginDelay = d.loginDelay
-	if d.passwordMaxAge != "" {
-		age, ok := days.Parse(d.passwordMaxAge)
-		if !ok {
-			return closers, usageError("--password-max-age %q: use a duration like 90d or 2160h", d.passwordMaxAge)
+	bad.add(checkAddr(src, "metrics", s.metricsAddr))
+	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = int(d.MaxConns), int(d.MaxConnsPerIP), int(d.MaxPerUser)
+	cfg.MaxPreLogin = int(d.MaxPreLogin)
+	cfg.LoginDelay = time.Duration(d.LoginDelay)
+	if v := d.PasswordMaxAge.String(); v != "" {
+		age, err := units.ParseDuration(v)
+		if err != nil {
+			bad.add(src.problem("password-max-age", "%v", err))
 		}
 		cfg.PasswordMaxAge = age
 	}
-	switch d.auditLog {
-	case "off":
-	case "":
-		d.auditLog = filepath.Join(data, "audit.log")
-		fallthrough
-	default:
+	return s
+}
+
+// open fills in the server configuration's defences: the ban list in the
+// data directory, the access rules and the audit log. It returns what must
+// be closed at the end.
+func (d *defenceSettings) open(cfg *server.Config, src configSource, data string) (closers []func() error, err error) {
+	if w := rootWarning(os.Geteuid(), d.runAs); w != "" && cfg.Logger != nil {
+		cfg.Logger.Warn(w)
+	}
+	if d.guard.MaxFailures > 0 {
+		gc := d.guard
+		gc.StatePath, gc.Log = filepath.Join(data, "bans.json"), cfg.Logger
+		if cfg.Guard, err = guard.New(gc); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Rules, err = d.rules(src); err != nil {
+		return nil, err
+	}
+	closers = append(closers, cfg.Rules.Close)
+	if d.auditLog != "" {
 		if cfg.Audit, err = audit.Open(d.auditLog); err != nil {
 			return closers, err
 		}
@@ -132,6 +166,15 @@ func (d *defenceSettings) apply(cfg *server.Config, data string) (closers []func
 		cfg.Metrics = metrics.New()
 	}
 	return closers, nil
+}
+
+// rules opens the access rules (and their country database).
+func (d *defenceSettings) rules(src configSource) (*guard.Rules, error) {
+	r, err := guard.NewRules(d.allow, d.deny, d.allowC, d.denyC, d.geoipDB)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", src.where("geoip-db"), err)
+	}
+	return r, nil
 }
 
 // usersWatchInterval is how often pouch serve checks the users file while no

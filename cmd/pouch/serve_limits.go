@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"syscall"
 
-	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/proxied"
 )
 
@@ -29,12 +27,12 @@ const fdReserve = 64
 // socket, its maildrop's lock file once logged in, and the message file it
 // is sending; an LMTP connection its socket, its spool file and the Maildir
 // file being written.
-func fdCaps(c *serveConfig) []fdCap {
+func fdCaps(s *serveSettings) []fdCap {
 	caps := []fdCap{
-		{"--max-connections", c.defence.maxConns, 3},
+		{"--max-connections", s.server.MaxConnections, 3},
 	}
-	if c.lmtp.addr != "" {
-		caps = append(caps, fdCap{"--lmtp-max-connections", c.lmtp.maxConnections, 3})
+	if s.lmtp.addr != "" {
+		caps = append(caps, fdCap{"--lmtp-max-connections", max(s.lmtp.maxConnections, 0), 3})
 	}
 	return caps
 }
@@ -92,32 +90,24 @@ func fdBudgetWarning(limit uint64, caps []fdCap) string {
 
 // checkFDBudget raises the file-descriptor limit and logs one warning
 // when the caps exceed it.
-func checkFDBudget(c *serveConfig, log *slog.Logger) {
+func checkFDBudget(s *serveSettings, log *slog.Logger) {
 	limit, err := raiseFDLimit()
 	if err != nil {
 		log.Warn("file descriptors: cannot raise the soft limit to the hard one", "err", err, "limit", limit)
 	}
-	if w := fdBudgetWarning(limit, fdCaps(c)); w != "" {
+	if w := fdBudgetWarning(limit, fdCaps(s)); w != "" {
 		log.Warn(w)
 	}
 }
 
-// parseProxyNetworks reads --proxy-networks.
-func parseProxyNetworks(s string) ([]netip.Prefix, error) {
-	nets, err := guard.ParseNets(s)
-	if err != nil {
-		return nil, usageError("--proxy-networks: %v", err)
-	}
-	return nets, nil
-}
-
 // proxiedLMTP makes the LMTP listener read PROXY headers from the
 // balancers' networks, as the POP3 listeners do.
-func proxiedLMTP(s *lmtpService, c *serveConfig, nets []netip.Prefix, log *slog.Logger) {
+func proxiedLMTP(s *lmtpService, set *serveSettings, log *slog.Logger) {
+	nets := set.server.ProxyNetworks
 	if s == nil || len(nets) == 0 {
 		return
 	}
-	s.l = proxied.Listen(s.l, proxied.Config{Networks: nets, Timeout: c.preLoginTimeout, Refused: func(from net.Addr, err error) {
+	s.l = proxied.Listen(s.l, proxied.Config{Networks: nets, Timeout: set.server.PreLoginTimeout, Refused: func(from net.Addr, err error) {
 		if errors.Is(err, proxied.ErrHungUp) {
 			log.Debug("connection from a load balancer closed before its PROXY header", "protocol", "lmtp", "proxy", from.String())
 			return

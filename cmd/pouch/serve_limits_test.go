@@ -29,17 +29,12 @@ func TestFDBudgetWarning(t *testing.T) {
 
 // The LMTP cap joins the budget when LMTP listens, at its default.
 func TestFDCapsCountLMTP(t *testing.T) {
-	fs, c := serveFlags(new(strings.Builder))
-	if err := fs.Parse(nil); err != nil {
-		t.Fatal(err)
-	}
-	if caps := fdCaps(c); len(caps) != 1 {
+	_, s := checkedSettings(t)
+	if caps := fdCaps(s); len(caps) != 1 {
 		t.Errorf("without --lmtp: %v", caps)
 	}
-	if err := fs.Parse([]string{"--lmtp", "127.0.0.1:2424"}); err != nil {
-		t.Fatal(err)
-	}
-	caps := fdCaps(c)
+	_, s = checkedSettings(t, "--lmtp", "127.0.0.1:2424")
+	caps := fdCaps(s)
 	if len(caps) != 2 || caps[1].flag != "--lmtp-max-connections" || caps[1].conns != 100 {
 		t.Errorf("with --lmtp: %v", caps)
 	}

@@ -20,32 +20,27 @@ type configReloader struct {
 	args     []string      // the command line, whose flags still win
 	running  *flag.FlagSet // the settings in force
 	file     string
+	sockets  int // listeners passed by systemd
 	level    *slog.LevelVar
 	policies *retention.Policies
 	log      *slog.Logger
 }
 
-// reload re-reads the file and applies the live settings. A file that no
-// longer parses, or a bad value, changes nothing and is reported in one
-// sentence naming the file and key.
+// reload re-reads the file, checks it as pouch serve checks it at start, and
+// applies the live settings. A file that no longer parses, or any bad
+// value, changes nothing and is reported in one sentence naming the file and
+// key.
 func (r *configReloader) reload() error {
 	if r.file == "" {
 		return nil
 	}
 	fs, c := serveFlags(io.Discard)
-	if _, err := parseInterleaved(fs, r.args); err != nil {
+	if _, err := loadServeConfig(fs, c, r.args); err != nil {
 		return fmt.Errorf("kept the old configuration (%v)", err)
 	}
-	if err := applyConfigFile(fs, r.file); err != nil {
-		return fmt.Errorf("kept the old configuration (%v)", err)
-	}
-	policy, err := c.retention.policy()
+	s, err := c.validate(r.sockets)
 	if err != nil {
-		return fmt.Errorf("kept the old configuration (%s: %v)", r.file, err)
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return fmt.Errorf("kept the old configuration (%s: key \"log-level\": %q is not debug, info, warn or error)", r.file, c.logLevel)
+		return fmt.Errorf("kept the old configuration (%v)", err)
 	}
 	var applied, restart []string
 	fs.VisitAll(func(f *flag.Flag) {
@@ -60,10 +55,10 @@ func (r *configReloader) reload() error {
 			restart = append(restart, f.Name)
 		}
 	})
-	r.policies.SetDefault(policy)
-	r.level.Set(level)
+	r.policies.SetDefault(s.retention.policy)
+	r.level.Set(s.logLevel)
 	if len(applied) > 0 {
-		r.log.Info("reload: configuration", "changed", strings.Join(applied, ","), "retention", retention.Describe(policy))
+		r.log.Info("reload: configuration", "changed", strings.Join(applied, ","), "retention", retention.Describe(s.retention.policy))
 	}
 	if len(restart) > 0 {
 		r.log.Warn("reload: these settings changed in the configuration file and take effect at the next start",

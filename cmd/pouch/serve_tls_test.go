@@ -85,12 +85,9 @@ func TestReloadClientCA(t *testing.T) {
 	first, second := newTestCA(t, "First CA"), newTestCA(t, "Second CA")
 	caFile := filepath.Join(data, "client-ca.pem")
 	first.write(t, caFile)
-	fs, c := serveFlags(io.Discard)
-	if _, err := parseInterleaved(fs, []string{"--data", data, "--tls-client-ca", caFile, "--hostname", "localhost"}); err != nil {
-		t.Fatal(err)
-	}
+	_, s := checkedSettings(t, "--data", data, "--tls-client-ca", caFile, "--hostname", "localhost")
 	cfg := server.Config{Store: maildir.New(filepath.Join(data, "mail")), Auth: users, Logger: log, AuthFailDelay: -1}
-	certs, err := setupTLS(c, "localhost", log, &cfg)
+	certs, err := s.setupTLS("localhost", log, &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -379,3 +379,42 @@ func (s *Source) Invalidate(tok *oauth2.Token) {
 func copyToken(t *oauth2.Token) *oauth2.Token {
 	return &oauth2.Token{AccessToken: t.AccessToken, TokenType: t.TokenType, Expiry: t.Expiry}
 }
+
+// Status is what an account's token file says about its sign-in; it holds
+// no token.
+type Status struct {
+	SignedIn    bool
+	Provider    string
+	ClientID    string
+	Scopes      []string  // asked for at sign-in
+	Granted     string    // the provider's answer, if it named the scopes
+	Expiry      time.Time // of the access token; zero if the provider named none
+	Obtained    time.Time // when the access token was made
+	Refreshable bool      // a refresh token is kept
+	// Mismatch says why the sign-in no longer fits the configuration
+	// (another provider, client id or scopes); "" when it fits.
+	Mismatch string
+}
+
+// Describe reads cfg's account's token file. An account that never signed
+// in (or signed out) has SignedIn false and no error.
+func Describe(cfg Config, store *Store) (Status, error) {
+	if err := cfg.Validate(); err != nil {
+		return Status{}, err
+	}
+	rec, err := store.load(cfg.Account)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Status{}, nil
+	}
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{SignedIn: true, Provider: rec.Provider, ClientID: rec.ClientID, Scopes: rec.Scopes,
+		Granted: rec.Granted, Expiry: rec.Expiry, Obtained: rec.Obtained, Refreshable: rec.RefreshToken != ""}
+	src := &Source{store: store, cfg: cfg}
+	var lr *LoginRequiredError
+	if err := src.matches(rec); errors.As(err, &lr) {
+		st.Mismatch = lr.Reason
+	}
+	return st, nil
+}

@@ -148,7 +148,7 @@ func explainStatus(ch *Challenge) string {
 	}
 	switch strings.ToLower(ch.Status) {
 	case "401", "invalid_token":
-		return "the server refused the access token as invalid or expired; Pouch gets a new one on the next try, and if that is refused too the sign-in was revoked"
+		return "the server refused the access token as invalid or expired"
 	case "403", "insufficient_scope":
 		return "the access token does not carry the scope the server needs" + scope + "; sign in again with that scope"
 	case "400", "invalid_request":

@@ -382,6 +382,13 @@ func (m *Manager) ClientCAs() *x509.CertPool {
 	return m.caPool
 }
 
+// LoadClientCAs reads a PEM file of CA certificates for client
+// certificates, as ServerConfig does.
+func LoadClientCAs(file string) (*x509.CertPool, error) {
+	pool, _, err := loadCAs(file)
+	return pool, err
+}
+
 // loadCAs reads a PEM file of CA certificates, with its modification time.
 func loadCAs(file string) (*x509.CertPool, time.Time, error) {
 	stamp := modTime(file)
