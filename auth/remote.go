@@ -480,15 +480,11 @@ func (r *Remote) Fault() error {
 	return nil
 }
 
-// Watch pings the backend until ctx is done: every interval while it
-// answers, so that Fault tells of an outage even while nobody logs in, and
+// Watch pings the backend until ctx is done: at once, then every interval
+// while it answers, so that Fault tells of an outage even while nobody logs in, and
 // every second while it does not, so that Fault clears soon after.
 func (r *Remote) Watch(ctx context.Context, every time.Duration) {
-	first := every
-	if r.Fault() != nil {
-		first = r.opts.RetryEvery
-	}
-	t := time.NewTimer(first)
+	t := time.NewTimer(0) // at once: a backend down at the start is seen then
 	defer t.Stop()
 	for {
 		select {
@@ -672,6 +668,23 @@ func (r *Remote) Accounts() iter.Seq2[Account, error] {
 				continue // listed, but gone meanwhile or not found under that name
 			}
 			if !yield(a, err) {
+				return
+			}
+		}
+	}
+}
+
+// Names lists the names of the backend's accounts, without looking each up.
+func (r *Remote) Names() iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), max(12*r.opts.Timeout, time.Minute))
+		defer cancel()
+		for name, err := range r.b.Names(ctx) {
+			if err != nil {
+				yield("", r.failed(ctx, err))
+				return
+			}
+			if !yield(NormalizeName(name), nil) {
 				return
 			}
 		}

@@ -113,6 +113,7 @@ type deliverySettings struct {
 	quotaTemporary bool
 	maxMessageSize int64
 	delimiter      string
+	defaultDomain  string
 }
 
 // validate checks the settings, adding what is wrong to bad. The listener's
@@ -163,6 +164,7 @@ func (d deliverySettings) agent(data string, users lmtp.Users) *lmtp.Agent {
 		QuotaTemporary:     d.quotaTemporary,
 		MaxMessageSize:     d.maxMessageSize,
 		RecipientDelimiter: d.delimiter,
+		DefaultDomain:      d.defaultDomain,
 	}
 }
 
@@ -211,10 +213,12 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch deliver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // a failure is one sentence; only --help prints the usage
 	var c lmtpConfig
-	configFile := fs.String("config", "", "take --data and the limits from pouch serve's TOML `file` (flags win)")
+	var ac accountsConfig
+	configFile := fs.String("config", "", "take --data, the accounts and the limits from pouch serve's TOML `file` (flags win)")
 	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/USER/")
 	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
 	c.register(fs, false)
+	ac.register(fs)
 	fs.Usage = func() {}
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -232,21 +236,31 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	set := flagNames(fs)
 	src := configSource{onCommandLine: set}
 	if *configFile != "" {
-		if src, err = deliverConfig(*configFile, fs, data, &c); err != nil {
+		if src, err = deliverConfig(*configFile, fs, data, &c, &ac); err != nil {
 			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
 	}
 	var bad problems
 	limits := c.validateDelivery(src, &bad)
+	accts := ac.validate(src, &bad)
+	limits.defaultDomain = accts.defaultDomain
 	if err := bad.err(); err != nil {
 		return tempFail("deliver: %v", err)
 	}
 	// pouch deliver has no first start: a users file that is missing or
 	// empty is a fault, as one that cannot be read or is damaged, and only a
-	// name absent from a usable file is unknown (auth.SourceError).
+	// name absent from a usable file is unknown (auth.SourceError); so is a
+	// database or directory that cannot be reached.
 	usersPath := filepath.Join(*data, "users")
-	users := auth.OpenUsersWith(usersPath, auth.UsersOptions{Expected: true})
-	agent := limits.agent(*data, users)
+	users, err := openAccounts(accts, *data, true, nil)
+	if err != nil {
+		return deliverFail(stderr, exTempFail, "the accounts cannot be opened", "err", err)
+	}
+	defer users.close()
+	if users.remote != nil {
+		usersPath = users.describe()
+	}
+	agent := limits.agent(*data, users.source())
 	user, err := agent.User(rcpt)
 	if errors.Is(err, lmtp.ErrUnknownUser) {
 		return deliverFail(stderr, exNoUser, "no such user", "user", rcpt, "users", usersPath)
@@ -268,7 +282,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 // deliverConfig reads pouch serve's TOML file, decoded as pouch serve decodes
 // it, and takes from it --data and the delivery limits that pouch deliver's
 // command line (fs) did not give. It returns where each setting came from.
-func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig) (configSource, error) {
+func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig, ac *accountsConfig) (configSource, error) {
 	sc, err := readServeConfig(path)
 	if err != nil {
 		return configSource{}, err
@@ -277,6 +291,11 @@ func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig) (
 	if !src.onCommandLine["data"] {
 		*data = sc.Data.String()
 	}
+	if !src.onCommandLine["default-domain"] {
+		ac.DefaultDomain = sc.DefaultDomain
+		src.inFile["default-domain"] = sc.src.inFile["default-domain"]
+	}
+	ac.table = sc.table
 	from := settingFields(&sc.lmtpConfig)
 	for key, f := range settingFields(c) {
 		if fs.Lookup(key) == nil || src.onCommandLine[key] {
@@ -332,7 +351,7 @@ type lmtpService struct {
 
 // listenLMTP makes pouch serve's LMTP server and opens its listener. It
 // returns nil when --lmtp is empty.
-func listenLMTP(s *serveSettings, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
+func listenLMTP(s *serveSettings, users lmtp.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
 	l := s.lmtp
 	if l.addr == "" {
 		return nil, nil

@@ -130,7 +130,7 @@ type wiring struct {
 	s        *serveSettings
 	cfg      server.Config
 	srv      *server.Server
-	users    *auth.Users
+	accounts *accounts
 	mail     *maildir.Store
 	policies *retention.Policies
 	certs    *tlsutil.Manager
@@ -156,21 +156,27 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	// A users file that cannot be used does not stop the server: it serves
+	// Accounts that cannot be looked up do not stop the server: it serves
 	// what it can and says so (usersExpected, readiness).
-	w.users = auth.OpenUsersWith(filepath.Join(s.data, "users"),
-		auth.UsersOptions{Expected: usersExpected(mailEntries), Logger: log})
-	for _, warning := range w.users.Warnings() {
-		log.Warn("users file", "problem", warning)
+	var err error
+	if w.accounts, err = openAccounts(s.accounts, s.data, usersExpected(mailEntries), log); err != nil {
+		return w, err
 	}
+	w.closers = append(w.closers, w.accounts.close)
+	users := w.accounts.source()
 	warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
 	w.mail = maildir.New(filepath.Join(s.data, "mail"))
 	w.mail.SetLogger(log)
-	w.policies = retention.NewPolicies(s.retention.policy, w.users)
+	layout, err := w.mail.Layout()
+	if err != nil {
+		return w, fmt.Errorf("mail directory: %v", err)
+	}
+	log.Info("accounts", "source", w.accounts.describe(), "mail_layout", layout.String(),
+		"default_domain", s.accounts.defaultDomain)
+	w.policies = retention.NewPolicies(s.retention.policy, users)
 	w.mail.SetPolicy(w.policies.Policy)
 	w.cfg = s.server
-	w.cfg.Store, w.cfg.Retention, w.cfg.Auth, w.cfg.Logger, w.cfg.Hostname = w.mail, w.policies, w.users, log, hostname
-	var err error
+	w.cfg.Store, w.cfg.Retention, w.cfg.Auth, w.cfg.Logger, w.cfg.Hostname = w.mail, w.policies, users, log, hostname
 	if w.certs, err = s.setupTLS(hostname, log, &w.cfg); err != nil {
 		return w, err
 	}
@@ -189,7 +195,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 		return w, err
 	}
 	w.srv = server.New(w.cfg)
-	if w.lmtp, err = listenLMTP(s, w.users, hostname, log); err != nil {
+	if w.lmtp, err = listenLMTP(s, users, hostname, log); err != nil {
 		return w, err
 	}
 	if w.lmtp != nil {
@@ -204,7 +210,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader, log *slog.Logger) error {
 	var serving atomic.Bool
 	if w.cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.users), log)
+		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.cfg.Auth), log)
 		if err != nil {
 			return err
 		}
@@ -212,13 +218,13 @@ func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	go w.users.Watch(ctx, usersWatchInterval)
+	go w.accounts.watch(ctx)
 	// SIGHUP reloads what can change under a running server; sessions stay.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	// pouch reload, over the admin socket, takes the same path.
-	reloadAll := func() error { return reload(log, conf, w.certs, w.users, w.tokens, w.cfg.Guard) }
+	reloadAll := func() error { return reload(log, conf, w.certs, w.accounts, w.tokens, w.cfg.Guard) }
 	go func() {
 		for range hup {
 			reloadAll()
@@ -312,10 +318,11 @@ func (s *serveSettings) tokenVerifier() (*auth.TokenVerifier, error) {
 // reloadMu keeps a SIGHUP and a pouch reload from running at once.
 var reloadMu sync.Mutex
 
-// reload reads the certificates, the users file, the OAuth key set and the
-// ban list again; what cannot be read stays as it was. The error names
-// everything that was kept, in one sentence.
-func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, users *auth.Users, tokens *auth.TokenVerifier, bans *guard.Guard) error {
+// reload reads the certificates, the users file (or forgets the cached
+// accounts of a database or directory), the OAuth key set and the ban list
+// again; what cannot be read stays as it was. The error names everything
+// that was kept, in one sentence.
+func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, users *accounts, tokens *auth.TokenVerifier, bans *guard.Guard) error {
 	reloadMu.Lock()
 	defer reloadMu.Unlock()
 	var failed []string
@@ -333,13 +340,8 @@ func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, user
 		log.Error("reload: keeping the old client CAs", "err", err)
 		failed = append(failed, fmt.Sprintf("kept the old client CAs (%v)", err))
 	}
-	if err := users.Reload(); err != nil {
-		log.Error("reload: keeping the users loaded before", "err", err)
-		failed = append(failed, fmt.Sprintf("kept the users loaded before (%v)", err))
-	} else {
-		for _, w := range users.Warnings() {
-			log.Warn("users file", "problem", w)
-		}
+	if err := users.reload(log); err != nil {
+		failed = append(failed, err.Error())
 	}
 	if tokens != nil {
 		if err := tokens.Reload(); err != nil {

@@ -49,6 +49,7 @@ type serveConfig struct {
 	lmtpConfig                      // --lmtp, its domains and the delivery limits (deliver.go)
 	defenceConfig                   // bans, access rules, limits, audit, metrics (serve_defence.go)
 	retentionConfig                 // expiry, deletion window, sweeps (serve_retention.go)
+	accountsConfig                  // --default-domain and the [accounts] table (accounts.go)
 
 	src configSource // where each setting came from
 }
@@ -111,6 +112,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	c.lmtpConfig.register(fs, true)
 	c.defenceConfig.register(fs)
 	c.retentionConfig.register(fs)
+	c.accountsConfig.register(fs)
 }
 
 // loadServeConfig parses pouch serve's command line into c (bound to fs by
@@ -161,6 +163,7 @@ type serveSettings struct {
 	lmtp      lmtpSettings
 	defence   defenceSettings
 	retention retentionSettings
+	accounts  accountsSettings
 	// warnings are settings allowed but unwise, one sentence each.
 	warnings []string
 }
@@ -249,6 +252,10 @@ func (c *serveConfig) validate(sockets int) (*serveSettings, error) {
 	s.lmtp = c.lmtpConfig.validate(src, &bad)
 	s.defence = c.defenceConfig.validate(src, s.data, &s.server, &bad)
 	s.retention = c.retentionConfig.validate(src, &bad)
+	s.accounts = c.accountsConfig.validate(src, &bad)
+	s.server.DefaultDomain = s.accounts.defaultDomain
+	s.lmtp.delivery.defaultDomain = s.accounts.defaultDomain
+	s.warnings = append(s.warnings, s.accounts.warnings()...)
 	if s.listeners[0].addr == "" && s.listeners[1].addr == "" && s.lmtp.addr == "" && sockets == 0 {
 		bad.add(usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve"))
 	}

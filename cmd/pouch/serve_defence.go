@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/audit"
-	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/metrics"
@@ -199,7 +198,7 @@ func usersExpected(mailEntries []os.DirEntry) bool {
 // usable users file; otherwise why not. While the users file cannot be used,
 // users it does not list get temporary failures, so a load balancer should
 // prefer another node.
-func readiness(serving *atomic.Bool, users *auth.Users) func() error {
+func readiness(serving *atomic.Bool, users interface{ Fault() error }) func() error {
 	return func() error {
 		if !serving.Load() {
 			return errors.New("not serving (starting or shutting down)")
