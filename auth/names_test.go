@@ -168,3 +168,28 @@ func TestPasswordWithoutSCRAM(t *testing.T) {
 		t.Error("no SCRAM credentials after changing back to a plain password")
 	}
 }
+
+// A users file of addresses takes mail for their domains only; one with a
+// name without a domain (a user from before domains), or with no users,
+// for any domain. Names are found with their domain in lower case, however
+// the line writes it.
+func TestUsersHasDomain(t *testing.T) {
+	t.Parallel()
+	u := openUsers(t, writeFile(t, "alice@Example.ORG:{PLAIN}a", "bob@example.net:{PLAIN}b"))
+	for d, want := range map[string]bool{"example.org": true, "EXAMPLE.NET": true, "example.com": false} {
+		if got, err := u.HasDomain(d); got != want || err != nil {
+			t.Errorf("HasDomain(%q) = %v, %v; want %v", d, got, err, want)
+		}
+	}
+	if !u.Verify("alice@example.org", "a") {
+		t.Error("alice@Example.ORG is not found as alice@example.org")
+	}
+	u = openUsers(t, writeFile(t, "alice@example.org:{PLAIN}a", "carol:{PLAIN}c"))
+	if got, _ := u.HasDomain("example.com"); !got {
+		t.Error("a user without a domain does not take mail at every domain")
+	}
+	u = openUsers(t, writeFile(t, "# nobody yet"))
+	if got, _ := u.HasDomain("example.com"); !got {
+		t.Error("a file with no users refuses a domain")
+	}
+}
