@@ -358,3 +358,42 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+func TestHideDSNPassword(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://pouch:s3cret@127.0.0.1:5432/mail?sslmode=disable": "postgres://pouch:xxxxx@127.0.0.1:5432/mail?sslmode=disable",
+		"postgres://pouch@127.0.0.1/mail":                             "postgres://pouch@127.0.0.1/mail",
+		"host=db user=pouch password=s3cret dbname=mail":              "host=db user=pouch password=xxxxx dbname=mail",
+		"pouch:s3cret@tcp(127.0.0.1:3306)/mail":                       "pouch:xxxxx@tcp(127.0.0.1:3306)/mail",
+		"mysql://pouch:s3cret@127.0.0.1/mail":                         "mysql://pouch:xxxxx@127.0.0.1/mail",
+	} {
+		if got := hideDSNPassword(in); got != want {
+			t.Errorf("hideDSNPassword(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// check-config refuses the [accounts] mistakes an operator makes, naming
+// the file, the table and the key, as pouch serve does.
+func TestAccountsConfigProblems(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ toml, want string }{
+		{"[accounts]\nsource = \"nis\"\n", `source "nis"`},
+		{"[accounts]\nsource = \"sql\"\ndriver = \"postgres\"\n", "dsn is missing"},
+		{"[accounts]\nsource = \"sql\"\ndriver = \"postgres\"\ndsn = \"postgres://x@127.0.0.1/db\"\npassword_query = \"SELECT password FROM u WHERE e = '%n@%d'\"\n", "inside the string literal"},
+		{"[accounts]\nsource = \"sql\"\nurl = \"ldap://x\"\n", `key "url" is not for source = "sql"`},
+		{"[accounts]\nsource = \"ldap\"\nurl = \"ldap://127.0.0.1\"\nbase = \"dc=x\"\nfilter = \"(mail=%u)\"\nbind_dn = \"cn=a\"\n", "bind_dn without bind_password_file"},
+		{"[accounts]\nsource = \"ldap\"\nurl = \"ldap://127.0.0.1\"\nbase = \"dc=x\"\nfilter = \"(mail=%u)\"\ncache_ttl = \"soon\"\n", `key "cache_ttl"`},
+		{"[accounts]\nsoruce = \"sql\"\n", `unknown key "soruce"`},
+		{"default-domain = \"a@b\"\n", "is not a domain"},
+	} {
+		conf := filepath.Join(dir, "pouch.toml")
+		writeFile(t, conf, tc.toml)
+		for _, cmd := range []string{"check-config", "serve"} {
+			_, e, code := pouch(t, "", cmd, "--config", conf, "--data", dir)
+			if code == 0 || cmd == "serve" && code != 2 || !strings.Contains(e, tc.want) || !strings.Contains(e, conf) {
+				t.Errorf("%s with %q: exit %d, %s; want a failure with %q", cmd, tc.toml, code, e, tc.want)
+			}
+		}
+	}
+}

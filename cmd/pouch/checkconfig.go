@@ -6,8 +6,12 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pouchmail/pouch/auth"
@@ -60,6 +64,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 		s.probe(&bad, stderr, *checkUser)
 	}
 	printSettings(stdout, flags)
+	printAccountsTable(stdout, c.table)
 	if len(bad) > 0 {
 		for _, p := range bad[1:] {
 			fmt.Fprintln(stderr, "pouch: check-config: "+p.Error())
@@ -174,4 +179,56 @@ func refusedAccounts(src auth.Source) []string {
 func refusedAccount(err error) string {
 	return strings.TrimPrefix(err.Error(), "auth: ") +
 		"; the user cannot log in, and mail for the user waits, until it is fixed"
+}
+
+// printAccountsTable writes the [accounts] table as the file gave it, with
+// the password of a DSN hidden.
+func printAccountsTable(w io.Writer, table map[string]any) {
+	if table == nil {
+		return
+	}
+	fmt.Fprintln(w, "\n[accounts]")
+	keys := make([]string, 0, len(table))
+	for k := range table {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch v := table[k].(type) {
+		case string:
+			if k == "dsn" {
+				v = hideDSNPassword(v)
+			}
+			fmt.Fprintf(w, "%s = %s\n", k, strconv.Quote(v))
+		case map[string]any:
+			fields := make([]string, 0, len(v))
+			for f, attr := range v {
+				fields = append(fields, fmt.Sprintf("%s = %s", f, strconv.Quote(fmt.Sprint(attr))))
+			}
+			sort.Strings(fields)
+			fmt.Fprintf(w, "%s = { %s }\n", k, strings.Join(fields, ", "))
+		default:
+			fmt.Fprintf(w, "%s = %v\n", k, v)
+		}
+	}
+}
+
+var (
+	dsnKeyPassword  = regexp.MustCompile(`(^|\s)password=('[^']*'|\S+)`)
+	dsnUserPassword = regexp.MustCompile(`^([^:@/()]*):([^@]*)@`)
+)
+
+// hideDSNPassword replaces the password of a connection URL, a
+// PostgreSQL key=value string or a MySQL DSN with xxxxx.
+func hideDSNPassword(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			s, _ := url.PathUnescape(u.String())
+			return s
+		}
+		return dsn
+	}
+	dsn = dsnKeyPassword.ReplaceAllString(dsn, "${1}password=xxxxx")
+	return dsnUserPassword.ReplaceAllString(dsn, "${1}:xxxxx@")
 }
