@@ -42,8 +42,9 @@ const layoutFile = ".pouch-layout"
 
 // DetectLayout returns the layout of the mail root: the one its layout
 // file names; else Flat for a root that holds Maildirs already (a data
-// directory made before Pouch knew domains) and Domains for a new or empty
-// one. It writes the layout file when there was none, so that the layout
+// directory made before Pouch knew domains), and Domains for a new or
+// empty one, or one that holds only domains' directories of Maildirs (a
+// tree such as Dovecot's /var/vmail/%d/%n). It writes the layout file when there was none, so that the layout
 // stays what it was found to be; a root that cannot be written to keeps
 // its layout all the same.
 func DetectLayout(root string) (Layout, error) {
@@ -66,8 +67,9 @@ func DetectLayout(root string) (Layout, error) {
 		return 0, err
 	}
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), ".") && (e.IsDir() || e.Type()&fs.ModeSymlink != 0) {
-			layout = Flat
+		d := filepath.Join(root, e.Name())
+		if !strings.HasPrefix(e.Name(), ".") && (e.IsDir() || e.Type()&fs.ModeSymlink != 0) && !isDomainDir(d) {
+			layout = Flat // a Maildir by a user's name
 			break
 		}
 	}

@@ -31,6 +31,18 @@ func TestDetectLayout(t *testing.T) {
 	if l, err := DetectLayout(old); l != Flat || err != nil {
 		t.Errorf("root with a Maildir: %v, %v", l, err)
 	}
+	// A tree of domains' directories, as Dovecot's /var/vmail/%d/%n.
+	vmail := t.TempDir()
+	for _, d := range []string{"example.org/alice", "example.net/alice"} {
+		for _, sub := range []string{"cur", "new", "tmp"} {
+			if err := os.MkdirAll(filepath.Join(vmail, d, sub), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if l, err := DetectLayout(vmail); l != Domains || err != nil {
+		t.Errorf("a tree of domains: %v, %v", l, err)
+	}
 	// Once written, the file decides, whatever the root holds.
 	if err := os.MkdirAll(filepath.Join(fresh, "bob", "cur"), 0o700); err != nil {
 		t.Fatal(err)
