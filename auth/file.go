@@ -1,7 +1,9 @@
 // Package auth is Pouch's accounts: the Account record and the Source
 // interface that every package reads users through, the Dovecot
-// passwd-file compatible users file that is its first Source, password
-// hashing and verification, and the strength of new passwords.
+// passwd-file compatible users file that is its first Source, Remote, the
+// Source of accounts kept in a database or a directory (with a cache), the
+// names accounts are keyed by (AccountName), password hashing and
+// verification, and the strength of new passwords.
 //
 // The users file has one user per line, "name:{SCHEME}secret:uid:gid:gecos:home:shell:extra".
 // The name, the password and the extra fields (the account's settings: see

@@ -34,9 +34,12 @@ Delivers the message on standard input into USER's maildrop, as the LMTP
 listener of pouch serve does: Return-Path (with -f) and Delivered-To header
 lines are added at the top, nothing else is changed (8-bit data and LF or CRLF
 line endings are stored as received), and the command exits 0 only once the
-message is on disk, synced. USER is a user name or user@domain, whose local
-part names the user (alice+news names alice, see --lmtp-recipient-delimiter);
-Delivered-To gets the argument as given.
+message is on disk, synced. USER is an address or a user name, looked up as
+LMTP looks a recipient up: alice@example.org names that user (alice+news@...
+names alice@... unless there is such a user, see --lmtp-recipient-delimiter),
+and else a user alice named without a domain; a name without a domain takes
+--default-domain first. Delivered-To gets the argument as given. With
+--config, the accounts are where pouch serve's [accounts] says.
 
 As Dovecot's LDA does, a leading mbox "From " line is dropped, and a message
 whose header already starts with Return-Path or Delivered-To (as Postfix's
@@ -47,10 +50,11 @@ For Postfix's local delivery (main.cf):
 
 Exit status (sysexits.h, as Postfix, procmail and fetchmail read it):
   0   delivered
-  67  no such user: not in a usable users file (EX_NOUSER)
+  67  no such user: not in a usable users file, database or directory (EX_NOUSER)
   73  refused for good: the mailbox is full or the message too big (EX_CANTCREAT)
   75  temporary failure, try again later (EX_TEMPFAIL); also while the users
       file is missing, empty, unreadable or damaged (a line names no user),
+      or the database or directory of accounts does not answer,
       for a user whose settings in it cannot be read, and for a bad command
       line or configuration, so that the MTA keeps the message queued
 
