@@ -296,8 +296,10 @@ func TestRemoteBinder(t *testing.T) {
 	if _, ok := src.(APOPSource); ok {
 		t.Error("a binding source offers APOP")
 	}
-	if !r.Verify("alice", "pw") || !r.Verify("alice", "pw") {
-		t.Fatal("alice refused")
+	for range 2 {
+		if !r.Verify("alice", "pw") {
+			t.Fatal("alice refused")
+		}
 	}
 	if n := f.binds.Load(); n != 1 {
 		t.Errorf("%d binds for two logins, want 1", n)

@@ -42,7 +42,10 @@ func scramPassword(t *testing.T, password string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := c.GetStoredCredentials(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	sc, err := c.GetStoredCredentialsWithError(scram.KeyFactors{Salt: "0123456789abcdef", Iters: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
 	enc := base64.StdEncoding.EncodeToString
 	return "{SCRAM-SHA-256}" + strconv.Itoa(sc.Iters) + "," + enc([]byte(sc.Salt)) + "," + enc(sc.StoredKey) + "," + enc(sc.ServerKey)
 }
