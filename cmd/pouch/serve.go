@@ -163,6 +163,9 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 		return w, err
 	}
 	w.closers = append(w.closers, w.accounts.close)
+	if r := w.accounts.remote; r != nil {
+		go countAccounts(r, log) // the start-up check of the iterate query
+	}
 	users := w.accounts.source()
 	warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
 	w.mail = maildir.New(filepath.Join(s.data, "mail"))
@@ -203,6 +206,21 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	}
 	proxiedLMTP(w.lmtp, s, log)
 	return w, nil
+}
+
+// countAccounts lists the accounts of a database or directory once and logs
+// how many there are, or why they cannot be listed.
+func countAccounts(r *auth.Remote, log *slog.Logger) {
+	n := 0
+	for _, err := range r.Names() {
+		if err != nil {
+			log.Warn("accounts cannot be listed (iterate_query, iterate_filter); logins and delivery do not need it",
+				"source", r.String(), "err", err)
+			return
+		}
+		n++
+	}
+	log.Info("accounts listed", "source", r.String(), "accounts", n)
 }
 
 // run serves on the listeners until SIGTERM or SIGINT, or until one fails;
