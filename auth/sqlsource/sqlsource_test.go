@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -293,4 +295,62 @@ func TestDatabaseDown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkLookupStorm is a storm of look-ups of 1,000 accounts in
+// PostgreSQL from 16 goroutines at once (logins, RCPTs), with the cache at
+// its default TTL and without: the queries that reach the database per
+// look-up, and the time of each. (A login adds its password check, which
+// costs the same with either: an Argon2id computation.)
+func BenchmarkLookupStorm(b *testing.B) {
+	c := pgtest.Get(b)
+	url := c.Schema(b)
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TABLE users (email text PRIMARY KEY, password text NOT NULL);
+		INSERT INTO users SELECT 'u' || i || '@example.org', '{PLAIN}pw' || i FROM generate_series(0, 999) i`); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		ttl  time.Duration
+	}{{"cached", auth.DefaultCacheTTL}, {"uncached", 0}} {
+		b.Run(tc.name, func(b *testing.B) {
+			s, err := sqlsource.Open(sqlsource.Config{Driver: "postgres", DSN: url,
+				PasswordQuery: "SELECT password FROM users WHERE email = %u"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			counting := &countingBackend{Backend: s}
+			r := auth.NewRemote(counting, auth.RemoteOptions{CacheTTL: tc.ttl, NegativeTTL: tc.ttl})
+			defer r.Close()
+			var i atomic.Int64
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n := i.Add(1) % 1000
+					if _, err := r.Account(fmt.Sprintf("u%d@example.org", n)); err != nil {
+						b.Errorf("look-up %d: %v", n, err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(counting.n.Load())/float64(b.N), "queries/lookup")
+		})
+	}
+}
+
+// countingBackend counts the look-ups that reach a Backend.
+type countingBackend struct {
+	auth.Backend
+	n atomic.Int64
+}
+
+func (c *countingBackend) Lookup(ctx context.Context, name string) (auth.Record, error) {
+	c.n.Add(1)
+	return c.Backend.Lookup(ctx, name)
 }
