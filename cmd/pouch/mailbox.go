@@ -132,8 +132,10 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 
 // mailboxExists says whether user has a maildrop or a line in the users file.
 func mailboxExists(data, user string) error {
-	if fi, err := os.Stat(filepath.Join(data, "mail", user, "cur")); err == nil && fi.IsDir() {
-		return nil
+	if dir, err := maildir.New(filepath.Join(data, "mail")).Dir(user); err == nil {
+		if fi, err := os.Stat(filepath.Join(dir, "cur")); err == nil && fi.IsDir() {
+			return nil
+		}
 	}
 	if ok, err := userExists(filepath.Join(data, "users"), user); err == nil && ok {
 		return nil
