@@ -219,7 +219,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	var c lmtpConfig
 	var ac accountsConfig
 	configFile := fs.String("config", "", "take --data, the accounts and the limits from pouch serve's TOML `file` (flags win)")
-	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/USER/")
+	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/)")
 	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
 	c.register(fs, false)
 	ac.register(fs)

@@ -87,7 +87,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config", "", "read settings from this TOML `file` (keys are the flag names; flags win)")
-	textVar(fs, &c.Data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/USER/")
+	textVar(fs, &c.Data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/)")
 	textVar(fs, &c.POP3, "pop3", defaultAddr(":110", "127.0.0.1:1110"), "POP3 listen `address`; empty disables it")
 	textVar(fs, &c.POP3S, "pop3s", defaultAddr(":995", "127.0.0.1:1995"), "POP3S (implicit TLS) listen `address`; empty disables it")
 	textVar(fs, &c.TLSCert, "tls-cert", "", "TLS certificate `file` (PEM); default: a self-signed one in DATA/tls/")
