@@ -64,7 +64,10 @@ type Config struct {
 	Clients int // concurrent sessions (1)
 	Mix     Mix // MixFull
 	// Duration bounds the run; Sessions bounds the number of sessions
-	// started. With neither, each client runs one session.
+	// started, shared out in turn: client i runs sessions i, i+C, i+2C…
+	// below Sessions (C clients), whatever the others' speed, so that with
+	// Sessions = len(Users) ≥ C every user logs in exactly once. With
+	// neither, each client runs one session.
 	Duration time.Duration
 	Sessions int64
 	TLS      string      // TLSNone, TLSImplicit or TLSStartTLS
@@ -119,7 +122,6 @@ const PASSWrong = "PASS-wrong"
 // worker state shared by one run.
 type run struct {
 	cfg      Config
-	started  atomic.Int64
 	open     atomic.Int64
 	peak     atomic.Int64
 	loggedIn atomic.Int64
@@ -244,7 +246,7 @@ func (r *run) client(ctx context.Context, i int) {
 		r.mu.Unlock()
 	}()
 	for k := 0; ctx.Err() == nil; k++ {
-		if r.cfg.Sessions > 0 && r.started.Add(1) > r.cfg.Sessions {
+		if r.cfg.Sessions > 0 && int64(k)*int64(r.cfg.Clients)+int64(i) >= r.cfg.Sessions {
 			return
 		}
 		u := users[userIndex(i, k, r.cfg.Clients, len(users))]

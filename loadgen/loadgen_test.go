@@ -477,3 +477,36 @@ func TestWrongPasswordRateChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionsShared: --sessions as many as users logs every user in
+// exactly once, however much faster some clients are than others.
+func TestSessionsShared(t *testing.T) {
+	f := &fakeServer{passwords: map[string]string{}}
+	slow := map[string]bool{}
+	var creds []Cred
+	for i := range 50 {
+		u := fmt.Sprint("u", i)
+		f.passwords[u] = "pw-" + u
+		creds = append(creds, Cred{u, "pw-" + u})
+		slow[u] = i%8 == 0
+	}
+	f.pass = func(user, password string) string {
+		if slow[user] {
+			time.Sleep(20 * time.Millisecond) // the server is slow for some; the others must not take their turns
+		}
+		return "+OK in"
+	}
+	addr := f.start(t)
+	rep, err := Run(context.Background(), Config{Addr: addr, Users: creds, Clients: 8, Sessions: 50, Mix: MixLogin, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sessions != 50 || rep.Failed != 0 {
+		t.Fatalf("sessions %d, failed %d: %v", rep.Sessions, rep.Failed, rep.Errors)
+	}
+	for _, c := range creds {
+		if right, _ := f.seen(c.User); right != 1 {
+			t.Errorf("user %s logged in %d times", c.User, right)
+		}
+	}
+}

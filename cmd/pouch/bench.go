@@ -26,7 +26,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		caFile   = fs.String("tls-ca", "", "verify the server's certificate against this CA `file` (PEM); default: no verification")
 		jsonOut  = fs.Bool("json", false, "print the report as JSON")
 		probe    = fs.Duration("probe", 0, "hold one more session open, sending NOOP every `interval`, and report its latency")
-		sessions = fs.Int64("sessions", 0, "stop after this `many` sessions (default: one per client unless --duration)")
+		sessions = fs.Int64("sessions", 0, "stop after this `many` sessions, shared out in turn (client i runs sessions i, i+C…: as many as users logs each in once); default: one per client unless --duration")
 	)
 	fs.IntVar(&cfg.Clients, "clients", 1, "concurrent `sessions`")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "run for this `long`")
