@@ -8,7 +8,6 @@ import (
 
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/proxied"
-	"github.com/pouchmail/pouch/pop3"
 )
 
 // admitLimits applies the connection limits at connect: the per-address
@@ -116,7 +115,6 @@ func (s *session) startCheck() bool {
 	s.srv.mu.Lock()
 	defer s.srv.mu.Unlock()
 	if s.shed.Load() {
-		s.state = stateDone
 		return false
 	}
 	s.checking = true
@@ -180,11 +178,4 @@ func (n *notice) ok(now time.Time) (log bool, unlogged int) {
 	}
 	n.last, unlogged, n.unlogged = now, n.unlogged, 0
 	return true, unlogged
-}
-
-// shedGoodbye tells a shed session, at a command, why it ends.
-func (s *session) shedGoodbye() {
-	s.log.Debug("closed to make room: the oldest connection not logged in")
-	s.w.Err(pop3.CodeSysTemp, shedReply)
-	s.w.Flush()
 }

@@ -373,6 +373,27 @@ func TestBearerErrorChallengeIsAFailure(t *testing.T) {
 	}
 }
 
+// A client that falls silent after an error challenge gets one reply,
+// the goodbye of the idle timeout, and its failure is counted; the reply
+// of the failed login is not sent after the goodbye.
+func TestSilenceAfterErrorChallenge(t *testing.T) {
+	var logs syncBuffer
+	ts := newTLSServer(t, "127.0.0.1", func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		c.PreLoginTimeout = 300 * time.Millisecond
+	})
+	c := ts.dialTLS(t, nil)
+	c.transcript(`
+		S: \+OK Pouch ready\.
+		C: AUTH OAUTHBEARER ` + bearerAs("alice", "bad") + `
+		S: \+ .*
+		S: -ERR autologout: idle for too long`)
+	c.closed()
+	waitFor(t, "the failure to be logged", func() bool {
+		return strings.Count(logs.String(), `msg="authentication failed"`) == 1
+	})
+}
+
 func apopDigest(stamp, secret string) string {
 	sum := md5.Sum([]byte(stamp + secret))
 	return hex.EncodeToString(sum[:])
