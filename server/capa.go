@@ -122,10 +122,7 @@ func (s *session) cmdCAPA() error {
 
 // cmdUTF8 enables UTF-8 mode (RFC 6856 §2). Pouch sends messages as stored
 // and takes UTF-8 user names and passwords in any mode, so it only answers.
-func (s *session) cmdUTF8(cmd pop3.Command) error {
-	if len(cmd.Args) != 0 {
-		return badCommand("UTF8 takes no argument")
-	}
+func (s *session) cmdUTF8(pop3.Command) error {
 	s.w.OK("UTF8 enabled")
 	return nil
 }

@@ -195,29 +195,38 @@ func (s *session) logout(deleted int, committed bool) {
 type handler struct {
 	fn    func(*session, pop3.Command) error
 	state state
-	// checkArgs applies the 40-octet argument limit of RFC 1939 §3.
-	checkArgs bool
+	args  argRule
 }
+
+// argRule is what dispatch checks of a command's arguments before its
+// handler runs.
+type argRule int
+
+const (
+	ownArgs   argRule = iota // the handler checks them: a user name may be longer, a password has spaces
+	shortArgs                // each at most 40 octets (RFC 1939 §3)
+	noArgs                   // none; any given are first checked as shortArgs
+)
 
 var handlers map[string]handler
 
 func init() {
 	auth, trans := stateAuthorization, stateTransaction
 	handlers = map[string]handler{
-		"USER": {(*session).cmdUSER, auth, false},
-		"PASS": {(*session).cmdPASS, auth, false},
-		"APOP": {(*session).cmdAPOP, auth, false}, // cmdAPOP checks them: the name may be longer
-		"AUTH": {(*session).cmdAUTH, auth, false},
-		"STLS": {(*session).cmdSTLS, auth, true},
-		"UTF8": {(*session).cmdUTF8, auth, true},
-		"STAT": {(*session).cmdSTAT, trans, true},
-		"LIST": {(*session).cmdLIST, trans, true},
-		"RETR": {(*session).cmdRETR, trans, true},
-		"DELE": {(*session).cmdDELE, trans, true},
-		"NOOP": {(*session).cmdNOOP, trans, true},
-		"RSET": {(*session).cmdRSET, trans, true},
-		"TOP":  {(*session).cmdTOP, trans, true},
-		"UIDL": {(*session).cmdUIDL, trans, true},
+		"USER": {(*session).cmdUSER, auth, ownArgs},
+		"PASS": {(*session).cmdPASS, auth, ownArgs},
+		"APOP": {(*session).cmdAPOP, auth, ownArgs},
+		"AUTH": {(*session).cmdAUTH, auth, ownArgs},
+		"STLS": {(*session).cmdSTLS, auth, noArgs},
+		"UTF8": {(*session).cmdUTF8, auth, noArgs},
+		"STAT": {(*session).cmdSTAT, trans, noArgs},
+		"LIST": {(*session).cmdLIST, trans, shortArgs},
+		"RETR": {(*session).cmdRETR, trans, shortArgs},
+		"DELE": {(*session).cmdDELE, trans, shortArgs},
+		"NOOP": {(*session).cmdNOOP, trans, noArgs},
+		"RSET": {(*session).cmdRSET, trans, noArgs},
+		"TOP":  {(*session).cmdTOP, trans, shortArgs},
+		"UIDL": {(*session).cmdUIDL, trans, shortArgs},
 	}
 }
 
@@ -244,8 +253,10 @@ func (s *session) dispatch(line []byte) error {
 		return badCommand("not allowed before login")
 	case h.state != s.state:
 		return badCommand("not allowed after login")
-	case h.checkArgs && cmd.CheckArgs() != nil:
+	case h.args != ownArgs && cmd.CheckArgs() != nil:
 		return badCommand("argument too long")
+	case h.args == noArgs && len(cmd.Args) != 0:
+		return badCommand(cmd.Name + " takes no argument")
 	}
 	start := time.Now()
 	err = h.fn(s, cmd)

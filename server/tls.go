@@ -196,10 +196,8 @@ func (s *session) cleartextAllowed() bool {
 
 // cmdSTLS starts TLS on the plaintext port (RFC 2595 §4). Anything the client
 // sent after STLS before the handshake is discarded, never run.
-func (s *session) cmdSTLS(cmd pop3.Command) error {
+func (s *session) cmdSTLS(pop3.Command) error {
 	switch {
-	case len(cmd.Args) != 0:
-		return badCommand("STLS takes no argument")
 	case s.tls != nil:
 		return badCommand("TLS is already active")
 	case s.srv.cfg.TLS == nil:

@@ -26,6 +26,14 @@ func (s *session) message(arg string) (int, error) {
 	return n - 1, nil
 }
 
+// messageArg is message for the one argument of cmd (RETR, DELE).
+func (s *session) messageArg(cmd pop3.Command) (int, error) {
+	if len(cmd.Args) != 1 {
+		return 0, badCommand(cmd.Name + " takes a message number")
+	}
+	return s.message(cmd.Args[0])
+}
+
 func (s *session) stat() (count int, size int64) {
 	for i, m := range s.msgs {
 		if !s.deleted[i] {
@@ -36,10 +44,7 @@ func (s *session) stat() (count int, size int64) {
 	return count, size
 }
 
-func (s *session) cmdSTAT(cmd pop3.Command) error {
-	if len(cmd.Args) != 0 {
-		return badCommand("STAT takes no argument")
-	}
+func (s *session) cmdSTAT(pop3.Command) error {
 	n, size := s.stat()
 	s.w.OK(fmt.Sprintf("%d %d", n, size))
 	return nil
@@ -87,10 +92,7 @@ func (s *session) listing(cmd pop3.Command, name string, value func(int) string)
 }
 
 func (s *session) cmdRETR(cmd pop3.Command) error {
-	if len(cmd.Args) != 1 {
-		return badCommand("RETR takes a message number")
-	}
-	i, err := s.message(cmd.Args[0])
+	i, err := s.messageArg(cmd)
 	if err != nil {
 		return err
 	}
@@ -183,10 +185,7 @@ var (
 const bigMessage = 1 << 20
 
 func (s *session) cmdDELE(cmd pop3.Command) error {
-	if len(cmd.Args) != 1 {
-		return badCommand("DELE takes a message number")
-	}
-	i, err := s.message(cmd.Args[0])
+	i, err := s.messageArg(cmd)
 	if err != nil {
 		return err
 	}
@@ -196,18 +195,12 @@ func (s *session) cmdDELE(cmd pop3.Command) error {
 	return nil
 }
 
-func (s *session) cmdNOOP(cmd pop3.Command) error {
-	if len(cmd.Args) != 0 {
-		return badCommand("NOOP takes no argument")
-	}
+func (s *session) cmdNOOP(pop3.Command) error {
 	s.w.OK("")
 	return nil
 }
 
-func (s *session) cmdRSET(cmd pop3.Command) error {
-	if len(cmd.Args) != 0 {
-		return badCommand("RSET takes no argument")
-	}
+func (s *session) cmdRSET(pop3.Command) error {
 	clear(s.deleted)
 	n, size := s.stat()
 	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", n, size))
