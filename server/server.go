@@ -4,6 +4,10 @@
 //
 // The server knows neither the storage backend nor where the accounts are
 // kept: it talks to a store.Store and an Authenticator (an auth.Source).
+//
+// A command's handler writes its +OK and multi-line responses and returns
+// an error for anything else; session.reply (reply.go) alone turns errors
+// into -ERR replies and ends sessions.
 package server
 
 import (

@@ -28,13 +28,9 @@ const (
 	stateDone                       // QUIT handled or connection ending
 )
 
-// session is one POP3 connection. Its files: this one runs it (the command
-// loop, dispatch, its end); conn.go its connection and deadlines; reply.go
-// turns the errors of its commands into replies; tls.go TLS and STLS;
-// login.go USER, PASS and APOP and what every login goes through;
-// attempt.go the guard's attempt and failed logins; sasl.go, scram.go and
-// oauth.go AUTH and its mechanisms; transaction.go the commands after
-// login and QUIT; capa.go CAPA, UTF8 and LANG.
+// session is one POP3 connection. Each file of the package holds one
+// concern of it (docs/ARCHITECTURE.md, "The session's code"); this one runs
+// it: the command loop, dispatch, its end.
 type session struct {
 	srv  *Server
 	conn net.Conn
