@@ -27,28 +27,27 @@ func (s *Server) connID() string {
 
 // banReply is what a banned client is told: when its own failed logins
 // banned it, until when; when an operator did, only that it is blocked.
-func banReply(b guard.Ban) (pop3.Code, string) {
+func banReply(b guard.Ban) *pop3.Error {
 	if b.Automatic() {
-		return pop3.CodeSysTemp, "too many failed logins from your address; try again after " + b.Until.UTC().Format(time.RFC3339)
+		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "too many failed logins from your address; try again after " + b.Until.UTC().Format(time.RFC3339)}
 	}
-	return pop3.CodeSysPerm, "access from your address is blocked"
+	return &pop3.Error{Code: pop3.CodeSysPerm, Text: "access from your address is blocked"}
 }
 
 // admit decides at connect, before any byte of the protocol, whether a
-// client may have a session. It returns "" or the reply that refuses it and
-// the reason for the metrics. A refusal by a ban or by the access rules is
+// client may have a session. It returns nil or the reply that refuses it,
+// and the reason for the metrics. A refusal by a ban or by the access rules is
 // logged with a connection id, once a minute per source at most, so that a
 // client reconnecting without end cannot fill the disk. Called with s.mu
 // held.
-func (s *Server) admit(ip netip.Addr) (reply, reason string) {
+func (s *Server) admit(ip netip.Addr) (refusal *pop3.Error, reason string) {
 	if g := s.cfg.Guard; g != nil && ip.IsValid() {
 		if b, banned := g.Banned(ip); banned {
 			if ok, unlogged := g.Notice(ip); ok {
 				s.log.Info("connection refused: source banned", "session", s.connID(), "ip", ip.String(),
 					"net", b.Net.String(), "until", b.Until, "unlogged", unlogged)
 			}
-			code, text := banReply(b)
-			return "-ERR [" + string(code) + "] " + text, "banned"
+			return banReply(b), "banned"
 		}
 	}
 	if r := s.cfg.Rules; r != nil && ip.IsValid() {
@@ -57,7 +56,7 @@ func (s *Server) admit(ip netip.Addr) (reply, reason string) {
 				s.log.Info("connection refused by access rules", "session", s.connID(), "ip", ip.String(),
 					"reason", err, "unlogged", unlogged)
 			}
-			return "-ERR [SYS/PERM] access denied", "denied"
+			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "access denied"}, "denied"
 		}
 	}
 	return s.admitLimits(ip)
@@ -65,12 +64,14 @@ func (s *Server) admit(ip netip.Addr) (reply, reason string) {
 
 // refuse answers a refused connection and closes it, without holding up the
 // accept loop.
-func (s *Server) refuse(c net.Conn, reply string) {
+func (s *Server) refuse(c net.Conn, refusal *pop3.Error) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write([]byte(reply + "\r\n"))
+		w := pop3.NewWriter(c)
+		w.Err(refusal.Code, refusal.Text)
+		w.Flush()
 		c.Close()
 	}()
 }

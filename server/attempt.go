@@ -93,7 +93,7 @@ func (s *session) attemptRefused(user, method string, b guard.Ban, err error) er
 		return endingIf(aborted || b.Net.IsValid(), errLoginFailed)
 	case errors.Is(err, guard.ErrBanned):
 		s.log.Info("attempt from a banned source", "ip", s.ip.String(), "net", b.Net.String())
-		return ending(errReply(banReply(b)))
+		return ending(banReply(b))
 	case s.ctx.Err() != nil:
 		return errEnd // aborted (kick, shutdown): the connection is closing
 	}

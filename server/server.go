@@ -321,7 +321,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		return false
 	}
 	ip := addrOf(c.RemoteAddr())
-	if reply, reason := s.admit(ip); reply != "" {
+	if refusal, reason := s.admit(ip); refusal != nil {
 		s.cfg.Metrics.Refused(reason)
 		if implicitTLS {
 			// RFC 8314 §3.3: on the implicit-TLS port nothing goes before
@@ -329,7 +329,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 			// work for the server): the connection is closed unanswered.
 			return false
 		}
-		s.refuse(c, reply)
+		s.refuse(c, refusal)
 		return true
 	}
 	sess := newSession(s, c, implicitTLS)
