@@ -184,7 +184,7 @@ func TestAttack(t *testing.T) {
 	}
 	attackWG.Wait()
 	for i := range results {
-		<-results[i].banned // not a copy: the attackers still write to the rest
+		<-results[i].banned // not a copy: the attackers still write the rest
 	}
 	close(stop)
 	wg.Wait()
