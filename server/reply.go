@@ -9,29 +9,13 @@ import (
 	"github.com/pouchmail/pouch/pop3"
 )
 
-// The session's error convention. A command's handler writes its +OK and
-// multi-line responses itself, but never -ERR and never ends the session:
-// it returns an error, and reply, the one place that does, turns the error
-// into the client's reply and the session's state:
-//
-//   - *pop3.Error (errReply): -ERR with its response code (RFC 2449 §8,
-//     RFC 3206) and text; the session goes on.
-//   - badCommand: -ERR for a command that cannot be run, counted; after
-//     MaxBadCommands of them the session ends.
-//   - ending(err): err's reply, then the session ends.
-//   - *sysError: a failure on the server's side (storage, the account
-//     source), logged with its cause under the session's id; the client
-//     gets the fixed reply the handler chose, never the cause's text.
-//   - errEnd: the session ends once what was written goes out (QUIT's
-//     goodbye), or the connection is closing (aborted, shed, a failed
-//     write).
-//   - errAborted: the session was kicked or shut down before its next
-//     command: it ends, and nothing more is sent, not even replies to
-//     earlier pipelined commands.
-//   - readError: the client's next line could not be read; the session
-//     ends, with a goodbye where one is due (idle timeout, room made).
-//   - any other error: a server error too: logged, and answered with
-//     -ERR [SYS/TEMP] and a fixed text.
+// The session's error convention (docs/ARCHITECTURE.md, "The session's
+// code"): a command's handler writes its +OK and multi-line responses
+// itself, but never -ERR, and never ends the session. It returns an error,
+// and reply, the one place that does both, turns it into the client's
+// reply and the session's state; each kind of error below says what it
+// means, and any other error is a server error, logged and answered with
+// a fixed text.
 
 // errReply is the -ERR reply with code ("" for none) and text.
 func errReply(code pop3.Code, text string) error {
@@ -66,9 +50,13 @@ func endingIf(end bool, err error) error {
 }
 
 var (
-	// errEnd ends the session once what was written goes out.
+	// errEnd ends the session once what was written goes out: QUIT's
+	// goodbye, or nothing when the connection is closing (aborted, shed,
+	// a failed write).
 	errEnd = errors.New("session ends")
-	// errAborted ends the session with nothing more sent.
+	// errAborted ends a session kicked or shut down before its next
+	// command with nothing more sent, not even replies to earlier
+	// pipelined commands.
 	errAborted = errors.New("session aborted")
 )
 
