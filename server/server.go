@@ -348,18 +348,43 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		s.cfg.Metrics.SessionEnded(implicitTLS || sess.tls != nil) // or upgraded by STLS
 		s.mu.Lock()
 		delete(s.sessions, sess)
-		s.notPreLogin(sess)
-		if sess.counted {
-			s.loggedIn--
-		}
-		if src := guard.Source(ip); s.perIP[src] <= 1 {
-			delete(s.perIP, src)
-		} else {
-			s.perIP[src]--
-		}
+		s.uncountLocked(sess)
 		s.mu.Unlock()
 	}()
 	return true
+}
+
+// uncount takes sess out of the counts the connection limits read (the
+// sessions not logged in, those logged in, those of its address, those of
+// its user), once: when its last reply is about to go, so that a client that
+// quits and connects again at once is not refused for the session it just
+// ended, and otherwise when its goroutine ends.
+func (s *Server) uncount(sess *session) {
+	s.mu.Lock()
+	s.uncountLocked(sess)
+	s.mu.Unlock()
+}
+
+// uncountLocked is uncount with s.mu held.
+func (s *Server) uncountLocked(sess *session) {
+	if sess.uncounted {
+		return
+	}
+	sess.uncounted = true
+	s.notPreLogin(sess)
+	if sess.counted {
+		s.loggedIn--
+	}
+	if s.perIP[sess.src] <= 1 {
+		delete(s.perIP, sess.src)
+	} else {
+		s.perIP[sess.src]--
+	}
+	if sess.mailbox != "" {
+		if s.userSessions[sess.mailbox]--; s.userSessions[sess.mailbox] <= 0 {
+			delete(s.userSessions, sess.mailbox)
+		}
+	}
 }
 
 // Shutdown stops accepting connections and waits for open sessions to end. When

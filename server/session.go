@@ -80,6 +80,9 @@ type session struct {
 	pre      *list.Element
 	checking bool
 	counted  bool
+	// uncounted is set once the session left the counts of the connection
+	// limits (Server.uncount). Guarded by srv.mu.
+	uncounted bool
 	// shed is set when the session was closed to make room (shedNow).
 	shed atomic.Bool
 
@@ -164,13 +167,7 @@ func (s *session) next() error {
 func (s *session) finish() {
 	s.attemptDone()
 	s.cancel()
-	if s.mailbox != "" {
-		s.srv.mu.Lock()
-		if s.srv.userSessions[s.mailbox]--; s.srv.userSessions[s.mailbox] <= 0 {
-			delete(s.srv.userSessions, s.mailbox)
-		}
-		s.srv.mu.Unlock()
-	}
+	s.srv.uncount(s)
 	if s.md != nil {
 		if err := s.md.Close(); err != nil {
 			s.log.Error("closing maildrop", "err", err, "user", s.mailbox)

@@ -211,6 +211,7 @@ func (s *session) cmdRSET(pop3.Command) error {
 // UPDATE state (RFC 1939 §6), the only path that removes mail.
 func (s *session) cmdQUIT() error {
 	if s.md == nil {
+		s.srv.uncount(s)
 		s.w.OK("Pouch signing off")
 		return errEnd
 	}
@@ -234,6 +235,7 @@ func (s *session) cmdQUIT() error {
 	}
 	left := len(s.msgs) - len(del)
 	s.logout(len(del), true)
+	s.srv.uncount(s) // the maildrop is free: so is this session's place
 	if left == 0 {
 		s.w.OK("Pouch signing off (maildrop empty)")
 	} else {
