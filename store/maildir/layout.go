@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -77,6 +78,9 @@ func DetectLayout(root string) (Layout, error) {
 		if os.MkdirAll(root, 0o700) != nil {
 			return layout, nil
 		}
+		// Made by a command run as root, the mail root is the data
+		// directory's owner's, as the Maildirs in it will be.
+		owner.Adopt(root)
 		syncDir(filepath.Dir(root))
 	}
 	_ = writeFileAtomic(root, layoutFile, []byte(layout.String()+"\n"))
