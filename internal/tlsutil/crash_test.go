@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // crashedRenewal leaves in dir what a crash between the two renames of a
@@ -32,7 +34,7 @@ func crashedRenewal(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeAtomic(key, newKey, 0o600); err != nil {
+	if err := fsx.WriteFile(key, newKey, fsx.Options{Perm: 0o600}); err != nil {
 		t.Fatal(err)
 	}
 }
