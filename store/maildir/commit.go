@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 )
 
@@ -237,7 +238,7 @@ func (m *maildrop) syncAfterRemoval(kept bool) error {
 		dirs = append(dirs, holdingDir)
 	}
 	for _, sub := range dirs {
-		if err := syncDir(filepath.Join(m.dir, sub)); err != nil {
+		if err := fsx.SyncDir(filepath.Join(m.dir, sub)); err != nil {
 			return err
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
@@ -228,7 +229,7 @@ func (im *Import) begin(ctx context.Context) error {
 		for _, n := range names {
 			os.Remove(filepath.Join(staging, n))
 		}
-		if err := syncDir(staging); err != nil {
+		if err := fsx.SyncDir(staging); err != nil {
 			return err
 		}
 	}
@@ -310,7 +311,7 @@ func (im *Import) recover(recs []*importRecord) error {
 		}
 	}
 	for d := range touched {
-		if err := syncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return err
 		}
 	}
@@ -507,7 +508,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		return results, nil
 	}
 	if !move {
-		if err := syncDir(filepath.Join(m.dir, importStagingDir)); err != nil {
+		if err := fsx.SyncDir(filepath.Join(m.dir, importStagingDir)); err != nil {
 			return fail(err)
 		}
 	}
@@ -562,7 +563,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		placed = append(placed, s)
 	}
 	for d := range touched {
-		if err := syncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return results, err
 		}
 	}
@@ -669,7 +670,7 @@ func (im *Import) ensureStaging() error {
 		return err
 	}
 	owner.Adopt(staging)
-	return syncDir(im.m.dir)
+	return fsx.SyncDir(im.m.dir)
 }
 
 // importWorkers is how many messages of a batch are staged at once.
@@ -744,8 +745,7 @@ func (im *Import) nameFor(uid string, raw, wire int64, lf bool, mtime time.Time)
 	if validUID(uid) && plainName(uid) && sizesFromName(uid, raw, wire, lf) {
 		return uid
 	}
-	name := fmt.Sprintf("%d.M%06dP%dQ%d.%s,S=%d,W=%d", mtime.Unix(), mtime.Nanosecond()/1000, os.Getpid(),
-		deliveries.Add(1), hostname(), raw, wire)
+	name := SizedName(UniqueName(mtime), raw, wire)
 	if validUID(uid) {
 		name += ",U=" + base64.RawURLEncoding.EncodeToString([]byte(uid))
 	}
