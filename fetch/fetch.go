@@ -355,7 +355,12 @@ var ErrDeadline = errors.New("the account's deadline passed")
 // once: the connection is closed without QUIT, so the server deletes nothing
 // (RFC 1939 §6), and what was stored is journaled. Run returns an error when
 // anything failed; Stats are valid either way.
-func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
+func Run(ctx context.Context, a *Account, obs Observer) (Stats, error) {
+	return runWith(ctx, a, obs, osCalls)
+}
+
+// runWith is Run with the file system calls sys.
+func runWith(ctx context.Context, a *Account, obs Observer, sys fsCalls) (st Stats, err error) {
 	start := time.Now()
 	defer func() { st.Elapsed = time.Since(start) }()
 	if obs == nil {
@@ -389,7 +394,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir()
 	}
-	j, err := OpenJournal(stateDir, a.StateName(), a.DryRun)
+	j, err := openJournal(stateDir, a.StateName(), a.DryRun, sys)
 	if err != nil {
 		return st, err
 	}
@@ -398,7 +403,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		if size, path, ok := j.OutstandingMark(); ok {
 			// A run was killed in the middle of (or just after) an mbox
 			// append it never recorded: cut it off; it is fetched again.
-			cut, err := recoverMbox(path, size)
+			cut, err := recoverMbox(path, size, sys.fsync)
 			if err != nil {
 				return st, err
 			}
@@ -415,14 +420,18 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		if a.To == "" {
 			return st, errors.New("no destination: give --to")
 		}
-		dest, err = OpenDestination(a.To, a.Rcpt, a.tag())
+		dest, err = openDestination(a.To, a.Rcpt, a.tag(), sys)
 		if err != nil {
 			return st, err
 		}
 		defer dest.Close()
-		if d, ok := dest.(interface{ setDeadline(time.Time) }); ok {
-			d.setDeadline(deadline)
-		}
+	}
+	caps := capsOf(dest)
+	if caps.deadline != nil {
+		caps.deadline.setDeadline(deadline)
+	}
+	if caps.mark != nil {
+		caps.mark.setMark(j.Mark)
 	}
 	ld := loginDelayState{path: filepath.Join(stateDir, a.StateName()+".login")}
 	if err := ld.check(time.Now()); err != nil {
@@ -465,7 +474,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		}
 	}
 	ld.loggedIn(st.LoggedIn, st.LoginDelay)
-	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st, stateDir: stateDir, window: 1}
+	r := &runner{a: a, c: c, j: j, dest: dest, caps: caps, sys: sys, obs: obs, st: &st, stateDir: stateDir, window: 1}
 	if c.Pipelining() {
 		r.window = a.Window
 		if r.window <= 0 {
@@ -473,9 +482,6 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		}
 	}
 	defer r.tee.close()
-	if mb, ok := dest.(*mbox); ok {
-		mb.mark = j.Mark
-	}
 	if err := r.run(ctx); err != nil {
 		return st, err
 	}
@@ -699,6 +705,8 @@ type runner struct {
 	c        *client.Client
 	j        *Journal
 	dest     Destination
+	caps     destCaps // dest's capabilities
+	sys      fsCalls
 	obs      Observer
 	st       *Stats
 	stateDir string
@@ -788,7 +796,7 @@ func (r *runner) run(ctx context.Context) error {
 	var todoBytes int64
 	now := time.Now()
 	recovered := false
-	dd, _ := r.dest.(deduper)
+	dd := r.caps.dedup
 	for i := range r.l.len() {
 		num, size := r.l.num(i), r.l.size(i)
 		if !r.noUIDL {
@@ -899,8 +907,8 @@ func (r *runner) run(ctx context.Context) error {
 	if recovered {
 		// The killed run may have renamed the file without fsyncing the
 		// directory.
-		if sd, ok := r.dest.(interface{ SyncDirs() error }); ok {
-			if err := sd.SyncDirs(); err != nil {
+		if r.caps.dirs != nil {
+			if err := r.caps.dirs.SyncDirs(); err != nil {
 				return err
 			}
 		}
@@ -1157,14 +1165,14 @@ func describe(err error) string {
 // quarantine/NAME/ under the state directory, apart from the user's mail.
 func (r *runner) quarantine() (string, error) {
 	dir := filepath.Join(r.stateDir, "quarantine", r.a.StateName())
-	if err := mkdirSynced(dir); err != nil {
+	if err := mkdirSynced(dir, r.sys.syncDir); err != nil {
 		return "", err
 	}
 	body, err := r.tee.reader()
 	if err != nil {
 		return "", err
 	}
-	q, err := openMaildir(dir, "")
+	q, err := openMaildir(dir, "", r.sys)
 	if err != nil {
 		return "", err
 	}
@@ -1203,8 +1211,8 @@ func (r *runner) commit() error {
 		return err
 	}
 	crashpoint.Hit("fetch.journaled")
-	if rl, ok := r.dest.(interface{ Release() }); ok {
-		rl.Release()
+	if r.caps.release != nil {
+		r.caps.release.Release()
 	}
 	if !r.a.KeepForever && r.a.Keep == 0 {
 		for _, i := range r.batch {
