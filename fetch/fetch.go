@@ -728,12 +728,6 @@ type runner struct {
 	tee teeSpool // a copy of the message being received, for quarantine
 }
 
-// due reports whether a message first downloaded at t is due for
-// deletion now.
-func (r *runner) due(t time.Time) bool {
-	return !r.a.KeepForever && time.Since(t) >= r.a.Keep
-}
-
 // list reads LIST and UIDL as they stream in, into r.l; every valid UIDL
 // is entered in the journal's table.
 func (r *runner) list() (uidlErr error, err error) {
@@ -764,8 +758,10 @@ func (r *runner) uid(i int) string {
 	return ""
 }
 
+// run lists the messages, plans what to do with each (makePlan) and
+// carries the plan out (execute).
 func (r *runner) run(ctx context.Context) error {
-	a, c, ids := r.a, r.c, r.j.ids
+	a := r.a
 	uerr, err := r.list()
 	if err != nil {
 		if desync(err) {
@@ -784,96 +780,39 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
-	var dups map[ref]int
-	r.l.ids.each(func(id ref) {
-		if id != 0 && id != badID && ids.Has(id, fDup) {
-			if dups == nil {
-				dups = map[ref]int{}
-			}
-			dups[id]++
-		}
-	})
-	var todoBytes int64
-	now := time.Now()
-	recovered := false
-	dd := r.caps.dedup
-	for i := range r.l.len() {
-		num, size := r.l.num(i), r.l.size(i)
-		if !r.noUIDL {
-			id := r.l.id(i)
-			switch {
-			case id == 0:
-				r.obs.Warn(fmt.Sprintf("message %d has no UIDL: skipped", num))
-				r.st.Skipped++
-				continue
-			case id == badID:
-				r.st.Skipped++ // warned while listing
-				continue
-			case dups[id] > 0:
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q is shared by %d messages: skipped and never deleted", num, ids.UID(id), dups[id]))
-				r.st.Skipped++
-				continue
-			case ids.Has(id, fSuspect) && !a.RetryQuarantined:
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", num, ids.UID(id)))
-				r.st.Skipped++
-				continue
-			case ids.Has(id, fSeen|fOld):
-				// On the server before --mark-existing: not stored here,
-				// so never deleted.
-				r.st.Kept++
-				continue
-			case ids.Has(id, fSeen) && !ids.Has(id, fSuspect):
-				if r.due(time.Unix(ids.Time(id), 0)) {
-					r.dele.add(num)
-				} else {
-					r.st.Kept++
-				}
-				continue
-			case ids.Has(id, fTomb):
-				// It vanished from an earlier LIST: either that LIST was
-				// partial (it was downloaded then) or the server reuses
-				// the UIDL for a new message. Neither download it twice
-				// nor delete it unread.
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", num, ids.UID(id)))
-				r.st.Skipped++
-				continue
-			case dd != nil && ids.Has(id, fPending) && !ids.Has(id, fSeen) && dd.Has(a.messageKey(ids.UID(id))):
-				// Stored by a run that was killed before its journal
-				// entry (the pending record says this message, not an
-				// earlier one with the same UIDL, was being stored).
-				r.j.addRef(id, now)
-				recovered = true
-				r.st.Recovered++
-				if r.due(now) {
-					r.dele.add(num)
-				} else {
-					r.st.Kept++
-				}
-				continue
-			}
-		}
-		if a.MarkExisting {
-			// Never downloaded, so never deleted (the E record).
-			if r.j.addExistingRef(r.l.id(i), now) {
-				r.st.Marked++
-			} else {
-				r.st.Skipped++
-			}
-			continue
-		}
-		if a.MaxSize > 0 && size > a.MaxSize {
-			r.st.Skipped++
-			if a.DeleteOversized {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: deleted without downloading", num, size))
-				r.dele.add(num)
-			} else {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: left on the server", num, size))
-			}
-			continue
-		}
-		r.todo.add(uint32(i))
-		todoBytes += size
+	var stored func(uid string) bool
+	if dd := r.caps.dedup; dd != nil {
+		stored = func(uid string) bool { return dd.Has(a.messageKey(uid)) }
 	}
+	p := makePlan(planInput{a: a, l: &r.l, ids: r.j.ids, noUIDL: r.noUIDL, stored: stored, now: time.Now()})
+	return r.execute(ctx, p)
+}
+
+// execute carries out a plan: it records the messages a killed run stored
+// (once the destination made their names durable) and those --mark-existing
+// marks, then, unless the run only marks or is dry, downloads, stores and
+// journals the messages to fetch, and deletes what is due (finish).
+func (r *runner) execute(ctx context.Context, p *plan) error {
+	a, c := r.a, r.c
+	for _, w := range p.warnings {
+		r.obs.Warn(w)
+	}
+	r.st.Kept += p.kept
+	r.st.Skipped += p.skipped
+	if p.recovered.len() > 0 {
+		// The killed run may have renamed the files without fsyncing the
+		// directories: before any journal record of them is written.
+		if r.caps.dirs != nil {
+			if err := r.caps.dirs.SyncDirs(); err != nil {
+				return err
+			}
+		}
+		p.recovered.each(func(i uint32) { r.j.addRef(r.l.id(int(i)), p.now) })
+		r.st.Recovered += p.recovered.len()
+	}
+	p.mark.each(func(i uint32) { r.j.addExistingRef(r.l.id(int(i)), p.now) })
+	r.st.Marked += p.mark.len()
+	r.todo, r.dele = p.fetch, p.dele
 	if !r.noUIDL {
 		if err := r.j.Prune(); err != nil {
 			return err
@@ -883,10 +822,6 @@ func (r *runner) run(ctx context.Context) error {
 		r.obs.Warn(w)
 	}
 	if a.MarkExisting {
-		// Nothing is deleted in this run, whatever the keep policy: what
-		// is due stays for the next one.
-		r.st.Kept += r.dele.len()
-		r.dele = chunks[uint32]{}
 		if err := r.j.Sync(); err != nil {
 			return err
 		}
@@ -895,7 +830,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	if a.DryRun {
 		r.st.Fetched = r.todo.len()
-		r.st.Bytes = todoBytes
+		r.st.Bytes = p.fetchBytes
 		r.st.Deleted = r.dele.len()
 		if !a.KeepForever && a.Keep == 0 {
 			r.st.Deleted += r.todo.len()
@@ -904,16 +839,7 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		return c.Quit()
 	}
-	if recovered {
-		// The killed run may have renamed the file without fsyncing the
-		// directory.
-		if r.caps.dirs != nil {
-			if err := r.caps.dirs.SyncDirs(); err != nil {
-				return err
-			}
-		}
-	}
-	r.obs.Plan(r.todo.len(), todoBytes)
+	r.obs.Plan(r.todo.len(), p.fetchBytes)
 	// The first RETRs go out before the pending records are fsynced, so
 	// that the fsync overlaps the round trip; nothing is stored before it.
 	if err := r.sendRetrs(ctx, 0); err != nil {
