@@ -188,6 +188,9 @@ type Import struct {
 	present map[string]int
 	dirty   bool // the index must be written at Close
 	start   time.Time
+	// rename moves a file to a name no file has (renameNoReplace); tests
+	// give one that fails as on a filesystem that lacks it.
+	rename func(from, dest string) error
 }
 
 // importStaged counts the files this process stages, for their names.
@@ -201,7 +204,7 @@ func (s *Store) BeginImport(ctx context.Context, user string) (*Import, error) {
 	if err != nil {
 		return nil, err
 	}
-	im := &Import{m: md.(*maildrop), start: s.now()}
+	im := &Import{m: md.(*maildrop), start: s.now(), rename: renameNoReplace}
 	if err := im.begin(ctx); err != nil {
 		im.m.Close()
 		return nil, err
@@ -283,7 +286,7 @@ func (im *Import) recover(recs []*importRecord) error {
 			r.state = recDone
 		case fromErr == nil:
 			// Never placed: place it now.
-			err := place(from, dest)
+			err := im.place(from, dest)
 			if errors.Is(err, fs.ErrExist) {
 				r.state = recAbandoned
 				tail = appendEscaped(append(tail, "- "...), r.loc())
@@ -329,8 +332,8 @@ func (r *importRecord) fromPath(dir string) string {
 
 // place renames from to dest, failing with fs.ErrExist rather than
 // replacing a file at dest.
-func place(from, dest string) error {
-	err := renameNoReplace(from, dest)
+func (im *Import) place(from, dest string) error {
+	err := im.rename(from, dest)
 	if err == unix.EINVAL || err == unix.ENOSYS {
 		// A filesystem without RENAME_NOREPLACE: link fails where dest
 		// exists. A crash between the two leaves both names, which
@@ -347,9 +350,8 @@ func place(from, dest string) error {
 	return nil
 }
 
-// renameNoReplace is renameat2(2) with RENAME_NOREPLACE; tests replace it
-// to take the path of filesystems that lack it.
-var renameNoReplace = func(from, dest string) error {
+// renameNoReplace is renameat2(2) with RENAME_NOREPLACE.
+func renameNoReplace(from, dest string) error {
 	return unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, dest, unix.RENAME_NOREPLACE)
 }
 
@@ -539,7 +541,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 	var placed []staged
 	for n, s := range batch {
 		dest := filepath.Join(m.dir, s.e.sub, s.e.name)
-		err := place(s.from, dest)
+		err := im.place(s.from, dest)
 		if errors.Is(err, fs.ErrExist) {
 			// Another program wrote a file of that name meanwhile.
 			b = appendEscaped(append(b, "- "...), s.rec.loc())
