@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // Cluster is a running private PostgreSQL server.
@@ -71,8 +72,8 @@ func Get(t testing.TB) *Cluster {
 	once.Do(func() { shared, startErr = Start() })
 	var missing *MissingError
 	switch {
-	case errors.As(startErr, &missing) && os.Getenv("POUCH_REQUIRE_INTEROP") != "1":
-		t.Skipf("%v", startErr)
+	case errors.As(startErr, &missing):
+		testkit.SkipOrFail(t, "%v", startErr)
 	case startErr != nil:
 		t.Fatalf("PostgreSQL: %v", startErr)
 	}
