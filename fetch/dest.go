@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -250,7 +251,7 @@ func openMaildir(dir, tag string, sys fsCalls) (*maildirDest, error) {
 	}
 	// Our own temporary files were left by a killed run of this account
 	// (the caller holds its lock); others' are abandoned after 36 hours.
-	if names, err := readNames(filepath.Join(dir, "tmp")); err == nil {
+	if names, err := fsx.Names(filepath.Join(dir, "tmp")); err == nil {
 		for _, n := range names {
 			p := filepath.Join(dir, "tmp", n)
 			if tag != "" && strings.HasSuffix(n, ",PA="+tag) {

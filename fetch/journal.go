@@ -142,7 +142,7 @@ func openJournal(dir, name string, readOnly bool, sys fsCalls) (*Journal, error)
 		// Temporary files of a compaction a killed run left (we hold the
 		// lock); earlier versions named them NAME.journal.tmp*.
 		fsx.RemoveTemps(j.path())
-		if names, err := readNames(dir); err == nil {
+		if names, err := fsx.Names(dir); err == nil {
 			for _, n := range names {
 				if strings.HasPrefix(n, name+".journal.tmp") {
 					os.Remove(filepath.Join(dir, n))

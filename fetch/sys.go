@@ -26,15 +26,5 @@ var osCalls = fsCalls{
 	fdatasync: func(f *os.File) error { return unix.Fdatasync(int(f.Fd())) },
 	fsync:     (*os.File).Sync,
 	syncDir:   fsx.SyncDir,
-	readNames: readNames,
-}
-
-// readNames lists the names in dir.
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
+	readNames: fsx.Names,
 }

@@ -1,4 +1,5 @@
-// Package fsx makes changes to files durable: a directory fsynced after an
+// Package fsx holds the file system mechanics several packages share,
+// chiefly those that make changes durable: a directory fsynced after an
 // entry in it was created, renamed or removed, and a file replaced whole
 // through a temporary file beside it (write, fsync, rename, fsync the
 // directory), so that a crash leaves the old content or the new, never a
@@ -25,6 +26,18 @@ func SyncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// Names returns the names of the entries of dir, unsorted: one getdents
+// pass, without the sorting of os.ReadDir, for directories as large as a
+// Maildir's.
+func Names(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
 }
 
 // Owner says whom a file that Create makes belongs to.

@@ -249,7 +249,7 @@ func (m *maildrop) syncAfterRemoval(kept bool) error {
 // holding area at jr.at, syncs the directories, and clears the journal:
 // the commit is as if it never began.
 func (m *maildrop) undoHold(j *journalFile, jr *journal) error {
-	held, listErr := readNames(filepath.Join(m.dir, holdingDir))
+	held, listErr := fsx.Names(filepath.Join(m.dir, holdingDir))
 	if listErr != nil && !errors.Is(listErr, fs.ErrNotExist) {
 		return listErr
 	}

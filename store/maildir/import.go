@@ -228,7 +228,7 @@ func (im *Import) begin(ctx context.Context) error {
 	}
 	// Files staged for a batch whose intents never reached the journal.
 	staging := filepath.Join(m.dir, importStagingDir)
-	if names, err := readNames(staging); err == nil && len(names) > 0 {
+	if names, err := fsx.Names(staging); err == nil && len(names) > 0 {
 		for _, n := range names {
 			os.Remove(filepath.Join(staging, n))
 		}

@@ -657,15 +657,6 @@ func (r readCloser) Close() error { return r.f.Close() }
 // Stored returns the message file as stored.
 func (r readCloser) Stored() io.Reader { return r.f }
 
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
-
 // Commit removes the given messages. Their files' base names and inode
 // numbers are first written to the expunge journal and synced: from that
 // moment the deletion is decided, and an interrupted commit is completed by

@@ -381,7 +381,7 @@ func (h heldFile) removed() store.Removed {
 // first, with the sizes of the messages (from their names, or by reading
 // them).
 func listHolding(dir string) ([]heldFile, error) {
-	names, err := readNames(filepath.Join(dir, holdingDir))
+	names, err := fsx.Names(filepath.Join(dir, holdingDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
