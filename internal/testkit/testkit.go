@@ -7,8 +7,11 @@ package testkit
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -49,13 +52,43 @@ func SkipOrFail(t testing.TB, format string, args ...any) {
 	t.Skip(why)
 }
 
-// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port of 127.0.0.1 that nothing listens on now,
+// for a program the test starts (Dovecot, Postfix, PostgreSQL) to listen on;
+// see Port.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
+
+// Port returns a TCP port of 127.0.0.1 that nothing listens on now. It is
+// drawn from below the kernel's range of ephemeral ports, which a listener
+// on port 0 or a connection gets its port from: so no other test can be
+// given it in the moment before the program the port is for binds it.
+func Port() (int, error) {
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 2*portFloor {
+				lo = n
+			}
+		}
+	}
+	var err error
+	for range 100 {
+		p := portFloor + rand.IntN(lo-portFloor)
+		var l net.Listener
+		if l, err = net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p)); err == nil {
+			l.Close()
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free port below %d: %w", lo, err)
+}
+
+// portFloor is the lowest port Port gives: above the well-known and the
+// commonly registered ports.
+const portFloor = 10000
