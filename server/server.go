@@ -4,13 +4,19 @@
 //
 // The server knows neither the storage backend nor where the accounts are
 // kept: it talks to a store.Store and an Authenticator (an auth.Source).
+//
+// A command's handler writes its +OK and multi-line responses and returns
+// an error for anything else; session.reply (reply.go) alone turns errors
+// into -ERR replies and ends sessions.
 package server
 
 import (
 	"container/list"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -315,7 +321,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		return false
 	}
 	ip := addrOf(c.RemoteAddr())
-	if reply, reason := s.admit(ip); reply != "" {
+	if refusal, reason := s.admit(ip); refusal != nil {
 		s.cfg.Metrics.Refused(reason)
 		if implicitTLS {
 			// RFC 8314 §3.3: on the implicit-TLS port nothing goes before
@@ -323,7 +329,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 			// work for the server): the connection is closed unanswered.
 			return false
 		}
-		s.refuse(c, reply)
+		s.refuse(c, refusal)
 		return true
 	}
 	sess := newSession(s, c, implicitTLS)
@@ -391,4 +397,11 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// randomHex returns n random octets in hexadecimal.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
