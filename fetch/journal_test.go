@@ -3,14 +3,12 @@ package fetch
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"testing/iotest"
 	"time"
 )
 
@@ -169,23 +167,6 @@ func TestJournalSpillsPending(t *testing.T) {
 	j.sys.write = osCalls.write
 	if err := j.Sync(); err == nil {
 		t.Fatal("a failed spill went unnoticed")
-	}
-}
-
-// The size check counts CRLF pairs split between reads, accepts the CRLF
-// and the LF count of LIST, and refuses anything else and empty bodies.
-func TestCheckReader(t *testing.T) {
-	body := "a\r\nbb\r\n\r\nc\r\n"
-	for want, ok := range map[int64]bool{12: true, 8: true, 13: false, 11: false, 9: false, 0: false} {
-		c := &checkReader{r: iotest.OneByteReader(strings.NewReader(body)), want: want, tee: &teeSpool{}}
-		got, err := io.ReadAll(c)
-		if ok != (err == nil) || string(got) != body || c.crlf != 4 {
-			t.Errorf("LIST %d: %v, %d CRLF", want, err, c.crlf)
-		}
-	}
-	c := &checkReader{r: strings.NewReader(""), tee: &teeSpool{}}
-	if _, err := io.ReadAll(c); err == nil || !strings.Contains(err.Error(), "empty") {
-		t.Errorf("empty body: %v", err)
 	}
 }
 
