@@ -728,24 +728,11 @@ func (s *Store) Deliver(ctx context.Context, user string, r io.Reader) error {
 		return err
 	}
 	defer d.Abort()
-	if _, err := io.Copy(d, contextReader{ctx, r}); err != nil {
+	if _, err := io.Copy(d, store.ContextReader(ctx, r)); err != nil {
 		return err
 	}
 	if _, err := d.Commit(""); err != nil {
 		return err
 	}
 	return SyncNew(dir)
-}
-
-// contextReader stops a copy when ctx is done.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
