@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/text/secure/precis"
-
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
 )
@@ -32,7 +31,7 @@ const maxNameOctets = 255
 func (s *session) greeting() string {
 	greeting := "Pouch ready."
 	if s.srv.apop != nil && s.srv.cfg.Auth.Summary().APOP && s.cleartextAllowed() {
-		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), randomHex(8), s.srv.cfg.Hostname)
+		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), random.Hex(8), s.srv.cfg.Hostname)
 		greeting += " " + s.timestamp
 	}
 	return greeting
@@ -47,7 +46,7 @@ func (s *session) cmdUSER(cmd pop3.Command) error {
 		return badCommand("USER takes one user name")
 	}
 	// The same answer for every name: nothing tells whether the user exists.
-	s.user = normalizeName(cmd.Args[0])
+	s.user = auth.NormalizeName(cmd.Args[0])
 	s.w.OK("send PASS")
 	return nil
 }
@@ -77,7 +76,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) error {
 	case cmd.CheckArgsName(0, maxNameOctets) != nil:
 		return badCommand("argument too long")
 	}
-	user, digest := normalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
+	user, digest := auth.NormalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
 	if err := s.throttle(user, "APOP"); err != nil {
 		return err
 	}
@@ -86,7 +85,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) error {
 		secret, ok = s.srv.apop.APOPSecret(user)
 	}
 	if !ok {
-		secret = randomHex(16) // compare anyway, so that timing tells nothing
+		secret = random.Hex(16) // compare anyway, so that timing tells nothing
 	}
 	sum := md5.Sum([]byte(s.timestamp + secret))
 	want := hex.EncodeToString(sum[:])
@@ -250,14 +249,4 @@ func (s *session) sessionRefusal(user, method string, u auth.Account) error {
 // the account's own, or the server's.
 func (s *session) loginDelay(a auth.Account) time.Duration {
 	return a.LoginDelay.Or(s.srv.cfg.LoginDelay)
-}
-
-// normalizeName applies the PRECIS UsernameCasePreserved profile (RFC 8265
-// §3.4) to a user name given by a client, as RFC 6856 §4 asks; a name the
-// profile refuses is used as given, and then matches no user.
-func normalizeName(name string) string {
-	if n, err := precis.UsernameCasePreserved.String(name); err == nil {
-		return n
-	}
-	return name
 }

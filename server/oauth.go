@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
+	"github.com/pouchmail/pouch/auth"
 )
 
 // TokenVerifier checks OAuth 2.0 bearer tokens (OAUTHBEARER, RFC 7628, and
@@ -36,7 +37,7 @@ func (s *session) tokenAccount(name, token string) (user string, err error) {
 	if err != nil {
 		return name, err
 	}
-	tokenNames := s.oauthNames(normalizeName(issued))
+	tokenNames := s.oauthNames(auth.NormalizeName(issued))
 	names := tokenNames
 	if name != "" {
 		names = s.oauthNames(name)
@@ -82,7 +83,7 @@ func startOAuthBearer(x *exchange) sasl.Server {
 	return &oauthBearerServer{x: x, inner: sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
 		name := ""
 		if opts.Username != "" {
-			name = normalizeName(opts.Username)
+			name = auth.NormalizeName(opts.Username)
 		}
 		x.user = name
 		if !x.beginCheck() {
@@ -148,7 +149,7 @@ func (m *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 		return nil, true, errBadCredentials
 	}
 	user, token := parseXOAuth2(string(response))
-	m.x.user = normalizeName(user)
+	m.x.user = auth.NormalizeName(user)
 	if user == "" || token == "" {
 		return nil, true, fmt.Errorf("%w: XOAUTH2 without user or token", errMalformed)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -270,7 +271,7 @@ func (x *exchange) unchecked() {
 // checkAuthz accepts an authorization identity that is empty or, once
 // normalized, the authenticated user: Pouch has no proxy authorization.
 func checkAuthz(authz, user string) error {
-	if authz != "" && normalizeName(authz) != user {
+	if authz != "" && auth.NormalizeName(authz) != user {
 		return errors.New("authorization identity differs from the user")
 	}
 	return nil
@@ -283,7 +284,7 @@ func startPlain(x *exchange) sasl.Server {
 		if username == "" {
 			return errMalformed
 		}
-		x.user = normalizeName(username)
+		x.user = auth.NormalizeName(username)
 		if !x.beginCheck() {
 			return errRefused
 		}
@@ -314,7 +315,7 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 	case l.username == nil && len(response) == 0:
 		return nil, true, errMalformed // no user name: no credential
 	case l.username == nil:
-		name := normalizeName(string(response))
+		name := auth.NormalizeName(string(response))
 		l.username, l.x.user = &name, name
 		return []byte("Password:"), false, nil
 	}
@@ -341,7 +342,7 @@ func (s *session) clientCertName() string {
 // every user name is (RFC 6856 §4).
 func startExternal(x *exchange) sasl.Server {
 	return sasl.NewExternalServer(func(identity string) error {
-		name := normalizeName(x.s.clientCertName())
+		name := auth.NormalizeName(x.s.clientCertName())
 		x.user = name
 		if !x.beginCheck() {
 			return errRefused

@@ -69,7 +69,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 	}
 	out, err := m.conv.Step(string(response))
 	if m.conv.Username() != "" {
-		m.x.user = normalizeName(m.conv.Username())
+		m.x.user = auth.NormalizeName(m.conv.Username())
 	}
 	switch {
 	case err != nil && final && scramProof(out):
@@ -146,7 +146,7 @@ func (m *scramServer) endpointBinding() (scram.ChannelBinding, error) {
 // from the client-first message is normalized as every user name is
 // (RFC 6856 §4).
 func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
-	user = normalizeName(user)
+	user = auth.NormalizeName(user)
 	if a := s.scram(); a != nil {
 		if creds, ok := a.SCRAMCredentials(user); ok {
 			return creds, nil
