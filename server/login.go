@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
 )
@@ -30,7 +31,7 @@ const maxNameOctets = 255
 func (s *session) greeting() string {
 	greeting := "Pouch ready."
 	if s.srv.apop != nil && s.srv.cfg.Auth.Summary().APOP && s.cleartextAllowed() {
-		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), randomHex(8), s.srv.cfg.Hostname)
+		s.timestamp = fmt.Sprintf("<%d.%s@%s>", os.Getpid(), random.Hex(8), s.srv.cfg.Hostname)
 		greeting += " " + s.timestamp
 	}
 	return greeting
@@ -84,7 +85,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) error {
 		secret, ok = s.srv.apop.APOPSecret(user)
 	}
 	if !ok {
-		secret = randomHex(16) // compare anyway, so that timing tells nothing
+		secret = random.Hex(16) // compare anyway, so that timing tells nothing
 	}
 	sum := md5.Sum([]byte(s.timestamp + secret))
 	want := hex.EncodeToString(sum[:])

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // fakeTokens accepts "good-TOKEN-for-USER" for USER.
@@ -209,7 +211,7 @@ func TestOAuthBearerMalformed(t *testing.T) {
 // every way of ending the exchange is a failed login, and the challenge
 // itself waits the failure delay.
 func TestBearerErrorChallengeIsAFailure(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	const delay = 300 * time.Millisecond
 	ts := newTLSServer(t, "127.0.0.1", func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -269,7 +271,7 @@ func TestBearerErrorChallengeIsAFailure(t *testing.T) {
 // the goodbye of the idle timeout, and its failure is counted; the reply
 // of the failed login is not sent after the goodbye.
 func TestSilenceAfterErrorChallenge(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ts := newTLSServer(t, "127.0.0.1", func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		c.PreLoginTimeout = 300 * time.Millisecond

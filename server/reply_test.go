@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
 )
@@ -20,7 +21,7 @@ import (
 // state: what each kind of error answers, whether the session ends, and
 // that the text of a server error is logged, never sent.
 func TestReplyMapping(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	srv := New(Config{
 		Auth:           fakeAuth{},
 		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
@@ -120,7 +121,7 @@ func (m brokenMaildrop) Commit(deleted []int) error {
 // text; what failed is logged, with the session, for the operator alone.
 func TestStorageFailuresAnsweredWithFixedTexts(t *testing.T) {
 	secret := errors.New("/srv/mail/alice: input/output error at sector 1234")
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	var st brokenStore
 	ts := newTestServer(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))

@@ -13,10 +13,8 @@ package server
 import (
 	"container/list"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -31,6 +29,7 @@ import (
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/proxied"
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/store"
 )
@@ -209,7 +208,7 @@ func New(cfg Config) *Server {
 		cfg.MaxConcurrentAuth = runtime.NumCPU()
 	}
 	if len(cfg.SecretKey) == 0 {
-		cfg.SecretKey = []byte(randomHex(32))
+		cfg.SecretKey = []byte(random.Hex(32))
 	}
 	if cfg.InsecureAuthNetworks == nil {
 		cfg.InsecureAuthNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -229,7 +228,7 @@ func New(cfg Config) *Server {
 		log:       log,
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
-		idPrefix:  randomHex(3),
+		idPrefix:  random.Hex(3),
 		authSem:   make(chan struct{}, cfg.MaxConcurrentAuth),
 		fakeKey:   cfg.SecretKey,
 
@@ -443,11 +442,4 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
-}
-
-// randomHex returns n random octets in hexadecimal.
-func randomHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }

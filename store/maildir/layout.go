@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
@@ -81,7 +82,7 @@ func DetectLayout(root string) (Layout, error) {
 		// Made by a command run as root, the mail root is the data
 		// directory's owner's, as the Maildirs in it will be.
 		owner.Adopt(root)
-		syncDir(filepath.Dir(root))
+		fsx.SyncDir(filepath.Dir(root))
 	}
 	_ = writeFileAtomic(root, layoutFile, []byte(layout.String()+"\n"))
 	return layout, nil
