@@ -254,6 +254,7 @@ func (s *Source) String() string { return s.name }
 type conn struct {
 	*ldap.Conn
 	boundAs *string // nil: not bound yet, or as a user
+	reused  bool    // taken from the idle ones
 }
 
 // get returns a connection, idle or new, bound as the service account (or
@@ -267,6 +268,7 @@ func (s *Source) get(ctx context.Context) (*conn, error) {
 	var c *conn
 	select {
 	case c = <-s.pool:
+		c.reused = true
 		if c.IsClosing() {
 			c.Close()
 			c = nil
@@ -289,11 +291,37 @@ func (s *Source) get(ctx context.Context) (*conn, error) {
 	return c, nil
 }
 
+// broken reports whether err is the connection's failure rather than an
+// answer of the directory.
+func broken(err error) bool {
+	var le *ldap.Error
+	return err != nil && (!errors.As(err, &le) || le.ResultCode >= ldap.ErrorNetwork)
+}
+
+// with runs f on a connection (get), and gives it back (put). When f finds
+// a connection taken from the idle ones broken (the directory restarted
+// since it was used), the other idle ones are closed too, as they are
+// likely as stale, and f runs once more on a new connection: a restart
+// costs no look-up its answer.
+func (s *Source) with(ctx context.Context, f func(c *conn) error) error {
+	for try := 0; ; try++ {
+		c, err := s.get(ctx)
+		if err != nil {
+			return err
+		}
+		err = f(c)
+		s.put(c, err)
+		if !broken(err) || !c.reused || try > 0 || ctx.Err() != nil {
+			return err
+		}
+		s.Close() // the idle connections
+	}
+}
+
 // put gives c back: to the idle ones, or closed after err unless err is
 // only a refusal by the directory.
 func (s *Source) put(c *conn, err error) {
-	var le *ldap.Error
-	if err != nil && (!errors.As(err, &le) || le.ResultCode >= ldap.ErrorNetwork) {
+	if broken(err) {
 		c.Close()
 	} else {
 		select {
@@ -369,19 +397,16 @@ func cmp(a, b string) string {
 
 // search runs one search with the service connection.
 func (s *Source) search(ctx context.Context, base, filter string, attrs []string, sizeLimit int) (*ldap.SearchResult, error) {
-	c, err := s.get(ctx)
-	if err != nil {
-		return nil, err
-	}
 	var res *ldap.SearchResult
 	timeLimit := int(s.cfg.Timeout / time.Second)
-	err = s.during(ctx, c.Conn, func() error {
-		var err error
-		res, err = c.Search(ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
-			sizeLimit, timeLimit, false, filter, attrs, nil))
-		return err
+	err := s.with(ctx, func(c *conn) error {
+		return s.during(ctx, c.Conn, func() error {
+			var err error
+			res, err = c.Search(ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+				sizeLimit, timeLimit, false, filter, attrs, nil))
+			return err
+		})
 	})
-	s.put(c, err)
 	return res, err
 }
 
@@ -426,15 +451,12 @@ func (b binder) CheckPassword(ctx context.Context, rec auth.Record, password str
 		rand.Read(r)
 		dn = "cn=" + hex.EncodeToString(r) + "," + b.cfg.Base
 	}
-	c, err := b.get(ctx)
-	if err != nil {
-		return false, err
-	}
-	c.boundAs = nil // whatever happens, no longer the service account
-	err = b.during(ctx, c.Conn, func() error { return c.Bind(dn, password) })
+	err := b.with(ctx, func(c *conn) error {
+		c.boundAs = nil // whatever happens, no longer the service account
+		return b.during(ctx, c.Conn, func() error { return c.Bind(dn, password) })
+	})
 	switch {
 	case err == nil:
-		b.put(c, nil)
 		return true, nil
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidCredentials),
 		ldap.IsErrorWithCode(err, ldap.LDAPResultInvalidDNSyntax),
@@ -442,52 +464,41 @@ func (b binder) CheckPassword(ctx context.Context, rec auth.Record, password str
 		ldap.IsErrorWithCode(err, ldap.LDAPResultUnwillingToPerform):
 		// A wrong password, or one the directory refuses for that entry
 		// (locked by a password policy): a failed login.
-		b.put(c, nil)
 		return false, nil
 	}
-	b.put(c, err)
 	return false, fmt.Errorf("bind as %s: %w", dn, err)
 }
 
 // Ping binds a connection as the service account (or anonymously) and
 // reads the root DSE.
 func (s *Source) Ping(ctx context.Context) error {
-	c, err := s.get(ctx)
-	if err != nil {
-		return err
-	}
-	err = s.during(ctx, c.Conn, func() error {
-		_, err := c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases,
-			1, int(s.cfg.Timeout/time.Second), false, "(objectClass=*)", []string{"1.1"}, nil))
-		return err
+	return s.with(ctx, func(c *conn) error {
+		return s.during(ctx, c.Conn, func() error {
+			_, err := c.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases,
+				1, int(s.cfg.Timeout/time.Second), false, "(objectClass=*)", []string{"1.1"}, nil))
+			return err
+		})
 	})
-	s.put(c, err)
-	return err
 }
 
 // Names lists the accounts: the UserAttribute of each entry IterateFilter
 // finds, read in pages of 500 (RFC 2696).
 func (s *Source) Names(ctx context.Context) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
-		c, err := s.get(ctx)
-		if err != nil {
-			yield("", err)
-			return
-		}
 		base := s.cfg.Base
 		if placeholder.MatchString(base) {
 			yield("", errors.New("base depends on the name: the accounts cannot be listed"))
-			s.put(c, nil)
 			return
 		}
 		var res *ldap.SearchResult
-		err = s.during(ctx, c.Conn, func() error {
-			var err error
-			res, err = c.SearchWithPaging(ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
-				0, 0, false, s.iterate, []string{s.cfg.UserAttribute}, nil), 500)
-			return err
+		err := s.with(ctx, func(c *conn) error {
+			return s.during(ctx, c.Conn, func() error {
+				var err error
+				res, err = c.SearchWithPaging(ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases,
+					0, 0, false, s.iterate, []string{s.cfg.UserAttribute}, nil), 500)
+				return err
+			})
 		})
-		s.put(c, err)
 		if err != nil {
 			yield("", fmt.Errorf("search %s under %s: %w", s.iterate, base, err))
 			return

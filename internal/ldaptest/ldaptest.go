@@ -294,8 +294,29 @@ func (s *Server) Stop() error {
 }
 
 // Pause stops slapd with SIGSTOP, so that it takes connections and answers
-// nothing, as a server that hangs; Resume lets it go on.
-func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+// nothing, as a server that hangs, and returns once the kernel says it is
+// stopped; Resume lets it go on.
+func (s *Server) Pause() error {
+	if err := s.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	pid := s.cmd.Process.Pid
+	s.mu.Unlock()
+	stat := fmt.Sprintf("/proc/%d/stat", pid)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		b, err := os.ReadFile(stat)
+		if err != nil {
+			return err
+		}
+		// pid (comm) STATE ...: T is stopped by a signal.
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == 'T' {
+			return nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return errors.New("ldaptest: slapd did not stop within 10 s of SIGSTOP")
+}
 
 // Resume undoes Pause.
 func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
