@@ -231,6 +231,12 @@ func browserLogin(ctx context.Context, p *provider, o LoginOptions, finish func(
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		// Shutdown closes only the listeners Serve has taken so far; one
+		// whose goroutine has not started yet is closed here, so that no
+		// port stays open once the sign-in returns.
+		for _, ln := range lns {
+			ln.Close()
+		}
 	}()
 
 	fmt.Fprintf(o.Out, "To sign in account %s, open this address in a web browser:\n\n    %s\n\n", acct, authURL)
