@@ -93,6 +93,8 @@ type session struct {
 	counted  bool
 	// shed is set when the session was closed to make room (shedNow).
 	shed atomic.Bool
+	// leaseLost is set when the maildrop's lock was lost (watchLease).
+	leaseLost atomic.Bool
 
 	closeOnce sync.Once
 	tlsConn   atomic.Pointer[tls.Conn] // set once TLS is up, for abort
@@ -173,6 +175,19 @@ type deadlineConn struct {
 	// failed is set when a write failed: the client may have part of a
 	// TLS record, and nothing more can be sent.
 	failed atomic.Bool
+	// interrupted, once set by interrupt, makes reads fail while writes
+	// go on: the session has one last thing to say.
+	interrupted atomic.Bool
+}
+
+// errInterrupted is the read error after interrupt.
+var errInterrupted = errors.New("server: reading interrupted")
+
+// interrupt makes the read under way, and every later one, fail with
+// errInterrupted, from any goroutine.
+func (c *deadlineConn) interrupt() {
+	c.interrupted.Store(true)
+	c.Conn.SetReadDeadline(time.Unix(1, 0))
 }
 
 func (c *deadlineConn) deadline() time.Time {
@@ -193,9 +208,16 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 	if c.closeBy.Load() != 0 {
 		return 0, net.ErrClosed
 	}
+	if c.interrupted.Load() {
+		return 0, errInterrupted
+	}
 	n, err := c.Conn.Read(p)
-	if err != nil && c.closeBy.Load() != 0 {
+	switch {
+	case err == nil:
+	case c.closeBy.Load() != 0:
 		err = net.ErrClosed // ended by abort, not a timeout
+	case c.interrupted.Load():
+		err = errInterrupted
 	}
 	return n, err
 }
@@ -267,6 +289,10 @@ func (s *session) run() {
 		default:
 			if s.op.kicked.Load() {
 				return // even a command already buffered: nothing is committed
+			}
+			if s.leaseLost.Load() {
+				s.lostGoodbye()
+				return
 			}
 			s.dispatch(line)
 			s.endCheck()
@@ -463,6 +489,8 @@ func (s *session) readFailed(err error) {
 	switch {
 	case s.shed.Load():
 		s.shedGoodbye()
+	case s.leaseLost.Load():
+		s.lostGoodbye()
 	case s.untrustedHeader(err):
 	case errors.As(err, &ne) && ne.Timeout():
 		s.log.Info("autologout: idle timeout", "user", s.mailbox)
@@ -497,6 +525,31 @@ func (s *session) finish() {
 		s.logout(0, false)
 	}
 	s.closeConn()
+}
+
+// watchLease ends the session when lost is closed before the session ends:
+// the maildrop's lock was lost (store.Leased), so another session may have
+// it, and this one must not go on as if it held it. The command under way
+// finishes (a QUIT's commit then fails and removes nothing); the next read
+// is cut short, and lostGoodbye says why.
+func (s *session) watchLease(lost <-chan struct{}) {
+	select {
+	case <-lost:
+		s.leaseLost.Store(true)
+		s.dc.interrupt()
+	case <-s.ctx.Done():
+	}
+}
+
+// lostGoodbye ends a session whose maildrop lock was lost, with a
+// temporary error (RFC 3206 §4 [SYS/TEMP]): the client may log in again,
+// and nothing it marked for deletion was removed.
+func (s *session) lostGoodbye() {
+	s.log.Warn("maildrop lock lost; closing the session without deleting anything", "user", s.mailbox)
+	s.state = stateDone
+	s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
+	s.w.Err(pop3.CodeSysTemp, "this server lost the lock on your maildrop; nothing was deleted; log in again")
+	s.w.Flush()
 }
 
 // logout logs and audits the end of a logged-in session.
@@ -780,6 +833,9 @@ func (s *session) login(user, method string, ok bool) {
 		return
 	}
 	s.md = md
+	if l, ok := md.(store.Leased); ok {
+		go s.watchLease(l.Lost())
+	}
 	s.mailbox, s.account = user, account
 	s.msgs = md.Messages()
 	s.deleted = make([]bool, len(s.msgs))

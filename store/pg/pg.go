@@ -337,6 +337,7 @@ type maildrop struct {
 var (
 	_ store.Maildrop          = (*maildrop)(nil)
 	_ store.RetrievalRecorder = (*maildrop)(nil)
+	_ store.Leased            = (*maildrop)(nil)
 )
 
 // lockAndLoad takes the lease (acquire has the rules) and reads the
