@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -101,6 +102,16 @@ func (s *serveSettings) probe(bad *problems, w io.Writer) {
 			if _, err := guard.New(guard.Config{StatePath: filepath.Join(s.data, "bans.json")}); err != nil {
 				bad.add(err)
 			}
+		}
+	}
+	if s.store.shared() {
+		ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+		mail, err := openMailStore(ctx, s.store, "")
+		cancel()
+		if err != nil {
+			bad.add(err)
+		} else {
+			mail.(io.Closer).Close()
 		}
 	}
 	// Without certificates of its own, pouch serve makes a self-signed

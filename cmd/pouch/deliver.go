@@ -28,7 +28,7 @@ import (
 var _ lmtp.Users = (*auth.Users)(nil)
 var _ lmtp.Mailboxes = (*maildir.Store)(nil)
 
-const deliverUsage = `Usage: pouch deliver [--data DIR] [-f SENDER] [flags] USER < message
+const deliverUsage = `Usage: pouch deliver [--data DIR | --store URL] [-f SENDER] [flags] USER < message
 
 Delivers the message on standard input into USER's maildrop, as the LMTP
 listener of pouch serve does: Return-Path (with -f) and Delivered-To header
@@ -154,10 +154,10 @@ func (c *lmtpConfig) validateDelivery(src configSource, bad *problems) deliveryS
 	}
 }
 
-// agent returns the delivery agent for the data directory.
-func (d deliverySettings) agent(data string, users lmtp.Users) *lmtp.Agent {
+// agent returns the delivery agent into mail.
+func (d deliverySettings) agent(mail lmtp.Mailboxes, users lmtp.Users) *lmtp.Agent {
 	return &lmtp.Agent{
-		Store:              maildir.New(filepath.Join(data, "mail")),
+		Store:              mail,
 		Users:              users,
 		Quota:              d.quota,
 		QuotaTemporary:     d.quotaTemporary,
@@ -214,6 +214,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	configFile := fs.String("config", "", "take --data and the limits from pouch serve's TOML `file` (flags win)")
 	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/USER/")
 	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
+	storeURL := fs.String("store", "", "deliver into the PostgreSQL database at this `URL` (pouch serve --store) instead of the Maildirs under --data")
 	c.register(fs, false)
 	fs.Usage = func() {}
 	pos, err := parseInterleaved(fs, args)
@@ -232,12 +233,15 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	set := flagNames(fs)
 	src := configSource{onCommandLine: set}
 	if *configFile != "" {
-		if src, err = deliverConfig(*configFile, fs, data, &c); err != nil {
+		if src, err = deliverConfig(*configFile, fs, data, storeURL, &c); err != nil {
 			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
 	}
 	var bad problems
 	limits := c.validateDelivery(src, &bad)
+	if err := checkStoreURL(*storeURL); err != nil {
+		bad.add(src.problem("store", "%v", err))
+	}
 	if err := bad.err(); err != nil {
 		return tempFail("deliver: %v", err)
 	}
@@ -246,7 +250,15 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	// name absent from a usable file is unknown (auth.SourceError).
 	usersPath := filepath.Join(*data, "users")
 	users := auth.OpenUsersWith(usersPath, auth.UsersOptions{Expected: true})
-	agent := limits.agent(*data, users)
+	ctx := context.Background()
+	mail, err := openMailStore(ctx, storeSettings{url: *storeURL, data: *data}, "")
+	if err != nil {
+		return deliverFail(stderr, exTempFail, "the mail store cannot be used now, try again later", "err", err)
+	}
+	if c, ok := mail.(io.Closer); ok {
+		defer c.Close()
+	}
+	agent := limits.agent(mail, users)
 	local := rcpt
 	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
 		local = rcpt[:at]
@@ -263,7 +275,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	d := lmtp.Delivery{User: user, Recipient: rcpt, NoReturnPath: !set["f"], Piped: true}
 	d.Sender = strings.TrimSuffix(strings.TrimPrefix(*sender, "<"), ">")
-	if _, err := agent.Deliver(context.Background(), d, stdin); err != nil {
+	if _, err := agent.Deliver(ctx, d, stdin); err != nil {
 		return deliverFailure(stderr, err, user)
 	}
 	return nil
@@ -272,7 +284,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 // deliverConfig reads pouch serve's TOML file, decoded as pouch serve decodes
 // it, and takes from it --data and the delivery limits that pouch deliver's
 // command line (fs) did not give. It returns where each setting came from.
-func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig) (configSource, error) {
+func deliverConfig(path string, fs *flag.FlagSet, data, storeURL *string, c *lmtpConfig) (configSource, error) {
 	sc, err := readServeConfig(path)
 	if err != nil {
 		return configSource{}, err
@@ -280,6 +292,10 @@ func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig) (
 	src := configSource{file: path, inFile: map[string]bool{}, onCommandLine: flagNames(fs)}
 	if !src.onCommandLine["data"] {
 		*data = sc.Data.String()
+	}
+	if !src.onCommandLine["store"] {
+		*storeURL = sc.Store.String()
+		src.inFile["store"] = sc.src.inFile["store"]
 	}
 	from := settingFields(&sc.lmtpConfig)
 	for key, f := range settingFields(c) {
@@ -336,7 +352,7 @@ type lmtpService struct {
 
 // listenLMTP makes pouch serve's LMTP server and opens its listener. It
 // returns nil when --lmtp is empty.
-func listenLMTP(s *serveSettings, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
+func listenLMTP(s *serveSettings, mail lmtp.Mailboxes, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
 	l := s.lmtp
 	if l.addr == "" {
 		return nil, nil
@@ -345,7 +361,7 @@ func listenLMTP(s *serveSettings, users *auth.Users, hostname string, log *slog.
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, fmt.Errorf("spool directory: %v", err)
 	}
-	srv := lmtp.New(lmtp.Config{Agent: l.delivery.agent(s.data, users), Logger: log, Hostname: hostname, Domains: l.domains,
+	srv := lmtp.New(lmtp.Config{Agent: l.delivery.agent(mail, users), Logger: log, Hostname: hostname, Domains: l.domains,
 		SpoolDir: spool, RcptCheckQuota: l.rcptCheckQuota, MaxConnections: l.maxConnections, IdleTimeout: l.idleTimeout})
 	ln, err := lmtp.Listen(l.addr)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-const mailboxUsage = `Usage: pouch mailbox stats|restore|hold|release|policy [--data DIR] [flags] USER
+const mailboxUsage = `Usage: pouch mailbox stats|restore|hold|release|policy [--data DIR | --store URL] [flags] USER
 
 Looks after one user's maildrop on the server.
 
@@ -54,6 +54,7 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("pouch mailbox", flag.ContinueOnError)
 	data := fs.String("data", "./pouch-data", "data `directory` (mail in DIR/mail/USER)")
+	sf := storeFlag(fs, nil, data)
 	since := fs.String("since", "", "restore: only messages deleted at or after this `time` (2026-11-20, 2026-11-20T15:04:05Z, or an age like 48h or 7d)")
 	asNew := fs.Bool("as-new", false, "restore: give the messages new UIDLs, so that clients download them again")
 	reason := fs.String("reason", "", "hold: the `reason`, kept with the hold and in the audit log")
@@ -85,8 +86,18 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 			return usageError("mailbox %s: --%s belongs to mailbox %s", action, name, only)
 		}
 	}
-	mail := maildir.New(filepath.Join(*data, "mail"))
+	storeURL, err := sf.url(fs, false)
+	if err != nil {
+		return fmt.Errorf("mailbox %s: %v", action, err)
+	}
 	ctx := context.Background()
+	mail, err := openMailStore(ctx, storeSettings{url: storeURL, data: *data}, "")
+	if err != nil {
+		return fmt.Errorf("mailbox %s: %v", action, err)
+	}
+	if c, ok := mail.(io.Closer); ok {
+		defer c.Close()
+	}
 	switch action {
 	case "restore":
 		from := time.Time{}
@@ -98,7 +109,7 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 		return mailboxRestore(ctx, mail, *data, user, from, *asNew, stdout, stderr)
 	case "hold", "release":
 		h := store.Hold{Set: action == "hold", Reason: *reason}
-		if err := mailboxExists(*data, user); err != nil && action == "release" {
+		if err := mailboxExists(ctx, mail, *data, user); err != nil && action == "release" {
 			return fmt.Errorf("mailbox release: %v", err)
 		}
 		before, err := mail.Hold(ctx, user)
@@ -130,9 +141,14 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// mailboxExists says whether user has a maildrop or a line in the users file.
-func mailboxExists(data, user string) error {
-	if fi, err := os.Stat(filepath.Join(data, "mail", user, "cur")); err == nil && fi.IsDir() {
+// mailboxExists says whether user has a maildrop in mail or a line in the
+// users file.
+func mailboxExists(ctx context.Context, mail mailStore, data, user string) error {
+	if _, ok := mail.(*maildir.Store); ok {
+		if fi, err := os.Stat(filepath.Join(data, "mail", user, "cur")); err == nil && fi.IsDir() {
+			return nil
+		}
+	} else if _, err := mail.Stats(ctx, user); err == nil {
 		return nil
 	}
 	if ok, err := userExists(filepath.Join(data, "users"), user); err == nil && ok {
@@ -164,8 +180,8 @@ func parseSince(v string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is not a date (2026-11-20), a time (2026-11-20T15:04:05Z) or an age (48h, 7d)", v)
 }
 
-func mailboxRestore(ctx context.Context, mail *maildir.Store, data, user string, since time.Time, asNew bool, stdout, stderr io.Writer) error {
-	if err := mailboxExists(data, user); err != nil {
+func mailboxRestore(ctx context.Context, mail mailStore, data, user string, since time.Time, asNew bool, stdout, stderr io.Writer) error {
+	if err := mailboxExists(ctx, mail, data, user); err != nil {
 		return fmt.Errorf("mailbox restore: %v", err)
 	}
 	restored, err := mail.Restore(ctx, user, since, asNew)

@@ -30,6 +30,8 @@ Usage:
   pouch kick [--data DIR] USER|SESSION   close a user's sessions, or one session
   pouch reload [--data DIR]              reload users, certificates and bans, as SIGHUP does
   pouch mailbox stats [--data DIR] USER  describe a user's maildrop
+  pouch store init|upgrade|version --store URL
+                                         manage Pouch's schema in PostgreSQL
   pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
                                          check the configuration, print the effective one
@@ -92,6 +94,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runReload(rest, stdout, stderr)
 	case "mailbox":
 		return runMailbox(rest, stdout, stderr)
+	case "store":
+		return runStore(rest, stdout, stderr)
 	case "bench":
 		return runBench(rest, stdout, stderr)
 	case "check-config":

@@ -14,13 +14,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/tlsutil"
 	"github.com/pouchmail/pouch/retention"
 	"github.com/pouchmail/pouch/server"
-	"github.com/pouchmail/pouch/store/maildir"
 )
 
 // runServe is pouch serve: the configuration (flags and --config file) is
@@ -125,13 +125,16 @@ func serve(s *serveSettings, activated map[string]net.Listener, conf *configRelo
 	return w.run(ls, adminSock, conf, log)
 }
 
+// storeConnectTimeout bounds the connection to the database at start.
+const storeConnectTimeout = 30 * time.Second
+
 // wiring is pouch serve's parts, made from the settings.
 type wiring struct {
 	s        *serveSettings
 	cfg      server.Config
 	srv      *server.Server
 	users    *auth.Users
-	mail     *maildir.Store
+	mail     mailStore
 	policies *retention.Policies
 	certs    *tlsutil.Manager
 	tokens   *auth.TokenVerifier
@@ -163,14 +166,27 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	for _, warning := range w.users.Warnings() {
 		log.Warn("users file", "problem", warning)
 	}
-	warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
-	w.mail = maildir.New(filepath.Join(s.data, "mail"))
+	var err error
+	if !s.store.shared() {
+		warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+	w.mail, err = openMailStore(ctx, s.store, nodeName(hostname))
+	cancel()
+	if err != nil {
+		return w, err
+	}
+	if c, ok := w.mail.(io.Closer); ok {
+		// Closed last: after the sessions, deliveries and sweeps ended
+		// (run waits for them), so that their leases go at once.
+		w.closers = append(w.closers, c.Close)
+		log.Info("mail store", "store", redactedURL(s.store.url), "lock_ttl", s.store.lockTTL)
+	}
 	w.mail.SetLogger(log)
 	w.policies = retention.NewPolicies(s.retention.policy, w.users)
 	w.mail.SetPolicy(w.policies.Policy)
 	w.cfg = s.server
 	w.cfg.Store, w.cfg.Retention, w.cfg.Auth, w.cfg.Logger, w.cfg.Hostname = w.mail, w.policies, w.users, log, hostname
-	var err error
 	if w.certs, err = s.setupTLS(hostname, log, &w.cfg); err != nil {
 		return w, err
 	}
@@ -189,7 +205,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 		return w, err
 	}
 	w.srv = server.New(w.cfg)
-	if w.lmtp, err = listenLMTP(s, w.users, hostname, log); err != nil {
+	if w.lmtp, err = listenLMTP(s, w.mail, w.users, hostname, log); err != nil {
 		return w, err
 	}
 	if w.lmtp != nil {
@@ -204,7 +220,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader, log *slog.Logger) error {
 	var serving atomic.Bool
 	if w.cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.users), log)
+		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.users, w.mail), log)
 		if err != nil {
 			return err
 		}

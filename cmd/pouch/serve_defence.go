@@ -196,17 +196,32 @@ func usersExpected(mailEntries []os.DirEntry) bool {
 }
 
 // readiness is what /readyz reports: nil while the server serves with a
-// usable users file; otherwise why not. While the users file cannot be used,
-// users it does not list get temporary failures, so a load balancer should
-// prefer another node.
-func readiness(serving *atomic.Bool, users *auth.Users) func() error {
+// usable users file and, with --store, a database that answers; otherwise
+// why not. While the users file cannot be used, users it does not list get
+// temporary failures, and while the database cannot be reached every login
+// and delivery does, so a load balancer should prefer another node.
+func readiness(serving *atomic.Bool, users *auth.Users, mail any) func() error {
+	db, _ := mail.(interface{ Ping(context.Context) error })
 	return func() error {
 		if !serving.Load() {
 			return errors.New("not serving (starting or shutting down)")
 		}
-		return users.Fault()
+		if err := users.Fault(); err != nil {
+			return err
+		}
+		if db != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), readyzTimeout)
+			defer cancel()
+			if err := db.Ping(ctx); err != nil {
+				return errors.New("the database cannot be reached")
+			}
+		}
+		return nil
 	}
 }
+
+// readyzTimeout bounds the database check of /readyz.
+const readyzTimeout = 2 * time.Second
 
 // serveMetrics serves /metrics, /healthz (the process answers) and /readyz
 // (ready returns nil) on addr.
