@@ -98,7 +98,7 @@ func (s *serveSettings) probe(bad *problems, w io.Writer) {
 		for _, warning := range refusedAccounts(users) {
 			fmt.Fprintf(w, "warning: %s\n", warning)
 		}
-		if s.defence.guard.MaxFailures > 0 {
+		if s.defence.guard.MaxFailures > 0 && !s.store.shared() {
 			if _, err := guard.New(guard.Config{StatePath: filepath.Join(s.data, "bans.json")}); err != nil {
 				bad.add(err)
 			}

@@ -199,7 +199,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	if w.cfg.SecretKey, err = loadSecretKey(s.data); err != nil {
 		return w, err
 	}
-	closers, err := s.defence.open(&w.cfg, s.src, s.data)
+	closers, err := s.defence.open(&w.cfg, s.src, s.data, s.store)
 	w.closers = append(w.closers, closers...)
 	if err != nil {
 		return w, err

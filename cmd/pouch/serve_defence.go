@@ -23,6 +23,7 @@ import (
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/guard/pgbans"
 	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/server"
@@ -138,18 +139,32 @@ func (d *defenceConfig) validate(src configSource, data string, cfg *server.Conf
 	return s
 }
 
-// open fills in the server configuration's defences: the ban list in the
-// data directory, the access rules and the audit log. It returns what must
-// be closed at the end.
-func (d *defenceSettings) open(cfg *server.Config, src configSource, data string) (closers []func() error, err error) {
+// open fills in the server configuration's defences: the ban list (in the
+// data directory, or in the database shared with the other nodes), the
+// access rules and the audit log. It returns what must be closed at the
+// end.
+func (d *defenceSettings) open(cfg *server.Config, src configSource, data string, mail storeSettings) (closers []func() error, err error) {
 	if w := rootWarning(os.Geteuid(), d.runAs); w != "" && cfg.Logger != nil {
 		cfg.Logger.Warn(w)
 	}
 	if d.guard.MaxFailures > 0 {
 		gc := d.guard
 		gc.StatePath, gc.Log = filepath.Join(data, "bans.json"), cfg.Logger
+		var bans *pgbans.Store
+		if mail.shared() {
+			if bans, err = pgbans.Open(context.Background(), mail.url, cfg.Logger); err != nil {
+				return nil, storeError(err, mail.url)
+			}
+			gc.Bans = bans
+		}
 		if cfg.Guard, err = guard.New(gc); err != nil {
+			if bans != nil {
+				bans.Close()
+			}
 			return nil, err
+		}
+		if bans != nil {
+			closers = append(closers, watchBans(bans, cfg.Guard))
 		}
 	}
 	if cfg.Rules, err = d.rules(src); err != nil {
@@ -175,6 +190,24 @@ func (d *defenceSettings) rules(src configSource) (*guard.Rules, error) {
 		return nil, fmt.Errorf("%s: %v", src.where("geoip-db"), err)
 	}
 	return r, nil
+}
+
+// banRetry is how often a node that lost its database connection tries
+// again to be told of ban changes (reading the bans anew each time).
+const banRetry = 2 * time.Second
+
+// watchBans keeps g's bans up to date with the database's, as other nodes
+// and pouch ban change them, until the function it returns is called.
+func watchBans(bans *pgbans.Store, g *guard.Guard) func() error {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); bans.Watch(ctx, banRetry, g.Reload) }()
+	return func() error {
+		stop()
+		<-done
+		bans.Close()
+		return nil
+	}
 }
 
 // usersWatchInterval is how often pouch serve checks the users file while no
