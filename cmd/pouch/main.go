@@ -32,6 +32,8 @@ Usage:
   pouch mailbox stats [--data DIR] USER  describe a user's maildrop
   pouch store init|upgrade|version --store URL
                                          manage Pouch's schema in PostgreSQL
+  pouch migrate --data DIR --to URL [--verify]
+                                         move users, maildrops and bans into PostgreSQL
   pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
                                          check the configuration, print the effective one
@@ -96,6 +98,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runMailbox(rest, stdout, stderr)
 	case "store":
 		return runStore(rest, stdout, stderr)
+	case "migrate":
+		return runMigrate(rest, stdout, stderr)
 	case "bench":
 		return runBench(rest, stdout, stderr)
 	case "check-config":
