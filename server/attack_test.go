@@ -183,8 +183,8 @@ func TestAttack(t *testing.T) {
 		}()
 	}
 	attackWG.Wait()
-	for _, r := range results {
-		<-r.banned
+	for i := range results {
+		<-results[i].banned // not a copy: the attackers still write the rest
 	}
 	close(stop)
 	wg.Wait()

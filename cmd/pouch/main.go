@@ -34,6 +34,7 @@ Usage:
                                          manage Pouch's schema in PostgreSQL
   pouch migrate --data DIR --to URL [--verify]
                                          move users, maildrops and bans into PostgreSQL
+  pouch import maildir|users|--layout    move a Dovecot or Courier site's mail and users to Pouch
   pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
                                          check the configuration, print the effective one
@@ -100,6 +101,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runStore(rest, stdout, stderr)
 	case "migrate":
 		return runMigrate(rest, stdout, stderr)
+	case "import":
+		return runImport(rest, stdout, stderr)
 	case "bench":
 		return runBench(rest, stdout, stderr)
 	case "check-config":

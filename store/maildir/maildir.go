@@ -18,6 +18,8 @@
 //	               policy's deletion window, named "UNIXTIME.SUB.NAME"
 //	pouch-hold     present while the maildrop is under legal hold
 //	pouch-purge-lock  flock(2) target that orders purges against hold changes
+//	pouch-imported the journal of the messages imported from another server
+//	               (import.go); pouch-import-tmp/ holds them while they are copied
 //
 // A message is a regular file of new/ or cur/ whose name does not start with
 // "."; anything else there (directories, symbolic links, pipes) is left
@@ -345,6 +347,7 @@ func (m *maildrop) load(ctx context.Context) error {
 	}
 	changed := len(known) != len(idx) || moved || hdr.version != 3
 	fresh = sortArrival(m.dir, fresh)
+	recallImports(m.dir, fresh) // import.go
 	for i := range fresh {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -426,10 +429,14 @@ func baseName(name string) string {
 	return name
 }
 
-// uidOf derives the UIDL from a base name: the name itself when it is a valid
-// unique-id (RFC 1939 §7), otherwise a digest of it. Either way it depends only
-// on the base name, which Maildir keeps for the life of the message.
+// uidOf derives the UIDL from a base name: the UIDL an import kept in it
+// (keptUID), or the name itself when it is a valid unique-id (RFC 1939 §7),
+// otherwise a digest of it. Either way it depends only on the base name,
+// which Maildir keeps for the life of the message.
 func uidOf(base string) string {
+	if u, ok := keptUID(base); ok {
+		return u // an imported UIDL (import.go)
+	}
 	if len(base) <= maxUIDLen {
 		ok := true
 		for i := 0; i < len(base); i++ {

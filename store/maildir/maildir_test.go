@@ -234,6 +234,9 @@ func TestMain(m *testing.M) {
 }
 
 func crashHelper(root string) {
+	if src := os.Getenv(importHelperEnv); src != "" {
+		importHelper(root, src) // import_test.go
+	}
 	if user := os.Getenv("POUCH_CRASH_DELIVER"); user != "" {
 		New(root).Deliver(context.Background(), user, strings.NewReader("crash delivery\r\n"))
 		os.Exit(0)
