@@ -220,7 +220,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader, log *slog.Logger) error {
 	var serving atomic.Bool
 	if w.cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.users, w.mail), log)
+		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.users, w.mail), w.s.defence.pprof, log)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/user"
@@ -48,6 +49,7 @@ type defenceConfig struct {
 	PasswordMaxAge textSetting     `toml:"password-max-age"`
 	AuditLog       textSetting     `toml:"audit-log"`
 	Metrics        textSetting     `toml:"metrics"`
+	Pprof          boolSetting     `toml:"pprof"`
 	RunAs          textSetting     `toml:"run-as"`
 }
 
@@ -69,6 +71,7 @@ func (d *defenceConfig) register(fs *flag.FlagSet) {
 	textVar(fs, &d.PasswordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
 	textVar(fs, &d.AuditLog, "audit-log", "", "audit log `file` (JSON lines; default DATA/audit.log; \"off\" turns it off)")
 	textVar(fs, &d.Metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (like 127.0.0.1:9110)")
+	boolVar(fs, &d.Pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the --metrics address, to see where the time goes")
 	textVar(fs, &d.RunAs, "run-as", "", "after binding the ports, run as this `user` (when started as root)")
 }
 
@@ -82,6 +85,7 @@ type defenceSettings struct {
 	denyC       []string
 	auditLog    string // "" when off
 	metricsAddr string // "" when off
+	pprof       bool   // the profiler on the metrics address
 	runAs       string
 }
 
@@ -109,6 +113,7 @@ func (d *defenceConfig) validate(src configSource, data string, cfg *server.Conf
 		denyC:       d.DenyCountry.list(),
 		auditLog:    d.AuditLog.String(),
 		metricsAddr: d.Metrics.String(),
+		pprof:       bool(d.Pprof),
 		runAs:       d.RunAs.String(),
 	}
 	if s.geoipDB == "" {
@@ -126,6 +131,9 @@ func (d *defenceConfig) validate(src configSource, data string, cfg *server.Conf
 		s.auditLog = filepath.Join(data, "audit.log")
 	}
 	bad.add(checkAddr(src, "metrics", s.metricsAddr))
+	if s.pprof && s.metricsAddr == "" {
+		bad.add(src.problem("pprof", "the profiler is served on the --metrics address: give one"))
+	}
 	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = int(d.MaxConns), int(d.MaxConnsPerIP), int(d.MaxPerUser)
 	cfg.MaxPreLogin = int(d.MaxPreLogin)
 	cfg.LoginDelay = time.Duration(d.LoginDelay)
@@ -258,7 +266,7 @@ const readyzTimeout = 2 * time.Second
 
 // serveMetrics serves /metrics, /healthz (the process answers) and /readyz
 // (ready returns nil) on addr.
-func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() error, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() error, profile bool, log *slog.Logger) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen metrics on %s: %v", addr, err)
@@ -275,6 +283,13 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready fu
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if profile {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(l)
 	log.Info("listening", "protocol", "metrics", "addr", l.Addr().String())

@@ -200,3 +200,90 @@ func (b *bodyReader) Close() error {
 	}
 	return nil
 }
+
+// Read-ahead of small messages. A client downloading a maildrop retrieves
+// its messages one after the other, and most are smaller than a chunk: one
+// query each would cost a round trip and a query's work in the database per
+// message. So the first RETR or TOP of a message of one chunk reads the
+// bodies of the messages of one chunk that follow it, up to readAheadBatch
+// octets, in the same query, and keeps them for the session. What a Store's
+// sessions keep at once is bounded by readAheadBudget; past it, each
+// message is read on its own. Bodies never change once written, so what is
+// kept stays true while the session holds the lease.
+const (
+	readAheadBatch  = 256 << 10
+	readAheadBudget = 32 << 20
+)
+
+// takeAhead returns the body of message i if it was read ahead, and
+// forgets it.
+func (m *maildrop) takeAhead(i int) ([]byte, bool) {
+	data, ok := m.ahead[i]
+	if ok {
+		delete(m.ahead, i)
+		m.s.aheadUsed.Add(-int64(len(data)))
+	}
+	return data, ok
+}
+
+// dropAhead forgets every body read ahead.
+func (m *maildrop) dropAhead() {
+	for i := range m.ahead {
+		m.takeAhead(i)
+	}
+}
+
+// readAhead reads the bodies of message i, which has one chunk, and of the
+// messages of one chunk after it, within readAheadBatch and the Store's
+// budget, in one query. It reads nothing when the budget has no room for
+// more than message i: the caller then reads i alone.
+func (m *maildrop) readAhead(i int) error {
+	var (
+		ids    []int64
+		idx    = map[int64]int{}
+		octets int64
+	)
+	for k := i; k < len(m.rows) && m.rows[k].chunks == 1; k++ {
+		if _, ok := m.ahead[k]; ok {
+			break
+		}
+		if len(ids) > 0 && octets+m.msgs[k].Size > readAheadBatch {
+			break
+		}
+		ids = append(ids, m.rows[k].body)
+		idx[m.rows[k].body] = k
+		octets += m.msgs[k].Size
+	}
+	if len(ids) < 2 {
+		return nil
+	}
+	if m.s.aheadUsed.Add(octets) > readAheadBudget {
+		m.s.aheadUsed.Add(-octets)
+		return nil
+	}
+	var kept int64
+	defer func() { m.s.aheadUsed.Add(kept - octets) }() // what was not kept
+	ctx, cancel := m.ctx()
+	defer cancel()
+	rows, err := m.s.pool.Query(ctx, "SELECT body, data FROM chunks WHERE maildrop = $1 AND n = 0 AND body = ANY($2)", m.id, ids)
+	if err != nil {
+		return leaseErr(ctx, err)
+	}
+	var (
+		body int64
+		data []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&body, &data}, func() error {
+		k, ok := idx[body]
+		if ok && len(data) > 0 && int64(len(data)) == m.msgs[k].Size {
+			if m.ahead == nil {
+				m.ahead = make(map[int][]byte)
+			}
+			m.ahead[k] = data
+			kept += int64(len(data))
+		}
+		data = nil // a new slice for the next row
+		return nil
+	})
+	return leaseErr(ctx, err)
+}
