@@ -31,8 +31,9 @@ P=$W/pouch-data
 IPS=(127.0.0.2 127.0.0.3 127.0.0.4)
 ulimit -n 65536 2>/dev/null || true
 PIDS=()
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 log() { echo "$@" >&2; }
-stop_nodes() { for p in "${PIDS[@]}"; do kill -CONT $p 2>/dev/null; kill $p 2>/dev/null; done
+stop_nodes() { for p in "${PIDS[@]}"; do kill -CONT $p 2>/dev/null || true; kill $p 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait $p 2>/dev/null || true; done; PIDS=(); }
 pg() { su postgres -s /bin/sh -c "cd $W && $*"; }
 cleanup() { stop_nodes; $PEER stop >/dev/null 2>&1 || true
@@ -100,7 +101,7 @@ start_nodes() {
     local d=$W/node$i; mkdir -p $d; chmod 700 $d; cp $P/users $d/users
     local store="--store $URL"; [ $kind = maildir ] && { d=$P; store=; }
     $B serve --data $d $store --pop3 ${IPS[$i]}:$PORT --pop3s '' --metrics ${IPS[$i]}:$MPORT --pprof \
-      --log-level warn --audit-log off --admin-socket off 2>>$W/node$i.log &
+      --log-level warn --audit-log off --admin-socket off >/dev/null 2>>$W/node$i.log &
     PIDS+=($!)
     waitport ${IPS[$i]}:$PORT
   done
@@ -208,7 +209,7 @@ PY
 esac; done
 
 echo
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), PostgreSQL $($PGBIN/postgres --version | awk '{print $3}'), $(dovecot --version 2>/dev/null | cut -d' ' -f1 | sed 's/^/Dovecot /'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), PostgreSQL $($PGBIN/postgres --version | awk '{print $3}'), $(dovecot --version 2>/dev/null | cut -d' ' -f1 | sed 's/^/Dovecot /'), load average at the start: $LOADAVG, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "load: pouch bench full sessions, $CLIENTS clients in all, $DURATION, 200 users × 50 × 10 KB; pouch migrate of it took ${MIGRATE_S} s"
 echo
 cat $W/rows

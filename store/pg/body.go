@@ -73,11 +73,16 @@ type bodyReader struct {
 	r      row
 	size   int64      // wire size, as the snapshot says
 	read   int64      // octets handed out
-	cur    chunk      // the chunk being handed out; cur.data is what is left of it
-	next   int        // the chunk after cur
-	ahead  chan chunk // the fetch of chunk next, under way; nil when there is none
+	cur    chunk        // the chunk being handed out; cur.data is what is left of it
+	next   int          // the chunk after cur
+	ahead  []chan chunk // the fetches of the chunks from next on, under way
 	closed bool
 }
+
+// fetchDepth is how many chunks of a message are fetched ahead of the one
+// being sent, each on a connection of its own: the database reads one
+// while the next is on its way and the node sends a third.
+const fetchDepth = 2
 
 // chunk is a chunk fetched into a pooled buffer.
 type chunk struct {
@@ -145,15 +150,14 @@ func (b *bodyReader) fetch(n int) chunk {
 	return c
 }
 
-// prefetch starts the fetch of chunk next, if there is one.
+// prefetch starts the fetches of the chunks from next on that are not
+// under way, up to fetchDepth of them.
 func (b *bodyReader) prefetch() {
-	b.ahead = nil
-	if b.next >= b.r.chunks {
-		return
+	for n := b.next + len(b.ahead); n < b.r.chunks && len(b.ahead) < fetchDepth; n++ {
+		ch := make(chan chunk, 1)
+		go func() { ch <- b.fetch(n) }()
+		b.ahead = append(b.ahead, ch)
 	}
-	ch, n := make(chan chunk, 1), b.next
-	go func() { ch <- b.fetch(n) }()
-	b.ahead = ch
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
@@ -168,7 +172,8 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		b.cur.release()
-		b.cur = <-b.ahead
+		b.cur = <-b.ahead[0]
+		b.ahead = b.ahead[1:]
 		if b.cur.err != nil {
 			return 0, b.cur.err
 		}
@@ -195,9 +200,10 @@ func (b *bodyReader) Close() error {
 	b.closed = true
 	b.cur.release()
 	b.cur = chunk{}
-	if ch := b.ahead; ch != nil {
+	for _, ch := range b.ahead {
 		go func() { c := <-ch; c.release() }()
 	}
+	b.ahead = nil
 	return nil
 }
 
