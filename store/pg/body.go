@@ -71,8 +71,8 @@ func (s *Store) writeChunk(ctx context.Context, md, body int64, n int, data []by
 type bodyReader struct {
 	m      *maildrop
 	r      row
-	size   int64      // wire size, as the snapshot says
-	read   int64      // octets handed out
+	size   int64        // wire size, as the snapshot says
+	read   int64        // octets handed out
 	cur    chunk        // the chunk being handed out; cur.data is what is left of it
 	next   int          // the chunk after cur
 	ahead  []chan chunk // the fetches of the chunks from next on, under way
