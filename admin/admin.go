@@ -162,13 +162,18 @@ func Listen(path string) (net.Listener, error) {
 }
 
 // peerAllowed decides whether a peer's uid may use the socket: root, or the
-// user this process runs as. Tests replace it.
-var peerAllowed = func(uid int) bool { return uid == 0 || uid == os.Geteuid() }
+// user this process runs as.
+func peerAllowed(uid int) bool { return uid == 0 || uid == os.Geteuid() }
 
 // Serve answers requests on l until ctx is done, then closes l and every
 // open connection and returns. Each connection is checked: only root and
 // the server's own user are served.
 func Serve(ctx context.Context, l net.Listener, h Handler, log *slog.Logger) error {
+	return serveWith(ctx, l, h, log, peerAllowed)
+}
+
+// serveWith is Serve with the check of a peer's uid, allowed.
+func serveWith(ctx context.Context, l net.Listener, h Handler, log *slog.Logger, allowed func(uid int) bool) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -218,7 +223,7 @@ func Serve(ctx context.Context, l net.Listener, h Handler, log *slog.Logger) err
 		mu.Unlock()
 		go func() {
 			defer wg.Done()
-			serveConn(ctx, c, h, log)
+			serveConn(ctx, c, h, log, allowed)
 			mu.Lock()
 			delete(conns, c)
 			mu.Unlock()
@@ -228,14 +233,14 @@ func Serve(ctx context.Context, l net.Listener, h Handler, log *slog.Logger) err
 }
 
 // serveConn answers the requests of one connection.
-func serveConn(ctx context.Context, c net.Conn, h Handler, log *slog.Logger) {
+func serveConn(ctx context.Context, c net.Conn, h Handler, log *slog.Logger, allowed func(uid int) bool) {
 	uid, err := peerUID(c)
 	switch {
 	case err != nil:
 		log.Warn("admin socket: cannot check the peer", "err", err)
 		writeReply(c, reply{Error: "the server cannot tell who you are"})
 		return
-	case uid >= 0 && !peerAllowed(uid):
+	case uid >= 0 && !allowed(uid):
 		log.Warn("admin socket: refused a user", "uid", uid)
 		writeReply(c, reply{Error: fmt.Sprintf("uid %d may not use the admin socket: use root or the user pouch serve runs as", uid)})
 		return

@@ -87,6 +87,12 @@ func (f *fakeHandler) MailboxStats(_ context.Context, user string) (store.Stats,
 // when the test ends, and the test checks that Serve returned.
 func serve(t *testing.T, h Handler) string {
 	t.Helper()
+	return serveAllowing(t, h, peerAllowed)
+}
+
+// serveAllowing is serve with the check of a peer's uid, allowed.
+func serveAllowing(t *testing.T, h Handler, allowed func(uid int) bool) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "admin.sock")
 	l, err := Listen(path)
 	if err != nil {
@@ -94,7 +100,7 @@ func serve(t *testing.T, h Handler) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, h, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { done <- serveWith(ctx, l, h, slog.New(slog.NewTextHandler(io.Discard, nil)), allowed) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -347,11 +353,8 @@ func TestAdminDialNoServer(t *testing.T) {
 
 // A peer that is neither root nor the server's user is refused.
 func TestAdminPeerCheck(t *testing.T) {
-	saved := peerAllowed
-	t.Cleanup(func() { peerAllowed = saved }) // after the server stopped
-	peerAllowed = func(uid int) bool { return uid != os.Geteuid() }
 	h := &fakeHandler{}
-	path := serve(t, h)
+	path := serveAllowing(t, h, func(uid int) bool { return uid != os.Geteuid() })
 	c := dial(t, path)
 	_, err := c.Who()
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("uid %d may not use the admin socket", os.Geteuid())) {

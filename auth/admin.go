@@ -8,11 +8,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/pouchmail/pouch/internal/filelock"
-	"github.com/pouchmail/pouch/internal/owner"
+	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // Errors of the administration functions.
@@ -237,78 +236,18 @@ func lockFile(path string) (unlock func(), err error) {
 }
 
 // writeAtomic replaces the file at path with lines, each ended by "\n",
-// through a temporary file as the package documentation describes.
-func writeAtomic(path string, lines []string) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("auth: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-			err = fmt.Errorf("auth: writing %s: %w", path, err)
-		}
-	}()
-	if err = tmp.Chmod(0o600); err != nil {
-		return err
-	}
-	if err = keepOwner(tmp, path); err != nil {
-		return err
-	}
-	var b strings.Builder
+// through a temporary file as the package documentation describes. The file
+// keeps its owner and group, so that a users file edited by root stays
+// readable by the server's user; a new users file gets the owner of its
+// directory (see owner.Adopt).
+func writeAtomic(path string, lines []string) error {
+	var b []byte
 	for _, line := range lines {
-		b.WriteString(line)
-		b.WriteByte('\n')
+		b = append(b, line...)
+		b = append(b, '\n')
 	}
-	if _, err = tmp.WriteString(b.String()); err != nil {
-		return err
+	if err := fsx.WriteFile(path, b, fsx.Options{Perm: 0o600, Owner: fsx.OwnKeep}); err != nil {
+		return fmt.Errorf("auth: writing %s: %w", path, err)
 	}
-	if err = tmp.Sync(); err != nil {
-		return err
-	}
-	if err = tmp.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// keepOwner gives f the owner and group of the file at path, if that exists
-// and they differ, so that a users file edited by root stays readable by the
-// server's user; a new users file gets the owner of its directory (see
-// owner.Adopt). Only root may give away a file: for anyone else keeping an
-// owner fails.
-func keepOwner(f *os.File, path string) error {
-	old, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		owner.Adopt(f.Name())
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	cur, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	o, ok1 := old.Sys().(*syscall.Stat_t)
-	c, ok2 := cur.Sys().(*syscall.Stat_t)
-	if !ok1 || !ok2 || (o.Uid == c.Uid && o.Gid == c.Gid) {
-		return nil
-	}
-	return f.Chown(int(o.Uid), int(o.Gid))
-}
-
-// syncDir fsyncs the directory dir, making a rename in it durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }

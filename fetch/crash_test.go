@@ -81,7 +81,7 @@ func killed(err error) bool {
 // exactly-once order, then lets a clean run finish: every message must be in
 // the Maildir exactly once and, with the default policy, gone from the server.
 func TestCrashAtEveryPoint(t *testing.T) {
-	points := []string{"fetch.maildir.tmp-synced", "fetch.delivered", "fetch.synced", "fetch.journaled", "fetch.before-quit"}
+	points := []string{"maildir.deliver.synced", "fetch.delivered", "fetch.synced", "fetch.journaled", "fetch.before-quit"}
 	for _, keep := range []bool{false, true} {
 		for _, point := range points {
 			t.Run(fmt.Sprintf("%s/keep=%v", point, keep), func(t *testing.T) {

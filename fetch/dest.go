@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,15 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
-	"github.com/pouchmail/pouch/store"
-)
-
-// Hooks for tests that inject failures.
-var (
-	fsyncFile   = (*os.File).Sync
-	renameFn    = os.Rename
-	syncDirFn   = syncDir
-	readNamesFn = readNames
+	"github.com/pouchmail/pouch/internal/fsx"
+	"github.com/pouchmail/pouch/store/maildir"
 )
 
 // Msg describes the message being delivered.
@@ -41,7 +33,8 @@ type Msg struct {
 // Destination stores downloaded messages. Deliver receives the message in
 // wire form (CRLF line ends, unstuffed) and writes it with LF line ends; once
 // Sync returns nil every message Deliver accepted is durable. A failed
-// Deliver leaves nothing behind.
+// Deliver leaves nothing behind. What a destination can do besides is
+// told by the capabilities below.
 type Destination interface {
 	Deliver(m Msg, body io.Reader) error
 	Sync() error
@@ -49,10 +42,55 @@ type Destination interface {
 	String() string
 }
 
-// deduper is a Destination that can tell whether a message is already
-// stored, by its key.
-type deduper interface {
-	Has(key string) bool
+// The capabilities a destination may have besides Destination, each a
+// small interface. The run looks them up once, when it opens the
+// destination (capsOf), and asks nothing else of it.
+type (
+	// deduper tells, by a message's key, whether the message is stored
+	// already: a Maildir finds the digest in its file names, so that a
+	// message stored by a run killed before its journal entry is not
+	// stored twice.
+	deduper interface{ Has(key string) bool }
+	// dirSyncer makes durable the renames of messages that a killed run
+	// stored (a Maildir's new/ and cur/), before the journal records them.
+	dirSyncer interface{ SyncDirs() error }
+	// releaser drops a lock that the destination holds from its first
+	// Deliver on (an mbox's); the run calls it once the journal recorded
+	// a batch.
+	releaser interface{ Release() }
+	// marker takes the function that records durably where an append
+	// starts, called before the first append under a lock, so that the
+	// next run can cut back an append a kill left unrecorded (an mbox;
+	// see Journal.Mark).
+	marker interface {
+		setMark(func(size int64, path string) error)
+	}
+	// deadliner bounds the destination's own waits (an MDA, an LMTP or
+	// SMTP server) by the run's deadline.
+	deadliner interface{ setDeadline(time.Time) }
+)
+
+// destCaps are a destination's capabilities, each nil where it has none.
+type destCaps struct {
+	dedup    deduper
+	dirs     dirSyncer
+	release  releaser
+	mark     marker
+	deadline deadliner
+}
+
+// capsOf looks up d's capabilities; a nil d has none.
+func capsOf(d Destination) destCaps {
+	var c destCaps
+	if d == nil {
+		return c
+	}
+	c.dedup, _ = d.(deduper)
+	c.dirs, _ = d.(dirSyncer)
+	c.release, _ = d.(releaser)
+	c.mark, _ = d.(marker)
+	c.deadline, _ = d.(deadliner)
+	return c
 }
 
 // OpenDestination parses "maildir:DIR", "mbox:FILE", "mda:CMD",
@@ -60,15 +98,19 @@ type deduper interface {
 // LMTP and SMTP. tag names the account in Maildir temporary files, so that
 // a run holding the account lock can remove those a killed run left.
 func OpenDestination(spec, rcpt, tag string) (Destination, error) {
+	return openDestination(spec, rcpt, tag, osCalls)
+}
+
+func openDestination(spec, rcpt, tag string, sys fsCalls) (Destination, error) {
 	kind, arg, ok := strings.Cut(spec, ":")
 	if !ok || arg == "" {
 		return nil, fmt.Errorf("destination %q: use maildir:DIR, mbox:FILE, mda:CMD, lmtp:HOST:PORT or smtp:HOST:PORT", spec)
 	}
 	switch kind {
 	case "maildir":
-		return openMaildir(expandHome(arg), tag)
+		return openMaildir(expandHome(arg), tag, sys)
 	case "mbox":
-		return &mbox{path: expandHome(arg)}, nil
+		return &mbox{path: expandHome(arg), fsync: sys.fsync}, nil
 	case "mda":
 		return &mda{cmd: arg}, nil
 	case "lmtp", "smtp":
@@ -160,18 +202,20 @@ func copyLF(w io.Writer, body io.Reader) error {
 	return lw.Close()
 }
 
-// maildirDest delivers into a Maildir: tmp/, fsync, rename into new/; Sync
-// fsyncs new/. Each name carries ",PF=<key>" so that a message stored just
-// before a crash is recognised by the next run.
+// maildirDest delivers into a Maildir as store/maildir's Delivery does:
+// tmp/, fsync, rename into new/; Sync fsyncs new/. Each name carries
+// ",PF=<key>" so that a message stored just before a crash is recognised by
+// the next run, and each temporary file ",PA=<tag>" so that a run of the
+// same account can remove those a killed one left.
 type maildirDest struct {
-	dir  string
-	tag  string
-	keys map[string]bool
-	host string
-	q    atomic.Uint64
+	dir     string
+	tag     string
+	keys    map[string]bool
+	syncDir func(string) error
 
-	// fsync and rename run on a pool of workers, so that the file system
-	// can commit many files in one journal transaction; Sync waits for them.
+	// fsyncs and renames run on a pool of workers, so that the file
+	// system can commit many files in one journal transaction; Sync waits
+	// for them.
 	jobs chan maildirJob
 	wg   sync.WaitGroup
 	mu   sync.Mutex
@@ -181,21 +225,21 @@ type maildirDest struct {
 }
 
 type maildirJob struct {
-	f        *os.File
-	tmp, dst string
+	d    *maildir.Delivery
+	info string // the fields after the sizes
 }
 
 const maildirWorkers = 16
 
-func openMaildir(dir, tag string) (*maildirDest, error) {
+func openMaildir(dir, tag string, sys fsCalls) (*maildirDest, error) {
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("maildir: %w", err)
 		}
 	}
-	m := &maildirDest{dir: dir, tag: tag, keys: map[string]bool{}, host: hostname(), jobs: make(chan maildirJob, 1024)}
+	m := &maildirDest{dir: dir, tag: tag, keys: map[string]bool{}, syncDir: sys.syncDir, jobs: make(chan maildirJob, 1024)}
 	for _, sub := range []string{"new", "cur"} {
-		names, err := readNamesFn(filepath.Join(dir, sub))
+		names, err := sys.readNames(filepath.Join(dir, sub))
 		if err != nil {
 			return nil, fmt.Errorf("maildir: %w", err)
 		}
@@ -207,7 +251,7 @@ func openMaildir(dir, tag string) (*maildirDest, error) {
 	}
 	// Our own temporary files were left by a killed run of this account
 	// (the caller holds its lock); others' are abandoned after 36 hours.
-	if names, err := readNames(filepath.Join(dir, "tmp")); err == nil {
+	if names, err := fsx.Names(filepath.Join(dir, "tmp")); err == nil {
 		for _, n := range names {
 			p := filepath.Join(dir, "tmp", n)
 			if tag != "" && strings.HasSuffix(n, ",PA="+tag) {
@@ -234,15 +278,6 @@ func keyOf(name string) string {
 	return k
 }
 
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
-
 func (m *maildirDest) String() string { return "maildir:" + m.dir }
 
 func (m *maildirDest) Has(key string) bool { return m.keys[key] }
@@ -254,53 +289,40 @@ func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	unique := fmt.Sprintf("%d.M%06dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), m.q.Add(1), m.host)
-	tmp := filepath.Join(m.dir, "tmp", unique)
+	var tmpSuffix string
 	if m.tag != "" {
-		tmp += ",PA=" + m.tag
+		tmpSuffix = ",PA=" + m.tag
 	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	d, err := maildir.NewDelivery(m.dir, time.Now(), tmpSuffix)
 	if err != nil {
 		return fmt.Errorf("maildir: %w", err)
 	}
-	var size store.SizeCounter
 	if m.bw == nil {
 		m.bw = bufio.NewWriterSize(nil, 64<<10)
 	}
 	bw := m.bw
-	bw.Reset(io.MultiWriter(f, &size))
+	bw.Reset(d)
 	err = copyLF(bw, body)
 	if err == nil {
 		err = bw.Flush()
 	}
 	if err != nil {
-		f.Close()
-		os.Remove(tmp)
+		d.Abort()
 		return err
 	}
-	name := fmt.Sprintf("%s,S=%d,W=%d", unique, size.Raw(), size.Wire())
+	var info string
 	if msg.Key != "" {
-		name += ",PF=" + msg.Key
+		info = ",PF=" + msg.Key
 	}
 	m.wg.Add(1)
-	m.jobs <- maildirJob{f: f, tmp: tmp, dst: filepath.Join(m.dir, "new", name)}
+	m.jobs <- maildirJob{d: d, info: info}
 	return nil
 }
 
-// worker fsyncs a file and renames it into new/.
+// worker commits a delivery: fsync, rename into new/.
 func (m *maildirDest) worker() {
 	for j := range m.jobs {
-		err := fsyncFile(j.f)
-		if cerr := j.f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			crashpoint.Hit("fetch.maildir.tmp-synced")
-			err = renameFn(j.tmp, j.dst)
-		}
-		if err != nil {
-			os.Remove(j.tmp)
+		if _, err := j.d.Commit(j.info); err != nil {
 			m.mu.Lock()
 			if m.err == nil {
 				m.err = fmt.Errorf("maildir: %w", err)
@@ -321,7 +343,7 @@ func (m *maildirDest) Sync() error {
 	if m.err != nil {
 		return m.err
 	}
-	if err := syncDirFn(filepath.Join(m.dir, "new")); err != nil {
+	if err := m.syncDir(filepath.Join(m.dir, "new")); err != nil {
 		m.err = fmt.Errorf("maildir: fsync new/: %w", err)
 	}
 	return m.err
@@ -331,7 +353,7 @@ func (m *maildirDest) Sync() error {
 // have been renamed by a run killed before it fsynced the directory.
 func (m *maildirDest) SyncDirs() error {
 	for _, sub := range []string{"new", "cur"} {
-		if err := syncDirFn(filepath.Join(m.dir, sub)); err != nil {
+		if err := m.syncDir(filepath.Join(m.dir, sub)); err != nil {
 			return fmt.Errorf("maildir: fsync %s/: %w", sub, err)
 		}
 	}
@@ -344,14 +366,6 @@ func (m *maildirDest) Close() error {
 	return err
 }
 
-func hostname() string {
-	h, err := os.Hostname()
-	if err != nil || h == "" {
-		h = "localhost"
-	}
-	return strings.NewReplacer("/", `\057`, ":", `\072`, ",", `\054`).Replace(h)
-}
-
 // mbox appends in mboxrd format ("From " lines quoted by one more ">"),
 // holding an fcntl and a flock lock from the first Deliver until Release,
 // which the runner calls after the journal records the batch; Sync fsyncs the
@@ -360,13 +374,16 @@ func hostname() string {
 // unfinished or unrecorded (recoverMbox). A failed Deliver truncates the file
 // back; a failed Sync is sticky.
 type mbox struct {
-	path string
-	f    *os.File
-	err  error
-	mark func(size int64, path string) error
+	path  string
+	fsync func(*os.File) error
+	f     *os.File
+	err   error
+	mark  func(size int64, path string) error
 }
 
 func (b *mbox) String() string { return "mbox:" + b.path }
+
+func (b *mbox) setMark(mark func(size int64, path string) error) { b.mark = mark }
 
 func lockMbox(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
@@ -387,7 +404,7 @@ func lockMbox(path string) (*os.File, error) {
 
 // recoverMbox cuts the mbox at path back to size, under its lock: what lies
 // beyond was appended by a run that never recorded it as done.
-func recoverMbox(path string, size int64) (cut int64, err error) {
+func recoverMbox(path string, size int64, fsync func(*os.File) error) (cut int64, err error) {
 	f, err := lockMbox(path)
 	if err != nil {
 		return 0, err
@@ -403,7 +420,7 @@ func recoverMbox(path string, size int64) (cut int64, err error) {
 	if err := f.Truncate(size); err != nil {
 		return 0, fmt.Errorf("mbox: %w", err)
 	}
-	if err := fsyncFile(f); err != nil {
+	if err := fsync(f); err != nil {
 		return 0, fmt.Errorf("mbox: fsync: %w", err)
 	}
 	return st.Size() - size, nil
@@ -475,7 +492,7 @@ func (b *mbox) Sync() error {
 	if b.f == nil {
 		return nil
 	}
-	if err := fsyncFile(b.f); err != nil {
+	if err := b.fsync(b.f); err != nil {
 		b.err = fmt.Errorf("mbox: fsync: %w", err)
 		b.Release()
 		return b.err

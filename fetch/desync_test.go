@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/pouchmail/pouch/internal/popscript"
 )
@@ -220,5 +222,22 @@ func TestStatBarrier(t *testing.T) {
 		}
 		// Stored and journaled: deleted by a later run.
 		checkExactlyOnce(t, dir, []string{"first\n"})
+	}
+}
+
+// The size check counts CRLF pairs split between reads, accepts the CRLF
+// and the LF count of LIST, and refuses anything else and empty bodies.
+func TestCheckReader(t *testing.T) {
+	body := "a\r\nbb\r\n\r\nc\r\n"
+	for want, ok := range map[int64]bool{12: true, 8: true, 13: false, 11: false, 9: false, 0: false} {
+		c := &checkReader{r: iotest.OneByteReader(strings.NewReader(body)), want: want, tee: &teeSpool{}}
+		got, err := io.ReadAll(c)
+		if ok != (err == nil) || string(got) != body || c.crlf != 4 {
+			t.Errorf("LIST %d: %v, %d CRLF", want, err, c.crlf)
+		}
+	}
+	c := &checkReader{r: strings.NewReader(""), tee: &teeSpool{}}
+	if _, err := io.ReadAll(c); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("empty body: %v", err)
 	}
 }

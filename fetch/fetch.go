@@ -355,7 +355,12 @@ var ErrDeadline = errors.New("the account's deadline passed")
 // once: the connection is closed without QUIT, so the server deletes nothing
 // (RFC 1939 §6), and what was stored is journaled. Run returns an error when
 // anything failed; Stats are valid either way.
-func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
+func Run(ctx context.Context, a *Account, obs Observer) (Stats, error) {
+	return runWith(ctx, a, obs, osCalls)
+}
+
+// runWith is Run with the file system calls sys.
+func runWith(ctx context.Context, a *Account, obs Observer, sys fsCalls) (st Stats, err error) {
 	start := time.Now()
 	defer func() { st.Elapsed = time.Since(start) }()
 	if obs == nil {
@@ -389,7 +394,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir()
 	}
-	j, err := OpenJournal(stateDir, a.StateName(), a.DryRun)
+	j, err := openJournal(stateDir, a.StateName(), a.DryRun, sys)
 	if err != nil {
 		return st, err
 	}
@@ -398,7 +403,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		if size, path, ok := j.OutstandingMark(); ok {
 			// A run was killed in the middle of (or just after) an mbox
 			// append it never recorded: cut it off; it is fetched again.
-			cut, err := recoverMbox(path, size)
+			cut, err := recoverMbox(path, size, sys.fsync)
 			if err != nil {
 				return st, err
 			}
@@ -415,14 +420,18 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		if a.To == "" {
 			return st, errors.New("no destination: give --to")
 		}
-		dest, err = OpenDestination(a.To, a.Rcpt, a.tag())
+		dest, err = openDestination(a.To, a.Rcpt, a.tag(), sys)
 		if err != nil {
 			return st, err
 		}
 		defer dest.Close()
-		if d, ok := dest.(interface{ setDeadline(time.Time) }); ok {
-			d.setDeadline(deadline)
-		}
+	}
+	caps := capsOf(dest)
+	if caps.deadline != nil {
+		caps.deadline.setDeadline(deadline)
+	}
+	if caps.mark != nil {
+		caps.mark.setMark(j.Mark)
 	}
 	ld := loginDelayState{path: filepath.Join(stateDir, a.StateName()+".login")}
 	if err := ld.check(time.Now()); err != nil {
@@ -465,7 +474,7 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		}
 	}
 	ld.loggedIn(st.LoggedIn, st.LoginDelay)
-	r := &runner{a: a, c: c, j: j, dest: dest, obs: obs, st: &st, stateDir: stateDir, window: 1}
+	r := &runner{a: a, c: c, j: j, dest: dest, caps: caps, sys: sys, obs: obs, st: &st, stateDir: stateDir, window: 1}
 	if c.Pipelining() {
 		r.window = a.Window
 		if r.window <= 0 {
@@ -473,9 +482,6 @@ func Run(ctx context.Context, a *Account, obs Observer) (st Stats, err error) {
 		}
 	}
 	defer r.tee.close()
-	if mb, ok := dest.(*mbox); ok {
-		mb.mark = j.Mark
-	}
 	if err := r.run(ctx); err != nil {
 		return st, err
 	}
@@ -699,6 +705,8 @@ type runner struct {
 	c        *client.Client
 	j        *Journal
 	dest     Destination
+	caps     destCaps // dest's capabilities
+	sys      fsCalls
 	obs      Observer
 	st       *Stats
 	stateDir string
@@ -718,12 +726,6 @@ type runner struct {
 	inflight int64
 
 	tee teeSpool // a copy of the message being received, for quarantine
-}
-
-// due reports whether a message first downloaded at t is due for
-// deletion now.
-func (r *runner) due(t time.Time) bool {
-	return !r.a.KeepForever && time.Since(t) >= r.a.Keep
 }
 
 // list reads LIST and UIDL as they stream in, into r.l; every valid UIDL
@@ -756,8 +758,10 @@ func (r *runner) uid(i int) string {
 	return ""
 }
 
+// run lists the messages, plans what to do with each (makePlan) and
+// carries the plan out (execute).
 func (r *runner) run(ctx context.Context) error {
-	a, c, ids := r.a, r.c, r.j.ids
+	a := r.a
 	uerr, err := r.list()
 	if err != nil {
 		if desync(err) {
@@ -776,96 +780,39 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
-	var dups map[ref]int
-	r.l.ids.each(func(id ref) {
-		if id != 0 && id != badID && ids.Has(id, fDup) {
-			if dups == nil {
-				dups = map[ref]int{}
-			}
-			dups[id]++
-		}
-	})
-	var todoBytes int64
-	now := time.Now()
-	recovered := false
-	dd, _ := r.dest.(deduper)
-	for i := range r.l.len() {
-		num, size := r.l.num(i), r.l.size(i)
-		if !r.noUIDL {
-			id := r.l.id(i)
-			switch {
-			case id == 0:
-				r.obs.Warn(fmt.Sprintf("message %d has no UIDL: skipped", num))
-				r.st.Skipped++
-				continue
-			case id == badID:
-				r.st.Skipped++ // warned while listing
-				continue
-			case dups[id] > 0:
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q is shared by %d messages: skipped and never deleted", num, ids.UID(id), dups[id]))
-				r.st.Skipped++
-				continue
-			case ids.Has(id, fSuspect) && !a.RetryQuarantined:
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", num, ids.UID(id)))
-				r.st.Skipped++
-				continue
-			case ids.Has(id, fSeen|fOld):
-				// On the server before --mark-existing: not stored here,
-				// so never deleted.
-				r.st.Kept++
-				continue
-			case ids.Has(id, fSeen) && !ids.Has(id, fSuspect):
-				if r.due(time.Unix(ids.Time(id), 0)) {
-					r.dele.add(num)
-				} else {
-					r.st.Kept++
-				}
-				continue
-			case ids.Has(id, fTomb):
-				// It vanished from an earlier LIST: either that LIST was
-				// partial (it was downloaded then) or the server reuses
-				// the UIDL for a new message. Neither download it twice
-				// nor delete it unread.
-				r.obs.Warn(fmt.Sprintf("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", num, ids.UID(id)))
-				r.st.Skipped++
-				continue
-			case dd != nil && ids.Has(id, fPending) && !ids.Has(id, fSeen) && dd.Has(a.messageKey(ids.UID(id))):
-				// Stored by a run that was killed before its journal
-				// entry (the pending record says this message, not an
-				// earlier one with the same UIDL, was being stored).
-				r.j.addRef(id, now)
-				recovered = true
-				r.st.Recovered++
-				if r.due(now) {
-					r.dele.add(num)
-				} else {
-					r.st.Kept++
-				}
-				continue
-			}
-		}
-		if a.MarkExisting {
-			// Never downloaded, so never deleted (the E record).
-			if r.j.addExistingRef(r.l.id(i), now) {
-				r.st.Marked++
-			} else {
-				r.st.Skipped++
-			}
-			continue
-		}
-		if a.MaxSize > 0 && size > a.MaxSize {
-			r.st.Skipped++
-			if a.DeleteOversized {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: deleted without downloading", num, size))
-				r.dele.add(num)
-			} else {
-				r.obs.Warn(fmt.Sprintf("message %d (%d octets) is larger than --max-size: left on the server", num, size))
-			}
-			continue
-		}
-		r.todo.add(uint32(i))
-		todoBytes += size
+	var stored func(uid string) bool
+	if dd := r.caps.dedup; dd != nil {
+		stored = func(uid string) bool { return dd.Has(a.messageKey(uid)) }
 	}
+	p := makePlan(planInput{a: a, l: &r.l, ids: r.j.ids, noUIDL: r.noUIDL, stored: stored, now: time.Now()})
+	return r.execute(ctx, p)
+}
+
+// execute carries out a plan: it records the messages a killed run stored
+// (once the destination made their names durable) and those --mark-existing
+// marks, then, unless the run only marks or is dry, downloads, stores and
+// journals the messages to fetch, and deletes what is due (finish).
+func (r *runner) execute(ctx context.Context, p *plan) error {
+	a, c := r.a, r.c
+	for _, w := range p.warnings {
+		r.obs.Warn(w)
+	}
+	r.st.Kept += p.kept
+	r.st.Skipped += p.skipped
+	if p.recovered.len() > 0 {
+		// The killed run may have renamed the files without fsyncing the
+		// directories: before any journal record of them is written.
+		if r.caps.dirs != nil {
+			if err := r.caps.dirs.SyncDirs(); err != nil {
+				return err
+			}
+		}
+		p.recovered.each(func(i uint32) { r.j.addRef(r.l.id(int(i)), p.now) })
+		r.st.Recovered += p.recovered.len()
+	}
+	p.mark.each(func(i uint32) { r.j.addExistingRef(r.l.id(int(i)), p.now) })
+	r.st.Marked += p.mark.len()
+	r.todo, r.dele = p.fetch, p.dele
 	if !r.noUIDL {
 		if err := r.j.Prune(); err != nil {
 			return err
@@ -875,10 +822,6 @@ func (r *runner) run(ctx context.Context) error {
 		r.obs.Warn(w)
 	}
 	if a.MarkExisting {
-		// Nothing is deleted in this run, whatever the keep policy: what
-		// is due stays for the next one.
-		r.st.Kept += r.dele.len()
-		r.dele = chunks[uint32]{}
 		if err := r.j.Sync(); err != nil {
 			return err
 		}
@@ -887,7 +830,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	if a.DryRun {
 		r.st.Fetched = r.todo.len()
-		r.st.Bytes = todoBytes
+		r.st.Bytes = p.fetchBytes
 		r.st.Deleted = r.dele.len()
 		if !a.KeepForever && a.Keep == 0 {
 			r.st.Deleted += r.todo.len()
@@ -896,16 +839,7 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		return c.Quit()
 	}
-	if recovered {
-		// The killed run may have renamed the file without fsyncing the
-		// directory.
-		if sd, ok := r.dest.(interface{ SyncDirs() error }); ok {
-			if err := sd.SyncDirs(); err != nil {
-				return err
-			}
-		}
-	}
-	r.obs.Plan(r.todo.len(), todoBytes)
+	r.obs.Plan(r.todo.len(), p.fetchBytes)
 	// The first RETRs go out before the pending records are fsynced, so
 	// that the fsync overlaps the round trip; nothing is stored before it.
 	if err := r.sendRetrs(ctx, 0); err != nil {
@@ -1157,14 +1091,14 @@ func describe(err error) string {
 // quarantine/NAME/ under the state directory, apart from the user's mail.
 func (r *runner) quarantine() (string, error) {
 	dir := filepath.Join(r.stateDir, "quarantine", r.a.StateName())
-	if err := mkdirSynced(dir); err != nil {
+	if err := mkdirSynced(dir, r.sys.syncDir); err != nil {
 		return "", err
 	}
 	body, err := r.tee.reader()
 	if err != nil {
 		return "", err
 	}
-	q, err := openMaildir(dir, "")
+	q, err := openMaildir(dir, "", r.sys)
 	if err != nil {
 		return "", err
 	}
@@ -1203,8 +1137,8 @@ func (r *runner) commit() error {
 		return err
 	}
 	crashpoint.Hit("fetch.journaled")
-	if rl, ok := r.dest.(interface{ Release() }); ok {
-		rl.Release()
+	if r.caps.release != nil {
+		r.caps.release.Release()
 	}
 	if !r.a.KeepForever && r.a.Keep == 0 {
 		for _, i := range r.batch {

@@ -337,3 +337,85 @@ func TestStateDirTilde(t *testing.T) {
 		t.Fatalf("nothing in ~/state: %v", err)
 	}
 }
+
+// A failed destination sync drops the whole batch: nothing of it is
+// journaled (so nothing of it is ever deleted), and the destination stays
+// unusable.
+func TestSyncFailureDropsBatch(t *testing.T) {
+	a, dir := fakeAccount(t, `
+		C: LIST
+		S: +OK
+		S: 1 5
+		S: .
+		C: UIDL
+		S: +OK
+		S: 1 u1
+		S: .
+		C: RETR 1
+		S: +OK
+		S: one
+		S: .`)
+	// Once the run has opened the Maildir and commits its pending
+	// records, new/ goes away: the message's rename into it fails.
+	newDir := filepath.Join(dir, "new")
+	sys := osCalls
+	sys.fdatasync = func(f *os.File) error {
+		os.Rename(newDir, newDir+".away")
+		return osCalls.fdatasync(f)
+	}
+	if _, err := runWith(context.Background(), a, nil, sys); err == nil {
+		t.Fatal("run succeeded")
+	}
+	if err := os.Rename(newDir+".away", newDir); err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnce(t, dir, nil)
+	j, err := OpenJournal(a.StateDir, a.StateName(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if _, ok := j.Seen("u1"); ok {
+		t.Fatal("a message whose sync failed was journaled")
+	}
+}
+
+// With PIPELINING before login, no second CAPA is sent and LIST and UIDL
+// share a round trip.
+func TestFewerRoundTrips(t *testing.T) {
+	fs := newFake(t, `
+		S: +OK hello
+		C: CAPA
+		S: +OK
+		S: USER
+		S: UIDL
+		S: PIPELINING
+		S: .
+		C: USER alice
+		S: +OK
+		C: PASS secret
+		S: +OK
+		C: LIST
+		C: UIDL
+		S: +OK
+		S: 1 5
+		S: .
+		S: +OK
+		S: 1 a
+		S: .
+		C: RETR 1
+		S: +OK
+		S: one
+		S: .
+		C: STAT
+		S: +OK 1 5
+		C: DELE 1
+		S: +OK
+		C: QUIT
+		S: +OK`)
+	a := testAccount(t, fs.Addr)
+	st, err := Run(context.Background(), a, nil)
+	if err != nil || st.Fetched != 1 || st.Deleted != 1 {
+		t.Fatalf("%+v %v", st, err)
+	}
+}

@@ -12,15 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/fsx"
 	"golang.org/x/sys/unix"
-
-	"github.com/pouchmail/pouch/internal/crashpoint"
-)
-
-// Hooks for tests that inject failures.
-var (
-	journalWrite = (*os.File).Write
-	fdatasyncFn  = func(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
 )
 
 // journalHeader is the first line of every journal file this version
@@ -109,6 +102,7 @@ type Journal struct {
 	buf       []byte
 	staged    []stagedAdd
 	readOnly  bool
+	sys       fsCalls
 	err       error // sticky: a failed fdatasync
 	werr      error // a failed write of spilled records, for the next Sync
 	warnings  []string
@@ -125,7 +119,11 @@ var ErrLocked = errors.New("another pouch fetch is running for this account")
 // OpenJournal takes the lock and loads dir/name.journal, creating the
 // directory and the file if needed. readOnly (for --dry-run) never writes.
 func OpenJournal(dir, name string, readOnly bool) (*Journal, error) {
-	if err := mkdirSynced(dir); err != nil {
+	return openJournal(dir, name, readOnly, osCalls)
+}
+
+func openJournal(dir, name string, readOnly bool, sys fsCalls) (*Journal, error) {
+	if err := mkdirSynced(dir, sys.syncDir); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, name+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
@@ -139,10 +137,12 @@ func OpenJournal(dir, name string, readOnly bool) (*Journal, error) {
 		}
 		return nil, fmt.Errorf("state lock: %w", err)
 	}
-	j := &Journal{dir: dir, name: name, lock: lock, ids: newUIDTable(), mark: -1, readOnly: readOnly}
+	j := &Journal{dir: dir, name: name, lock: lock, ids: newUIDTable(), mark: -1, readOnly: readOnly, sys: sys}
 	if !readOnly {
-		// Temporary files of a compaction a killed run left (we hold the lock).
-		if names, err := readNames(dir); err == nil {
+		// Temporary files of a compaction a killed run left (we hold the
+		// lock); earlier versions named them NAME.journal.tmp*.
+		fsx.RemoveTemps(j.path())
+		if names, err := fsx.Names(dir); err == nil {
 			for _, n := range names {
 				if strings.HasPrefix(n, name+".journal.tmp") {
 					os.Remove(filepath.Join(dir, n))
@@ -157,9 +157,10 @@ func OpenJournal(dir, name string, readOnly bool) (*Journal, error) {
 	return j, nil
 }
 
-// mkdirSynced creates dir (and its parents) and fsyncs the parent of each
-// directory it created, so that the state directory survives a crash.
-func mkdirSynced(dir string) error {
+// mkdirSynced creates dir (and its parents) and fsyncs (syncDir) the parent
+// of each directory it created, so that the state directory survives a
+// crash.
+func mkdirSynced(dir string, syncDir func(string) error) error {
 	dir = filepath.Clean(dir)
 	if st, err := os.Stat(dir); err == nil {
 		if !st.IsDir() {
@@ -169,14 +170,14 @@ func mkdirSynced(dir string) error {
 	}
 	parent := filepath.Dir(dir)
 	if parent != dir {
-		if err := mkdirSynced(parent); err != nil {
+		if err := mkdirSynced(parent, syncDir); err != nil {
 			return err
 		}
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	return syncDirFn(parent)
+	return syncDir(parent)
 }
 
 func (j *Journal) path() string { return filepath.Join(j.dir, j.name+".journal") }
@@ -552,7 +553,7 @@ func (j *Journal) write() error {
 	if len(j.buf) == 0 {
 		return nil
 	}
-	n, err := journalWrite(j.f, j.buf)
+	n, err := j.sys.write(j.f, j.buf)
 	if err != nil {
 		j.buf = j.buf[:0]
 		j.dropStaged()
@@ -596,7 +597,7 @@ func (j *Journal) Sync() error {
 	if err := j.write(); err != nil {
 		return err
 	}
-	if err := fdatasyncFn(j.f); err != nil {
+	if err := j.sys.fdatasync(j.f); err != nil {
 		j.err = fmt.Errorf("state journal: fsync: %w (the journal is unusable until the next run)", err)
 		j.dropStaged()
 		return j.err
@@ -666,11 +667,11 @@ func (j *Journal) rewrite() error {
 	if j.err != nil {
 		return j.err
 	}
-	tmp, err := os.CreateTemp(j.dir, j.name+".journal.tmp*")
+	tmp, err := fsx.Create(j.path(), fsx.Options{Perm: 0o600, Synced: "fetch.journal.compact-synced"})
 	if err != nil {
 		return fmt.Errorf("state journal: %w", err)
 	}
-	defer os.Remove(tmp.Name())
+	defer tmp.Discard()
 	w := bufio.NewWriterSize(tmp, 64<<10)
 	w.WriteString(journalHeader)
 	lines := 0
@@ -705,27 +706,17 @@ func (j *Journal) rewrite() error {
 		fmt.Fprintf(w, "M %d %s\n", j.mark, j.markPath)
 		lines++
 	}
-	err = w.Flush()
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if err != nil {
-		tmp.Close()
+	if err := w.Flush(); err != nil {
 		return fmt.Errorf("state journal: %w", err)
 	}
-	crashpoint.Hit("fetch.journal.compact-synced")
-	if err := os.Rename(tmp.Name(), j.path()); err != nil {
+	if err := tmp.Commit(); err != nil {
 		tmp.Close()
 		return fmt.Errorf("state journal: %w", err)
-	}
-	if err := syncDirFn(j.dir); err != nil {
-		tmp.Close()
-		return err
 	}
 	if j.f != nil {
 		j.f.Close()
 	}
-	j.f = tmp
+	j.f = tmp.File
 	j.lines = lines
 	j.off, err = tmp.Seek(0, io.SeekEnd)
 	return err
@@ -737,13 +728,4 @@ func (j *Journal) Close() error {
 		j.f.Close()
 	}
 	return j.lock.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

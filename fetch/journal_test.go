@@ -1,15 +1,14 @@
 package fetch
 
 import (
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"testing/iotest"
 	"time"
 )
 
@@ -161,29 +160,157 @@ func TestJournalSpillsPending(t *testing.T) {
 	if !j.Pending("uid-000000000000000") || !j.Pending(fmt.Sprintf("uid-%015d", n-1)) {
 		t.Fatal("pending records lost")
 	}
-	journalWrite = func(*os.File, []byte) (int, error) { return 0, syscall.ENOSPC }
+	j.sys.write = func(*os.File, []byte) (int, error) { return 0, syscall.ENOSPC }
 	for i := range n {
 		j.AddPending(fmt.Sprintf("new-%015d", i))
 	}
-	journalWrite = (*os.File).Write
+	j.sys.write = osCalls.write
 	if err := j.Sync(); err == nil {
 		t.Fatal("a failed spill went unnoticed")
 	}
 }
 
-// The size check counts CRLF pairs split between reads, accepts the CRLF
-// and the LF count of LIST, and refuses anything else and empty bodies.
-func TestCheckReader(t *testing.T) {
-	body := "a\r\nbb\r\n\r\nc\r\n"
-	for want, ok := range map[int64]bool{12: true, 8: true, 13: false, 11: false, 9: false, 0: false} {
-		c := &checkReader{r: iotest.OneByteReader(strings.NewReader(body)), want: want, tee: &teeSpool{}}
-		got, err := io.ReadAll(c)
-		if ok != (err == nil) || string(got) != body || c.crlf != 4 {
-			t.Errorf("LIST %d: %v, %d CRLF", want, err, c.crlf)
+func TestPruneEmptyListKeepsJournal(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Add("a", time.Now())
+	j.Add("b", time.Now())
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := prune(j); err != nil {
+		t.Fatal(err)
+	}
+	if j.Len() != 2 || len(j.Warnings()) == 0 {
+		t.Fatalf("empty LIST pruned the journal: %d, warnings %q", j.Len(), j.Warnings())
+	}
+	// A partial LIST prunes b into a tombstone, which survives a reopen.
+	if err := prune(j, "a"); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j, err = OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if _, ok := j.Seen("b"); ok || j.Len() != 1 || !j.Tombstoned("b") {
+		t.Fatalf("b: len %d tomb %v", j.Len(), j.Tombstoned("b"))
+	}
+	// Tombstones expire after 30 days.
+	j.ids.SetTime(j.ids.FindString("b"), time.Now().Add(-31*24*time.Hour).Unix())
+	if err := prune(j, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if j.Tombstoned("b") {
+		t.Fatal("old tombstone kept")
+	}
+}
+
+func TestJournalPartialWriteThenRetry(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Add("a", time.Unix(100, 0))
+	j.sys.write = func(f *os.File, b []byte) (int, error) {
+		n, _ := f.Write(b[:len(b)/2])
+		return n, syscall.ENOSPC
+	}
+	err = j.Sync()
+	j.sys.write = osCalls.write
+	if err == nil {
+		t.Fatal("sync succeeded")
+	}
+	if _, ok := j.Seen("a"); ok {
+		t.Fatal("a failed write is seen")
+	}
+	j.Add("b", time.Unix(200, 0))
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	j, err = OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if _, ok := j.Seen("b"); !ok || j.Len() != 1 {
+		t.Fatalf("after retry: %d downloaded", j.Len())
+	}
+}
+
+func TestJournalFdatasyncErrorSticky(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	j.Add("a", time.Unix(100, 0))
+	j.sys.fdatasync = func(*os.File) error { return syscall.EIO }
+	err = j.Sync()
+	j.sys.fdatasync = osCalls.fdatasync
+	if err == nil {
+		t.Fatal("sync succeeded")
+	}
+	j.Add("b", time.Unix(200, 0))
+	if err := j.Sync(); err == nil {
+		t.Fatal("journal usable after a failed fdatasync")
+	}
+}
+
+func TestJournalValidatesLines(t *testing.T) {
+	dir := t.TempDir()
+	bad := "pouch-fetch-journal 1\n100 a\n100 b c\n100 " + strings.Repeat("u", 71) + "\nxx y\n100 \x01\n200 d\n"
+	os.WriteFile(filepath.Join(dir, "x.journal"), []byte(bad), 0o600)
+	j, err := OpenJournal(dir, "x", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if j.Len() != 2 || len(j.Warnings()) != 4 {
+		t.Fatalf("len %d warnings %q", j.Len(), j.Warnings())
+	}
+}
+
+func TestJournalOpenCleansAndSyncsParent(t *testing.T) {
+	dir := t.TempDir()
+	// As this version names them, and as earlier ones did.
+	strays := []string{filepath.Join(dir, ".x.journal.tmp12345"), filepath.Join(dir, "x.journal.tmp12345")}
+	others := []string{filepath.Join(dir, ".y.journal.tmp1"), filepath.Join(dir, "y.journal.tmp1")}
+	for _, p := range append(strays, others...) {
+		os.WriteFile(p, []byte("junk"), 0o600)
+	}
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	for _, p := range strays {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stray temporary journal %s left", p)
 		}
 	}
-	c := &checkReader{r: strings.NewReader(""), tee: &teeSpool{}}
-	if _, err := io.ReadAll(c); err == nil || !strings.Contains(err.Error(), "empty") {
-		t.Errorf("empty body: %v", err)
+	for _, p := range others {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatal("another account's file removed")
+		}
+	}
+	var synced []string
+	sys := osCalls
+	sys.syncDir = func(d string) error { synced = append(synced, d); return osCalls.syncDir(d) }
+	sub := filepath.Join(dir, "a", "state")
+	j, err = openJournal(sub, "x", false, sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if !strings.Contains(strings.Join(synced, ","), filepath.Join(dir, "a")+",") && !strings.HasSuffix(strings.Join(synced, ","), filepath.Join(dir, "a")) {
+		t.Fatalf("parent not synced: %q", synced)
 	}
 }

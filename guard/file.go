@@ -7,14 +7,13 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/pouchmail/pouch/internal/filelock"
-	"github.com/pouchmail/pouch/internal/owner"
+	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // FileBans keeps the bans in a JSON file (DATA/bans.json), replaced
@@ -142,26 +141,8 @@ func writeBans(path string, bans map[netip.Prefix]Ban, now time.Time) (stamp, er
 	if err != nil {
 		return stamp{}, err
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".bans.tmp*")
-	if err != nil {
+	if err := fsx.WriteFile(path, append(data, '\n'), fsx.Options{Perm: 0o600, Owner: fsx.OwnDir}); err != nil {
 		return stamp{}, fmt.Errorf("guard: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	owner.Adopt(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return stamp{}, err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return stamp{}, err
-	}
-	if err := tmp.Close(); err != nil {
-		return stamp{}, err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return stamp{}, err
 	}
 	fi, err := os.Stat(path)
 	if err != nil {

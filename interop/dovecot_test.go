@@ -2,13 +2,14 @@ package interop_test
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // dovecotPeer finds tools/dovecot-peer.sh of the shared directory that lies
@@ -22,24 +23,13 @@ func dovecotPeer(t *testing.T) string {
 			}
 		}
 	}
-	if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-		t.Fatal("shared/tools/dovecot-peer.sh not found (POUCH_REQUIRE_INTEROP=1)")
-	}
-	t.Skip("shared/tools/dovecot-peer.sh not found")
+	testkit.SkipOrFail(t, "shared/tools/dovecot-peer.sh not found")
 	return ""
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
+// freePort returns a loopback TCP port for a program the test starts
+// (testkit.FreePort).
+func freePort(t *testing.T) string { return strconv.Itoa(testkit.FreePort(t)) }
 
 // startDovecot runs Dovecot's POP3 server on a free loopback port with alice
 // (password "secret one") and testMessages in her Maildir, and returns its
@@ -49,10 +39,7 @@ func startDovecot(t *testing.T) string {
 	requireTool(t, "dovecot")
 	script := dovecotPeer(t)
 	if !isRoot() {
-		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-			t.Fatal("dovecot-peer.sh needs root (POUCH_REQUIRE_INTEROP=1)")
-		}
-		t.Skip("dovecot-peer.sh needs root")
+		testkit.SkipOrFail(t, "dovecot-peer.sh needs root")
 	}
 	// Not t.TempDir(): its parent is 0700, and Dovecot's mail processes run
 	// as the user dovecot, which must reach DIR/mail. The script makes DIR

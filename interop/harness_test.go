@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -57,10 +58,7 @@ func requireTool(t *testing.T, name string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-			t.Fatalf("%s is not installed (POUCH_REQUIRE_INTEROP=1)", name)
-		}
-		t.Skipf("%s is not installed", name)
+		testkit.SkipOrFail(t, "%s is not installed", name)
 	}
 	return path
 }

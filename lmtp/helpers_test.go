@@ -2,7 +2,6 @@ package lmtp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,13 +12,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -61,24 +60,6 @@ func (u unsureUsers) Account(name string) (auth.Account, error) {
 	return u.fakeUsers.Account(name)
 }
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is an LMTP server on a loopback port over a Maildir in a temp dir.
 type env struct {
 	t     testing.TB
@@ -88,7 +69,7 @@ type env struct {
 	srv   *Server
 	addr  string
 	spool string
-	logs  *syncBuffer
+	logs  *testkit.SyncBuffer
 }
 
 var testUsers = fakeUsers{
@@ -104,7 +85,7 @@ var testUsers = fakeUsers{
 func newEnv(t testing.TB, mod func(*Config)) *env {
 	t.Helper()
 	root := t.TempDir()
-	e := &env{t: t, root: root, store: maildir.New(root), spool: t.TempDir(), logs: &syncBuffer{}}
+	e := &env{t: t, root: root, store: maildir.New(root), spool: t.TempDir(), logs: &testkit.SyncBuffer{}}
 	e.agent = &Agent{Store: e.store, Users: testUsers, MaxMessageSize: 50 << 20}
 	cfg := Config{
 		Agent:    e.agent,

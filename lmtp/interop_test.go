@@ -28,20 +28,10 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/server"
 	"github.com/pouchmail/pouch/store/maildir"
 )
-
-// skipOrFail skips the test with a one-line reason, or fails it under
-// POUCH_REQUIRE_INTEROP=1.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	why := fmt.Sprintf(format, args...)
-	if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-		t.Fatalf("%s (POUCH_REQUIRE_INTEROP=1)", why)
-	}
-	t.Skip(why)
-}
 
 // requireProgram skips the test when a program is missing, or fails it under
 // POUCH_REQUIRE_INTEROP=1.
@@ -52,7 +42,7 @@ func requireProgram(t *testing.T, name string) string {
 		path, err = exec.LookPath("/usr/sbin/" + name) // root's PATH may lack it
 	}
 	if err != nil {
-		skipOrFail(t, "%s is not installed", name)
+		testkit.SkipOrFail(t, "%s is not installed", name)
 	}
 	return path
 }
@@ -161,11 +151,11 @@ func TestSwaks(t *testing.T) {
 func TestPostfix(t *testing.T) {
 	postfix := requireProgram(t, "postfix")
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "postfix needs root to start its master process")
+		testkit.SkipOrFail(t, "postfix needs root to start its master process")
 	}
 	stockMaster, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
-		skipOrFail(t, "no stock master.cf: %v", err)
+		testkit.SkipOrFail(t, "no stock master.cf: %v", err)
 	}
 	e := newEnv(t, func(c *Config) {
 		c.Agent.RecipientDelimiter = "+" // pouch serve's default
@@ -264,7 +254,7 @@ func TestPostfix(t *testing.T) {
 			}
 		}
 	}
-	smtpPort := freePort(t)
+	smtpPort := strconv.Itoa(testkit.FreePort(t))
 	maillog := filepath.Join(dir, "maillog")
 	mainCf := fmt.Sprintf(`compatibility_level = 3.6
 queue_directory = %[1]s/queue
@@ -591,17 +581,6 @@ func cutField(msg, name string) (field, rest string, ok bool) {
 			return msg[:end], msg[end:], true
 		}
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 // waitMasterGone waits at most d for the master process named in pidFile to

@@ -14,17 +14,18 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // usersEnv is an LMTP server whose users come from a real users file
 // listing alice, through auth.Users.
-func usersEnv(t *testing.T) (*env, string, *syncBuffer) {
+func usersEnv(t *testing.T) (*env, string, *testkit.SyncBuffer) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "users")
 	if err := os.WriteFile(path, []byte("alice:{PLAIN}a\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	users := auth.OpenUsersWith(path, auth.UsersOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	e := newEnv(t, func(c *Config) { c.Agent.Users = users })
 	return e, path, logs

@@ -3,8 +3,6 @@ package lmtp
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/internal/unixsock"
 )
 
@@ -160,7 +159,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
-		idPrefix:  "l" + randomHex(3),
+		idPrefix:  "l" + random.Hex(3),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 		stopped:   make(chan struct{}),
@@ -195,12 +194,6 @@ func New(cfg Config) *Server {
 
 func normalizeDomain(d string) string {
 	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // Serve accepts LMTP connections on l until Shutdown, and then returns

@@ -32,12 +32,18 @@ func (r *Report) WriteJSON(w io.Writer) error {
 		MessagesPS float64            `json:"messages_per_s"`
 		MBPS       float64            `json:"mb_per_s"`
 		Commands   map[string]Latency `json:"commands"`
-		Probe      *Latency           `json:"probe_noop,omitempty"`
-		Errors     map[string]int64   `json:"errors,omitempty"`
+		// Sessions with the right password that did not get in, and
+		// sessions with a mistyped one that were refused or let in.
+		CorrectRefused int64            `json:"correct_refused"`
+		WrongRefused   int64            `json:"wrong_refused"`
+		WrongAccepted  int64            `json:"wrong_accepted"`
+		Probe          *Latency         `json:"probe_noop,omitempty"`
+		Errors         map[string]int64 `json:"errors,omitempty"`
 	}{
 		ElapsedS: r.Elapsed.Seconds(), Sessions: r.Sessions, Failed: r.Failed, Messages: r.Messages, Bytes: r.Bytes,
 		Peak: r.Peak, SessionsPS: r.SessionsPerSecond(), MessagesPS: r.MessagesPerSecond(), MBPS: r.MBPerSecond(),
 		Commands: map[string]Latency{}, Errors: r.Errors,
+		CorrectRefused: r.CorrectRefused, WrongRefused: r.WrongRefused, WrongAccepted: r.WrongAccepted,
 	}
 	for k, h := range r.Commands {
 		out.Commands[k] = latencyOf(h)

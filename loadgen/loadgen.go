@@ -2,7 +2,9 @@
 // logging in as users from a list, running one of a few session mixes over
 // plaintext or TLS, with or without pipelining, and measuring sessions,
 // messages and octets per second and the latency of every command. Every
-// message downloaded is checked against its LIST size.
+// message downloaded is checked against its LIST size. A share of the logins
+// can send a mistyped password, to measure what honest typos cost the
+// correct logins that run beside them.
 //
 // It speaks POP3 with the pop3 codec directly, so that it times each command
 // from the moment it is sent to the end of its response.
@@ -15,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sort"
@@ -61,7 +64,10 @@ type Config struct {
 	Clients int // concurrent sessions (1)
 	Mix     Mix // MixFull
 	// Duration bounds the run; Sessions bounds the number of sessions
-	// started. With neither, each client runs one session.
+	// started, shared out in turn: client i runs sessions i, i+C, i+2C…
+	// below Sessions (C clients), whatever the others' speed, so that with
+	// Sessions = len(Users) ≥ C every user logs in exactly once. With
+	// neither, each client runs one session.
 	Duration time.Duration
 	Sessions int64
 	TLS      string      // TLSNone, TLSImplicit or TLSStartTLS
@@ -77,6 +83,11 @@ type Config struct {
 	// Ready, if set, receives one line when every idle session (MixIdle) is
 	// logged in.
 	Ready io.Writer
+	// WrongPasswordRate is the fraction of sessions, drawn at random for
+	// each one, that log in with a mistyped password (the user's own with
+	// one character changed), expect -ERR and quit. Their PASS latency is
+	// recorded as "PASS-wrong", apart from the correct logins' "PASS".
+	WrongPasswordRate float64
 	// Dial opens connections (net.Dialer by default).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -93,12 +104,24 @@ type Report struct {
 	Session  *Histogram            // whole sessions
 	Probe    *Histogram            // NOOP of the probe session, if any
 	Peak     int64                 // most sessions open at once
+	// CorrectRefused counts the sessions with the right password that did
+	// not get in: the connection, the greeting, USER or PASS failed (an
+	// -ERR, a closed connection, a timeout) while the run went on. Each is
+	// also among Failed.
+	CorrectRefused int64
+	// Logins with a mistyped password (Config.WrongPasswordRate) that were
+	// refused, as they should be, and that were let in, which is also a
+	// failure. Neither counts among Sessions.
+	WrongRefused, WrongAccepted int64
 }
+
+// PASSWrong is the key in Report.Commands of the latency of PASS commands
+// that carried a mistyped password.
+const PASSWrong = "PASS-wrong"
 
 // worker state shared by one run.
 type run struct {
 	cfg      Config
-	started  atomic.Int64
 	open     atomic.Int64
 	peak     atomic.Int64
 	loggedIn atomic.Int64
@@ -141,6 +164,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 60 * time.Second
+	}
+	if cfg.WrongPasswordRate < 0 || cfg.WrongPasswordRate > 1 || cfg.WrongPasswordRate != cfg.WrongPasswordRate {
+		return nil, fmt.Errorf("loadgen: wrong password rate %v is not a fraction from 0 to 1", cfg.WrongPasswordRate)
+	}
+	if cfg.WrongPasswordRate > 0 && cfg.Mix == MixIdle {
+		return nil, errors.New("loadgen: the idle mix logs in once per client; it takes no wrong passwords")
 	}
 	if cfg.Dial == nil {
 		d := &net.Dialer{}
@@ -217,12 +246,13 @@ func (r *run) client(ctx context.Context, i int) {
 		r.mu.Unlock()
 	}()
 	for k := 0; ctx.Err() == nil; k++ {
-		if r.cfg.Sessions > 0 && r.started.Add(1) > r.cfg.Sessions {
+		if r.cfg.Sessions > 0 && int64(k)*int64(r.cfg.Clients)+int64(i) >= r.cfg.Sessions {
 			return
 		}
 		u := users[userIndex(i, k, r.cfg.Clients, len(users))]
+		wrong := r.cfg.WrongPasswordRate > 0 && rand.Float64() < r.cfg.WrongPasswordRate
 		t0 := time.Now()
-		st, err := r.session(ctx, u, local)
+		st, err := r.session(ctx, u, wrong, local)
 		if err != nil {
 			if ended(ctx) && (r.cfg.Mix == MixIdle || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || isClosed(err)) {
 				return // the run ended mid-session
@@ -230,10 +260,22 @@ func (r *run) client(ctx context.Context, i int) {
 			r.mu.Lock()
 			r.rep.Failed++
 			r.rep.Errors[errKey(err)]++
+			switch {
+			case st.wrongAccepted:
+				r.rep.WrongAccepted++
+			case !wrong && !st.loggedIn:
+				r.rep.CorrectRefused++
+			}
 			r.mu.Unlock()
 			if r.cfg.Mix == MixIdle {
 				return // one idle session per client
 			}
+			continue
+		}
+		if wrong {
+			r.mu.Lock()
+			r.rep.WrongRefused++
+			r.mu.Unlock()
 			continue
 		}
 		sess.Record(time.Since(t0))
@@ -286,7 +328,12 @@ func errKey(err error) string {
 	return s
 }
 
-type stats struct{ messages, bytes int64 }
+type stats struct {
+	messages, bytes int64
+	// loggedIn: PASS got its +OK; wrongAccepted: it did for a mistyped
+	// password.
+	loggedIn, wrongAccepted bool
+}
 
 // conn is one client connection.
 type conn struct {
@@ -452,29 +499,62 @@ func (r *run) tlsConfig() *tls.Config {
 	return cfg
 }
 
-func (c *conn) login(u Cred) error {
+// login sends USER and PASS with u's password, or with a typo of it when
+// wrong, and records PASS's latency: under "PASS" when the right password
+// got +OK, under PASSWrong when a mistyped one got -ERR. Anything else is an
+// error; ok reports whether PASS got +OK.
+func (c *conn) login(u Cred, wrong bool) (ok bool, err error) {
 	if _, err := c.cmd("USER", u.User); err != nil {
-		return err
+		return false, err
+	}
+	pw, key := u.Password, "PASS"
+	if wrong {
+		pw, key = typo(u.Password), PASSWrong
 	}
 	t := time.Now()
-	if err := c.w.Line("PASS " + u.Password); err != nil {
-		return fmt.Errorf("PASS: %w", err)
+	if err := c.w.Line("PASS " + pw); err != nil {
+		return false, fmt.Errorf("PASS: %w", err)
 	}
 	c.deadline()
 	if err := c.w.Flush(); err != nil {
-		return fmt.Errorf("PASS: %w", err)
+		return false, fmt.Errorf("PASS: %w", err)
 	}
-	if _, err := c.reply("PASS"); err != nil {
-		return fmt.Errorf("login as %s: %w", u.User, err)
+	rep, err := c.rd.ReadReply(64 << 10)
+	if err != nil {
+		return false, fmt.Errorf("login as %s: PASS: %w", u.User, err)
 	}
-	c.record("PASS", time.Since(t))
-	return nil
+	switch {
+	case wrong && rep.OK:
+		return true, fmt.Errorf("login as %s: PASS: +OK to a mistyped password", u.User)
+	case !wrong && !rep.OK:
+		return false, fmt.Errorf("login as %s: PASS: -ERR %s", u.User, rep.Text)
+	}
+	c.record(key, time.Since(t))
+	return rep.OK, nil
+}
+
+// typo returns pw with one character, chosen at random, replaced by another
+// letter or digit: a password that differs from pw but looks like it.
+func typo(pw string) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	r := []rune(pw)
+	if len(r) == 0 {
+		return string(alphabet[rand.IntN(len(alphabet))])
+	}
+	i := rand.IntN(len(r))
+	for {
+		if c := rune(alphabet[rand.IntN(len(alphabet))]); c != r[i] {
+			r[i] = c
+			return string(r)
+		}
+	}
 }
 
 var bufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
-// session runs one session of the configured mix.
-func (r *run) session(ctx context.Context, u Cred, hist map[string]*Histogram) (st stats, err error) {
+// session runs one session of the configured mix, or, when wrong, one that
+// logs in with a mistyped password and quits once it is refused.
+func (r *run) session(ctx context.Context, u Cred, wrong bool, hist map[string]*Histogram) (st stats, err error) {
 	c, err := r.dial(ctx, hist)
 	if err != nil {
 		return st, err
@@ -495,8 +575,17 @@ func (r *run) session(ctx context.Context, u Cred, hist map[string]*Histogram) (
 		}
 	})
 	defer stop()
-	if err := c.login(u); err != nil {
+	ok, err := c.login(u, wrong)
+	st.loggedIn, st.wrongAccepted = ok, ok && wrong
+	if err != nil {
 		return st, err
+	}
+	if wrong {
+		// Refused as it should be: a client would ask its user again; this
+		// one leaves (a server may close the connection after a failure,
+		// so QUIT's answer does not matter).
+		c.cmd("QUIT")
+		return st, nil
 	}
 	switch r.cfg.Mix {
 	case MixFull:
@@ -619,7 +708,7 @@ func (r *run) probe(ctx context.Context, u Cred, ready chan<- error) *Histogram 
 	hist := map[string]*Histogram{}
 	c, err := r.dial(context.Background(), hist)
 	if err == nil {
-		err = c.login(u)
+		_, err = c.login(u, false)
 		if err != nil {
 			c.nc.Close()
 		}

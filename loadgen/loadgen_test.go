@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -231,5 +233,274 @@ func TestUserIndex(t *testing.T) {
 	}
 	if len(used) != n {
 		t.Errorf("%d of %d users used", len(used), n)
+	}
+}
+
+// fakeServer is a POP3 server on loopback for the login tests: it greets
+// with greeting, answers PASS with +OK when the password is the user's in
+// passwords (or with pass's answer, if pass is set), records each PASS as
+// user and whether it was right, and answers every other command +OK.
+type fakeServer struct {
+	greeting  string
+	passwords map[string]string
+	pass      func(user, password string) string
+	mu        sync.Mutex
+	right     map[string]int
+	wrong     map[string]int
+}
+
+func (f *fakeServer) start(t *testing.T) string {
+	t.Helper()
+	f.right, f.wrong = map[string]int{}, map[string]int{}
+	if f.greeting == "" {
+		f.greeting = "+OK hi"
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go f.serve(c)
+		}
+	}()
+	return l.Addr().String()
+}
+
+// seen returns the right and wrong passwords the server saw for user.
+func (f *fakeServer) seen(user string) (right, wrong int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.right[user], f.wrong[user]
+}
+
+func (f *fakeServer) serve(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	fmt.Fprint(c, f.greeting+"\r\n")
+	if strings.HasPrefix(f.greeting, "-ERR") {
+		return
+	}
+	user := ""
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		verb, arg, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
+		switch verb {
+		case "USER":
+			user = arg
+			fmt.Fprint(c, "+OK\r\n")
+		case "PASS":
+			ok := f.passwords[user] == arg
+			f.mu.Lock()
+			if ok {
+				f.right[user]++
+			} else {
+				f.wrong[user]++
+			}
+			f.mu.Unlock()
+			switch {
+			case f.pass != nil:
+				fmt.Fprint(c, f.pass(user, arg)+"\r\n")
+			case ok:
+				fmt.Fprint(c, "+OK in\r\n")
+			default:
+				fmt.Fprint(c, "-ERR [AUTH] no\r\n")
+			}
+		case "QUIT":
+			fmt.Fprint(c, "+OK bye\r\n")
+			return
+		case "UIDL", "LIST":
+			fmt.Fprint(c, "+OK\r\n.\r\n")
+		default:
+			fmt.Fprint(c, "+OK\r\n")
+		}
+	}
+}
+
+// TestWrongPasswordRate: the share of mistyped logins is drawn for each
+// session, so every user gets some right and some wrong; the wrong ones are
+// refused and reported apart from the sessions, and nothing fails.
+func TestWrongPasswordRate(t *testing.T) {
+	f := &fakeServer{passwords: map[string]string{"a": "pw-a", "b": "pw-b", "c": "pw-c", "d": "pw-d"}}
+	addr := f.start(t)
+	var creds []Cred
+	for _, u := range []string{"a", "b", "c", "d"} {
+		creds = append(creds, Cred{u, f.passwords[u]})
+	}
+	const n = 400
+	rep, err := Run(context.Background(), Config{Addr: addr, Users: creds, Clients: 4, Sessions: n,
+		Mix: MixUIDL, WrongPasswordRate: 0.5, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failed != 0 || rep.CorrectRefused != 0 || rep.WrongAccepted != 0 {
+		t.Fatalf("failed %d, correct refused %d, wrong accepted %d: %v", rep.Failed, rep.CorrectRefused, rep.WrongAccepted, rep.Errors)
+	}
+	if rep.Sessions+rep.WrongRefused != n {
+		t.Errorf("sessions %d + wrong %d, want %d", rep.Sessions, rep.WrongRefused, n)
+	}
+	// Each user has 100 sessions, each wrong with probability ½: fewer than
+	// 20 of either kind is a chance below 10⁻¹⁰.
+	for u := range f.passwords {
+		if right, wrong := f.seen(u); right < 20 || wrong < 20 {
+			t.Errorf("user %s: %d right and %d wrong passwords", u, right, wrong)
+		}
+	}
+	if got := rep.Commands["PASS"].Count(); got != uint64(rep.Sessions) {
+		t.Errorf("PASS latencies %d, want one per session (%d)", got, rep.Sessions)
+	}
+	if got := rep.Commands[PASSWrong].Count(); got != uint64(rep.WrongRefused) {
+		t.Errorf("PASS-wrong latencies %d, want %d", got, rep.WrongRefused)
+	}
+	if got := rep.Commands["UIDL"].Count(); got != uint64(rep.Sessions) {
+		t.Errorf("UIDL ran %d times, want only in the %d sessions logged in", got, rep.Sessions)
+	}
+	var b strings.Builder
+	rep.Write(&b)
+	if !strings.Contains(b.String(), fmt.Sprintf("mistyped passwords refused %d", rep.WrongRefused)) || !strings.Contains(b.String(), PASSWrong) {
+		t.Errorf("report: %s", b.String())
+	}
+	b.Reset()
+	if err := rep.WriteJSON(&b); err != nil || !strings.Contains(b.String(), fmt.Sprintf(`"wrong_refused":%d`, rep.WrongRefused)) ||
+		!strings.Contains(b.String(), `"correct_refused":0`) || !strings.Contains(b.String(), `"PASS-wrong":`) {
+		t.Errorf("JSON report %v: %s", err, b.String())
+	}
+}
+
+// TestWrongPasswordsPouch: against Pouch, every mistyped login is refused and
+// every correct one gets in, in every mix that logs in.
+func TestWrongPasswordsPouch(t *testing.T) {
+	plain, _, creds := startPouch(t, 4, 2)
+	for _, mix := range []Mix{MixFull, MixLogin} {
+		rep, err := Run(context.Background(), Config{Addr: plain, Users: creds, Clients: 4, Sessions: 40,
+			Mix: mix, WrongPasswordRate: 0.25, Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Failed != 0 || rep.CorrectRefused != 0 || rep.WrongAccepted != 0 || rep.Sessions+rep.WrongRefused != 40 {
+			t.Errorf("%s: sessions %d, wrong %d, failed %d, correct refused %d, wrong accepted %d: %v",
+				mix, rep.Sessions, rep.WrongRefused, rep.Failed, rep.CorrectRefused, rep.WrongAccepted, rep.Errors)
+		}
+		if mix == MixFull && rep.Messages != 2*rep.Sessions {
+			t.Errorf("messages %d in %d sessions, want 2 each", rep.Messages, rep.Sessions)
+		}
+	}
+}
+
+// TestWrongPasswordAccepted: a server that lets a mistyped password in fails
+// the session, and is counted as such, not as a correct login refused.
+func TestWrongPasswordAccepted(t *testing.T) {
+	f := &fakeServer{passwords: map[string]string{"a": "pw-a"}, pass: func(string, string) string { return "+OK in" }}
+	addr := f.start(t)
+	rep, err := Run(context.Background(), Config{Addr: addr, Users: []Cred{{"a", "pw-a"}}, Sessions: 3,
+		WrongPasswordRate: 1, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.WrongAccepted != 3 || rep.Failed != 3 || rep.CorrectRefused != 0 || rep.WrongRefused != 0 || rep.Sessions != 0 {
+		t.Fatalf("wrong accepted %d, failed %d, correct refused %d, wrong refused %d, sessions %d",
+			rep.WrongAccepted, rep.Failed, rep.CorrectRefused, rep.WrongRefused, rep.Sessions)
+	}
+	if right, wrong := f.seen("a"); right != 0 || wrong != 3 {
+		t.Errorf("server saw %d right and %d wrong passwords", right, wrong)
+	}
+}
+
+// TestCorrectRefused: a correct login the server does not let in, at PASS or
+// at the greeting (a ban), is counted as refused.
+func TestCorrectRefused(t *testing.T) {
+	for _, f := range []*fakeServer{
+		{passwords: map[string]string{"a": "pw-a"}, pass: func(string, string) string { return "-ERR [SYS/TEMP] too many logins" }},
+		{greeting: "-ERR [SYS/TEMP] too many failed logins from your address"},
+	} {
+		addr := f.start(t)
+		rep, err := Run(context.Background(), Config{Addr: addr, Users: []Cred{{"a", "pw-a"}}, Sessions: 5, Mix: MixLogin, Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.CorrectRefused != 5 || rep.Failed != 5 || rep.Sessions != 0 {
+			t.Errorf("greeting %q: correct refused %d, failed %d, sessions %d", f.greeting, rep.CorrectRefused, rep.Failed, rep.Sessions)
+		}
+		var b strings.Builder
+		rep.Write(&b)
+		if !strings.Contains(b.String(), "correct logins refused 5") {
+			t.Errorf("report: %s", b.String())
+		}
+	}
+}
+
+func TestTypo(t *testing.T) {
+	for _, pw := range []string{"", "a", "pw-u17", "Pässwörd", "日本語"} {
+		for range 200 {
+			got := typo(pw)
+			if got == pw || len([]rune(got)) != max(len([]rune(pw)), 1) {
+				t.Fatalf("typo(%q) = %q", pw, got)
+			}
+			diff := 0
+			for i, r := range []rune(pw) {
+				if []rune(got)[i] != r {
+					diff++
+				}
+			}
+			if pw != "" && diff != 1 {
+				t.Fatalf("typo(%q) = %q: %d characters changed", pw, got, diff)
+			}
+		}
+	}
+}
+
+func TestWrongPasswordRateChecked(t *testing.T) {
+	users := []Cred{{"a", "b"}}
+	for _, cfg := range []Config{
+		{WrongPasswordRate: -0.1},
+		{WrongPasswordRate: 1.5},
+		{WrongPasswordRate: math.NaN()},
+		{WrongPasswordRate: 0.1, Mix: MixIdle, Duration: time.Second},
+	} {
+		cfg.Addr, cfg.Users = "127.0.0.1:1", users
+		if _, err := Run(context.Background(), cfg); err == nil {
+			t.Errorf("rate %v, mix %q: no error", cfg.WrongPasswordRate, cfg.Mix)
+		}
+	}
+}
+
+// TestSessionsShared: --sessions as many as users logs every user in
+// exactly once, however much faster some clients are than others.
+func TestSessionsShared(t *testing.T) {
+	f := &fakeServer{passwords: map[string]string{}}
+	slow := map[string]bool{}
+	var creds []Cred
+	for i := range 50 {
+		u := fmt.Sprint("u", i)
+		f.passwords[u] = "pw-" + u
+		creds = append(creds, Cred{u, "pw-" + u})
+		slow[u] = i%8 == 0
+	}
+	f.pass = func(user, password string) string {
+		if slow[user] {
+			time.Sleep(20 * time.Millisecond) // the server is slow for some; the others must not take their turns
+		}
+		return "+OK in"
+	}
+	addr := f.start(t)
+	rep, err := Run(context.Background(), Config{Addr: addr, Users: creds, Clients: 8, Sessions: 50, Mix: MixLogin, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sessions != 50 || rep.Failed != 0 {
+		t.Fatalf("sessions %d, failed %d: %v", rep.Sessions, rep.Failed, rep.Errors)
+	}
+	for _, c := range creds {
+		if right, _ := f.seen(c.User); right != 1 {
+			t.Errorf("user %s logged in %d times", c.User, right)
+		}
 	}
 }

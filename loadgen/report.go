@@ -24,7 +24,7 @@ func perSecond(v float64, d time.Duration) float64 {
 }
 
 // commandOrder is the order of the latency table.
-var commandOrder = []string{"CONNECT", "STLS", "USER", "PASS", "STAT", "LIST", "UIDL", "RETR", "TOP", "NOOP", "QUIT"}
+var commandOrder = []string{"CONNECT", "STLS", "USER", "PASS", PASSWrong, "STAT", "LIST", "UIDL", "RETR", "TOP", "NOOP", "QUIT"}
 
 // Write prints the report as text: totals, rates, then one line per command
 // with its count and latency percentiles.
@@ -32,9 +32,13 @@ func (r *Report) Write(w io.Writer) {
 	fmt.Fprintf(w, "elapsed %.2fs  sessions %d  failed %d  peak open %d\n", r.Elapsed.Seconds(), r.Sessions, r.Failed, r.Peak)
 	fmt.Fprintf(w, "sessions/s %.1f  messages/s %.1f  MB/s %.1f  (messages %d, octets %d)\n",
 		r.SessionsPerSecond(), r.MessagesPerSecond(), r.MBPerSecond(), r.Messages, r.Bytes)
-	fmt.Fprintf(w, "%-8s %9s %10s %10s %10s %10s\n", "command", "count", "mean", "p50", "p99", "max")
+	if r.WrongRefused+r.WrongAccepted+r.CorrectRefused > 0 {
+		fmt.Fprintf(w, "correct logins refused %d  mistyped passwords refused %d, accepted %d\n",
+			r.CorrectRefused, r.WrongRefused, r.WrongAccepted)
+	}
+	fmt.Fprintf(w, "%-10s %9s %10s %10s %10s %10s\n", "command", "count", "mean", "p50", "p99", "max")
 	line := func(name string, h *Histogram) {
-		fmt.Fprintf(w, "%-8s %9d %10s %10s %10s %10s\n", name, h.Count(), round(h.Mean()), round(h.Quantile(0.5)), round(h.Quantile(0.99)), round(h.Max()))
+		fmt.Fprintf(w, "%-10s %9d %10s %10s %10s %10s\n", name, h.Count(), round(h.Mean()), round(h.Quantile(0.5)), round(h.Quantile(0.99)), round(h.Max()))
 	}
 	seen := map[string]bool{}
 	for _, name := range commandOrder {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/metrics"
 )
 
@@ -128,7 +129,7 @@ func TestSessionEndEndsItsAttempt(t *testing.T) {
 // login: it is not logged as one for fail2ban, not counted as a failure by
 // the guard, and her address is not banned for it.
 func TestUserLockedRefusalIsNoFailure(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	auditPath := filepath.Join(t.TempDir(), "audit.log")
 	al, err := audit.Open(auditPath)
 	if err != nil {
@@ -222,7 +223,7 @@ func TestFailedHandshakeLeavesSessionGauge(t *testing.T) {
 // no failed login (no fail2ban line, nothing counted by the guard), but it
 // is a bad command.
 func TestMalformedSASLIsABadCommand(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	g, err := guard.New(guard.Config{MaxFailures: 3})
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/metrics"
 )
 
@@ -602,7 +603,7 @@ func TestInvalidUserSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ts, g := newGuarded(t, func(c *Config) {
 		c.Audit = al
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -759,7 +760,7 @@ func TestRefusedLoginsAudited(t *testing.T) {
 // A banned source and a source denied by the access rules are logged at
 // connect with a connection id, once a minute however often they come back.
 func TestRefusedConnectionsLogged(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	deny, _ := guard.ParseNets("127.0.0.3")
 	rules, err := guard.NewRules(nil, deny, nil, nil, "")
 	if err != nil {

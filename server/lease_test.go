@@ -16,6 +16,9 @@ type leasedStore struct {
 	mu     sync.Mutex
 	lost   chan struct{}
 	commit chan []int // what Commit was asked to remove
+	// gate, when not nil, holds up each message's Open, which first says
+	// so on entered, until gate can be received from.
+	gate, entered chan struct{}
 }
 
 type leasedMaildrop struct {
@@ -43,6 +46,14 @@ func (s *leasedStore) lose() {
 }
 
 func (m *leasedMaildrop) Lost() <-chan struct{} { return m.lost }
+
+func (m *leasedMaildrop) Open(i int) (io.ReadCloser, error) {
+	if m.s.gate != nil {
+		m.s.entered <- struct{}{}
+		<-m.s.gate
+	}
+	return m.Maildrop.Open(i)
+}
 
 func (m *leasedMaildrop) Commit(del []int) error {
 	m.s.commit <- del
@@ -80,19 +91,31 @@ func TestLostLeaseEndsSession(t *testing.T) {
 	}
 }
 
-// Commands the client pipelined behind the loss are not run: not even a
-// QUIT already buffered commits.
+// Commands the client pipelined behind the loss are not run: the RETR
+// under way when the lock goes finishes, but neither the DELE nor the
+// QUIT after it runs.
 func TestLostLeaseSkipsBufferedQuit(t *testing.T) {
 	ts, ls := newLeasedServer(t)
+	ls.gate, ls.entered = make(chan struct{}), make(chan struct{})
 	ts.deliver(t, "alice", msg1)
 	c := ts.dial(t)
 	c.login("alice", "secret")
+	c.send("RETR 1\r\nDELE 1\r\nQUIT\r\n")
+	<-ls.entered // RETR has begun: the lock goes while it runs
 	ls.lose()
+	close(ls.gate)
+	c.expect(`\+OK \d+ octets`)
+	for l := c.line(); l != "."; l = c.line() {
+	}
 	c.expect(`-ERR \[SYS/TEMP\] .*`)
-	c.send("DELE 1\r\nQUIT\r\n") // too late: the server reads no more
 	c.closed()
 	if n := ts.count(t, "alice"); n != 1 {
 		t.Fatalf("%d messages left, want 1", n)
+	}
+	select {
+	case del := <-ls.commit:
+		t.Fatalf("committed %v after the lock was lost", del)
+	default:
 	}
 }
 

@@ -14,20 +14,23 @@ import (
 // admitLimits applies the connection limits at connect: the per-address
 // limit refuses; the limit on connections not logged in, and the total,
 // make room by shedding the oldest connection not logged in (shedOldest),
-// and refuse only when there is none to shed. It returns "" or the reply
-// that refuses the connection and the reason for the metrics. Called with
+// and refuse only when there is none to shed. It returns nil or the reply
+// that refuses the connection, and the reason for the metrics. Called with
 // s.mu held.
-func (s *Server) admitLimits(ip netip.Addr) (reply, reason string) {
+func (s *Server) admitLimits(ip netip.Addr) (refusal *pop3.Error, reason string) {
+	full := func(text string) (*pop3.Error, string) {
+		return &pop3.Error{Code: pop3.CodeSysTemp, Text: text}, "limit"
+	}
 	if max := s.cfg.MaxConnectionsPerIP; max > 0 && ip.IsValid() && s.perIP[guard.Source(ip)] >= max {
-		return "-ERR [SYS/TEMP] too many connections from your address", "limit"
+		return full("too many connections from your address")
 	}
 	if max := s.cfg.MaxPreLogin; max > 0 && s.preLogin.Len() >= max && !s.shedOldest() {
-		return "-ERR [SYS/TEMP] too many connections waiting to log in; try again later", "limit"
+		return full("too many connections waiting to log in; try again later")
 	}
 	if max := s.cfg.MaxConnections; max > 0 && s.preLogin.Len()+s.loggedIn >= max && !s.shedOldest() {
-		return "-ERR [SYS/TEMP] too many connections; try again later", "limit"
+		return full("too many connections; try again later")
 	}
-	return "", ""
+	return nil, ""
 }
 
 // shedOldest closes a session that has not logged in and is not having
@@ -116,7 +119,6 @@ func (s *session) startCheck() bool {
 	s.srv.mu.Lock()
 	defer s.srv.mu.Unlock()
 	if s.shed.Load() {
-		s.state = stateDone
 		return false
 	}
 	s.checking = true
@@ -180,11 +182,4 @@ func (n *notice) ok(now time.Time) (log bool, unlogged int) {
 	}
 	n.last, unlogged, n.unlogged = now, n.unlogged, 0
 	return true, unlogged
-}
-
-// shedGoodbye tells a shed session, at a command, why it ends.
-func (s *session) shedGoodbye() {
-	s.log.Debug("closed to make room: the oldest connection not logged in")
-	s.w.Err(pop3.CodeSysTemp, shedReply)
-	s.w.Flush()
 }

@@ -190,3 +190,23 @@ func TestShedAfterTheCheck(t *testing.T) {
 	b.expect(`\+OK Pouch ready\.`)
 	a.expect(`-ERR \[SYS/TEMP\] too many connections waiting to log in; try again`)
 }
+
+// A client that quits and connects again at once takes the place of the
+// session it just ended: the per-address, per-user and total limits count a
+// session out before its last reply, not when its goroutine is done.
+func TestQuitFreesItsPlaceAtOnce(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.MaxConnections, c.MaxConnectionsPerIP, c.MaxSessionsPerUser = 1, 1, 1
+	})
+	for i := range 300 {
+		c := ts.dial(t)
+		if i%2 == 0 {
+			c.login("alice", "secret")
+		} else {
+			c.expect(`\+OK Pouch ready\.`)
+		}
+		c.send("QUIT\r\n")
+		c.expect(`\+OK Pouch signing off.*`)
+		c.conn.Close()
+	}
+}

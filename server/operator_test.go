@@ -1,18 +1,17 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pouchmail/pouch/audit"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // waitFor polls cond until it holds, failing the test after ten seconds.
@@ -116,26 +115,8 @@ func TestWho(t *testing.T) {
 	})
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestKick(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	auditPath := filepath.Join(t.TempDir(), "audit.log")
 	al, err := audit.Open(auditPath)
 	if err != nil {

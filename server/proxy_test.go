@@ -13,11 +13,12 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // newProxiedServer serves with 127.0.0.1 as the load balancer's network,
 // logging into logs.
-func newProxiedServer(t *testing.T, logs *syncBuffer, mod func(*Config)) *testServer {
+func newProxiedServer(t *testing.T, logs *testkit.SyncBuffer, mod func(*Config)) *testServer {
 	return newTestServer(t, func(c *Config) {
 		c.ProxyNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -51,7 +52,7 @@ func v2Header(t *testing.T, src, dst string) []byte {
 // session list, the logs, the audit trail, the per-address limit, the ban
 // check at connect, and the networks allowed to send passwords without TLS.
 func TestProxyHeaderGivesTheClientsAddress(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	g, err := guard.New(guard.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +91,7 @@ func TestProxyHeaderGivesTheClientsAddress(t *testing.T) {
 // A balancer's own connections (a LOCAL header, PROXY UNKNOWN) keep the
 // connection's addresses (proxy-protocol.txt §2.1, §2.2).
 func TestProxyLocalHeader(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ts := newProxiedServer(t, &logs, nil)
 	local := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 	b, err := local.Format()
@@ -110,7 +111,7 @@ func TestProxyLocalHeader(t *testing.T) {
 // with a log line, on either port; so does a second header after the
 // balancer's (a client trying to pass for another).
 func TestProxyHeaderFromUntrustedAddressRefused(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ts := newTLSServer(t, "127.0.0.1", func(c *Config) {
 		c.ProxyNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -153,7 +154,7 @@ func TestProxyHeaderFromUntrustedAddressRefused(t *testing.T) {
 // sends nothing is closed at the pre-login timeout without holding up the
 // others.
 func TestProxyHeaderRequired(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	ts := newTLSServer(t, "127.0.0.1", func(c *Config) {
 		c.ProxyNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))

@@ -30,21 +30,17 @@ const (
 // better one follows after login.
 func (s *session) expireCapability() string {
 	r := s.srv.cfg.Retention
-	if r == nil {
-		return "EXPIRE NEVER"
+	switch {
+	case r == nil:
+		return capExpire.line("NEVER")
+	case s.state != stateAuthorization:
+		return capExpire.line(ExpireDays(r.Policy(s.mailbox)))
 	}
-	var p store.Policy
-	suffix := ""
-	if s.state == stateAuthorization {
-		var perUser bool
-		p, perUser = r.Floor()
-		if perUser {
-			suffix = " USER"
-		}
-	} else {
-		p = r.Policy(s.mailbox)
+	p, perUser := r.Floor()
+	if perUser {
+		return capExpire.line(ExpireDays(p), "USER")
 	}
-	return "EXPIRE " + ExpireDays(p) + suffix
+	return capExpire.line(ExpireDays(p))
 }
 
 // ExpireDays is the argument of the EXPIRE capability for p.

@@ -4,6 +4,10 @@
 //
 // The server knows neither the storage backend nor where the accounts are
 // kept: it talks to a store.Store and an Authenticator (an auth.Source).
+//
+// A command's handler writes its +OK and multi-line responses and returns
+// an error for anything else; session.reply (reply.go) alone turns errors
+// into -ERR replies and ends sessions.
 package server
 
 import (
@@ -25,6 +29,7 @@ import (
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/internal/proxied"
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/store"
 )
@@ -195,7 +200,7 @@ func New(cfg Config) *Server {
 		cfg.MaxConcurrentAuth = runtime.NumCPU()
 	}
 	if len(cfg.SecretKey) == 0 {
-		cfg.SecretKey = []byte(randomHex(32))
+		cfg.SecretKey = []byte(random.Hex(32))
 	}
 	if cfg.InsecureAuthNetworks == nil {
 		cfg.InsecureAuthNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -215,7 +220,7 @@ func New(cfg Config) *Server {
 		log:       log,
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
-		idPrefix:  randomHex(3),
+		idPrefix:  random.Hex(3),
 		authSem:   make(chan struct{}, cfg.MaxConcurrentAuth),
 		fakeKey:   cfg.SecretKey,
 
@@ -315,7 +320,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		return false
 	}
 	ip := addrOf(c.RemoteAddr())
-	if reply, reason := s.admit(ip); reply != "" {
+	if refusal, reason := s.admit(ip); refusal != nil {
 		s.cfg.Metrics.Refused(reason)
 		if implicitTLS {
 			// RFC 8314 §3.3: on the implicit-TLS port nothing goes before
@@ -323,7 +328,7 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 			// work for the server): the connection is closed unanswered.
 			return false
 		}
-		s.refuse(c, reply)
+		s.refuse(c, refusal)
 		return true
 	}
 	sess := newSession(s, c, implicitTLS)
@@ -342,18 +347,43 @@ func (s *Server) startSession(c net.Conn, implicitTLS bool) bool {
 		s.cfg.Metrics.SessionEnded(implicitTLS || sess.tls != nil) // or upgraded by STLS
 		s.mu.Lock()
 		delete(s.sessions, sess)
-		s.notPreLogin(sess)
-		if sess.counted {
-			s.loggedIn--
-		}
-		if src := guard.Source(ip); s.perIP[src] <= 1 {
-			delete(s.perIP, src)
-		} else {
-			s.perIP[src]--
-		}
+		s.uncountLocked(sess)
 		s.mu.Unlock()
 	}()
 	return true
+}
+
+// uncount takes sess out of the counts the connection limits read (the
+// sessions not logged in, those logged in, those of its address, those of
+// its user), once: when its last reply is about to go, so that a client that
+// quits and connects again at once is not refused for the session it just
+// ended, and otherwise when its goroutine ends.
+func (s *Server) uncount(sess *session) {
+	s.mu.Lock()
+	s.uncountLocked(sess)
+	s.mu.Unlock()
+}
+
+// uncountLocked is uncount with s.mu held.
+func (s *Server) uncountLocked(sess *session) {
+	if sess.uncounted {
+		return
+	}
+	sess.uncounted = true
+	s.notPreLogin(sess)
+	if sess.counted {
+		s.loggedIn--
+	}
+	if s.perIP[sess.src] <= 1 {
+		delete(s.perIP, sess.src)
+	} else {
+		s.perIP[sess.src]--
+	}
+	if sess.mailbox != "" {
+		if s.userSessions[sess.mailbox]--; s.userSessions[sess.mailbox] <= 0 {
+			delete(s.userSessions, sess.mailbox)
+		}
+	}
 }
 
 // Shutdown stops accepting connections and waits for open sessions to end. When

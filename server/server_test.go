@@ -3,9 +3,6 @@ package server
 import (
 	"bufio"
 	"context"
-	"crypto/md5"
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -219,43 +216,6 @@ func TestGreetingAndQuit(t *testing.T) {
 	c.closed()
 }
 
-func TestCapa(t *testing.T) {
-	ts := newTestServer(t, nil)
-	c := ts.dial(t)
-	want := `
-		S: \+OK Capability list follows
-		S: TOP
-		S: UIDL
-		S: USER
-		S: SASL PLAIN LOGIN
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: EXPIRE NEVER
-		S: UTF8 USER
-		S: LANG`
-	after := `
-		S: \+OK Capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: EXPIRE NEVER
-		S: UTF8 USER
-		S: LANG`
-	c.transcript(`S: \+OK Pouch ready\.
-		C: CAPA` + want + `
-		S: \.
-		C: USER alice
-		S: \+OK send PASS
-		C: PASS secret
-		S: \+OK maildrop has 0 messages \(0 octets\)
-		C: capa` + after + `
-		S: IMPLEMENTATION Pouch
-		S: \.`)
-}
-
 const msg1 = "From: a@example\r\nSubject: one\r\n\r\nline 1\r\n.dot line\r\nline 3\r\n"
 const msg2 = "From: b@example\nSubject: two\n\nunix\nline ends\n"
 
@@ -370,44 +330,6 @@ func listUIDs(t *testing.T, ts *testServer, user string) []string {
 	return uids
 }
 
-func TestAuthFailures(t *testing.T) {
-	ts := newTestServer(t, nil)
-	c := ts.dial(t)
-	c.transcript(`
-		S: \+OK Pouch ready\.
-		C: PASS secret
-		S: -ERR send USER first
-		C: USER alice
-		S: \+OK send PASS
-		C: PASS wrong
-		S: -ERR \[AUTH\] invalid user name or password
-		C: PASS secret
-		S: -ERR send USER first
-		C: USER nobody
-		S: \+OK send PASS
-		C: PASS secret
-		S: -ERR \[AUTH\] invalid user name or password
-		C: USER bob
-		S: \+OK send PASS
-		C: PASS pass word with spaces
-		S: \+OK maildrop has 0 messages \(0 octets\)`)
-}
-
-func TestAuthFailDelayIsTheSame(t *testing.T) {
-	ts := newTestServer(t, func(c *Config) { c.AuthFailDelay = 200 * time.Millisecond })
-	for _, user := range []string{"alice", "nobody"} {
-		c := ts.dial(t)
-		c.expect(`\+OK.*`)
-		start := time.Now()
-		c.send("USER " + user + "\r\nPASS wrong\r\n")
-		c.expect(`\+OK send PASS`)
-		c.expect(`-ERR \[AUTH\] invalid user name or password`)
-		if d := time.Since(start); d < 200*time.Millisecond {
-			t.Errorf("%s: failure answered after %v, before the delay", user, d)
-		}
-	}
-}
-
 func TestWrongState(t *testing.T) {
 	ts := newTestServer(t, nil)
 	c := ts.dial(t)
@@ -505,27 +427,6 @@ func waitSessions(t *testing.T, srv *Server, n int) {
 	}
 }
 
-func TestInUse(t *testing.T) {
-	ts := newTestServer(t, nil)
-	c1 := ts.dial(t)
-	c1.login("alice", "secret")
-	c2 := ts.dial(t)
-	c2.transcript(`
-		S: \+OK Pouch ready\.
-		C: USER alice
-		S: \+OK send PASS
-		C: PASS secret
-		S: -ERR \[IN-USE\] maildrop already locked by another session`)
-	c1.send("QUIT\r\n")
-	c1.expect(`\+OK .*`)
-	c1.closed()
-	c2.transcript(`
-		C: USER alice
-		S: \+OK send PASS
-		C: PASS secret
-		S: \+OK maildrop has 0 messages \(0 octets\)`)
-}
-
 func TestBadInput(t *testing.T) {
 	ts := newTestServer(t, nil)
 	c := ts.dial(t)
@@ -555,88 +456,6 @@ func TestBadInput(t *testing.T) {
 	c.send("BAD\r\n")
 	c.expect(`-ERR too many bad commands; bye`)
 	c.closed()
-}
-
-func TestAuthPlain(t *testing.T) {
-	ts := newTestServer(t, nil)
-	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-	c := ts.dial(t)
-	c.transcript(`
-		S: \+OK Pouch ready\.
-		C: AUTH
-		S: \+OK SASL mechanisms follow
-		S: PLAIN
-		S: LOGIN
-		S: \.
-		C: AUTH CRAM-MD5
-		S: -ERR unsupported SASL mechanism
-		C: AUTH PLAIN !!!notbase64
-		S: -ERR invalid base64 in initial response
-		C: AUTH PLAIN
-		S: \+ 
-		C: *
-		S: -ERR authentication cancelled
-		C: AUTH PLAIN
-		S: \+ 
-		C: %%%
-		S: -ERR invalid base64 in SASL response
-		C: AUTH PLAIN ` + b64("\x00alice\x00wrong") + `
-		S: -ERR \[AUTH\] invalid user name or password
-		C: AUTH PLAIN ` + b64("bob\x00alice\x00secret") + `
-		S: -ERR \[AUTH\] invalid user name or password
-		C: AUTH PLAIN ` + b64("garbage") + `
-		S: -ERR malformed SASL message
-		C: AUTH PLAIN =
-		S: -ERR malformed SASL message
-		C: AUTH PLAIN ` + b64("\x00\x00secret") + `
-		S: -ERR malformed SASL message
-		C: AUTH PLAIN
-		S: \+ 
-		C: ` + b64("\x00alice\x00secret") + `
-		S: \+OK maildrop has 0 messages \(0 octets\)
-		C: QUIT
-		S: \+OK .*`)
-	c = ts.dial(t)
-	c.transcript(`
-		S: \+OK Pouch ready\.
-		C: auth plain ` + b64("alice\x00alice\x00secret") + `
-		S: \+OK maildrop has 0 messages \(0 octets\)`)
-}
-
-func TestAPOP(t *testing.T) {
-	ts := newTestServer(t, func(c *Config) {
-		c.Auth = fakeAuth{users: map[string]string{"alice": "tanstaaf"}, apop: true}
-	})
-	c := ts.dial(t)
-	greeting := c.expect(`\+OK Pouch ready\. <\d+\.[0-9a-f]+@test\.example>`)
-	ts1 := greeting[strings.Index(greeting, "<"):]
-	digest := func(ts, secret string) string {
-		sum := md5.Sum([]byte(ts + secret))
-		return hex.EncodeToString(sum[:])
-	}
-	c.transcript(`
-		C: APOP alice ` + digest(ts1, "wrong") + `
-		S: -ERR \[AUTH\] invalid user name or password
-		C: APOP nobody ` + digest(ts1, "tanstaaf") + `
-		S: -ERR \[AUTH\] invalid user name or password
-		C: APOP alice
-		S: -ERR APOP takes a user name and a digest
-		C: APOP alice ` + digest(ts1, "tanstaaf") + `
-		S: \+OK maildrop has 0 messages \(0 octets\)`)
-	// Every greeting has its own timestamp.
-	c2 := ts.dial(t)
-	if g := c2.line(); strings.Contains(g, ts1) {
-		t.Fatalf("timestamp reused: %q", g)
-	}
-}
-
-func TestNoAPOPWithoutSecrets(t *testing.T) {
-	ts := newTestServer(t, nil)
-	c := ts.dial(t)
-	c.transcript(`
-		S: \+OK Pouch ready\.
-		C: APOP alice 0123456789abcdef0123456789abcdef
-		S: -ERR APOP is not available`)
 }
 
 func TestTimeouts(t *testing.T) {

@@ -201,6 +201,9 @@ func TestClientCertFromAnotherCA(t *testing.T) {
 			}
 			c.send("AUTH EXTERNAL =\r\n")
 			c.expect(`\+OK maildrop has 0 messages .*`)
+			// Released before the next version logs in as alice again.
+			c.send("QUIT\r\n")
+			c.expect(`\+OK .*`)
 		})
 	}
 }

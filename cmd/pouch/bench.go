@@ -26,13 +26,14 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		caFile   = fs.String("tls-ca", "", "verify the server's certificate against this CA `file` (PEM); default: no verification")
 		jsonOut  = fs.Bool("json", false, "print the report as JSON")
 		probe    = fs.Duration("probe", 0, "hold one more session open, sending NOOP every `interval`, and report its latency")
-		sessions = fs.Int64("sessions", 0, "stop after this `many` sessions (default: one per client unless --duration)")
+		sessions = fs.Int64("sessions", 0, "stop after this `many` sessions, shared out in turn (client i runs sessions i, i+C…: as many as users logs each in once); default: one per client unless --duration")
 	)
 	fs.IntVar(&cfg.Clients, "clients", 1, "concurrent `sessions`")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "run for this `long`")
 	fs.BoolVar(&cfg.Pipeline, "pipeline", false, "pipeline RETR/TOP commands (RFC 2449 PIPELINING)")
 	fs.IntVar(&cfg.PipelineDepth, "pipeline-depth", 16, "most pipelined commands in flight")
 	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "give up on a server silent this `long`")
+	fs.Float64Var(&cfg.WrongPasswordRate, "wrong-password-rate", 0, "log in with a mistyped password in this `fraction` of the sessions, chosen at random (0.02: 2%), expect -ERR and quit; reported apart (PASS-wrong), with the correct logins refused")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: pouch bench [flags] HOST:PORT
 
@@ -40,12 +41,15 @@ Runs a POP3 load against any server and reports sessions/s, messages/s,
 MB/s and the latency (p50, p99) of every command. Client i logs in as users
 i, i+C, i+2C… of the users file (C clients), so give at least as many users
 as clients. Nothing is deleted. Every message retrieved is checked against
-its LIST size.
+its LIST size. With --wrong-password-rate, that share of the sessions send
+a mistyped password, must be refused, and count apart from sessions/s; a
+correct login refused is a failure.
 
 Examples:
   pouch bench --users users.txt --clients 64 --duration 30s 127.0.0.1:1110
   pouch bench --users users.txt --clients 64 --tls implicit --pipeline --sessions 1000 127.0.0.1:1995
   pouch bench --users users.txt --mix login --clients 32 --duration 10s --probe 10ms 127.0.0.1:1110
+  pouch bench --users users.txt --clients 64 --duration 5m --wrong-password-rate 0.02 127.0.0.1:1110
 
 Flags:
 `)
@@ -61,6 +65,9 @@ Flags:
 	}
 	if *users == "" {
 		return usageError("bench needs --users FILE")
+	}
+	if r := cfg.WrongPasswordRate; !(r >= 0 && r <= 1) {
+		return usageError("bench: --wrong-password-rate %v is not a fraction from 0 to 1", r)
 	}
 	f, err := os.Open(*users)
 	if err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/lmtp"
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -191,9 +190,7 @@ var deliverDetails = func(stderr io.Writer) io.Writer {
 // fixed sentence with an id, and the details (paths, system errors) are
 // logged with the same id where deliverDetails says.
 func deliverFail(stderr io.Writer, code int, text string, details ...any) error {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	id := "d" + hex.EncodeToString(b)
+	id := "d" + random.Hex(4)
 	if w := deliverDetails(stderr); w != nil {
 		_, syslogged := w.(*syslog.Writer)
 		h := slog.NewTextHandler(w, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {

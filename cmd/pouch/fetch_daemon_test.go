@@ -16,26 +16,8 @@ import (
 
 	"github.com/pouchmail/pouch/fetch"
 	"github.com/pouchmail/pouch/internal/popscript"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
-
-// syncBuf is a strings.Builder that several goroutines write and the test
-// reads.
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // simClock drives a daemon step by step: each time the daemon sleeps with
 // no run in progress, the clock moves to its wake-up time and wakes it.
@@ -128,7 +110,7 @@ func simAccount(name, server, user string, every time.Duration) namedAccount {
 // exponentially (equal jitter, capped at an hour) and a success resets
 // them; the server's LOGIN-DELAY is a floor, said once.
 func TestDaemonSchedule(t *testing.T) {
-	out := &syncBuf{}
+	out := &testkit.SyncBuffer{}
 	calls := simDaemon(t, []namedAccount{simAccount("a", "s1:995", "u", 5*time.Minute), simAccount("b", "s2:995", "u", 2*time.Minute)},
 		4, out, func(name string, n int, now time.Time) (fetch.Stats, error) {
 			if name == "b" {
@@ -284,7 +266,7 @@ password-command = "echo secret"
 to = "maildir:` + dir + `/a1"
 `)
 	st.Deliver(context.Background(), "alice", strings.NewReader("Subject: 1\n\none\n"))
-	out := &syncBuf{}
+	out := &testkit.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- run([]string{"fetch", "--config", cfg}, nil, io.Discard, out) }()
 	waitFor := func(dir string, n int) {
@@ -370,7 +352,7 @@ func TestFetchEveryLoginDelayAndBackoff(t *testing.T) {
 			return ""
 		}}).Start(t)
 	dir := t.TempDir()
-	out := &syncBuf{}
+	out := &testkit.SyncBuffer{}
 	done := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pouchmail/pouch/internal/oauthtest"
 	"github.com/pouchmail/pouch/internal/popscript"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // useTestBrowser plays the user's browser for pouch fetch auth login: it
@@ -278,7 +279,7 @@ issuer = "`+srv.URL+`"
 client-id = "`+srv.ClientID()+`"
 scopes = "pop offline_access"
 `), 0o600)
-	out := &syncBuf{}
+	out := &testkit.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run([]string{"fetch", "--config", cfg, "auth", "login", "--device", "isp"}, strings.NewReader(""), io.Discard, out)

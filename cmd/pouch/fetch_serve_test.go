@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/oauthtest"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // TestFetchFromPouchServe runs the real binary twice: pouch serve, and
@@ -57,7 +58,7 @@ func TestFetchFromPouchServe(t *testing.T) {
 // pouchServe is the real binary serving alice's maildrop.
 type pouchServe struct {
 	bin, data, addr string
-	logs            *syncBuf // the server's log lines
+	logs            *testkit.SyncBuffer // the server's log lines
 }
 
 // startPouchServe builds the binary, adds alice (password "a long enough
@@ -66,7 +67,7 @@ type pouchServe struct {
 func startPouchServe(t *testing.T, msgs []string, args ...string) *pouchServe {
 	t.Helper()
 	dir := t.TempDir()
-	p := &pouchServe{bin: filepath.Join(dir, "pouch"), data: filepath.Join(dir, "data"), logs: &syncBuf{}}
+	p := &pouchServe{bin: filepath.Join(dir, "pouch"), data: filepath.Join(dir, "data"), logs: &testkit.SyncBuffer{}}
 	if out, err := exec.Command("go", "build", "-o", p.bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}

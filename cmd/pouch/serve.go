@@ -243,6 +243,10 @@ func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader
 	adminSock.serve(adminHandler{srv: w.srv, store: w.cfg.Store, reload: reloadAll}, log)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(ls))
+	// Ready from here: the listeners are bound, so the kernel queues
+	// connections until the goroutines below accept them; ready before the
+	// "listening" lines, which tell scripts and tests that the server is up.
+	serving.Store(true)
 	for _, l := range ls {
 		log.Info("listening", "protocol", l.name, "addr", l.Addr().String(), "data", w.s.data)
 		wg.Add(1)
@@ -267,7 +271,6 @@ func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader
 	go func() { defer sweeps.Done(); sweeper.Run(sweepCtx, w.s.retention.sweepEvery) }()
 	defer func() { stopSweeps(); sweeps.Wait() }()
 	log.Info("retention", "policy", retention.Describe(w.s.retention.policy), "sweep_interval", w.s.retention.sweepEvery)
-	serving.Store(true)
 	var failure error
 	select {
 	case <-ctx.Done():

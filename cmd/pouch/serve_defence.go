@@ -25,6 +25,7 @@ import (
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/guard/pgbans"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/metrics"
 	"github.com/pouchmail/pouch/server"
@@ -429,21 +430,7 @@ func loadSecretKey(data string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(data, ".secret.key.tmp*")
-	if err != nil {
-		return nil, fmt.Errorf("secret key: %v", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(key); err != nil {
-		tmp.Close()
-		return nil, fmt.Errorf("secret key: %v", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return nil, fmt.Errorf("secret key: %v", err)
-	}
-	tmp.Close()
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := fsx.WriteFile(path, key, fsx.Options{Perm: 0o600}); err != nil {
 		return nil, fmt.Errorf("secret key: %v", err)
 	}
 	return key, nil

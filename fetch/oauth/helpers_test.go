@@ -1,7 +1,6 @@
 package oauth
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/oauthtest"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // customConfig is an account signed in with the test server, found by
@@ -21,24 +21,6 @@ import (
 func customConfig(srv *oauthtest.Server, secret string) Config {
 	return Config{Account: "work", Provider: Custom, ClientID: srv.ClientID(), ClientSecret: secret,
 		Issuer: srv.URL, Scopes: []string{"pop", "offline_access"}}
-}
-
-// syncBuffer is a bytes.Buffer for writers on several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // visit is what the fake browser saw.
@@ -130,8 +112,8 @@ func (c *fakeClock) Sleeps() []time.Duration {
 }
 
 // logCapture is a Store logger whose lines the test can read.
-func logCapture() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func logCapture() (*slog.Logger, *testkit.SyncBuffer) {
+	buf := &testkit.SyncBuffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 

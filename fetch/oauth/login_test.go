@@ -15,6 +15,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/pouchmail/pouch/internal/oauthtest"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // The whole browser flow: discovery, the authorization request with PKCE,
@@ -45,7 +46,7 @@ func TestBrowserLoginWithPKCE(t *testing.T) {
 					resp.Body.Close()
 				}
 			}
-			out := &syncBuffer{}
+			out := &testkit.SyncBuffer{}
 			v, err := loginBrowser(t, cfg, store, b, out)
 			if err != nil {
 				t.Fatalf("login: %v\n%s", err, out)
@@ -152,7 +153,7 @@ func TestBrowserLoginPastedAddress(t *testing.T) {
 		io.WriteString(pw, "not an address\n")
 		io.WriteString(pw, v.location+"\n")
 	}()
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := Login(ctx, customConfig(srv, ""), store, LoginOptions{Mode: Browser, Out: out, In: pr, OpenBrowser: b.open})
@@ -184,7 +185,7 @@ func TestBrowserLoginFixedPortInUse(t *testing.T) {
 
 // deviceLogin signs in with the device flow on a fake clock; onSleep plays
 // the user between polls.
-func deviceLoginFake(t *testing.T, srv *oauthtest.Server, clk *fakeClock, out *syncBuffer) error {
+func deviceLoginFake(t *testing.T, srv *oauthtest.Server, clk *fakeClock, out *testkit.SyncBuffer) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -192,7 +193,7 @@ func deviceLoginFake(t *testing.T, srv *oauthtest.Server, clk *fakeClock, out *s
 }
 
 // userVisits plays the user who opens the address with the code in it.
-func userVisits(t *testing.T, out *syncBuffer, deny bool) {
+func userVisits(t *testing.T, out *testkit.SyncBuffer, deny bool) {
 	t.Helper()
 	const intro = "Or open this address, which has the code in it:"
 	i := strings.Index(out.String(), intro)
@@ -227,7 +228,7 @@ func sleepsEqual(got []time.Duration, want ...int) bool {
 func TestDeviceLoginPending(t *testing.T) {
 	clk := newFakeClock()
 	srv := oauthtest.New(t, oauthtest.Options{Now: clk.Now, DeviceInterval: 3})
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	clk.onSleep = func(n int) {
 		if n == 3 {
 			userVisits(t, out, false)
@@ -257,7 +258,7 @@ func TestDeviceLoginSlowDown(t *testing.T) {
 	clk := newFakeClock()
 	srv := oauthtest.New(t, oauthtest.Options{Now: clk.Now})
 	srv.SlowDown(2)
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	clk.onSleep = func(n int) {
 		if n == 3 {
 			userVisits(t, out, false)
@@ -277,7 +278,7 @@ func TestDeviceLoginSlowDown(t *testing.T) {
 func TestDeviceLoginDeclined(t *testing.T) {
 	clk := newFakeClock()
 	srv := oauthtest.New(t, oauthtest.Options{Now: clk.Now})
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	clk.onSleep = func(n int) {
 		if n == 2 {
 			userVisits(t, out, true)
@@ -296,7 +297,7 @@ func TestDeviceLoginDeclined(t *testing.T) {
 func TestDeviceLoginExpires(t *testing.T) {
 	clk := newFakeClock()
 	srv := oauthtest.New(t, oauthtest.Options{Now: clk.Now, DeviceTTL: 12 * time.Second})
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	err := deviceLoginFake(t, srv, clk, out)
 	if err == nil || !contains(err.Error(), "the code expired before the sign-in was finished; run the login again") {
 		t.Fatalf("got %v", err)
@@ -333,7 +334,7 @@ func TestDeviceLoginBacksOff(t *testing.T) {
 	clk := newFakeClock()
 	srv := oauthtest.New(t, oauthtest.Options{Now: clk.Now})
 	srv.FailNext(2)
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	clk.onSleep = func(n int) {
 		if n == 4 {
 			userVisits(t, out, false)
@@ -429,7 +430,7 @@ func TestMicrosoftRedirectIsLocalhost(t *testing.T) {
 	cfg := Config{Account: "m365", Provider: Microsoft, ClientID: "ms-app",
 		AuthURL: srv.AuthURL(), TokenURL: srv.TokenURL(), DeviceURL: srv.DeviceURL()}
 	store := NewStore(t.TempDir(), nil)
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	v, err := loginBrowser(t, cfg, store, newBrowser(), out)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -486,7 +487,7 @@ func TestGrantedScopes(t *testing.T) {
 	store := NewStore(t.TempDir(), nil)
 	p := &provider{cfg: Config{Account: "a", Provider: Gmail}}
 	p.oauth.ClientID, p.oauth.Scopes = "id", []string{"https://mail.google.com/"}
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	tok := (&oauth2.Token{AccessToken: "x", RefreshToken: "y"}).WithExtra(map[string]any{"scope": "https://www.googleapis.com/auth/gmail.readonly"})
 	if err := store.saveLogin(p, tok, out); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/oauthtest"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // No token, code, verifier or secret appears in anything a user or an
@@ -23,7 +24,7 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 	store := NewStore(stateDir, logger)
 	cfg := customConfig(srv, secret)
 	var seen []string // every text shown
-	out := &syncBuffer{}
+	out := &testkit.SyncBuffer{}
 	extra := []string{secret}
 
 	// A sign-in.
@@ -82,7 +83,7 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 	dsrv := oauthtest.New(t, oauthtest.Options{ClientSecret: secret, EchoSecrets: true, Now: clk.Now})
 	dcfg := customConfig(dsrv, secret)
 	dcfg.Account = "device"
-	dout := &syncBuffer{}
+	dout := &testkit.SyncBuffer{}
 	clk.onSleep = func(n int) {
 		if n == 2 {
 			userVisits(t, dout, false)

@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"github.com/pouchmail/pouch/internal/crashpoint"
 	"github.com/pouchmail/pouch/internal/filelock"
+	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // RefreshBefore is how long before its expiry an access token is replaced,
@@ -149,45 +149,21 @@ func (s *Store) save(r *record) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return err
 	}
-	name := fileName(r.Account) + ".json"
-	// A temporary file left by a crash is no one's now: we hold the lock.
-	if old, _ := filepath.Glob(filepath.Join(s.dir, "."+name+".*.tmp")); len(old) > 0 {
+	path := filepath.Join(s.dir, fileName(r.Account)+".json")
+	// Temporary files left by a crash are no one's now: we hold the lock.
+	// (Earlier versions named them ".NAME.json.*.tmp".)
+	fsx.RemoveTemps(path)
+	if old, _ := filepath.Glob(filepath.Join(s.dir, "."+filepath.Base(path)+".*.tmp")); len(old) > 0 {
 		for _, o := range old {
 			os.Remove(o)
 		}
 	}
-	f, err := os.CreateTemp(s.dir, "."+name+".*.tmp") // mode 0600
+	err = fsx.WriteFile(path, append(data, '\n'), fsx.Options{Perm: 0o600,
+		Synced: "oauth.token.written", Renamed: "oauth.token.renamed"})
 	if err != nil {
-		return err
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	tmp := f.Name()
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	crashpoint.Hit("oauth.token.written")
-	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	crashpoint.Hit("oauth.token.renamed")
-	return syncDir(s.dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
 
 // lock takes account's file lock, across processes.
@@ -212,7 +188,7 @@ func (s *Store) Delete(account string) error {
 	if err := os.Remove(s.Path(account)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(s.dir)
+	return fsx.SyncDir(s.dir)
 }
 
 // accountState is what the sources of one account share in a process.

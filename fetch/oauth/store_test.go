@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/oauthtest"
 )
 
@@ -246,6 +247,11 @@ func TestTokenFileModeAndReplacement(t *testing.T) {
 	age(t, store, "work", time.Hour, -time.Minute)
 	fi, _ = os.Stat(path)
 	ino := fi.Sys().(*syscall.Stat_t).Ino
+	// Temporary files a killed process left, as this version and earlier
+	// ones name them, go with the next save.
+	for _, left := range []string{fsx.TempPrefix(path) + "123", ".work.json.456.tmp"} {
+		os.WriteFile(filepath.Join(store.dir, left), []byte("{}"), 0o600)
+	}
 	src, _ := TokenSource(cfg, store)
 	if _, err := src.Token(); err != nil {
 		t.Fatal(err)
@@ -361,13 +367,13 @@ func TestCrashDuringTokenWrite(t *testing.T) {
 					t.Fatalf("next run: %v", err)
 				}
 				// The temporary file goes with the next save.
-				if tmp, _ := filepath.Glob(filepath.Join(store.dir, ".work.json.*.tmp")); len(tmp) != 1 {
+				if tmp, _ := filepath.Glob(filepath.Join(store.dir, fsx.TempPrefix("work.json")+"*")); len(tmp) != 1 {
 					t.Fatalf("temporary files: %v", tmp)
 				}
 				if _, err := loginBrowser(t, cfg, store, newBrowser(), io.Discard); err != nil {
 					t.Fatal(err)
 				}
-				if tmp, _ := filepath.Glob(filepath.Join(store.dir, ".work.json.*.tmp")); len(tmp) != 0 {
+				if tmp, _ := filepath.Glob(filepath.Join(store.dir, fsx.TempPrefix("work.json")+"*")); len(tmp) != 0 {
 					t.Fatalf("temporary files after a new sign-in: %v", tmp)
 				}
 			case "oauth.token.renamed":

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // Require skips the test (or fails it under POUCH_REQUIRE_INTEROP=1) when
@@ -31,13 +33,9 @@ func Require(t testing.TB) {
 	} else if _, err := user.Lookup("dovecot"); err != nil {
 		why = "there is no user dovecot"
 	}
-	if why == "" {
-		return
+	if why != "" {
+		testkit.SkipOrFail(t, "%s", why)
 	}
-	if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-		t.Fatalf("%s (POUCH_REQUIRE_INTEROP=1)", why)
-	}
-	t.Skip(why)
 }
 
 // Server is a Dovecot with one user, alice, whose password is Password.
@@ -89,12 +87,7 @@ func (d *Server) Start(location, extra string) {
 	t := d.t
 	t.Helper()
 	d.Stop()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := testkit.FreePort(t)
 	conf := fmt.Sprintf(`base_dir = %[1]s/run
 state_dir = %[1]s/state
 log_path = %[1]s/dovecot.log

@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -29,6 +28,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // Cluster is a running private PostgreSQL server.
@@ -71,8 +71,8 @@ func Get(t testing.TB) *Cluster {
 	once.Do(func() { shared, startErr = Start() })
 	var missing *MissingError
 	switch {
-	case errors.As(startErr, &missing) && os.Getenv("POUCH_REQUIRE_INTEROP") != "1":
-		t.Skipf("%v", startErr)
+	case errors.As(startErr, &missing):
+		testkit.SkipOrFail(t, "%v", startErr)
 	case startErr != nil:
 		t.Fatalf("PostgreSQL: %v", startErr)
 	}
@@ -157,7 +157,7 @@ func (c *Cluster) init() error {
 	if err != nil {
 		return fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	port, err := freePort()
+	port, err := testkit.Port()
 	if err != nil {
 		return err
 	}
@@ -174,16 +174,6 @@ func (c *Cluster) init() error {
 		return err
 	}
 	return f.Close()
-}
-
-// freePort returns a loopback TCP port that nothing listens on now.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // command prepares one of PostgreSQL's programs, run as the postgres user

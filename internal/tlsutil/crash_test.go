@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/fsx"
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // crashedRenewal leaves in dir what a crash between the two renames of a
@@ -32,7 +35,7 @@ func crashedRenewal(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeAtomic(key, newKey, 0o600); err != nil {
+	if err := fsx.WriteFile(key, newKey, fsx.Options{Perm: 0o600}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -43,7 +46,7 @@ func crashedRenewal(t *testing.T, dir string) {
 func TestSelfSignedMismatchedPairMadeAnew(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tls")
 	crashedRenewal(t, dir)
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	m, err := NewManager(nil, nil, dir, "pop.example.org", slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatalf("start after a crash while renewing: %v", err)
@@ -59,7 +62,7 @@ func TestSelfSignedMismatchedPairMadeAnew(t *testing.T) {
 		t.Fatalf("key file: %v %v", fi, err)
 	}
 	// The files are a pair again: the next start uses them as they are.
-	logs = syncBuffer{}
+	logs = testkit.SyncBuffer{}
 	m2, err := NewManager(nil, nil, dir, "pop.example.org", slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil || m2.Fingerprints()[0] != fp {
 		t.Fatalf("next start: %v", err)

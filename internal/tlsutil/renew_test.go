@@ -11,28 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
-
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func leafOf(t *testing.T, m *Manager) *x509.Certificate {
 	t.Helper()
@@ -52,7 +35,7 @@ func TestSelfSignedRenewedAtStart(t *testing.T) {
 	if err := selfSignedFor(cert, key, "pop.example.org", now.Add(-700*24*time.Hour), now.Add(10*24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	m, err := NewManager(nil, nil, dir, "pop.example.org", slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +64,7 @@ func TestSelfSignedRenewedAtStart(t *testing.T) {
 // 30 days of its end, at the periodic look at the files.
 func TestSelfSignedRenewedWhileRunning(t *testing.T) {
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	m, err := NewManager(nil, nil, dir, "localhost", slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

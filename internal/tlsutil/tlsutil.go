@@ -28,6 +28,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // checkInterval is how often, at most, the certificate files are looked at
@@ -446,45 +448,14 @@ func selfSignedFor(certFile, keyFile, hostname string, notBefore, notAfter time.
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	// Each file is replaced whole (fsx.WriteFile). A crash between the key's
+	// rename and the certificate's leaves a new key with the old
+	// certificate, which NewManager makes anew at the next start (see
+	// brokenSelfSigned).
+	if err := fsx.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), fsx.Options{Perm: 0o600}); err != nil {
 		return err
 	}
-	return writeAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	// The new name survives a crash. A crash between the key's rename and
-	// the certificate's leaves a new key with the old certificate, which
-	// NewManager makes anew at the next start (see brokenSelfSigned).
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsx.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), fsx.Options{Perm: 0o644})
 }
 
 // dnsNames are the names a self-signed certificate is made for.

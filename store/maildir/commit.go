@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 )
 
@@ -237,7 +238,7 @@ func (m *maildrop) syncAfterRemoval(kept bool) error {
 		dirs = append(dirs, holdingDir)
 	}
 	for _, sub := range dirs {
-		if err := syncDir(filepath.Join(m.dir, sub)); err != nil {
+		if err := fsx.SyncDir(filepath.Join(m.dir, sub)); err != nil {
 			return err
 		}
 	}
@@ -248,7 +249,7 @@ func (m *maildrop) syncAfterRemoval(kept bool) error {
 // holding area at jr.at, syncs the directories, and clears the journal:
 // the commit is as if it never began.
 func (m *maildrop) undoHold(j *journalFile, jr *journal) error {
-	held, listErr := readNames(filepath.Join(m.dir, holdingDir))
+	held, listErr := fsx.Names(filepath.Join(m.dir, holdingDir))
 	if listErr != nil && !errors.Is(listErr, fs.ErrNotExist) {
 		return listErr
 	}

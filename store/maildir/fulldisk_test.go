@@ -19,6 +19,7 @@ import (
 
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/client"
+	"github.com/pouchmail/pouch/internal/testkit"
 	"github.com/pouchmail/pouch/server"
 	"github.com/pouchmail/pouch/server/servertest"
 	"github.com/pouchmail/pouch/store"
@@ -31,10 +32,7 @@ func smallDisk(t *testing.T, size int) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-			t.Fatalf("cannot mount a tmpfs (POUCH_REQUIRE_INTEROP=1): %v", err)
-		}
-		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+		testkit.SkipOrFail(t, "cannot mount a tmpfs (needs root): %v", err)
 	}
 	// Cleanups run last first: unmounted before TempDir removes dir.
 	t.Cleanup(func() {
@@ -295,10 +293,7 @@ func smallExt4(t *testing.T, size int64) string {
 	t.Helper()
 	mkfs, err := exec.LookPath("mkfs.ext4")
 	if err != nil {
-		if os.Getenv("POUCH_REQUIRE_INTEROP") == "1" {
-			t.Fatal("mkfs.ext4 is not installed (POUCH_REQUIRE_INTEROP=1)")
-		}
-		t.Skip("mkfs.ext4 is not installed (e2fsprogs)")
+		testkit.SkipOrFail(t, "mkfs.ext4 is not installed (e2fsprogs)")
 	}
 	img := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {

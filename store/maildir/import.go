@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
@@ -187,6 +188,9 @@ type Import struct {
 	present map[string]int
 	dirty   bool // the index must be written at Close
 	start   time.Time
+	// rename moves a file to a name no file has (renameNoReplace); tests
+	// give one that fails as on a filesystem that lacks it.
+	rename func(from, dest string) error
 }
 
 // importStaged counts the files this process stages, for their names.
@@ -200,7 +204,7 @@ func (s *Store) BeginImport(ctx context.Context, user string) (*Import, error) {
 	if err != nil {
 		return nil, err
 	}
-	im := &Import{m: md.(*maildrop), start: s.now()}
+	im := &Import{m: md.(*maildrop), start: s.now(), rename: renameNoReplace}
 	if err := im.begin(ctx); err != nil {
 		im.m.Close()
 		return nil, err
@@ -224,11 +228,11 @@ func (im *Import) begin(ctx context.Context) error {
 	}
 	// Files staged for a batch whose intents never reached the journal.
 	staging := filepath.Join(m.dir, importStagingDir)
-	if names, err := readNames(staging); err == nil && len(names) > 0 {
+	if names, err := fsx.Names(staging); err == nil && len(names) > 0 {
 		for _, n := range names {
 			os.Remove(filepath.Join(staging, n))
 		}
-		if err := syncDir(staging); err != nil {
+		if err := fsx.SyncDir(staging); err != nil {
 			return err
 		}
 	}
@@ -282,7 +286,7 @@ func (im *Import) recover(recs []*importRecord) error {
 			r.state = recDone
 		case fromErr == nil:
 			// Never placed: place it now.
-			err := place(from, dest)
+			err := im.place(from, dest)
 			if errors.Is(err, fs.ErrExist) {
 				r.state = recAbandoned
 				tail = appendEscaped(append(tail, "- "...), r.loc())
@@ -310,7 +314,7 @@ func (im *Import) recover(recs []*importRecord) error {
 		}
 	}
 	for d := range touched {
-		if err := syncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return err
 		}
 	}
@@ -328,8 +332,8 @@ func (r *importRecord) fromPath(dir string) string {
 
 // place renames from to dest, failing with fs.ErrExist rather than
 // replacing a file at dest.
-func place(from, dest string) error {
-	err := renameNoReplace(from, dest)
+func (im *Import) place(from, dest string) error {
+	err := im.rename(from, dest)
 	if err == unix.EINVAL || err == unix.ENOSYS {
 		// A filesystem without RENAME_NOREPLACE: link fails where dest
 		// exists. A crash between the two leaves both names, which
@@ -346,9 +350,8 @@ func place(from, dest string) error {
 	return nil
 }
 
-// renameNoReplace is renameat2(2) with RENAME_NOREPLACE; tests replace it
-// to take the path of filesystems that lack it.
-var renameNoReplace = func(from, dest string) error {
+// renameNoReplace is renameat2(2) with RENAME_NOREPLACE.
+func renameNoReplace(from, dest string) error {
 	return unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, dest, unix.RENAME_NOREPLACE)
 }
 
@@ -507,7 +510,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		return results, nil
 	}
 	if !move {
-		if err := syncDir(filepath.Join(m.dir, importStagingDir)); err != nil {
+		if err := fsx.SyncDir(filepath.Join(m.dir, importStagingDir)); err != nil {
 			return fail(err)
 		}
 	}
@@ -538,7 +541,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 	var placed []staged
 	for n, s := range batch {
 		dest := filepath.Join(m.dir, s.e.sub, s.e.name)
-		err := place(s.from, dest)
+		err := im.place(s.from, dest)
 		if errors.Is(err, fs.ErrExist) {
 			// Another program wrote a file of that name meanwhile.
 			b = appendEscaped(append(b, "- "...), s.rec.loc())
@@ -562,7 +565,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		placed = append(placed, s)
 	}
 	for d := range touched {
-		if err := syncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return results, err
 		}
 	}
@@ -669,7 +672,7 @@ func (im *Import) ensureStaging() error {
 		return err
 	}
 	owner.Adopt(staging)
-	return syncDir(im.m.dir)
+	return fsx.SyncDir(im.m.dir)
 }
 
 // importWorkers is how many messages of a batch are staged at once.
@@ -744,8 +747,7 @@ func (im *Import) nameFor(uid string, raw, wire int64, lf bool, mtime time.Time)
 	if validUID(uid) && plainName(uid) && sizesFromName(uid, raw, wire, lf) {
 		return uid
 	}
-	name := fmt.Sprintf("%d.M%06dP%dQ%d.%s,S=%d,W=%d", mtime.Unix(), mtime.Nanosecond()/1000, os.Getpid(),
-		deliveries.Add(1), hostname(), raw, wire)
+	name := SizedName(UniqueName(mtime), raw, wire)
 	if validUID(uid) {
 		name += ",U=" + base64.RawURLEncoding.EncodeToString([]byte(uid))
 	}

@@ -94,13 +94,20 @@ const importHelperEnv = "POUCH_MAILDIR_CRASH_IMPORT"
 // importHelper imports the fixture at src into user u, in the child
 // process of a crash test (TestMain runs it).
 func importHelper(root, src string) {
-	if os.Getenv("POUCH_CRASH_IMPORT_LINK") != "" {
-		renameNoReplace = func(string, string) error { return syscall.EINVAL }
-	}
 	var msgs []fixtureMsg
 	b, _ := os.ReadFile(filepath.Join(src, "manifest"))
 	json.Unmarshal(b, &msgs)
-	_, err := runImport(New(root), "u", src, msgs, os.Getenv("POUCH_CRASH_IMPORT_MOVE") != "")
+	im, err := New(root).BeginImport(context.Background(), "u")
+	if err == nil {
+		if os.Getenv("POUCH_CRASH_IMPORT_LINK") != "" {
+			// A filesystem without RENAME_NOREPLACE.
+			im.rename = func(string, string) error { return syscall.EINVAL }
+		}
+		_, err = im.Add(context.Background(), fixtureMessages(src, msgs), os.Getenv("POUCH_CRASH_IMPORT_MOVE") != "")
+		if cerr := im.Close(); err == nil {
+			err = cerr
+		}
+	}
 	fmt.Fprintln(os.Stderr, err)
 	os.Exit(2)
 }

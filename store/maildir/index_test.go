@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -449,7 +450,7 @@ func BenchmarkCommit(b *testing.B) {
 			made := 0
 			for b.Loop() {
 				b.StopTimer()
-				names, _ := readNames(filepath.Join(dir, "cur"))
+				names, _ := fsx.Names(filepath.Join(dir, "cur"))
 				for i := len(names); i < n; i++ {
 					made++
 					name := fmt.Sprintf("%d.M%06dP2Q%d.bench,S=1000,W=1020:2,S", 1800000000+made/100, made%100, made)

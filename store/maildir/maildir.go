@@ -43,12 +43,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
 
-	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
@@ -157,7 +156,7 @@ func ensureStamps(dir string) (stamps, error) {
 	// dir holds the new subdirectories, its parent the user's entry, and the
 	// grandparent the mail root's entry, should MkdirAll have made it.
 	for _, d := range []string{dir, filepath.Dir(dir), filepath.Dir(filepath.Dir(dir))} {
-		if err := syncDir(d); err != nil {
+		if err := fsx.SyncDir(d); err != nil {
 			return stamps{}, err
 		}
 	}
@@ -617,39 +616,10 @@ func writeIndex(dir string, entries []entry) error {
 	return storeIndex(dir, entries, nil)
 }
 
-// writeFileAtomic writes dir/name through a temporary file, fsyncs it, renames
-// it into place and fsyncs dir.
+// writeFileAtomic replaces dir/name with data (fsx.WriteFile), the file
+// given to the Maildir's owner.
 func writeFileAtomic(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp*")
-	if err != nil {
-		return err
-	}
-	owner.Adopt(tmp.Name())
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsx.WriteFile(filepath.Join(dir, name), data, fsx.Options{Perm: 0o600, Owner: fsx.OwnDir})
 }
 
 func (m *maildrop) Messages() []store.Message { return m.messages }
@@ -686,15 +656,6 @@ func (r readCloser) Close() error { return r.f.Close() }
 
 // Stored returns the message file as stored.
 func (r readCloser) Stored() io.Reader { return r.f }
-
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
 
 // Commit removes the given messages. Their files' base names and inode
 // numbers are first written to the expunge journal and synced: from that
@@ -751,9 +712,9 @@ func (m *maildrop) Close() error {
 	return err
 }
 
-// Deliver writes a message into user's new/ (Maildir delivery: tmp/, fsync,
-// rename into new/, fsync new/). The name carries ",S=" and ",W=" so that the
-// sizes are known without reading the file.
+// Deliver writes a message into user's new/ as a Delivery (tmp/, fsync,
+// rename into new/, fsync new/). The name carries ",S=" and ",W=" so that
+// the sizes are known without reading the file.
 func (s *Store) Deliver(ctx context.Context, user string, r io.Reader) error {
 	dir, err := s.dir(user)
 	if err != nil {
@@ -762,67 +723,16 @@ func (s *Store) Deliver(ctx context.Context, user string, r io.Reader) error {
 	if err := ensure(dir); err != nil {
 		return err
 	}
-	unique := uniqueName(s.now())
-	tmpPath := filepath.Join(dir, "tmp", unique)
-	f, err := os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	d, err := NewDelivery(dir, s.now(), "")
 	if err != nil {
 		return err
 	}
-	owner.Adopt(tmpPath)
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmpPath)
-		}
-	}()
-	var size store.SizeCounter
-	if _, err := io.Copy(io.MultiWriter(f, &size), contextReader{ctx, r}); err != nil {
+	defer d.Abort()
+	if _, err := io.Copy(d, store.ContextReader(ctx, r)); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
+	if _, err := d.Commit(""); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	name := fmt.Sprintf("%s,S=%d,W=%d", unique, size.Raw(), size.Wire())
-	crashpoint.Hit("maildir.deliver.synced")
-	if err := os.Rename(tmpPath, filepath.Join(dir, "new", name)); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(filepath.Join(dir, "new"))
-}
-
-var deliveries atomic.Uint64
-
-// uniqueName is the unique part of a new message file's name: delivery time,
-// microseconds, process, a counter and the host.
-func uniqueName(now time.Time) string {
-	return fmt.Sprintf("%d.M%06dP%dQ%d.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(),
-		deliveries.Add(1), hostname())
-}
-
-// hostname returns the host name for Maildir file names, with "/" and ":"
-// encoded as the Maildir specification asks.
-func hostname() string {
-	h, err := os.Hostname()
-	if err != nil || h == "" {
-		h = "localhost"
-	}
-	return strings.NewReplacer("/", `\057`, ":", `\072`, ",", `\054`).Replace(h)
-}
-
-// contextReader stops a copy when ctx is done.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
+	return SyncNew(dir)
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/storetest"
 )
@@ -98,7 +99,7 @@ func TestUIDStableAcrossRenames(t *testing.T) {
 
 	// Another program moves it to cur/ and sets a flag, between sessions.
 	dir := filepath.Join(root, "u")
-	names, _ := readNames(filepath.Join(dir, "new"))
+	names, _ := fsx.Names(filepath.Join(dir, "new"))
 	if err := os.Rename(filepath.Join(dir, "new", names[0]), filepath.Join(dir, "cur", names[0]+":2,S")); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +211,7 @@ func TestDeliverLeavesNothingOnError(t *testing.T) {
 		t.Fatal("Deliver succeeded with a failing reader")
 	}
 	for _, sub := range []string{"tmp", "new", "cur"} {
-		if names, _ := readNames(filepath.Join(root, "u", sub)); len(names) != 0 {
+		if names, _ := fsx.Names(filepath.Join(root, "u", sub)); len(names) != 0 {
 			t.Errorf("%s/ holds %v after a failed delivery", sub, names)
 		}
 	}
@@ -415,7 +416,7 @@ func TestExpungeJournalFormats(t *testing.T) {
 					m.Close()
 					t.Fatal("Open replayed a damaged journal")
 				}
-				if got, _ := readNames(filepath.Join(dir, "new")); len(got) != len(names) {
+				if got, _ := fsx.Names(filepath.Join(dir, "new")); len(got) != len(names) {
 					t.Fatalf("a damaged journal removed messages: %q left", got)
 				}
 				return

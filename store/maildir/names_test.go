@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
 )
@@ -372,7 +373,7 @@ func TestTmpCleanup(t *testing.T) {
 		}
 	}
 	left := func() []string {
-		names, _ := readNames(tmp)
+		names, _ := fsx.Names(tmp)
 		slices.Sort(names)
 		return names
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
@@ -60,7 +61,7 @@ func ensureHolding(dir string) error {
 		return err
 	}
 	owner.Adopt(p)
-	return syncDir(dir)
+	return fsx.SyncDir(dir)
 }
 
 // purgeLock takes a blocking flock of the given kind on the maildrop's purge
@@ -138,7 +139,7 @@ func (s *Store) SetHold(ctx context.Context, user string, h store.Hold) error {
 		if err != nil {
 			return err
 		}
-		return syncDir(dir)
+		return fsx.SyncDir(dir)
 	}
 	if h.Since.IsZero() {
 		h.Since = s.now()
@@ -285,7 +286,7 @@ func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time
 		res.Purged = append(res.Purged, h.removed())
 	}
 	if purged {
-		if err := syncDir(filepath.Join(m.dir, holdingDir)); err != nil {
+		if err := fsx.SyncDir(filepath.Join(m.dir, holdingDir)); err != nil {
 			return res, err
 		}
 	}
@@ -358,7 +359,7 @@ func (s *Store) cleanTmp(user, dir string, now time.Time, locked bool) error {
 		s.log.Info("maildir: removed files that deliveries left in tmp/", "user", user, "count", removed,
 			"older_than", tmpMaxAge)
 	}
-	return syncDir(tmp)
+	return fsx.SyncDir(tmp)
 }
 
 // heldFile is one message in the holding area.
@@ -380,7 +381,7 @@ func (h heldFile) removed() store.Removed {
 // first, with the sizes of the messages (from their names, or by reading
 // them).
 func listHolding(dir string) ([]heldFile, error) {
-	names, err := readNames(filepath.Join(dir, holdingDir))
+	names, err := fsx.Names(filepath.Join(dir, holdingDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -453,7 +454,7 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 			// Named as Pouch's delivery names a message, with the sizes
 			// listHolding measured (a ",W=" of another program's name
 			// may not count what the wire form adds: sizeOf).
-			sub, name = "new", fmt.Sprintf("%s,S=%d,W=%d", uniqueName(s.now()), h.e.raw, h.e.wire)
+			sub, name = "new", SizedName(UniqueName(s.now()), h.e.raw, h.e.wire)
 		} else if present[h.e.base] {
 			continue
 		}
@@ -475,7 +476,7 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 // is the failure that stopped it.
 func syncAfterRestore(dir string, err error) error {
 	for _, sub := range []string{"cur", "new", holdingDir} {
-		if e := syncDir(filepath.Join(dir, sub)); e != nil && err == nil && !errors.Is(e, fs.ErrNotExist) {
+		if e := fsx.SyncDir(filepath.Join(dir, sub)); e != nil && err == nil && !errors.Is(e, fs.ErrNotExist) {
 			err = e
 		}
 	}

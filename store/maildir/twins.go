@@ -2,12 +2,12 @@ package maildir
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // Twins: files that share a base name. Maildir names a message by its base
@@ -52,7 +52,7 @@ func (m *maildrop) renameTwins(twins []entry, keepers map[string]entry) []entry 
 		e := tw
 		err := sizeOf(m.dir, &e)
 		if err == nil {
-			e.base = fmt.Sprintf("%s,S=%d,W=%d", uniqueName(m.store.now()), e.raw, e.wire)
+			e.base = SizedName(UniqueName(m.store.now()), e.raw, e.wire)
 			e.name = e.base + tw.name[len(tw.base):]
 			err = os.Rename(filepath.Join(m.dir, tw.sub, tw.name), filepath.Join(m.dir, e.sub, e.name))
 		}
@@ -76,7 +76,7 @@ func (m *maildrop) renameTwins(twins []entry, keepers map[string]entry) []entry 
 		synced[e.sub] = false
 	}
 	for sub := range synced {
-		if err := syncDir(filepath.Join(m.dir, sub)); err != nil && !errors.Is(err, fs.ErrNotExist) && m.store.log != nil {
+		if err := fsx.SyncDir(filepath.Join(m.dir, sub)); err != nil && !errors.Is(err, fs.ErrNotExist) && m.store.log != nil {
 			m.store.log.Warn("maildir: syncing after renaming files aside", "user", m.user, "dir", sub, "err", err)
 		}
 	}

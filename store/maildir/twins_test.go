@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/store"
 )
 
@@ -180,7 +181,7 @@ func TestHardLinkTwin(t *testing.T) {
 			if got := snapshot(t, s); len(got) != 1 || got["1700000002.M1P1.mx"] != "other\r\n" {
 				t.Fatalf("after deleting it: %v", got)
 			}
-			if names, _ := readNames(filepath.Join(dir, "cur")); len(names) != 0 {
+			if names, _ := fsx.Names(filepath.Join(dir, "cur")); len(names) != 0 {
 				t.Fatalf("cur/ holds %v", names)
 			}
 		})

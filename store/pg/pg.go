@@ -606,7 +606,7 @@ func (s *Store) put(ctx context.Context, user string, r io.Reader, imp *Imported
 	}
 	bufp := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(bufp)
-	r = store.NewCanonicalReader(contextReader{ctx, r})
+	r = store.NewCanonicalReader(store.ContextReader(ctx, r))
 	n, err := io.ReadFull(r, *bufp)
 	first := (*bufp)[:n]
 	size, chunks, whole := int64(n), min(n, 1), err != nil
@@ -752,17 +752,4 @@ func (s *Store) discard(md, body int64) {
 	if err := tx.SendBatch(ctx, b).Close(); err == nil {
 		tx.Commit(ctx)
 	}
-}
-
-// contextReader stops a copy when ctx is done.
-type contextReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c contextReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
