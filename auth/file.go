@@ -1,7 +1,9 @@
 // Package auth is Pouch's accounts: the Account record and the Source
 // interface that every package reads users through, the Dovecot
-// passwd-file compatible users file that is its first Source, password
-// hashing and verification, and the strength of new passwords.
+// passwd-file compatible users file that is its first Source, Remote, the
+// Source of accounts kept in a database or a directory (with a cache), the
+// names accounts are keyed by (AccountName), password hashing and
+// verification, and the strength of new passwords.
 //
 // The users file has one user per line, "name:{SCHEME}secret:uid:gid:gecos:home:shell:extra".
 // The name, the password and the extra fields (the account's settings: see
@@ -11,8 +13,9 @@
 // line (as in Dovecot).
 //
 // Schemes read: {ARGON2ID}, {BLF-CRYPT} ($2a$, $2b$, $2y$), {SHA512-CRYPT},
-// {PLAIN}, {CLEARTEXT} (and its alias {CLEAR}), and {CRYPT} or no prefix for a
-// crypt(3) string starting with $6$, $2a$, $2b$, $2y$ or $argon2id$. Scheme
+// {PLAIN}, {CLEARTEXT} (and its alias {CLEAR}), {CRYPT} or no prefix for a
+// crypt(3) string starting with $6$, $2a$, $2b$, $2y$ or $argon2id$, and
+// OpenLDAP's {ARGON2} for an $argon2id$ string. Scheme
 // names are case-insensitive; user names are case-sensitive, and known in
 // their PRECIS form whatever form a line has (NormalizeName). A user whose
 // password cannot be used (another scheme, a malformed hash) exists but
@@ -73,8 +76,11 @@ func ValidName(name string) error {
 // NormalizeName applies the PRECIS UsernameCasePreserved profile (RFC 8265
 // §3.4) to a user name, as the POP3 server does with every name a client
 // gives (RFC 6856 §4), so that a name composed differently (NFC or NFD, or
-// in full-width forms) is the same user. A name the profile refuses is
-// returned as it is. Names of printable ASCII are returned unchanged.
+// in full-width forms) is the same user; and it writes the domain of an
+// address (the part after the last '@') in lower case, since domains are
+// not case-sensitive (RFC 5321 §2.4), while the local part keeps its case.
+// A name the profile refuses keeps its form. Names of printable ASCII
+// without an upper-case domain are returned unchanged.
 //
 // Names are normalized when users are added or changed, and when the users
 // file is loaded: a line written in another form is found under the
@@ -84,11 +90,49 @@ func NormalizeName(name string) string {
 	for i := 0; i < len(name) && ascii; i++ {
 		ascii = name[i] > ' ' && name[i] < 0x7f
 	}
-	if ascii {
-		return name
+	if !ascii {
+		if n, err := precis.UsernameCasePreserved.String(name); err == nil {
+			name = n
+		}
 	}
-	if n, err := precis.UsernameCasePreserved.String(name); err == nil {
-		return n
+	if local, domain, ok := SplitAddress(name); ok {
+		if d := NormalizeDomain(domain); d != domain {
+			return local + "@" + d
+		}
+	}
+	return name
+}
+
+// SplitAddress splits an address at its last '@' into its local part and
+// its domain; ok is false for a name without '@'.
+func SplitAddress(name string) (local, domain string, ok bool) {
+	i := strings.LastIndexByte(name, '@')
+	if i < 0 {
+		return name, "", false
+	}
+	return name[:i], name[i+1:], true
+}
+
+// NormalizeDomain writes a domain as accounts are keyed by: in lower case,
+// without a final dot.
+func NormalizeDomain(domain string) string {
+	domain = strings.TrimSuffix(domain, ".")
+	for i := 0; i < len(domain); i++ {
+		if c := domain[i]; c >= 0x80 || c >= 'A' && c <= 'Z' {
+			return strings.ToLower(domain)
+		}
+	}
+	return domain
+}
+
+// AccountName is the account a login name stands for: the name normalized
+// (NormalizeName), and a name without a domain completed with
+// defaultDomain, when that is set (Dovecot's auth_default_realm). Accounts
+// are keyed by these names: the full address where there are domains.
+func AccountName(name, defaultDomain string) string {
+	name = NormalizeName(name)
+	if defaultDomain != "" && !strings.Contains(name, "@") {
+		return name + "@" + NormalizeDomain(defaultDomain)
 	}
 	return name
 }

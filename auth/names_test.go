@@ -20,6 +20,10 @@ func TestNormalizeName(t *testing.T) {
 	for in, want := range map[string]string{
 		"alice":              "alice",
 		"alice@example.org":  "alice@example.org",
+		"Alice@Example.ORG":  "Alice@example.org", // the domain only
+		"alice@example.org.": "alice@example.org",
+		"a@b@Example.org":    "a@b@example.org", // the last '@' counts
+		"alice@":             "alice@",
 		jorgNFD:              jorgNFC,
 		jorgNFC:              jorgNFC,
 		"\uff41\uff4c\uff49": "ali",       // full-width letters
@@ -27,6 +31,21 @@ func TestNormalizeName(t *testing.T) {
 	} {
 		if got := NormalizeName(in); got != want {
 			t.Errorf("NormalizeName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestAccountName(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, def, want string }{
+		{"alice", "", "alice"},
+		{"alice", "Example.org", "alice@example.org"},
+		{"alice@example.net", "example.org", "alice@example.net"},
+		{"Alice@EXAMPLE.net", "example.org", "Alice@example.net"},
+		{jorgNFD, "example.org", jorgNFC + "@example.org"},
+	} {
+		if got := AccountName(tc.in, tc.def); got != tc.want {
+			t.Errorf("AccountName(%q, %q) = %q, want %q", tc.in, tc.def, got, tc.want)
 		}
 	}
 }
@@ -147,5 +166,30 @@ func TestPasswordWithoutSCRAM(t *testing.T) {
 	}
 	if _, ok := u.SCRAMCredentials("dog"); !ok {
 		t.Error("no SCRAM credentials after changing back to a plain password")
+	}
+}
+
+// A users file of addresses takes mail for their domains only; one with a
+// name without a domain (a user from before domains), or with no users,
+// for any domain. Names are found with their domain in lower case, however
+// the line writes it.
+func TestUsersHasDomain(t *testing.T) {
+	t.Parallel()
+	u := openUsers(t, writeFile(t, "alice@Example.ORG:{PLAIN}a", "bob@example.net:{PLAIN}b"))
+	for d, want := range map[string]bool{"example.org": true, "EXAMPLE.NET": true, "example.com": false} {
+		if got, err := u.HasDomain(d); got != want || err != nil {
+			t.Errorf("HasDomain(%q) = %v, %v; want %v", d, got, err, want)
+		}
+	}
+	if !u.Verify("alice@example.org", "a") {
+		t.Error("alice@Example.ORG is not found as alice@example.org")
+	}
+	u = openUsers(t, writeFile(t, "alice@example.org:{PLAIN}a", "carol:{PLAIN}c"))
+	if got, _ := u.HasDomain("example.com"); !got {
+		t.Error("a user without a domain does not take mail at every domain")
+	}
+	u = openUsers(t, writeFile(t, "# nobody yet"))
+	if got, _ := u.HasDomain("example.com"); !got {
+		t.Error("a file with no users refuses a domain")
 	}
 }

@@ -114,6 +114,9 @@ func parseSecret(field string) (secret, error) {
 		return parseCrypt(value)
 	case "ARGON2ID":
 		return parseArgon2id(value)
+	case "ARGON2":
+		// OpenLDAP's argon2 module; only its Argon2id hashes are read.
+		return parseArgon2id(value)
 	case "BLF-CRYPT":
 		return parseBcrypt(value)
 	case "SHA512-CRYPT":

@@ -59,6 +59,21 @@ type (
 	CachedVerifier interface {
 		VerifyCached(name, password string) bool
 	}
+	// Checker tells a wrong password from one that could not be checked,
+	// which Verify does not: Check's error, with ok false, is one that is
+	// ErrUnavailable when the source could not check now, and nil for a
+	// wrong password or a name with no account. A source whose accounts
+	// are elsewhere (a database, a directory) has it.
+	Checker interface {
+		Check(name, password string) (ok bool, err error)
+	}
+	// DomainSource knows which domains mail is taken for: HasDomain
+	// reports whether some account can receive mail at domain (given in
+	// lower case), and its error, one that is ErrUnavailable, means that
+	// it cannot tell now.
+	DomainSource interface {
+		HasDomain(domain string) (bool, error)
+	}
 )
 
 // ErrUnavailable is wrapped by the errors of a source that cannot be used
@@ -70,4 +85,5 @@ var (
 	_ SCRAMSource    = (*Users)(nil)
 	_ APOPSource     = (*Users)(nil)
 	_ CachedVerifier = (*Users)(nil)
+	_ DomainSource   = (*Users)(nil)
 )

@@ -65,7 +65,11 @@ type database struct {
 	// refused.
 	refused map[string]*AccountError
 	// names are the users in file order.
-	names    []string
+	names []string
+	// domains are the domains of the users named by an address; bare is
+	// whether some user is named without a domain.
+	domains  map[string]bool
+	bare     bool
 	warnings []string
 	summary  Summary
 	// usable is whether users came from a usable version of the file.
@@ -384,6 +388,14 @@ func load(path string, expect bool) (*database, *SourceError) {
 		}
 		db.accounts[name] = a
 		db.names = append(db.names, name)
+		if _, domain, ok := SplitAddress(name); ok {
+			if db.domains == nil {
+				db.domains = make(map[string]bool)
+			}
+			db.domains[domain] = true
+		} else {
+			db.bare = true
+		}
 		db.summary.add(a, errs != nil, seen)
 	}
 	switch len(skipped) {
@@ -495,6 +507,23 @@ func (u *Users) Accounts() iter.Seq2[Account, error] {
 // Summary says what the users in use add up to.
 func (u *Users) Summary() Summary {
 	return u.current().summary
+}
+
+// HasDomain reports whether mail for domain is taken: true when some user
+// is named by an address in domain, and for any domain when some user is
+// named without one (that user takes mail at every domain, as before there
+// were domains) or when there are no users at all. While the file cannot be
+// used, a domain of none of the users kept from before cannot be confirmed:
+// the error is then the *SourceError.
+func (u *Users) HasDomain(domain string) (bool, error) {
+	db := u.current()
+	switch {
+	case db.bare, len(db.names) == 0 && db.fault == nil, db.domains[NormalizeDomain(domain)]:
+		return true, nil
+	case db.fault != nil:
+		return false, db.fault
+	}
+	return false, nil
 }
 
 // Exists reports whether name is among the users in use (see Known), whether

@@ -72,6 +72,9 @@ type Agent struct {
 	// with "+", alice+news names alice unless a user alice+news exists. The
 	// first of them in the local part counts. Empty turns extensions off.
 	RecipientDelimiter string
+	// DefaultDomain is the domain of recipients given without one (pouch
+	// deliver's USER): alice is looked up as alice@DefaultDomain first.
+	DefaultDomain string
 
 	// usage caches Store.Usage for usageTTL, counting the Agent's own
 	// deliveries meanwhile, so that a burst of mail for one user measures
@@ -129,28 +132,49 @@ type InputError struct{ Err error }
 func (e *InputError) Error() string { return "reading the message: " + e.Err.Error() }
 func (e *InputError) Unwrap() error { return e.Err }
 
-// User returns the user that the local part of an address names: the user of
-// exactly that name, or else of that name in lower case; failing both, the
-// same for the part before the first RecipientDelimiter character. An
-// account refused for its settings is found with its *auth.AccountError,
-// so that mail for it waits. When no name is found, the error is
-// ErrUnknownUser, or ErrUnconfirmed (wrapping the database's error) when the
-// database could not tell for one of them.
-func (a *Agent) User(local string) (string, error) {
-	names := []string{local}
+// User returns the account that a recipient address names. For
+// local@domain that is the account local@domain (accounts are keyed by
+// full address), or else local in lower case at domain; failing both, the
+// same for the part of local before the first RecipientDelimiter
+// character. Then come the same local parts alone: an account named
+// without a domain takes mail at every domain, as it did before there
+// were domains. A recipient without a domain is taken at DefaultDomain
+// first. An account refused for its settings is found with its
+// *auth.AccountError, so that mail for it waits. When no account is found,
+// the error is ErrUnknownUser, or ErrUnconfirmed (wrapping the source's
+// error) when the source could not tell for one of the names.
+func (a *Agent) User(addr string) (string, error) {
+	local, domain, _ := auth.SplitAddress(addr)
+	if domain == "" {
+		domain = a.DefaultDomain
+	}
+	locals := []string{local}
 	if a.RecipientDelimiter != "" {
 		if i := strings.IndexAny(local, a.RecipientDelimiter); i > 0 {
-			names = append(names, local[:i])
+			locals = append(locals, local[:i])
 		}
 	}
+	var names []string
+	if domain != "" {
+		for _, l := range locals {
+			names = append(names, l+"@"+domain)
+		}
+	}
+	names = append(names, locals...)
 	var unsure error
 	for _, name := range names {
-		if name == "" {
+		if name == "" || name[0] == '@' {
 			continue
 		}
-		// The form the users file is looked up in (PRECIS, RFC 8265).
+		// The form accounts are looked up in (PRECIS, RFC 8265; the
+		// domain in lower case), then with the local part in lower case.
 		name = auth.NormalizeName(name)
-		for i, n := range []string{name, strings.ToLower(name)} {
+		l, d, hasDomain := auth.SplitAddress(name)
+		lower := strings.ToLower(l)
+		if hasDomain {
+			lower += "@" + d
+		}
+		for i, n := range []string{name, lower} {
 			if i == 1 && n == name {
 				break
 			}

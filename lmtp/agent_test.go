@@ -297,3 +297,40 @@ func TestAgentPiped(t *testing.T) {
 		t.Errorf("a message that is not piped was changed: %q", readNew(t, root, "u"))
 	}
 }
+
+// Recipients are looked up by their whole address: two users with one
+// local part in two domains are two accounts; the delimiter and the case of
+// the local part apply at each domain; a user named without a domain takes
+// mail at any domain; a bare recipient takes the default domain first.
+func TestAgentUserAddresses(t *testing.T) {
+	a, root := newAgent(t, fakeUsers{"alice@example.org": {}, "alice@example.net": {}, "bob": {}, "carol@example.org": {}})
+	a.RecipientDelimiter = "+"
+	for in, want := range map[string]string{
+		"alice@example.org": "alice@example.org", "alice@example.net": "alice@example.net",
+		"Alice@Example.NET": "alice@example.net", "alice+news@example.net": "alice@example.net",
+		"alice@example.com": "", "alice": "", "bob@example.org": "bob", "bob@anything.test": "bob",
+		"carol@example.net": "", "@example.org": "", "alice@": "",
+	} {
+		got, err := a.User(in)
+		if got != want || (err == nil) != (want != "") {
+			t.Errorf("User(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	a.DefaultDomain = "example.org"
+	for in, want := range map[string]string{"alice": "alice@example.org", "alice+x": "alice@example.org", "bob": "bob"} {
+		if got, err := a.User(in); got != want || err != nil {
+			t.Errorf("with a default domain: User(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	ctx := context.Background()
+	for _, u := range []string{"alice@example.org", "alice@example.net"} {
+		if _, err := a.Deliver(ctx, Delivery{User: u, Recipient: u, NoReturnPath: true}, strings.NewReader("for "+u+"\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []string{"example.org/alice", "example.net/alice"} {
+		if got := readNew(t, root, u); len(got) != 1 || !strings.Contains(got[0], "for alice@"+strings.Split(u, "/")[0]) {
+			t.Errorf("%s holds %q", u, got)
+		}
+	}
+}

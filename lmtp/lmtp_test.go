@@ -18,6 +18,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -863,5 +864,38 @@ func TestExposedWarning(t *testing.T) {
 	}
 	if w := ExposedWarning(&net.UnixAddr{Name: "/run/pouch/lmtp", Net: "unix"}); w != "" {
 		t.Errorf("a Unix socket: %q", w)
+	}
+}
+
+// domainUsers knows its domains (auth.DomainSource), and cannot tell for
+// one of them.
+type domainUsers struct{ fakeUsers }
+
+func (domainUsers) HasDomain(d string) (bool, error) {
+	switch d {
+	case "example.org":
+		return true, nil
+	case "broken.test":
+		return false, fmt.Errorf("%w: directory down", auth.ErrUnavailable)
+	}
+	return false, nil
+}
+
+// Without --lmtp-domains, the account source says which domains are taken:
+// another is refused with 550 5.1.2 before any lookup, and one it cannot
+// tell about now is deferred with 451 4.3.0.
+func TestDomainsFromTheSource(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.Agent.Users = domainUsers{fakeUsers{"alice@example.org": {}}}
+	})
+	r := e.raw()
+	r.send("MAIL FROM:<s@example.net>\r\n")
+	r.expect("250 ")
+	for rcpt, want := range map[string]string{"alice@example.org": "250 ", "alice@EXAMPLE.org": "250 ",
+		"bob@example.org": "550 5.1.1 ", "alice@other.test": "550 5.1.2 ", "alice@broken.test": "451 4.3.0 "} {
+		r.send("RCPT TO:<" + rcpt + ">\r\n")
+		if got := r.reply(); !strings.HasPrefix(got, want) {
+			t.Errorf("RCPT %s: %q, want %q", rcpt, got, want)
+		}
 	}
 }

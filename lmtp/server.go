@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/internal/unixsock"
 )
@@ -30,7 +31,9 @@ type Config struct {
 	// Hostname is announced in the greeting (default: the system's).
 	Hostname string
 	// Domains, when not empty, are the only recipient domains accepted (in
-	// any case). Otherwise the local part of any user@domain names the user.
+	// any case). Otherwise the account source says, when it knows its
+	// domains (auth.DomainSource: the users file's, an SQL domain_query),
+	// and else every domain is, each recipient being looked up alone.
 	Domains []string
 	// ReadTimeout ends a connection on which the client sends nothing for
 	// this long inside a transaction, from MAIL to the end of the message
@@ -190,6 +193,18 @@ func New(cfg Config) *Server {
 	gs.ErrorLog = errorLog{log}
 	s.smtp = gs
 	return s
+}
+
+// serves reports whether recipients in domain are taken (Config.Domains);
+// the error says that the account source cannot tell now.
+func (s *Server) serves(domain string) (bool, error) {
+	if s.domains != nil {
+		return s.domains[normalizeDomain(domain)], nil
+	}
+	if ds, ok := s.cfg.Agent.Users.(auth.DomainSource); ok && domain != "" {
+		return ds.HasDomain(normalizeDomain(domain))
+	}
+	return true, nil
 }
 
 func normalizeDomain(d string) string {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -106,20 +105,22 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-// Rcpt accepts a recipient whose local part names a user, in a served domain.
+// Rcpt accepts a recipient that names an account (Agent.User), in a served
+// domain.
 // The quota is checked after the data, when the message is stored; with
 // Config.RcptCheckQuota, also here (as far as MAIL FROM's SIZE= tells).
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	local, domain := to, ""
-	if at := strings.LastIndexByte(to, '@'); at >= 0 {
-		local, domain = to[:at], to[at+1:]
+	_, domain, _ := auth.SplitAddress(to)
+	served, err := s.srv.serves(domain)
+	if err != nil {
+		return s.refusal(recipient{to, ""}, fmt.Errorf("%w: %w", ErrUnconfirmed, err), "recipient deferred")
 	}
-	if s.srv.domains != nil && !s.srv.domains[normalizeDomain(domain)] {
+	if !served {
 		s.log.Info("recipient refused: domain not served", "rcpt", to)
 		return replyDomain
 	}
 	agent := s.srv.cfg.Agent
-	user, err := agent.User(local)
+	user, err := agent.User(to)
 	if err != nil {
 		return s.refusal(recipient{to, user}, err, "recipient refused")
 	}

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pouchmail/pouch/auth"
@@ -121,5 +123,59 @@ func TestOptionalCapabilities(t *testing.T) {
 	c.expect(greetingAPOP)
 	if caps := c.capa(); !has(caps, "SASL PLAIN LOGIN") {
 		t.Errorf("CAPA once no account has SCRAM keys: %v", caps)
+	}
+}
+
+// checkingSource is an account source that tells a wrong password from one
+// it could not check (auth.Checker), and can be made unable to.
+type checkingSource struct {
+	bareSource
+	down *atomic.Bool
+}
+
+func (c checkingSource) Check(user, pw string) (bool, error) {
+	if c.down.Load() {
+		return false, fmt.Errorf("%w: database down", auth.ErrUnavailable)
+	}
+	return c.Verify(user, pw), nil
+}
+
+func (c checkingSource) Account(user string) (auth.Account, error) {
+	if c.down.Load() {
+		return auth.Account{}, fmt.Errorf("%w: database down", auth.ErrUnavailable)
+	}
+	return c.bareSource.Account(user)
+}
+
+// A password the source could not check is answered -ERR [SYS/TEMP] and
+// counts as no failed login, by any mechanism; the guard's limit of 3 is
+// never reached. Names without a domain take the default domain.
+func TestUncheckedLoginsAreNoFailures(t *testing.T) {
+	var down atomic.Bool
+	src := checkingSource{bareSource{map[string]string{"alice@example.org": "secret"}}, &down}
+	ts, _ := newGuarded(t, func(c *Config) { c.Auth = src; c.DefaultDomain = "Example.ORG" })
+	c := ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK Pouch ready\.$`)
+	c.login2("alice", "secret") // alice@example.org
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+	down.Store(true)
+	c = ts.dialFrom(t, "127.0.0.2")
+	c.expect(`\+OK Pouch ready\.$`)
+	for range 5 {
+		c.send("USER alice@example.org\r\nPASS secret\r\n")
+		c.expect(`\+OK send PASS`)
+		c.expect(sysTempCredentials)
+		c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00secret")) + "\r\n")
+		c.expect(sysTempCredentials)
+	}
+	down.Store(false)
+	c.send("USER alice\r\nPASS secret\r\n")
+	c.expect(`\+OK send PASS`)
+	c.expect(`\+OK maildrop has 0 messages \(0 octets\)`)
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+	if _, err := os.Stat(filepath.Join(ts.root, "example.org", "alice", "cur")); err != nil {
+		t.Errorf("the maildrop of alice@example.org: %v", err)
 	}
 }

@@ -151,9 +151,7 @@ func (s *session) failLogin(user, method, reason string) error {
 		// a failed login, counted by the guard.
 		reply = errAccountsDown
 		if !s.srv.known(user) {
-			s.log.Warn("login deferred: the users file cannot be used", "ip", s.ip.String(), "user", user, "method", method)
-			s.attemptDone()
-			return endingIf(s.failDelay(), reply)
+			return s.deferLogin(user, method, s.srv.cfg.Auth.Fault())
 		}
 	}
 	s.srv.cfg.Metrics.Login(false, method, s.tls != nil)
@@ -164,6 +162,17 @@ func (s *session) failLogin(user, method, reason string) error {
 	s.log.Info("authentication failed", attrs...)
 	s.srv.audit("login_failed", append([]any{"session", s.id}, attrs...)...)
 	return s.answerFailure(reply)
+}
+
+// deferLogin answers a login whose credentials could not be checked, since
+// the accounts could not be looked up (err says why): RFC 3206 §4
+// [SYS/TEMP], after the failure delay, as a failure is answered, but no
+// failed login: the guard counts nothing, and no fail2ban line is logged.
+func (s *session) deferLogin(user, method string, err error) error {
+	s.log.Warn("login deferred: the accounts cannot be looked up", "ip", s.ip.String(), "user", user,
+		"method", method, "err", err)
+	s.attemptDone()
+	return endingIf(s.failDelay(), errAccountsDown)
 }
 
 // answerFailure returns reply, the answer to a failed login or to a refusal

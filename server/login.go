@@ -46,7 +46,7 @@ func (s *session) cmdUSER(cmd pop3.Command) error {
 		return badCommand("USER takes one user name")
 	}
 	// The same answer for every name: nothing tells whether the user exists.
-	s.user = auth.NormalizeName(cmd.Args[0])
+	s.user = s.accountName(cmd.Args[0])
 	s.w.OK("send PASS")
 	return nil
 }
@@ -61,7 +61,7 @@ func (s *session) cmdPASS(cmd pop3.Command) error {
 	if err := s.throttle(user, "PASS"); err != nil {
 		return err
 	}
-	return s.login(user, "PASS", s.srv.verify(user, cmd.Rest))
+	return s.login(user, "PASS", s.verify(user, cmd.Rest))
 }
 
 func (s *session) cmdAPOP(cmd pop3.Command) error {
@@ -76,7 +76,7 @@ func (s *session) cmdAPOP(cmd pop3.Command) error {
 	case cmd.CheckArgsName(0, maxNameOctets) != nil:
 		return badCommand("argument too long")
 	}
-	user, digest := auth.NormalizeName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
+	user, digest := s.accountName(cmd.Args[0]), strings.ToLower(cmd.Args[1])
 	if err := s.throttle(user, "APOP"); err != nil {
 		return err
 	}
@@ -103,6 +103,10 @@ func (s *session) login(user, method string, ok bool) error {
 		user, ok = user[:maxNameOctets], false
 	}
 	if !ok {
+		if err := s.unchecked; err != nil {
+			s.unchecked = nil
+			return s.deferLogin(user, method, err)
+		}
 		return s.failLogin(user, method, "")
 	}
 	account, err := s.admitUser(user, method)
@@ -253,4 +257,13 @@ func (s *session) sessionRefusal(user, method string, u auth.Account) error {
 // the account's own, or the server's.
 func (s *session) loginDelay(a auth.Account) time.Duration {
 	return a.LoginDelay.Or(s.srv.cfg.LoginDelay)
+}
+
+// accountName is the account a name given by the client stands for: the
+// name normalized with the PRECIS UsernameCasePreserved profile (RFC 8265
+// §3.4, as RFC 6856 §4 asks; a name the profile refuses is used as given,
+// and then matches no user), its domain in lower case, and completed with
+// the default domain when it has none (auth.AccountName).
+func (s *session) accountName(name string) string {
+	return auth.AccountName(name, s.srv.cfg.DefaultDomain)
 }

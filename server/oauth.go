@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-	"github.com/pouchmail/pouch/auth"
 )
 
 // TokenVerifier checks OAuth 2.0 bearer tokens (OAUTHBEARER, RFC 7628, and
@@ -37,7 +36,7 @@ func (s *session) tokenAccount(name, token string) (user string, err error) {
 	if err != nil {
 		return name, err
 	}
-	tokenNames := s.oauthNames(auth.NormalizeName(issued))
+	tokenNames := s.oauthNames(s.accountName(issued))
 	names := tokenNames
 	if name != "" {
 		names = s.oauthNames(name)
@@ -73,7 +72,7 @@ func (s *session) oauthNames(name string) []string {
 		ok = ok || strings.EqualFold(d, name[i+1:])
 	}
 	if ok {
-		names = append(names, name[:i])
+		names = append(names, s.accountName(name[:i]))
 	}
 	return names
 }
@@ -83,7 +82,7 @@ func startOAuthBearer(x *exchange) sasl.Server {
 	return &oauthBearerServer{x: x, inner: sasl.NewOAuthBearerServer(func(opts sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
 		name := ""
 		if opts.Username != "" {
-			name = auth.NormalizeName(opts.Username)
+			name = x.s.accountName(opts.Username)
 		}
 		x.user = name
 		if !x.beginCheck() {
@@ -149,7 +148,7 @@ func (m *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
 		return nil, true, errBadCredentials
 	}
 	user, token := parseXOAuth2(string(response))
-	m.x.user = auth.NormalizeName(user)
+	m.x.user = m.x.s.accountName(user)
 	if user == "" || token == "" {
 		return nil, true, fmt.Errorf("%w: XOAUTH2 without user or token", errMalformed)
 	}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/pop3"
 )
 
@@ -268,10 +267,11 @@ func (x *exchange) unchecked() {
 	x.stage = noCredentials
 }
 
-// checkAuthz accepts an authorization identity that is empty or, once
-// normalized, the authenticated user: Pouch has no proxy authorization.
-func checkAuthz(authz, user string) error {
-	if authz != "" && auth.NormalizeName(authz) != user {
+// checkAuthz accepts an authorization identity that is empty or, once made
+// an account name, the authenticated user: Pouch has no proxy
+// authorization.
+func (s *session) checkAuthz(authz, user string) error {
+	if authz != "" && s.accountName(authz) != user {
 		return errors.New("authorization identity differs from the user")
 	}
 	return nil
@@ -284,12 +284,12 @@ func startPlain(x *exchange) sasl.Server {
 		if username == "" {
 			return errMalformed
 		}
-		x.user = auth.NormalizeName(username)
+		x.user = x.s.accountName(username)
 		if !x.beginCheck() {
 			return errRefused
 		}
-		ok := x.s.srv.verify(x.user, password)
-		if err := checkAuthz(identity, x.user); err != nil {
+		ok := x.s.verify(x.user, password)
+		if err := x.s.checkAuthz(identity, x.user); err != nil {
 			return err
 		}
 		if !ok {
@@ -315,14 +315,14 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 	case l.username == nil && len(response) == 0:
 		return nil, true, errMalformed // no user name: no credential
 	case l.username == nil:
-		name := auth.NormalizeName(string(response))
+		name := l.x.s.accountName(string(response))
 		l.username, l.x.user = &name, name
 		return []byte("Password:"), false, nil
 	}
 	if !l.x.beginCheck() {
 		return nil, true, errRefused
 	}
-	if !l.x.s.srv.verify(*l.username, string(response)) {
+	if !l.x.s.verify(*l.username, string(response)) {
 		return nil, true, errBadCredentials
 	}
 	return nil, true, nil
@@ -342,12 +342,12 @@ func (s *session) clientCertName() string {
 // every user name is (RFC 6856 §4).
 func startExternal(x *exchange) sasl.Server {
 	return sasl.NewExternalServer(func(identity string) error {
-		name := auth.NormalizeName(x.s.clientCertName())
+		name := x.s.accountName(x.s.clientCertName())
 		x.user = name
 		if !x.beginCheck() {
 			return errRefused
 		}
-		if err := checkAuthz(identity, name); err != nil {
+		if err := x.s.checkAuthz(identity, name); err != nil {
 			return err
 		}
 		if !x.s.srv.known(name) {

@@ -69,7 +69,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 	}
 	out, err := m.conv.Step(string(response))
 	if m.conv.Username() != "" {
-		m.x.user = auth.NormalizeName(m.conv.Username())
+		m.x.user = m.x.s.accountName(m.conv.Username())
 	}
 	switch {
 	case err != nil && final && scramProof(out):
@@ -86,7 +86,7 @@ func (m *scramServer) Next(response []byte) ([]byte, bool, error) {
 		if !m.conv.Valid() {
 			return nil, true, errBadCredentials
 		}
-		if err := checkAuthz(m.conv.AuthzID(), m.x.user); err != nil {
+		if err := m.x.s.checkAuthz(m.conv.AuthzID(), m.x.user); err != nil {
 			return nil, true, err
 		}
 		m.success = true
@@ -146,7 +146,7 @@ func (m *scramServer) endpointBinding() (scram.ChannelBinding, error) {
 // from the client-first message is normalized as every user name is
 // (RFC 6856 §4).
 func (s *session) scramLookup(user string) (scram.StoredCredentials, error) {
-	user = auth.NormalizeName(user)
+	user = s.accountName(user)
 	if a := s.scram(); a != nil {
 		if creds, ok := a.SCRAMCredentials(user); ok {
 			return creds, nil

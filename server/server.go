@@ -35,10 +35,11 @@ import (
 )
 
 // Authenticator is what the server asks of the account source (see
-// auth.Source, which auth.Users implements): the server looks up accounts,
-// verifies passwords, and announces what the accounts add up to. Its
-// optional capabilities, auth.SCRAMSource (SCRAM-SHA-256), auth.APOPSource
-// (APOP) and auth.CachedVerifier, are found once, by New.
+// auth.Source, which auth.Users and auth.Remote implement): the server
+// looks up accounts, verifies passwords, and announces what the accounts
+// add up to. Its optional capabilities, auth.SCRAMSource (SCRAM-SHA-256),
+// auth.APOPSource (APOP), auth.CachedVerifier and auth.Checker, are found
+// once, by New: SCRAM and APOP are offered only by a source that has them.
 type Authenticator interface {
 	// Account returns user's account (see auth.Source.Account).
 	Account(user string) (auth.Account, error)
@@ -92,9 +93,15 @@ type Config struct {
 	// XOAUTH2.
 	Tokens TokenVerifier
 	// OAuthDomains, if set, are the domains whose user@DOMAIN tokens and
-	// OAuth login names log in as user; otherwise a token's user (and the
-	// login name) must be the user name itself or user@ any domain.
+	// OAuth login names log in as user when there is no account
+	// user@DOMAIN; otherwise a token's user (and the login name) must be
+	// the account name itself or user@ any domain.
 	OAuthDomains []string
+	// DefaultDomain completes the names without a domain that clients
+	// log in with (USER, APOP, SASL, client certificates, tokens): alice
+	// is then the account alice@DefaultDomain (Dovecot's
+	// auth_default_realm). Empty: names are taken as they are.
+	DefaultDomain string
 	// SecretKey keys the made-up SCRAM salts of unknown users; keep it
 	// across restarts so that they stay the same (random when empty).
 	SecretKey []byte
@@ -169,6 +176,7 @@ type Server struct {
 	scramKeys auth.SCRAMSource
 	apop      auth.APOPSource
 	cached    auth.CachedVerifier
+	checker   auth.Checker
 
 	perIP        map[netip.Prefix]int // open sessions per source (address, or IPv6 /64)
 	preLogin     list.List            // *session not logged in (nor shed), oldest first
@@ -232,19 +240,32 @@ func New(cfg Config) *Server {
 	srv.scramKeys, _ = cfg.Auth.(auth.SCRAMSource)
 	srv.apop, _ = cfg.Auth.(auth.APOPSource)
 	srv.cached, _ = cfg.Auth.(auth.CachedVerifier)
+	srv.checker, _ = cfg.Auth.(auth.Checker)
 	return srv
 }
 
 // verify checks a password with at most MaxConcurrentAuth checks at once, so
 // that a login storm queues instead of exhausting memory and CPU. Credentials
-// verified recently (auth.CachedVerifier) skip the queue.
-func (s *Server) verify(user, password string) bool {
+// verified recently (auth.CachedVerifier) skip the queue. The error, with
+// false, says that the source could not check (auth.Checker).
+func (s *Server) verify(user, password string) (bool, error) {
 	if s.cached != nil && s.cached.VerifyCached(user, password) {
-		return true
+		return true, nil
 	}
 	s.authSem <- struct{}{}
 	defer func() { <-s.authSem }()
-	return s.cfg.Auth.Verify(user, password)
+	if s.checker != nil {
+		return s.checker.Check(user, password)
+	}
+	return s.cfg.Auth.Verify(user, password), nil
+}
+
+// verify checks user's password; when the source could not check it, the
+// login that follows is deferred ([SYS/TEMP]), not failed.
+func (s *session) verify(user, password string) bool {
+	ok, err := s.srv.verify(user, password)
+	s.unchecked = err
+	return ok
 }
 
 // audit writes an audit event, logging a failure to write it.

@@ -55,6 +55,7 @@ type session struct {
 	trusted     bool                 // from a network where cleartext passwords are allowed
 	authStart   time.Time            // when the current authentication attempt began
 	attempt     *guard.Attempt       // the guard's attempt (throttle), until it ends
+	unchecked   error                // why the last password could not be checked, or nil
 	state       state
 	timestamp   string // APOP timestamp of the greeting, "" when APOP is off
 	user        string // from USER, waiting for PASS

@@ -394,3 +394,46 @@ func TestCertificateReloadWhileSessionsOpen(t *testing.T) {
 	c2 := ts.dialTLS(t, nil)
 	c2.expect(`\+OK Pouch ready\.`)
 }
+
+// Client certificates and tokens name accounts by full address: a name
+// without a domain takes the default domain, and an address its own
+// account before any OAuthDomains mapping to a bare user.
+func TestAddressesFromCertificatesAndTokens(t *testing.T) {
+	ts := newTLSServer(t, "127.0.0.1", func(c *Config) {
+		c.Auth = scramAuth{fakeAuth{users: map[string]string{"alice@example.org": "a", "alice@example.net": "b"}}}
+		c.DefaultDomain = "example.org"
+	})
+	bearer := func(token string) string {
+		return base64.StdEncoding.EncodeToString([]byte("n,,\x01auth=Bearer " + token + "\x01\x01"))
+	}
+	for _, tc := range []struct {
+		cert, token, want string
+	}{
+		{cert: "alice", want: "alice@example.org"},
+		{cert: "alice@Example.NET", want: "alice@example.net"},
+		{token: "good-token-for-alice@example.net", want: "alice@example.net"},
+		{token: "good-token-for-alice", want: "alice@example.org"},
+	} {
+		var c *client
+		if tc.cert != "" {
+			c = ts.dialTLS(t, &tls.Config{Certificates: []tls.Certificate{clientCert(t, tc.cert)}})
+			c.transcript(`
+				S: \+OK Pouch ready\.
+				C: AUTH EXTERNAL =
+				S: \+OK maildrop has 0 messages .*`)
+		} else {
+			c = ts.dialTLS(t, nil)
+			c.transcript(`
+				S: \+OK Pouch ready\.
+				C: AUTH OAUTHBEARER ` + bearer(tc.token) + `
+				S: \+OK maildrop has 0 messages .*`)
+		}
+		c.transcript(`
+			C: QUIT
+			S: \+OK .*`)
+		local, domain, _ := strings.Cut(tc.want, "@")
+		if _, err := os.Stat(filepath.Join(ts.root, domain, local, "cur")); err != nil {
+			t.Errorf("cert %q token %q: the maildrop of %s: %v", tc.cert, tc.token, tc.want, err)
+		}
+	}
+}

@@ -285,7 +285,7 @@ func TestReloadReportsWhatFailed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := reload(log, &configReloader{}, certs, users, nil, bans); err != nil {
+	if err := reload(log, &configReloader{}, certs, &accounts{users: users}, nil, bans); err != nil {
 		t.Fatalf("reload of good files: %v", err)
 	}
 	// A ban written by pouch ban add is in force at once after the reload.
@@ -294,7 +294,7 @@ func TestReloadReportsWhatFailed(t *testing.T) {
 	if err := other.Ban(nets[0], time.Hour, "by hand"); err != nil {
 		t.Fatal(err)
 	}
-	if err := reload(log, &configReloader{}, certs, users, nil, bans); err != nil {
+	if err := reload(log, &configReloader{}, certs, &accounts{users: users}, nil, bans); err != nil {
 		t.Fatal(err)
 	}
 	if _, banned := bans.Banned(nets[0].Addr()); !banned {
@@ -303,7 +303,7 @@ func TestReloadReportsWhatFailed(t *testing.T) {
 
 	os.WriteFile(bansPath, []byte("{damaged"), 0o600)
 	os.WriteFile(filepath.Join(data, "tls", "cert.pem"), []byte("not a certificate"), 0o600)
-	err = reload(log, &configReloader{}, certs, users, nil, bans)
+	err = reload(log, &configReloader{}, certs, &accounts{users: users}, nil, bans)
 	if err == nil || !strings.Contains(err.Error(), "kept the old TLS certificates") || !strings.Contains(err.Error(), "kept the old ban list") ||
 		strings.Contains(err.Error(), "users file") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("reload with a damaged ban list and certificate: %v", err)

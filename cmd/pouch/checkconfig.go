@@ -7,8 +7,12 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pouchmail/pouch/auth"
@@ -16,13 +20,17 @@ import (
 	"github.com/pouchmail/pouch/internal/tlsutil"
 )
 
-const checkConfigUsage = `Usage: pouch check-config [--config FILE] [serve flags]
+const checkConfigUsage = `Usage: pouch check-config [--config FILE] [--check-user NAME] [serve flags]
 
 Checks pouch serve's configuration without starting it, prints the effective
-settings, and fails naming the file and key of the first error.
+settings, and fails naming the file and key of the first error. With an SQL
+or LDAP source of accounts ([accounts] in the file), it asks the database or
+directory once: it lists the accounts, and with --check-user looks NAME up
+and shows what came back (the password's scheme, the settings, the columns
+or attributes it ignores).
 
 Example:
-  pouch check-config --config /etc/pouch/pouch.toml
+  pouch check-config --config /etc/pouch/pouch.toml --check-user alice@example.org
 `
 
 // runCheckConfig checks pouch serve's configuration (flags and --config
@@ -34,6 +42,7 @@ Example:
 func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	flags, c := serveFlags(stderr)
 	flags.Usage = func() { fmt.Fprint(stderr, checkConfigUsage) }
+	checkUser := flags.String("check-user", "", "look this `name` up in the source of accounts and show what it returns")
 	pos, err := loadServeConfig(flags, c, args)
 	if err != nil {
 		return err
@@ -53,9 +62,10 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 				fmt.Fprintf(stderr, "warning: %s\n", w)
 			}
 		}
-		s.probe(&bad, stderr)
+		s.probe(&bad, stderr, *checkUser)
 	}
 	printSettings(stdout, flags)
+	printAccountsTable(stdout, c.table)
 	if len(bad) > 0 {
 		for _, p := range bad[1:] {
 			fmt.Fprintln(stderr, "pouch: check-config: "+p.Error())
@@ -67,8 +77,9 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 }
 
 // probe tries, read-only, what pouch serve would open with the settings,
-// adding what fails to bad and writing notes and warnings to w.
-func (s *serveSettings) probe(bad *problems, w io.Writer) {
+// adding what fails to bad and writing notes and warnings to w; user, when
+// given, is looked up in the source of accounts.
+func (s *serveSettings) probe(bad *problems, w io.Writer, user string) {
 	for _, l := range s.listeners {
 		if l.addr != "" {
 			if _, err := net.ResolveTCPAddr("tcp", l.addr); err != nil {
@@ -88,15 +99,26 @@ func (s *serveSettings) probe(bad *problems, w io.Writer) {
 	} else if mailEntries, err := checkDataDir(s.data, s.tlsKeys...); err != nil {
 		bad.add(err)
 	} else {
-		users := auth.OpenUsersWith(filepath.Join(s.data, "users"), auth.UsersOptions{Expected: usersExpected(mailEntries)})
-		if err := users.Fault(); err != nil {
-			bad.add(fmt.Errorf("%s: %v", s.src.where("data"), err))
-		}
-		for _, warning := range users.Warnings() {
-			fmt.Fprintf(w, "warning: %s\n", warning)
-		}
-		for _, warning := range refusedAccounts(users) {
-			fmt.Fprintf(w, "warning: %s\n", warning)
+		if s.accounts.source == sourcePasswd {
+			users := auth.OpenUsersWith(filepath.Join(s.data, "users"), auth.UsersOptions{Expected: usersExpected(mailEntries)})
+			if err := users.Fault(); err != nil {
+				bad.add(fmt.Errorf("%s: %v", s.src.where("data"), err))
+			}
+			for _, warning := range users.Warnings() {
+				fmt.Fprintf(w, "warning: %s\n", warning)
+			}
+			for _, warning := range refusedAccounts(users) {
+				fmt.Fprintf(w, "warning: %s\n", warning)
+			}
+			if s.accounts.defaultDomain != "" {
+				for a := range users.Accounts() {
+					if !strings.Contains(a.Name, "@") {
+						fmt.Fprintf(w, "warning: user %s has no domain: with --default-domain %s, logins as %s are %s@%s; "+
+							"its line in the users file should say so\n", a.Name, s.accounts.defaultDomain, a.Name, a.Name, s.accounts.defaultDomain)
+					}
+				}
+			}
+			probeAccounts(s.accounts, &accounts{users: users}, user, w, bad)
 		}
 		if s.defence.guard.MaxFailures > 0 && !s.store.shared() {
 			if _, err := guard.New(guard.Config{StatePath: filepath.Join(s.data, "bans.json")}); err != nil {
@@ -112,6 +134,14 @@ func (s *serveSettings) probe(bad *problems, w io.Writer) {
 			bad.add(err)
 		} else {
 			mail.(io.Closer).Close()
+		}
+	}
+	if s.accounts.source != sourcePasswd {
+		if a, err := openAccounts(s.accounts, s.data, false, nil); err != nil {
+			bad.add(err)
+		} else {
+			probeAccounts(s.accounts, a, user, w, bad)
+			a.close()
 		}
 	}
 	// Without certificates of its own, pouch serve makes a self-signed
@@ -160,4 +190,56 @@ func refusedAccounts(src auth.Source) []string {
 func refusedAccount(err error) string {
 	return strings.TrimPrefix(err.Error(), "auth: ") +
 		"; the user cannot log in, and mail for the user waits, until it is fixed"
+}
+
+// printAccountsTable writes the [accounts] table as the file gave it, with
+// the password of a DSN hidden.
+func printAccountsTable(w io.Writer, table map[string]any) {
+	if table == nil {
+		return
+	}
+	fmt.Fprintln(w, "\n[accounts]")
+	keys := make([]string, 0, len(table))
+	for k := range table {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch v := table[k].(type) {
+		case string:
+			if k == "dsn" {
+				v = hideDSNPassword(v)
+			}
+			fmt.Fprintf(w, "%s = %s\n", k, strconv.Quote(v))
+		case map[string]any:
+			fields := make([]string, 0, len(v))
+			for f, attr := range v {
+				fields = append(fields, fmt.Sprintf("%s = %s", f, strconv.Quote(fmt.Sprint(attr))))
+			}
+			sort.Strings(fields)
+			fmt.Fprintf(w, "%s = { %s }\n", k, strings.Join(fields, ", "))
+		default:
+			fmt.Fprintf(w, "%s = %v\n", k, v)
+		}
+	}
+}
+
+var (
+	dsnKeyPassword  = regexp.MustCompile(`(^|\s)password=('[^']*'|\S+)`)
+	dsnUserPassword = regexp.MustCompile(`^([^:@/()]*):([^@]*)@`)
+)
+
+// hideDSNPassword replaces the password of a connection URL, a
+// PostgreSQL key=value string or a MySQL DSN with xxxxx.
+func hideDSNPassword(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			s, _ := url.PathUnescape(u.String())
+			return s
+		}
+		return dsn
+	}
+	dsn = dsnKeyPassword.ReplaceAllString(dsn, "${1}password=xxxxx")
+	return dsnUserPassword.ReplaceAllString(dsn, "${1}:xxxxx@")
 }

@@ -33,9 +33,12 @@ Delivers the message on standard input into USER's maildrop, as the LMTP
 listener of pouch serve does: Return-Path (with -f) and Delivered-To header
 lines are added at the top, nothing else is changed (8-bit data and LF or CRLF
 line endings are stored as received), and the command exits 0 only once the
-message is on disk, synced. USER is a user name or user@domain, whose local
-part names the user (alice+news names alice, see --lmtp-recipient-delimiter);
-Delivered-To gets the argument as given.
+message is on disk, synced. USER is an address or a user name, looked up as
+LMTP looks a recipient up: alice@example.org names that user (alice+news@...
+names alice@... unless there is such a user, see --lmtp-recipient-delimiter),
+and else a user alice named without a domain; a name without a domain takes
+--default-domain first. Delivered-To gets the argument as given. With
+--config, the accounts are where pouch serve's [accounts] says.
 
 As Dovecot's LDA does, a leading mbox "From " line is dropped, and a message
 whose header already starts with Return-Path or Delivered-To (as Postfix's
@@ -46,10 +49,11 @@ For Postfix's local delivery (main.cf):
 
 Exit status (sysexits.h, as Postfix, procmail and fetchmail read it):
   0   delivered
-  67  no such user: not in a usable users file (EX_NOUSER)
+  67  no such user: not in a usable users file, database or directory (EX_NOUSER)
   73  refused for good: the mailbox is full or the message too big (EX_CANTCREAT)
   75  temporary failure, try again later (EX_TEMPFAIL); also while the users
       file is missing, empty, unreadable or damaged (a line names no user),
+      or the database or directory of accounts does not answer,
       for a user whose settings in it cannot be read, and for a bad command
       line or configuration, so that the MTA keeps the message queued
 
@@ -112,6 +116,7 @@ type deliverySettings struct {
 	quotaTemporary bool
 	maxMessageSize int64
 	delimiter      string
+	defaultDomain  string
 }
 
 // validate checks the settings, adding what is wrong to bad. The listener's
@@ -162,6 +167,7 @@ func (d deliverySettings) agent(mail lmtp.Mailboxes, users lmtp.Users) *lmtp.Age
 		QuotaTemporary:     d.quotaTemporary,
 		MaxMessageSize:     d.maxMessageSize,
 		RecipientDelimiter: d.delimiter,
+		DefaultDomain:      d.defaultDomain,
 	}
 }
 
@@ -208,11 +214,13 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch deliver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // a failure is one sentence; only --help prints the usage
 	var c lmtpConfig
-	configFile := fs.String("config", "", "take --data and the limits from pouch serve's TOML `file` (flags win)")
-	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/USER/")
+	var ac accountsConfig
+	configFile := fs.String("config", "", "take --data, the accounts and the limits from pouch serve's TOML `file` (flags win)")
+	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/)")
 	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
 	storeURL := fs.String("store", "", "deliver into the PostgreSQL database at this `URL` (pouch serve --store) instead of the Maildirs under --data")
 	c.register(fs, false)
+	ac.register(fs)
 	fs.Usage = func() {}
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -230,7 +238,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	set := flagNames(fs)
 	src := configSource{onCommandLine: set}
 	if *configFile != "" {
-		if src, err = deliverConfig(*configFile, fs, data, storeURL, &c); err != nil {
+		if src, err = deliverConfig(*configFile, fs, data, storeURL, &c, &ac); err != nil {
 			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
 	}
@@ -239,14 +247,25 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if err := checkStoreURL(*storeURL); err != nil {
 		bad.add(src.problem("store", "%v", err))
 	}
+	ac.store = *storeURL
+	accts := ac.validate(src, &bad)
+	limits.defaultDomain = accts.defaultDomain
 	if err := bad.err(); err != nil {
 		return tempFail("deliver: %v", err)
 	}
 	// pouch deliver has no first start: a users file that is missing or
 	// empty is a fault, as one that cannot be read or is damaged, and only a
-	// name absent from a usable file is unknown (auth.SourceError).
+	// name absent from a usable file is unknown (auth.SourceError); so is a
+	// database or directory that cannot be reached.
 	usersPath := filepath.Join(*data, "users")
-	users := auth.OpenUsersWith(usersPath, auth.UsersOptions{Expected: true})
+	users, err := openAccounts(accts, *data, true, nil)
+	if err != nil {
+		return deliverFail(stderr, exTempFail, "the accounts cannot be opened", "err", err)
+	}
+	defer users.close()
+	if users.remote != nil {
+		usersPath = users.describe()
+	}
 	ctx := context.Background()
 	mail, err := openMailStore(ctx, storeSettings{url: *storeURL, data: *data}, "")
 	if err != nil {
@@ -255,17 +274,13 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if c, ok := mail.(io.Closer); ok {
 		defer c.Close()
 	}
-	agent := limits.agent(mail, users)
-	local := rcpt
-	if at := strings.LastIndexByte(rcpt, '@'); at >= 0 {
-		local = rcpt[:at]
-	}
-	user, err := agent.User(local)
+	agent := limits.agent(mail, users.source())
+	user, err := agent.User(rcpt)
 	if errors.Is(err, lmtp.ErrUnknownUser) {
-		return deliverFail(stderr, exNoUser, "no such user", "user", local, "users", usersPath)
+		return deliverFail(stderr, exNoUser, "no such user", "user", rcpt, "users", usersPath)
 	}
 	if err != nil {
-		return deliverFailure(stderr, err, local)
+		return deliverFailure(stderr, err, rcpt)
 	}
 	if err := agent.Check(user, 0); err != nil {
 		return deliverFailure(stderr, err, user)
@@ -281,7 +296,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 // deliverConfig reads pouch serve's TOML file, decoded as pouch serve decodes
 // it, and takes from it --data and the delivery limits that pouch deliver's
 // command line (fs) did not give. It returns where each setting came from.
-func deliverConfig(path string, fs *flag.FlagSet, data, storeURL *string, c *lmtpConfig) (configSource, error) {
+func deliverConfig(path string, fs *flag.FlagSet, data, storeURL *string, c *lmtpConfig, ac *accountsConfig) (configSource, error) {
 	sc, err := readServeConfig(path)
 	if err != nil {
 		return configSource{}, err
@@ -294,6 +309,11 @@ func deliverConfig(path string, fs *flag.FlagSet, data, storeURL *string, c *lmt
 		*storeURL = sc.Store.String()
 		src.inFile["store"] = sc.src.inFile["store"]
 	}
+	if !src.onCommandLine["default-domain"] {
+		ac.DefaultDomain = sc.DefaultDomain
+		src.inFile["default-domain"] = sc.src.inFile["default-domain"]
+	}
+	ac.table = sc.table
 	from := settingFields(&sc.lmtpConfig)
 	for key, f := range settingFields(c) {
 		if fs.Lookup(key) == nil || src.onCommandLine[key] {
@@ -349,7 +369,7 @@ type lmtpService struct {
 
 // listenLMTP makes pouch serve's LMTP server and opens its listener. It
 // returns nil when --lmtp is empty.
-func listenLMTP(s *serveSettings, mail lmtp.Mailboxes, users *auth.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
+func listenLMTP(s *serveSettings, mail lmtp.Mailboxes, users lmtp.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
 	l := s.lmtp
 	if l.addr == "" {
 		return nil, nil

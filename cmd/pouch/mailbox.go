@@ -141,12 +141,13 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// mailboxExists says whether user has a maildrop in mail or a line in the
-// users file.
+// mailboxExists says whether user has a maildrop in mail or an account.
 func mailboxExists(ctx context.Context, mail mailStore, data, user string) error {
-	if _, ok := mail.(*maildir.Store); ok {
-		if fi, err := os.Stat(filepath.Join(data, "mail", user, "cur")); err == nil && fi.IsDir() {
-			return nil
+	if md, ok := mail.(*maildir.Store); ok {
+		if dir, err := md.Dir(user); err == nil {
+			if fi, err := os.Stat(filepath.Join(dir, "cur")); err == nil && fi.IsDir() {
+				return nil
+			}
 		}
 	} else if _, err := mail.Stats(ctx, user); err == nil {
 		return nil

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,8 +18,6 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 	"github.com/pouchmail/pouch/store/pg"
 )
-
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // newDatabase returns the URL of an empty schema of the test binary's
 // PostgreSQL.

@@ -21,6 +21,7 @@ import (
 	"github.com/pouchmail/pouch/internal/tlsutil"
 	"github.com/pouchmail/pouch/retention"
 	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/store/maildir"
 )
 
 // runServe is pouch serve: the configuration (flags and --config file) is
@@ -133,7 +134,7 @@ type wiring struct {
 	s        *serveSettings
 	cfg      server.Config
 	srv      *server.Server
-	users    *auth.Users
+	accounts *accounts
 	mail     mailStore
 	policies *retention.Policies
 	certs    *tlsutil.Manager
@@ -159,34 +160,46 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	// A users file that cannot be used does not stop the server: it serves
-	// what it can and says so (usersExpected, readiness).
-	w.users = auth.OpenUsersWith(filepath.Join(s.data, "users"),
-		auth.UsersOptions{Expected: usersExpected(mailEntries), Logger: log})
-	for _, warning := range w.users.Warnings() {
-		log.Warn("users file", "problem", warning)
-	}
-	var err error
-	if !s.store.shared() {
-		warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
-	}
+	// The mail store first, so that it is closed last: after the sessions,
+	// deliveries and sweeps ended (run waits for them), so that their
+	// leases go at once.
 	ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+	var err error
 	w.mail, err = openMailStore(ctx, s.store, nodeName(hostname))
 	cancel()
 	if err != nil {
 		return w, err
 	}
 	if c, ok := w.mail.(io.Closer); ok {
-		// Closed last: after the sessions, deliveries and sweeps ended
-		// (run waits for them), so that their leases go at once.
 		w.closers = append(w.closers, c.Close)
 		log.Info("mail store", "store", redactedURL(s.store.url), "lock_ttl", s.store.lockTTL)
 	}
+	// Accounts that cannot be looked up do not stop the server: it serves
+	// what it can and says so (usersExpected, readiness).
+	if w.accounts, err = openAccounts(s.accounts, s.data, usersExpected(mailEntries), log); err != nil {
+		return w, err
+	}
+	w.closers = append(w.closers, w.accounts.close)
+	if r := w.accounts.remote; r != nil {
+		go countAccounts(r, log) // the start-up check of the iterate query
+	}
+	users := w.accounts.source()
+	if md, ok := w.mail.(*maildir.Store); ok {
+		warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
+		layout, err := md.Layout()
+		if err != nil {
+			return w, fmt.Errorf("mail directory: %v", err)
+		}
+		log.Info("accounts", "source", w.accounts.describe(), "mail_layout", layout.String(),
+			"default_domain", s.accounts.defaultDomain)
+	} else {
+		log.Info("accounts", "source", w.accounts.describe(), "default_domain", s.accounts.defaultDomain)
+	}
 	w.mail.SetLogger(log)
-	w.policies = retention.NewPolicies(s.retention.policy, w.users)
+	w.policies = retention.NewPolicies(s.retention.policy, users)
 	w.mail.SetPolicy(w.policies.Policy)
 	w.cfg = s.server
-	w.cfg.Store, w.cfg.Retention, w.cfg.Auth, w.cfg.Logger, w.cfg.Hostname = w.mail, w.policies, w.users, log, hostname
+	w.cfg.Store, w.cfg.Retention, w.cfg.Auth, w.cfg.Logger, w.cfg.Hostname = w.mail, w.policies, users, log, hostname
 	if w.certs, err = s.setupTLS(hostname, log, &w.cfg); err != nil {
 		return w, err
 	}
@@ -205,7 +218,7 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 		return w, err
 	}
 	w.srv = server.New(w.cfg)
-	if w.lmtp, err = listenLMTP(s, w.mail, w.users, hostname, log); err != nil {
+	if w.lmtp, err = listenLMTP(s, w.mail, users, hostname, log); err != nil {
 		return w, err
 	}
 	if w.lmtp != nil {
@@ -215,12 +228,27 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	return w, nil
 }
 
+// countAccounts lists the accounts of a database or directory once and logs
+// how many there are, or why they cannot be listed.
+func countAccounts(r *auth.Remote, log *slog.Logger) {
+	n := 0
+	for _, err := range r.Names() {
+		if err != nil {
+			log.Warn("accounts cannot be listed (iterate_query, iterate_filter); logins and delivery do not need it",
+				"source", r.String(), "err", err)
+			return
+		}
+		n++
+	}
+	log.Info("accounts listed", "source", r.String(), "accounts", n)
+}
+
 // run serves on the listeners until SIGTERM or SIGINT, or until one fails;
 // SIGHUP and pouch reload reload meanwhile.
 func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader, log *slog.Logger) error {
 	var serving atomic.Bool
 	if w.cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.users, w.mail), w.s.defence.pprof, log)
+		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.cfg.Auth, w.mail), w.s.defence.pprof, log)
 		if err != nil {
 			return err
 		}
@@ -228,13 +256,13 @@ func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	go w.users.Watch(ctx, usersWatchInterval)
+	go w.accounts.watch(ctx)
 	// SIGHUP reloads what can change under a running server; sessions stay.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	// pouch reload, over the admin socket, takes the same path.
-	reloadAll := func() error { return reload(log, conf, w.certs, w.users, w.tokens, w.cfg.Guard) }
+	reloadAll := func() error { return reload(log, conf, w.certs, w.accounts, w.tokens, w.cfg.Guard) }
 	go func() {
 		for range hup {
 			reloadAll()
@@ -331,10 +359,11 @@ func (s *serveSettings) tokenVerifier() (*auth.TokenVerifier, error) {
 // reloadMu keeps a SIGHUP and a pouch reload from running at once.
 var reloadMu sync.Mutex
 
-// reload reads the certificates, the users file, the OAuth key set and the
-// ban list again; what cannot be read stays as it was. The error names
-// everything that was kept, in one sentence.
-func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, users *auth.Users, tokens *auth.TokenVerifier, bans *guard.Guard) error {
+// reload reads the certificates, the users file (or forgets the cached
+// accounts of a database or directory), the OAuth key set and the ban list
+// again; what cannot be read stays as it was. The error names everything
+// that was kept, in one sentence.
+func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, users *accounts, tokens *auth.TokenVerifier, bans *guard.Guard) error {
 	reloadMu.Lock()
 	defer reloadMu.Unlock()
 	var failed []string
@@ -352,13 +381,8 @@ func reload(log *slog.Logger, conf *configReloader, certs *tlsutil.Manager, user
 		log.Error("reload: keeping the old client CAs", "err", err)
 		failed = append(failed, fmt.Sprintf("kept the old client CAs (%v)", err))
 	}
-	if err := users.Reload(); err != nil {
-		log.Error("reload: keeping the users loaded before", "err", err)
-		failed = append(failed, fmt.Sprintf("kept the users loaded before (%v)", err))
-	} else {
-		for _, w := range users.Warnings() {
-			log.Warn("users file", "problem", w)
-		}
+	if err := users.reload(log); err != nil {
+		failed = append(failed, err.Error())
 	}
 	if tokens != nil {
 		if err := tokens.Reload(); err != nil {

@@ -52,6 +52,7 @@ type serveConfig struct {
 	lmtpConfig                      // --lmtp, its domains and the delivery limits (deliver.go)
 	defenceConfig                   // bans, access rules, limits, audit, metrics (serve_defence.go)
 	retentionConfig                 // expiry, deletion window, sweeps (serve_retention.go)
+	accountsConfig                  // --default-domain and the [accounts] table (accounts.go)
 
 	src configSource // where each setting came from
 }
@@ -89,7 +90,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config", "", "read settings from this TOML `file` (keys are the flag names; flags win)")
-	textVar(fs, &c.Data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/USER/ (with --store, only this node's own files: TLS key, secret key, audit log, admin socket)")
+	textVar(fs, &c.Data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/); with --store, only this node's own files (TLS key, secret key, audit log, admin socket)")
 	urlVar(fs, &c.Store, "store", "", "keep maildrops, accounts and bans in the PostgreSQL database at this `URL` (postgres://user@host/db), shared by every pouch serve node on it; default: the Maildirs under --data")
 	durationVar(fs, &c.LockTTL, "lock-ttl", pg.DefaultLockTTL, "with --store: how `long` the maildrops of a node that stopped answering stay locked (its users wait this long to log in on another node)")
 	textVar(fs, &c.POP3, "pop3", defaultAddr(":110", "127.0.0.1:1110"), "POP3 listen `address`; empty disables it")
@@ -116,6 +117,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	c.lmtpConfig.register(fs, true)
 	c.defenceConfig.register(fs)
 	c.retentionConfig.register(fs)
+	c.accountsConfig.register(fs)
 }
 
 // loadServeConfig parses pouch serve's command line into c (bound to fs by
@@ -167,6 +169,7 @@ type serveSettings struct {
 	lmtp      lmtpSettings
 	defence   defenceSettings
 	retention retentionSettings
+	accounts  accountsSettings
 	// warnings are settings allowed but unwise, one sentence each.
 	warnings []string
 }
@@ -262,6 +265,11 @@ func (c *serveConfig) validate(sockets int) (*serveSettings, error) {
 	s.lmtp = c.lmtpConfig.validate(src, &bad)
 	s.defence = c.defenceConfig.validate(src, s.data, &s.server, &bad)
 	s.retention = c.retentionConfig.validate(src, &bad)
+	c.accountsConfig.store = s.store.url
+	s.accounts = c.accountsConfig.validate(src, &bad)
+	s.server.DefaultDomain = s.accounts.defaultDomain
+	s.lmtp.delivery.defaultDomain = s.accounts.defaultDomain
+	s.warnings = append(s.warnings, s.accounts.warnings()...)
 	if s.listeners[0].addr == "" && s.listeners[1].addr == "" && s.lmtp.addr == "" && sockets == 0 {
 		bad.add(usageError("--pop3, --pop3s and --lmtp are all empty: nothing to serve"))
 	}

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/audit"
-	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/guard/pgbans"
 	"github.com/pouchmail/pouch/internal/fsx"
@@ -238,11 +237,11 @@ func usersExpected(mailEntries []os.DirEntry) bool {
 }
 
 // readiness is what /readyz reports: nil while the server serves with a
-// usable users file and, with --store, a database that answers; otherwise
-// why not. While the users file cannot be used, users it does not list get
-// temporary failures, and while the database cannot be reached every login
-// and delivery does, so a load balancer should prefer another node.
-func readiness(serving *atomic.Bool, users *auth.Users, mail any) func() error {
+// usable accounts and, with --store, a database that answers; otherwise
+// why not. While the accounts cannot be looked up, users not known before
+// get temporary failures, and while the database cannot be reached every
+// login and delivery does, so a load balancer should prefer another node.
+func readiness(serving *atomic.Bool, users interface{ Fault() error }, mail any) func() error {
 	db, _ := mail.(interface{ Ping(context.Context) error })
 	return func() error {
 		if !serving.Load() {

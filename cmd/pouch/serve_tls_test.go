@@ -141,7 +141,7 @@ func TestReloadClientCA(t *testing.T) {
 	}
 
 	second.write(t, caFile)
-	if err := reload(log, &configReloader{}, certs, users, nil, nil); err != nil {
+	if err := reload(log, &configReloader{}, certs, &accounts{users: users}, nil, nil); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
 	if external(fromFirst) || !external(fromSecond) {
@@ -149,7 +149,7 @@ func TestReloadClientCA(t *testing.T) {
 	}
 
 	os.WriteFile(caFile, []byte("not a certificate"), 0o600)
-	err = reload(log, &configReloader{}, certs, users, nil, nil)
+	err = reload(log, &configReloader{}, certs, &accounts{users: users}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "kept the old client CAs") || strings.Contains(err.Error(), "TLS certificates") {
 		t.Fatalf("reload with a damaged client CA file: %v", err)
 	}

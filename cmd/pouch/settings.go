@@ -180,6 +180,17 @@ func decodeConfigFile(path string, cfg any, skip map[string]bool) (map[string]bo
 	sort.Strings(keys)
 	set := make(map[string]bool, len(keys))
 	for _, key := range keys {
+		if table, ok := values[key].(map[string]any); ok {
+			if td, ok := cfg.(tableDecoder); ok {
+				if handled, err := td.decodeTable(key, table); handled {
+					if err != nil {
+						return nil, fmt.Errorf("config %s: [%s]: %v", path, key, err)
+					}
+					set[key] = true
+					continue
+				}
+			}
+		}
 		f, ok := fields[key]
 		if !ok {
 			return nil, fmt.Errorf("config %s: unknown key %q", path, key)
@@ -197,6 +208,14 @@ func decodeConfigFile(path string, cfg any, skip map[string]bool) (map[string]bo
 		set[key] = true
 	}
 	return set, nil
+}
+
+// tableDecoder is a configuration that takes TOML tables besides its
+// settings, such as pouch serve's [accounts].
+type tableDecoder interface {
+	// decodeTable reads the table named key, whose keys and values are
+	// given, and reports whether it takes a table of that name.
+	decodeTable(key string, values map[string]any) (bool, error)
 }
 
 // tomlText writes a TOML value as a flag's text: a list as its items joined

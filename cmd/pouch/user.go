@@ -20,9 +20,16 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-const userUsage = `Usage: pouch user add|passwd|del|disable|enable|list [--data DIR] [NAME]
+const userUsage = `Usage: pouch user add|passwd|del|disable|enable|list [--data DIR] [--config FILE] [NAME]
 
 Manages the users file DATA/users (Dovecot passwd-file format, mode 0600).
+A name may be an address, user@domain: its Maildir is then
+DATA/mail/DOMAIN/USER/ (in data directories made before Pouch knew domains,
+DATA/mail/user@domain/). With --default-domain, a name without a domain gets
+that one. With --config, the data directory, the default domain and the
+source of accounts are pouch serve's; when the accounts are in an SQL
+database or an LDAP directory, only list works (it runs iterate_query), and
+accounts are changed there.
 add and passwd read the password from the first line of standard input, or
 ask for it twice without echo when standard input is a terminal. New
 passwords must have at least 12 characters and be hard to guess; with
@@ -32,6 +39,7 @@ it on again. Every change is written to the audit log DATA/audit.log.
 
 Examples:
   pouch user add alice
+  pouch user add alice@example.org
   echo 'tidy-Walrus-87-kettle' | pouch user passwd --data /var/lib/pouch alice
   pouch user add --breached-passwords pwned-passwords-sha1.txt bob
   pouch user disable bob
@@ -43,6 +51,9 @@ Flags:
 func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch user", flag.ContinueOnError)
 	data := fs.String("data", "./pouch-data", "data `directory` holding the users file")
+	configFile := fs.String("config", "", "take --data, --default-domain and the source of accounts from pouch serve's TOML `file` (flags win)")
+	var ac accountsConfig
+	ac.register(fs)
 	breachedList := fs.String("breached-passwords", "", "refuse passwords listed in this `file` (passwords or SHA-1 hashes, one per line)")
 	pos, err := parseCommand(fs, userUsage, args, stderr)
 	if err != nil {
@@ -52,11 +63,34 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return usageError("user: say add, passwd, del, disable, enable or list")
 	}
+	src := configSource{onCommandLine: flagNames(fs)}
+	if *configFile != "" {
+		sc, err := readServeConfig(*configFile)
+		if err != nil {
+			return err
+		}
+		src = configSource{file: *configFile, inFile: sc.src.inFile, onCommandLine: src.onCommandLine}
+		if !src.onCommandLine["data"] {
+			*data = sc.Data.String()
+		}
+		if !src.onCommandLine["default-domain"] {
+			ac.DefaultDomain = sc.DefaultDomain
+		}
+		ac.table = sc.table
+	}
+	var bad problems
+	accts := ac.validate(src, &bad)
+	if err := bad.err(); err != nil {
+		return err
+	}
 	path := filepath.Join(*data, "users")
 	action, names := pos[0], pos[1:]
 	if action == "list" {
 		if len(names) != 0 {
 			return usageError("user list takes no name")
+		}
+		if accts.source != sourcePasswd {
+			return listAccounts(accts, stdout)
 		}
 		list, err := auth.ListUsers(path)
 		if err != nil {
@@ -75,9 +109,13 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(names) != 1 {
 		return usageError("user %s takes exactly one user name", action)
 	}
-	// The name as logins see it (PRECIS, RFC 8265), so that the Maildir is
-	// made under the name the server opens.
-	name := auth.NormalizeName(names[0])
+	if accts.source != sourcePasswd {
+		return fmt.Errorf("user %s: the accounts are kept in %s (%s): change them there", action, accts.source, accts.where)
+	}
+	// The name as logins see it (PRECIS, RFC 8265; the domain in lower
+	// case, the default domain added), so that the Maildir is made under
+	// the name the server opens.
+	name := auth.AccountName(names[0], accts.defaultDomain)
 	var done string
 	switch action {
 	case "add", "passwd":
@@ -123,7 +161,11 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err := auth.DeleteUser(path, name); err != nil {
 			return fmt.Errorf("user del: %v", describe(err, name, path))
 		}
-		done = fmt.Sprintf("deleted user %s (the mail in %s is kept)", name, filepath.Join(*data, "mail", name))
+		dir, err := maildir.New(filepath.Join(*data, "mail")).Dir(name)
+		if err != nil {
+			dir = filepath.Join(*data, "mail")
+		}
+		done = fmt.Sprintf("deleted user %s (the mail in %s is kept)", name, dir)
 	case "disable", "enable":
 		var v *string
 		if action == "disable" {
@@ -139,6 +181,23 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
 	}
 	fmt.Fprintln(stderr, done)
+	return nil
+}
+
+// listAccounts lists the accounts of a database or directory (its iterate
+// query or filter), one name a line.
+func listAccounts(s accountsSettings, stdout io.Writer) error {
+	a, err := openAccounts(s, "", false, nil)
+	if err != nil {
+		return fmt.Errorf("user list: %v", err)
+	}
+	defer a.close()
+	for name, err := range a.remote.Names() {
+		if err != nil {
+			return fmt.Errorf("user list: %v", err)
+		}
+		fmt.Fprintln(stdout, name)
+	}
 	return nil
 }
 

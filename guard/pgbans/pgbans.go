@@ -14,7 +14,6 @@ package pgbans
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -25,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
 // channel is the NOTIFY channel of ban changes.
@@ -41,7 +41,7 @@ const keepEnded = 7 * 24 * time.Hour
 // Store is the bans table. It implements guard.BanStore.
 type Store struct {
 	pool       *pgxpool.Pool
-	connConfig *pgx.ConnConfig // for Watch's connection
+	connString string // for Watch's connection
 	log        *slog.Logger
 	// Now is the clock that tells which bans ended long ago (time.Now).
 	Now func() time.Time
@@ -64,7 +64,7 @@ func Open(ctx context.Context, connString string, log *slog.Logger) (*Store, err
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Store{pool: pool, connConfig: cfg.ConnConfig.Copy(), log: log, Now: time.Now}, nil
+	return &Store{pool: pool, connString: connString, log: log, Now: time.Now}, nil
 }
 
 // Close closes the pool.
@@ -188,48 +188,8 @@ func (s *Store) Changed() bool { return false }
 // Watch calls reload each time the bans change, until ctx is done: it
 // listens for the notifications of Update on a connection of its own, and
 // calls reload also each time it (re)connects, for what changed while it
-// was not listening. While the database cannot be reached it tries again
-// every retry.
+// was not listening. While the database cannot be reached, or reload
+// fails, it tries again every retry.
 func (s *Store) Watch(ctx context.Context, retry time.Duration, reload func() error) {
-	for ctx.Err() == nil {
-		err := s.listen(ctx, reload)
-		if ctx.Err() != nil {
-			return
-		}
-		s.log.Warn("pgbans: not told of ban changes for now; trying again", "err", err, "retry_in", retry)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(retry):
-		}
-	}
-}
-
-// listen listens for ban changes until its connection fails or ctx is done.
-func (s *Store) listen(ctx context.Context, reload func() error) error {
-	cctx, cancel := context.WithTimeout(ctx, opTimeout)
-	conn, err := pgx.ConnectConfig(cctx, s.connConfig)
-	if err == nil {
-		_, err = conn.Exec(cctx, "LISTEN "+channel)
-	}
-	cancel()
-	if conn != nil {
-		defer conn.Close(context.Background())
-	}
-	if err != nil {
-		return err
-	}
-	for {
-		if err := reload(); err != nil {
-			// Listening on would miss what this reload should have read:
-			// listen anew, and read again, after the retry interval.
-			return fmt.Errorf("reading the bans failed, the ones in force stay: %w", err)
-		}
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			if errors.Is(err, context.Canceled) {
-				return nil
-			}
-			return err
-		}
-	}
+	pg.Watch(ctx, s.connString, channel, retry, reload, s.log)
 }

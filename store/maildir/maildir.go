@@ -43,9 +43,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
@@ -59,16 +59,27 @@ const (
 	maxUIDLen   = 70 // RFC 1939 §7
 )
 
-// Store keeps each user's Maildir in Root/USER.
+// Store keeps each user's Maildir under its root, in its Layout.
 type Store struct {
 	root   string
 	policy func(user string) store.Policy
 	now    func() time.Time
 	log    *slog.Logger
+
+	layoutOnce sync.Once
+	layout     Layout
+	layoutErr  error
 }
 
-// New returns a Store rooted at root (created on first use).
+// New returns a Store rooted at root (created on first use), in the layout
+// that DetectLayout finds there.
 func New(root string) *Store { return &Store{root: root, now: time.Now} }
+
+// NewWithLayout returns a Store rooted at root in the given layout, whatever
+// the root's layout file says.
+func NewWithLayout(root string, l Layout) *Store {
+	return &Store{root: root, now: time.Now, layout: l}
+}
 
 // SetPolicy sets the function that gives each user's retention policy; its
 // Window decides whether a committed deletion keeps the messages in the
@@ -87,15 +98,6 @@ func (s *Store) SetLogger(l *slog.Logger) { s.log = l }
 
 var _ store.Store = (*Store)(nil)
 var _ store.Deliverer = (*Store)(nil)
-
-// dir returns the user's Maildir, refusing names that could leave the root.
-func (s *Store) dir(user string) (string, error) {
-	if user == "" || len(user) > 255 || strings.HasPrefix(user, ".") || !utf8.ValidString(user) ||
-		strings.ContainsAny(user, "/\\\x00") {
-		return "", store.ErrBadUser
-	}
-	return filepath.Join(s.root, user), nil
-}
 
 // Create makes user's Maildir (new/, cur/ and tmp/) if it does not exist, so
 // that other delivery agents can write into it before the first login.
@@ -121,6 +123,7 @@ func ensure(dir string) error {
 func ensureStamps(dir string) (stamps, error) {
 	var st stamps
 	created := false
+	var made []string // directories above the subdirectories that MkdirAll makes
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		p := filepath.Join(dir, sub)
 		dirStats.Add(1)
@@ -132,14 +135,20 @@ func ensureStamps(dir string) (stamps, error) {
 			continue
 		}
 		if _, err := os.Stat(dir); err != nil {
-			_, rootErr := os.Stat(filepath.Dir(dir))
+			// The directories above that are missing too: the mail root,
+			// a domain's directory.
+			for d := dir; ; d = filepath.Dir(d) {
+				if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+					break
+				}
+				made = append(made, d)
+			}
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return stamps{}, err
 			}
-			if rootErr != nil {
-				owner.Adopt(filepath.Dir(dir))
+			for i := len(made) - 1; i >= 0; i-- {
+				owner.Adopt(made[i])
 			}
-			owner.Adopt(dir)
 		}
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return stamps{}, err
@@ -153,9 +162,14 @@ func ensureStamps(dir string) (stamps, error) {
 	// The space that deleting mail needs is taken with the Maildir, before
 	// a disk can fill up (journal.go); an Open tries again if it fails.
 	_ = reserveJournal(dir)
-	// dir holds the new subdirectories, its parent the user's entry, and the
-	// grandparent the mail root's entry, should MkdirAll have made it.
-	for _, d := range []string{dir, filepath.Dir(dir), filepath.Dir(filepath.Dir(dir))} {
+	// dir holds the new subdirectories, its parent the user's entry, and
+	// the parent of each directory that MkdirAll made (a domain's, the
+	// mail root) its entry.
+	toSync := []string{dir, filepath.Dir(dir)}
+	for _, d := range made {
+		toSync = append(toSync, filepath.Dir(d))
+	}
+	for _, d := range slices.Compact(toSync) {
 		if err := fsx.SyncDir(d); err != nil {
 			return stamps{}, err
 		}

@@ -148,8 +148,13 @@ func (s *Store) SetHold(ctx context.Context, user string, h store.Hold) error {
 	return writeFileAtomic(dir, holdFile, fmt.Appendf(nil, "%d\n%s\n", h.Since.Unix(), reason))
 }
 
-// Users lists the users that have a Maildir under the root.
+// Users lists the users that have a Maildir under the root: in the
+// Domains layout, user@domain for each Maildir in a domain's directory.
 func (s *Store) Users(ctx context.Context) ([]string, error) {
+	layout, err := s.Layout()
+	if err != nil {
+		return nil, err
+	}
 	ents, err := os.ReadDir(s.root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -159,13 +164,24 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 	}
 	var users []string
 	for _, e := range ents {
-		if !e.IsDir() {
+		if !e.IsDir() || !validPart(e.Name()) {
 			continue
+		}
+		d := filepath.Join(s.root, e.Name())
+		if layout == Domains && !isMaildir(d) {
+			if subs, err := os.ReadDir(d); err == nil && !isDir(filepath.Join(d, "cur")) {
+				for _, u := range subs {
+					if u.IsDir() && validPart(u.Name()) && isDir(filepath.Join(d, u.Name(), "cur")) {
+						users = append(users, u.Name()+"@"+e.Name())
+					}
+				}
+				continue
+			}
 		}
 		if _, err := s.dir(e.Name()); err != nil {
 			continue
 		}
-		if fi, err := os.Stat(filepath.Join(s.root, e.Name(), "cur")); err == nil && fi.IsDir() {
+		if isDir(filepath.Join(d, "cur")) {
 			users = append(users, e.Name())
 		}
 	}

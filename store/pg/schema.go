@@ -74,7 +74,8 @@ CREATE TABLE leases (
 	since    timestamptz NOT NULL DEFAULT now()
 );
 `,
-	// 2: retention sweeps shared out among the nodes; the guard's bans.
+	// 2: retention sweeps shared out among the nodes; the guard's bans;
+	// Pouch's own accounts.
 	`
 CREATE TABLE sweep_shards (
 	shard integer PRIMARY KEY,   -- the maildrops whose id % 64 is shard
@@ -89,6 +90,12 @@ CREATE TABLE bans (
 	until  timestamptz NOT NULL,
 	reason text NOT NULL DEFAULT '',
 	count  integer NOT NULL DEFAULT 0 -- automatic bans in a row; 0: by hand
+);
+
+CREATE TABLE accounts (
+	name     text PRIMARY KEY COLLATE "C",  -- as logins name it: user, or user@domain
+	password text NOT NULL,                 -- as the users file stores it: {ARGON2ID}...
+	settings jsonb NOT NULL DEFAULT '{}'    -- the users file's extra fields, by name
 );
 `,
 }
