@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"net/netip"
 	"os"
@@ -18,6 +19,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/guard/pgbans"
 	"github.com/pouchmail/pouch/internal/units"
@@ -29,7 +31,8 @@ import (
 const migrateUsage = `Usage: pouch migrate --data DIR --to URL [--verify]
 
 Moves an installation from the Maildirs under --data into the PostgreSQL
-database at URL, for pouch serve --store URL: the users, every maildrop
+database at URL, for pouch serve --store URL: the users (DATA/users, each
+with its stored password and settings, into the accounts table), every maildrop
 (each message with its UIDL, size, place in the order, delivery and first
 retrieval time; the deletion window's messages with their deletion time;
 the legal hold) and the bans. Clients that leave mail on the server see
@@ -41,9 +44,9 @@ under --data. It can be run again, after a failure or an interruption:
 messages already in the database (by UIDL) are left as they are, and the
 rest are copied. The database gets Pouch's schema if it has none.
 
---verify copies nothing: it compares, user by user, the messages and the
-deletion window in both places (counts, octets, UIDL sets and order) and
-exits 1 naming every difference.
+--verify copies nothing: it compares the users (names and passwords) and,
+maildrop by maildrop, the messages and the deletion window in both places
+(counts, octets, UIDL sets and order), and exits 1 naming every difference.
 
 Examples:
   pouch migrate --data /var/lib/pouch --to postgres://pouch@db.example.net/pouch
@@ -109,6 +112,7 @@ type migration struct {
 
 // migrateCounts is what a run did.
 type migrateCounts struct {
+	users, usersPresent        int
 	maildrops, copied, present int
 	octets                     int64
 	holds                      int
@@ -128,8 +132,11 @@ func (m *migration) run(ctx context.Context) error {
 			total += st.Octets + st.HeldOctets
 		}
 	}
-	m.bar.start(len(users), total)
 	var c migrateCounts
+	if err := m.accounts(ctx, &c); err != nil {
+		return fmt.Errorf("migrate: the users: %v", err)
+	}
+	m.bar.start(len(users), total)
 	for _, u := range users {
 		if ctx.Err() != nil {
 			m.bar.clear()
@@ -149,13 +156,47 @@ func (m *migration) run(ctx context.Context) error {
 	if err != nil {
 		c.skipped = append(c.skipped, fmt.Sprintf("the bans: %v", err))
 	}
-	fmt.Fprintf(m.out, "moved %d of %d maildrops into %s: %d messages copied (%d octets), %d there already; %d legal holds; %d bans\n",
-		c.maildrops, len(users), redactedURL(m.url), c.copied, c.octets, c.present, c.holds, bans)
+	fmt.Fprintf(m.out, "moved %d users (%d there already) and %d of %d maildrops into %s: %d messages copied (%d octets), %d there already; %d legal holds; %d bans\n",
+		c.users, c.usersPresent, c.maildrops, len(users), redactedURL(m.url), c.copied, c.octets, c.present, c.holds, bans)
 	if len(c.skipped) > 0 {
 		for _, s := range c.skipped {
 			fmt.Fprintf(m.out, "left out: %s\n", s)
 		}
 		return fmt.Errorf("migrate: %d left out (named above); stop pouch serve on %s if it runs, and run this again", len(c.skipped), m.data)
+	}
+	return nil
+}
+
+// accounts copies the users file's users into the accounts table: each
+// with its stored password and settings as its line has them. A user the
+// table has already is left as it is (its password may have changed
+// there since).
+func (m *migration) accounts(ctx context.Context, c *migrateCounts) error {
+	path := filepath.Join(m.data, "users")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	users, bad, err := auth.ReadPasswdFile(path)
+	if err != nil {
+		return err
+	}
+	for _, b := range bad {
+		fmt.Fprintf(m.out, "left out: %s\n", b)
+	}
+	for _, u := range users {
+		l, ok := auth.ParseUserLine(u.Line)
+		if !ok {
+			continue
+		}
+		added, err := m.dst.ImportAccount(ctx, pg.Account{Name: l.Name, Password: l.Password, Fields: l.Fields})
+		if err != nil {
+			return fmt.Errorf("%s: %v", l.Name, err)
+		}
+		if added {
+			c.users++
+		} else {
+			c.usersPresent++
+		}
 	}
 	return nil
 }
@@ -236,8 +277,12 @@ func (m *migration) verify(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("migrate: listing the maildrops: %v", err)
 	}
 	slices.Sort(users)
-	m.bar.start(len(users), 0)
 	var diffs, messages int
+	userDiffs, err := m.verifyAccounts(ctx, w)
+	if err != nil {
+		return fmt.Errorf("migrate: %v", err)
+	}
+	m.bar.start(len(users), 0)
 	var octets int64
 	for _, u := range users {
 		if ctx.Err() != nil {
@@ -282,12 +327,47 @@ func (m *migration) verify(ctx context.Context, w io.Writer) error {
 		m.bar.userDone()
 	}
 	m.bar.clear()
-	if diffs > 0 {
+	switch {
+	case diffs > 0:
 		return fmt.Errorf("migrate: %d of %d maildrops differ (named above)", diffs, len(users))
+	case userDiffs > 0:
+		return fmt.Errorf("migrate: %d users differ (named above)", userDiffs)
 	}
-	fmt.Fprintf(m.out, "the %d maildrops match: %d messages (%d octets), with the same UIDLs in the same order\n",
+	fmt.Fprintf(m.out, "the users and the %d maildrops match: %d messages (%d octets), with the same UIDLs in the same order\n",
 		len(users), messages, octets)
 	return nil
+}
+
+// verifyAccounts writes to w each user of the users file that the
+// accounts table lacks, or has with another password, and returns how many.
+func (m *migration) verifyAccounts(ctx context.Context, w io.Writer) (int, error) {
+	path := filepath.Join(m.data, "users")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	users, _, err := auth.ReadPasswdFile(path)
+	if err != nil {
+		return 0, err
+	}
+	diffs := 0
+	for _, u := range users {
+		l, ok := auth.ParseUserLine(u.Line)
+		if !ok {
+			continue
+		}
+		a, err := m.dst.LookupAccount(ctx, l.Name)
+		switch {
+		case errors.Is(err, pg.ErrNoAccount):
+			fmt.Fprintf(w, "user %s: not in the accounts table\n", l.Name)
+			diffs++
+		case err != nil:
+			return diffs, err
+		case a.Password != l.Password:
+			fmt.Fprintf(w, "user %s: another password in the accounts table\n", l.Name)
+			diffs++
+		}
+	}
+	return diffs, nil
 }
 
 // compareListings describes how the database's listing b differs from the

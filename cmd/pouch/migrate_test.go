@@ -112,7 +112,7 @@ func TestMigrate(t *testing.T) {
 	data, users := oldInstallation(t)
 	url := newDatabase(t)
 	_, e, code := pouch(t, "", "migrate", "--data", data, "--to", url)
-	if code != 0 || !strings.Contains(e, "moved 5 of 5 maildrops") || !strings.Contains(e, "1 legal holds; 1 bans") {
+	if code != 0 || !strings.Contains(e, "moved 5 users (0 there already) and 5 of 5 maildrops") || !strings.Contains(e, "1 legal holds; 1 bans") {
 		t.Fatalf("migrate: exit %d\n%s", code, e)
 	}
 	for _, u := range users {
@@ -130,6 +130,14 @@ func TestMigrate(t *testing.T) {
 	if err != nil || !st.Hold.Set || st.Hold.Reason != "case 7" || st.Retrieved != 1 || st.Held != 1 {
 		t.Fatalf("user3 in the database: %+v, %v", st, err)
 	}
+	// The users, with their passwords and settings as the users file had
+	// them.
+	for _, u := range users {
+		a, err := s.LookupAccount(context.Background(), u)
+		if err != nil || !strings.HasPrefix(a.Password, "{ARGON2ID}") || a.Fields["scram_sha_256"] == "" {
+			t.Fatalf("%s in the accounts table: %+v, %v", u, a, err)
+		}
+	}
 	bans, err := pgbans.Open(context.Background(), url, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -141,14 +149,14 @@ func TestMigrate(t *testing.T) {
 
 	// Run again: nothing is copied twice.
 	_, e, code = pouch(t, "", "migrate", "--data", data, "--to", url)
-	if code != 0 || !strings.Contains(e, "0 messages copied") {
+	if code != 0 || !strings.Contains(e, "0 messages copied") || !strings.Contains(e, "moved 0 users (5 there already)") {
 		t.Fatalf("migrate again: exit %d\n%s", code, e)
 	}
 	if got := dbListing(t, url, "user4"); len(got.live) != 3+4*7-1 {
 		t.Fatalf("after a second run user4 has %d messages", len(got.live))
 	}
 	out, e, code := pouch(t, "", "migrate", "--data", data, "--to", url, "--verify")
-	if code != 0 || !strings.Contains(e, "the 5 maildrops match") {
+	if code != 0 || !strings.Contains(e, "the users and the 5 maildrops match") {
 		t.Fatalf("verify: exit %d\n%s%s", code, out, e)
 	}
 
@@ -166,9 +174,12 @@ func TestMigrate(t *testing.T) {
 	if err := s.Deliver(context.Background(), "user0", strings.NewReader("new\r\n")); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.SetAccountPassword(context.Background(), "user1", "{PLAIN}changed", nil, nil); err != nil {
+		t.Fatal(err)
+	}
 	out, e, code = pouch(t, "", "migrate", "--data", data, "--to", url, "--verify")
 	if code != 1 || !strings.Contains(out, "user2: ") || !strings.Contains(out, gone) || !strings.Contains(out, "user0: messages: 2 ") ||
-		!strings.Contains(e, "2 of 5 maildrops differ") {
+		!strings.Contains(out, "user user1: another password") || !strings.Contains(e, "2 of 5 maildrops differ") {
 		t.Fatalf("verify after changes: exit %d\n%s%s", code, out, e)
 	}
 }
@@ -184,7 +195,7 @@ func TestMigrateLockedMaildrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, e, code := pouch(t, "", "migrate", "--data", data, "--to", url)
-	if code != 1 || !strings.Contains(e, "moved 4 of 5 maildrops") || !strings.Contains(e, "left out: user1: user1 has a POP3 session open") {
+	if code != 1 || !strings.Contains(e, "and 4 of 5 maildrops") || !strings.Contains(e, "left out: user1: user1 has a POP3 session open") {
 		t.Fatalf("migrate with a session open: exit %d\n%s", code, e)
 	}
 	m.Close()

@@ -1,7 +1,9 @@
 package cluster_test
 
 import (
+	"bufio"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -256,4 +258,80 @@ func TestDatabaseStopsMidSession(t *testing.T) {
 	if r, err := a.deliver("alice", "Subject: after\n\nx\n"); !strings.HasPrefix(r, "250") {
 		t.Fatalf("LMTP after the outage: %q %v", r, err)
 	}
+}
+
+// A new password and a ban, set with pouch user and pouch ban --store on
+// any machine, reach every node within a second or two: the old password
+// stops working everywhere, also where the account was cached, and the
+// banned address is refused everywhere until the ban is lifted.
+func TestPasswordsAndBansReachEveryNode(t *testing.T) {
+	c := newCluster(t, "alice")
+	nodes := c.startAll()
+	for _, n := range nodes {
+		n.session("alice").cmd("QUIT") // each node has the account cached
+	}
+	const newPassword = "a brand new battery staple"
+	start := time.Now()
+	pouch(t, newPassword+"\n", "user", "passwd", "--data", t.TempDir(), "--store", c.url, "alice")
+	for _, n := range nodes {
+		for {
+			p := n.dial()
+			r := p.login("alice") // the old password
+			if strings.HasPrefix(r, "-ERR [AUTH]") {
+				break
+			}
+			if !strings.HasPrefix(r, "+OK") {
+				t.Fatalf("%s: %s", n.name, r)
+			}
+			p.cmd("QUIT")
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("%s still takes the old password %v after the change", n.name, time.Since(start))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		p := n.dial()
+		p.cmd("USER alice")
+		if r := p.cmd("PASS " + newPassword); !strings.HasPrefix(r, "+OK") {
+			t.Fatalf("%s refuses the new password: %s", n.name, r)
+		}
+		p.cmd("QUIT")
+	}
+	t.Logf("the new password was the only one on every node %v after pouch user passwd", time.Since(start))
+
+	const banned = "127.0.0.9"
+	start = time.Now()
+	pouch(t, "", "ban", "add", "--data", t.TempDir(), "--store", c.url, banned, "--reason", "test")
+	for _, n := range nodes {
+		for !refused(n, banned) {
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("%s still admits %s %v after the ban", n.name, banned, time.Since(start))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	t.Logf("the ban was in force on every node %v after pouch ban add", time.Since(start))
+	pouch(t, "", "ban", "del", "--data", t.TempDir(), "--store", c.url, banned)
+	start = time.Now()
+	for _, n := range nodes {
+		for refused(n, banned) {
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("%s still refuses %s %v after the ban was lifted", n.name, banned, time.Since(start))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// refused reports whether n turns away a connection from ip (a banned
+// source gets an -ERR greeting, or none).
+func refused(n *node, ip string) bool {
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	conn, err := d.Dial("tcp", n.pop3)
+	if err != nil {
+		return true
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	l, err := bufio.NewReader(conn).ReadString('\n')
+	return err != nil || !strings.HasPrefix(l, "+OK")
 }

@@ -90,8 +90,6 @@ type cluster struct {
 	url   string
 	users []string
 	nodes []*node
-	// usersDir holds the users file every node is given.
-	usersDir string
 }
 
 // newCluster makes a database with Pouch's schema, and users on it.
@@ -100,9 +98,8 @@ func newCluster(t *testing.T, users ...string) *cluster {
 	c := &cluster{t: t, pg: pgtest.Get(t), users: users}
 	c.url = c.pg.Schema(t)
 	pouch(t, "", "store", "init", "--store", c.url)
-	c.usersDir = t.TempDir()
 	for _, u := range users {
-		pouch(t, password+"\n", "user", "add", "--data", c.usersDir, u)
+		pouch(t, password+"\n", "user", "add", "--data", t.TempDir(), "--store", c.url, u)
 	}
 	return c
 }
@@ -131,13 +128,6 @@ func (c *cluster) start(i int, extra ...string) *node {
 	ip := nodeIPs[i]
 	n := &node{t: t, name: fmt.Sprintf("node%d", i+1), data: filepath.Join(t.TempDir(), "data"), done: make(chan struct{})}
 	if err := os.Mkdir(n.data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	users, err := os.ReadFile(filepath.Join(c.usersDir, "users"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(n.data, "users"), users, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	n.run(append([]string{"--store", c.url, "--pop3", ip + ":0"}, extra...)...)
@@ -271,7 +261,18 @@ type pop struct {
 
 func (n *node) dial() *pop {
 	n.t.Helper()
-	c, err := net.DialTimeout("tcp", n.pop3, 10*time.Second)
+	return n.dialFrom("")
+}
+
+// dialFrom connects from the local address ip ("" for any) and reads the
+// greeting.
+func (n *node) dialFrom(ip string) *pop {
+	n.t.Helper()
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if ip != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ip)}
+	}
+	c, err := d.Dial("tcp", n.pop3)
 	if err != nil {
 		n.t.Fatal(err)
 	}
