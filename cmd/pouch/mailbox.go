@@ -14,6 +14,7 @@ import (
 	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
 const mailboxUsage = `Usage: pouch mailbox stats|restore|hold|release|policy [--data DIR | --store URL] [flags] USER
@@ -136,9 +137,25 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, msg)
 		return nil
 	case "policy":
-		return mailboxPolicy(*data, user, set, *expire, *expireFrom, *window, stdout, stderr)
+		return mailboxPolicy(mail, storeURL, *data, user, set, *expire, *expireFrom, *window, stdout, stderr)
 	}
 	return nil
+}
+
+// storeAccount reads user's account from the accounts table of the
+// database at url, as the nodes read it.
+func storeAccount(url, user string) (auth.Account, error) {
+	var bad problems
+	s := (&accountsConfig{store: url}).validate(configSource{}, &bad)
+	if err := bad.err(); err != nil {
+		return auth.Account{}, err
+	}
+	a, err := openAccounts(s, "", false, nil)
+	if err != nil {
+		return auth.Account{}, err
+	}
+	defer a.close()
+	return a.remote.Account(user)
 }
 
 // mailboxExists says whether user has a maildrop in mail or an account.
@@ -215,8 +232,12 @@ func mailboxRestore(ctx context.Context, mail mailStore, data, user string, sinc
 }
 
 // mailboxPolicy shows or changes the user's own retention settings.
-func mailboxPolicy(data, user string, set map[string]bool, expire, from, window string, stdout, stderr io.Writer) error {
+func mailboxPolicy(mail mailStore, storeURL, data, user string, set map[string]bool, expire, from, window string, stdout, stderr io.Writer) error {
 	path := filepath.Join(data, "users")
+	db, shared := mail.(*pg.Store) // the accounts table of the --store database
+	if shared {
+		path = "the accounts table"
+	}
 	changes := map[string]*string{}
 	for _, f := range []struct {
 		flag, field, value string
@@ -237,7 +258,16 @@ func mailboxPolicy(data, user string, set map[string]bool, expire, from, window 
 		}
 	}
 	if len(changes) > 0 {
-		if err := auth.SetFields(path, user, changes); err != nil {
+		var err error
+		if shared {
+			err = db.SetAccountFields(context.Background(), user, changes)
+			if errors.Is(err, pg.ErrNoAccount) {
+				err = auth.ErrNoSuchUser
+			}
+		} else {
+			err = auth.SetFields(path, user, changes)
+		}
+		if err != nil {
 			return fmt.Errorf("mailbox policy: %v", describe(err, user, path))
 		}
 		var fields []any
@@ -253,11 +283,17 @@ func mailboxPolicy(data, user string, set map[string]bool, expire, from, window 
 			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
 		}
 	}
-	users, err := auth.OpenUsers(path)
-	if err != nil {
-		return fmt.Errorf("mailbox policy: %v", err)
+	var a auth.Account
+	var err error
+	if shared {
+		a, err = storeAccount(storeURL, user)
+	} else {
+		var users *auth.Users
+		if users, err = auth.OpenUsers(path); err != nil {
+			return fmt.Errorf("mailbox policy: %v", err)
+		}
+		a, err = users.Account(user)
 	}
-	a, err := users.Account(user)
 	switch {
 	case errors.Is(err, auth.ErrInvalidAccount):
 		fmt.Fprintf(stderr, "warning: %s\n", refusedAccount(err))

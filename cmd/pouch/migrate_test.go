@@ -226,3 +226,64 @@ func TestStoreCommands(t *testing.T) {
 		t.Fatalf("init without --store: %d %q", code, e)
 	}
 }
+
+// pouch user, mailbox policy, deliver, ban and mailbox stats with --store
+// work on the database as they do on the data directory.
+func TestStoreAccountCommands(t *testing.T) {
+	url := newDatabase(t)
+	data := t.TempDir()
+	pouch(t, "", "store", "init", "--store", url)
+	run := func(stdin string, args ...string) (string, string) {
+		t.Helper()
+		out, e, code := pouch(t, stdin, args...)
+		if code != 0 {
+			t.Fatalf("pouch %s: exit %d\n%s", strings.Join(args, " "), code, e)
+		}
+		return out, e
+	}
+	run("correct horse battery staple\n", "user", "add", "--data", data, "--store", url, "alice@Example.ORG")
+	if _, e, code := pouch(t, "correct horse battery staple\n", "user", "add", "--data", data, "--store", url, "alice@example.org"); code == 0 || !strings.Contains(e, "already exists") {
+		t.Fatalf("adding alice twice: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "short\n", "user", "passwd", "--data", data, "--store", url, "alice@example.org"); code == 0 {
+		t.Fatalf("a weak password was taken: %s", e)
+	}
+	run("another horse battery staple\n", "user", "passwd", "--data", data, "--store", url, "alice@example.org")
+	run("", "user", "disable", "--data", data, "--store", url, "alice@example.org")
+	if out, _ := run("", "user", "list", "--store", url); out != "alice@example.org\n" {
+		t.Fatalf("user list: %q", out)
+	}
+	out, _ := run("", "mailbox", "policy", "--data", data, "--store", url, "--expire", "30d", "alice@example.org")
+	if !strings.Contains(out, "expire = 30d") {
+		t.Fatalf("mailbox policy: %q", out)
+	}
+	s, err := pg.Connect(context.Background(), url, pg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, err := s.LookupAccount(context.Background(), "alice@example.org")
+	if err != nil || a.Fields["expire"] != "30d" || a.Fields["nologin"] != "" || a.Fields["scram_sha_256"] == "" {
+		t.Fatalf("the account in the table: %+v, %v", a, err)
+	}
+	if _, ok := a.Fields["nologin"]; !ok {
+		t.Fatal("disable did not set nologin")
+	}
+	// pouch deliver --store finds the account (a disabled one still takes
+	// mail) and delivers into the database.
+	run("Subject: hi\n\nbody\n", "deliver", "--data", data, "--store", url, "alice@example.org")
+	if _, e, code := pouch(t, "x\n", "deliver", "--data", data, "--store", url, "nobody@example.org"); code != exNoUser {
+		t.Fatalf("deliver to an unknown user: exit %d, want %d\n%s", code, exNoUser, e)
+	}
+	if out, _ := run("", "mailbox", "stats", "--store", url, "alice@example.org"); !strings.Contains(out, "messages         1 (") {
+		t.Fatalf("mailbox stats: %q", out)
+	}
+	run("", "user", "del", "--data", data, "--store", url, "alice@example.org")
+	if out, _ := run("", "user", "list", "--store", url); out != "" {
+		t.Fatalf("user list after del: %q", out)
+	}
+	run("", "ban", "add", "--data", data, "--store", url, "192.0.2.0/24")
+	if out, _ := run("", "ban", "list", "--store", url); !strings.HasPrefix(out, "192.0.2.0/24 ") {
+		t.Fatalf("ban list: %q", out)
+	}
+}
