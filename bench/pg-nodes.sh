@@ -98,7 +98,8 @@ start_nodes() {
   stop_nodes
   local n=$1 kind=${2:-pg}
   for i in $(seq 0 $((n-1))); do
-    local d=$W/node$i; mkdir -p $d; chmod 700 $d; cp $P/users $d/users
+    # On PostgreSQL the accounts are those pouch migrate put in its table.
+    local d=$W/node$i; mkdir -p $d; chmod 700 $d
     local store="--store $URL"; [ $kind = maildir ] && { d=$P; store=; }
     $B serve --data $d $store --pop3 ${IPS[$i]}:$PORT --pop3s '' --metrics ${IPS[$i]}:$MPORT --pprof \
       --log-level warn --audit-log off --admin-socket off >/dev/null 2>>$W/node$i.log &

@@ -13,7 +13,6 @@ package cluster_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -467,11 +466,4 @@ func (n *node) waitLogin(user string, limit time.Duration) (*pop, time.Duration)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// ctx is a context for one operation of a test.
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return c
 }
