@@ -15,14 +15,10 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
-
-	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/guard/pgbans"
-	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
 	"github.com/pouchmail/pouch/store/pg"
@@ -89,7 +85,7 @@ func runMigrate(args []string, stdout, stderr io.Writer) error {
 	}
 	defer dst.Close()
 	m := &migration{data: *data, url: *to, src: maildir.New(filepath.Join(*data, "mail")), dst: dst,
-		out: stderr, bar: newMigrateBar(stderr)}
+		out: stderr, bar: newImportBar(stderr)}
 	if *verify {
 		err = m.verify(ctx, stdout)
 	} else {
@@ -107,7 +103,7 @@ type migration struct {
 	src       *maildir.Store
 	dst       *pg.Store
 	out       io.Writer
-	bar       *migrateBar
+	bar       *importBar // pouch import's
 }
 
 // migrateCounts is what a run did.
@@ -126,17 +122,11 @@ func (m *migration) run(ctx context.Context) error {
 		return fmt.Errorf("migrate: listing the maildrops: %v", err)
 	}
 	slices.Sort(users)
-	var total int64
-	for _, u := range users {
-		if st, err := m.src.Stats(ctx, u); err == nil {
-			total += st.Octets + st.HeldOctets
-		}
-	}
 	var c migrateCounts
 	if err := m.accounts(ctx, &c); err != nil {
 		return fmt.Errorf("migrate: the users: %v", err)
 	}
-	m.bar.start(len(users), total)
+	m.bar.plan(len(users), m.count(ctx, users))
 	for _, u := range users {
 		if ctx.Err() != nil {
 			m.bar.clear()
@@ -226,7 +216,7 @@ func (m *migration) maildrop(ctx context.Context, user string, c *migrateCounts)
 			c.copied++
 			c.octets += x.Size
 		}
-		m.bar.add(x.Size)
+		m.bar.step(1, x.Size)
 		return nil
 	})
 	if err != nil {
@@ -282,7 +272,7 @@ func (m *migration) verify(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("migrate: %v", err)
 	}
-	m.bar.start(len(users), 0)
+	m.bar.plan(len(users), m.count(ctx, users))
 	var octets int64
 	for _, u := range users {
 		if ctx.Err() != nil {
@@ -290,6 +280,7 @@ func (m *migration) verify(ctx context.Context, w io.Writer) error {
 		}
 		var live, held []store.Message
 		err := m.src.Export(ctx, u, func(x maildir.Exported, _ func() (io.ReadCloser, error)) error {
+			m.bar.step(1, x.Size)
 			msg := store.Message{UID: x.UID, Size: x.Size}
 			if x.Deleted.IsZero() {
 				live = append(live, msg)
@@ -370,6 +361,18 @@ func (m *migration) verifyAccounts(ctx context.Context, w io.Writer) (int, error
 	return diffs, nil
 }
 
+// count is how many messages the maildrops of users hold, the deletion
+// window's included, for the progress bar.
+func (m *migration) count(ctx context.Context, users []string) int {
+	n := 0
+	for _, u := range users {
+		if st, err := m.src.Stats(ctx, u); err == nil {
+			n += st.Messages + st.Held
+		}
+	}
+	return n
+}
+
 // compareListings describes how the database's listing b differs from the
 // Maildir's a: counts, octets, the UIDLs missing or extra, sizes, order.
 func compareListings(what string, a, b []store.Message) []string {
@@ -428,61 +431,4 @@ func compareListings(what string, a, b []store.Message) []string {
 		}
 	}
 	return out
-}
-
-// migrateBar draws pouch migrate's progress on a terminal: maildrops done,
-// and octets copied of the total. Elsewhere it draws nothing.
-type migrateBar struct {
-	w             io.Writer
-	on            bool
-	users, done   int
-	total, copied int64
-	last          time.Time
-}
-
-func newMigrateBar(w io.Writer) *migrateBar {
-	f, ok := w.(*os.File)
-	return &migrateBar{w: w, on: ok && term.IsTerminal(int(f.Fd()))}
-}
-
-func (b *migrateBar) start(users int, total int64) {
-	b.users, b.total = users, total
-	b.draw(true)
-}
-
-func (b *migrateBar) add(octets int64) {
-	b.copied += octets
-	b.draw(false)
-}
-
-func (b *migrateBar) userDone() {
-	b.done++
-	b.draw(false)
-}
-
-// draw redraws the bar, at most ten times a second unless forced.
-func (b *migrateBar) draw(force bool) {
-	if !b.on || !force && time.Since(b.last) < 100*time.Millisecond {
-		return
-	}
-	b.last = time.Now()
-	const width = 30
-	frac := 0.0
-	switch {
-	case b.total > 0:
-		frac = float64(b.copied) / float64(b.total)
-	case b.users > 0:
-		frac = float64(b.done) / float64(b.users)
-	}
-	frac = min(frac, 1)
-	n := int(frac * width)
-	fmt.Fprintf(b.w, "\r[%s%s] %3.0f%%  %d/%d maildrops  %s ", strings.Repeat("#", n), strings.Repeat(" ", width-n),
-		frac*100, b.done, b.users, units.FormatSize(b.copied))
-}
-
-// clear erases the bar, before a line of text.
-func (b *migrateBar) clear() {
-	if b.on {
-		fmt.Fprint(b.w, "\r\033[K")
-	}
 }
