@@ -140,7 +140,10 @@ server=pouch+(pgc if name!='maildir' else 0)
 per=sessions/server if server else float('nan')
 print("| %s | %d | %.0f | %.0f | %d | %.1f | %.1f | %.1f | %.1f of %d | %.0f |"%(name,n,sps,mbs,failed,retr,pouch,pgc if name!='maildir' else 0,busy,ncpu,per))
 PY
-  [ -s $W/$name.pprof ] && go tool pprof -top -nodecount=30 $B $W/$name.pprof > $W/$name.top 2>/dev/null || true
+  if [ -s $W/$name.pprof ]; then
+    go tool pprof -top -nodecount=12 $B $W/$name.pprof > $W/$name.top 2>/dev/null || true
+    go tool pprof -top -cum -focus 'pouchmail|jackc' -nodecount=25 $B $W/$name.pprof > $W/$name.cum 2>/dev/null || true
+  fi
   [ $name != maildir ] && psqlc "SELECT calls, round(total_exec_time)::int AS ms, round(mean_exec_time::numeric,3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8" > $W/$name.pgss || true
 }
 
@@ -217,7 +220,7 @@ cat $W/rows
 [ -n "${RETR_MBS:-}" ] && echo && echo "RETR of one 100 MB message from a PostgreSQL node: $RETR_MBS MB/s (target ≥ 300)"
 [ -n "${TAKEOVER:-}" ] && echo "takeover after kill -9 at --lock-ttl 20s: $TAKEOVER (target ≤ 25 s)"
 for s in pg1 pg3 maildir; do
-  [ -s $W/$s.top ] && { echo; echo "where pouch's time goes ($s, node 1, 10 s CPU profile):"; sed -n '1,4p;6,22p' $W/$s.top; }
+  [ -s $W/$s.top ] && { echo; echo "where pouch's time goes ($s, node 1, 10 s CPU profile; flat, then cumulative):"; sed -n '6,21p' $W/$s.top; sed -n '/flat%/,$p' $W/$s.cum; }
   [ -s $W/$s.pgss ] && { echo; echo "PostgreSQL's statements by total time ($s): calls|ms|mean ms|query"; cat $W/$s.pgss; }
 done
 [ -n "${KEEP:-}" ] && echo && echo "kept: $W"
