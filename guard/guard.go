@@ -2,8 +2,8 @@
 // failed logins per source (an IPv4 address, or an IPv6 /64) and user name,
 // slows down and then refuses a user name for a source that keeps failing
 // for it, bans a source that fails for many user names or very often, and
-// keeps the bans in a file so that they survive a restart and can be managed
-// with `pouch ban`.
+// keeps the bans where they survive a restart and can be managed with
+// `pouch ban` (a BanStore: a file, or a table that several nodes share).
 //
 // Many honest users may share a source (an office NAT, a carrier's CGNAT, a
 // webmail host, a load balancer), so the defence slows attackers, not
@@ -22,20 +22,11 @@
 package guard
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
-
-	"github.com/pouchmail/pouch/internal/filelock"
-	"github.com/pouchmail/pouch/internal/fsx"
 )
 
 // Config sets the rules. Zero values take the defaults in brackets.
@@ -72,8 +63,12 @@ type Config struct {
 	// is not proven, lock that name against each of those sources that
 	// failed for it (20).
 	UserMaxFailures int
-	// StatePath is the file keeping bans across restarts ("" keeps them in
-	// memory only).
+	// Bans keeps the bans across restarts and shares them with pouch ban
+	// and other nodes; nil keeps them in memory only, unless StatePath
+	// names a file for them (FileBans).
+	Bans BanStore
+	// StatePath is the file keeping bans across restarts, when Bans is
+	// nil.
 	StatePath string
 	// Now is the clock (time.Now).
 	Now func() time.Time
@@ -112,6 +107,26 @@ func (c *Config) defaults() {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
+	if c.Bans == nil && c.StatePath != "" {
+		c.Bans = &FileBans{Path: c.StatePath, Now: c.Now}
+	}
+}
+
+// BanStore keeps the bans where every process that enforces or manages
+// them reads them: a file on one machine (FileBans), or a database table
+// that several nodes share.
+type BanStore interface {
+	// Load returns the bans kept.
+	Load() (map[netip.Prefix]Ban, error)
+	// Update applies change to the bans kept, in one step that no other
+	// Update, of this process or another, interleaves with, and returns
+	// the bans kept afterwards. It may drop bans that ended more than a
+	// week ago.
+	Update(change func(map[netip.Prefix]Ban)) (map[netip.Prefix]Ban, error)
+	// Changed reports, without waiting on anything slow, whether the bans
+	// kept may differ from what Load or Update last returned. A store that
+	// tells the Guard of changes itself (by calling Reload) says false.
+	Changed() bool
 }
 
 // Ban is one banned network.
@@ -139,15 +154,15 @@ type Guard struct {
 	names     int                      // user names tracked in all sources
 	users     map[string][]time.Time   // recent failures per user name where it is not proven
 	bans      map[netip.Prefix]Ban
-	unsaved   map[netip.Prefix]Ban // automatic bans not yet written to StatePath
+	unsaved   map[netip.Prefix]Ban // automatic bans not yet written to the BanStore
 	nextSweep int                  // size at which sweep looks again
-	stamp     stamp                // of StatePath at the last load or save
-	lastLoad  time.Time
+	lastLoad  time.Time            // when the BanStore was last asked for changes
 
 	notices notices // refused connections logged, per source
 }
 
-// New returns a Guard, loading the bans kept in cfg.StatePath.
+// New returns a Guard, loading the bans kept in cfg.Bans (or the file
+// cfg.StatePath).
 func New(cfg Config) (*Guard, error) {
 	cfg.defaults()
 	g := &Guard{
@@ -157,12 +172,12 @@ func New(cfg Config) (*Guard, error) {
 		bans:    make(map[netip.Prefix]Ban),
 		unsaved: make(map[netip.Prefix]Ban),
 	}
-	if cfg.StatePath != "" {
-		bans, stamp, err := readBans(cfg.StatePath)
+	if cfg.Bans != nil {
+		bans, err := cfg.Bans.Load()
 		if err != nil {
 			return nil, err
 		}
-		g.bans, g.stamp = bans, stamp
+		g.bans = bans
 	}
 	return g, nil
 }
@@ -300,41 +315,31 @@ func (g *Guard) Bans() []Ban {
 	return out
 }
 
-// update changes the bans under the state file's lock, merging with what
-// another process (pouch ban) wrote meanwhile.
+// update changes the bans kept in the BanStore, merged with what another
+// process (pouch ban, another node) wrote meanwhile.
 func (g *Guard) update(change func(map[netip.Prefix]Ban)) error {
-	if g.cfg.StatePath == "" {
+	if g.cfg.Bans == nil {
 		g.mu.Lock()
 		change(g.bans)
 		g.wakeAll()
 		g.mu.Unlock()
 		return nil
 	}
-	unlock, err := lock(g.cfg.StatePath)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	onDisk, _, err := readBans(g.cfg.StatePath)
-	if err != nil {
-		return err
-	}
-	// The file lock orders writers; the write and its fsync happen outside
-	// g.mu, so that checks of incoming connections (Banned) never wait for
-	// the disk. Bans made meanwhile are in g.unsaved and merged below.
-	change(onDisk)
-	stamp, err := writeBans(g.cfg.StatePath, onDisk, g.cfg.Now())
+	// The store orders writers; the write happens outside g.mu, so that
+	// checks of incoming connections (Banned) never wait for it. Bans made
+	// meanwhile are in g.unsaved and merged below.
+	kept, err := g.cfg.Bans.Update(change)
 	if err != nil {
 		return err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k, v := range g.unsaved {
-		if old, ok := onDisk[k]; !ok || v.Since.After(old.Since) {
-			onDisk[k] = v
+		if old, ok := kept[k]; !ok || v.Since.After(old.Since) {
+			kept[k] = v
 		}
 	}
-	g.bans, g.stamp = onDisk, stamp
+	g.bans = kept
 	g.wakeAll()
 	return nil
 }
@@ -343,7 +348,7 @@ func (g *Guard) update(change func(map[netip.Prefix]Ban)) error {
 // fatal: the ban holds in memory, and the next write tries again; it is
 // logged.
 func (g *Guard) save() {
-	if g.cfg.StatePath == "" {
+	if g.cfg.Bans == nil {
 		return
 	}
 	g.mu.Lock()
@@ -360,7 +365,7 @@ func (g *Guard) save() {
 		}
 	})
 	if err != nil {
-		g.cfg.Log.Error("writing the ban list failed; the new bans hold in memory until a write succeeds", "path", g.cfg.StatePath, "err", err)
+		g.cfg.Log.Error("writing the ban list failed; the new bans hold in memory until a write succeeds", "err", err)
 		return
 	}
 	g.mu.Lock()
@@ -372,19 +377,20 @@ func (g *Guard) save() {
 	g.mu.Unlock()
 }
 
-// Reload rereads the state file now (pouch reload, SIGHUP), keeping the
-// automatic bans not yet written to it. On error the bans in use stay.
+// Reload reads the bans kept now (pouch reload, SIGHUP, or a BanStore
+// that saw them change), keeping the automatic bans not yet written. On
+// error the bans in use stay.
 func (g *Guard) Reload() error {
-	if g.cfg.StatePath == "" {
+	if g.cfg.Bans == nil {
 		return nil
 	}
 	return g.load()
 }
 
-// load reads the state file and puts its bans in force, with the ones not
+// load reads the bans kept and puts them in force, with the ones not
 // written yet.
 func (g *Guard) load() error {
-	bans, st, err := readBans(g.cfg.StatePath)
+	bans, err := g.cfg.Bans.Load()
 	if err != nil {
 		return err
 	}
@@ -392,16 +398,16 @@ func (g *Guard) load() error {
 	for k, v := range g.unsaved { // not written yet: keep them
 		bans[k] = v
 	}
-	g.bans, g.stamp, g.lastLoad = bans, st, time.Now()
+	g.bans, g.lastLoad = bans, time.Now()
 	g.wakeAll()
 	g.mu.Unlock()
 	return nil
 }
 
-// reloadIfChanged rereads the state file, at most once a second, when
-// another process changed it.
+// reloadIfChanged reads the bans again, asking the store at most once a
+// second, when another process changed them.
 func (g *Guard) reloadIfChanged() {
-	if g.cfg.StatePath == "" {
+	if g.cfg.Bans == nil {
 		return
 	}
 	now := time.Now()
@@ -411,88 +417,9 @@ func (g *Guard) reloadIfChanged() {
 		return
 	}
 	g.lastLoad = now
-	stamp := g.stamp
 	g.mu.Unlock()
-	fi, err := os.Stat(g.cfg.StatePath)
-	if err != nil || stampOf(fi) == stamp {
+	if !g.cfg.Bans.Changed() {
 		return
 	}
-	_ = g.load() // a file that cannot be read now keeps the bans in force
-}
-
-type stateFile struct {
-	Bans []Ban `json:"bans"`
-}
-
-// stamp identifies a version of the state file; it is replaced by rename,
-// so a new version has a new inode.
-type stamp struct {
-	ino   uint64
-	mtime time.Time
-	size  int64
-}
-
-func stampOf(fi fs.FileInfo) stamp {
-	s := stamp{mtime: fi.ModTime(), size: fi.Size()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.ino = st.Ino
-	}
-	return s
-}
-
-func readBans(path string) (map[netip.Prefix]Ban, stamp, error) {
-	bans := make(map[netip.Prefix]Ban)
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return bans, stamp{}, nil
-	}
-	if err != nil {
-		return nil, stamp{}, fmt.Errorf("guard: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, stamp{}, fmt.Errorf("guard: %w", err)
-	}
-	var st stateFile
-	if err := json.NewDecoder(f).Decode(&st); err != nil {
-		return nil, stamp{}, fmt.Errorf("guard: %s is damaged: %w", path, err)
-	}
-	for _, b := range st.Bans {
-		bans[b.Net.Masked()] = b
-	}
-	return bans, stampOf(fi), nil
-}
-
-// writeBans replaces the state file atomically, dropping bans that ended
-// longer ago than they are remembered.
-func writeBans(path string, bans map[netip.Prefix]Ban, now time.Time) (stamp, error) {
-	var st stateFile
-	for _, b := range bans {
-		if now.Sub(b.Until) < 7*24*time.Hour {
-			st.Bans = append(st.Bans, b)
-		}
-	}
-	sort.Slice(st.Bans, func(i, j int) bool { return st.Bans[i].Net.String() < st.Bans[j].Net.String() })
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return stamp{}, err
-	}
-	if err := fsx.WriteFile(path, append(data, '\n'), fsx.Options{Perm: 0o600, Owner: fsx.OwnDir}); err != nil {
-		return stamp{}, fmt.Errorf("guard: %w", err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return stamp{}, err
-	}
-	return stampOf(fi), nil
-}
-
-// lock takes the lock of the state file's ".lock" companion.
-func lock(path string) (func(), error) {
-	unlock, err := filelock.Lock(path + ".lock")
-	if err != nil {
-		return nil, fmt.Errorf("guard: %w", err)
-	}
-	return unlock, nil
+	_ = g.load() // bans that cannot be read now: the ones in force stay
 }

@@ -23,6 +23,24 @@ type Sweeper struct {
 	Now    func() time.Time // nil: time.Now
 	Log    *slog.Logger     // nil: slog.Default()
 	Audit  *audit.Log       // every expiry and purge, one line per message
+	// Interval is how often the sweeps run (Run sets it): with a Store
+	// shared by several nodes (Shards), a shard swept by any node within
+	// nine tenths of it is left for the next round.
+	Interval time.Duration
+}
+
+// Shards is implemented by a Store that several nodes share and sweep
+// (store/pg): rather than every node sweeping every maildrop each round,
+// a sweep claims one shard of the maildrops at a time, among those that no
+// node swept within the round and that no live node is sweeping now.
+type Shards interface {
+	// ClaimShard claims the shard that was swept longest ago, among those
+	// not swept for fresh and not being swept, and lists its maildrops'
+	// users; id is -1 when none is due.
+	ClaimShard(ctx context.Context, fresh time.Duration) (id int, users []string, err error)
+	// ShardDone ends the claim, recording the shard as swept now when
+	// swept is set.
+	ShardDone(ctx context.Context, id int, swept bool) error
 }
 
 func (s *Sweeper) logger() *slog.Logger {
@@ -41,16 +59,47 @@ type Summary struct {
 	Expired int
 	Purged  int
 	Octets  int64 // wire size of the purged messages
+	Shards  int   // shards of a shared store swept by this node (Shards)
 }
 
-// Sweep sweeps every maildrop once. It stops early, returning ctx's error,
-// when ctx is done.
+// Sweep sweeps every maildrop once: with a Store shared by several nodes
+// (Shards), every maildrop of the shards that are due. It stops early,
+// returning ctx's error, when ctx is done.
 func (s *Sweeper) Sweep(ctx context.Context) (Summary, error) {
 	var sum Summary
-	users, err := s.Store.Users(ctx)
-	if err != nil {
-		return sum, err
+	shards, ok := s.Store.(Shards)
+	if !ok {
+		users, err := s.Store.Users(ctx)
+		if err != nil {
+			return sum, err
+		}
+		return sum, s.sweep(ctx, users, &sum)
 	}
+	fresh := s.Interval - s.Interval/10
+	swept := map[int]bool{}
+	for {
+		id, users, err := shards.ClaimShard(ctx, fresh)
+		if err != nil || id < 0 {
+			return sum, err
+		}
+		if swept[id] {
+			// Swept in this round already: every shard due was.
+			return sum, shards.ShardDone(ctx, id, false)
+		}
+		swept[id] = true
+		err = s.sweep(ctx, users, &sum)
+		if derr := shards.ShardDone(context.WithoutCancel(ctx), id, err == nil); err == nil {
+			err = derr
+		}
+		if err != nil {
+			return sum, err
+		}
+		sum.Shards++
+	}
+}
+
+// sweep sweeps the maildrops of users, adding to sum.
+func (s *Sweeper) sweep(ctx context.Context, users []string, sum *Summary) error {
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
@@ -58,7 +107,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Summary, error) {
 	log := s.logger()
 	for _, user := range users {
 		if err := ctx.Err(); err != nil {
-			return sum, err
+			return err
 		}
 		p, err := s.Policy(user)
 		if err != nil {
@@ -83,7 +132,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Summary, error) {
 			sum.Users++
 		}
 	}
-	return sum, nil
+	return nil
 }
 
 // record writes the audit lines of one maildrop's sweep.
@@ -115,6 +164,7 @@ func stamp(t time.Time) string {
 // Run sweeps at once and then every interval until ctx is done.
 func (s *Sweeper) Run(ctx context.Context, every time.Duration) {
 	log := s.logger()
+	s.Interval = every
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

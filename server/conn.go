@@ -63,6 +63,19 @@ type deadlineConn struct {
 	// failed is set when a write failed: the client may have part of a
 	// TLS record, and nothing more can be sent.
 	failed atomic.Bool
+	// interrupted, once set by interrupt, makes reads fail while writes
+	// go on: the session has one last thing to say.
+	interrupted atomic.Bool
+}
+
+// errInterrupted is the read error after interrupt.
+var errInterrupted = errors.New("server: reading interrupted")
+
+// interrupt makes the read under way, and every later one, fail with
+// errInterrupted, from any goroutine.
+func (c *deadlineConn) interrupt() {
+	c.interrupted.Store(true)
+	c.Conn.SetReadDeadline(time.Unix(1, 0))
 }
 
 func (c *deadlineConn) deadline() time.Time {
@@ -83,9 +96,16 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 	if c.closeBy.Load() != 0 {
 		return 0, net.ErrClosed
 	}
+	if c.interrupted.Load() {
+		return 0, errInterrupted
+	}
 	n, err := c.Conn.Read(p)
-	if err != nil && c.closeBy.Load() != 0 {
+	switch {
+	case err == nil:
+	case c.closeBy.Load() != 0:
 		err = net.ErrClosed // ended by abort, not a timeout
+	case c.interrupted.Load():
+		err = errInterrupted
 	}
 	return n, err
 }

@@ -144,6 +144,10 @@ func (s *session) openMaildrop(user, method string) (store.Maildrop, error) {
 // maildrop of user, who logged in with method, and answers the login.
 func (s *session) enterTransaction(user, method string, account auth.Account, md store.Maildrop) {
 	s.md = md
+	if l, ok := md.(store.Leased); ok {
+		s.lost = l.Lost()
+		go s.watchLease(s.lost)
+	}
 	s.mailbox, s.account = user, account
 	s.msgs = md.Messages()
 	s.deleted = make([]bool, len(s.msgs))

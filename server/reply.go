@@ -187,6 +187,8 @@ func (s *session) readFailed(err error) *pop3.Error {
 	case s.shed.Load():
 		s.log.Debug("closed to make room: the oldest connection not logged in")
 		return &pop3.Error{Code: pop3.CodeSysTemp, Text: shedReply}
+	case s.lockLost():
+		return s.lostReply()
 	case s.untrustedHeader(err):
 	case errors.As(err, &ne) && ne.Timeout():
 		s.log.Info("autologout: idle timeout", "user", s.mailbox)

@@ -86,6 +86,10 @@ type session struct {
 	uncounted bool
 	// shed is set when the session was closed to make room (shedNow).
 	shed atomic.Bool
+	// lost is closed when the maildrop's lock is lost (store.Leased);
+	// watchLease then sets leaseLost and interrupts the read under way.
+	lost      <-chan struct{}
+	leaseLost atomic.Bool
 
 	closeOnce sync.Once
 	tlsConn   atomic.Pointer[tls.Conn] // set once TLS is up, for abort
@@ -157,6 +161,8 @@ func (s *session) next() error {
 		return &readError{err}
 	case s.op.kicked.Load():
 		return errAborted // even a command already buffered: nothing is committed
+	case s.lockLost():
+		return ending(s.lostReply()) // nor after the lock was lost
 	}
 	defer s.endCheck()
 	return s.dispatch(line)
@@ -177,6 +183,40 @@ func (s *session) finish() {
 		s.logout(0, false)
 	}
 	s.closeConn()
+}
+
+// watchLease ends the session when lost is closed before the session ends:
+// the maildrop's lock was lost (store.Leased), so another session may have
+// it, and this one must not go on as if it held it. The command under way
+// finishes (a QUIT's commit then fails and removes nothing); the next read
+// is cut short, and lostReply says why.
+func (s *session) watchLease(lost <-chan struct{}) {
+	select {
+	case <-lost:
+		s.leaseLost.Store(true)
+		s.dc.interrupt()
+	case <-s.ctx.Done():
+	}
+}
+
+// lockLost reports whether the maildrop's lock is lost, whether or not
+// watchLease has seen it yet.
+func (s *session) lockLost() bool {
+	select {
+	case <-s.lost:
+		return true
+	default:
+		return s.leaseLost.Load()
+	}
+}
+
+// lostReply is the goodbye of a session whose maildrop lock was lost: a
+// temporary error (RFC 3206 §4 [SYS/TEMP]), since the client may log in
+// again, and nothing it marked for deletion was removed.
+func (s *session) lostReply() *pop3.Error {
+	s.log.Warn("maildrop lock lost; closing the session without deleting anything", "user", s.mailbox)
+	s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
+	return &pop3.Error{Code: pop3.CodeSysTemp, Text: "this server lost the lock on your maildrop; nothing was deleted; log in again"}
 }
 
 // logout logs and audits the end of a logged-in session.

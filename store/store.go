@@ -74,6 +74,16 @@ type Maildrop interface {
 	Close() error
 }
 
+// Leased is implemented by Maildrops whose lock is a lease that can be lost
+// while they are open: a node of several sharing one database that could
+// not renew its heartbeat, or was paused until another node took the
+// maildrop over (store/pg). The server then ends the session; a Commit
+// would fail and remove nothing.
+type Leased interface {
+	// Lost is closed when the lock is lost.
+	Lost() <-chan struct{}
+}
+
 // Deliverer adds messages to maildrops (the LMTP listener, `pouch deliver`).
 type Deliverer interface {
 	// Deliver stores the message read from r as the newest message of user's

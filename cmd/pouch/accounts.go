@@ -18,6 +18,7 @@ import (
 	"github.com/pouchmail/pouch/auth/ldapsource"
 	"github.com/pouchmail/pouch/auth/sqlsource"
 	"github.com/pouchmail/pouch/internal/units"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
 // accountsConfig is where pouch serve's accounts are kept: the
@@ -28,6 +29,9 @@ type accountsConfig struct {
 	DefaultDomain textSetting `toml:"default-domain"`
 	// table holds the [accounts] table's keys as written, or nil.
 	table map[string]any
+	// store is the --store URL, whose accounts table is the source when
+	// the [accounts] table names none; set by the command before validate.
+	store string
 }
 
 func (c *accountsConfig) register(fs *flag.FlagSet) {
@@ -109,6 +113,10 @@ const (
 	sourcePasswd = "passwd-file"
 	sourceSQL    = "sql"
 	sourceLDAP   = "ldap"
+	// sourceStore is Pouch's own accounts table in the --store database:
+	// an SQL source with built-in queries (store/pg), the default with
+	// --store.
+	sourceStore = "store"
 )
 
 // accountsSettings are the checked settings of the accounts.
@@ -122,6 +130,7 @@ type accountsSettings struct {
 	bindPasswordFile string
 	remote           auth.RemoteOptions
 	where            string // "FILE: [accounts]", for messages
+	store            string // the --store URL, for sourceStore
 }
 
 func (c *accountsConfig) text(k string) string {
@@ -132,8 +141,14 @@ func (c *accountsConfig) text(k string) string {
 // validate checks the accounts settings, adding what is wrong to bad. The
 // queries, filters and URLs are checked; nothing is connected to.
 func (c *accountsConfig) validate(src configSource, bad *problems) accountsSettings {
-	s := accountsSettings{source: sourcePasswd, where: src.file + ": [accounts]",
+	s := accountsSettings{source: sourcePasswd, where: src.file + ": [accounts]", store: c.store,
 		remote: auth.RemoteOptions{CacheTTL: auth.DefaultCacheTTL, NegativeTTL: auth.DefaultNegativeTTL, Timeout: auth.DefaultTimeout}}
+	if c.store != "" {
+		s.source = sourceStore
+		if c.table == nil {
+			s.where = "--store"
+		}
+	}
 	if d := c.DefaultDomain.String(); d != "" {
 		s.defaultDomain = auth.NormalizeDomain(d)
 		if strings.ContainsAny(d, "@/ \t") || strings.HasPrefix(d, ".") {
@@ -141,6 +156,7 @@ func (c *accountsConfig) validate(src configSource, bad *problems) accountsSetti
 		}
 	}
 	if c.table == nil {
+		s.sql = storeQueries(s)
 		return s
 	}
 	problem := func(format string, args ...any) {
@@ -162,8 +178,13 @@ func (c *accountsConfig) validate(src configSource, bad *problems) accountsSetti
 				allowed = append(allowed, k)
 			}
 		}
+	case sourceStore:
+		allowed = slices.Clone(commonAccountKeys)
+		if s.store == "" {
+			problem("source %q is the accounts table of the --store database: give --store", s.source)
+		}
 	default:
-		problem("source %q: say \"passwd-file\", \"sql\" or \"ldap\"", s.source)
+		problem("source %q: say \"passwd-file\", \"sql\", \"ldap\" or \"store\"", s.source)
 		return s
 	}
 	keys := make([]string, 0, len(c.table))
@@ -197,6 +218,8 @@ func (c *accountsConfig) validate(src configSource, bad *problems) accountsSetti
 		}
 	}
 	switch s.source {
+	case sourceStore:
+		s.sql = storeQueries(s)
 	case sourceSQL:
 		s.sql = sqlsource.Config{Driver: c.text("driver"), DSN: c.text("dsn"), PasswordFile: c.text("password_file"),
 			PasswordQuery: c.text("password_query"), IterateQuery: c.text("iterate_query"),
@@ -262,18 +285,52 @@ func loopbackURL(u string) bool {
 	return host == "localhost" || strings.HasPrefix(host, "127.") || host == "[::1]" || strings.HasPrefix(host, "[::1]:")
 }
 
+// storeQueries is the SQL source that reads the accounts table of the
+// --store database.
+func storeQueries(s accountsSettings) sqlsource.Config {
+	pw, iterate, domain := pg.AccountQueries(auth.SettingFields())
+	return sqlsource.Config{Driver: "postgres", DSN: s.store, PasswordQuery: pw, IterateQuery: iterate,
+		DomainQuery: domain, Timeout: s.remote.Timeout}
+}
+
 // accounts is the source of accounts that pouch serve, deliver and user
 // open: the users file, or a database or directory behind an auth.Remote.
 type accounts struct {
 	users  *auth.Users
 	remote *auth.Remote
+	// stop ends the following of the accounts table's changes (store).
+	stop func()
 }
+
+// accountsRetry is how often a node that lost its database connection
+// tries again to be told of account changes.
+const accountsRetry = 2 * time.Second
 
 // openAccounts opens the source of the settings. The users file is in
 // data; expected says that it should list users (usersExpected). A
 // database or directory is not connected to yet: Watch pings it.
 func openAccounts(s accountsSettings, data string, expected bool, log *slog.Logger) (*accounts, error) {
 	switch s.source {
+	case sourceStore:
+		b, err := sqlsource.Open(s.sql)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", s.where, err)
+		}
+		opts := s.remote
+		opts.Logger = log
+		a := &accounts{remote: auth.NewRemote(b, opts)}
+		if log != nil {
+			// pouch serve: every change of the table (pouch user --store,
+			// on any machine) is taken in at once, not after the TTL.
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				pg.Watch(ctx, s.store, pg.AccountsChannel, accountsRetry, func() error { a.remote.Flush(); return nil }, log)
+			}()
+			a.stop = func() { cancel(); <-done }
+		}
+		return a, nil
 	case sourceSQL:
 		b, err := sqlsource.Open(s.sql)
 		if err != nil {
@@ -359,6 +416,9 @@ func (a *accounts) reload(log *slog.Logger) error {
 
 // close closes the connections to a database or directory.
 func (a *accounts) close() error {
+	if a.stop != nil {
+		a.stop()
+	}
 	if a.remote != nil {
 		return a.remote.Close()
 	}

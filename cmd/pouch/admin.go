@@ -349,12 +349,12 @@ func runReload(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-const mailboxStatsUsage = `Usage: pouch mailbox stats [--data DIR] [--json] USER
+const mailboxStatsUsage = `Usage: pouch mailbox stats [--data DIR | --store URL] [--json] USER
 
 Describes USER's maildrop: messages and octets, the oldest and newest
 message, how many were retrieved, the deleted messages still in the holding
 area, and the legal hold. Asks the running server, or reads the Maildir
-itself when no server is running.
+itself when no server is running; with --store, reads the database.
 
 Example:
   pouch mailbox stats --data /var/lib/pouch alice
@@ -368,6 +368,7 @@ func mailboxStats(args []string, stdout, stderr io.Writer) error {
 	var af adminFlags
 	af.register(fs)
 	asJSON := fs.Bool("json", false, "print the statistics as JSON, for scripts")
+	sf := storeFlag(fs, &af.configFile, &af.data)
 	pos, err := parseCommand(fs, mailboxStatsUsage, args, stderr)
 	if err != nil {
 		return err
@@ -376,14 +377,24 @@ func mailboxStats(args []string, stdout, stderr io.Writer) error {
 		return usageError("mailbox stats takes one user name")
 	}
 	user := pos[0]
-	path, err := af.path(fs)
-	if err != nil && !errors.Is(err, errAdminOff) {
+	storeURL, err := sf.url(fs, false)
+	if err != nil {
 		return fmt.Errorf("mailbox stats: %v", err)
 	}
-	st, err := serverStats(path, user)
-	if errors.Is(err, admin.ErrNoServer) {
-		// No server: read the Maildir directly.
-		st, err = storeStats(context.Background(), maildir.New(filepath.Join(af.data, "mail")), user)
+	var st store.Stats
+	if storeURL != "" {
+		// Every node reads the same database: ask it directly.
+		st, err = dbStats(storeURL, user)
+	} else {
+		path, perr := af.path(fs)
+		if perr != nil && !errors.Is(perr, errAdminOff) {
+			return fmt.Errorf("mailbox stats: %v", perr)
+		}
+		st, err = serverStats(path, user)
+		if errors.Is(err, admin.ErrNoServer) {
+			// No server: read the Maildir directly.
+			st, err = storeStats(context.Background(), maildir.New(filepath.Join(af.data, "mail")), user)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("mailbox stats: %v", err)
@@ -395,6 +406,18 @@ func mailboxStats(args []string, stdout, stderr io.Writer) error {
 	}
 	printStats(stdout, user, st)
 	return nil
+}
+
+// dbStats describes user's maildrop in the database at storeURL.
+func dbStats(storeURL, user string) (store.Stats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mail, err := openMailStore(ctx, storeSettings{url: storeURL}, "")
+	if err != nil {
+		return store.Stats{}, err
+	}
+	defer mail.(io.Closer).Close()
+	return storeStats(ctx, mail, user)
 }
 
 // serverStats asks the server on the admin socket at path ("" when it is

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -9,12 +10,14 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/guard/pgbans"
 )
 
-const banUsage = `Usage: pouch ban list|add|del [--data DIR] [NETWORK] [--for DURATION] [--reason TEXT]
+const banUsage = `Usage: pouch ban list|add|del [--data DIR | --store URL] [NETWORK] [--for DURATION] [--reason TEXT]
 
-Shows and changes the bans of failed-login sources, kept in DATA/bans.json. A
-running server sees changes within a second. NETWORK is an address or a
+Shows and changes the bans of failed-login sources, kept in DATA/bans.json,
+or with --store in the database that pouch serve nodes share. A running
+server sees changes within a second; with --store, every node does. NETWORK is an address or a
 network in CIDR form. del with an address lifts every ban that holds it
 (automatic bans of IPv6 sources cover the whole /64); del with a network in
 CIDR form lifts the ban of exactly that network.
@@ -32,6 +35,7 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 	data := fs.String("data", "./pouch-data", "data `directory`")
 	length := fs.Duration("for", 0, "how `long` the ban lasts (default: until removed)")
 	reason := fs.String("reason", "banned by hand", "why, for the list and the audit log")
+	sf := storeFlag(fs, nil, data)
 	pos, err := parseCommand(fs, banUsage, args, stderr)
 	if err != nil {
 		return err
@@ -40,7 +44,27 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return usageError("ban: say list, add or del")
 	}
-	g, err := guard.New(guard.Config{StatePath: filepath.Join(*data, "bans.json")})
+	storeURL, err := sf.url(fs, false)
+	if err != nil {
+		return fmt.Errorf("ban: %v", err)
+	}
+	gc := guard.Config{StatePath: filepath.Join(*data, "bans.json")}
+	if storeURL != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+		mail, err := openMailStore(ctx, storeSettings{url: storeURL}, "") // checks the schema
+		cancel()
+		if err != nil {
+			return fmt.Errorf("ban: %v", err)
+		}
+		mail.(io.Closer).Close()
+		bans, err := pgbans.Open(context.Background(), storeURL, nil)
+		if err != nil {
+			return fmt.Errorf("ban: %v", storeError(err, storeURL))
+		}
+		defer bans.Close()
+		gc.Bans = bans
+	}
+	g, err := guard.New(gc)
 	if err != nil {
 		return fmt.Errorf("ban: %v", err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -119,10 +120,20 @@ func (s *serveSettings) probe(bad *problems, w io.Writer, user string) {
 			}
 			probeAccounts(s.accounts, &accounts{users: users}, user, w, bad)
 		}
-		if s.defence.guard.MaxFailures > 0 {
+		if s.defence.guard.MaxFailures > 0 && !s.store.shared() {
 			if _, err := guard.New(guard.Config{StatePath: filepath.Join(s.data, "bans.json")}); err != nil {
 				bad.add(err)
 			}
+		}
+	}
+	if s.store.shared() {
+		ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+		mail, err := openMailStore(ctx, s.store, "")
+		cancel()
+		if err != nil {
+			bad.add(err)
+		} else {
+			mail.(io.Closer).Close()
 		}
 	}
 	if s.accounts.source != sourcePasswd {

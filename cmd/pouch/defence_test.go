@@ -95,7 +95,7 @@ func TestRootWarning(t *testing.T) {
 	var log bytes.Buffer
 	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(&log, nil))}
 	d := defenceSettings{guard: guard.Config{MaxFailures: 10}}
-	closers, err := d.open(&cfg, configSource{}, t.TempDir())
+	closers, err := d.open(&cfg, configSource{}, t.TempDir(), storeSettings{})
 	for _, c := range closers {
 		c()
 	}

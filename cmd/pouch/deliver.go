@@ -27,7 +27,7 @@ import (
 var _ lmtp.Users = (*auth.Users)(nil)
 var _ lmtp.Mailboxes = (*maildir.Store)(nil)
 
-const deliverUsage = `Usage: pouch deliver [--data DIR] [-f SENDER] [flags] USER < message
+const deliverUsage = `Usage: pouch deliver [--data DIR | --store URL] [-f SENDER] [flags] USER < message
 
 Delivers the message on standard input into USER's maildrop, as the LMTP
 listener of pouch serve does: Return-Path (with -f) and Delivered-To header
@@ -158,10 +158,10 @@ func (c *lmtpConfig) validateDelivery(src configSource, bad *problems) deliveryS
 	}
 }
 
-// agent returns the delivery agent for the data directory.
-func (d deliverySettings) agent(data string, users lmtp.Users) *lmtp.Agent {
+// agent returns the delivery agent into mail.
+func (d deliverySettings) agent(mail lmtp.Mailboxes, users lmtp.Users) *lmtp.Agent {
 	return &lmtp.Agent{
-		Store:              maildir.New(filepath.Join(data, "mail")),
+		Store:              mail,
 		Users:              users,
 		Quota:              d.quota,
 		QuotaTemporary:     d.quotaTemporary,
@@ -218,6 +218,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	configFile := fs.String("config", "", "take --data, the accounts and the limits from pouch serve's TOML `file` (flags win)")
 	data := fs.String("data", "./pouch-data", "data `directory`: users file DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/)")
 	sender := fs.String("f", "", "envelope sender `address` for the Return-Path line (none without -f; \"\" is <>)")
+	storeURL := fs.String("store", "", "deliver into the PostgreSQL database at this `URL` (pouch serve --store) instead of the Maildirs under --data")
 	c.register(fs, false)
 	ac.register(fs)
 	fs.Usage = func() {}
@@ -237,12 +238,16 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	set := flagNames(fs)
 	src := configSource{onCommandLine: set}
 	if *configFile != "" {
-		if src, err = deliverConfig(*configFile, fs, data, &c, &ac); err != nil {
+		if src, err = deliverConfig(*configFile, fs, data, storeURL, &c, &ac); err != nil {
 			return deliverFail(stderr, exTempFail, "the configuration file is not usable", "err", err)
 		}
 	}
 	var bad problems
 	limits := c.validateDelivery(src, &bad)
+	if err := checkStoreURL(*storeURL); err != nil {
+		bad.add(src.problem("store", "%v", err))
+	}
+	ac.store = *storeURL
 	accts := ac.validate(src, &bad)
 	limits.defaultDomain = accts.defaultDomain
 	if err := bad.err(); err != nil {
@@ -261,7 +266,15 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if users.remote != nil {
 		usersPath = users.describe()
 	}
-	agent := limits.agent(*data, users.source())
+	ctx := context.Background()
+	mail, err := openMailStore(ctx, storeSettings{url: *storeURL, data: *data}, "")
+	if err != nil {
+		return deliverFail(stderr, exTempFail, "the mail store cannot be used now, try again later", "err", err)
+	}
+	if c, ok := mail.(io.Closer); ok {
+		defer c.Close()
+	}
+	agent := limits.agent(mail, users.source())
 	user, err := agent.User(rcpt)
 	if errors.Is(err, lmtp.ErrUnknownUser) {
 		return deliverFail(stderr, exNoUser, "no such user", "user", rcpt, "users", usersPath)
@@ -274,7 +287,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	d := lmtp.Delivery{User: user, Recipient: rcpt, NoReturnPath: !set["f"], Piped: true}
 	d.Sender = strings.TrimSuffix(strings.TrimPrefix(*sender, "<"), ">")
-	if _, err := agent.Deliver(context.Background(), d, stdin); err != nil {
+	if _, err := agent.Deliver(ctx, d, stdin); err != nil {
 		return deliverFailure(stderr, err, user)
 	}
 	return nil
@@ -283,7 +296,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 // deliverConfig reads pouch serve's TOML file, decoded as pouch serve decodes
 // it, and takes from it --data and the delivery limits that pouch deliver's
 // command line (fs) did not give. It returns where each setting came from.
-func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig, ac *accountsConfig) (configSource, error) {
+func deliverConfig(path string, fs *flag.FlagSet, data, storeURL *string, c *lmtpConfig, ac *accountsConfig) (configSource, error) {
 	sc, err := readServeConfig(path)
 	if err != nil {
 		return configSource{}, err
@@ -291,6 +304,10 @@ func deliverConfig(path string, fs *flag.FlagSet, data *string, c *lmtpConfig, a
 	src := configSource{file: path, inFile: map[string]bool{}, onCommandLine: flagNames(fs)}
 	if !src.onCommandLine["data"] {
 		*data = sc.Data.String()
+	}
+	if !src.onCommandLine["store"] {
+		*storeURL = sc.Store.String()
+		src.inFile["store"] = sc.src.inFile["store"]
 	}
 	if !src.onCommandLine["default-domain"] {
 		ac.DefaultDomain = sc.DefaultDomain
@@ -352,7 +369,7 @@ type lmtpService struct {
 
 // listenLMTP makes pouch serve's LMTP server and opens its listener. It
 // returns nil when --lmtp is empty.
-func listenLMTP(s *serveSettings, users lmtp.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
+func listenLMTP(s *serveSettings, mail lmtp.Mailboxes, users lmtp.Users, hostname string, log *slog.Logger) (*lmtpService, error) {
 	l := s.lmtp
 	if l.addr == "" {
 		return nil, nil
@@ -361,7 +378,7 @@ func listenLMTP(s *serveSettings, users lmtp.Users, hostname string, log *slog.L
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, fmt.Errorf("spool directory: %v", err)
 	}
-	srv := lmtp.New(lmtp.Config{Agent: l.delivery.agent(s.data, users), Logger: log, Hostname: hostname, Domains: l.domains,
+	srv := lmtp.New(lmtp.Config{Agent: l.delivery.agent(mail, users), Logger: log, Hostname: hostname, Domains: l.domains,
 		SpoolDir: spool, RcptCheckQuota: l.rcptCheckQuota, MaxConnections: l.maxConnections, IdleTimeout: l.idleTimeout})
 	ln, err := lmtp.Listen(l.addr)
 	if err != nil {

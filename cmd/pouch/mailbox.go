@@ -14,9 +14,10 @@ import (
 	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
-const mailboxUsage = `Usage: pouch mailbox stats|restore|hold|release|policy [--data DIR] [flags] USER
+const mailboxUsage = `Usage: pouch mailbox stats|restore|hold|release|policy [--data DIR | --store URL] [flags] USER
 
 Looks after one user's maildrop on the server.
 
@@ -54,6 +55,7 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("pouch mailbox", flag.ContinueOnError)
 	data := fs.String("data", "./pouch-data", "data `directory` (mail in DIR/mail/USER)")
+	sf := storeFlag(fs, nil, data)
 	since := fs.String("since", "", "restore: only messages deleted at or after this `time` (2026-11-20, 2026-11-20T15:04:05Z, or an age like 48h or 7d)")
 	asNew := fs.Bool("as-new", false, "restore: give the messages new UIDLs, so that clients download them again")
 	reason := fs.String("reason", "", "hold: the `reason`, kept with the hold and in the audit log")
@@ -85,8 +87,18 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 			return usageError("mailbox %s: --%s belongs to mailbox %s", action, name, only)
 		}
 	}
-	mail := maildir.New(filepath.Join(*data, "mail"))
+	storeURL, err := sf.url(fs, false)
+	if err != nil {
+		return fmt.Errorf("mailbox %s: %v", action, err)
+	}
 	ctx := context.Background()
+	mail, err := openMailStore(ctx, storeSettings{url: storeURL, data: *data}, "")
+	if err != nil {
+		return fmt.Errorf("mailbox %s: %v", action, err)
+	}
+	if c, ok := mail.(io.Closer); ok {
+		defer c.Close()
+	}
 	switch action {
 	case "restore":
 		from := time.Time{}
@@ -98,7 +110,7 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 		return mailboxRestore(ctx, mail, *data, user, from, *asNew, stdout, stderr)
 	case "hold", "release":
 		h := store.Hold{Set: action == "hold", Reason: *reason}
-		if err := mailboxExists(*data, user); err != nil && action == "release" {
+		if err := mailboxExists(ctx, mail, *data, user); err != nil && action == "release" {
 			return fmt.Errorf("mailbox release: %v", err)
 		}
 		before, err := mail.Hold(ctx, user)
@@ -125,17 +137,37 @@ func runMailbox(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, msg)
 		return nil
 	case "policy":
-		return mailboxPolicy(*data, user, set, *expire, *expireFrom, *window, stdout, stderr)
+		return mailboxPolicy(mail, storeURL, *data, user, set, *expire, *expireFrom, *window, stdout, stderr)
 	}
 	return nil
 }
 
-// mailboxExists says whether user has a maildrop or a line in the users file.
-func mailboxExists(data, user string) error {
-	if dir, err := maildir.New(filepath.Join(data, "mail")).Dir(user); err == nil {
-		if fi, err := os.Stat(filepath.Join(dir, "cur")); err == nil && fi.IsDir() {
-			return nil
+// storeAccount reads user's account from the accounts table of the
+// database at url, as the nodes read it.
+func storeAccount(url, user string) (auth.Account, error) {
+	var bad problems
+	s := (&accountsConfig{store: url}).validate(configSource{}, &bad)
+	if err := bad.err(); err != nil {
+		return auth.Account{}, err
+	}
+	a, err := openAccounts(s, "", false, nil)
+	if err != nil {
+		return auth.Account{}, err
+	}
+	defer a.close()
+	return a.remote.Account(user)
+}
+
+// mailboxExists says whether user has a maildrop in mail or an account.
+func mailboxExists(ctx context.Context, mail mailStore, data, user string) error {
+	if md, ok := mail.(*maildir.Store); ok {
+		if dir, err := md.Dir(user); err == nil {
+			if fi, err := os.Stat(filepath.Join(dir, "cur")); err == nil && fi.IsDir() {
+				return nil
+			}
 		}
+	} else if _, err := mail.Stats(ctx, user); err == nil {
+		return nil
 	}
 	if ok, err := userExists(filepath.Join(data, "users"), user); err == nil && ok {
 		return nil
@@ -166,8 +198,8 @@ func parseSince(v string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is not a date (2026-11-20), a time (2026-11-20T15:04:05Z) or an age (48h, 7d)", v)
 }
 
-func mailboxRestore(ctx context.Context, mail *maildir.Store, data, user string, since time.Time, asNew bool, stdout, stderr io.Writer) error {
-	if err := mailboxExists(data, user); err != nil {
+func mailboxRestore(ctx context.Context, mail mailStore, data, user string, since time.Time, asNew bool, stdout, stderr io.Writer) error {
+	if err := mailboxExists(ctx, mail, data, user); err != nil {
 		return fmt.Errorf("mailbox restore: %v", err)
 	}
 	restored, err := mail.Restore(ctx, user, since, asNew)
@@ -200,8 +232,12 @@ func mailboxRestore(ctx context.Context, mail *maildir.Store, data, user string,
 }
 
 // mailboxPolicy shows or changes the user's own retention settings.
-func mailboxPolicy(data, user string, set map[string]bool, expire, from, window string, stdout, stderr io.Writer) error {
+func mailboxPolicy(mail mailStore, storeURL, data, user string, set map[string]bool, expire, from, window string, stdout, stderr io.Writer) error {
 	path := filepath.Join(data, "users")
+	db, shared := mail.(*pg.Store) // the accounts table of the --store database
+	if shared {
+		path = "the accounts table"
+	}
 	changes := map[string]*string{}
 	for _, f := range []struct {
 		flag, field, value string
@@ -222,7 +258,16 @@ func mailboxPolicy(data, user string, set map[string]bool, expire, from, window 
 		}
 	}
 	if len(changes) > 0 {
-		if err := auth.SetFields(path, user, changes); err != nil {
+		var err error
+		if shared {
+			err = db.SetAccountFields(context.Background(), user, changes)
+			if errors.Is(err, pg.ErrNoAccount) {
+				err = auth.ErrNoSuchUser
+			}
+		} else {
+			err = auth.SetFields(path, user, changes)
+		}
+		if err != nil {
 			return fmt.Errorf("mailbox policy: %v", describe(err, user, path))
 		}
 		var fields []any
@@ -238,11 +283,17 @@ func mailboxPolicy(data, user string, set map[string]bool, expire, from, window 
 			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
 		}
 	}
-	users, err := auth.OpenUsers(path)
-	if err != nil {
-		return fmt.Errorf("mailbox policy: %v", err)
+	var a auth.Account
+	var err error
+	if shared {
+		a, err = storeAccount(storeURL, user)
+	} else {
+		var users *auth.Users
+		if users, err = auth.OpenUsers(path); err != nil {
+			return fmt.Errorf("mailbox policy: %v", err)
+		}
+		a, err = users.Account(user)
 	}
-	a, err := users.Account(user)
 	switch {
 	case errors.Is(err, auth.ErrInvalidAccount):
 		fmt.Fprintf(stderr, "warning: %s\n", refusedAccount(err))

@@ -30,6 +30,10 @@ Usage:
   pouch kick [--data DIR] USER|SESSION   close a user's sessions, or one session
   pouch reload [--data DIR]              reload users, certificates and bans, as SIGHUP does
   pouch mailbox stats [--data DIR] USER  describe a user's maildrop
+  pouch store init|upgrade|version --store URL
+                                         manage Pouch's schema in PostgreSQL
+  pouch migrate --data DIR --to URL [--verify]
+                                         move users, maildrops and bans into PostgreSQL
   pouch import maildir|users|--layout    move a Dovecot or Courier site's mail and users to Pouch
   pouch bench [flags] HOST:PORT          POP3 load generator: sessions/s, MB/s, latencies
   pouch check-config [--config FILE] [serve flags]
@@ -93,6 +97,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return runReload(rest, stdout, stderr)
 	case "mailbox":
 		return runMailbox(rest, stdout, stderr)
+	case "store":
+		return runStore(rest, stdout, stderr)
+	case "migrate":
+		return runMigrate(rest, stdout, stderr)
 	case "import":
 		return runImport(rest, stdout, stderr)
 	case "bench":

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
@@ -125,13 +126,16 @@ func serve(s *serveSettings, activated map[string]net.Listener, conf *configRelo
 	return w.run(ls, adminSock, conf, log)
 }
 
+// storeConnectTimeout bounds the connection to the database at start.
+const storeConnectTimeout = 30 * time.Second
+
 // wiring is pouch serve's parts, made from the settings.
 type wiring struct {
 	s        *serveSettings
 	cfg      server.Config
 	srv      *server.Server
 	accounts *accounts
-	mail     *maildir.Store
+	mail     mailStore
 	policies *retention.Policies
 	certs    *tlsutil.Manager
 	tokens   *auth.TokenVerifier
@@ -156,9 +160,22 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
+	// The mail store first, so that it is closed last: after the sessions,
+	// deliveries and sweeps ended (run waits for them), so that their
+	// leases go at once.
+	ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+	var err error
+	w.mail, err = openMailStore(ctx, s.store, nodeName(hostname))
+	cancel()
+	if err != nil {
+		return w, err
+	}
+	if c, ok := w.mail.(io.Closer); ok {
+		w.closers = append(w.closers, c.Close)
+		log.Info("mail store", "store", redactedURL(s.store.url), "lock_ttl", s.store.lockTTL)
+	}
 	// Accounts that cannot be looked up do not stop the server: it serves
 	// what it can and says so (usersExpected, readiness).
-	var err error
 	if w.accounts, err = openAccounts(s.accounts, s.data, usersExpected(mailEntries), log); err != nil {
 		return w, err
 	}
@@ -167,15 +184,18 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 		go countAccounts(r, log) // the start-up check of the iterate query
 	}
 	users := w.accounts.source()
-	warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
-	w.mail = maildir.New(filepath.Join(s.data, "mail"))
-	w.mail.SetLogger(log)
-	layout, err := w.mail.Layout()
-	if err != nil {
-		return w, fmt.Errorf("mail directory: %v", err)
+	if md, ok := w.mail.(*maildir.Store); ok {
+		warnMailNames(filepath.Join(s.data, "mail"), mailEntries, log)
+		layout, err := md.Layout()
+		if err != nil {
+			return w, fmt.Errorf("mail directory: %v", err)
+		}
+		log.Info("accounts", "source", w.accounts.describe(), "mail_layout", layout.String(),
+			"default_domain", s.accounts.defaultDomain)
+	} else {
+		log.Info("accounts", "source", w.accounts.describe(), "default_domain", s.accounts.defaultDomain)
 	}
-	log.Info("accounts", "source", w.accounts.describe(), "mail_layout", layout.String(),
-		"default_domain", s.accounts.defaultDomain)
+	w.mail.SetLogger(log)
 	w.policies = retention.NewPolicies(s.retention.policy, users)
 	w.mail.SetPolicy(w.policies.Policy)
 	w.cfg = s.server
@@ -192,13 +212,13 @@ func (s *serveSettings) wire(mailEntries []os.DirEntry, log *slog.Logger) (*wiri
 	if w.cfg.SecretKey, err = loadSecretKey(s.data); err != nil {
 		return w, err
 	}
-	closers, err := s.defence.open(&w.cfg, s.src, s.data)
+	closers, err := s.defence.open(&w.cfg, s.src, s.data, s.store)
 	w.closers = append(w.closers, closers...)
 	if err != nil {
 		return w, err
 	}
 	w.srv = server.New(w.cfg)
-	if w.lmtp, err = listenLMTP(s, users, hostname, log); err != nil {
+	if w.lmtp, err = listenLMTP(s, w.mail, users, hostname, log); err != nil {
 		return w, err
 	}
 	if w.lmtp != nil {
@@ -228,7 +248,7 @@ func countAccounts(r *auth.Remote, log *slog.Logger) {
 func (w *wiring) run(ls []listener, adminSock *adminSocket, conf *configReloader, log *slog.Logger) error {
 	var serving atomic.Bool
 	if w.cfg.Metrics != nil {
-		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.cfg.Auth), log)
+		stopMetrics, err := serveMetrics(context.Background(), w.s.defence.metricsAddr, w.cfg.Metrics, readiness(&serving, w.cfg.Auth, w.mail), w.s.defence.pprof, log)
 		if err != nil {
 			return err
 		}

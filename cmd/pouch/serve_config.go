@@ -12,6 +12,7 @@ import (
 
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/server"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
 // serveConfig is pouch serve's configuration as the operator writes it.
@@ -25,6 +26,8 @@ import (
 type serveConfig struct {
 	ConfigFile      string          // --config; not a key of the file
 	Data            textSetting     `toml:"data"`
+	Store           urlSetting      `toml:"store"`
+	LockTTL         durationSetting `toml:"lock-ttl"`
 	POP3            textSetting     `toml:"pop3"`
 	POP3S           textSetting     `toml:"pop3s"`
 	TLSCert         textSetting     `toml:"tls-cert"`
@@ -87,7 +90,9 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config", "", "read settings from this TOML `file` (keys are the flag names; flags win)")
-	textVar(fs, &c.Data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/)")
+	textVar(fs, &c.Data, "data", "./pouch-data", "data `directory`: users file in DIR/users, mail in DIR/mail/DOMAIN/USER/ (or DIR/mail/USER/); with --store, only this node's own files (TLS key, secret key, audit log, admin socket)")
+	urlVar(fs, &c.Store, "store", "", "keep maildrops, accounts and bans in the PostgreSQL database at this `URL` (postgres://user@host/db), shared by every pouch serve node on it; default: the Maildirs under --data")
+	durationVar(fs, &c.LockTTL, "lock-ttl", pg.DefaultLockTTL, "with --store: how `long` the maildrops of a node that stopped answering stay locked (its users wait this long to log in on another node)")
 	textVar(fs, &c.POP3, "pop3", defaultAddr(":110", "127.0.0.1:1110"), "POP3 listen `address`; empty disables it")
 	textVar(fs, &c.POP3S, "pop3s", defaultAddr(":995", "127.0.0.1:1995"), "POP3S (implicit TLS) listen `address`; empty disables it")
 	textVar(fs, &c.TLSCert, "tls-cert", "", "TLS certificate `file` (PEM); default: a self-signed one in DATA/tls/")
@@ -148,6 +153,7 @@ func readServeConfig(path string) (*serveConfig, error) {
 type serveSettings struct {
 	src         configSource
 	data        string
+	store       storeSettings
 	listeners   []listenAddr // POP3 and POP3S, as configured
 	hostname    string       // "" for the system's
 	logLevel    slog.Level
@@ -204,6 +210,13 @@ func (c *serveConfig) validate(sockets int) (*serveSettings, error) {
 			jwks: c.OAuthJWKS.String(), userClaim: c.OAuthUserClaim.String(), domains: c.OAuthDomains.list()},
 	}
 	var bad problems
+	s.store = storeSettings{url: c.Store.String(), lockTTL: time.Duration(c.LockTTL), data: s.data}
+	if err := checkStoreURL(s.store.url); err != nil {
+		bad.add(src.problem("store", "%v", err))
+	}
+	if s.store.lockTTL < minLockTTL {
+		bad.add(src.problem("lock-ttl", "%v is too short: a node renews its heartbeat four times per TTL, over the network; give at least %v", s.store.lockTTL, minLockTTL))
+	}
 	for _, l := range []listenAddr{{"pop3", c.POP3.String(), false}, {"pop3s", c.POP3S.String(), true}} {
 		bad.add(checkAddr(src, l.name, l.addr))
 		s.listeners = append(s.listeners, l)
@@ -252,6 +265,7 @@ func (c *serveConfig) validate(sockets int) (*serveSettings, error) {
 	s.lmtp = c.lmtpConfig.validate(src, &bad)
 	s.defence = c.defenceConfig.validate(src, s.data, &s.server, &bad)
 	s.retention = c.retentionConfig.validate(src, &bad)
+	c.accountsConfig.store = s.store.url
 	s.accounts = c.accountsConfig.validate(src, &bad)
 	s.server.DefaultDomain = s.accounts.defaultDomain
 	s.lmtp.delivery.defaultDomain = s.accounts.defaultDomain

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/user"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/guard/pgbans"
 	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/units"
 	"github.com/pouchmail/pouch/metrics"
@@ -47,6 +49,7 @@ type defenceConfig struct {
 	PasswordMaxAge textSetting     `toml:"password-max-age"`
 	AuditLog       textSetting     `toml:"audit-log"`
 	Metrics        textSetting     `toml:"metrics"`
+	Pprof          boolSetting     `toml:"pprof"`
 	RunAs          textSetting     `toml:"run-as"`
 }
 
@@ -68,6 +71,7 @@ func (d *defenceConfig) register(fs *flag.FlagSet) {
 	textVar(fs, &d.PasswordMaxAge, "password-max-age", "", "refuse passwords older than this `age`, like 90d (the password_max_age field overrides)")
 	textVar(fs, &d.AuditLog, "audit-log", "", "audit log `file` (JSON lines; default DATA/audit.log; \"off\" turns it off)")
 	textVar(fs, &d.Metrics, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz on this `address` (like 127.0.0.1:9110)")
+	boolVar(fs, &d.Pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on the --metrics address, to see where the time goes")
 	textVar(fs, &d.RunAs, "run-as", "", "after binding the ports, run as this `user` (when started as root)")
 }
 
@@ -81,6 +85,7 @@ type defenceSettings struct {
 	denyC       []string
 	auditLog    string // "" when off
 	metricsAddr string // "" when off
+	pprof       bool   // the profiler on the metrics address
 	runAs       string
 }
 
@@ -108,6 +113,7 @@ func (d *defenceConfig) validate(src configSource, data string, cfg *server.Conf
 		denyC:       d.DenyCountry.list(),
 		auditLog:    d.AuditLog.String(),
 		metricsAddr: d.Metrics.String(),
+		pprof:       bool(d.Pprof),
 		runAs:       d.RunAs.String(),
 	}
 	if s.geoipDB == "" {
@@ -125,6 +131,9 @@ func (d *defenceConfig) validate(src configSource, data string, cfg *server.Conf
 		s.auditLog = filepath.Join(data, "audit.log")
 	}
 	bad.add(checkAddr(src, "metrics", s.metricsAddr))
+	if s.pprof && s.metricsAddr == "" {
+		bad.add(src.problem("pprof", "the profiler is served on the --metrics address: give one"))
+	}
 	cfg.MaxConnections, cfg.MaxConnectionsPerIP, cfg.MaxSessionsPerUser = int(d.MaxConns), int(d.MaxConnsPerIP), int(d.MaxPerUser)
 	cfg.MaxPreLogin = int(d.MaxPreLogin)
 	cfg.LoginDelay = time.Duration(d.LoginDelay)
@@ -138,18 +147,32 @@ func (d *defenceConfig) validate(src configSource, data string, cfg *server.Conf
 	return s
 }
 
-// open fills in the server configuration's defences: the ban list in the
-// data directory, the access rules and the audit log. It returns what must
-// be closed at the end.
-func (d *defenceSettings) open(cfg *server.Config, src configSource, data string) (closers []func() error, err error) {
+// open fills in the server configuration's defences: the ban list (in the
+// data directory, or in the database shared with the other nodes), the
+// access rules and the audit log. It returns what must be closed at the
+// end.
+func (d *defenceSettings) open(cfg *server.Config, src configSource, data string, mail storeSettings) (closers []func() error, err error) {
 	if w := rootWarning(os.Geteuid(), d.runAs); w != "" && cfg.Logger != nil {
 		cfg.Logger.Warn(w)
 	}
 	if d.guard.MaxFailures > 0 {
 		gc := d.guard
 		gc.StatePath, gc.Log = filepath.Join(data, "bans.json"), cfg.Logger
+		var bans *pgbans.Store
+		if mail.shared() {
+			if bans, err = pgbans.Open(context.Background(), mail.url, cfg.Logger); err != nil {
+				return nil, storeError(err, mail.url)
+			}
+			gc.Bans = bans
+		}
 		if cfg.Guard, err = guard.New(gc); err != nil {
+			if bans != nil {
+				bans.Close()
+			}
 			return nil, err
+		}
+		if bans != nil {
+			closers = append(closers, watchBans(bans, cfg.Guard))
 		}
 	}
 	if cfg.Rules, err = d.rules(src); err != nil {
@@ -177,6 +200,24 @@ func (d *defenceSettings) rules(src configSource) (*guard.Rules, error) {
 	return r, nil
 }
 
+// banRetry is how often a node that lost its database connection tries
+// again to be told of ban changes (reading the bans anew each time).
+const banRetry = 2 * time.Second
+
+// watchBans keeps g's bans up to date with the database's, as other nodes
+// and pouch ban change them, until the function it returns is called.
+func watchBans(bans *pgbans.Store, g *guard.Guard) func() error {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); bans.Watch(ctx, banRetry, g.Reload) }()
+	return func() error {
+		stop()
+		<-done
+		bans.Close()
+		return nil
+	}
+}
+
 // usersWatchInterval is how often pouch serve checks the users file while no
 // lookup does, so that a fault is logged (and /readyz fails) without waiting
 // for mail or a login.
@@ -196,21 +237,36 @@ func usersExpected(mailEntries []os.DirEntry) bool {
 }
 
 // readiness is what /readyz reports: nil while the server serves with a
-// usable users file; otherwise why not. While the users file cannot be used,
-// users it does not list get temporary failures, so a load balancer should
-// prefer another node.
-func readiness(serving *atomic.Bool, users interface{ Fault() error }) func() error {
+// usable accounts and, with --store, a database that answers; otherwise
+// why not. While the accounts cannot be looked up, users not known before
+// get temporary failures, and while the database cannot be reached every
+// login and delivery does, so a load balancer should prefer another node.
+func readiness(serving *atomic.Bool, users interface{ Fault() error }, mail any) func() error {
+	db, _ := mail.(interface{ Ping(context.Context) error })
 	return func() error {
 		if !serving.Load() {
 			return errors.New("not serving (starting or shutting down)")
 		}
-		return users.Fault()
+		if err := users.Fault(); err != nil {
+			return err
+		}
+		if db != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), readyzTimeout)
+			defer cancel()
+			if err := db.Ping(ctx); err != nil {
+				return errors.New("the database cannot be reached")
+			}
+		}
+		return nil
 	}
 }
 
+// readyzTimeout bounds the database check of /readyz.
+const readyzTimeout = 2 * time.Second
+
 // serveMetrics serves /metrics, /healthz (the process answers) and /readyz
 // (ready returns nil) on addr.
-func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() error, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready func() error, profile bool, log *slog.Logger) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen metrics on %s: %v", addr, err)
@@ -227,6 +283,13 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, ready fu
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if profile {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(l)
 	log.Info("listening", "protocol", "metrics", "addr", l.Addr().String())

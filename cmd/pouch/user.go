@@ -20,9 +20,11 @@ import (
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
-const userUsage = `Usage: pouch user add|passwd|del|disable|enable|list [--data DIR] [--config FILE] [NAME]
+const userUsage = `Usage: pouch user add|passwd|del|disable|enable|list [--data DIR | --store URL] [--config FILE] [NAME]
 
-Manages the users file DATA/users (Dovecot passwd-file format, mode 0600).
+Manages the users file DATA/users (Dovecot passwd-file format, mode 0600),
+or with --store the accounts table of the database that pouch serve nodes
+share (every node sees a change within a second).
 A name may be an address, user@domain: its Maildir is then
 DATA/mail/DOMAIN/USER/ (in data directories made before Pouch knew domains,
 DATA/mail/user@domain/). With --default-domain, a name without a domain gets
@@ -55,6 +57,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var ac accountsConfig
 	ac.register(fs)
 	breachedList := fs.String("breached-passwords", "", "refuse passwords listed in this `file` (passwords or SHA-1 hashes, one per line)")
+	storeURL := fs.String("store", "", "manage the accounts table of the PostgreSQL database at this `URL` (pouch serve --store) instead of the users file")
 	pos, err := parseCommand(fs, userUsage, args, stderr)
 	if err != nil {
 		return err
@@ -76,12 +79,22 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if !src.onCommandLine["default-domain"] {
 			ac.DefaultDomain = sc.DefaultDomain
 		}
+		if !src.onCommandLine["store"] {
+			*storeURL = sc.Store.String()
+		}
 		ac.table = sc.table
 	}
 	var bad problems
+	if err := checkStoreURL(*storeURL); err != nil {
+		bad.add(src.problem("store", "%v", err))
+	}
+	ac.store = *storeURL
 	accts := ac.validate(src, &bad)
 	if err := bad.err(); err != nil {
 		return err
+	}
+	if accts.source == sourceStore && pos[0] != "list" {
+		return storeUser(pos[0], pos[1:], accts, *data, *breachedList, stdin, stderr)
 	}
 	path := filepath.Join(*data, "users")
 	action, names := pos[0], pos[1:]

@@ -71,13 +71,18 @@ func (s *Store) writeChunk(ctx context.Context, md, body int64, n int, data []by
 type bodyReader struct {
 	m      *maildrop
 	r      row
-	size   int64      // wire size, as the snapshot says
-	read   int64      // octets handed out
-	cur    chunk      // the chunk being handed out; cur.data is what is left of it
-	next   int        // the chunk after cur
-	ahead  chan chunk // the fetch of chunk next, under way; nil when there is none
+	size   int64        // wire size, as the snapshot says
+	read   int64        // octets handed out
+	cur    chunk        // the chunk being handed out; cur.data is what is left of it
+	next   int          // the chunk after cur
+	ahead  []chan chunk // the fetches of the chunks from next on, under way
 	closed bool
 }
+
+// fetchDepth is how many chunks of a message are fetched ahead of the one
+// being sent, each on a connection of its own: the database reads one
+// while the next is on its way and the node sends a third.
+const fetchDepth = 2
 
 // chunk is a chunk fetched into a pooled buffer.
 type chunk struct {
@@ -145,15 +150,14 @@ func (b *bodyReader) fetch(n int) chunk {
 	return c
 }
 
-// prefetch starts the fetch of chunk next, if there is one.
+// prefetch starts the fetches of the chunks from next on that are not
+// under way, up to fetchDepth of them.
 func (b *bodyReader) prefetch() {
-	b.ahead = nil
-	if b.next >= b.r.chunks {
-		return
+	for n := b.next + len(b.ahead); n < b.r.chunks && len(b.ahead) < fetchDepth; n++ {
+		ch := make(chan chunk, 1)
+		go func() { ch <- b.fetch(n) }()
+		b.ahead = append(b.ahead, ch)
 	}
-	ch, n := make(chan chunk, 1), b.next
-	go func() { ch <- b.fetch(n) }()
-	b.ahead = ch
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
@@ -168,7 +172,8 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		b.cur.release()
-		b.cur = <-b.ahead
+		b.cur = <-b.ahead[0]
+		b.ahead = b.ahead[1:]
 		if b.cur.err != nil {
 			return 0, b.cur.err
 		}
@@ -195,8 +200,96 @@ func (b *bodyReader) Close() error {
 	b.closed = true
 	b.cur.release()
 	b.cur = chunk{}
-	if ch := b.ahead; ch != nil {
+	for _, ch := range b.ahead {
 		go func() { c := <-ch; c.release() }()
 	}
+	b.ahead = nil
 	return nil
+}
+
+// Read-ahead of small messages. A client downloading a maildrop retrieves
+// its messages one after the other, and most are smaller than a chunk: one
+// query each would cost a round trip and a query's work in the database per
+// message. So the first RETR or TOP of a message of one chunk reads the
+// bodies of the messages of one chunk that follow it, up to readAheadBatch
+// octets, in the same query, and keeps them for the session. What a Store's
+// sessions keep at once is bounded by readAheadBudget; past it, each
+// message is read on its own. Bodies never change once written, so what is
+// kept stays true while the session holds the lease.
+const (
+	readAheadBatch  = 256 << 10
+	readAheadBudget = 32 << 20
+)
+
+// takeAhead returns the body of message i if it was read ahead, and
+// forgets it.
+func (m *maildrop) takeAhead(i int) ([]byte, bool) {
+	data, ok := m.ahead[i]
+	if ok {
+		delete(m.ahead, i)
+		m.s.aheadUsed.Add(-int64(len(data)))
+	}
+	return data, ok
+}
+
+// dropAhead forgets every body read ahead.
+func (m *maildrop) dropAhead() {
+	for i := range m.ahead {
+		m.takeAhead(i)
+	}
+}
+
+// readAhead reads the bodies of message i, which has one chunk, and of the
+// messages of one chunk after it, within readAheadBatch and the Store's
+// budget, in one query. It reads nothing when the budget has no room for
+// more than message i: the caller then reads i alone.
+func (m *maildrop) readAhead(i int) error {
+	var (
+		ids    []int64
+		idx    = map[int64]int{}
+		octets int64
+	)
+	for k := i; k < len(m.rows) && m.rows[k].chunks == 1; k++ {
+		if _, ok := m.ahead[k]; ok {
+			break
+		}
+		if len(ids) > 0 && octets+m.msgs[k].Size > readAheadBatch {
+			break
+		}
+		ids = append(ids, m.rows[k].body)
+		idx[m.rows[k].body] = k
+		octets += m.msgs[k].Size
+	}
+	if len(ids) < 2 {
+		return nil
+	}
+	if m.s.aheadUsed.Add(octets) > readAheadBudget {
+		m.s.aheadUsed.Add(-octets)
+		return nil
+	}
+	var kept int64
+	defer func() { m.s.aheadUsed.Add(kept - octets) }() // what was not kept
+	ctx, cancel := m.ctx()
+	defer cancel()
+	rows, err := m.s.pool.Query(ctx, "SELECT body, data FROM chunks WHERE maildrop = $1 AND n = 0 AND body = ANY($2)", m.id, ids)
+	if err != nil {
+		return leaseErr(ctx, err)
+	}
+	var (
+		body int64
+		data []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&body, &data}, func() error {
+		k, ok := idx[body]
+		if ok && len(data) > 0 && int64(len(data)) == m.msgs[k].Size {
+			if m.ahead == nil {
+				m.ahead = make(map[int][]byte)
+			}
+			m.ahead[k] = data
+			kept += int64(len(data))
+		}
+		data = nil // a new slice for the next row
+		return nil
+	})
+	return leaseErr(ctx, err)
 }

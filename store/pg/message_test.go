@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -231,5 +232,64 @@ func TestDeliveryChecksChunks(t *testing.T) {
 			}
 			checkConsistent(t, s)
 		})
+	}
+}
+
+// Small messages are read ahead, many in one query; what is read ahead is
+// what is stored, a message gone meanwhile is still ErrNotFound, large
+// messages are read chunk by chunk as before, and closing the maildrop
+// gives back the read-ahead budget.
+func TestReadAhead(t *testing.T) {
+	ctx := context.Background()
+	u := newSchema(t)
+	s := connect(t, u, Options{})
+	var want []string
+	for i := range 60 {
+		msg := fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("y", i*200))
+		if i == 30 {
+			msg = "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", ChunkSize/18+10)
+		}
+		if err := s.Deliver(ctx, "u", strings.NewReader(msg)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, msg)
+	}
+	m, err := s.Open(ctx, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := m.(*maildrop)
+	sql(t, u, "DELETE FROM chunks WHERE body = $1", md.rows[5].body)
+	var queries int
+	for i, w := range want {
+		before := len(md.ahead)
+		if i == 5 {
+			if _, err := m.Open(i); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("message 5 without its body: %v, want ErrNotFound", err)
+			}
+			continue
+		}
+		if got := string(readAll(t, m, i)); got != w {
+			t.Fatalf("message %d: %d octets, want %d", i, len(got), len(w))
+		}
+		if before == 0 && len(md.ahead) > 0 {
+			queries++
+		}
+	}
+	if queries < 2 || queries > 6 {
+		t.Errorf("%d read-ahead queries for 59 small messages", queries)
+	}
+	// Out of order: the last messages again, then the first.
+	for _, i := range []int{59, 58, 0} {
+		if got := string(readAll(t, m, i)); got != want[i] {
+			t.Fatalf("message %d again: %d octets", i, len(got))
+		}
+	}
+	if s.aheadUsed.Load() == 0 {
+		t.Fatal("nothing kept read ahead after reading message 0 again")
+	}
+	m.Close()
+	if n := s.aheadUsed.Load(); n != 0 {
+		t.Fatalf("%d octets of the read-ahead budget still taken after Close", n)
 	}
 }

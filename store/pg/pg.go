@@ -111,6 +111,8 @@ type Store struct {
 
 	relMu    sync.Mutex
 	releases []lease // leases whose release failed, tried again
+
+	aheadUsed atomic.Int64 // octets of the bodies its sessions read ahead (body.go)
 }
 
 var (
@@ -330,13 +332,15 @@ type maildrop struct {
 	lease  lease
 	msgs   []store.Message
 	rows   []row
-	done   bool // committed or closed
+	ahead  map[int][]byte // bodies read ahead, by index (body.go)
+	done   bool           // committed or closed
 	closed bool
 }
 
 var (
 	_ store.Maildrop          = (*maildrop)(nil)
 	_ store.RetrievalRecorder = (*maildrop)(nil)
+	_ store.Leased            = (*maildrop)(nil)
 )
 
 // lockAndLoad takes the lease (acquire has the rules) and reads the
@@ -405,6 +409,16 @@ func (m *maildrop) Open(i int) (io.ReadCloser, error) {
 	if i < 0 || i >= len(m.rows) {
 		return nil, store.ErrNotFound
 	}
+	if m.rows[i].chunks == 1 {
+		if _, ok := m.ahead[i]; !ok {
+			if err := m.readAhead(i); err != nil {
+				return nil, err
+			}
+		}
+		if data, ok := m.takeAhead(i); ok {
+			return &bodyReader{m: m, r: m.rows[i], size: m.msgs[i].Size, cur: chunk{data: data, found: true}, next: 1}, nil
+		}
+	}
 	return openBody(m, m.rows[i], m.msgs[i].Size)
 }
 
@@ -460,6 +474,7 @@ func (m *maildrop) Close() error {
 		return nil
 	}
 	m.closed = true
+	m.dropAhead()
 	m.s.release(m.lease)
 	return nil
 }

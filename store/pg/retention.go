@@ -289,3 +289,34 @@ func (s *Store) Restore(ctx context.Context, user string, since time.Time, asNew
 	}
 	return out, nil
 }
+
+// Listing lists user's maildrop without taking its lease, for checks: the
+// messages a session would see, in their order, and those of the holding
+// area, the oldest deletion first. A user without a maildrop has none.
+func (s *Store) Listing(ctx context.Context, user string) (live, held []store.Message, err error) {
+	md, err := s.maildropID(ctx, user, false)
+	if errors.Is(err, errNoMaildrop) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT uid, size, deleted IS NOT NULL FROM messages WHERE maildrop = $1
+		ORDER BY deleted NULLS FIRST, id`, md)
+	if err != nil {
+		return nil, nil, err
+	}
+	var (
+		m       store.Message
+		deleted bool
+	)
+	_, err = pgx.ForEachRow(rows, []any{&m.UID, &m.Size, &deleted}, func() error {
+		if deleted {
+			held = append(held, m)
+		} else {
+			live = append(live, m)
+		}
+		return nil
+	})
+	return live, held, err
+}

@@ -74,6 +74,30 @@ CREATE TABLE leases (
 	since    timestamptz NOT NULL DEFAULT now()
 );
 `,
+	// 2: retention sweeps shared out among the nodes; the guard's bans;
+	// Pouch's own accounts.
+	`
+CREATE TABLE sweep_shards (
+	shard integer PRIMARY KEY,   -- the maildrops whose id % 64 is shard
+	node  bigint,                -- the node sweeping it, while that node lives
+	swept timestamptz            -- when its last sweep ended
+);
+INSERT INTO sweep_shards (shard) SELECT generate_series(0, 63);
+
+CREATE TABLE bans (
+	net    text PRIMARY KEY,     -- a network in CIDR form, masked
+	since  timestamptz NOT NULL,
+	until  timestamptz NOT NULL,
+	reason text NOT NULL DEFAULT '',
+	count  integer NOT NULL DEFAULT 0 -- automatic bans in a row; 0: by hand
+);
+
+CREATE TABLE accounts (
+	name     text PRIMARY KEY COLLATE "C",  -- as logins name it: user, or user@domain
+	password text NOT NULL,                 -- as the users file stores it: {ARGON2ID}...
+	settings jsonb NOT NULL DEFAULT '{}'    -- the users file's extra fields, by name
+);
+`,
 }
 
 // Version is the schema version this code runs on.
@@ -214,13 +238,21 @@ func step(ctx context.Context, conn *pgx.Conn, init bool) (done bool, v int, err
 	case v != 0 && init:
 		return true, v, nil
 	}
-	if _, err := tx.Exec(ctx, migrations[v]); err != nil {
-		return false, v, fmt.Errorf("pg: migrating the schema to version %d: %w", v+1, err)
+	// A new schema is made whole in one transaction, so that an Init
+	// running at once elsewhere finds none or all of it.
+	to := v + 1
+	if v == 0 {
+		to = Version
+	}
+	for i := v; i < to; i++ {
+		if _, err := tx.Exec(ctx, migrations[i]); err != nil {
+			return false, v, fmt.Errorf("pg: migrating the schema to version %d: %w", i+1, err)
+		}
 	}
 	if v == 0 {
-		_, err = tx.Exec(ctx, "INSERT INTO "+versionTable+" (version) VALUES (1)")
+		_, err = tx.Exec(ctx, "INSERT INTO "+versionTable+" (version) VALUES ($1)", to)
 	} else {
-		_, err = tx.Exec(ctx, "UPDATE "+versionTable+" SET version = $1", v+1)
+		_, err = tx.Exec(ctx, "UPDATE "+versionTable+" SET version = $1", to)
 	}
 	if err != nil {
 		return false, v, err
