@@ -12,9 +12,7 @@
 # Dovecot has none by default: POUCH_LIMITS (--max-connections 0
 # --max-connections-per-ip 0; set POUCH_LIMITS= to keep them), and for S5's
 # 10,000 sessions also --max-prelogin-connections 0 (Dovecot's process and
-# client limits are raised for S5 too). The per-address count includes a
-# session that answered QUIT until it has ended, so 64 clients that
-# reconnect at once can pass 100 on a loaded machine. Logs at their
+# client limits are raised for S5 too). Logs at their
 # defaults: Pouch's log (info, a line per login) and audit log, Dovecot's
 # log.
 set -eu
