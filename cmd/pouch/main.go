@@ -29,7 +29,8 @@ Usage:
   pouch who [--data DIR] [--json]        list the running server's sessions
   pouch kick [--data DIR] USER|SESSION   close a user's sessions, or one session
   pouch reload [--data DIR]              reload users, certificates and bans, as SIGHUP does
-  pouch mailbox stats [--data DIR] USER  describe a user's maildrop
+  pouch mailbox stats|restore|hold|release|policy [--data DIR] USER
+                                         describe a maildrop, restore deleted mail, legal hold, retention
   pouch store init|upgrade|version --store URL
                                          manage Pouch's schema in PostgreSQL
   pouch migrate --data DIR --to URL [--verify]
