@@ -67,7 +67,7 @@ func TestPredictablePasswords(t *testing.T) {
 }
 
 // Random characters and random words pass, and so do the passwords of the
-// tests and the README.
+// tests and the docs.
 func TestStrongPasswords(t *testing.T) {
 	for _, tc := range []struct{ user, password string }{
 		{"alice", "Kq7-vTz2-mW9p"},

@@ -39,7 +39,7 @@ var untrustedFlags = []string{"--insecure-auth-networks", "127.0.0.1/32"}
 
 // refusal is the whole reply line, CRLF included, to USER, AUTH PLAIN and
 // the other password commands on a connection without TLS from outside
-// --insecure-auth-networks (README, "Security").
+// --insecure-auth-networks (docs/security.md).
 const refusal = "-ERR [AUTH] cleartext authentication is not allowed without TLS; use STLS or port 995\r\n"
 
 // requireUntrustedSource skips the test when a socket cannot be bound to
@@ -492,7 +492,7 @@ func mpopSent(debug string) []string {
 
 // The "Done when": a new user runs pouch serve, points a client at
 // the POP3S port with the fingerprint that pouch serve logged, and logs in
-// with SCRAM-SHA-256. The client is the README's mpop command, all on the
+// with SCRAM-SHA-256. The client is docs/server.md's mpop command, all on the
 // command line (no configuration file), with --passwordeval for the password
 // it would ask for and --received-header=off so that the delivered files are
 // the messages' LF form (TestMpop).

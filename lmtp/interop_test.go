@@ -145,7 +145,7 @@ func TestSwaks(t *testing.T) {
 // master.cf, so its daemons run chrooted as they do for users) that relays
 // example.org to the LMTP listener, submits messages to it over SMTP, waits
 // for delivery, and downloads them through Pouch's POP3 server to compare
-// them byte for byte. The README's other recipes go through it too: the
+// them byte for byte. docs/delivery.md's other recipes go through it too: the
 // LMTP socket inside Postfix's queue directory, pouch deliver as a pipe(8)
 // transport and as local(8)'s mailbox_command.
 func TestPostfix(t *testing.T) {
@@ -198,7 +198,7 @@ func TestPostfix(t *testing.T) {
 	if err := os.Chown(filepath.Join(dir, "data"), uid, -1); err != nil {
 		t.Fatal(err)
 	}
-	// A second listener on a Unix socket, for lmtp:unix:, as the README
+	// A second listener on a Unix socket, for lmtp:unix:, as docs/delivery.md
 	// sets it up: in a directory of Pouch's own inside the queue directory
 	// (lmtp runs chrooted there), of group postfix and set-group-ID, so that
 	// the socket gets Postfix's group (its daemons keep no other group).
@@ -273,11 +273,11 @@ smtputf8_enable = no
 biff = no
 # As Debian's main.cf has it.
 recipient_delimiter = +
-# Unix accounts, delivered by local(8) through pouch deliver: the README's
+# Unix accounts, delivered by local(8) through pouch deliver: docs/delivery.md's
 # mailbox_command.
 mydestination = local.pouch.test
 mailbox_command = %[5]s deliver --data %[6]s -f "$SENDER" "$USER"
-# The domain Pouch serves, relayed over LMTP: the README's virtual_transport style.
+# The domain Pouch serves, relayed over LMTP: docs/delivery.md's virtual_transport style.
 virtual_mailbox_domains = example.org, sock.example.org, pipe.example.org
 virtual_mailbox_maps =
 smtpd_reject_unlisted_recipient = no
@@ -294,7 +294,7 @@ relay_transport = error:no mail leaves this test
 delay_warning_time = 0
 `, dir, maillog, lmtpPort, "pouch/lmtp", bin, localData)
 	// The stock master.cf, with smtpd on a free loopback port instead of
-	// port 25, and the README's pipe(8) transport.
+	// port 25, and docs/delivery.md's pipe(8) transport.
 	smtpd := regexp.MustCompile(`(?m)^smtp(\s+inet\s)`)
 	if !smtpd.Match(stockMaster) {
 		t.Fatalf("/etc/postfix/master.cf has no smtp inet service")

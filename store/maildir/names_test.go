@@ -192,7 +192,7 @@ func TestArrivalOrder(t *testing.T) {
 	if err := s.Deliver(context.Background(), "u", strings.NewReader("delivered\n")); err != nil {
 		t.Fatal(err)
 	}
-	// As the README has it: written into tmp/, then moved into new/.
+	// As docs/server.md has it: written into tmp/, then moved into new/.
 	tmp := filepath.Join(dir, "tmp", "1.msg")
 	if err := os.WriteFile(tmp, []byte("moved\n"), 0o600); err != nil {
 		t.Fatal(err)
