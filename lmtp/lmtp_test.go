@@ -436,6 +436,28 @@ func TestSequenceErrors(t *testing.T) {
 	e.nothingStored("alice")
 }
 
+// A line that names no known command gets 500 5.5.1 (RFC 5321 §4.2.4),
+// whatever its length, and the session goes on.
+func TestUnknownCommands(t *testing.T) {
+	e := newEnv(t, nil)
+	// go-smtp ends a session after its fourth protocol error: three a
+	// connection.
+	for _, lines := range [][]string{
+		{"HELLO\r\n", "XYZZ\r\n", "QU\r\n"},
+		{"MAIL:FROM:<s@example.net>\r\n", "FOOBAR baz\r\n", "xyzz with arguments\r\n"},
+	} {
+		r := e.raw()
+		for _, line := range lines {
+			r.send(line)
+			if got := r.reply(); got != "500 5.5.1 Unknown command" {
+				t.Errorf("%q: %q, want 500 5.5.1 Unknown command", line, got)
+			}
+		}
+		r.send("NOOP\r\n")
+		r.expect("250 ")
+	}
+}
+
 // A client that stalls inside a message gets 451 4.4.2 for it, then 421, and
 // the connection closes, all within one read timeout; nothing is stored.
 func TestStall(t *testing.T) {

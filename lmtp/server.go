@@ -423,10 +423,15 @@ var sequenceErrors = map[string]bool{
 	"DATA not allowed during message transfer": true,
 }
 
+// replyUnknownCommand is the reply to a command line that names no command
+// Pouch knows: 500 (RFC 5321 §4.2.4), 5.5.1 as Dovecot's LMTP answers.
+const replyUnknownCommand = "500 5.5.1 Unknown command\r\n"
+
 // fixReply returns the line to send in place of the reply line p, and
 // whether it differs: the SIZE capability with the limit itself (see New),
-// 503 for sequence errors, and nothing for go-smtp's "Too long line" after
-// the replies to a message that had one, which LMTPData has already sent.
+// 503 for sequence errors, 500 5.5.1 for unknown commands, and nothing for
+// go-smtp's "Too long line" after the replies to a message that had one,
+// which LMTPData has already sent.
 func (c *conn) fixReply(p []byte) ([]byte, bool) {
 	if len(p) < 4 {
 		return nil, false
@@ -438,6 +443,14 @@ func (c *conn) fixReply(p []byte) ([]byte, bool) {
 	case code == "502" && bytes.HasPrefix(rest, []byte("5.5.1 ")) &&
 		sequenceErrors[strings.TrimSuffix(string(rest[6:]), "\r\n")]:
 		return append([]byte("503"), p[3:]...), true
+	case code == "501" && string(rest) == "5.5.2 Bad command\r\n",
+		code == "500" && bytes.HasPrefix(rest, []byte("5.5.2 Syntax errors, ")) &&
+			bytes.HasSuffix(rest, []byte(" command unrecognized\r\n")):
+		// go-smtp's replies to a line that is not a four-letter verb alone
+		// or followed by a space ("HELLO", "MAIL:FROM:<a@b.c>"), which it
+		// answers 501 (syntax error in arguments) though it recognised no
+		// command, and to a four-letter verb it does not know.
+		return []byte(replyUnknownCommand), true
 	case code == "500" && c.lineTooLong.Load() && string(rest) == "5.4.0 Too long line, closing connection\r\n":
 		return nil, true
 	case code == "554" && bytes.HasPrefix(rest, []byte("5.0.0 ")):
