@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -65,7 +66,11 @@ const interopMessage = "From: Sender <sender@sender.test>\r\n" +
 
 func TestSwaks(t *testing.T) {
 	swaks := requireProgram(t, "swaks")
-	e := newEnv(t, nil)
+	e := newEnv(t, func(c *Config) {
+		users := maps.Clone(testUsers)
+		users["postmaster"] = fakeUser{}
+		c.Agent.Users = users
+	})
 	// With --no-data-fixup swaks sends the file as it is: give it the wire
 	// form, dot-stuffed and ending with the final dot.
 	wire := func(msg string) string {
@@ -116,6 +121,15 @@ func TestSwaks(t *testing.T) {
 		t.Errorf("over quota: swaks exit %d, want 26 (refused after data):\n%s", code, out)
 	}
 	e.nothingStored("bob")
+	// Postmaster without a domain (RFC 5321 §4.5.1), as swaks --to postmaster
+	// sends it.
+	if out, code := run("postmaster", "--data", "@"+file, "--no-data-fixup"); code != 0 ||
+		!strings.Contains(out, "RCPT TO:<postmaster>") || !strings.Contains(out, "250 2.0.0 <postmaster> Delivered") {
+		t.Errorf("postmaster: swaks exit %d:\n%s", code, out)
+	}
+	if n := len(e.stored("postmaster")); n != 1 {
+		t.Errorf("postmaster has %d messages, want 1", n)
+	}
 
 	// The Unix socket.
 	sock := filepath.Join(t.TempDir(), "lmtp.sock")

@@ -458,6 +458,49 @@ func TestUnknownCommands(t *testing.T) {
 	}
 }
 
+// RCPT TO:<Postmaster> without a domain is taken (RFC 5321 §4.1.1.3, §4.5.1),
+// whatever the served domains: it is the user postmaster, at the default
+// domain first, and 550 5.1.1 when there is none, never a syntax error.
+func TestPostmaster(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		users         fakeUsers
+		defaultDomain string
+		maildrop      string // the maildrop that gets the message, or "" for 550 5.1.1
+	}{
+		{"plain user", fakeUsers{"postmaster": {}}, "", "postmaster"},
+		{"default domain", fakeUsers{"postmaster": {}, "postmaster@example.org": {}}, "example.org", "example.org/postmaster"},
+		{"no such user", testUsers, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) {
+				c.Agent.Users = tc.users
+				c.Agent.DefaultDomain = tc.defaultDomain
+				c.Domains = []string{"example.org"}
+			})
+			r := e.raw()
+			r.send("MAIL FROM:<s@example.net>\r\n")
+			r.expect("250 ")
+			r.send("RCPT TO:<postmaster@other.test>\r\n")
+			r.expect("550 5.1.2 ") // a domain is still checked
+			r.send("RCPT TO:<Postmaster>\r\n")
+			if tc.maildrop == "" {
+				r.expect("550 5.1.1 ")
+				return
+			}
+			r.expect("250 ")
+			r.send("DATA\r\n")
+			r.expect("354 ")
+			r.send("Subject: hello\r\n\r\nhi\r\n.\r\n")
+			r.expect("250 2.0.0 <Postmaster> Delivered")
+			want := "Return-Path: <s@example.net>\r\nDelivered-To: Postmaster\r\nSubject: hello\r\n\r\nhi\r\n"
+			if got := e.stored(tc.maildrop); len(got) != 1 || got[0] != want {
+				t.Errorf("%s: stored %q, want %q", tc.maildrop, got, want)
+			}
+		})
+	}
+}
+
 // A client that stalls inside a message gets 451 4.4.2 for it, then 421, and
 // the connection closes, all within one read timeout; nothing is stored.
 func TestStall(t *testing.T) {

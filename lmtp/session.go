@@ -106,18 +106,22 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 // Rcpt accepts a recipient that names an account (Agent.User), in a served
-// domain.
+// domain. The one recipient without a domain that go-smtp passes on is
+// Postmaster, which every server must take (RFC 5321 §4.1.1.3, §4.5.1): it
+// names this host whatever the served domains, and is looked up as the user
+// postmaster (at Agent.DefaultDomain first), refused 550 5.1.1 without one.
 // The quota is checked after the data, when the message is stored; with
 // Config.RcptCheckQuota, also here (as far as MAIL FROM's SIZE= tells).
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	_, domain, _ := auth.SplitAddress(to)
-	served, err := s.srv.serves(domain)
-	if err != nil {
-		return s.refusal(recipient{to, ""}, fmt.Errorf("%w: %w", ErrUnconfirmed, err), "recipient deferred")
-	}
-	if !served {
-		s.log.Info("recipient refused: domain not served", "rcpt", to)
-		return replyDomain
+	if _, domain, ok := auth.SplitAddress(to); ok {
+		served, err := s.srv.serves(domain)
+		if err != nil {
+			return s.refusal(recipient{to, ""}, fmt.Errorf("%w: %w", ErrUnconfirmed, err), "recipient deferred")
+		}
+		if !served {
+			s.log.Info("recipient refused: domain not served", "rcpt", to)
+			return replyDomain
+		}
 	}
 	agent := s.srv.cfg.Agent
 	user, err := agent.User(to)
