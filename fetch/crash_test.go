@@ -104,6 +104,11 @@ func TestCrashAtEveryPoint(t *testing.T) {
 				if n := p.count(t); n != want {
 					t.Fatalf("%d messages on the server, want %d", n, want)
 				}
+				// The next poll finds nothing new and has nothing to say.
+				obs := &recObserver{}
+				if st, err := Run(context.Background(), a, obs); err != nil || st.Fetched != 0 || st.Deleted != 0 || len(obs.warns) != 0 {
+					t.Fatalf("next poll: %+v %v %q", st, err, obs.warns)
+				}
 			})
 		}
 	}

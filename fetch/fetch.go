@@ -814,7 +814,7 @@ func (r *runner) execute(ctx context.Context, p *plan) error {
 	r.st.Marked += p.mark.len()
 	r.todo, r.dele = p.fetch, p.dele
 	if !r.noUIDL {
-		if err := r.j.Prune(); err != nil {
+		if err := r.j.Prune(func(t time.Time) bool { return a.due(t, p.now) }); err != nil {
 			return err
 		}
 	}

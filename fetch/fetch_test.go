@@ -47,14 +47,17 @@ func TestFetchAndDelete(t *testing.T) {
 	if n := p.count(t); n != 0 {
 		t.Fatalf("%d left on the server", n)
 	}
-	// A second run finds nothing; an empty LIST prunes nothing (a warning).
-	obs := &recObserver{}
-	st, err = Run(context.Background(), a, obs)
-	if err != nil || st.Fetched != 0 || len(obs.warns) != 1 || !strings.Contains(obs.warns[0], "lists no messages") {
-		t.Fatalf("%+v %v %q", st, err, obs.warns)
+	// The next runs find nothing, and say nothing: pouch fetch deleted
+	// those messages itself, so an empty listing is what it expects. The
+	// first turns the UIDLs into tombstones.
+	for run := range 2 {
+		obs := &recObserver{}
+		st, err = Run(context.Background(), a, obs)
+		if err != nil || st.Fetched != 0 || st.Deleted != 0 || len(obs.warns) != 0 {
+			t.Fatalf("empty run %d: %+v %v %q", run, st, err, obs.warns)
+		}
 	}
-	// With one new message on the server, the vanished UIDLs become
-	// tombstones.
+	// With one new message on the server, the tombstones stay.
 	p.deliver(t, "Subject: new\n\nnew\n")
 	st, err = Run(context.Background(), a, nil)
 	if err != nil || st.Fetched != 1 {

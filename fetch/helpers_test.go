@@ -140,8 +140,14 @@ func tombstones(j *Journal) int {
 	return n
 }
 
-// prune runs Prune as if the server listed exactly uids.
+// prune runs Prune as if the server listed exactly uids, with the default
+// keep policy (every downloaded message is due for deletion).
 func prune(j *Journal, uids ...string) error {
+	return pruneKeep(j, &Account{}, uids...)
+}
+
+// pruneKeep is prune with a's keep policy.
+func pruneKeep(j *Journal, a *Account, uids ...string) error {
 	j.ids.Each(func(r ref) { j.ids.Clear(r, fListed|fDup) })
 	j.nListed = 0
 	for _, u := range uids {
@@ -149,7 +155,8 @@ func prune(j *Journal, uids ...string) error {
 			return err
 		}
 	}
-	return j.Prune()
+	now := time.Now()
+	return j.Prune(func(t time.Time) bool { return a.due(t, now) })
 }
 
 // quarantineDir is the account's quarantine Maildir.

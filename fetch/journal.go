@@ -620,12 +620,22 @@ func (j *Journal) Sync() error {
 // Prune forgets the UIDLs that this run's listing (Listed) did not name
 // (they left the server), keeping downloaded ones as tombstones for 30
 // days, and compacts the journal when that or dead lines make it worth it.
-// An empty listing with a non-empty journal prunes nothing: a server listing
-// no messages at all is more likely broken than emptied by someone else.
-func (j *Journal) Prune() error {
-	if j.nListed == 0 && j.nSeen > 0 {
-		j.warn("the server lists no messages, but the journal knows %d: not forgetting them this time", j.nSeen)
-		return nil
+// due is the keep policy: whether a message first downloaded at a time is
+// due for deletion.
+//
+// An empty listing is believed (the downloaded UIDLs become tombstones, as
+// with any listing) only if pouch fetch may have deleted every message the
+// journal knows: each was downloaded and is due for deletion. If the
+// journal expects any message on the server (kept by the policy or by
+// --mark-existing, quarantined, or about to be downloaded), the server more
+// likely lost its maildrop for a while than someone emptied it: nothing is
+// forgotten, with a warning that counts them.
+func (j *Journal) Prune(due func(downloaded time.Time) bool) error {
+	if j.nListed == 0 {
+		if n := j.expected(due); n > 0 {
+			j.warn("the server lists no messages, but the journal expects %d there (kept, quarantined or not yet downloaded): not forgetting anything this time", n)
+			return nil
+		}
 	}
 	now := time.Now()
 	removed, live := 0, 0
@@ -659,6 +669,26 @@ func (j *Journal) Prune() error {
 		return err
 	}
 	return j.rewrite()
+}
+
+// expected counts the entries whose messages should be on the server:
+// pouch fetch has not deleted them, nor will before it lists them again.
+func (j *Journal) expected(due func(downloaded time.Time) bool) int {
+	n := 0
+	j.ids.Each(func(r ref) {
+		f := j.ids.Flags(r)
+		switch {
+		case f&fSuspect != 0: // quarantined: never deleted
+		case f&fSeen == 0 && f&fPending != 0: // about to be downloaded
+		case f&fSeen == 0:
+			return // a tombstone, or forgotten
+		case f&fOld != 0: // on the server before --mark-existing: never deleted
+		case due(time.Unix(j.ids.Time(r), 0)):
+			return // deleted by a QUIT, or by the next run's if that one failed
+		}
+		n++
+	})
+	return n
 }
 
 // rewrite writes the live entries to a new file and renames it over the

@@ -181,10 +181,10 @@ func TestPruneEmptyListKeepsJournal(t *testing.T) {
 	if err := j.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if err := prune(j); err != nil {
+	if err := pruneKeep(j, &Account{KeepForever: true}); err != nil {
 		t.Fatal(err)
 	}
-	if j.Len() != 2 || len(j.Warnings()) == 0 {
+	if j.Len() != 2 || len(j.Warnings()) != 1 {
 		t.Fatalf("empty LIST pruned the journal: %d, warnings %q", j.Len(), j.Warnings())
 	}
 	// A partial LIST prunes b into a tombstone, which survives a reopen.
@@ -312,5 +312,72 @@ func TestJournalOpenCleansAndSyncsParent(t *testing.T) {
 	j.Close()
 	if !strings.Contains(strings.Join(synced, ","), filepath.Join(dir, "a")+",") && !strings.HasSuffix(strings.Join(synced, ","), filepath.Join(dir, "a")) {
 		t.Fatalf("parent not synced: %q", synced)
+	}
+}
+
+// An empty listing forgets nothing, with a warning that counts them, while
+// the journal expects messages on the server: kept by the policy or by
+// --mark-existing, quarantined, or about to be downloaded. Downloaded
+// messages due for deletion were deleted by pouch fetch (or are at its next
+// QUIT): without others, an empty listing prunes them silently into
+// tombstones.
+func TestPruneEmptyListExpected(t *testing.T) {
+	now := time.Now().Unix()
+	hourAgo, twoHoursAgo := now-3600, now-2*3600
+	for _, tc := range []struct {
+		name, journal string
+		a             Account
+		expects       int      // 0: no warning, and the downloaded ones pruned
+		seen          []string // still recorded as downloaded afterwards
+	}{
+		{name: "deleted", journal: fmt.Sprintf("%d a\n%d b\nT %d c\n", hourAgo, now, now), seen: nil},
+		{name: "kept forever", journal: fmt.Sprintf("%d a\n%d b\n", hourAgo, now), a: Account{KeepForever: true}, expects: 2, seen: []string{"a", "b"}},
+		{name: "keep 90m", journal: fmt.Sprintf("%d a\n%d b\n%d c\n", twoHoursAgo, hourAgo, now), a: Account{Keep: 90 * time.Minute}, expects: 2, seen: []string{"a", "b", "c"}},
+		{name: "keep 90m, all due", journal: fmt.Sprintf("%d a\n%d b\n", twoHoursAgo, twoHoursAgo), a: Account{Keep: 90 * time.Minute}, seen: nil},
+		{name: "pending", journal: fmt.Sprintf("%d a\nP b\nP a\n", hourAgo), expects: 1, seen: []string{"a"}},
+		{name: "quarantined", journal: fmt.Sprintf("%d a\nQ b\n%d c\nQ c\n", hourAgo, hourAgo), expects: 2, seen: []string{"a", "c"}},
+		{name: "marked existing", journal: fmt.Sprintf("%d a\nE %d b\n", hourAgo, hourAgo), expects: 1, seen: []string{"a", "b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "x.journal"), []byte(journalHeader+tc.journal), 0o600)
+			j, err := OpenJournal(dir, "x", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pruneKeep(j, &tc.a); err != nil {
+				t.Fatal(err)
+			}
+			w := j.Warnings()
+			switch {
+			case tc.expects == 0 && len(w) != 0:
+				t.Fatalf("warnings %q", w)
+			case tc.expects > 0 && (len(w) != 1 || !strings.Contains(w[0], fmt.Sprintf("lists no messages, but the journal expects %d there", tc.expects))):
+				t.Fatalf("warnings %q, want one that counts %d", w, tc.expects)
+			}
+			j.Close()
+			j, err = OpenJournal(dir, "x", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer j.Close()
+			if j.Len() != len(tc.seen) {
+				t.Fatalf("%d recorded as downloaded, want %v", j.Len(), tc.seen)
+			}
+			for _, u := range tc.seen {
+				if _, ok := j.Seen(u); !ok {
+					t.Fatalf("%s forgotten", u)
+				}
+			}
+			if tc.expects == 0 {
+				for _, u := range []string{"a", "b"} {
+					if !j.Tombstoned(u) {
+						t.Fatalf("%s is no tombstone", u)
+					}
+				}
+			} else if n := tombstones(j); n != 0 {
+				t.Fatalf("%d tombstones", n)
+			}
+		})
 	}
 }

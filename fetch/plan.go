@@ -35,14 +35,16 @@ type planInput struct {
 	now    time.Time
 }
 
+// due reports whether a message first downloaded at t is due for deletion
+// at now under the keep policy.
+func (a *Account) due(t, now time.Time) bool { return !a.KeepForever && now.Sub(t) >= a.Keep }
+
 // makePlan decides, message by message, in LIST order.
 func makePlan(in planInput) *plan {
 	a, l, ids := in.a, in.l, in.ids
 	p := &plan{now: in.now}
 	warn := func(format string, args ...any) { p.warnings = append(p.warnings, fmt.Sprintf(format, args...)) }
-	// due reports whether a message first downloaded at t is due for
-	// deletion.
-	due := func(t time.Time) bool { return !a.KeepForever && in.now.Sub(t) >= a.Keep }
+	due := func(t time.Time) bool { return a.due(t, in.now) }
 	var dups map[ref]int
 	l.ids.each(func(id ref) {
 		if id != 0 && id != badID && ids.Has(id, fDup) {

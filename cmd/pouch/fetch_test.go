@@ -96,6 +96,29 @@ func TestFetchCommand(t *testing.T) {
 	}
 }
 
+// In the default mode, the polls after one that fetched and deleted
+// everything are quiet: an empty maildrop is what pouch fetch left.
+func TestFetchEmptiedMailboxQuiet(t *testing.T) {
+	addr, st := fetchServer(t)
+	for _, m := range []string{"Subject: 1\n\none\n", "Subject: 2\n\ntwo\n"} {
+		st.Deliver(context.Background(), "alice", strings.NewReader(m))
+	}
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	args := []string{"fetch", "--server", addr, "--tls", "none", "--user", "alice", "--password-file", pw,
+		"--to", "maildir:" + filepath.Join(dir, "Mail"), "--state-dir", filepath.Join(dir, "state"), "--quiet-empty"}
+	_, stderr, code := pouch(t, "", args...)
+	if code != 0 || !strings.Contains(stderr, "2 fetched") || !strings.Contains(stderr, "2 deleted") || strings.Contains(stderr, "warning") {
+		t.Fatalf("exit %d: %q", code, stderr)
+	}
+	for range 2 {
+		if _, stderr, code = pouch(t, "", args...); code != 0 || stderr != "" {
+			t.Fatalf("empty poll: exit %d: %q", code, stderr)
+		}
+	}
+}
+
 func TestFetchCommandUsage(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
