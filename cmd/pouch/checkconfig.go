@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -41,7 +42,8 @@ Example:
 // the OAuth key set, the country database, the ban list and the run-as user.
 func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	flags, c := serveFlags(stderr)
-	flags.Usage = func() { fmt.Fprint(stderr, checkConfigUsage) }
+	flags.Init("pouch check-config", flag.ContinueOnError)
+	flags.Usage = func() { fmt.Fprint(flags.Output(), checkConfigUsage) }
 	checkUser := flags.String("check-user", "", "look this `name` up in the source of accounts and show what it returns")
 	pos, err := loadServeConfig(flags, c, args)
 	if err != nil {

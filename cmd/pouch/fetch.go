@@ -144,8 +144,8 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.StringVar(&c.every, "every", "", "keep running and fetch again every `interval` (5m, 1h)")
 	fs.BoolVar(&c.quiet, "q", false, "print nothing but errors")
 	fs.IntVar(&c.window, "window", 1024, "RETR commands in flight when the server offers PIPELINING")
-	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up on a server silent this `long`")
-	fs.DurationVar(&c.deadline, "deadline", fetch.DefaultDeadline, "cut off an account's run after this `long` in all (the session ends without deleting anything); 0 for none")
+	durationVar(fs, (*durationSetting)(&c.timeout), "timeout", 2*time.Minute, "give up on a server silent this `long`")
+	durationVar(fs, (*durationSetting)(&c.deadline), "deadline", fetch.DefaultDeadline, "cut off an account's run after this `long` in all (the session ends without deleting anything); 0 for none")
 	fs.IntVar(&c.parallel, "parallel", 4, "fetch up to `n` accounts at once")
 	fs.BoolVar(&c.retryQuarantined, "retry-quarantined", false, "download again the messages an earlier run found damaged and left on the server")
 	fs.BoolVar(&c.markExisting, "mark-existing", false, "record every message now on the server as fetched, downloading and deleting nothing")
@@ -165,8 +165,8 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.BoolVar(&c.device, "device", false, "auth login: sign in with a code typed on another device (RFC 8628), for machines without a browser")
 	fs.BoolVar(&c.browser, "browser", false, "auth login: sign in through a web browser (RFC 8252)")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, fetchUsage)
-		printFlags(stderr, fs)
+		fmt.Fprint(fs.Output(), fetchUsage)
+		printFlags(fs.Output(), fs)
 	}
 	return fs, c
 }
@@ -255,9 +255,6 @@ func (c *fetchConfig) account1(name string, forAuth bool) (*fetch.Account, error
 	}
 	if c.deleteOversized && maxSize == 0 {
 		return nil, errors.New("--delete-oversized needs --max-size")
-	}
-	if c.deadline < 0 {
-		return nil, errors.New("--deadline must not be negative")
 	}
 	deadline := c.deadline
 	if deadline == 0 {

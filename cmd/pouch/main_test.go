@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// pouch runs the command in-process and returns its output and exit status.
+// pouch runs the command in-process and returns its output and exit
+// status, with the error written as main writes it.
 func pouch(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errb bytes.Buffer
@@ -21,7 +22,10 @@ func pouch(t *testing.T, stdin string, args ...string) (stdout, stderr string, c
 		if errors.As(err, &ee) {
 			code = ee.code
 		}
-		errb.WriteString("pouch: " + err.Error() + "\n")
+		errb.WriteString("pouch: " + plainMessage(err.Error()) + "\n")
+		if ee != nil && ee.hint != "" {
+			errb.WriteString(ee.hint + "\n")
+		}
 	}
 	return out.String(), errb.String(), code
 }
