@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/auth"
 )
 
 // pouch runs the command in-process and returns its output and exit
@@ -240,6 +242,63 @@ func TestCheckConfigAndVersion(t *testing.T) {
 	}
 	if out, _, code := pouch(t, "", "version"); code != 0 || !strings.HasPrefix(out, "pouch ") {
 		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+// In the domains layout, a name without a domain and a domain share a
+// directory of the mail root: pouch user add refuses a name whose Maildir
+// would be a domain's directory, or the other way round, before it writes
+// anything, so no account is left without a Maildir (mail for it would be
+// deferred for ever).
+func TestUserAddRefusesNameOfDomain(t *testing.T) {
+	data := t.TempDir()
+	const pw = "tidy-Walrus-87-kettle\n"
+	for _, name := range []string{"bob@example.org", "carol"} {
+		if _, e, code := pouch(t, pw, "user", "add", "--data", data, name); code != 0 {
+			t.Fatalf("add %s: %d %s", name, code, e)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(data, "mail", "example.org", "bob", "new")); err != nil {
+		t.Fatalf("not the domains layout: %v", err)
+	}
+	// An account that has no Maildir yet (pouch import users makes none).
+	if err := auth.AddUser(filepath.Join(data, "users"), "dave@example.net", "another-Walrus-88-kettle"); err != nil {
+		t.Fatal(err)
+	}
+	usersPath := filepath.Join(data, "users")
+	before, _ := os.ReadFile(usersPath)
+	for name, want := range map[string]string{
+		"example.org":       filepath.Join(data, "mail", "example.org") + " holds the Maildirs of the domain example.org",
+		"erin@carol":        filepath.Join(data, "mail", "carol") + " is the Maildir of the user carol",
+		"example.net":       filepath.Join(data, "mail", "example.net") + " is to hold the Maildir of dave@example.net",
+		"frank@EXAMPLE.ORG": "", // the same domain as bob's: no clash
+	} {
+		_, e, code := pouch(t, pw, "user", "add", "--data", data, name)
+		if want == "" {
+			if code != 0 {
+				t.Errorf("add %s: exit %d, %s", name, code, e)
+			}
+			continue
+		}
+		if code != 1 || !strings.Contains(e, "cannot have a Maildir: "+want) || strings.Count(e, "\n") != 1 || strings.Contains(e, "store:") {
+			t.Errorf("add %s: exit %d, %q; want exit 1 and one line with %q", name, code, e, want)
+		}
+		if _, err := os.Stat(filepath.Join(data, "mail", name)); err == nil && name != "example.org" {
+			t.Errorf("add %s made a directory", name)
+		}
+	}
+	after, _ := os.ReadFile(usersPath)
+	if want := string(before); !strings.HasPrefix(string(after), want) || strings.Count(string(after), "\n") != strings.Count(want, "\n")+1 {
+		t.Errorf("the users file changed beyond the one account added:\n%s", after)
+	}
+	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "bob@example.org\ncarol\ndave@example.net\nfrank@example.org\n" {
+		t.Errorf("list = %q", out)
+	}
+	// Every account listed takes mail.
+	for _, name := range []string{"bob@example.org", "carol", "frank@example.org"} {
+		if _, e, code := pouch(t, "Subject: hi\n\nhi\n", "deliver", "--data", data, name); code != 0 {
+			t.Errorf("deliver %s: exit %d, %s", name, code, e)
+		}
 	}
 }
 
