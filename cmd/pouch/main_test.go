@@ -223,6 +223,44 @@ func TestBanCommands(t *testing.T) {
 	}
 }
 
+// A ban without --for lasts until pouch ban del, and ban list says so (not
+// a date a hundred years on); the audit log says "forever". --for takes
+// at most ten years.
+func TestBanUntilRemoved(t *testing.T) {
+	data := t.TempDir()
+	if _, e, code := pouch(t, "", "ban", "add", "--data", data, "198.51.100.7"); code != 0 {
+		t.Fatalf("ban add: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "ban", "add", "--data", data, "--for", "3650d", "203.0.113.0/24"); code != 0 {
+		t.Fatalf("ban add --for 3650d: %d %s", code, e)
+	}
+	out, _, _ := pouch(t, "", "ban", "list", "--data", data)
+	lines := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		lines[f[0]] = f
+	}
+	if f := lines["198.51.100.7/32"]; len(f) < 3 || f[1] != "until" || f[2] != "removed" {
+		t.Errorf("ban list shows the ban without an end as %q:\n%s", f, out)
+	}
+	if f := lines["203.0.113.0/24"]; len(f) < 3 || f[1] != "until" {
+		t.Errorf("ban list: %q", out)
+	} else if until, err := time.Parse(time.RFC3339, f[2]); err != nil || time.Until(until) < 3649*24*time.Hour {
+		t.Errorf("ban list shows the ten-year ban as until %q (%v)", f[2], err)
+	}
+	audit, _ := os.ReadFile(filepath.Join(data, "audit.log"))
+	if !strings.Contains(string(audit), `"for":"forever"`) || strings.Contains(string(audit), `"for":"0s"`) {
+		t.Errorf("audit log: %s", audit)
+	}
+	_, e, code := pouch(t, "", "ban", "add", "--data", data, "--for", "3651d", "192.0.2.1")
+	if code != 2 || !strings.Contains(e, "--for 3651d is too long: a ban lasts at most 3650d; leave out --for to ban until removed") {
+		t.Errorf("ban add --for 3651d: exit %d, %q", code, e)
+	}
+	if _, e, _ := pouch(t, "", "ban", "del", "--data", data, "198.51.100.7"); !strings.Contains(e, "lifted the ban of 198.51.100.7/32 (until removed, banned by hand)") {
+		t.Errorf("ban del: %q", e)
+	}
+}
+
 func TestCheckConfigAndVersion(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "pouch.toml")
