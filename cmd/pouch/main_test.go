@@ -270,6 +270,17 @@ func TestCheckConfigAndVersion(t *testing.T) {
 		!strings.Contains(out, "max-line-length = 255") || !strings.Contains(e, "configuration OK") {
 		t.Fatalf("check-config: exit %d\n%s\n%s", code, out, e)
 	}
+	// --check-user of a user who is not there fails: scripts ask for one.
+	if _, e, code := pouch(t, "tidy-Walrus-87-kettle\n", "user", "add", "--data", dir, "alice"); code != 0 {
+		t.Fatalf("user add: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "check-config", "--config", cfg, "--check-user", "alice"); code != 0 || !strings.Contains(e, "check-user alice: found") {
+		t.Errorf("check-config --check-user alice: exit %d, %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "check-config", "--config", cfg, "--check-user", "nosuch"); code != 1 ||
+		!strings.Contains(e, "pouch: check-config: --check-user nosuch: no such user in the users file") || strings.Contains(e, "configuration OK") {
+		t.Errorf("check-config --check-user nosuch: exit %d, %s", code, e)
+	}
 	os.WriteFile(cfg, []byte("pop3 = \"nonsense:port:x\"\n"), 0o600)
 	if _, e, code := pouch(t, "", "check-config", "--config", cfg); code == 0 || !strings.Contains(e, cfg+`: key "pop3"`) {
 		t.Fatalf("check-config of a bad address: exit %d, %s", code, e)
