@@ -229,7 +229,7 @@ func TestDurationsTakeDays(t *testing.T) {
 		t.Errorf("login delay %v, password age %v, LMTP idle %v", s.server.LoginDelay, s.server.PasswordMaxAge, s.lmtp.idleTimeout)
 	}
 	if _, e, code := pouch(t, "", "serve", "--data", data, "--login-delay", "1x"); code != 2 ||
-		!strings.Contains(e, `invalid value "1x" for flag -login-delay: "1x" is not a duration (like 90s, 15m, 36h or 30d)`) {
+		!strings.Contains(e, `serve: --login-delay: "1x" is not a duration (like 90s, 15m, 36h or 30d)`) {
 		t.Errorf("serve --login-delay 1x: exit %d, %q", code, e)
 	}
 }
@@ -239,7 +239,7 @@ func TestDurationsTakeDays(t *testing.T) {
 func TestFetchSizesTakeEveryUnit(t *testing.T) {
 	for in, want := range map[string]int64{"1T": 1 << 40, "10KiB": 10 << 10, "3 GB": 3 << 30, "500k": 500 << 10} {
 		fs, c := fetchFlags(io.Discard)
-		if err := fs.Parse([]string{"--server", "127.0.0.1:1", "--user", "u", "--password-file", "/p", "--to", "maildir:/m", "--max-size", in}); err != nil {
+		if err := fs.Parse([]string{"--server", "127.0.0.1:1", "--user", "u", "--password-command", "echo p", "--to", "maildir:/m", "--max-size", in}); err != nil {
 			t.Fatal(err)
 		}
 		if a, _, err := c.account("", false); err != nil || a.MaxSize != want {
