@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -51,6 +52,9 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("ban: %v", err)
 	}
 	gc := guard.Config{StatePath: filepath.Join(*data, "bans.json")}
+	if fi, err := os.Stat(*data); storeURL == "" && (err != nil || !fi.IsDir()) {
+		return fmt.Errorf("ban: there is no data directory %s: give pouch serve's with --data", *data)
+	}
 	if storeURL != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
 		mail, err := openMailStore(ctx, storeSettings{url: storeURL}, "") // checks the schema

@@ -72,3 +72,23 @@ func TestBadFlagValueSentences(t *testing.T) {
 		}
 	}
 }
+
+// The sentence a command prints names the command, not the packages the
+// error went through.
+func TestMessagesWithoutPackagePrefixes(t *testing.T) {
+	for in, want := range map[string]string{
+		"user add: auth: empty user name": "user add: empty user name",
+		"reload: kept the users loaded before (auth: users file u is damaged: line 3: auth: empty user name)": "reload: kept the users loaded before (users file u is damaged: line 3: empty user name)",
+		"user add: making the Maildir m: store: invalid user name":                                            "user add: making the Maildir m: invalid user name",
+		"store: unknown action \"x\"": "store: unknown action \"x\"",
+		"ban: guard: auth: x":         "ban: x",
+	} {
+		if got := plainMessage(in); got != want {
+			t.Errorf("plainMessage(%q) = %q, want %q", in, got, want)
+		}
+	}
+	data := t.TempDir()
+	if _, e, code := pouch(t, "", "import", "maildir", "--data", data, "", t.TempDir()); code != 2 || e != "pouch: import maildir: empty user name\n" {
+		t.Errorf("import maildir with an empty name: exit %d, %q", code, e)
+	}
+}

@@ -262,14 +262,14 @@ func valueProblem(f *flag.Flag, value, why string) string {
 // internalPrefix is the prefix of a package's errors ("auth: ", "store: ")
 // within a message: the sentence a command prints names the command, and
 // needs no package's name.
-var internalPrefix = regexp.MustCompile(`: (auth|guard|maildir|store|audit|pg): `)
+var internalPrefix = regexp.MustCompile(`(: |\()(auth|guard|maildir|store|audit|pg): `)
 
 // plainMessage drops the packages' prefixes from a command's message
 // ("user add: auth: empty user name" is "user add: empty user name"); the
 // command's own name, first, stays.
 func plainMessage(s string) string {
 	for {
-		t := internalPrefix.ReplaceAllString(s, ": ")
+		t := internalPrefix.ReplaceAllString(s, "$1")
 		if t == s {
 			return s
 		}

@@ -211,6 +211,7 @@ func TestBanCommands(t *testing.T) {
 		{[]string{"ban", "add", "--data", data, "not-a-net"}, 2, "is not an address or a network"},
 		{[]string{"ban", "frob", "--data", data}, 2, "unknown action"},
 		{[]string{"ban"}, 2, "say list, add or del"},
+		{[]string{"ban", "add", "--data", filepath.Join(data, "nonexistent"), "192.0.2.1"}, 1, "ban: there is no data directory " + filepath.Join(data, "nonexistent") + ": give pouch serve's with --data"},
 	} {
 		_, e, code := pouch(t, "", tc.args...)
 		if code != tc.code || !strings.Contains(e, tc.msg) {
