@@ -72,7 +72,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	printAccountsTable(stdout, c.table)
 	if len(bad) > 0 {
 		for _, p := range bad[1:] {
-			fmt.Fprintln(stderr, "pouch: check-config: "+p.Error())
+			fmt.Fprintln(stderr, "pouch: check-config: "+plainError(p))
 		}
 		return fmt.Errorf("check-config: %v", bad[0])
 	}

@@ -28,8 +28,9 @@ func TestHelpGoesToStdout(t *testing.T) {
 }
 
 // A flag the command does not have is one line naming the command, and one
-// pointing at its help; not the whole usage. The exit status is 2 (75 for
-// pouch deliver, which an MTA runs and should retry).
+// pointing at its help; not the whole usage. The exit status is 2 (75 and
+// the sentence alone for pouch deliver, which an MTA runs and retries, and
+// whose output goes into the notice to the sender).
 func TestUnknownFlagIsOneLine(t *testing.T) {
 	for _, name := range referenceCommands(t) {
 		args := append(strings.Fields(name), "--bogus")
@@ -38,6 +39,7 @@ func TestUnknownFlagIsOneLine(t *testing.T) {
 		wantCode := 2
 		if name == "deliver" {
 			wantCode = exTempFail
+			want, _, _ = strings.Cut(want, "Run")
 		}
 		if code != wantCode || e != want || out != "" {
 			t.Errorf("pouch %s: exit %d, stderr %q, stdout %q; want exit %d and %q", strings.Join(args, " "), code, e, out, wantCode, want)
@@ -82,6 +84,7 @@ func TestMessagesWithoutPackagePrefixes(t *testing.T) {
 		"user add: making the Maildir m: store: invalid user name":                                            "user add: making the Maildir m: invalid user name",
 		"store: unknown action \"x\"": "store: unknown action \"x\"",
 		"ban: guard: auth: x":         "ban: x",
+		"guard: bans.json is damaged": "bans.json is damaged",
 	} {
 		if got := plainMessage(in); got != want {
 			t.Errorf("plainMessage(%q) = %q, want %q", in, got, want)

@@ -232,7 +232,8 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
-		ee.code = exTempFail // an MTA retries, and someone reads the notice
+		// An MTA retries, and puts the one sentence into the notice.
+		ee.code, ee.hint = exTempFail, ""
 		return ee
 	}
 	if len(pos) != 1 {

@@ -260,16 +260,15 @@ func valueProblem(f *flag.Flag, value, why string) string {
 }
 
 // internalPrefix is the prefix of a package's errors ("auth: ", "store: ")
-// within a message: the sentence a command prints names the command, and
-// needs no package's name.
-var internalPrefix = regexp.MustCompile(`(: |\()(auth|guard|maildir|store|audit|pg): `)
+// in a message: the sentence a command prints names the command, and needs
+// no package's name. "store: " first is pouch store's own.
+var internalPrefix = regexp.MustCompile(`(^|: |\()(auth|guard|maildir|audit|pg): |(: |\()store: `)
 
 // plainMessage drops the packages' prefixes from a command's message
-// ("user add: auth: empty user name" is "user add: empty user name"); the
-// command's own name, first, stays.
+// ("user add: auth: empty user name" is "user add: empty user name").
 func plainMessage(s string) string {
 	for {
-		t := internalPrefix.ReplaceAllString(s, "$1")
+		t := internalPrefix.ReplaceAllString(s, "$1$3")
 		if t == s {
 			return s
 		}
