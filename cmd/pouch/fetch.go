@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -256,7 +257,7 @@ func (c *fetchConfig) account1(name string, forAuth bool) (*fetch.Account, error
 	}
 	maxSize, err := units.ParseSize(c.maxSize)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--max-size: %v", err)
 	}
 	if c.deleteOversized && maxSize == 0 {
 		return nil, errors.New("--delete-oversized needs --max-size")
@@ -642,7 +643,7 @@ func parseEvery(s string) (time.Duration, error) {
 	}
 	d, forever, err := fetch.ParseKeep(s)
 	if err != nil || forever || d < time.Second {
-		return 0, usageError("--every %q: use an interval of at least 1s, like 5m", s)
+		return 0, usageError("--every %q: use an interval from 1s to %s, like 5m", s, units.FormatDuration(math.MaxInt64/units.Day*units.Day))
 	}
 	return d, nil
 }

@@ -367,6 +367,8 @@ func TestFetchConfigurationErrors(t *testing.T) {
 		{[]string{"--ca-file", notPEM}, "fetch: --ca-file " + notPEM + " holds no PEM certificate"},
 		{[]string{"--server", "[::1"}, `fetch: --server "[::1": give HOST:PORT`},
 		{[]string{"--server", ":995"}, `fetch: --server ":995": give HOST:PORT`},
+		{[]string{"--keep", "99999999h"}, `fetch: keep "99999999h" is too long: at most 106751d, or forever`},
+		{[]string{"--max-size", "9999999999T"}, `fetch: --max-size: "9999999999T" is too large: at most 8388607T`},
 		{[]string{"--window", "-5"}, "fetch: --window -5: give at least 1"},
 		{[]string{"--window", "0"}, "fetch: --window 0: give at least 1"},
 		{[]string{"--parallel", "0"}, "fetch: --parallel 0: give at least 1"},
