@@ -46,7 +46,7 @@ func ParseSize(s string) (int64, error) {
 	n, err := strconv.ParseInt(t[:i], 10, 64)
 	shift := 10 * power
 	if err != nil || n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("%q is too large: at most %dT", s, math.MaxInt64>>40)
+		return 0, &RangeError{fmt.Sprintf("%q is too large: at most %dT", s, math.MaxInt64>>40)}
 	}
 	return n << shift, nil
 }
@@ -68,10 +68,16 @@ func FormatSize(n int64) string {
 // Day is the unit d of a duration.
 const Day = 24 * time.Hour
 
+// RangeError is the error for a size or duration written as one, but too
+// large for Pouch to hold.
+type RangeError struct{ msg string }
+
+func (e *RangeError) Error() string { return e.msg }
+
 // tooLong says that s is longer than any duration: time.Duration holds
 // about 292 years.
 func tooLong(s string) error {
-	return fmt.Errorf("%q is too long: at most %dd (about 292 years)", s, int64(math.MaxInt64/Day))
+	return &RangeError{fmt.Sprintf("%q is too long: at most %dd (about 292 years)", s, int64(math.MaxInt64/Day))}
 }
 
 // durationSyntax is what time.ParseDuration reads, whatever the value: a

@@ -1,6 +1,7 @@
 package units
 
 import (
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -27,8 +28,15 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q): error %q does not quote the value", in, err)
 		}
 	}
-	if _, err := ParseSize("8388608T"); err == nil || !strings.Contains(err.Error(), "is too large: at most 8388607T") {
-		t.Errorf("ParseSize(8388608T): %v; want it to say the most", err)
+	var re *RangeError
+	if _, err := ParseSize("8388608T"); !errors.As(err, &re) || !strings.Contains(err.Error(), "is too large: at most 8388607T") {
+		t.Errorf("ParseSize(8388608T): %v; want a RangeError saying the most", err)
+	}
+	if _, err := ParseDuration("99999999h"); !errors.As(err, &re) {
+		t.Errorf("ParseDuration(99999999h): %v; want a RangeError", err)
+	}
+	if _, err := ParseDuration("soon"); errors.As(err, &re) {
+		t.Errorf("ParseDuration(soon): %v is a RangeError", err)
 	}
 	for _, n := range []int64{0, 1, 1023, 1024, 50 << 20, 3 << 30, 1<<40 + 1, 5 << 40, math.MaxInt64} {
 		if got, err := ParseSize(FormatSize(n)); err != nil || got != n {
