@@ -13,9 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
-
-	"github.com/pouchmail/pouch/internal/units"
 )
 
 const usage = `Pouch is a POP3 mail server.
@@ -231,7 +228,8 @@ func flagError(fs *flag.FlagSet, err error) error {
 
 // valueProblem says what is wrong with value for f, given why its Set
 // refused it: the settings' own sentences stay as they are; the flag
-// package's kinds say only "parse error" or "value out of range".
+// package's kinds say only "parse error" or "value out of range" (its
+// durations are not used: durationSetting reads units' durations).
 func valueProblem(f *flag.Flag, value, why string) string {
 	if why != "parse error" && why != "value out of range" {
 		return why
@@ -250,11 +248,6 @@ func valueProblem(f *flag.Flag, value, why string) string {
 		return fmt.Sprintf("%q is not a number", value)
 	case bool:
 		return fmt.Sprintf("%q is not true or false", value)
-	case time.Duration:
-		if _, err := units.ParseDuration(value); err != nil {
-			return err.Error()
-		}
-		return fmt.Sprintf("%q is not a duration (like 90s, 15m or 36h)", value)
 	}
 	return fmt.Sprintf("%q: %s", value, why)
 }
