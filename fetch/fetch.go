@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -172,7 +173,13 @@ func ParseKeep(s string) (d time.Duration, forever bool, err error) {
 		if err != nil {
 			return 0, false, fmt.Errorf("keep %q: %v", s, err)
 		}
-		d += time.Duration(f * float64(mult))
+		// A time.Duration holds about 292 years; past that it would wrap
+		// round to a negative or zero keep, which deletes at once.
+		v := f * float64(mult)
+		if v >= float64(math.MaxInt64) || time.Duration(v) > math.MaxInt64-d {
+			return 0, false, fmt.Errorf("keep %q is too long: at most %dd, or forever", s, int64(math.MaxInt64/(24*time.Hour)))
+		}
+		d += time.Duration(v)
 	}
 	return d, false, nil
 }

@@ -29,6 +29,16 @@ func TestParseKeep(t *testing.T) {
 			t.Errorf("%s accepted", bad)
 		}
 	}
+	// Too long for a time.Duration: refused, never wrapped round to a
+	// negative or zero keep, which would delete at once.
+	for _, long := range []string{"99999999h", "99999999h99999999h", "1000000w", "106752d", "106751d24h"} {
+		if d, f, err := ParseKeep(long); err == nil || !strings.Contains(err.Error(), "is too long") {
+			t.Errorf("%s: %v %v %v; want too long", long, d, f, err)
+		}
+	}
+	if d, _, err := ParseKeep("106751d"); err != nil || d != 106751*24*time.Hour {
+		t.Errorf("106751d: %v %v", d, err)
+	}
 }
 
 func TestFetchAndDelete(t *testing.T) {

@@ -436,11 +436,12 @@ func probeAccounts(s accountsSettings, a *accounts, user string, w interface{ Wr
 		}
 		name := auth.AccountName(user, s.defaultDomain)
 		acct, err := a.users.Account(name)
+		// A user who cannot log in fails the check: scripts ask for one.
 		switch {
 		case errors.Is(err, auth.ErrNoSuchUser):
-			fmt.Fprintf(w, "check-user %s: no such user in the users file\n", name)
+			bad.add(fmt.Errorf("--check-user %s: no such user in the users file", name))
 		case err != nil:
-			fmt.Fprintf(w, "check-user %s: %v\n", name, err)
+			bad.add(fmt.Errorf("--check-user %s: %s", name, plainError(err)))
 		default:
 			fmt.Fprintf(w, "check-user %s: found; credentials: %s\n", name, acct.Credentials)
 			printAccount(w, acct)
@@ -487,9 +488,9 @@ func probeAccounts(s accountsSettings, a *accounts, user string, w interface{ Wr
 	rec, acct, err := r.Inspect(ctx, name)
 	switch {
 	case errors.Is(err, auth.ErrNoSuchUser):
-		fmt.Fprintf(w, "check-user %s: no such account\n", name)
+		bad.add(fmt.Errorf("--check-user %s: no such account", name))
 	case errors.Is(err, auth.ErrInvalidAccount):
-		fmt.Fprintf(w, "check-user %s: found in %s, but refused: %s\n", name, rec.Where, refusedAccount(err))
+		bad.add(fmt.Errorf("--check-user %s: found in %s, but refused: %s", name, rec.Where, refusedAccount(err)))
 	case err != nil:
 		bad.add(fmt.Errorf("%s: looking up %s: %v", s.where, name, err))
 		return

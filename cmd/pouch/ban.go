@@ -5,12 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/pouchmail/pouch/guard"
 	"github.com/pouchmail/pouch/guard/pgbans"
+	"github.com/pouchmail/pouch/internal/units"
 )
 
 const banUsage = `Usage: pouch ban list|add|del [--data DIR | --store URL] [NETWORK] [--for DURATION] [--reason TEXT]
@@ -33,7 +35,8 @@ Flags:
 func runBan(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pouch ban", flag.ContinueOnError)
 	data := fs.String("data", "./pouch-data", "data `directory`")
-	length := fs.Duration("for", 0, "how `long` the ban lasts (default: until removed)")
+	var length durationSetting
+	durationVar(fs, &length, "for", 0, "how `long` the ban lasts, at most 3650d (default: until removed)")
 	reason := fs.String("reason", "banned by hand", "why, for the list and the audit log")
 	sf := storeFlag(fs, nil, data)
 	pos, err := parseCommand(fs, banUsage, args, stderr)
@@ -49,6 +52,9 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("ban: %v", err)
 	}
 	gc := guard.Config{StatePath: filepath.Join(*data, "bans.json")}
+	if fi, err := os.Stat(*data); storeURL == "" && (err != nil || !fi.IsDir()) {
+		return fmt.Errorf("ban: there is no data directory %s: give pouch serve's with --data", *data)
+	}
 	if storeURL != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
 		mail, err := openMailStore(ctx, storeSettings{url: storeURL}, "") // checks the schema
@@ -74,7 +80,7 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 			return usageError("ban list takes no network")
 		}
 		for _, b := range g.Bans() {
-			fmt.Fprintf(stdout, "%-20s until %s  %s\n", b.Net, b.Until.Local().Format(time.RFC3339), b.Reason)
+			fmt.Fprintf(stdout, "%-20s until %s  %s\n", b.Net, banEnd(b), b.Reason)
 		}
 		return nil
 	}
@@ -90,13 +96,19 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 	}
 	net := nets[0]
 	if action == "add" {
-		if *length < 0 {
-			return usageError("ban add: --for must not be negative")
+		d := time.Duration(length)
+		if d > maxBanFor {
+			return usageError("ban add: --for %s is too long: a ban lasts at most %s; leave out --for to ban until removed",
+				length.String(), units.FormatDuration(maxBanFor))
 		}
-		if err := g.Ban(net, *length, *reason); err != nil {
+		if err := g.Ban(net, d, *reason); err != nil {
 			return fmt.Errorf("ban add: %v", err)
 		}
-		if err := auditEvent(*data, "ban", "net", net.String(), "reason", *reason, "for", length.String()); err != nil {
+		lasts := d.String()
+		if d == 0 {
+			lasts = "forever" // until pouch ban del
+		}
+		if err := auditEvent(*data, "ban", "net", net.String(), "reason", *reason, "for", lasts); err != nil {
 			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
 		}
 		fmt.Fprintf(stderr, "banned %s\n", net)
@@ -125,10 +137,24 @@ func runBan(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
 		}
 		if b.Until.After(now) {
-			fmt.Fprintf(stderr, "lifted the ban of %s (until %s, %s)\n", b.Net, b.Until.Local().Format(time.RFC3339), b.Reason)
+			fmt.Fprintf(stderr, "lifted the ban of %s (until %s, %s)\n", b.Net, banEnd(b), b.Reason)
 		} else {
 			fmt.Fprintf(stderr, "removed the ended ban of %s from the list (%s)\n", b.Net, b.Reason)
 		}
 	}
 	return nil
+}
+
+// maxBanFor is the longest ban by hand with an end. guard.Guard.Ban keeps a
+// ban without one as a ban of 100 years, which banEnd tells apart by that.
+const maxBanFor = 3650 * units.Day
+
+// banEnd is when a ban ends, as pouch ban list shows it: RFC 3339 in local
+// time, or "removed" for a ban by hand without an end (it lasts until
+// pouch ban del).
+func banEnd(b guard.Ban) string {
+	if !b.Automatic() && b.Until.Sub(b.Since) > 99*365*units.Day {
+		return "removed"
+	}
+	return b.Until.Local().Format(time.RFC3339)
 }

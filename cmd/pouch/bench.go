@@ -16,7 +16,7 @@ import (
 
 // runBench is "pouch bench": the POP3 load generator.
 func runBench(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs := flag.NewFlagSet("pouch bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		cfg      loadgen.Config
@@ -25,17 +25,18 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		tlsMode  = fs.String("tls", "none", "`mode`: none, implicit (POP3S) or starttls")
 		caFile   = fs.String("tls-ca", "", "verify the server's certificate against this CA `file` (PEM); default: no verification")
 		jsonOut  = fs.Bool("json", false, "print the report as JSON")
-		probe    = fs.Duration("probe", 0, "hold one more session open, sending NOOP every `interval`, and report its latency")
+		probe    = new(time.Duration)
 		sessions = fs.Int64("sessions", 0, "stop after this `many` sessions, shared out in turn (client i runs sessions i, i+C…: as many as users logs each in once); default: one per client unless --duration")
 	)
+	durationVar(fs, (*durationSetting)(probe), "probe", 0, "hold one more session open, sending NOOP every `interval`, and report its latency")
 	fs.IntVar(&cfg.Clients, "clients", 1, "concurrent `sessions`")
-	fs.DurationVar(&cfg.Duration, "duration", 0, "run for this `long`")
+	durationVar(fs, (*durationSetting)(&cfg.Duration), "duration", 0, "run for this `long`")
 	fs.BoolVar(&cfg.Pipeline, "pipeline", false, "pipeline RETR/TOP commands (RFC 2449 PIPELINING)")
 	fs.IntVar(&cfg.PipelineDepth, "pipeline-depth", 16, "most pipelined commands in flight")
-	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "give up on a server silent this `long`")
+	durationVar(fs, (*durationSetting)(&cfg.Timeout), "timeout", 60*time.Second, "give up on a server silent this `long`")
 	fs.Float64Var(&cfg.WrongPasswordRate, "wrong-password-rate", 0, "log in with a mistyped password in this `fraction` of the sessions, chosen at random (0.02: 2%), expect -ERR and quit; reported apart (PASS-wrong), with the correct logins refused")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, `Usage: pouch bench [flags] HOST:PORT
+		fmt.Fprintf(fs.Output(), `Usage: pouch bench [flags] HOST:PORT
 
 Runs a POP3 load against any server and reports sessions/s, messages/s,
 MB/s and the latency (p50, p99) of every command. Client i logs in as users
@@ -53,7 +54,7 @@ Examples:
 
 Flags:
 `)
-		printFlags(stderr, fs)
+		printFlags(fs.Output(), fs)
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -14,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
@@ -36,12 +38,14 @@ Example:
 // runCheckConfig checks pouch serve's configuration (flags and --config
 // file) as pouch serve does at start, without serving, and prints the
 // effective settings as TOML. Once the settings are valid, it also tries
-// what the start would open, without changing anything: it resolves the
-// addresses and reads the data directory, the certificates, the client CAs,
+// what the start would open, without changing anything: it listens on each
+// TCP address and closes at once, looks at the directory of the LMTP
+// socket, and reads the data directory, the certificates, the client CAs,
 // the OAuth key set, the country database, the ban list and the run-as user.
 func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	flags, c := serveFlags(stderr)
-	flags.Usage = func() { fmt.Fprint(stderr, checkConfigUsage) }
+	flags.Init("pouch check-config", flag.ContinueOnError)
+	flags.Usage = func() { fmt.Fprint(flags.Output(), checkConfigUsage) }
 	checkUser := flags.String("check-user", "", "look this `name` up in the source of accounts and show what it returns")
 	pos, err := loadServeConfig(flags, c, args)
 	if err != nil {
@@ -68,7 +72,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 	printAccountsTable(stdout, c.table)
 	if len(bad) > 0 {
 		for _, p := range bad[1:] {
-			fmt.Fprintln(stderr, "pouch: check-config: "+p.Error())
+			fmt.Fprintln(stderr, "pouch: check-config: "+plainError(p))
 		}
 		return fmt.Errorf("check-config: %v", bad[0])
 	}
@@ -81,17 +85,14 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) error {
 // given, is looked up in the source of accounts.
 func (s *serveSettings) probe(bad *problems, w io.Writer, user string) {
 	for _, l := range s.listeners {
-		if l.addr != "" {
-			if _, err := net.ResolveTCPAddr("tcp", l.addr); err != nil {
-				bad.add(fmt.Errorf("%s: %v", s.src.where(l.name), err))
-			}
-		}
+		probeListen(s.src.where(l.name), l.addr, bad, w)
 	}
-	if a := s.defence.metricsAddr; a != "" {
-		if _, err := net.ResolveTCPAddr("tcp", a); err != nil {
-			bad.add(fmt.Errorf("%s: %v", s.src.where("metrics"), err))
-		}
+	if path, unix := strings.CutPrefix(s.lmtp.addr, "unix:"); unix {
+		probeSocketDir(path, w)
+	} else {
+		probeListen(s.src.where("lmtp"), s.lmtp.addr, bad, w)
 	}
+	probeListen(s.src.where("metrics"), s.defence.metricsAddr, bad, w)
 	if fi, err := os.Stat(s.data); errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(w, "note: %s does not exist yet; pouch serve will create it\n", s.data)
 	} else if err != nil || !fi.IsDir() {
@@ -170,6 +171,78 @@ func (s *serveSettings) probe(bad *problems, w io.Writer, user string) {
 		if _, _, err := lookupRunAs(s.defence.runAs); err != nil {
 			bad.add(err)
 		}
+	}
+}
+
+// probeListen tries to listen on the TCP address addr ("" is none), set
+// where, and closes the listener at once. An address that is not this
+// machine's, or does not resolve, is a problem; one in use now (by the
+// server running, before a restart) or a port below 1024 that this user may
+// not bind is a note, since pouch serve may run when it is free, or with
+// the capability to bind it.
+func probeListen(where, addr string, bad *problems, w io.Writer) {
+	if addr == "" {
+		return
+	}
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		l.Close()
+		return
+	}
+	note, problem := listenProblem(addr, err, os.Geteuid())
+	if note != "" {
+		fmt.Fprintf(w, "note: %s\n", note)
+	}
+	if problem != "" {
+		bad.add(fmt.Errorf("%s: %s", where, problem))
+	}
+}
+
+// listenProblem sorts out why listening on addr failed, for a process of
+// the user euid: a note, or a problem.
+func listenProblem(addr string, err error, euid int) (note, problem string) {
+	host, portText, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portText)
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Sprintf("%s is in use now; pouch serve cannot start on it while it is", addr), ""
+	case errors.Is(err, syscall.EACCES) && port > 0 && port < 1024 && euid != 0:
+		return fmt.Sprintf("%s: this user may not listen on port %d, below 1024; pouch serve needs root or CAP_NET_BIND_SERVICE for it", addr, port), ""
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "", fmt.Sprintf("%s is not an address of this machine, so pouch serve cannot listen on %s", host, addr)
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return "", fmt.Sprintf("%s does not resolve: %v", host, dns.Err)
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		err = op.Err
+	}
+	return "", fmt.Sprintf("cannot listen on %s: %v", addr, err)
+}
+
+// probeSocketDir notes what would keep pouch serve from making the Unix
+// socket path: its directory missing or not writable, or a file there
+// that is no socket. Nothing is made.
+func probeSocketDir(path string, w io.Writer) {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		fmt.Fprintf(w, "note: the directory %s of the LMTP socket does not exist; pouch serve cannot make %s until it does\n", dir, path)
+		return
+	case err != nil:
+		fmt.Fprintf(w, "note: the directory %s of the LMTP socket cannot be read: %v\n", dir, errors.Unwrap(err))
+		return
+	case !fi.IsDir():
+		fmt.Fprintf(w, "note: %s, where the LMTP socket goes, is not a directory\n", dir)
+		return
+	case syscall.Access(dir, 2 /* W_OK */) != nil:
+		fmt.Fprintf(w, "note: this user may not write to %s, where the LMTP socket %s goes (pouch serve may run as another)\n", dir, path)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != fs.ModeSocket {
+		fmt.Fprintf(w, "note: %s is there and is not a socket; pouch serve will not replace it\n", path)
 	}
 }
 

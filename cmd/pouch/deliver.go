@@ -221,15 +221,20 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	storeURL := fs.String("store", "", "deliver into the PostgreSQL database at this `URL` (pouch serve --store) instead of the Maildirs under --data")
 	c.register(fs, false)
 	ac.register(fs)
-	fs.Usage = func() {}
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), deliverUsage)
+		printFlags(fs.Output(), fs)
+	}
 	pos, err := parseInterleaved(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stderr, deliverUsage)
-		printFlags(stderr, fs)
+	var help *helpRequest
+	if errors.As(err, &help) {
 		return err
 	}
-	if err != nil {
-		return tempFail("deliver: %v", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		// An MTA retries, and puts the one sentence into the notice.
+		ee.code, ee.hint = exTempFail, ""
+		return ee
 	}
 	if len(pos) != 1 {
 		return tempFail("deliver: give exactly one user name, got %d arguments", len(pos))

@@ -3,11 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"math"
+	"net"
 	"os"
 	"os/signal"
 	"sort"
@@ -126,7 +132,7 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs := flag.NewFlagSet("pouch fetch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.configFile, "config", "", "read accounts from this TOML `file`")
-	fs.StringVar(&c.server, "server", "", "POP3 server `host:port` (995 for implicit TLS, 110 for starttls)")
+	fs.StringVar(&c.server, "server", "", "POP3 server `host[:port]`; the port defaults to 995 for implicit TLS, 110 for starttls and none")
 	fs.StringVar(&c.tlsMode, "tls", "implicit", "`mode`: implicit (POP3S), starttls (STLS, never falls back), or none (cleartext)")
 	fs.StringVar(&c.caFile, "ca-file", "", "trust the CA certificates in this PEM `file` instead of the system's")
 	fs.StringVar(&c.fingerprint, "tls-fingerprint", "", "accept only the server certificate with this SHA-256 `hex` fingerprint")
@@ -144,8 +150,8 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.StringVar(&c.every, "every", "", "keep running and fetch again every `interval` (5m, 1h)")
 	fs.BoolVar(&c.quiet, "q", false, "print nothing but errors")
 	fs.IntVar(&c.window, "window", 1024, "RETR commands in flight when the server offers PIPELINING")
-	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up on a server silent this `long`")
-	fs.DurationVar(&c.deadline, "deadline", fetch.DefaultDeadline, "cut off an account's run after this `long` in all (the session ends without deleting anything); 0 for none")
+	durationVar(fs, (*durationSetting)(&c.timeout), "timeout", 2*time.Minute, "give up on a server silent this `long`")
+	durationVar(fs, (*durationSetting)(&c.deadline), "deadline", fetch.DefaultDeadline, "cut off an account's run after this `long` in all (the session ends without deleting anything); 0 for none")
 	fs.IntVar(&c.parallel, "parallel", 4, "fetch up to `n` accounts at once")
 	fs.BoolVar(&c.retryQuarantined, "retry-quarantined", false, "download again the messages an earlier run found damaged and left on the server")
 	fs.BoolVar(&c.markExisting, "mark-existing", false, "record every message now on the server as fetched, downloading and deleting nothing")
@@ -165,8 +171,8 @@ func fetchFlags(stderr io.Writer) (*flag.FlagSet, *fetchConfig) {
 	fs.BoolVar(&c.device, "device", false, "auth login: sign in with a code typed on another device (RFC 8628), for machines without a browser")
 	fs.BoolVar(&c.browser, "browser", false, "auth login: sign in through a web browser (RFC 8252)")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, fetchUsage)
-		printFlags(stderr, fs)
+		fmt.Fprint(fs.Output(), fetchUsage)
+		printFlags(fs.Output(), fs)
 	}
 	return fs, c
 }
@@ -251,26 +257,127 @@ func (c *fetchConfig) account1(name string, forAuth bool) (*fetch.Account, error
 	}
 	maxSize, err := units.ParseSize(c.maxSize)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--max-size: %v", err)
 	}
 	if c.deleteOversized && maxSize == 0 {
 		return nil, errors.New("--delete-oversized needs --max-size")
 	}
-	if c.deadline < 0 {
-		return nil, errors.New("--deadline must not be negative")
+	if c.window < 1 {
+		return nil, fmt.Errorf("--window %d: give at least 1 (RETR commands in flight)", c.window)
+	}
+	server, err := serverAddr(c.server, mode)
+	if err != nil {
+		return nil, err
+	}
+	if c.to != "" {
+		if err := checkDestination(c.to, c.rcpt); err != nil {
+			return nil, err
+		}
+	}
+	if c.fingerprint != "" {
+		if fp, err := hex.DecodeString(client.NormalizeFingerprint(c.fingerprint)); err != nil || len(fp) != sha256.Size {
+			return nil, fmt.Errorf("--tls-fingerprint %q: give the 64 hex digits of the certificate's SHA-256 fingerprint (colons allowed)", c.fingerprint)
+		}
+	}
+	// Files read at every run must be readable now: one that is not is
+	// a mistake in the configuration, not a failure that may pass.
+	if c.passwordFile != "" {
+		if err := readable(c.passwordFile); err != nil {
+			return nil, fmt.Errorf("--password-file %s cannot be read: %v", c.passwordFile, err)
+		}
+	}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(fetch.ExpandHome(c.caFile))
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file %s cannot be read: %v", c.caFile, pathErr(err))
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", c.caFile)
+		}
 	}
 	deadline := c.deadline
 	if deadline == 0 {
 		deadline = -1 // none
 	}
 	return &fetch.Account{
-		Name: name, Server: c.server, TLS: mode, CAFile: c.caFile, Fingerprint: c.fingerprint,
+		Name: name, Server: server, TLS: mode, CAFile: c.caFile, Fingerprint: c.fingerprint,
 		User: c.user, PasswordFile: c.passwordFile, PasswordCommand: c.passwordCommand,
 		OAuthTokenCommand: c.oauthTokenCommand, To: c.to, Rcpt: c.rcpt,
 		Keep: keep, KeepForever: forever, MaxSize: maxSize, DeleteOversized: c.deleteOversized,
 		StateDir: c.stateDir, DryRun: c.dryRun, Window: c.window, Timeout: c.timeout,
 		Deadline: deadline, RetryQuarantined: c.retryQuarantined, MarkExisting: c.markExisting,
 	}, nil
+}
+
+// serverAddr returns the --server address with its port: a host without
+// one gets POP3's: 995 for implicit TLS (RFC 8314 §3.3), 110 otherwise
+// (RFC 1939 §3), as mpop does.
+func serverAddr(server string, mode client.TLSMode) (string, error) {
+	if host, port, err := net.SplitHostPort(server); err == nil {
+		if host == "" || port == "" {
+			return "", fmt.Errorf("--server %q: give HOST:PORT, or the host alone for the usual port", server)
+		}
+		return server, nil
+	}
+	host := server
+	if inner, ok := strings.CutPrefix(host, "["); ok {
+		host, ok = strings.CutSuffix(inner, "]")
+		if !ok || net.ParseIP(host) == nil {
+			host = "" // not an IPv6 address in brackets
+		}
+	}
+	if host == "" || strings.ContainsAny(host, "[]/ ") || strings.Contains(host, ":") && net.ParseIP(host) == nil {
+		return "", fmt.Errorf("--server %q: give HOST:PORT, or the host alone for the usual port (an IPv6 address in brackets: [2001:db8::1]:995)", server)
+	}
+	port := "110"
+	if mode == client.TLSImplicit {
+		port = "995"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// destinationKinds are what --to takes, as fetch.OpenDestination reads it.
+const destinationKinds = "maildir:DIR, mbox:FILE, mda:CMD, lmtp:HOST:PORT or smtp:HOST:PORT"
+
+// checkDestination checks the form of a --to destination, which each run
+// opens (a Maildir is made then, so it is not opened here).
+func checkDestination(spec, rcpt string) error {
+	kind, arg, ok := strings.Cut(spec, ":")
+	switch {
+	case !ok || arg == "":
+		return fmt.Errorf("--to %q: give %s", spec, destinationKinds)
+	case kind == "maildir" || kind == "mbox" || kind == "mda":
+		return nil
+	case kind == "lmtp" || kind == "smtp":
+		if _, _, err := net.SplitHostPort(arg); err != nil {
+			return fmt.Errorf("--to %q: give %s:HOST:PORT", spec, kind)
+		}
+		if rcpt == "" {
+			return fmt.Errorf("--to %s needs a recipient (--rcpt)", spec)
+		}
+		return nil
+	}
+	return fmt.Errorf("--to %q: %q is no kind of destination; give %s", spec, kind, destinationKinds)
+}
+
+// readable says why the file at path cannot be opened for reading, or
+// returns nil.
+func readable(path string) error {
+	f, err := os.Open(fetch.ExpandHome(path))
+	if err != nil {
+		return pathErr(err)
+	}
+	return f.Close()
+}
+
+// pathErr is what went wrong with a file, without its path (the message
+// names it already): "no such file or directory".
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // topLevelKeys are the keys that apply to the whole command, not to one
@@ -317,6 +424,12 @@ func setFromTOML(fs *flag.FlagSet, set map[string]bool, values map[string]any, w
 	return nil
 }
 
+// badAccount is an account of the --config file whose settings are wrong.
+type badAccount struct {
+	name string
+	err  error // exit status 2
+}
+
 type namedAccount struct {
 	acct       *fetch.Account
 	oauth      *oauth.Config // nil: the account has no provider
@@ -328,7 +441,8 @@ type namedAccount struct {
 // fetchRun is what one pouch fetch command does.
 type fetchRun struct {
 	accts    []namedAccount
-	daemon   bool // --every: keep running
+	bad      []badAccount // accounts of the --config file that did not load
+	daemon   bool         // --every: keep running
 	parallel int
 	config   string // the --config file, "" for none
 }
@@ -416,7 +530,7 @@ func loadAccounts(fa *fetchArgs, names []string, forAuth bool, stores *tokenStor
 		return fetchRun{}, &exitError{code: 2, msg: err.Error()}
 	}
 	if tc.parallel < 1 {
-		return fetchRun{}, usageError("--parallel %d: give at least 1", tc.parallel)
+		return fetchRun{}, usageError("config %s: key \"parallel\": %d: give at least 1 (accounts fetched at once)", c.configFile, tc.parallel)
 	}
 	table, _ := file["account"].(map[string]any)
 	if t2, ok := file["accounts"].(map[string]any); ok {
@@ -442,37 +556,23 @@ func loadAccounts(fa *fetchArgs, names []string, forAuth bool, stores *tokenStor
 		return fetchRun{}, err
 	}
 	var out []namedAccount
+	var bad []badAccount
 	shortest := time.Duration(0)
 	for _, name := range names {
-		vals, ok := table[name].(map[string]any)
-		if !ok {
+		if _, ok := table[name].(map[string]any); !ok {
 			return fetchRun{}, usageError("config %s: no account %q", c.configFile, name)
 		}
-		afs, ac := fetchFlags(stderr)
-		parseInterleaved(afs, fa.args)
-		setFromTOML(afs, fa.set, file, "config "+c.configFile, false)
-		where := fmt.Sprintf("config %s: account %s", c.configFile, name)
-		if err := setFromTOML(afs, fa.set, vals, where, true); err != nil {
-			return fetchRun{}, &exitError{code: 2, msg: err.Error()}
-		}
-		a, oc, err := ac.account(name, forAuth)
+	}
+	for _, name := range names {
+		// An account whose settings are wrong is left out; the others
+		// run (fetchOnce, the daemon).
+		na, every, err := loadAccount(fa, file, name, table[name].(map[string]any), defEvery, forAuth, stores, stderr)
 		if err != nil {
-			return fetchRun{}, usageError("account %s: %v", name, err)
-		}
-		// An account's own every wins over --every, which sets it for
-		// the others.
-		every := defEvery
-		if v, ok := vals["every"]; ok {
-			if every, err = parseEvery(fmt.Sprint(v)); err != nil {
-				return fetchRun{}, usageError("%s: %v", where, err)
-			}
+			bad = append(bad, badAccount{name: name, err: err})
+			continue
 		}
 		if every > 0 && (shortest == 0 || every < shortest) {
 			shortest = every
-		}
-		na := namedAccount{acct: a, oauth: oc, quiet: ac.quiet, quietEmpty: ac.quietEmpty, every: every}
-		if err := na.wire(stores); err != nil {
-			return fetchRun{}, err
 		}
 		out = append(out, na)
 	}
@@ -482,7 +582,39 @@ func loadAccounts(fa *fetchArgs, names []string, forAuth bool, stores *tokenStor
 		}
 	}
 	// --mark-existing is done once, whatever the intervals.
-	return fetchRun{accts: out, daemon: shortest > 0 && !c.markExisting, parallel: tc.parallel, config: c.configFile}, nil
+	return fetchRun{accts: out, bad: bad, daemon: shortest > 0 && !c.markExisting, parallel: tc.parallel, config: c.configFile}, nil
+}
+
+// loadAccount loads the account name of the --config file, its table vals
+// over the top level's keys and under the command line's flags, and its
+// interval (defEvery unless it has its own every).
+func loadAccount(fa *fetchArgs, file map[string]any, name string, vals map[string]any, defEvery time.Duration,
+	forAuth bool, stores *tokenStores, stderr io.Writer) (namedAccount, time.Duration, error) {
+	c := fa.c
+	afs, ac := fetchFlags(stderr)
+	parseInterleaved(afs, fa.args)
+	setFromTOML(afs, fa.set, file, "config "+c.configFile, false)
+	where := fmt.Sprintf("config %s: account %s", c.configFile, name)
+	if err := setFromTOML(afs, fa.set, vals, where, true); err != nil {
+		return namedAccount{}, 0, &exitError{code: 2, msg: err.Error()}
+	}
+	a, oc, err := ac.account(name, forAuth)
+	if err != nil {
+		return namedAccount{}, 0, usageError("account %s: %v", name, err)
+	}
+	// An account's own every wins over --every, which sets it for the
+	// others.
+	every := defEvery
+	if v, ok := vals["every"]; ok {
+		if every, err = parseEvery(fmt.Sprint(v)); err != nil {
+			return namedAccount{}, 0, usageError("%s: %v", where, err)
+		}
+	}
+	na := namedAccount{acct: a, oauth: oc, quiet: ac.quiet, quietEmpty: ac.quietEmpty, every: every}
+	if err := na.wire(stores); err != nil {
+		return namedAccount{}, 0, err
+	}
+	return na, every, nil
 }
 
 // wire gives an account with a provider its token source.
@@ -511,7 +643,7 @@ func parseEvery(s string) (time.Duration, error) {
 	}
 	d, forever, err := fetch.ParseKeep(s)
 	if err != nil || forever || d < time.Second {
-		return 0, usageError("--every %q: use an interval of at least 1s, like 5m", s)
+		return 0, usageError("--every %q: use an interval from 1s to %s, like 5m", s, units.FormatDuration(math.MaxInt64/units.Day*units.Day))
 	}
 	return d, nil
 }
@@ -520,6 +652,9 @@ func runFetch(args []string, stdin io.Reader, stderr io.Writer) error {
 	fa, err := parseFetchArgs(args, stderr)
 	if err != nil {
 		return err
+	}
+	if fa.c.parallel < 1 {
+		return usageError("fetch: --parallel %d: give at least 1 (accounts fetched at once)", fa.c.parallel)
 	}
 	stores := &tokenStores{stderr: stderr}
 	if len(fa.pos) > 0 && fa.pos[0] == "auth" {
@@ -542,6 +677,9 @@ func runFetch(args []string, stdin io.Reader, stderr io.Writer) error {
 	bar := tty && (len(fr.accts) == 1 || fr.parallel == 1)
 	if !fr.daemon {
 		return fetchOnce(ctx, fr, bar, stderr)
+	}
+	for _, b := range fr.bad {
+		fmt.Fprintf(stderr, "pouch fetch: %s; it is not fetched until the configuration is fixed (SIGHUP reloads it)\n", plainError(b.err))
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -584,6 +722,12 @@ func notFailed(err error) bool {
 // fetchOnce fetches every account once, up to fr.parallel at a time, and
 // prints each account's lines together, in the accounts' order.
 func fetchOnce(ctx context.Context, fr fetchRun, bar bool, stderr io.Writer) error {
+	if len(fr.bad) == 1 && len(fr.accts) == 0 {
+		return fr.bad[0].err
+	}
+	for _, b := range fr.bad {
+		fmt.Fprintf(stderr, "pouch fetch: %s\n", plainError(b.err))
+	}
 	out := newOrderedOutput(stderr, len(fr.accts))
 	sem := make(chan struct{}, fr.parallel)
 	same := sameMailbox(fr.accts)
@@ -605,7 +749,8 @@ func fetchOnce(ctx context.Context, fr fetchRun, bar bool, stderr io.Writer) err
 		}()
 	}
 	wg.Wait()
-	failed, user := 0, 0
+	failed, user, config := len(fr.bad), 0, len(fr.bad)
+	all := len(fr.accts) + len(fr.bad)
 	for _, err := range errs {
 		switch {
 		case notFailed(err):
@@ -616,11 +761,15 @@ func fetchOnce(ctx context.Context, fr fetchRun, bar bool, stderr io.Writer) err
 			failed++
 		}
 	}
+	// The status is the worst: the configuration, then the user, then
+	// what may pass.
 	switch {
+	case config > 0:
+		return &exitError{code: 2, msg: fmt.Sprintf("fetch failed for %d of %d accounts (for %d their configuration is wrong, see above)", failed, all, config)}
 	case user > 0:
-		return &exitError{code: exitNeedsUser, msg: fmt.Sprintf("fetch failed for %d of %d accounts (for %d the server refused the password or token, or the account must sign in again)", failed, len(fr.accts), user)}
+		return &exitError{code: exitNeedsUser, msg: fmt.Sprintf("fetch failed for %d of %d accounts (for %d the server refused the password or token, or the account must sign in again)", failed, all, user)}
 	case failed > 0:
-		return &exitError{code: exitFetchFailed, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, len(fr.accts))}
+		return &exitError{code: exitFetchFailed, msg: fmt.Sprintf("fetch failed for %d of %d accounts", failed, all)}
 	}
 	return nil
 }

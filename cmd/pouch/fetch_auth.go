@@ -39,6 +39,9 @@ func runFetchAuth(fa *fetchArgs, args []string, stdin io.Reader, stores *tokenSt
 	if err != nil {
 		return err
 	}
+	if len(fr.bad) > 0 {
+		return fr.bad[0].err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if cmd != "status" && fr.accts[0].oauth == nil {

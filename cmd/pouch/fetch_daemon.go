@@ -249,11 +249,12 @@ func (d *daemon) backoff(iv time.Duration, n int) time.Duration {
 
 // doReload loads the configuration again. Accounts added are due at once;
 // accounts removed stop after the run in progress; accounts changed use
-// their new settings from their next run on. A configuration that does not
-// load changes nothing.
+// their new settings from their next run on; an account whose new settings
+// are wrong keeps those in use (or, new, is not fetched). A configuration
+// that does not load changes nothing.
 func (d *daemon) doReload() {
 	fr, err := d.reload()
-	if err == nil && !fr.daemon {
+	if err == nil && !fr.daemon && len(fr.accts) > 0 {
 		err = errors.New("it no longer sets an interval (every)")
 	}
 	where := "the configuration"
@@ -267,7 +268,21 @@ func (d *daemon) doReload() {
 	now := d.now()
 	var added, removed, changed []string
 	seen := map[string]bool{}
-	d.order = d.order[:0]
+	order := d.order
+	d.order = nil
+	for _, b := range fr.bad {
+		if s := d.accts[b.name]; s != nil && !s.removed {
+			seen[b.name] = true
+			fmt.Fprintf(d.out, "pouch fetch: reloading %s: %s; keeping its configuration in use\n", where, plainError(b.err))
+		} else {
+			fmt.Fprintf(d.out, "pouch fetch: reloading %s: %s; it is not fetched until that is fixed\n", where, plainError(b.err))
+		}
+	}
+	for _, name := range order {
+		if seen[name] {
+			d.order = append(d.order, name) // kept as it was
+		}
+	}
 	for _, na := range fr.accts {
 		name := na.acct.DisplayName()
 		seen[name] = true

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -400,5 +401,45 @@ func TestFetchEveryLoginDelayAndBackoff(t *testing.T) {
 	s := out.String()
 	if !strings.Contains(s, "trying again in") || !strings.Contains(s, "the server allows one login every 2s (LOGIN-DELAY), so it is checked that often rather than every 1s") {
 		t.Fatalf("%s", s)
+	}
+}
+
+// A reload in which an account's settings are wrong keeps that account's
+// settings in use (a new one is not fetched) and applies the others.
+func TestDaemonReloadKeepsAccountWithBadSettings(t *testing.T) {
+	acct := func(name, user string) namedAccount {
+		return namedAccount{acct: &fetch.Account{Name: name, Server: "127.0.0.1:1", User: user}, every: time.Minute}
+	}
+	a, b := acct("a", "alice"), acct("b", "bob")
+	var out strings.Builder
+	d := newDaemon(fetchRun{accts: []namedAccount{a, b}, daemon: true, parallel: 1, config: "fetch.toml"}, &out)
+	b2 := acct("b", "bob2")
+	d.reload = func() (fetchRun, error) {
+		return fetchRun{accts: []namedAccount{b2}, daemon: true, parallel: 1, config: "fetch.toml", bad: []badAccount{
+			{"a", usageError("account a: --window -5: give at least 1 (RETR commands in flight)")},
+			{"c", usageError("account c: --server is required")},
+		}}, nil
+	}
+	d.doReload()
+	if s := d.accts["a"]; s == nil || s.na.acct != a.acct {
+		t.Errorf("a's settings in use were not kept: %+v", s)
+	}
+	if s := d.accts["b"]; s == nil || s.na.acct != b2.acct {
+		t.Errorf("b's new settings were not taken: %+v", s)
+	}
+	if d.accts["c"] != nil {
+		t.Error("c, whose settings are wrong, was added")
+	}
+	if !slices.Equal(d.order, []string{"a", "b"}) {
+		t.Errorf("order %q", d.order)
+	}
+	for _, want := range []string{
+		"pouch fetch: reloading fetch.toml: account a: --window -5: give at least 1 (RETR commands in flight); keeping its configuration in use\n",
+		"pouch fetch: reloading fetch.toml: account c: --server is required; it is not fetched until that is fixed\n",
+		"pouch fetch: reloaded fetch.toml: changed b\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -364,3 +364,129 @@ func TestFetchBrokenServer(t *testing.T) {
 		t.Fatalf("retry: exit %d:\n%s", code, stderr)
 	}
 }
+
+// A mistake in the configuration exits 2 in one sentence before anything is
+// tried (not 1, the status of a failure that may pass), on the command line
+// and in the --config file alike.
+func TestFetchConfigurationErrors(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	notPEM := filepath.Join(dir, "ca.pem")
+	os.WriteFile(notPEM, []byte("no certificate here\n"), 0o600)
+	base := []string{"fetch", "--server", "127.0.0.1:1", "--tls", "none", "--user", "u", "--password-file", pw,
+		"--to", "maildir:" + dir + "/Mail", "--state-dir", dir + "/state"}
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--to", "bogus:/x"}, `fetch: --to "bogus:/x": "bogus" is no kind of destination; give maildir:DIR, mbox:FILE, mda:CMD, lmtp:HOST:PORT or smtp:HOST:PORT`},
+		{[]string{"--to", "lmtp:nohost"}, `fetch: --to "lmtp:nohost": give lmtp:HOST:PORT`},
+		{[]string{"--to", "smtp:127.0.0.1:25", "--rcpt", ""}, "fetch: --to smtp:127.0.0.1:25 needs a recipient (--rcpt)"},
+		{[]string{"--tls-fingerprint", "AA:BB"}, `fetch: --tls-fingerprint "AA:BB": give the 64 hex digits of the certificate's SHA-256 fingerprint`},
+		{[]string{"--tls-fingerprint", strings.Repeat("zz", 32)}, `fetch: --tls-fingerprint "` + strings.Repeat("zz", 32) + `": give the 64 hex digits`},
+		{[]string{"--password-file", dir + "/nonexistent"}, "fetch: --password-file " + dir + "/nonexistent cannot be read: no such file or directory"},
+		{[]string{"--ca-file", dir + "/nonexistent"}, "fetch: --ca-file " + dir + "/nonexistent cannot be read: no such file or directory"},
+		{[]string{"--ca-file", notPEM}, "fetch: --ca-file " + notPEM + " holds no PEM certificate"},
+		{[]string{"--server", "[::1"}, `fetch: --server "[::1": give HOST:PORT`},
+		{[]string{"--server", ":995"}, `fetch: --server ":995": give HOST:PORT`},
+		{[]string{"--keep", "99999999h"}, `fetch: keep "99999999h" is too long: at most 106751d, or forever`},
+		{[]string{"--max-size", "9999999999T"}, `fetch: --max-size: "9999999999T" is too large: at most 8388607T`},
+		{[]string{"--window", "-5"}, "fetch: --window -5: give at least 1"},
+		{[]string{"--window", "0"}, "fetch: --window 0: give at least 1"},
+		{[]string{"--parallel", "0"}, "fetch: --parallel 0: give at least 1"},
+		{[]string{"--parallel", "-3"}, "fetch: --parallel -3: give at least 1"},
+	} {
+		_, stderr, code := pouch(t, "", append(append([]string{}, base...), tc.args...)...)
+		if code != 2 || !strings.HasPrefix(stderr, "pouch: "+tc.msg) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("fetch %s: exit %d, %q; want exit 2 and %q", strings.Join(tc.args, " "), code, stderr, tc.msg)
+		}
+	}
+	// The keys of the file go through the same checks.
+	cfg := filepath.Join(dir, "fetch.toml")
+	for body, msg := range map[string]string{
+		"parallel = 0\n[account.a]\nserver = \"127.0.0.1:1\"\n":                `config ` + cfg + `: key "parallel": 0: give at least 1`,
+		"[account.a]\nserver = \"127.0.0.1:1\"\nwindow = -5\n":                 "account a: --window -5: give at least 1",
+		"[account.a]\nserver = \"127.0.0.1:1\"\ntls-fingerprint = \"AA:BB\"\n": `account a: --tls-fingerprint "AA:BB"`,
+	} {
+		os.WriteFile(cfg, []byte("user = \"u\"\npassword-file = \""+pw+"\"\nto = \"maildir:"+dir+"/Mail\"\n"+body), 0o600)
+		_, stderr, code := pouch(t, "", "fetch", "--config", cfg)
+		if code != 2 || !strings.Contains(stderr, msg) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("config %q: exit %d, %q; want exit 2 and %q", body, code, stderr, msg)
+		}
+	}
+}
+
+// A server given without a port gets POP3's: 995 for implicit TLS, 110 for
+// STLS and cleartext, as mpop does.
+func TestFetchServerDefaultPort(t *testing.T) {
+	for _, tc := range []struct {
+		server, tls, want string
+	}{
+		{"pop.example.com", "implicit", "pop.example.com:995"},
+		{"pop.example.com", "starttls", "pop.example.com:110"},
+		{"localhost", "none", "localhost:110"},
+		{"[2001:db8::1]", "implicit", "[2001:db8::1]:995"},
+		{"2001:db8::1", "starttls", "[2001:db8::1]:110"},
+		{"pop.example.com:1995", "implicit", "pop.example.com:1995"},
+	} {
+		fs, c := fetchFlags(io.Discard)
+		if err := fs.Parse([]string{"--server", tc.server, "--tls", tc.tls, "--user", "u", "--password-command", "echo p", "--to", "maildir:/m"}); err != nil {
+			t.Fatal(err)
+		}
+		if a, _, err := c.account("", false); err != nil || a.Server != tc.want {
+			t.Errorf("--server %s --tls %s: %v, %v; want %s", tc.server, tc.tls, a, err, tc.want)
+		}
+	}
+}
+
+// An account whose settings are wrong is left out with one line, and the
+// others are fetched; the exit status is the worst: 2 (the configuration)
+// over 3 (an account needs its user) over 1.
+func TestFetchConfigErrorLetsOtherAccountsRun(t *testing.T) {
+	addr, st := fetchServer(t)
+	st.Deliver(context.Background(), "alice", strings.NewReader("Subject: a\n\na\n"))
+	st.Deliver(context.Background(), "bob", strings.NewReader("Subject: b\n\nb\n"))
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fetch.toml")
+	accounts := `
+server = "` + addr + `"
+tls = "none"
+state-dir = "` + dir + `/state"
+
+[account.alice]
+user = "alice"
+password-command = "echo secret"
+to = "maildir:` + dir + `/alice"
+
+[account.broken]
+user = "carol"
+password-file = "` + dir + `/no-such-file"
+to = "maildir:` + dir + `/carol"
+
+[account.bob]
+user = "bob"
+password-command = "echo hunter2"
+to = "maildir:` + dir + `/bob"
+`
+	os.WriteFile(cfg, []byte(accounts), 0o600)
+	_, stderr, code := pouch(t, "", "fetch", "--config", cfg)
+	if code != 2 || !strings.Contains(stderr, "pouch fetch: account broken: --password-file "+dir+"/no-such-file cannot be read: no such file or directory\n") ||
+		!strings.Contains(stderr, "alice: 1 fetched") || !strings.Contains(stderr, "bob: 1 fetched") ||
+		!strings.Contains(stderr, "pouch: fetch failed for 1 of 3 accounts (for 1 their configuration is wrong, see above)") {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	if countFiles(t, dir+"/alice") != 1 || countFiles(t, dir+"/bob") != 1 {
+		t.Fatal("the good accounts were not fetched")
+	}
+	// With an account whose password the server refuses (3), still 2.
+	os.WriteFile(cfg, []byte(strings.Replace(accounts, `"echo hunter2"`, `"echo wrong"`, 1)), 0o600)
+	_, stderr, code = pouch(t, "", "fetch", "--config", cfg)
+	if code != 2 || !strings.Contains(stderr, "fetch failed for 2 of 3 accounts") {
+		t.Fatalf("with a refused password too: exit %d:\n%s", code, stderr)
+	}
+	// Without the broken account, 3.
+	if _, stderr, code = pouch(t, "", "fetch", "--config", cfg, "alice", "bob"); code != 3 {
+		t.Fatalf("without the broken account: exit %d:\n%s", code, stderr)
+	}
+}

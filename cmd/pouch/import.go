@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -288,6 +289,29 @@ func importUsers(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "skipped %s\n", b)
 			trouble++
 		}
+		// Every new account must be able to have its Maildir, before
+		// the users file takes any.
+		known, err := auth.ListUsers(path)
+		if err != nil {
+			return fmt.Errorf("import users: %v", err)
+		}
+		names, err := newMailNames(filepath.Join(*data, "mail"), known)
+		if err != nil {
+			return fmt.Errorf("import users: %v", err)
+		}
+		all := len(users)
+		users = slices.DeleteFunc(users, func(u auth.ForeignUser) bool {
+			if names.names[u.Name] {
+				return false
+			}
+			if _, err := names.maildir(u.Name); err != nil {
+				fmt.Fprintf(stdout, "skipped %v\n", err)
+				trouble++
+				return true
+			}
+			names.add(u.Name)
+			return false
+		})
 		out, err := auth.ImportUsers(path, users, *replace)
 		if err != nil {
 			return fmt.Errorf("import users: %v", err)
@@ -314,8 +338,8 @@ func importUsers(args []string, stdout, stderr io.Writer) error {
 					u.Name, u.Scheme, u.Problem, u.Name)
 			}
 		}
-		fmt.Fprintf(stdout, "import users: %d users in %s: %d added, %d there already, %d passwords replaced, %d left with another password\n",
-			len(users), pos[0], added, same, updated, differs)
+		fmt.Fprintf(stdout, "import users: %d users in %s: %d added, %d there already, %d passwords replaced, %d left with another password, %d skipped\n",
+			all, pos[0], added, same, updated, differs, all-len(users))
 	}
 	// Every maildrop needs an account.
 	names, err := auth.ListUsers(path)

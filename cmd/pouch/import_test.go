@@ -227,3 +227,32 @@ func TestImportUsers(t *testing.T) {
 		t.Errorf("the replaced password does not work")
 	}
 }
+
+// pouch import users adds no account that could not have its Maildir: in
+// the domains layout, one named as a domain whose directory is there, or
+// as one of an account added in the same run; the users file gets the
+// others.
+func TestImportUsersRefusesNamesOfDomains(t *testing.T) {
+	data := t.TempDir()
+	if _, e, code := pouch(t, "tidy-Walrus-87-kettle\n", "user", "add", "--data", data, "bob@example.org"); code != 0 {
+		t.Fatalf("add: %d %s", code, e)
+	}
+	src := filepath.Join(t.TempDir(), "passwd")
+	os.WriteFile(src, []byte("example.org:{PLAIN}secret-one\nann@example.com:{PLAIN}secret-two\nexample.com:{PLAIN}secret-three\nzed:{PLAIN}secret-four\n"), 0o600)
+	out, e, code := pouch(t, "", "import", "users", "--data", data, src)
+	if code != 1 {
+		t.Fatalf("exit %d\n%s%s", code, out, e)
+	}
+	for _, want := range []string{
+		"skipped example.org cannot have a Maildir: " + filepath.Join(data, "mail", "example.org") + " holds the Maildirs of the domain example.org",
+		"skipped example.com cannot have a Maildir: " + filepath.Join(data, "mail", "example.com") + " is to hold the Maildir of ann@example.com",
+		"import users: 4 users in " + src + ": 2 added, 0 there already, 0 passwords replaced, 0 left with another password, 2 skipped",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if list, _, _ := pouch(t, "", "user", "list", "--data", data); list != "bob@example.org\nann@example.com\nzed\n" {
+		t.Errorf("users = %q", list)
+	}
+}

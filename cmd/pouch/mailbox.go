@@ -187,8 +187,11 @@ func describeStoreErr(err error, user string) error {
 
 // parseSince reads --since: a date, a date and time (RFC 3339), or an age.
 func parseSince(v string, now time.Time) (time.Time, error) {
+	var tooLong *units.RangeError
 	if d, err := units.ParseDuration(v); err == nil {
 		return now.Add(-d), nil
+	} else if errors.As(err, &tooLong) {
+		return time.Time{}, err
 	}
 	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
 		if t, err := time.ParseInLocation(layout, v, time.Local); err == nil {

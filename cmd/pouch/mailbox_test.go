@@ -128,4 +128,8 @@ func TestParseSince(t *testing.T) {
 	if got, err := parseSince("2026-11-20", now); err != nil || got.Day() != 20 {
 		t.Errorf("parseSince(date) = %v, %v", got, err)
 	}
+	// An age too long says so, not that it is no date.
+	if _, err := parseSince("99999999h", now); err == nil || !strings.Contains(err.Error(), `"99999999h" is too long: at most 106751d`) {
+		t.Errorf("parseSince(99999999h): %v", err)
+	}
 }

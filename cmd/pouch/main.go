@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -45,10 +48,12 @@ Usage:
 Run "pouch help COMMAND" for the flags and examples of a command.
 `
 
-// exitError carries an exit status and one readable sentence.
+// exitError carries an exit status and one readable sentence, and
+// optionally a second line saying where to read more.
 type exitError struct {
 	code int
 	msg  string
+	hint string
 }
 
 func (e *exitError) Error() string { return e.msg }
@@ -68,13 +73,26 @@ func main() {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	if !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(os.Stderr, "pouch: %v\n", err)
+	fmt.Fprintf(os.Stderr, "pouch: %s\n", plainMessage(err.Error()))
+	if ee != nil && ee.hint != "" {
+		fmt.Fprintln(os.Stderr, ee.hint)
 	}
 	os.Exit(code)
 }
 
+// run runs the command of args. Help asked for (pouch help COMMAND, or
+// --help anywhere on a command line) goes to stdout, and is no failure.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	err := dispatch(args, stdin, stdout, stderr)
+	var h *helpRequest
+	if errors.As(err, &h) {
+		h.show(stdout)
+		return nil
+	}
+	return err
+}
+
+func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return &exitError{code: 2, msg: "no command given"}
@@ -111,8 +129,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case "version", "--version":
 		return runVersion(rest, stdout)
 	case "help", "-h", "--help", "-help":
-		if len(rest) > 0 {
-			return run([]string{rest[0], "--help"}, stdin, stdout, stderr)
+		if len(rest) > 0 && rest[0] != "help" && !strings.HasPrefix(rest[0], "-") {
+			// pouch help mailbox stats is pouch mailbox stats --help.
+			return dispatch(append(slices.Clone(rest), "--help"), stdin, stdout, stderr)
 		}
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -122,27 +141,54 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 }
 
-// parseCommand sets up a subcommand's flag set to report to stderr and
-// print usage and the flags for --help, then parses args (parseInterleaved).
+// parseCommand sets up a subcommand's flag set to print usage and the flags
+// for --help, and to report to stderr, then parses args (parseInterleaved).
 func parseCommand(fs *flag.FlagSet, usage string, args []string, stderr io.Writer) ([]string, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		printFlags(stderr, fs)
+		fmt.Fprint(fs.Output(), usage)
+		printFlags(fs.Output(), fs)
 	}
 	return parseInterleaved(fs, args)
 }
 
+// helpRequest is --help on a command line: show writes the command's
+// usage (its flag set's Usage, which writes to the flag set's output).
+type helpRequest struct {
+	fs    *flag.FlagSet
+	usage func()
+}
+
+func (h *helpRequest) Error() string { return "help requested" }
+func (h *helpRequest) Unwrap() error { return flag.ErrHelp }
+
+func (h *helpRequest) show(w io.Writer) {
+	out := h.fs.Output()
+	h.fs.SetOutput(w)
+	h.usage()
+	h.fs.SetOutput(out)
+}
+
 // parseInterleaved parses flags that may come before, between or after the
-// positional arguments, and returns the positional arguments.
+// positional arguments, and returns the positional arguments. --help
+// returns a *helpRequest; a bad flag, an error of exit status 2 in one
+// sentence, pointing at the command's help.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	// The flag package would print the error and the whole usage itself.
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	defer func() {
+		fs.Usage = usage
+		fs.SetOutput(out)
+	}()
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
+				return nil, &helpRequest{fs: fs, usage: usage}
 			}
-			return nil, &exitError{code: 2, msg: err.Error()}
+			return nil, flagError(fs, err)
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -154,6 +200,78 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// The flag package's errors about a flag's value.
+var (
+	invalidValue = regexp.MustCompile(`^invalid value (".*") for flag -([^:\s]+): (.*)$`)
+	invalidBool  = regexp.MustCompile(`^invalid boolean value (".*") for -([^:\s]+): (.*)$`)
+)
+
+// flagError turns an error of fs.Parse into one sentence naming the command
+// (serve: flag provided but not defined: -bogus; ban: --for: "9x" is not a
+// duration …), with a hint at the command's help.
+func flagError(fs *flag.FlagSet, err error) error {
+	cmd := strings.TrimPrefix(fs.Name(), "pouch ")
+	msg := err.Error()
+	m := invalidValue.FindStringSubmatch(msg)
+	if m == nil {
+		m = invalidBool.FindStringSubmatch(msg)
+	}
+	if m != nil {
+		value, _ := strconv.Unquote(m[1])
+		msg = "--" + m[2] + ": " + valueProblem(fs.Lookup(m[2]), value, m[3])
+	}
+	return &exitError{code: 2, msg: cmd + ": " + msg,
+		hint: fmt.Sprintf("Run \"pouch help %s\" for the flags.", cmd)}
+}
+
+// valueProblem says what is wrong with value for f, given why its Set
+// refused it: the settings' own sentences stay as they are; the flag
+// package's kinds say only "parse error" or "value out of range" (its
+// durations are not used: durationSetting reads units' durations).
+func valueProblem(f *flag.Flag, value, why string) string {
+	if why != "parse error" && why != "value out of range" {
+		return why
+	}
+	var v any
+	if g, ok := f.Value.(flag.Getter); ok {
+		v = g.Get()
+	}
+	switch v.(type) {
+	case int, int64, uint, uint64:
+		if why == "value out of range" {
+			return fmt.Sprintf("%q is too large", value)
+		}
+		return fmt.Sprintf("%q is not a whole number", value)
+	case float64:
+		return fmt.Sprintf("%q is not a number", value)
+	case bool:
+		return fmt.Sprintf("%q is not true or false", value)
+	}
+	return fmt.Sprintf("%q: %s", value, why)
+}
+
+// internalPrefix is the prefix of a package's errors ("auth: ", "store: ")
+// in a message: the sentence a command prints names the command, and needs
+// no package's name. "store: " first is pouch store's own.
+var internalPrefix = regexp.MustCompile(`(^|: |\()(auth|guard|maildir|audit|pg): |(: |\()store: `)
+
+// plainMessage drops the packages' prefixes from a command's message
+// ("user add: auth: empty user name" is "user add: empty user name").
+func plainMessage(s string) string {
+	for {
+		t := internalPrefix.ReplaceAllString(s, "$1$3")
+		if t == s {
+			return s
+		}
+		s = t
+	}
+}
+
+// plainError is err's message without the packages' prefixes.
+func plainError(err error) string {
+	return strings.TrimPrefix(plainMessage(": "+err.Error()), ": ")
 }
 
 // flagNames lists the flags set on the command line.

@@ -8,9 +8,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/auth"
 )
 
-// pouch runs the command in-process and returns its output and exit status.
+// pouch runs the command in-process and returns its output and exit
+// status, with the error written as main writes it.
 func pouch(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errb bytes.Buffer
@@ -21,7 +24,10 @@ func pouch(t *testing.T, stdin string, args ...string) (stdout, stderr string, c
 		if errors.As(err, &ee) {
 			code = ee.code
 		}
-		errb.WriteString("pouch: " + err.Error() + "\n")
+		errb.WriteString("pouch: " + plainMessage(err.Error()) + "\n")
+		if ee != nil && ee.hint != "" {
+			errb.WriteString(ee.hint + "\n")
+		}
 	}
 	return out.String(), errb.String(), code
 }
@@ -205,6 +211,7 @@ func TestBanCommands(t *testing.T) {
 		{[]string{"ban", "add", "--data", data, "not-a-net"}, 2, "is not an address or a network"},
 		{[]string{"ban", "frob", "--data", data}, 2, "unknown action"},
 		{[]string{"ban"}, 2, "say list, add or del"},
+		{[]string{"ban", "add", "--data", filepath.Join(data, "nonexistent"), "192.0.2.1"}, 1, "ban: there is no data directory " + filepath.Join(data, "nonexistent") + ": give pouch serve's with --data"},
 	} {
 		_, e, code := pouch(t, "", tc.args...)
 		if code != tc.code || !strings.Contains(e, tc.msg) {
@@ -217,6 +224,44 @@ func TestBanCommands(t *testing.T) {
 	}
 }
 
+// A ban without --for lasts until pouch ban del, and ban list says so (not
+// a date a hundred years on); the audit log says "forever". --for takes
+// at most ten years.
+func TestBanUntilRemoved(t *testing.T) {
+	data := t.TempDir()
+	if _, e, code := pouch(t, "", "ban", "add", "--data", data, "198.51.100.7"); code != 0 {
+		t.Fatalf("ban add: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "ban", "add", "--data", data, "--for", "3650d", "203.0.113.0/24"); code != 0 {
+		t.Fatalf("ban add --for 3650d: %d %s", code, e)
+	}
+	out, _, _ := pouch(t, "", "ban", "list", "--data", data)
+	lines := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		lines[f[0]] = f
+	}
+	if f := lines["198.51.100.7/32"]; len(f) < 3 || f[1] != "until" || f[2] != "removed" {
+		t.Errorf("ban list shows the ban without an end as %q:\n%s", f, out)
+	}
+	if f := lines["203.0.113.0/24"]; len(f) < 3 || f[1] != "until" {
+		t.Errorf("ban list: %q", out)
+	} else if until, err := time.Parse(time.RFC3339, f[2]); err != nil || time.Until(until) < 3649*24*time.Hour {
+		t.Errorf("ban list shows the ten-year ban as until %q (%v)", f[2], err)
+	}
+	audit, _ := os.ReadFile(filepath.Join(data, "audit.log"))
+	if !strings.Contains(string(audit), `"for":"forever"`) || strings.Contains(string(audit), `"for":"0s"`) {
+		t.Errorf("audit log: %s", audit)
+	}
+	_, e, code := pouch(t, "", "ban", "add", "--data", data, "--for", "3651d", "192.0.2.1")
+	if code != 2 || !strings.Contains(e, "--for 3651d is too long: a ban lasts at most 3650d; leave out --for to ban until removed") {
+		t.Errorf("ban add --for 3651d: exit %d, %q", code, e)
+	}
+	if _, e, _ := pouch(t, "", "ban", "del", "--data", data, "198.51.100.7"); !strings.Contains(e, "lifted the ban of 198.51.100.7/32 (until removed, banned by hand)") {
+		t.Errorf("ban del: %q", e)
+	}
+}
+
 func TestCheckConfigAndVersion(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "pouch.toml")
@@ -225,6 +270,17 @@ func TestCheckConfigAndVersion(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `idle-timeout = "15m0s"`) || !strings.Contains(out, `pop3 = "127.0.0.1:1110"`) ||
 		!strings.Contains(out, "max-line-length = 255") || !strings.Contains(e, "configuration OK") {
 		t.Fatalf("check-config: exit %d\n%s\n%s", code, out, e)
+	}
+	// --check-user of a user who is not there fails: scripts ask for one.
+	if _, e, code := pouch(t, "tidy-Walrus-87-kettle\n", "user", "add", "--data", dir, "alice"); code != 0 {
+		t.Fatalf("user add: %d %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "check-config", "--config", cfg, "--check-user", "alice"); code != 0 || !strings.Contains(e, "check-user alice: found") {
+		t.Errorf("check-config --check-user alice: exit %d, %s", code, e)
+	}
+	if _, e, code := pouch(t, "", "check-config", "--config", cfg, "--check-user", "nosuch"); code != 1 ||
+		!strings.Contains(e, "pouch: check-config: --check-user nosuch: no such user in the users file") || strings.Contains(e, "configuration OK") {
+		t.Errorf("check-config --check-user nosuch: exit %d, %s", code, e)
 	}
 	os.WriteFile(cfg, []byte("pop3 = \"nonsense:port:x\"\n"), 0o600)
 	if _, e, code := pouch(t, "", "check-config", "--config", cfg); code == 0 || !strings.Contains(e, cfg+`: key "pop3"`) {
@@ -236,6 +292,63 @@ func TestCheckConfigAndVersion(t *testing.T) {
 	}
 	if out, _, code := pouch(t, "", "version"); code != 0 || !strings.HasPrefix(out, "pouch ") {
 		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+// In the domains layout, a name without a domain and a domain share a
+// directory of the mail root: pouch user add refuses a name whose Maildir
+// would be a domain's directory, or the other way round, before it writes
+// anything, so no account is left without a Maildir (mail for it would be
+// deferred for ever).
+func TestUserAddRefusesNameOfDomain(t *testing.T) {
+	data := t.TempDir()
+	const pw = "tidy-Walrus-87-kettle\n"
+	for _, name := range []string{"bob@example.org", "carol"} {
+		if _, e, code := pouch(t, pw, "user", "add", "--data", data, name); code != 0 {
+			t.Fatalf("add %s: %d %s", name, code, e)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(data, "mail", "example.org", "bob", "new")); err != nil {
+		t.Fatalf("not the domains layout: %v", err)
+	}
+	// An account that has no Maildir yet (pouch import users makes none).
+	if err := auth.AddUser(filepath.Join(data, "users"), "dave@example.net", "another-Walrus-88-kettle"); err != nil {
+		t.Fatal(err)
+	}
+	usersPath := filepath.Join(data, "users")
+	before, _ := os.ReadFile(usersPath)
+	for name, want := range map[string]string{
+		"example.org":       filepath.Join(data, "mail", "example.org") + " holds the Maildirs of the domain example.org",
+		"erin@carol":        filepath.Join(data, "mail", "carol") + " is the Maildir of the user carol",
+		"example.net":       filepath.Join(data, "mail", "example.net") + " is to hold the Maildir of dave@example.net",
+		"frank@EXAMPLE.ORG": "", // the same domain as bob's: no clash
+	} {
+		_, e, code := pouch(t, pw, "user", "add", "--data", data, name)
+		if want == "" {
+			if code != 0 {
+				t.Errorf("add %s: exit %d, %s", name, code, e)
+			}
+			continue
+		}
+		if code != 1 || !strings.Contains(e, "cannot have a Maildir: "+want) || strings.Count(e, "\n") != 1 || strings.Contains(e, "store:") {
+			t.Errorf("add %s: exit %d, %q; want exit 1 and one line with %q", name, code, e, want)
+		}
+		if _, err := os.Stat(filepath.Join(data, "mail", name)); err == nil && name != "example.org" {
+			t.Errorf("add %s made a directory", name)
+		}
+	}
+	after, _ := os.ReadFile(usersPath)
+	if want := string(before); !strings.HasPrefix(string(after), want) || strings.Count(string(after), "\n") != strings.Count(want, "\n")+1 {
+		t.Errorf("the users file changed beyond the one account added:\n%s", after)
+	}
+	if out, _, _ := pouch(t, "", "user", "list", "--data", data); out != "bob@example.org\ncarol\ndave@example.net\nfrank@example.org\n" {
+		t.Errorf("list = %q", out)
+	}
+	// Every account listed takes mail.
+	for _, name := range []string{"bob@example.org", "carol", "frank@example.org"} {
+		if _, e, code := pouch(t, "Subject: hi\n\nhi\n", "deliver", "--data", data, name); code != 0 {
+			t.Errorf("deliver %s: exit %d, %s", name, code, e)
+		}
 	}
 }
 

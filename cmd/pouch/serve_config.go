@@ -82,8 +82,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.SetOutput(stderr)
 	c.register(fs)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, serveUsage)
-		printFlags(stderr, fs)
+		fmt.Fprint(fs.Output(), serveUsage)
+		printFlags(fs.Output(), fs)
 	}
 	return fs, c
 }

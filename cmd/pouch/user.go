@@ -17,6 +17,7 @@ import (
 
 	"github.com/pouchmail/pouch/audit"
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/store"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -136,12 +137,25 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return usageError("user %s: %v", action, err)
 		}
 		// Say what is wrong with the name before asking for a password.
-		if exists, err := userExists(path, name); err == nil {
+		known, listErr := auth.ListUsers(path)
+		if listErr == nil {
+			exists := slices.Contains(known, name)
 			if action == "add" && exists {
 				return fmt.Errorf("user add: %v", describe(auth.ErrUserExists, name, path))
 			}
 			if action == "passwd" && !exists {
 				return fmt.Errorf("user passwd: %v", describe(auth.ErrNoSuchUser, name, path))
+			}
+		}
+		mailRoot := filepath.Join(*data, "mail")
+		var maildirPath string
+		if action == "add" {
+			names, err := newMailNames(mailRoot, known)
+			if err == nil {
+				maildirPath, err = names.maildir(name)
+			}
+			if err != nil {
+				return fmt.Errorf("user add: %v", err)
 			}
 		}
 		pw, err := readPassword(stdin, stderr)
@@ -152,23 +166,25 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return fmt.Errorf("user %s: %v", action, err)
 		}
 		if action == "add" {
-			err = auth.AddUser(path, name, pw)
+			// The Maildir first: a user in the users file whose Maildir
+			// cannot be made would have mail deferred for ever.
+			_, statErr := os.Stat(maildirPath)
+			if err := maildir.New(mailRoot).Create(name); err != nil {
+				return fmt.Errorf("user add: making the Maildir %s: %v", maildirPath, plainError(err))
+			}
+			if err = auth.AddUser(path, name, pw); err != nil && errors.Is(statErr, os.ErrNotExist) {
+				removeEmptyMaildir(mailRoot, maildirPath)
+			}
+			done = "added user " + name
 		} else {
 			err = auth.SetPassword(path, name, pw)
+			done = "changed the password of " + name
 		}
 		if err != nil {
 			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
 		}
 		if err := auth.SCRAMUsable(pw); err != nil {
 			fmt.Fprintf(stderr, "pouch: warning: %v\n", strings.TrimPrefix(err.Error(), "auth: "))
-		}
-		if action == "add" {
-			if err := maildir.New(filepath.Join(*data, "mail")).Create(name); err != nil {
-				return fmt.Errorf("user add: creating the maildir: %v", err)
-			}
-			done = "added user " + name
-		} else {
-			done = "changed the password of " + name
 		}
 	case "del":
 		if err := auth.DeleteUser(path, name); err != nil {
@@ -245,6 +261,86 @@ func userExists(path, name string) (bool, error) {
 		return false, err
 	}
 	return slices.Contains(list, name), nil
+}
+
+// mailNames tells where new accounts' Maildirs go under a mail root. In
+// the domains layout a domain and a user without a domain would share a
+// directory of the mail root: a new account may take neither one that is
+// there already nor one that an account will have (the accounts are the
+// users file's, and those added since).
+type mailNames struct {
+	root    string
+	mail    *maildir.Store
+	layout  maildir.Layout
+	names   map[string]bool
+	domains map[string]string // a domain: one of its accounts
+}
+
+// newMailNames reads the layout of the mail root (a new one takes the
+// domains layout, and nothing is written).
+func newMailNames(root string, accounts []string) (*mailNames, error) {
+	mail := maildir.New(root)
+	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
+		mail = maildir.NewWithLayout(root, maildir.Domains)
+	}
+	layout, err := mail.Layout()
+	if err != nil {
+		return nil, errors.New(plainError(err))
+	}
+	m := &mailNames{root: root, mail: mail, layout: layout, names: map[string]bool{}, domains: map[string]string{}}
+	for _, a := range accounts {
+		m.add(a)
+	}
+	return m, nil
+}
+
+// add counts the account name in.
+func (m *mailNames) add(name string) {
+	m.names[name] = true
+	if _, domain, ok := auth.SplitAddress(name); ok && m.domains[domain] == "" {
+		m.domains[domain] = name
+	}
+}
+
+// maildir returns the Maildir that the new account name gets, or says in a
+// sentence why it can get none.
+func (m *mailNames) maildir(name string) (string, error) {
+	dir, err := m.mail.Dir(name)
+	if err != nil && (m.layout != maildir.Domains || !errors.Is(err, store.ErrBadUser)) {
+		return "", fmt.Errorf("%s cannot have a Maildir: %v", name, plainError(err))
+	}
+	if m.layout != maildir.Domains {
+		return dir, nil
+	}
+	_, domain, hasDomain := auth.SplitAddress(name)
+	var clash string // what has name's directory
+	switch {
+	case err != nil && hasDomain:
+		clash = fmt.Sprintf("%s is the Maildir of the user %s", filepath.Join(m.root, domain), domain)
+	case err != nil:
+		clash = fmt.Sprintf("%s holds the Maildirs of the domain %s", filepath.Join(m.root, name), name)
+	case hasDomain && m.names[domain]:
+		clash = fmt.Sprintf("%s is to be the Maildir of the user %s", filepath.Join(m.root, domain), domain)
+	case !hasDomain && m.domains[name] != "":
+		clash = fmt.Sprintf("%s is to hold the Maildir of %s", filepath.Join(m.root, name), m.domains[name])
+	}
+	if clash != "" {
+		return "", fmt.Errorf("%s cannot have a Maildir: %s (a domain and a user without a domain would share that directory)", name, clash)
+	}
+	return dir, nil
+}
+
+// removeEmptyMaildir removes the Maildir dir that a failed pouch user add
+// made, and the domain's directory above it if that is empty now; a
+// directory that holds anything stays.
+func removeEmptyMaildir(root, dir string) {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		os.Remove(filepath.Join(dir, sub))
+	}
+	os.Remove(dir)
+	if parent := filepath.Dir(dir); parent != filepath.Clean(root) {
+		os.Remove(parent)
+	}
 }
 
 func describe(err error, name, path string) error {

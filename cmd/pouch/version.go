@@ -8,7 +8,11 @@ import (
 
 // runVersion prints the module version and the build's VCS revision.
 func runVersion(args []string, stdout io.Writer) error {
-	if len(args) > 0 {
+	switch {
+	case len(args) == 1 && (args[0] == "--help" || args[0] == "-help" || args[0] == "-h"):
+		fmt.Fprintln(stdout, "Usage: pouch version\n\nPrints the version of Pouch, the Go version it was built with and the\nsource revision.")
+		return nil
+	case len(args) > 0:
 		return usageError("version takes no arguments")
 	}
 	fmt.Fprintln(stdout, versionString())

@@ -17,6 +17,7 @@ package units
 import (
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +46,7 @@ func ParseSize(s string) (int64, error) {
 	n, err := strconv.ParseInt(t[:i], 10, 64)
 	shift := 10 * power
 	if err != nil || n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("%q is too large", s)
+		return 0, &RangeError{fmt.Sprintf("%q is too large: at most %dT", s, math.MaxInt64>>40)}
 	}
 	return n << shift, nil
 }
@@ -67,6 +68,22 @@ func FormatSize(n int64) string {
 // Day is the unit d of a duration.
 const Day = 24 * time.Hour
 
+// RangeError is the error for a size or duration written as one, but too
+// large for Pouch to hold.
+type RangeError struct{ msg string }
+
+func (e *RangeError) Error() string { return e.msg }
+
+// tooLong says that s is longer than any duration: time.Duration holds
+// about 292 years.
+func tooLong(s string) error {
+	return &RangeError{fmt.Sprintf("%q is too long: at most %dd (about 292 years)", s, int64(math.MaxInt64/Day))}
+}
+
+// durationSyntax is what time.ParseDuration reads, whatever the value: a
+// text of this form that it refuses is too long for a time.Duration.
+var durationSyntax = regexp.MustCompile(`^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$`)
+
 // ParseDuration reads a duration (see the package comment).
 func ParseDuration(s string) (time.Duration, error) {
 	var days time.Duration
@@ -75,7 +92,7 @@ func ParseDuration(s string) (time.Duration, error) {
 		// No unit of time.ParseDuration has a d: this one is days.
 		n, err := strconv.ParseInt(s[:i], 10, 64)
 		if err != nil || n > int64(math.MaxInt64/Day) {
-			return 0, fmt.Errorf("%q is too long", s)
+			return 0, tooLong(s)
 		}
 		days, rest = time.Duration(n)*Day, s[i+1:]
 		if rest == "" {
@@ -84,12 +101,16 @@ func ParseDuration(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(rest)
 	switch {
+	case err != nil && durationSyntax.MatchString(rest) && !strings.HasPrefix(rest, "-"):
+		return 0, tooLong(s) // the only reason time.ParseDuration has left
+	case err != nil && durationSyntax.MatchString(rest):
+		return 0, fmt.Errorf("%q is negative: give a duration of 0 or more", s)
 	case err != nil:
 		return 0, fmt.Errorf("%q is not a duration (like 90s, 15m, 36h or 30d)", s)
 	case d < 0:
 		return 0, fmt.Errorf("%q is negative: give a duration of 0 or more", s)
 	case d > math.MaxInt64-days:
-		return 0, fmt.Errorf("%q is too long", s)
+		return 0, tooLong(s)
 	}
 	return days + d, nil
 }

@@ -1,6 +1,7 @@
 package units
 
 import (
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -27,6 +28,16 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q): error %q does not quote the value", in, err)
 		}
 	}
+	var re *RangeError
+	if _, err := ParseSize("8388608T"); !errors.As(err, &re) || !strings.Contains(err.Error(), "is too large: at most 8388607T") {
+		t.Errorf("ParseSize(8388608T): %v; want a RangeError saying the most", err)
+	}
+	if _, err := ParseDuration("99999999h"); !errors.As(err, &re) {
+		t.Errorf("ParseDuration(99999999h): %v; want a RangeError", err)
+	}
+	if _, err := ParseDuration("soon"); errors.As(err, &re) {
+		t.Errorf("ParseDuration(soon): %v is a RangeError", err)
+	}
 	for _, n := range []int64{0, 1, 1023, 1024, 50 << 20, 3 << 30, 1<<40 + 1, 5 << 40, math.MaxInt64} {
 		if got, err := ParseSize(FormatSize(n)); err != nil || got != n {
 			t.Errorf("ParseSize(FormatSize(%d) = %q) = %d, %v", n, FormatSize(n), got, err)
@@ -52,6 +63,8 @@ func TestParseDuration(t *testing.T) {
 		"1.5d": "is not a duration", "12h1d": "is not a duration", "1d 12h": "is not a duration", "-1d": "is not a duration",
 		"1w": "is not a duration", "-1s": "is negative", "1d-1h": "is negative", "106752d": "is too long",
 		"99999999999999999999d": "is too long", "106751d24h": "is too long",
+		"99999999h": "is too long: at most 106751d", "2562048h": "is too long", "1d2562047h": "is too long",
+		"-99999999h": "is negative", "99999999999999999999ns": "is too long", "1e9h": "is not a duration",
 	} {
 		if got, err := ParseDuration(in); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `"`+in+`"`) {
 			t.Errorf("ParseDuration(%q) = %v, %v; want an error quoting it, %q", in, got, err, want)
