@@ -302,6 +302,9 @@ func ParseExpire(v string) (Expiry, error) {
 		return Expiry{DeleteRetrieved: true}, nil
 	}
 	d, err := units.ParseDuration(v)
+	if re := (*units.RangeError)(nil); errors.As(err, &re) {
+		return Expiry{}, err
+	}
 	if err != nil || d == 0 {
 		return Expiry{}, fmt.Errorf("%q is not \"never\", \"0\" or a duration such as 30d", v)
 	}
@@ -338,6 +341,9 @@ func ParseWindow(v string) (time.Duration, error) {
 		return 0, nil
 	}
 	d, err := units.ParseDuration(v)
+	if re := (*units.RangeError)(nil); errors.As(err, &re) {
+		return 0, err
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a duration such as 30d (or 0)", v)
 	}

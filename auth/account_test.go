@@ -226,6 +226,15 @@ func TestParseExpire(t *testing.T) {
 			t.Errorf("ParseExpire(%q) = %+v, %v", tc.in, e, err)
 		}
 	}
+	// A duration too long to hold says so, rather than "not a duration".
+	for _, parse := range []func(string) error{
+		func(v string) error { _, err := ParseExpire(v); return err },
+		func(v string) error { _, err := ParseWindow(v); return err },
+	} {
+		if err := parse("99999999h"); err == nil || !strings.Contains(err.Error(), "too long") {
+			t.Errorf("99999999h: %v; want it called too long", err)
+		}
+	}
 }
 
 // No field value panics the parser, a value it takes is read the same
