@@ -77,13 +77,16 @@ func killed(err error) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
+// crashPoints are the named points of the exactly-once order, from the
+// pending record to QUIT.
+var crashPoints = []string{"maildir.deliver.synced", "fetch.delivered", "fetch.synced", "fetch.journaled", "fetch.before-quit"}
+
 // TestCrashAtEveryPoint kills the client at each named point of the
 // exactly-once order, then lets a clean run finish: every message must be in
 // the Maildir exactly once and, with the default policy, gone from the server.
 func TestCrashAtEveryPoint(t *testing.T) {
-	points := []string{"maildir.deliver.synced", "fetch.delivered", "fetch.synced", "fetch.journaled", "fetch.before-quit"}
 	for _, keep := range []bool{false, true} {
-		for _, point := range points {
+		for _, point := range crashPoints {
 			t.Run(fmt.Sprintf("%s/keep=%v", point, keep), func(t *testing.T) {
 				p := newPouch(t)
 				msgs := testMessages(10)

@@ -213,10 +213,16 @@ func (a *Account) tag() string {
 	return hex.EncodeToString(sum[:4])
 }
 
-// messageKey is the digest of server, user and UIDL written into Maildir
-// file names.
-func (a *Account) messageKey(uid string) string {
-	sum := sha256.Sum256([]byte(a.Server + "\x00" + a.User + "\x00" + uid))
+// messageKey is the digest of server, user, UIDL and size (as LIST
+// announced it) written into Maildir file names, so that a message under a
+// reused UIDL is not taken for the earlier one. A negative size is left
+// out: the digest of a message stored before sizes were recorded.
+func (a *Account) messageKey(uid string, size int64) string {
+	s := a.Server + "\x00" + a.User + "\x00" + uid
+	if size >= 0 {
+		s += "\x00" + strconv.FormatInt(size, 10)
+	}
+	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:16])
 }
 
@@ -787,9 +793,9 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
-	var stored func(uid string) bool
+	var stored func(uid string, size int64) bool
 	if dd := r.caps.dedup; dd != nil {
-		stored = func(uid string) bool { return dd.Has(a.messageKey(uid)) }
+		stored = func(uid string, size int64) bool { return dd.Has(a.messageKey(uid, size)) }
 	}
 	p := makePlan(planInput{a: a, l: &r.l, ids: r.j.ids, noUIDL: r.noUIDL, stored: stored, now: time.Now()})
 	return r.execute(ctx, p)
@@ -814,10 +820,10 @@ func (r *runner) execute(ctx context.Context, p *plan) error {
 				return err
 			}
 		}
-		p.recovered.each(func(i uint32) { r.j.addRef(r.l.id(int(i)), p.now) })
+		p.recovered.each(func(i uint32) { r.j.addRef(r.l.id(int(i)), p.now, r.l.size(int(i))) })
 		r.st.Recovered += p.recovered.len()
 	}
-	p.mark.each(func(i uint32) { r.j.addExistingRef(r.l.id(int(i)), p.now) })
+	p.mark.each(func(i uint32) { r.j.addExistingRef(r.l.id(int(i)), p.now, r.l.size(int(i))) })
 	r.st.Marked += p.mark.len()
 	r.todo, r.dele = p.fetch, p.dele
 	if !r.noUIDL {
@@ -858,7 +864,7 @@ func (r *runner) execute(ctx context.Context, p *plan) error {
 	// Pending records first: recovery trusts a Maildir digest only for them.
 	r.todo.each(func(i uint32) {
 		if id := r.l.id(int(i)); id != 0 {
-			r.j.addPendingRef(id)
+			r.j.addPendingRef(id, r.l.size(int(i)))
 		}
 	})
 	if err := r.j.Sync(); err != nil {
@@ -1031,7 +1037,7 @@ func (r *runner) fetchOne(i int) (int64, error) {
 	uid := r.uid(i)
 	var key string
 	if uid != "" {
-		key = r.a.messageKey(uid)
+		key = r.a.messageKey(uid, size)
 	}
 	err = r.dest.Deliver(Msg{UID: uid, Key: key, Size: size}, chk)
 	if err != nil {
@@ -1137,7 +1143,7 @@ func (r *runner) commit() error {
 	r.j.markDone()
 	for _, i := range r.batch {
 		if id := r.l.id(int(i)); id != 0 {
-			r.j.addRef(id, now)
+			r.j.addRef(id, now, r.l.size(int(i)))
 		}
 	}
 	if err := r.j.Sync(); err != nil {

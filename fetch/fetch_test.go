@@ -241,8 +241,8 @@ func TestJournalTornLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j.Add("a", time.Unix(100, 0))
-	j.Add("b", time.Unix(200, 0))
+	j.Add("a", time.Unix(100, 0), -1)
+	j.Add("b", time.Unix(200, 0), -1)
 	if err := j.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +255,7 @@ func TestJournalTornLine(t *testing.T) {
 	if _, ok := j.Seen("torn-without-newl"); ok || j.Len() != 2 {
 		t.Fatalf("len %d", j.Len())
 	}
-	j.Add("c", time.Unix(400, 0))
+	j.Add("c", time.Unix(400, 0), -1)
 	j.Sync()
 	j.Close()
 	data, _ := os.ReadFile(filepath.Join(dir, "x.journal"))

@@ -17,12 +17,13 @@ import (
 )
 
 // journalHeader is the first line of every journal file this version
-// writes; files of versions 1 to 3 are still read (and rewritten as version
-// 4 at the first writable open, so that a version that knows no Q or E
-// record refuses the file instead of skipping those lines, which would
-// download their messages again).
+// writes; files of versions 1 to 4 are still read (and rewritten as version
+// 5 at the first writable open, so that a version that knows no Q or E
+// record, or no sizes, refuses the file instead of misreading those lines,
+// which would download their messages again or delete a new one unread).
 const (
-	journalHeader   = "pouch-fetch-journal 4\n"
+	journalHeader   = "pouch-fetch-journal 5\n"
+	journalHeaderV4 = "pouch-fetch-journal 4\n"
 	journalHeaderV3 = "pouch-fetch-journal 3\n"
 	journalHeaderV2 = "pouch-fetch-journal 2\n"
 	journalHeaderV1 = "pouch-fetch-journal 1\n"
@@ -50,24 +51,35 @@ const (
 const spillSize = 1 << 20
 
 // Journal is an account's state: the UIDLs already downloaded, each with the
-// time it was first downloaded. It is an append-only text file,
+// time its message was downloaded and the message's size. It is an
+// append-only text file,
 //
-//	pouch-fetch-journal 3
-//	<unix-seconds> SP <uidl> LF        downloaded, stored and durable
-//	P SP <uidl> LF                     about to be downloaded (pending)
-//	T SP <unix-seconds> SP <uidl> LF   left the server at that time (tombstone)
-//	Q SP <uidl> LF                     arrived damaged (suspect)
-//	E SP <unix-seconds> SP <uidl> LF   on the server when --mark-existing ran
-//	M SP <octets> SP <mbox-path> LF    mbox size before an append
-//	M SP - LF                          no mbox append outstanding
+//	pouch-fetch-journal 5
+//	<unix-seconds> SP <uidl> [SP <size>] LF        downloaded, stored and durable
+//	P SP <uidl> [SP <size>] LF                     about to be downloaded (pending)
+//	T SP <unix-seconds> SP <uidl> [SP <size>] LF   left the server at that time (tombstone)
+//	Q SP <uidl> LF                                 arrived damaged (suspect)
+//	E SP <unix-seconds> SP <uidl> [SP <size>] LF   on the server when --mark-existing ran
+//	M SP <octets> SP <mbox-path> LF                mbox size before an append
+//	M SP - LF                                      no mbox append outstanding
 //
 // written with one fdatasync per commit, and compacted (written to a temporary
 // file, synced, renamed over the journal, directory synced) when UIDLs vanish
 // from the server or dead lines pile up. A line torn by a crash has no LF and
 // is dropped when the journal is opened; a line that does not parse, or
-// whose UIDL is not 1 to 70 octets 0x21-0x7E, is skipped with a warning. The
-// first downloaded line for a UIDL wins. Version 1 files have only
-// downloaded lines; version 2 files have no Q lines.
+// whose UIDL is not 1 to 70 octets 0x21-0x7E, is skipped with a warning.
+// Version 1 files have only downloaded lines; version 2 files have no Q
+// lines; files before version 5 have no sizes.
+//
+// A size is the message's octets as LIST announced them. A UIDL is one
+// message only while its size stays (RFC 1939 §7 forbids reusing a UIDL,
+// but some servers do): a P line whose size differs from the downloaded
+// one names a new message under the reused UIDL, and ends the old record
+// (the old message left the server; a downloaded line follows once the new
+// one is stored). The first downloaded line for a UIDL wins, unless its size
+// differs from the recorded one: then it is the new message's, and
+// replaces it. A size that is not known (a record from before version 5)
+// differs from none.
 //
 // A pending record marks a UIDL whose message may be in the destination
 // without a downloaded record (the run was killed in between): only those are
@@ -84,7 +96,7 @@ const spillSize = 1 << 20
 // A failed write is cut back to the last good offset; a failed fdatasync
 // makes the journal unusable (its pages' state is unknown).
 //
-// The entries live in a uidTable, about 20 octets plus the UIDL each.
+// The entries live in a uidTable, about 24 octets plus the UIDL each.
 //
 // The journal holds the account lock (flock on NAME.lock) while open, so two
 // runs for one account cannot overlap; the kernel drops it if the process dies.
@@ -204,14 +216,15 @@ func (j *Journal) load() error {
 	br := bufio.NewReaderSize(f, 64<<10)
 	head, err := br.Peek(len(journalHeader))
 	version := 0
-	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeaderV3, journalHeader} {
+	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeaderV3, journalHeaderV4, journalHeader} {
 		if string(head) == h {
 			version = v + 1
 		}
 	}
 	if version == 0 {
-		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV3, string(head)) ||
-			strings.HasPrefix(journalHeaderV2, string(head)) || strings.HasPrefix(journalHeaderV1, string(head))) {
+		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV4, string(head)) ||
+			strings.HasPrefix(journalHeaderV3, string(head)) || strings.HasPrefix(journalHeaderV2, string(head)) ||
+			strings.HasPrefix(journalHeaderV1, string(head))) {
 			// A crash while creating it: nothing was recorded yet.
 			if j.readOnly {
 				return nil
@@ -258,7 +271,7 @@ func (j *Journal) load() error {
 	if j.readOnly {
 		return nil
 	}
-	if version < 4 {
+	if version < 5 {
 		return j.rewrite() // upgrade
 	}
 	w, err := os.OpenFile(j.path(), os.O_RDWR, 0o600)
@@ -295,23 +308,24 @@ func (j *Journal) parse(line []byte, version int) bool {
 	if version >= 2 {
 		switch string(kind) {
 		case "P":
-			r, ok := j.entry(rest)
+			r, size, ok := j.sizedEntry(rest, version)
 			if ok {
-				j.ids.Set(r, fPending)
+				j.pending(r, size)
 			}
 			return ok
 		case "T":
-			ts, uid, ok := bytes.Cut(rest, []byte(" "))
+			ts, rest, ok := bytes.Cut(rest, []byte(" "))
 			t, err := strconv.ParseInt(string(ts), 10, 64)
 			if !ok || err != nil {
 				return false
 			}
-			r, ok := j.entry(uid)
+			r, size, ok := j.sizedEntry(rest, version)
 			if ok {
 				j.setSeen(r, false)
 				j.ids.Clear(r, fOld)
 				j.ids.Set(r, fTomb)
 				j.ids.SetTime(r, t)
+				j.ids.SetSize(r, size)
 			}
 			return ok
 		case "Q":
@@ -327,16 +341,17 @@ func (j *Journal) parse(line []byte, version int) bool {
 			if version < 4 {
 				return false
 			}
-			ts, uid, ok := bytes.Cut(rest, []byte(" "))
+			ts, rest, ok := bytes.Cut(rest, []byte(" "))
 			t, err := strconv.ParseInt(string(ts), 10, 64)
 			if !ok || err != nil {
 				return false
 			}
-			r, ok := j.entry(uid)
-			if ok && !j.ids.Has(r, fSeen) {
+			r, size, ok := j.sizedEntry(rest, version)
+			if ok && (!j.ids.Has(r, fSeen) || j.otherSize(r, size)) {
 				j.setSeen(r, true)
 				j.ids.Set(r, fOld)
 				j.ids.SetTime(r, t)
+				j.ids.SetSize(r, size)
 				j.ids.Clear(r, fTomb)
 			}
 			return ok
@@ -358,17 +373,71 @@ func (j *Journal) parse(line []byte, version int) bool {
 	if err != nil {
 		return false
 	}
-	r, ok := j.entry(rest)
+	r, size, ok := j.sizedEntry(rest, version)
 	if !ok {
 		return false
 	}
-	if !j.ids.Has(r, fSeen) {
-		j.setSeen(r, true)
-		j.ids.SetTime(r, t)
-	}
+	j.downloaded(r, t, size)
 	j.ids.Clear(r, fTomb|fSuspect)
 	j.mark, j.markPath = -1, "" // written only after the destination synced
 	return true
+}
+
+// sizedEntry parses "<uidl> [SP <size>]" (the size from version 5 on) and
+// returns its entry, adding it if it is new; size is -1 when there is none.
+func (j *Journal) sizedEntry(rest []byte, version int) (ref, int64, bool) {
+	uid, sz, sized := bytes.Cut(rest, []byte(" "))
+	size := int64(-1)
+	if sized {
+		n, err := strconv.ParseInt(string(sz), 10, 64)
+		if version < 5 || err != nil || n < 0 {
+			return 0, 0, false
+		}
+		size = n
+	}
+	r, ok := j.entry(uid)
+	return r, size, ok
+}
+
+// otherSize reports whether the entry's recorded size is known and differs
+// from size (known): the UIDL now names another message.
+func (j *Journal) otherSize(r ref, size int64) bool {
+	old, ok := j.ids.Size(r)
+	return ok && size >= 0 && old != size
+}
+
+// downloaded applies a downloaded record of a message of size octets
+// (negative: unknown) at t. The first record for a UIDL wins, unless the
+// sizes differ: then the UIDL names a new message, whose record replaces
+// the old one. An unknown size is filled in.
+func (j *Journal) downloaded(r ref, t, size int64) {
+	switch {
+	case !j.ids.Has(r, fSeen) || j.otherSize(r, size):
+		j.setSeen(r, true)
+		j.ids.Clear(r, fOld)
+		j.ids.SetTime(r, t)
+		j.ids.SetSize(r, size)
+	case size >= 0:
+		j.ids.SetSize(r, size)
+	}
+}
+
+// pending applies a pending record of a message of size octets (negative:
+// unknown). If the entry was downloaded, or left the server, with another
+// size, the UIDL now names a new message: the old record ends.
+func (j *Journal) pending(r ref, size int64) {
+	switch other := j.otherSize(r, size); {
+	case j.ids.Has(r, fSeen) && !other:
+		j.ids.Set(r, fPending)
+		return
+	case j.ids.Has(r, fSeen):
+		j.setSeen(r, false)
+		j.ids.Clear(r, fOld)
+	case j.ids.Has(r, fTomb) && other:
+		j.ids.Clear(r, fTomb)
+	}
+	j.ids.Set(r, fPending)
+	j.ids.SetSize(r, size)
 }
 
 // setSeen sets or clears fSeen, keeping the count.
@@ -386,7 +455,7 @@ func (j *Journal) setSeen(r ref, on bool) {
 // Len returns the number of UIDLs recorded as downloaded.
 func (j *Journal) Len() int { return j.nSeen }
 
-// Seen returns when uid was first downloaded, if it was.
+// Seen returns when uid's message was downloaded, if it was.
 func (j *Journal) Seen(uid string) (time.Time, bool) {
 	r := j.ids.FindString(uid)
 	if !j.ids.Has(r, fSeen) {
@@ -428,37 +497,53 @@ func (j *Journal) Listed(uid []byte) (r ref, dup bool, err error) {
 	return r, false, nil
 }
 
-// Add records uid as downloaded at t; it is durable (and Seen) after Sync.
-func (j *Journal) Add(uid string, t time.Time) {
+// Add records uid's message of size octets (as LIST announced it) as
+// downloaded at t; it is durable (and Seen) after Sync.
+func (j *Journal) Add(uid string, t time.Time, size int64) {
 	if r, err := j.ids.InsertString(uid); err == nil {
-		j.addRef(r, t)
+		j.addRef(r, t, size)
 	}
 }
 
 // addRef is Add for an entry. A suspect entry (downloaded again with
-// --retry-quarantined) gets a new downloaded line, which clears it.
-func (j *Journal) addRef(r ref, t time.Time) {
+// --retry-quarantined) gets a new downloaded line, which clears it. An entry
+// downloaded with another size is first ended by addPendingRef.
+func (j *Journal) addRef(r ref, t time.Time, size int64) {
 	if j.ids.Has(r, fStaged) || j.ids.Has(r, fSeen) && !j.ids.Has(r, fSuspect) {
 		return
+	}
+	if _, known := j.ids.Size(r); !j.ids.Has(r, fSeen) || !known {
+		j.ids.SetSize(r, size)
 	}
 	j.ids.Set(r, fStaged)
 	j.staged = append(j.staged, stagedAdd{r, t.Unix()})
 	j.buf = strconv.AppendInt(j.buf, t.Unix(), 10)
 	j.buf = append(j.buf, ' ')
-	j.buf = append(j.buf, j.ids.uidBytes(r)...)
-	j.buf = append(j.buf, '\n')
+	j.buf = appendSized(j.buf, j.ids.uidBytes(r), size)
 }
 
-// addExistingRef records that the entry's message was on the server when
-// --mark-existing ran: it counts as downloaded and is never deleted. It is
-// durable (and Seen) after Sync.
-func (j *Journal) addExistingRef(r ref, t time.Time) bool {
+// appendSized appends "<uidl> [SP <size>] LF" (no size when it is negative).
+func appendSized(b, uid []byte, size int64) []byte {
+	b = append(b, uid...)
+	if size >= 0 {
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, size, 10)
+	}
+	return append(b, '\n')
+}
+
+// addExistingRef records that the entry's message of size octets was on
+// the server when --mark-existing ran: it counts as downloaded and is never
+// deleted. It is durable (and Seen) after Sync.
+func (j *Journal) addExistingRef(r ref, t time.Time, size int64) bool {
 	if j.ids.Has(r, fStaged) || j.ids.Has(r, fSeen) || j.ids.Has(r, fSuspect) {
 		return false
 	}
+	j.ids.SetSize(r, size)
 	j.ids.Set(r, fStaged|fOld)
 	j.staged = append(j.staged, stagedAdd{r, t.Unix()})
-	j.buf = fmt.Appendf(j.buf, "E %d %s\n", t.Unix(), j.ids.uidBytes(r))
+	j.buf = fmt.Appendf(j.buf, "E %d ", t.Unix())
+	j.buf = appendSized(j.buf, j.ids.uidBytes(r), size)
 	j.spill()
 	return true
 }
@@ -468,21 +553,22 @@ func (j *Journal) Existing(uid string) bool {
 	return j.ids.Has(j.ids.FindString(uid), fSeen|fOld)
 }
 
-// AddPending records that uid is about to be downloaded; durable after Sync.
-func (j *Journal) AddPending(uid string) {
+// AddPending records that uid's message of size octets is about to be
+// downloaded; durable after Sync. If uid was downloaded with another size,
+// its record ends here: the UIDL now names a new message.
+func (j *Journal) AddPending(uid string, size int64) {
 	if r, err := j.ids.InsertString(uid); err == nil {
-		j.addPendingRef(r)
+		j.addPendingRef(r, size)
 	}
 }
 
-func (j *Journal) addPendingRef(r ref) {
-	if j.ids.Has(r, fPending) {
+func (j *Journal) addPendingRef(r ref, size int64) {
+	if old, known := j.ids.Size(r); j.ids.Has(r, fPending) && known && old == size {
 		return
 	}
-	j.ids.Set(r, fPending)
+	j.pending(r, size)
 	j.buf = append(j.buf, "P "...)
-	j.buf = append(j.buf, j.ids.uidBytes(r)...)
-	j.buf = append(j.buf, '\n')
+	j.buf = appendSized(j.buf, j.ids.uidBytes(r), size)
 	j.spill()
 }
 
@@ -610,6 +696,9 @@ func (j *Journal) Sync() error {
 			j.ids.SetTime(r, s.t)
 		}
 	}
+	// (The sizes were set by addRef and addExistingRef: the entries were
+	// not downloaded, or with the same or an unknown size, as replaying
+	// the lines gives.)
 	if len(j.staged) > 0 {
 		j.mark, j.markPath = -1, "" // downloaded lines follow the destination's sync
 	}
@@ -708,20 +797,28 @@ func (j *Journal) rewrite() error {
 	var line []byte
 	j.ids.Each(func(r ref) {
 		f, uid := j.ids.Flags(r), j.ids.uidBytes(r)
+		size, known := j.ids.Size(r)
+		if !known {
+			size = -1
+		}
 		line = line[:0]
 		if f&fTomb != 0 {
-			line = fmt.Appendf(line, "T %d %s\n", j.ids.Time(r), uid)
+			line = fmt.Appendf(line, "T %d ", j.ids.Time(r))
+			line = appendSized(line, uid, size)
 			lines++
 		}
 		if f&fPending != 0 && f&fSeen == 0 {
-			line = fmt.Appendf(line, "P %s\n", uid)
+			line = append(line, "P "...)
+			line = appendSized(line, uid, size)
 			lines++
 		}
 		if f&(fSeen|fOld) == fSeen|fOld {
-			line = fmt.Appendf(line, "E %d %s\n", j.ids.Time(r), uid)
+			line = fmt.Appendf(line, "E %d ", j.ids.Time(r))
+			line = appendSized(line, uid, size)
 			lines++
 		} else if f&fSeen != 0 {
-			line = fmt.Appendf(line, "%d %s\n", j.ids.Time(r), uid)
+			line = fmt.Appendf(line, "%d ", j.ids.Time(r))
+			line = appendSized(line, uid, size)
 			lines++
 		}
 		if f&fSuspect != 0 {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,7 +41,7 @@ func TestJournalSuspectRecords(t *testing.T) {
 		t.Fatal("suspects changed by the compaction")
 	}
 	// Downloading b again (--retry-quarantined) clears it.
-	j.Add("b", time.Unix(300, 0))
+	j.Add("b", time.Unix(300, 0), -1)
 	if err := j.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +141,7 @@ func TestJournalSpillsPending(t *testing.T) {
 	}
 	n := spillSize/20 + 10
 	for i := range n {
-		j.AddPending(fmt.Sprintf("uid-%015d", i))
+		j.AddPending(fmt.Sprintf("uid-%015d", i), -1)
 	}
 	if len(j.buf) >= spillSize {
 		t.Fatalf("%d octets buffered", len(j.buf))
@@ -162,7 +163,7 @@ func TestJournalSpillsPending(t *testing.T) {
 	}
 	j.sys.write = func(*os.File, []byte) (int, error) { return 0, syscall.ENOSPC }
 	for i := range n {
-		j.AddPending(fmt.Sprintf("new-%015d", i))
+		j.AddPending(fmt.Sprintf("new-%015d", i), -1)
 	}
 	j.sys.write = osCalls.write
 	if err := j.Sync(); err == nil {
@@ -176,8 +177,8 @@ func TestPruneEmptyListKeepsJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j.Add("a", time.Now())
-	j.Add("b", time.Now())
+	j.Add("a", time.Now(), -1)
+	j.Add("b", time.Now(), -1)
 	if err := j.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestJournalPartialWriteThenRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j.Add("a", time.Unix(100, 0))
+	j.Add("a", time.Unix(100, 0), -1)
 	j.sys.write = func(f *os.File, b []byte) (int, error) {
 		n, _ := f.Write(b[:len(b)/2])
 		return n, syscall.ENOSPC
@@ -229,7 +230,7 @@ func TestJournalPartialWriteThenRetry(t *testing.T) {
 	if _, ok := j.Seen("a"); ok {
 		t.Fatal("a failed write is seen")
 	}
-	j.Add("b", time.Unix(200, 0))
+	j.Add("b", time.Unix(200, 0), -1)
 	if err := j.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -251,14 +252,14 @@ func TestJournalFdatasyncErrorSticky(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	j.Add("a", time.Unix(100, 0))
+	j.Add("a", time.Unix(100, 0), -1)
 	j.sys.fdatasync = func(*os.File) error { return syscall.EIO }
 	err = j.Sync()
 	j.sys.fdatasync = osCalls.fdatasync
 	if err == nil {
 		t.Fatal("sync succeeded")
 	}
-	j.Add("b", time.Unix(200, 0))
+	j.Add("b", time.Unix(200, 0), -1)
 	if err := j.Sync(); err == nil {
 		t.Fatal("journal usable after a failed fdatasync")
 	}
@@ -380,4 +381,161 @@ func TestPruneEmptyListExpected(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A version 4 journal (no sizes) is read, its IDs keep no size, and it is
+// rewritten as version 5 at the first writable open, so that an older pouch
+// refuses it; a size is not part of version 4.
+func TestJournalUpgradeFromV4(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "x.journal")
+	os.WriteFile(path, []byte(journalHeaderV4+"100 a\nP b\nT 50 c\nQ d\nE 60 e\n200 f 5\nM 10 /m\n"), 0o600)
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j.Warnings()) != 1 || !strings.Contains(j.Warnings()[0], `"200 f 5"`) {
+		t.Fatalf("warnings %q", j.Warnings())
+	}
+	if _, known := j.ids.Size(j.ids.FindString("a")); known {
+		t.Fatal("a version 4 record has a size")
+	}
+	j.Close()
+	b, _ := os.ReadFile(path)
+	if string(b) != journalHeader+"100 a\nP b\nT 50 c\nQ d\nE 60 e\nM 10 /m\n" {
+		t.Fatalf("%q", b)
+	}
+}
+
+// journalState describes what j records of every entry: flags, time (of
+// a downloaded message or a tombstone) and size.
+func journalState(j *Journal) string {
+	var out []string
+	j.ids.Each(func(r ref) {
+		f := j.ids.Flags(r) &^ (fListed | fDup | fStaged)
+		if f&fSeen != 0 {
+			f &^= fPending // only a pending record without a downloaded one counts
+		}
+		if f == 0 {
+			return
+		}
+		t := int64(0)
+		if f&(fSeen|fTomb) != 0 {
+			t = j.ids.Time(r)
+		}
+		size, known := j.ids.Size(r)
+		if !known {
+			size = -1
+		}
+		out = append(out, fmt.Sprintf("%s:%08b:%d:%d", j.ids.UID(r), f, t, size))
+	})
+	slices.Sort(out)
+	return strings.Join(out, " ")
+}
+
+// Sizes: the first downloaded line of a UIDL wins unless its size differs
+// (a new message under a reused UIDL replaces the old record), a pending
+// line with another size ends the downloaded record, and an unknown size
+// is filled in. Compacting writes the same state back.
+func TestJournalSizes(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "x.journal")
+	os.WriteFile(path, []byte(journalHeader+
+		"100 same 5\n200 same 5\n"+ // first wins: 100
+		"100 other 5\n200 other 9\n"+ // replaced: 200, 9
+		"100 filled\n200 filled 9\n"+ // first wins, size filled in
+		"100 reused 5\nP reused 9\n"+ // a crash before the new one was stored
+		"100 done 5\nP done 9\n300 done 9\n"+ // stored
+		"100 kept 5\nP kept 5\n"+ // same size: still downloaded
+		"T 100 gone 5\nP gone 9\n"+ // left, and came back as another
+		"E 100 marked 5\n200 marked 9\n"+ // replaced, no longer --mark-existing
+		"P big 5000000000\n"+
+		"100 bad -1\n100 bad2 x\n"), 0o600)
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j.Warnings()) != 2 {
+		t.Fatalf("warnings %q", j.Warnings())
+	}
+	checks := []struct {
+		uid     string
+		seen    bool
+		t, size int64
+		pending bool
+	}{
+		{"same", true, 100, 5, false},
+		{"other", true, 200, 9, false},
+		{"filled", true, 100, 9, false},
+		{"reused", false, 100, 9, true},
+		{"done", true, 300, 9, false},
+		{"kept", true, 100, 5, false},
+		{"gone", false, 100, 9, true},
+		{"marked", true, 200, 9, false},
+		{"big", false, 0, 5000000000, true},
+	}
+	for _, c := range checks {
+		r := j.ids.FindString(c.uid)
+		size, _ := j.ids.Size(r)
+		if seen := j.ids.Has(r, fSeen); seen != c.seen || seen && j.ids.Time(r) != c.t || size != c.size || j.Pending(c.uid) != c.pending {
+			t.Errorf("%s: seen %v at %d, size %d, pending %v", c.uid, seen, j.ids.Time(r), size, j.Pending(c.uid))
+		}
+	}
+	if j.Tombstoned("gone") || j.Existing("marked") || j.Len() != 6 {
+		t.Errorf("gone tombstoned %v, marked existing %v, len %d", j.Tombstoned("gone"), j.Existing("marked"), j.Len())
+	}
+	want := journalState(j)
+	if err := j.rewrite(); err != nil {
+		t.Fatal(err)
+	}
+	j = reopen(t, j)
+	if got := journalState(j); got != want || len(j.Warnings()) != 0 {
+		t.Fatalf("after compaction %q\nwant %q", got, want)
+	}
+}
+
+// In memory, a pending record with another size ends the downloaded
+// record, and the downloaded record that follows is the new message's, as
+// replaying the lines gives.
+func TestJournalReusedInMemory(t *testing.T) {
+	dir := t.TempDir()
+	j, err := OpenJournal(dir, "x", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func(){
+		func() { j.Add("x", time.Unix(100, 0), 5) },
+		func() { j.AddPending("x", 9) },
+		func() {
+			if _, ok := j.Seen("x"); ok || !j.Pending("x") {
+				t.Fatal("the pending record of another size did not end the downloaded one")
+			}
+			j.Add("x", time.Unix(200, 0), 9)
+		},
+	} {
+		step()
+		if err := j.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := journalState(j)
+	if at, ok := j.Seen("x"); !ok || at.Unix() != 200 {
+		t.Fatalf("seen %v %v", at, ok)
+	}
+	if got := journalState(reopen(t, j)); got != want {
+		t.Fatalf("replayed %q, in memory %q", got, want)
+	}
+}
+
+// reopen closes j and opens its file again, read-only, for the rest of the
+// test.
+func reopen(t *testing.T, j *Journal) *Journal {
+	t.Helper()
+	j.Close()
+	j, err := OpenJournal(j.dir, j.name, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j
 }

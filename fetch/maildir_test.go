@@ -84,7 +84,7 @@ func TestReusedUIDLNotRecovered(t *testing.T) {
 		C: QUIT
 		S: +OK`)
 	os.MkdirAll(filepath.Join(dir, "new"), 0o700)
-	os.WriteFile(filepath.Join(dir, "new", "1.M1P1Q1.h,S=4,W=5,PF="+a.messageKey("x")), []byte("old\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "new", "1.M1P1Q1.h,S=4,W=5,PF="+a.messageKey("x", -1)), []byte("old\n"), 0o600)
 	st, err := Run(context.Background(), a, nil)
 	if err != nil || st.Recovered != 0 || st.Fetched != 1 {
 		t.Fatalf("%+v %v", st, err)
@@ -136,7 +136,7 @@ func TestRecoveredSyncsDirs(t *testing.T) {
 			os.MkdirAll(a.StateDir, 0o700)
 			os.WriteFile(filepath.Join(a.StateDir, a.StateName()+".journal"), []byte("pouch-fetch-journal 4\nP x\n"+tc.journal), 0o600)
 			os.MkdirAll(filepath.Join(dir, "new"), 0o700)
-			os.WriteFile(filepath.Join(dir, "new", "1.M1P1Q1.h,S=4,W=5,PF="+a.messageKey("x")), []byte("old\n"), 0o600)
+			os.WriteFile(filepath.Join(dir, "new", "1.M1P1Q1.h,S=4,W=5,PF="+a.messageKey("x", -1)), []byte("old\n"), 0o600)
 			var mu sync.Mutex
 			var events []string
 			sys := osCalls

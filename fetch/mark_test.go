@@ -149,9 +149,9 @@ func TestJournalExistingRecords(t *testing.T) {
 	}
 	for _, u := range []string{"a", "b"} {
 		r, _, _ := j.Listed([]byte(u))
-		j.addExistingRef(r, time.Unix(100, 0))
+		j.addExistingRef(r, time.Unix(100, 0), -1)
 	}
-	j.Add("c", time.Unix(200, 0))
+	j.Add("c", time.Unix(200, 0), -1)
 	if err := j.Sync(); err != nil {
 		t.Fatal(err)
 	}

@@ -30,14 +30,30 @@ type planInput struct {
 	ids    *uidTable // the journal's records, with this run's listing flags
 	noUIDL bool      // the server has no UIDL: every message is new
 	// stored tells whether the destination holds the message with this
-	// UIDL already (the Maildir's digests); nil: it cannot tell.
-	stored func(uid string) bool
+	// UIDL and size (negative: a record that has none) already (the
+	// Maildir's digests); nil: it cannot tell.
+	stored func(uid string, size int64) bool
 	now    time.Time
 }
 
 // due reports whether a message first downloaded at t is due for deletion
 // at now under the keep policy.
 func (a *Account) due(t, now time.Time) bool { return !a.KeepForever && now.Sub(t) >= a.Keep }
+
+// otherSize reports whether the entry's recorded size is known and is not
+// size, as LIST announced it.
+func otherSize(ids *uidTable, id ref, size int64) bool {
+	was, known := ids.Size(id)
+	return known && was != size
+}
+
+// pendingSize is the entry's recorded size, or -1.
+func pendingSize(ids *uidTable, id ref) int64 {
+	if size, known := ids.Size(id); known {
+		return size
+	}
+	return -1
+}
 
 // makePlan decides, message by message, in LIST order.
 func makePlan(in planInput) *plan {
@@ -74,6 +90,13 @@ func makePlan(in planInput) *plan {
 				warn("message %d: UIDL %q arrived damaged in an earlier run: left on the server, neither downloaded nor deleted (--retry-quarantined tries it again)", num, ids.UID(id))
 				p.skipped++
 				continue
+			case (ids.Has(id, fSeen) || ids.Has(id, fTomb)) && otherSize(ids, id, size):
+				// RFC 1939 §7 forbids reusing a UIDL, but some servers
+				// do: a message's size does not change, so this is a new
+				// message, downloaded as one (its pending record ends
+				// the old one's).
+				was, _ := ids.Size(id)
+				warn("message %d: UIDL %q came back with another size (%d octets, was %d): taken as a new message", num, ids.UID(id), size, was)
 			case ids.Has(id, fSeen|fOld):
 				// On the server before --mark-existing: not stored here,
 				// so never deleted.
@@ -94,10 +117,12 @@ func makePlan(in planInput) *plan {
 				warn("message %d: UIDL %q left the server's list recently and came back: not downloaded again and not deleted", num, ids.UID(id))
 				p.skipped++
 				continue
-			case in.stored != nil && ids.Has(id, fPending) && !ids.Has(id, fSeen) && in.stored(ids.UID(id)):
+			case in.stored != nil && ids.Has(id, fPending) && !ids.Has(id, fSeen) && !otherSize(ids, id, size) && in.stored(ids.UID(id), pendingSize(ids, id)):
 				// Stored by a run that was killed before its journal
 				// entry (the pending record says this message, not an
-				// earlier one with the same UIDL, was being stored).
+				// earlier one with the same UIDL, was being stored; the
+				// digest names its size too, so that it is not taken for
+				// an earlier one under a reused UIDL).
 				p.recovered.add(uint32(i))
 				if due(in.now) {
 					p.dele.add(num)

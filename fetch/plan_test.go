@@ -54,7 +54,7 @@ func TestPlan(t *testing.T) {
 		noUIDL  bool
 		list    string // "NUM SIZE UIDL" lines; UIDL "-": none, "!": invalid
 		journal string // records, as the journal writes them
-		stored  string // UIDLs the destination holds; "*": it cannot tell
+		stored  string // UIDLs the destination holds, each with "/SIZE" if its digest has one; "*": it cannot tell
 		want    want
 	}{
 		{name: "new messages are downloaded, and deleted only once stored",
@@ -106,6 +106,35 @@ func TestPlan(t *testing.T) {
 		{name: "pending, and a destination that cannot tell: downloaded",
 			list: "1 10 a", journal: "P a", stored: "*",
 			want: want{fetch: "1"}},
+		{name: "downloaded with another size: a new message under a reused UIDL, downloaded",
+			list: "1 10 a\n2 20 b", journal: fmt.Sprintf("%d a 7\n%d b 20", ago(1), ago(1)),
+			want: want{fetch: "1", dele: "2", warns: []string{`message 1: UIDL "a" came back with another size (10 octets, was 7): taken as a new message`}}},
+		{name: "downloaded with an unknown size (an older journal): as before",
+			list: "1 10 a", journal: fmt.Sprintf("%d a", ago(1)),
+			want: want{dele: "1"}},
+		{name: "--keep: a reused UIDL with another size is downloaded, the same size kept",
+			account: Account{Keep: time.Hour},
+			list:    "1 10 a\n2 20 b", journal: fmt.Sprintf("%d a 7\n%d b 20", ago(1), ago(1)),
+			want: want{fetch: "1", kept: 1, warns: []string{`UIDL "a" came back with another size`}}},
+		{name: "--keep forever: a reused UIDL with another size is downloaded",
+			account: Account{KeepForever: true},
+			list:    "1 10 a", journal: fmt.Sprintf("%d a 7", ago(1000*day)),
+			want: want{fetch: "1", warns: []string{`UIDL "a" came back with another size`}}},
+		{name: "on the server before --mark-existing, another size now: downloaded",
+			list: "1 10 a", journal: fmt.Sprintf("E %d a 7", ago(1000*day)),
+			want: want{fetch: "1", warns: []string{`UIDL "a" came back with another size`}}},
+		{name: "tombstoned with another size: a new message, downloaded",
+			list: "1 10 a\n2 10 b", journal: fmt.Sprintf("T %d a 7\nT %d b 10", ago(day), ago(day)),
+			want: want{fetch: "1", skipped: 1, warns: []string{`UIDL "a" came back with another size`, `UIDL "b" left the server's list recently and came back`}}},
+		{name: "reused UIDL pending, stored under its size: recovered",
+			list: "1 10 a", journal: fmt.Sprintf("%d a 7\nP a 10", ago(1)), stored: "a a/7 a/10",
+			want: want{recovered: "1", dele: "1"}},
+		{name: "reused UIDL pending, only the earlier message stored: downloaded",
+			list: "1 10 a", journal: fmt.Sprintf("%d a 7\nP a 10", ago(1)), stored: "a a/7",
+			want: want{fetch: "1"}},
+		{name: "pending with another size than listed: downloaded",
+			list: "1 10 a", journal: "P a 7", stored: "a/7",
+			want: want{fetch: "1"}},
 		{name: "--max-size: left on the server",
 			account: Account{MaxSize: 15},
 			list:    "1 10 a\n2 20 b",
@@ -135,7 +164,7 @@ func TestPlan(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			j := &Journal{ids: newUIDTable(), mark: -1}
 			for _, line := range strings.Split(tc.journal, "\n") {
-				if line != "" && !j.parse([]byte(line), 4) {
+				if line != "" && !j.parse([]byte(line), 5) {
 					t.Fatalf("journal line %q", line)
 				}
 			}
@@ -162,7 +191,12 @@ func TestPlan(t *testing.T) {
 			}
 			in := planInput{a: &tc.account, l: &l, ids: j.ids, noUIDL: tc.noUIDL, now: now}
 			if tc.stored != "*" {
-				in.stored = func(uid string) bool { return slices.Contains(strings.Fields(tc.stored), uid) }
+				in.stored = func(uid string, size int64) bool {
+					if size >= 0 {
+						uid += fmt.Sprintf("/%d", size)
+					}
+					return slices.Contains(strings.Fields(tc.stored), uid)
+				}
 			}
 			p := makePlan(in)
 			nums := func(c chunks[uint32], indexes bool) string {

@@ -8,14 +8,16 @@ import (
 	"math"
 )
 
-// uidTable maps UIDLs to a few flags and a time, compactly enough for
-// maildrops of millions of messages: every entry is one record,
+// uidTable maps UIDLs to a few flags, a time and a size, compactly enough
+// for maildrops of millions of messages: every entry is one record,
 //
-//	flags (1 octet) | length (1) | time (4, unix seconds, little-endian) | UIDL
+//	flags (1 octet) | length (1) | time (4, unix seconds) | size (4) | UIDL
 //
-// in 1 MiB arena blocks that are filled in turn and never moved, and an
-// open-addressing index of refs finds it. An entry costs its UIDL plus
-// about 12 octets, where a Go map of strings costs about 100. A ref (block
+// (little-endian; size is the octets plus one, 0 when unknown, and
+// 0xFFFFFFFF for a size kept in big), in 1 MiB arena blocks that are filled
+// in turn and never moved, and an open-addressing index of refs finds it.
+// An entry costs its UIDL plus about 16 octets, where a Go map of strings
+// costs about 100. A ref (block
 // number and offset, plus one) names an entry for as long as the table
 // lives; entries are never removed, only their flags cleared.
 type uidTable struct {
@@ -23,13 +25,14 @@ type uidTable struct {
 	index  []uint32 // ref, or 0 for an empty slot; len is a power of two
 	n      int
 	seed   maphash.Seed
+	big    map[ref]int64 // sizes of 4 GiB and more
 }
 
 // ref names an entry of a uidTable; 0 is none.
 type ref uint32
 
 const (
-	recHead   = 6
+	recHead   = 10
 	blockBits = 20
 	blockSize = 1 << blockBits
 	maxBlocks = 1<<(32-blockBits) - 1 // so that no ref is ^ref(0)
@@ -104,7 +107,7 @@ func insert[S string | []byte](t *uidTable, uid S, h uint64) (ref, error) {
 	b := len(t.blocks) - 1
 	blk := t.blocks[b]
 	r = ref(b<<blockBits|len(blk)) + 1
-	blk = append(blk, 0, byte(len(uid)), 0, 0, 0, 0)
+	blk = append(blk, 0, byte(len(uid)), 0, 0, 0, 0, 0, 0, 0, 0)
 	t.blocks[b] = append(blk, uid...)
 	t.index[i] = uint32(r)
 	t.n++
@@ -158,6 +161,34 @@ func (t *uidTable) Time(r ref) int64 {
 // SetTime sets the entry's time (unix seconds), clamped to 1970 to 2106.
 func (t *uidTable) SetTime(r ref, sec int64) {
 	binary.LittleEndian.PutUint32(t.rec(r)[2:6], uint32(min(max(sec, 0), math.MaxUint32)))
+}
+
+// Size returns the entry's size in octets, if it is known.
+func (t *uidTable) Size(r ref) (int64, bool) {
+	switch v := binary.LittleEndian.Uint32(t.rec(r)[6:10]); v {
+	case 0:
+		return 0, false
+	case math.MaxUint32:
+		return t.big[r], true
+	default:
+		return int64(v) - 1, true
+	}
+}
+
+// SetSize sets the entry's size in octets; a negative size is unknown.
+func (t *uidTable) SetSize(r ref, size int64) {
+	v := uint32(0)
+	switch {
+	case size >= math.MaxUint32-1:
+		if t.big == nil {
+			t.big = map[ref]int64{}
+		}
+		t.big[r] = size
+		v = math.MaxUint32
+	case size >= 0:
+		v = uint32(size) + 1
+	}
+	binary.LittleEndian.PutUint32(t.rec(r)[6:10], v)
 }
 
 // Each calls fn for every entry, in the order they were added.
