@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/guard"
 )
 
 // greetingAPOP is the greeting with an APOP timestamp ({PLAIN} users).
@@ -178,4 +180,39 @@ func TestUncheckedLoginsAreNoFailures(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(ts.root, "example.org", "alice", "cur")); err != nil {
 		t.Errorf("the maildrop of alice@example.org: %v", err)
 	}
+}
+
+// A client certificate or a bearer token whose user the source could not
+// look up is answered -ERR [SYS/TEMP], as a password it could not check is,
+// even by a source that reports no Fault: no error challenge tells the
+// client that a good token is bad, and the guard counts nothing.
+func TestUncheckedExternalAndTokensAreNoFailures(t *testing.T) {
+	var down atomic.Bool
+	src := checkingSource{bareSource{map[string]string{"alice": "secret"}}, &down}
+	g, err := guard.New(guard.Config{MaxFailures: 3, UserMaxFailures: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTLSServer(t, "127.0.0.1", func(c *Config) { c.Auth = src; c.Guard = g })
+	cert := &tls.Config{Certificates: []tls.Certificate{clientCert(t, "alice")}}
+	down.Store(true)
+	c := ts.dialTLS(t, cert)
+	c.expect(`\+OK Pouch ready\.`)
+	for range 5 {
+		c.send("AUTH EXTERNAL =\r\n")
+		c.expect(sysTempCredentials)
+		c.send("AUTH OAUTHBEARER " + bearerAs("alice", "good-token-for-alice") + "\r\n")
+		c.expect(sysTempCredentials)
+		c.send("AUTH XOAUTH2 " + xoauth2As("alice", "good-token-for-alice") + "\r\n")
+		c.expect(sysTempCredentials)
+	}
+	down.Store(false)
+	c.send("AUTH EXTERNAL =\r\n")
+	c.expect(`\+OK maildrop has 0 messages .*`)
+	c.send("QUIT\r\n")
+	c.expect(`\+OK .*`)
+	c = ts.dialTLS(t, nil)
+	c.expect(`\+OK Pouch ready\.`)
+	c.send("AUTH OAUTHBEARER " + bearerAs("alice", "good-token-for-alice") + "\r\n")
+	c.expect(`\+OK maildrop has 0 messages .*`)
 }

@@ -120,10 +120,17 @@ func (s *session) attemptSucceeded() {
 }
 
 // known reports whether the source has an account for user, usable or
-// refused for its settings.
-func (s *Server) known(user string) bool {
+// refused for its settings. The error, with false, says that the source
+// could not tell: anything but auth.ErrNoSuchUser is no answer.
+func (s *Server) known(user string) (bool, error) {
 	_, err := s.cfg.Auth.Account(user)
-	return err == nil || errors.Is(err, auth.ErrInvalidAccount)
+	switch {
+	case err == nil, errors.Is(err, auth.ErrInvalidAccount):
+		return true, nil
+	case errors.Is(err, auth.ErrNoSuchUser):
+		return false, nil
+	}
+	return false, err
 }
 
 // loginRefused logs and audits a login refused after the credentials were
@@ -143,15 +150,15 @@ func (s *session) loginRefused(user, method, reason string) {
 //	msg="authentication failed" session=ID remote=ADDR:PORT ip=ADDR user=NAME method=METHOD [reason=REASON]
 func (s *session) failLogin(user, method, reason string) error {
 	reply := errLoginFailed
-	if s.srv.cfg.Auth.Fault() != nil {
+	if fault := s.srv.cfg.Auth.Fault(); fault != nil {
 		// RFC 3206 §4 [SYS/TEMP]: the list of users cannot be used now, so
 		// the failure may be the list's. Every failure gets this reply, so
 		// that nothing tells a name missing from the list from a wrong
 		// password; only a wrong password for a user the list still has is
 		// a failed login, counted by the guard.
 		reply = errAccountsDown
-		if !s.srv.known(user) {
-			return s.deferLogin(user, method, s.srv.cfg.Auth.Fault())
+		if ok, _ := s.srv.known(user); !ok {
+			return s.deferLogin(user, method, fault)
 		}
 	}
 	s.srv.cfg.Metrics.Login(false, method, s.tls != nil)

@@ -30,7 +30,8 @@ func (s *session) tokensUsable() bool {
 // user N, or for LOCAL when N is LOCAL@DOMAIN and DOMAIN is one of
 // OAuthDomains (any domain when those are not set); the name and the token
 // must stand for the same user, who must be in the users file. On error,
-// user is who tried, for the log.
+// user is who tried, for the log; when the source could not look the user
+// up, s.unchecked says why.
 func (s *session) tokenAccount(name, token string) (user string, err error) {
 	issued, err := s.srv.cfg.Tokens.VerifyToken(token)
 	if err != nil {
@@ -47,7 +48,12 @@ func (s *session) tokenAccount(name, token string) (user string, err error) {
 	for _, n := range names {
 		if slices.Contains(tokenNames, n) {
 			matched = true
-			if s.srv.known(n) {
+			ok, err := s.srv.known(n)
+			if err != nil {
+				s.unchecked = err
+				return n, err
+			}
+			if ok {
 				return n, nil
 			}
 		}
@@ -97,10 +103,15 @@ func startOAuthBearer(x *exchange) sasl.Server {
 
 // checkToken checks a bearer token for the login name, and reports whether
 // it logs in x.user. A refused token is told in an error challenge: the
-// credentials were found wrong.
+// credentials were found wrong. A token whose user could not be looked up
+// gets none, since the token may be good: the login is deferred at once.
 func (x *exchange) checkToken(name, token string) bool {
 	user, err := x.s.tokenAccount(name, token)
 	x.user = user
+	if x.s.unchecked != nil {
+		x.refusal = x.s.login(user, x.method, false)
+		return false
+	}
 	if err != nil {
 		x.s.log.Debug("bearer token refused", "user", user, "err", err)
 		x.stage = foundWrong

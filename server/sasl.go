@@ -132,8 +132,10 @@ type exchange struct {
 	method string // "AUTH " and the mechanism's name
 	user   string // the user authenticated, or who tried
 	stage  stage
-	// refusal is the guard's answer to the attempt, when it refused it
-	// (beginCheck); the mechanism then ends the exchange with errRefused.
+	// refusal ends the exchange at once, with no further challenge: the
+	// guard's answer to the attempt, when it refused it (beginCheck; the
+	// mechanism then returns errRefused), or a login deferred since the
+	// user could not be looked up (checkToken).
 	refusal error
 }
 
@@ -350,7 +352,11 @@ func startExternal(x *exchange) sasl.Server {
 		if err := x.s.checkAuthz(identity, name); err != nil {
 			return err
 		}
-		if !x.s.srv.known(name) {
+		ok, err := x.s.srv.known(name)
+		if err != nil {
+			x.s.unchecked = err // the login is deferred, not failed
+		}
+		if !ok {
 			return errBadCredentials
 		}
 		return nil
