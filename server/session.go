@@ -16,6 +16,7 @@ import (
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/guard"
+	"github.com/pouchmail/pouch/internal/proxied"
 	"github.com/pouchmail/pouch/pop3"
 	"github.com/pouchmail/pouch/store"
 )
@@ -123,7 +124,7 @@ func (s *session) run() {
 		}
 		s.finish()
 	}()
-	s.trusted = s.srv.trusted(s.conn.RemoteAddr())
+	s.trusted = proxied.Trusted(s.srv.cfg.InsecureAuthNetworks, s.ip)
 	s.setStream(s.dc)
 	if s.implicitTLS && !s.startTLS() {
 		return

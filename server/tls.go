@@ -6,8 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"net"
-	"net/netip"
 	"slices"
 
 	"github.com/pouchmail/pouch/pop3"
@@ -216,23 +214,4 @@ func (s *session) cmdSTLS(pop3.Command) error {
 		return errEnd
 	}
 	return nil
-}
-
-// trusted reports whether addr is in a network where cleartext passwords
-// are allowed.
-func (s *Server) trusted(addr net.Addr) bool {
-	var ip netip.Addr
-	switch a := addr.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	default:
-		return false
-	}
-	ip = ip.Unmap()
-	for _, p := range s.cfg.InsecureAuthNetworks {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
 }
