@@ -100,7 +100,7 @@ func (s *session) attemptRefused(user, method string, b guard.Ban, err error) er
 	// The pre-login timeout ran out while the source's other attempts held
 	// every place.
 	s.log.Info("autologout: pre-login timeout while other logins of this source were in progress", "ip", s.ip.String())
-	s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
+	s.dc.goodbye()
 	return ending(errReply(pop3.CodeSysTemp, "too many logins from your address at once; try again later"))
 }
 

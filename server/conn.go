@@ -78,6 +78,15 @@ func (c *deadlineConn) interrupt() {
 	c.Conn.SetReadDeadline(time.Unix(1, 0))
 }
 
+// goodbye gives the last reply of a session whose deadline ran out, or
+// that must end, a write deadline of its own, goodbyeWait from now.
+func (c *deadlineConn) goodbye() {
+	c.notAfter, c.timeout = time.Time{}, goodbyeWait
+}
+
+// goodbyeWait bounds the write of a session's last reply (goodbye).
+const goodbyeWait = 5 * time.Second
+
 func (c *deadlineConn) deadline() time.Time {
 	if by := c.closeBy.Load(); by != 0 {
 		return time.Unix(0, by)

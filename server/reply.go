@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"time"
 
 	"github.com/pouchmail/pouch/pop3"
 )
@@ -192,7 +191,7 @@ func (s *session) readFailed(err error) *pop3.Error {
 	case s.untrustedHeader(err):
 	case errors.As(err, &ne) && ne.Timeout():
 		s.log.Info("autologout: idle timeout", "user", s.mailbox)
-		s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
+		s.dc.goodbye()
 		return &pop3.Error{Text: "autologout: idle for too long"}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		s.log.Debug("connection closed by peer", "user", s.mailbox)

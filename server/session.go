@@ -216,7 +216,7 @@ func (s *session) lockLost() bool {
 // again, and nothing it marked for deletion was removed.
 func (s *session) lostReply() *pop3.Error {
 	s.log.Warn("maildrop lock lost; closing the session without deleting anything", "user", s.mailbox)
-	s.dc.notAfter, s.dc.timeout = time.Time{}, 5*time.Second // for the goodbye only
+	s.dc.goodbye()
 	return &pop3.Error{Code: pop3.CodeSysTemp, Text: "this server lost the lock on your maildrop; nothing was deleted; log in again"}
 }
 
