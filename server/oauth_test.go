@@ -35,50 +35,43 @@ func xoauth2As(user, token string) string {
 
 func TestOAuth(t *testing.T) {
 	ts := newTLSServer(t, "127.0.0.1", nil)
-	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-	bearer := func(user, token string) string {
-		return b64("n,a=" + user + ",\x01auth=Bearer " + token + "\x01\x01")
-	}
-	xoauth := func(user, token string) string {
-		return b64("user=" + user + "\x01auth=Bearer " + token + "\x01\x01")
-	}
 	c := ts.dialTLS(t, nil)
 	c.transcript(`
 		S: \+OK Pouch ready\.
-		C: AUTH OAUTHBEARER ` + bearer("alice", "bad") + `
+		C: AUTH OAUTHBEARER ` + bearerAs("alice", "bad") + `
 		S: \+ .*
 		C: AQ==
 		S: ` + authFailed + `
-		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-bob") + `
+		C: AUTH OAUTHBEARER ` + bearerAs("alice", "good-token-for-bob") + `
 		S: \+ .*
 		C: AQ==
 		S: ` + authFailed + `
-		C: AUTH XOAUTH2 ` + xoauth("alice", "bad") + `
+		C: AUTH XOAUTH2 ` + xoauth2As("alice", "bad") + `
 		S: \+ eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0=
 		C:
 		S: ` + authFailed + `
 		C: AUTH XOAUTH2 ` + b64("nonsense") + `
 		S: -ERR malformed SASL message
-		C: AUTH OAUTHBEARER ` + bearer("ghost", "good-token-for-ghost") + `
+		C: AUTH OAUTHBEARER ` + bearerAs("ghost", "good-token-for-ghost") + `
 		S: \+ .*
 		C: AQ==
 		S: ` + authFailed + `
-		C: AUTH OAUTHBEARER ` + bearer("alice", "bad") + `
+		C: AUTH OAUTHBEARER ` + bearerAs("alice", "bad") + `
 		S: \+ .*
 		C:
 		S: ` + authFailed + `
-		C: AUTH OAUTHBEARER ` + bearer("alice", "bad") + `
+		C: AUTH OAUTHBEARER ` + bearerAs("alice", "bad") + `
 		S: \+ .*
 		C: *
 		S: ` + authFailed + `
-		C: AUTH OAUTHBEARER ` + bearer("alice", "good-token-for-alice@example.org") + `
+		C: AUTH OAUTHBEARER ` + bearerAs("alice", "good-token-for-alice@example.org") + `
 		S: \+OK maildrop has 0 messages .*
 		C: QUIT
 		S: \+OK .*`)
 	c = ts.dialTLS(t, nil)
 	c.transcript(`
 		S: \+OK Pouch ready\.
-		C: AUTH XOAUTH2 ` + xoauth("alice", "good-token-for-alice") + `
+		C: AUTH XOAUTH2 ` + xoauth2As("alice", "good-token-for-alice") + `
 		S: \+OK maildrop has 0 messages .*`)
 }
 

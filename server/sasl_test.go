@@ -20,7 +20,6 @@ const saslMalformed = `-ERR malformed SASL message`
 
 func TestAuthPlain(t *testing.T) {
 	ts := newTestServer(t, nil)
-	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	c := ts.dial(t)
 	c.transcript(`
 		S: \+OK Pouch ready\.
@@ -66,7 +65,6 @@ func TestAuthPlain(t *testing.T) {
 
 func TestAuthLogin(t *testing.T) {
 	ts := newTLSServer(t, "127.0.0.1", nil)
-	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	c := ts.dial(t)
 	c.transcript(`
 		S: \+OK Pouch ready\.
