@@ -160,14 +160,11 @@ func (s *session) enterTransaction(user, method string, account auth.Account, md
 	s.loggedInLocked()
 	s.op.user = user
 	s.srv.mu.Unlock()
-	var size int64
-	for _, m := range s.msgs {
-		size += m.Size
-	}
+	n, size := s.stat()
 	s.srv.cfg.Metrics.Login(true, method, s.tls != nil)
-	s.log.Info("login", "user", user, "method", method, "tls", s.tls != nil, "messages", len(s.msgs), "octets", size)
-	s.srv.audit("login", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "tls", s.tls != nil, "messages", len(s.msgs))
-	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", len(s.msgs), size))
+	s.log.Info("login", "user", user, "method", method, "tls", s.tls != nil, "messages", n, "octets", size)
+	s.srv.audit("login", "session", s.id, "user", user, "ip", s.ip.String(), "method", method, "tls", s.tls != nil, "messages", n)
+	s.w.OK(maildropReply(n, size))
 }
 
 // admitUser applies the user's account after the credentials were found

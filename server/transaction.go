@@ -44,6 +44,12 @@ func (s *session) stat() (count int, size int64) {
 	return count, size
 }
 
+// maildropReply is the +OK of a login and of RSET (RFC 1939 §4, §5): the
+// n messages not deleted, of size octets.
+func maildropReply(n int, size int64) string {
+	return fmt.Sprintf("maildrop has %d messages (%d octets)", n, size)
+}
+
 func (s *session) cmdSTAT(pop3.Command) error {
 	n, size := s.stat()
 	s.w.OK(fmt.Sprintf("%d %d", n, size))
@@ -202,8 +208,7 @@ func (s *session) cmdNOOP(pop3.Command) error {
 
 func (s *session) cmdRSET(pop3.Command) error {
 	clear(s.deleted)
-	n, size := s.stat()
-	s.w.OK(fmt.Sprintf("maildrop has %d messages (%d octets)", n, size))
+	s.w.OK(maildropReply(s.stat()))
 	return nil
 }
 
