@@ -20,7 +20,8 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// connID returns a new connection id, in the form of the session ids.
+// connID returns a new connection id: a session's, or one for the log line
+// of a connection refused before it has a session.
 func (s *Server) connID() string {
 	return fmt.Sprintf("%s%06x", s.idPrefix, s.ids.Add(1))
 }

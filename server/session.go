@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -97,7 +96,7 @@ type session struct {
 }
 
 func newSession(s *Server, c net.Conn, implicitTLS bool) *session {
-	id := fmt.Sprintf("%s%06x", s.idPrefix, s.ids.Add(1))
+	id := s.connID()
 	remote := c.RemoteAddr().String()
 	sess := &session{
 		srv:         s,
