@@ -25,9 +25,10 @@ type TokenVerifier struct {
 	issuer, audience, userClaim string
 	jwks                        string // a file or an http(s) URL
 
-	mu      sync.Mutex
-	keys    *jose.JSONWebKeySet
-	fetched time.Time
+	mu       sync.Mutex
+	keys     *jose.JSONWebKeySet
+	fetched  time.Time
+	fetchErr error // why the last fetch of the key set failed, or nil
 
 	now func() time.Time
 }
@@ -129,7 +130,10 @@ func (v *TokenVerifier) VerifyToken(token string) (string, error) {
 	}
 	var std jwt.Claims
 	var extra map[string]any
-	keys := v.keySet(tok)
+	keys, err := v.keySet(tok)
+	if err != nil {
+		return "", err
+	}
 	if err := tok.Claims(keys, &std, &extra); err != nil {
 		return "", fmt.Errorf("auth: token signature: %w", err)
 	}
@@ -154,20 +158,29 @@ func (v *TokenVerifier) VerifyToken(token string) (string, error) {
 // does not have (the issuer rotated its keys), the set is fetched again — by
 // one caller at a time, and at most once per refetchInterval whether the
 // fetch worked or not, so that forged tokens cannot make Pouch hammer the
-// issuer.
-func (v *TokenVerifier) keySet(tok *jwt.JSONWebToken) *jose.JSONWebKeySet {
+// issuer. While the last fetch failed, a token naming a key the set lacks
+// cannot be checked: that is an error wrapping ErrUnavailable, so that a
+// good token of a rotated key is deferred, not refused as a bad signature.
+func (v *TokenVerifier) keySet(tok *jwt.JSONWebToken) (*jose.JSONWebKeySet, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	kid := ""
 	if len(tok.Headers) > 0 {
 		kid = tok.Headers[0].KeyID
 	}
-	if kid == "" || len(v.keys.Key(kid)) > 0 || time.Since(v.fetched) < refetchInterval {
-		return v.keys
+	if kid == "" || len(v.keys.Key(kid)) > 0 {
+		return v.keys, nil
 	}
-	v.fetched = time.Now()
-	if keys, err := loadKeySet(v.jwks); err == nil {
-		v.keys = keys
+	if time.Since(v.fetched) >= refetchInterval {
+		v.fetched = time.Now()
+		keys, err := loadKeySet(v.jwks)
+		if err == nil {
+			v.keys = keys
+		}
+		v.fetchErr = err
 	}
-	return v.keys
+	if v.fetchErr != nil && len(v.keys.Key(kid)) == 0 {
+		return nil, fmt.Errorf("%w: the OAuth key set could not be fetched to check key %q: %v", ErrUnavailable, kid, v.fetchErr)
+	}
+	return v.keys, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -118,9 +119,14 @@ func TestTokenVerifierKeyRotation(t *testing.T) {
 	old, fresh := newIssuer(t, "old"), newIssuer(t, "new")
 	var current atomic.Value
 	var fetches atomic.Int32
+	var failing atomic.Bool
 	current.Store(old.jwks(t))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fetches.Add(1)
+		if failing.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
 		w.Write(current.Load().([]byte))
 	}))
 	defer srv.Close()
@@ -154,5 +160,26 @@ func TestTokenVerifierKeyRotation(t *testing.T) {
 	v.VerifyToken(unknown)
 	if n := fetches.Load(); n != 2 {
 		t.Fatalf("%d fetches, want 2 (one at start, one after the rotation)", n)
+	}
+	// While the issuer's key set cannot be fetched, a token of a key not
+	// known yet cannot be checked: a temporary failure, not a bad
+	// signature; a token of a known key is checked as before.
+	failing.Store(true)
+	newer := newIssuer(t, "newer")
+	current.Store(newer.jwks(t))
+	ago()
+	if _, err := v.VerifyToken(newer.token(t, claims(nil))); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("token of a new key while the key set is down: %v; want ErrUnavailable", err)
+	}
+	if _, err := v.VerifyToken(newer.token(t, claims(nil))); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("again within the refetch interval: %v; want ErrUnavailable", err)
+	}
+	if _, err := v.VerifyToken(tok); err != nil {
+		t.Errorf("token of a known key while the key set is down: %v", err)
+	}
+	failing.Store(false)
+	ago()
+	if _, err := v.VerifyToken(newer.token(t, claims(nil))); err != nil {
+		t.Errorf("token of the new key once the key set is back: %v", err)
 	}
 }

@@ -207,6 +207,14 @@ func TestUncheckedExternalAndTokensAreNoFailures(t *testing.T) {
 		c.expect(sysTempCredentials)
 	}
 	down.Store(false)
+	// A token that cannot be checked because the issuer's key set cannot
+	// be fetched is deferred too, and counts for nothing.
+	for range 5 {
+		c.send("AUTH OAUTHBEARER " + bearerAs("alice", "token-of-a-key-not-fetched") + "\r\n")
+		c.expect(sysTempCredentials)
+		c.send("AUTH XOAUTH2 " + xoauth2As("alice", "token-of-a-key-not-fetched") + "\r\n")
+		c.expect(sysTempCredentials)
+	}
 	c.send("AUTH EXTERNAL =\r\n")
 	c.expect(`\+OK maildrop has 0 messages .*`)
 	c.send("QUIT\r\n")

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
+	"github.com/pouchmail/pouch/auth"
 )
 
 // TokenVerifier checks OAuth 2.0 bearer tokens (OAUTHBEARER, RFC 7628, and
@@ -34,6 +35,10 @@ func (s *session) tokensUsable() bool {
 // up, s.unchecked says why.
 func (s *session) tokenAccount(name, token string) (user string, err error) {
 	issued, err := s.srv.cfg.Tokens.VerifyToken(token)
+	if errors.Is(err, auth.ErrUnavailable) {
+		s.unchecked = err // the issuer's key set is down: the token may be good
+		return name, err
+	}
 	if err != nil {
 		return name, err
 	}

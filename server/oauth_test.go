@@ -3,11 +3,13 @@ package server
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/internal/testkit"
 )
 
@@ -17,6 +19,9 @@ type fakeTokens struct{}
 func (fakeTokens) VerifyToken(token string) (string, error) {
 	if user, ok := strings.CutPrefix(token, "good-token-for-"); ok {
 		return user, nil
+	}
+	if token == "token-of-a-key-not-fetched" {
+		return "", fmt.Errorf("%w: the OAuth key set could not be fetched", auth.ErrUnavailable)
 	}
 	return "", errors.New("bad token")
 }
