@@ -440,21 +440,27 @@ func falseValue(v string) bool {
 // failed records that the backend failed with err, and returns the error
 // to give for it. The start of an episode is logged.
 func (r *Remote) failed(ctx context.Context, err error) *UnavailableError {
-	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-		err = fmt.Errorf("no answer within %v", r.opts.Timeout)
-	}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastTry = now
 	if r.down != nil {
-		r.down = &UnavailableError{Source: r.b.String(), Err: err, Since: r.down.Since}
+		r.down = r.unavailable(ctx, err, r.down.Since)
 		return r.down
 	}
-	r.down = &UnavailableError{Source: r.b.String(), Err: err, Since: now}
+	r.down = r.unavailable(ctx, err, now)
 	r.log.Error("account source unavailable: logins of users not looked up before get temporary "+
-		"failures and their mail waits until it answers again", "source", r.b.String(), "err", err)
+		"failures and their mail waits until it answers again", "source", r.b.String(), "err", r.down.Err)
 	return r.down
+}
+
+// unavailable returns the error to give for err, the failure of a request
+// made with ctx, in an episode that started at since.
+func (r *Remote) unavailable(ctx context.Context, err error, since time.Time) *UnavailableError {
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		err = fmt.Errorf("no answer within %v", r.opts.Timeout)
+	}
+	return &UnavailableError{Source: r.b.String(), Err: err, Since: since}
 }
 
 // succeeded records that the backend answered; the end of an episode is
@@ -656,7 +662,7 @@ func (r *Remote) Accounts() iter.Seq2[Account, error] {
 		defer cancel()
 		for name, err := range r.b.Names(ctx) {
 			if err != nil {
-				yield(Account{}, r.failed(ctx, err))
+				yield(Account{}, r.unavailable(ctx, err, time.Now()))
 				return
 			}
 			a, err := r.Account(NormalizeName(name))
@@ -675,13 +681,17 @@ func (r *Remote) Accounts() iter.Seq2[Account, error] {
 }
 
 // Names lists the names of the backend's accounts, without looking each up.
+// A listing cut short ends with an *UnavailableError, but is no outage:
+// Fault and the look-ups do not heed it, since a backend that cannot list
+// (no iterate_query, a base made of the name, a wrong iterate query) may
+// still look every account up.
 func (r *Remote) Names() iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), max(12*r.opts.Timeout, time.Minute))
 		defer cancel()
 		for name, err := range r.b.Names(ctx) {
 			if err != nil {
-				yield("", r.failed(ctx, err))
+				yield("", r.unavailable(ctx, err, time.Now()))
 				return
 			}
 			if !yield(NormalizeName(name), nil) {
