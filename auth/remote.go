@@ -658,14 +658,12 @@ func (r *Remote) Summary() Summary {
 // lists, looked up.
 func (r *Remote) Accounts() iter.Seq2[Account, error] {
 	return func(yield func(Account, error) bool) {
-		ctx, cancel := context.WithTimeout(context.Background(), max(12*r.opts.Timeout, time.Minute))
-		defer cancel()
-		for name, err := range r.b.Names(ctx) {
+		for name, err := range r.Names() {
 			if err != nil {
-				yield(Account{}, r.unavailable(ctx, err, time.Now()))
+				yield(Account{}, err)
 				return
 			}
-			a, err := r.Account(NormalizeName(name))
+			a, err := r.Account(name)
 			if errors.Is(err, ErrUnavailable) {
 				yield(Account{}, err)
 				return
