@@ -23,11 +23,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // The directory's suffix and its administrator.
@@ -151,8 +154,8 @@ access to *
 	if out, err := exec.Command(slaptest, "-f", confFile, "-F", s.conf).CombinedOutput(); err != nil {
 		t.Fatalf("slaptest: %v\n%s", err, out)
 	}
-	s.URL = "ldap://127.0.0.1:" + freePort(t)
-	s.LDAPS = "ldaps://127.0.0.1:" + freePort(t)
+	s.URL = "ldap://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
+	s.LDAPS = "ldaps://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
 	s.CAFile = cert
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
@@ -212,17 +215,6 @@ func (s *Server) makeCert(t testing.TB) (cert, key string) {
 		t.Fatal(err)
 	}
 	return cert, key
-}
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 // Start starts slapd (again, after Stop) and waits until it answers.

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // Server is a running private MariaDB server.
@@ -161,7 +163,7 @@ func (s *Server) init(install string) error {
 			return err
 		}
 	}
-	port, err := freePort()
+	port, err := testkit.Port()
 	if err != nil {
 		return err
 	}
@@ -175,15 +177,6 @@ func (s *Server) init(install string) error {
 		return fmt.Errorf("%s: %v\n%s", filepath.Base(install), err, out)
 	}
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // command prepares one of MariaDB's programs, run as the mysql user when
