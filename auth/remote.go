@@ -375,7 +375,6 @@ func (r *Remote) evictLocked(now time.Time) {
 // line: a setting that cannot be read refuses the account whole.
 func (r *Remote) account(name string, rec Record) (Account, *AccountError) {
 	a := Account{Name: name}
-	var errs []error
 	if r.binder == nil {
 		sec, err := parseSecret(rec.Password)
 		if err != nil {
@@ -384,26 +383,17 @@ func (r *Remote) account(name string, rec Record) (Account, *AccountError) {
 		}
 		a.Credentials.password = sec
 	}
+	// nologin and disabled are booleans here, where the users file's
+	// nologin disables whatever its value.
 	fields := make(map[string]string, len(rec.Fields))
 	for k, v := range rec.Fields {
+		if k == FieldNoLogin || k == FieldDisabled {
+			a.Disabled = a.Disabled || !falseValue(v)
+			continue
+		}
 		fields[k] = v
 	}
-	for _, k := range []string{FieldNoLogin, FieldDisabled} {
-		if v, ok := fields[k]; ok {
-			a.Disabled = a.Disabled || !falseValue(v)
-			delete(fields, k)
-		}
-	}
-	if v, ok := fields[scramField]; ok {
-		keys, err := parseSCRAMField(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", scramField, err))
-		}
-		a.Credentials.scram = keys
-		delete(fields, scramField)
-	}
-	errs = append(errs, parseSettings(&a, fields)...)
-	if errs != nil {
+	if errs := parseFields(&a, fields); errs != nil {
 		where := r.b.String()
 		if rec.Where != "" {
 			where += ": " + rec.Where
