@@ -288,21 +288,16 @@ func (r *Remote) entry(name string, fresh bool) (*entry, error) {
 	now := time.Now()
 	r.mu.Lock()
 	e := r.cache[name]
+	r.mu.Unlock()
 	if e != nil && !fresh && e.valid(now, r.opts) {
-		r.mu.Unlock()
 		return e, nil
 	}
-	if down := r.down; down != nil {
-		if now.Sub(r.lastTry) < r.opts.RetryEvery {
-			r.mu.Unlock()
-			if e != nil && e.found {
-				return e, nil
-			}
-			return nil, down
+	if down := r.held(now); down != nil {
+		if e != nil && e.found {
+			return e, nil
 		}
-		r.lastTry = now // this one tries; the others fail at once meanwhile
+		return nil, down
 	}
-	r.mu.Unlock()
 	v, err, _ := r.flight.Do(name, func() (any, error) { return r.fetch(name) })
 	if err != nil {
 		if e != nil && e.found {
@@ -313,6 +308,23 @@ func (r *Remote) entry(name string, fresh bool) (*entry, error) {
 		return nil, err
 	}
 	return v.(*entry), nil
+}
+
+// held returns the *UnavailableError while the backend is down and was
+// tried less than RetryEvery ago, so that a look-up fails at once rather
+// than wait for a timeout; otherwise nil, and the caller is the one that
+// tries.
+func (r *Remote) held(now time.Time) *UnavailableError {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.down == nil {
+		return nil
+	}
+	if now.Sub(r.lastTry) < r.opts.RetryEvery {
+		return r.down
+	}
+	r.lastTry = now
+	return nil
 }
 
 // fetch looks name up in the backend and caches the answer.
@@ -708,6 +720,9 @@ func (r *Remote) HasDomain(domain string) (bool, error) {
 	}
 	if down != nil && cached && d.has {
 		return true, nil
+	}
+	if down := r.held(now); down != nil {
+		return false, down
 	}
 	v, err, _ := r.flight.Do("\x00domain "+domain, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)

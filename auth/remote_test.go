@@ -367,3 +367,47 @@ func TestRemoteListingFailureIsNoOutage(t *testing.T) {
 		t.Errorf("Account after a failed listing = %+v, %v", a, err)
 	}
 }
+
+// fakeDomains is a backend that knows its domains: example.org.
+type fakeDomains struct {
+	*fakeBackend
+	asked atomic.Int64
+}
+
+func (f *fakeDomains) HasDomain(_ context.Context, domain string) (bool, error) {
+	f.asked.Add(1)
+	f.mu.Lock()
+	down := f.down
+	f.mu.Unlock()
+	if down != nil {
+		return false, down
+	}
+	return domain == "example.org", nil
+}
+
+// While the backend is down, a domain not known before cannot be
+// confirmed, and, as for names, only one look-up every RetryEvery asks it:
+// the others fail at once, rather than each wait for the timeout.
+func TestRemoteDomainsWhileDown(t *testing.T) {
+	t.Parallel()
+	f := &fakeDomains{fakeBackend: newFake(map[string]Record{})}
+	r := NewRemote(f, RemoteOptions{CacheTTL: time.Hour, NegativeTTL: time.Hour, RetryEvery: time.Hour})
+	if has, err := r.HasDomain("Example.ORG"); !has || err != nil {
+		t.Fatalf("HasDomain(example.org) = %v, %v", has, err)
+	}
+	f.fail(errors.New("connection refused"))
+	for _, d := range []string{"example.net", "example.com"} {
+		if has, err := r.HasDomain(d); has || !errors.Is(err, ErrUnavailable) {
+			t.Errorf("HasDomain(%s) while down = %v, %v", d, has, err)
+		}
+	}
+	if n := f.asked.Load(); n != 2 {
+		t.Errorf("the backend was asked %d times, want 2 (then held off for RetryEvery)", n)
+	}
+	if _, err := r.Account("alice@example.net"); !errors.Is(err, ErrUnavailable) || f.lookups.Load() != 0 {
+		t.Errorf("Account while down = %v after %d look-ups", err, f.lookups.Load())
+	}
+	if has, err := r.HasDomain("example.org"); !has || err != nil {
+		t.Errorf("HasDomain(example.org), known before, while down = %v, %v", has, err)
+	}
+}
