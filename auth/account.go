@@ -442,7 +442,13 @@ func (c Credentials) apopSecret() (string, bool) {
 func parseAccount(name string, l userLine, sec secret) (a Account, errs []error) {
 	a.Name = name
 	a.Credentials.password = sec
-	fields := l.extraFields()
+	return a, parseFields(&a, l.extraFields())
+}
+
+// parseFields reads an account's fields into a: its SCRAM-SHA-256 keys and
+// its settings. It returns one error for each field that cannot be read,
+// naming it.
+func parseFields(a *Account, fields map[string]string) (errs []error) {
 	if v, ok := fields[scramField]; ok {
 		keys, err := parseSCRAMField(v)
 		if err != nil {
@@ -450,5 +456,5 @@ func parseAccount(name string, l userLine, sec secret) (a Account, errs []error)
 		}
 		a.Credentials.scram = keys
 	}
-	return a, append(errs, parseSettings(&a, fields)...)
+	return append(errs, parseSettings(a, fields)...)
 }

@@ -92,13 +92,17 @@ func ImportUsers(path string, users []ForeignUser, replace bool) (map[string]Imp
 	}
 	err := update(path, func(lines []string) ([]string, error) {
 		clear(out)
+		first := firstLines(lines) // read once: an import may add many thousands
 		for _, u := range users {
 			fl, _, ok, _ := parseLine(u.Line)
 			if !ok {
 				return nil, fmt.Errorf("auth: not a user line: %q", u.Line)
 			}
-			i := findUser(lines, u.Name)
-			if i < 0 {
+			i, found := first[u.Name]
+			if !found {
+				if _, dup := first[NormalizeName(fl.name)]; !dup {
+					first[NormalizeName(fl.name)] = len(lines)
+				}
 				lines = append(lines, u.Line)
 				out[u.Name] = UserAdded
 				continue
@@ -120,4 +124,18 @@ func ImportUsers(path string, users []ForeignUser, replace bool) (map[string]Imp
 		return lines, nil
 	})
 	return out, err
+}
+
+// firstLines maps the name of each user of lines (normalized) to the index
+// of its first line, as findUser finds it.
+func firstLines(lines []string) map[string]int {
+	first := make(map[string]int, len(lines))
+	for i, line := range lines {
+		if l, _, ok, _ := parseLine(line); ok {
+			if _, dup := first[NormalizeName(l.name)]; !dup {
+				first[NormalizeName(l.name)] = i
+			}
+		}
+	}
+	return first
 }

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,5 +39,22 @@ func TestImportUsersKeepsLinesAndReplacesOnlyPasswords(t *testing.T) {
 	u, _ := OpenUsers(path)
 	if !u.Verify("alice", "old server's") || u.Verify("alice", "a long Passw0rd here") {
 		t.Errorf("alice's password was not replaced")
+	}
+}
+
+// An import of a site's users is one pass over the users file, not one
+// for each user.
+func BenchmarkImportUsers(b *testing.B) {
+	var users []ForeignUser
+	for i := range 5000 {
+		name := fmt.Sprintf("user%d@example.org", i)
+		users = append(users, ForeignUser{Name: name,
+			Line: name + ":{SHA512-CRYPT}$6$AODy/KxyPFD6MCGW$kIyhBNPh6J3ycw0np8DdFQMw50hCpnKYj4Hx3nVQM.yHH8zZ82RbEo1zhgePRyet/oukzMvcGfrar4Xhe1SnF0"})
+	}
+	dir := b.TempDir()
+	for i := 0; b.Loop(); i++ {
+		if _, err := ImportUsers(filepath.Join(dir, fmt.Sprint(i)), users, false); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -288,21 +288,16 @@ func (r *Remote) entry(name string, fresh bool) (*entry, error) {
 	now := time.Now()
 	r.mu.Lock()
 	e := r.cache[name]
+	r.mu.Unlock()
 	if e != nil && !fresh && e.valid(now, r.opts) {
-		r.mu.Unlock()
 		return e, nil
 	}
-	if down := r.down; down != nil {
-		if now.Sub(r.lastTry) < r.opts.RetryEvery {
-			r.mu.Unlock()
-			if e != nil && e.found {
-				return e, nil
-			}
-			return nil, down
+	if down := r.held(now); down != nil {
+		if e != nil && e.found {
+			return e, nil
 		}
-		r.lastTry = now // this one tries; the others fail at once meanwhile
+		return nil, down
 	}
-	r.mu.Unlock()
 	v, err, _ := r.flight.Do(name, func() (any, error) { return r.fetch(name) })
 	if err != nil {
 		if e != nil && e.found {
@@ -313,6 +308,23 @@ func (r *Remote) entry(name string, fresh bool) (*entry, error) {
 		return nil, err
 	}
 	return v.(*entry), nil
+}
+
+// held returns the *UnavailableError while the backend is down and was
+// tried less than RetryEvery ago, so that a look-up fails at once rather
+// than wait for a timeout; otherwise nil, and the caller is the one that
+// tries.
+func (r *Remote) held(now time.Time) *UnavailableError {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.down == nil {
+		return nil
+	}
+	if now.Sub(r.lastTry) < r.opts.RetryEvery {
+		return r.down
+	}
+	r.lastTry = now
+	return nil
 }
 
 // fetch looks name up in the backend and caches the answer.
@@ -375,7 +387,6 @@ func (r *Remote) evictLocked(now time.Time) {
 // line: a setting that cannot be read refuses the account whole.
 func (r *Remote) account(name string, rec Record) (Account, *AccountError) {
 	a := Account{Name: name}
-	var errs []error
 	if r.binder == nil {
 		sec, err := parseSecret(rec.Password)
 		if err != nil {
@@ -384,26 +395,17 @@ func (r *Remote) account(name string, rec Record) (Account, *AccountError) {
 		}
 		a.Credentials.password = sec
 	}
+	// nologin and disabled are booleans here, where the users file's
+	// nologin disables whatever its value.
 	fields := make(map[string]string, len(rec.Fields))
 	for k, v := range rec.Fields {
+		if k == FieldNoLogin || k == FieldDisabled {
+			a.Disabled = a.Disabled || !falseValue(v)
+			continue
+		}
 		fields[k] = v
 	}
-	for _, k := range []string{FieldNoLogin, FieldDisabled} {
-		if v, ok := fields[k]; ok {
-			a.Disabled = a.Disabled || !falseValue(v)
-			delete(fields, k)
-		}
-	}
-	if v, ok := fields[scramField]; ok {
-		keys, err := parseSCRAMField(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", scramField, err))
-		}
-		a.Credentials.scram = keys
-		delete(fields, scramField)
-	}
-	errs = append(errs, parseSettings(&a, fields)...)
-	if errs != nil {
+	if errs := parseFields(&a, fields); errs != nil {
 		where := r.b.String()
 		if rec.Where != "" {
 			where += ": " + rec.Where
@@ -440,21 +442,27 @@ func falseValue(v string) bool {
 // failed records that the backend failed with err, and returns the error
 // to give for it. The start of an episode is logged.
 func (r *Remote) failed(ctx context.Context, err error) *UnavailableError {
-	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-		err = fmt.Errorf("no answer within %v", r.opts.Timeout)
-	}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastTry = now
 	if r.down != nil {
-		r.down = &UnavailableError{Source: r.b.String(), Err: err, Since: r.down.Since}
+		r.down = r.unavailable(ctx, err, r.down.Since)
 		return r.down
 	}
-	r.down = &UnavailableError{Source: r.b.String(), Err: err, Since: now}
+	r.down = r.unavailable(ctx, err, now)
 	r.log.Error("account source unavailable: logins of users not looked up before get temporary "+
-		"failures and their mail waits until it answers again", "source", r.b.String(), "err", err)
+		"failures and their mail waits until it answers again", "source", r.b.String(), "err", r.down.Err)
 	return r.down
+}
+
+// unavailable returns the error to give for err, the failure of a request
+// made with ctx, in an episode that started at since.
+func (r *Remote) unavailable(ctx context.Context, err error, since time.Time) *UnavailableError {
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		err = fmt.Errorf("no answer within %v", r.opts.Timeout)
+	}
+	return &UnavailableError{Source: r.b.String(), Err: err, Since: since}
 }
 
 // succeeded records that the backend answered; the end of an episode is
@@ -652,14 +660,12 @@ func (r *Remote) Summary() Summary {
 // lists, looked up.
 func (r *Remote) Accounts() iter.Seq2[Account, error] {
 	return func(yield func(Account, error) bool) {
-		ctx, cancel := context.WithTimeout(context.Background(), max(12*r.opts.Timeout, time.Minute))
-		defer cancel()
-		for name, err := range r.b.Names(ctx) {
+		for name, err := range r.Names() {
 			if err != nil {
-				yield(Account{}, r.failed(ctx, err))
+				yield(Account{}, err)
 				return
 			}
-			a, err := r.Account(NormalizeName(name))
+			a, err := r.Account(name)
 			if errors.Is(err, ErrUnavailable) {
 				yield(Account{}, err)
 				return
@@ -675,13 +681,17 @@ func (r *Remote) Accounts() iter.Seq2[Account, error] {
 }
 
 // Names lists the names of the backend's accounts, without looking each up.
+// A listing cut short ends with an *UnavailableError, but is no outage:
+// Fault and the look-ups do not heed it, since a backend that cannot list
+// (no iterate_query, a base made of the name, a wrong iterate query) may
+// still look every account up.
 func (r *Remote) Names() iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), max(12*r.opts.Timeout, time.Minute))
 		defer cancel()
 		for name, err := range r.b.Names(ctx) {
 			if err != nil {
-				yield("", r.failed(ctx, err))
+				yield("", r.unavailable(ctx, err, time.Now()))
 				return
 			}
 			if !yield(NormalizeName(name), nil) {
@@ -710,6 +720,9 @@ func (r *Remote) HasDomain(domain string) (bool, error) {
 	}
 	if down != nil && cached && d.has {
 		return true, nil
+	}
+	if down := r.held(now); down != nil {
+		return false, down
 	}
 	v, err, _ := r.flight.Do("\x00domain "+domain, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)

@@ -17,6 +17,7 @@ type fakeBackend struct {
 	mu      sync.Mutex
 	records map[string]Record
 	down    error         // Lookup and Ping fail with it
+	listErr error         // Names fails with it
 	hang    chan struct{} // Lookup waits for it or its context
 	lookups atomic.Int64
 	binds   atomic.Int64
@@ -61,6 +62,11 @@ func (f *fakeBackend) Lookup(ctx context.Context, name string) (Record, error) {
 func (f *fakeBackend) Names(context.Context) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		f.mu.Lock()
+		if err := f.listErr; err != nil {
+			f.mu.Unlock()
+			yield("", err)
+			return
+		}
 		var names []string
 		for n := range f.records {
 			names = append(names, n)
@@ -333,5 +339,75 @@ func TestRemoteAccountsAndDomains(t *testing.T) {
 	}
 	if has, err := r.HasDomain("anything.example"); !has || err != nil {
 		t.Errorf("HasDomain of a backend that does not know its domains = %v, %v", has, err)
+	}
+}
+
+// A backend that cannot list its accounts (no iterate_query) says so to
+// whoever lists them, and that is no outage: logins and delivery, which
+// look each name up, go on as before.
+func TestRemoteListingFailureIsNoOutage(t *testing.T) {
+	t.Parallel()
+	f := newFake(map[string]Record{"a@example.org": {Password: "{PLAIN}x"}})
+	f.listErr = errors.New("no iterate_query: the accounts cannot be listed")
+	r := NewRemote(f, RemoteOptions{CacheTTL: time.Hour, RetryEvery: time.Hour})
+	for _, err := range r.Names() {
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "cannot be listed") {
+			t.Errorf("Names: %v", err)
+		}
+	}
+	for _, err := range r.Accounts() {
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "cannot be listed") {
+			t.Errorf("Accounts: %v", err)
+		}
+	}
+	if err := r.Fault(); err != nil {
+		t.Errorf("Fault after a failed listing: %v", err)
+	}
+	if a, err := r.Account("a@example.org"); err != nil || a.Name != "a@example.org" {
+		t.Errorf("Account after a failed listing = %+v, %v", a, err)
+	}
+}
+
+// fakeDomains is a backend that knows its domains: example.org.
+type fakeDomains struct {
+	*fakeBackend
+	asked atomic.Int64
+}
+
+func (f *fakeDomains) HasDomain(_ context.Context, domain string) (bool, error) {
+	f.asked.Add(1)
+	f.mu.Lock()
+	down := f.down
+	f.mu.Unlock()
+	if down != nil {
+		return false, down
+	}
+	return domain == "example.org", nil
+}
+
+// While the backend is down, a domain not known before cannot be
+// confirmed, and, as for names, only one look-up every RetryEvery asks it:
+// the others fail at once, rather than each wait for the timeout.
+func TestRemoteDomainsWhileDown(t *testing.T) {
+	t.Parallel()
+	f := &fakeDomains{fakeBackend: newFake(map[string]Record{})}
+	r := NewRemote(f, RemoteOptions{CacheTTL: time.Hour, NegativeTTL: time.Hour, RetryEvery: time.Hour})
+	if has, err := r.HasDomain("Example.ORG"); !has || err != nil {
+		t.Fatalf("HasDomain(example.org) = %v, %v", has, err)
+	}
+	f.fail(errors.New("connection refused"))
+	for _, d := range []string{"example.net", "example.com"} {
+		if has, err := r.HasDomain(d); has || !errors.Is(err, ErrUnavailable) {
+			t.Errorf("HasDomain(%s) while down = %v, %v", d, has, err)
+		}
+	}
+	if n := f.asked.Load(); n != 2 {
+		t.Errorf("the backend was asked %d times, want 2 (then held off for RetryEvery)", n)
+	}
+	if _, err := r.Account("alice@example.net"); !errors.Is(err, ErrUnavailable) || f.lookups.Load() != 0 {
+		t.Errorf("Account while down = %v after %d look-ups", err, f.lookups.Load())
+	}
+	if has, err := r.HasDomain("example.org"); !has || err != nil {
+		t.Errorf("HasDomain(example.org), known before, while down = %v, %v", has, err)
 	}
 }

@@ -520,14 +520,14 @@ func (s *Source) HasDomain(ctx context.Context, domain string) (bool, error) {
 		return true, nil
 	}
 	name := "@" + domain
-	base := cmp(s.cfg.DomainBase, s.cfg.Base)
-	base = expand(base, name, ldap.EscapeDN)
+	template := cmp(s.cfg.DomainBase, s.cfg.Base)
+	base := expand(template, name, ldap.EscapeDN)
 	res, err := s.search(ctx, base, expand(s.cfg.DomainFilter, name, ldap.EscapeFilter), []string{"1.1"}, 1)
 	switch {
 	case ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded):
 		return true, nil
-	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject):
-		return false, nil
+	case ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) && base != template:
+		return false, nil // a base made of the domain (ou=%d) that does not exist
 	case err != nil:
 		return false, fmt.Errorf("domain_filter: %w", err)
 	}

@@ -282,3 +282,36 @@ func TestNewRefuses(t *testing.T) {
 		}
 	}
 }
+
+// domain_filter says which domains mail is taken for. A domain_base that
+// is made of the domain and does not exist takes none; a fixed one that
+// does not exist (a directory being restored, a typo) is the directory's
+// fault, a temporary failure, never a refusal of every domain.
+func TestDomainFilter(t *testing.T) {
+	s := start(t)
+	for _, tc := range []struct {
+		base string
+		want map[string]bool // nil: unavailable
+	}{
+		{"", map[string]bool{"example.org": true, "example.net": true, "example.com": false}},
+		{"ou=people," + ldaptest.Base, map[string]bool{"example.org": true, "example.com": false}},
+		{"ou=%d," + ldaptest.Base, map[string]bool{"example.org": false}},
+		{"ou=nowhere," + ldaptest.Base, nil},
+	} {
+		cfg := attrCfg(t, s)
+		cfg.DomainFilter = "(&(objectClass=inetOrgPerson)(mail=*@%d))"
+		cfg.DomainBase = tc.base
+		r := open(t, cfg)
+		if tc.want == nil {
+			if has, err := r.HasDomain("example.org"); !errors.Is(err, auth.ErrUnavailable) {
+				t.Errorf("domain_base %q: HasDomain(example.org) = %v, %v; want unavailable", tc.base, has, err)
+			}
+			continue
+		}
+		for domain, want := range tc.want {
+			if has, err := r.HasDomain(domain); has != want || err != nil {
+				t.Errorf("domain_base %q: HasDomain(%s) = %v, %v; want %v", tc.base, domain, has, err, want)
+			}
+		}
+	}
+}

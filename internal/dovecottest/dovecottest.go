@@ -13,7 +13,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -40,9 +39,10 @@ func Require(t testing.TB) {
 
 // Server is a Dovecot with one user, alice, whose password is Password.
 type Server struct {
-	t    testing.TB
-	Dir  string // dovecot.conf, run/, mail/
-	Addr string // of the running server
+	t      testing.TB
+	Dir    string // dovecot.conf, run/, mail/
+	Addr   string // of the running server
+	daemon *testkit.Daemon
 }
 
 // Password is alice's password.
@@ -60,7 +60,7 @@ func New(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
-	d := &Server{t: t, Dir: dir}
+	d := &Server{t: t, Dir: dir, daemon: &testkit.Daemon{Name: "dovecot", Log: filepath.Join(dir, "dovecot.log")}}
 	t.Cleanup(func() {
 		d.Stop()
 		if t.Failed() {
@@ -129,50 +129,25 @@ service stats {
 		os.MkdirAll(filepath.Join(d.Dir, sub), 0o755)
 	}
 	chownTree(t, filepath.Join(d.Dir, "mail"))
-	// The output goes to a file: the daemon keeps the descriptors, and a
-	// pipe would keep exec waiting until Dovecot stops.
-	outFile, err := os.Create(filepath.Join(d.Dir, "start.out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("dovecot", "-c", confPath)
-	cmd.Stdout, cmd.Stderr = outFile, outFile
-	err = cmd.Run()
-	outFile.Close()
-	if err != nil {
-		out, _ := os.ReadFile(outFile.Name())
-		t.Fatalf("dovecot: %v\n%s\n%s", err, out, d.Log())
-	}
-	d.Addr = fmt.Sprintf("127.0.0.1:%d", port)
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", d.Addr)
+	// In the foreground (-F), Dovecot is this process's child and dies
+	// with it, its other processes with it.
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	err := d.daemon.Start(exec.Command("dovecot", "-F", "-c", confPath), 10*time.Second, func() error {
+		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
-			return
 		}
-		if i == 200 {
-			t.Fatalf("dovecot does not listen on %s:\n%s", d.Addr, d.Log())
-		}
-		time.Sleep(25 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dovecot on %s: %v", addr, err)
 	}
+	d.Addr = addr
 }
 
 // Stop stops Dovecot, if it runs, and waits until it has exited.
 func (d *Server) Stop() {
-	pidFile := filepath.Join(d.Dir, "run", "master.pid")
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if pid <= 0 {
-		return
-	}
-	syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 400 && syscall.Kill(pid, 0) == nil; i++ {
-		time.Sleep(25 * time.Millisecond)
-	}
-	os.Remove(pidFile)
+	d.daemon.Stop(syscall.SIGTERM, 10*time.Second)
 	d.Addr = ""
 }
 

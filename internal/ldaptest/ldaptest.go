@@ -23,11 +23,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // The directory's suffix and its administrator.
@@ -47,10 +49,7 @@ type Server struct {
 	CAFile string
 
 	dir, conf, slapd string
-
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
+	daemon           *testkit.Daemon
 }
 
 // look finds a program in PATH or the system directories.
@@ -107,7 +106,8 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{dir: dir, slapd: slapd, conf: filepath.Join(dir, "slapd.d")}
+	s := &Server{dir: dir, slapd: slapd, conf: filepath.Join(dir, "slapd.d"),
+		daemon: &testkit.Daemon{Name: "slapd", Log: filepath.Join(dir, "slapd.log")}}
 	cert, key := s.makeCert(t)
 	db := filepath.Join(dir, "db")
 	for _, d := range []string{db, s.conf} {
@@ -151,8 +151,8 @@ access to *
 	if out, err := exec.Command(slaptest, "-f", confFile, "-F", s.conf).CombinedOutput(); err != nil {
 		t.Fatalf("slaptest: %v\n%s", err, out)
 	}
-	s.URL = "ldap://127.0.0.1:" + freePort(t)
-	s.LDAPS = "ldaps://127.0.0.1:" + freePort(t)
+	s.URL = "ldap://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
+	s.LDAPS = "ldaps://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
 	s.CAFile = cert
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
@@ -214,96 +214,32 @@ func (s *Server) makeCert(t testing.TB) (cert, key string) {
 	return cert, key
 }
 
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
-
 // Start starts slapd (again, after Stop) and waits until it answers.
 // slapd is this process's child (-d 0 keeps it in the foreground) and dies
 // with it.
 func (s *Server) Start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		return errors.New("ldaptest: already running")
-	}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "slapd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	cmd := exec.Command(s.slapd, "-d", "0", "-F", s.conf, "-h", s.URL+"/ "+s.LDAPS+"/")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-	deadline := time.Now().Add(30 * time.Second)
 	addr := strings.TrimPrefix(s.URL, "ldap://")
-	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	return s.daemon.Start(cmd, 30*time.Second, func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			return nil
 		}
-		select {
-		case <-exited:
-			s.cmd = nil
-			return fmt.Errorf("slapd exited at start: %s", s.logTail())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("slapd did not listen within 30 s: %s", s.logTail())
-		}
-	}
-}
-
-func (s *Server) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(s.dir, "slapd.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
+		return err
+	})
 }
 
 // Stop stops slapd and waits for it to exit.
-func (s *Server) Stop() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return nil
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
-	return nil
-}
+func (s *Server) Stop() error { return s.daemon.Stop(syscall.SIGTERM, 30*time.Second) }
 
 // Pause stops slapd with SIGSTOP, so that it takes connections and answers
 // nothing, as a server that hangs, and returns once the kernel says it is
 // stopped; Resume lets it go on.
 func (s *Server) Pause() error {
-	if err := s.signal(syscall.SIGSTOP); err != nil {
+	if err := s.daemon.Signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	pid := s.cmd.Process.Pid
-	s.mu.Unlock()
-	stat := fmt.Sprintf("/proc/%d/stat", pid)
+	stat := fmt.Sprintf("/proc/%d/stat", s.daemon.Pid())
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		b, err := os.ReadFile(stat)
 		if err != nil {
@@ -319,16 +255,7 @@ func (s *Server) Pause() error {
 }
 
 // Resume undoes Pause.
-func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
-
-func (s *Server) signal(sig syscall.Signal) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return errors.New("ldaptest: not running")
-	}
-	return s.cmd.Process.Signal(sig)
-}
+func (s *Server) Resume() error { return s.daemon.Signal(syscall.SIGCONT) }
 
 // Add adds the entries of an LDIF text with ldapadd, as the administrator.
 func (s *Server) Add(t testing.TB, ldif string) {

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/pouchmail/pouch/internal/testkit"
 )
 
 // Server is a running private MariaDB server.
@@ -39,9 +41,7 @@ type Server struct {
 	port     int
 	cred     *syscall.Credential // the mysql user's, when run as root
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
+	daemon *testkit.Daemon
 	dbs    atomic.Int64
 }
 
@@ -126,7 +126,8 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{mariadbd: mariadbd, dir: dir, data: filepath.Join(dir, "data"), socket: filepath.Join(dir, "mysqld.sock")}
+	s := &Server{mariadbd: mariadbd, dir: dir, data: filepath.Join(dir, "data"), socket: filepath.Join(dir, "mysqld.sock"),
+		daemon: &testkit.Daemon{Name: "mariadbd", Log: filepath.Join(dir, "mariadbd.log")}}
 	if err := s.init(install); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -161,7 +162,7 @@ func (s *Server) init(install string) error {
 			return err
 		}
 	}
-	port, err := freePort()
+	port, err := testkit.Port()
 	if err != nil {
 		return err
 	}
@@ -177,15 +178,6 @@ func (s *Server) init(install string) error {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // command prepares one of MariaDB's programs, run as the mysql user when
 // the tests run as root.
 func (s *Server) command(name string, args ...string) *exec.Cmd {
@@ -199,16 +191,6 @@ func (s *Server) command(name string, args ...string) *exec.Cmd {
 // Start starts the server (again, after Stop) and waits until it accepts
 // connections. mariadbd is this process's child and dies with it.
 func (s *Server) Start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		return errors.New("mariadbtest: already running")
-	}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "mariadbd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	cmd := s.command(s.mariadbd, "--no-defaults", "--datadir="+s.data, "--socket="+s.socket,
 		"--port="+strconv.Itoa(s.port), "--bind-address=127.0.0.1", "--skip-name-resolve",
 		"--pid-file="+filepath.Join(s.dir, "mariadbd.pid"), "--innodb-buffer-pool-size=16M",
@@ -216,36 +198,16 @@ func (s *Server) Start() error {
 	if s.cred != nil {
 		cmd.Args = append(cmd.Args, "--user=mysql")
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	return s.daemon.Start(cmd, time.Minute, func() error {
 		db, err := s.root()
-		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err = db.PingContext(ctx)
-			cancel()
-			db.Close()
-			if err == nil {
-				return nil
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case <-exited:
-			s.cmd = nil
-			return fmt.Errorf("mariadbd exited at start: %s", s.logTail())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("mariadbd did not accept connections within a minute: %v\n%s", err, s.logTail())
-		}
-	}
+		defer db.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return db.PingContext(ctx)
+	})
 }
 
 // root connects as MariaDB's root user over the socket.
@@ -260,38 +222,11 @@ func (s *Server) root() (*sql.DB, error) {
 	return sql.OpenDB(c), nil
 }
 
-func (s *Server) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(s.dir, "mariadbd.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
-}
-
 // Stop stops the server: SIGTERM, a clean shutdown.
-func (s *Server) Stop() error { return s.stop(syscall.SIGTERM) }
+func (s *Server) Stop() error { return s.daemon.Stop(syscall.SIGTERM, time.Minute) }
 
 // Crash kills the server with SIGKILL, as a power cut looks to clients.
-func (s *Server) Crash() error { return s.stop(syscall.SIGKILL) }
-
-func (s *Server) stop(sig syscall.Signal) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return nil
-	}
-	if err := s.cmd.Process.Signal(sig); err != nil {
-		return err
-	}
-	select {
-	case <-s.exited:
-	case <-time.After(60 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-	}
-	s.cmd = nil
-	return nil
-}
+func (s *Server) Crash() error { return s.daemon.Stop(syscall.SIGKILL, time.Minute) }
 
 // Close stops the server and removes its directory.
 func (s *Server) Close() error {

@@ -39,9 +39,7 @@ type Cluster struct {
 	port int
 	cred *syscall.Credential // the postgres user's, when run as root
 
-	mu      sync.Mutex
-	cmd     *exec.Cmd     // the running postmaster
-	exited  chan struct{} // closed when cmd has been waited for
+	daemon  *testkit.Daemon // the postmaster
 	schemas atomic.Int64
 }
 
@@ -117,7 +115,8 @@ func Start() (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{bin: bin, dir: dir, data: filepath.Join(dir, "data")}
+	c := &Cluster{bin: bin, dir: dir, data: filepath.Join(dir, "data"),
+		daemon: &testkit.Daemon{Name: "postgres", Log: filepath.Join(dir, "postgres.log")}}
 	if err := c.init(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -190,70 +189,27 @@ func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 // accepts connections. The postmaster is this process's child and dies
 // with it, so a test binary killed by its timeout leaves no server behind.
 func (c *Cluster) Start() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cmd != nil {
-		return errors.New("pgtest: already running")
-	}
-	logf, err := os.OpenFile(filepath.Join(c.dir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := c.command("postgres", "-D", c.data)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	c.cmd, c.exited = cmd, exited
 	// pg_ctl start -w does the same: ask until the server answers.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	return c.daemon.Start(c.command("postgres", "-D", c.data), time.Minute, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		conn, err := pgx.Connect(ctx, c.URL())
-		cancel()
 		if err == nil {
 			conn.Close(context.Background())
-			return nil
 		}
-		select {
-		case <-exited:
-			c.cmd = nil
-			return fmt.Errorf("postgres exited at start: %s", c.logTail())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("postgres did not accept connections within a minute: %v\n%s", err, c.logTail())
-		}
-	}
-}
-
-// logTail is the end of the server's log, for error messages.
-func (c *Cluster) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(c.dir, "postgres.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
+		return err
+	})
 }
 
 // stop runs pg_ctl stop in the given mode and waits for the postmaster.
 func (c *Cluster) stop(mode string) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cmd == nil {
+	return c.daemon.StopWith(time.Minute, func() error {
+		out, err := c.command("pg_ctl", "stop", "-D", c.data, "-m", mode, "-w").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("pg_ctl stop -m %s: %v\n%s", mode, err, out)
+		}
 		return nil
-	}
-	out, err := c.command("pg_ctl", "stop", "-D", c.data, "-m", mode, "-w").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("pg_ctl stop -m %s: %v\n%s", mode, err, out)
-	}
-	<-c.exited
-	c.cmd = nil
-	return nil
+	})
 }
 
 // Crash stops the server the way a power cut would look to its clients:
