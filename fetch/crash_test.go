@@ -196,3 +196,36 @@ func TestCrashWhileQuarantining(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashWhileCompacting kills the client while it compacts its journal
+// (UIDLs left the server), once the new file is synced and once it is
+// renamed over the old one before the directory is synced: no record of a
+// stored message is lost, so a later run downloads nothing twice and keeps
+// what the policy keeps.
+func TestCrashWhileCompacting(t *testing.T) {
+	for _, point := range []string{"fetch.journal.compact-synced", "fetch.journal.compact-renamed"} {
+		t.Run(point, func(t *testing.T) {
+			p := newPouch(t)
+			msgs := testMessages(10)
+			p.deliver(t, msgs[:6]...)
+			a := testAccount(t, p.addr)
+			a.Keep = time.Hour
+			if st, err := Run(context.Background(), a, nil); err != nil || st.Fetched != 6 || st.Kept != 6 {
+				t.Fatalf("first run: %+v %v", st, err)
+			}
+			// Three leave the server another way: their UIDLs become
+			// tombstones, and the next run compacts the journal.
+			p.remove(t, 0, 1, 2)
+			p.deliver(t, msgs[6:]...)
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("child was not killed at %s: %v", point, err)
+			}
+			finish(t, a)
+			checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+			if n := p.count(t); n != 7 {
+				t.Fatalf("%d messages on the server, want 7", n)
+			}
+			quietPoll(t, a, 7)
+		})
+	}
+}

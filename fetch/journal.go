@@ -786,7 +786,8 @@ func (j *Journal) rewrite() error {
 	if j.err != nil {
 		return j.err
 	}
-	tmp, err := fsx.Create(j.path(), fsx.Options{Perm: 0o600, Synced: "fetch.journal.compact-synced"})
+	tmp, err := fsx.Create(j.path(), fsx.Options{Perm: 0o600,
+		Synced: "fetch.journal.compact-synced", Renamed: "fetch.journal.compact-renamed"})
 	if err != nil {
 		return fmt.Errorf("state journal: %w", err)
 	}
