@@ -229,3 +229,36 @@ func TestCrashWhileCompacting(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashAfterRecovery kills a run once it stored a message but before
+// it journaled it, then kills the next run, which records that message as
+// downloaded from its Maildir digest (and deletes it), at each point
+// of the exactly-once order: a clean run must then leave every message
+// stored exactly once and none on the server.
+func TestCrashAfterRecovery(t *testing.T) {
+	for _, point := range crashPoints {
+		t.Run(point, func(t *testing.T) {
+			p := newPouch(t)
+			msgs := testMessages(10)
+			p.deliver(t, msgs...)
+			a := testAccount(t, p.addr)
+			a.Window = 1 // a batch of one message
+			if err := child(t, a, "fetch.synced").Wait(); !killed(err) {
+				t.Fatalf("first child was not killed at fetch.synced: %v", err)
+			}
+			if n := len(maildirBodies(t, strings.TrimPrefix(a.To, "maildir:"))); n != 1 {
+				t.Fatalf("the first child stored %d messages, want 1", n)
+			}
+			a.Window = 3
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("second child was not killed at %s: %v", point, err)
+			}
+			finish(t, a)
+			checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+			if n := p.count(t); n != 0 {
+				t.Fatalf("%d messages on the server, want 0", n)
+			}
+			quietPoll(t, a, 0)
+		})
+	}
+}
