@@ -284,9 +284,13 @@ func (c *Client) usable() error {
 	return nil
 }
 
-func (c *Client) readReply() (pop3.Reply, error) {
+func (c *Client) readReply() (pop3.Reply, error) { return c.readReplyMax(maxReplyLine) }
+
+// readReplyMax reads a reply line of at most max octets within the
+// timeout; a failure breaks the connection.
+func (c *Client) readReplyMax(max int) (pop3.Reply, error) {
 	c.conn.SetReadDeadline(time.Now().Add(c.timeout))
-	rep, err := c.r.ReadReply(maxReplyLine)
+	rep, err := c.r.ReadReply(max)
 	if err != nil {
 		return rep, c.fail(err)
 	}
@@ -994,5 +998,3 @@ func (b *body) Close() error {
 }
 
 type readerOnly struct{ io.Reader }
-
-func timeoutFrom(d time.Duration) time.Time { return time.Now().Add(d) }

@@ -200,10 +200,9 @@ func (c *Client) oauthExchange(mech string, cr Credentials, form OAuthForm) erro
 		if err := c.Flush(); err != nil {
 			return err
 		}
-		c.conn.SetReadDeadline(timeoutFrom(c.timeout))
-		rep, err := c.r.ReadReply(maxSASLLine)
+		rep, err := c.readReplyMax(maxSASLLine)
 		if err != nil {
-			return c.fail(err)
+			return err
 		}
 		if !rep.Continuation {
 			if rep.OK {
