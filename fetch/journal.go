@@ -314,12 +314,7 @@ func (j *Journal) parse(line []byte, version int) bool {
 			}
 			return ok
 		case "T":
-			ts, rest, ok := bytes.Cut(rest, []byte(" "))
-			t, err := strconv.ParseInt(string(ts), 10, 64)
-			if !ok || err != nil {
-				return false
-			}
-			r, size, ok := j.sizedEntry(rest, version)
+			r, t, size, ok := j.timedEntry(rest, version)
 			if ok {
 				j.setSeen(r, false)
 				j.ids.Clear(r, fOld)
@@ -341,12 +336,7 @@ func (j *Journal) parse(line []byte, version int) bool {
 			if version < 4 {
 				return false
 			}
-			ts, rest, ok := bytes.Cut(rest, []byte(" "))
-			t, err := strconv.ParseInt(string(ts), 10, 64)
-			if !ok || err != nil {
-				return false
-			}
-			r, size, ok := j.sizedEntry(rest, version)
+			r, t, size, ok := j.timedEntry(rest, version)
 			if ok && (!j.ids.Has(r, fSeen) || j.otherSize(r, size)) {
 				j.setSeen(r, true)
 				j.ids.Set(r, fOld)
@@ -397,6 +387,18 @@ func (j *Journal) sizedEntry(rest []byte, version int) (ref, int64, bool) {
 	}
 	r, ok := j.entry(uid)
 	return r, size, ok
+}
+
+// timedEntry parses "<unix-seconds> SP <uidl> [SP <size>]", as sizedEntry
+// does the part after the time.
+func (j *Journal) timedEntry(rest []byte, version int) (r ref, t, size int64, ok bool) {
+	ts, rest, ok := bytes.Cut(rest, []byte(" "))
+	t, err := strconv.ParseInt(string(ts), 10, 64)
+	if !ok || err != nil {
+		return 0, 0, 0, false
+	}
+	r, size, ok = j.sizedEntry(rest, version)
+	return r, t, size, ok
 }
 
 // otherSize reports whether the entry's recorded size is known and differs
