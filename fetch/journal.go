@@ -215,16 +215,15 @@ func (j *Journal) load() error {
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 64<<10)
 	head, err := br.Peek(len(journalHeader))
-	version := 0
+	version, torn := 0, false
 	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeaderV3, journalHeaderV4, journalHeader} {
 		if string(head) == h {
 			version = v + 1
 		}
+		torn = torn || err == io.EOF && strings.HasPrefix(h, string(head))
 	}
 	if version == 0 {
-		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV4, string(head)) ||
-			strings.HasPrefix(journalHeaderV3, string(head)) || strings.HasPrefix(journalHeaderV2, string(head)) ||
-			strings.HasPrefix(journalHeaderV1, string(head))) {
+		if torn {
 			// A crash while creating it: nothing was recorded yet.
 			if j.readOnly {
 				return nil
