@@ -108,9 +108,9 @@ func openDestination(spec, rcpt, tag string, sys fsCalls) (Destination, error) {
 	}
 	switch kind {
 	case "maildir":
-		return openMaildir(expandHome(arg), tag, sys)
+		return openMaildir(ExpandHome(arg), tag, sys)
 	case "mbox":
-		return &mbox{path: expandHome(arg), fsync: sys.fsync}, nil
+		return &mbox{path: ExpandHome(arg), fsync: sys.fsync}, nil
 	case "mda":
 		return &mda{cmd: arg}, nil
 	case "lmtp", "smtp":
@@ -124,8 +124,6 @@ func openDestination(spec, rcpt, tag string, sys fsCalls) (Destination, error) {
 	}
 	return nil, fmt.Errorf("destination %q: unknown kind %q", spec, kind)
 }
-
-func expandHome(p string) string { return ExpandHome(p) }
 
 // ExpandHome replaces a leading "~/" in a path with the home directory.
 func ExpandHome(p string) string {

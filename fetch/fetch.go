@@ -265,7 +265,7 @@ func (a *Account) credentials(ctx context.Context) (cr client.Credentials, tok *
 		}
 		cr.Password = pw
 	case a.PasswordFile != "":
-		data, err := os.ReadFile(expandHome(a.PasswordFile))
+		data, err := os.ReadFile(ExpandHome(a.PasswordFile))
 		if err != nil {
 			return cr, nil, fmt.Errorf("password-file: %w", err)
 		}
@@ -300,7 +300,7 @@ func firstLine(s string) string {
 func (a *Account) tlsConfig() (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if a.CAFile != "" {
-		pem, err := os.ReadFile(expandHome(a.CAFile))
+		pem, err := os.ReadFile(ExpandHome(a.CAFile))
 		if err != nil {
 			return nil, fmt.Errorf("ca-file: %w", err)
 		}
@@ -403,7 +403,7 @@ func runWith(ctx context.Context, a *Account, obs Observer, sys fsCalls) (st Sta
 			}
 		}()
 	}
-	stateDir := expandHome(a.StateDir)
+	stateDir := ExpandHome(a.StateDir)
 	if stateDir == "" {
 		stateDir = DefaultStateDir()
 	}
