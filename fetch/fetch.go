@@ -880,7 +880,8 @@ func (r *runner) execute(ctx context.Context, p *plan) error {
 // only QUIT commits deletions). Before the first DELE a STAT must count the
 // messages LIST listed, with nothing after its reply: what is left of a
 // body the server cut short, or a reply it sent twice, would answer it
-// instead, and the session then ends without deleting anything.
+// instead, and the session then ends without deleting anything. So does a
+// -ERR, which STAT never answers (RFC 1939 §5): it may be such a line.
 func (r *runner) finish() error {
 	c := r.c
 	if r.dele.len() > 0 {
@@ -888,9 +889,11 @@ func (r *runner) finish() error {
 		switch {
 		case desync(err):
 			return r.broken("STAT", err)
-		case err != nil && !isERR(err):
+		case isERR(err):
+			return r.broken("STAT", fmt.Errorf("%w: STAT answered %q, where only +OK is defined", pop3.ErrProtocol, strings.TrimPrefix(err.Error(), "pop3: ")))
+		case err != nil:
 			return err
-		case err == nil && count != r.l.len():
+		case count != r.l.len():
 			return r.broken("STAT", fmt.Errorf("%w: STAT counts %d messages where LIST listed %d", pop3.ErrProtocol, count, r.l.len()))
 		}
 		for k := range r.dele.len() {
