@@ -791,6 +791,20 @@ func (r *runner) run(ctx context.Context) error {
 		if a.KeepForever || a.Keep > 0 {
 			return fmt.Errorf("the server does not support UIDL, so pouch fetch cannot tell old mail from new: only download-and-delete works here (remove --keep); %v", uerr)
 		}
+		// A journal that expects messages on the server learnt them from
+		// this server's UIDL: a refusal now is more likely passing than
+		// the end of UIDL, and downloading and deleting every message
+		// would delete those --mark-existing or quarantine keeps.
+		if n := r.j.expected(func(t time.Time) bool { return a.due(t, time.Now()) }); n > 0 {
+			return fmt.Errorf("the server refused UIDL (%v), but the journal expects %d messages there that must not be deleted (on the server before --mark-existing, quarantined, or not yet downloaded): nothing was downloaded or deleted; if the server no longer offers UIDL, move %s away", uerr, n, r.j.path())
+		}
+		// A journal that expects messages on the server learnt them from
+		// this server's UIDL: a refusal now is more likely passing than
+		// the end of UIDL, and downloading and deleting every message
+		// would delete those --mark-existing or quarantine keeps.
+		if n := r.j.expected(func(t time.Time) bool { return a.due(t, time.Now()) }); n > 0 {
+			return fmt.Errorf("the server refused UIDL (%v), but the journal expects %d messages there that must not be deleted (on the server before --mark-existing, quarantined, or not yet downloaded): nothing was downloaded or deleted; if the server no longer offers UIDL, move %s away", uerr, n, r.j.path())
+		}
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
 	var stored func(uid string, size int64) bool

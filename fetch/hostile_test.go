@@ -112,6 +112,26 @@ func TestNoUIDL(t *testing.T) {
 	checkExactlyOnce(t, dir, nil)
 }
 
+// A server that refuses UIDL while the journal expects messages there
+// that must not be deleted (from --mark-existing here) is not taken for one
+// without UIDL: nothing is downloaded or deleted.
+func TestUIDLRefusedWithJournal(t *testing.T) {
+	a, dir := fakeAccount(t, `
+		C: LIST
+		S: +OK
+		S: 1 5
+		S: .
+		C: UIDL
+		S: -ERR [SYS/TEMP] try again later`)
+	os.MkdirAll(a.StateDir, 0o700)
+	os.WriteFile(filepath.Join(a.StateDir, a.StateName()+".journal"), []byte(journalHeader+"E 100 u1 5\n"), 0o600)
+	st, err := Run(context.Background(), a, nil)
+	if err == nil || !strings.Contains(err.Error(), "expects 1 messages there") || st.Fetched != 0 || st.Deleted != 0 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	checkExactlyOnce(t, dir, nil)
+}
+
 // A 4 MiB line is no problem when LIST tells its size; when LIST tells
 // another, the message is not stored but kept whole in quarantine (past the
 // in-memory part of the copy), and nothing is deleted.
