@@ -891,25 +891,6 @@ func (c *Client) SendDele(n int, done func(error)) error {
 	}, "DELE", strconv.Itoa(n))
 }
 
-// SendStat queues STAT (RFC 1939 §5); done is called with the drop
-// listing, or the -ERR as err, when a later ReadRetr, Wait or command reads
-// the reply. A +OK without a drop listing is a protocol error that ends the
-// session.
-func (c *Client) SendStat(done func(count int, size int64, err error)) error {
-	return c.send(func(rep pop3.Reply) error {
-		if err := rep.Err(); err != nil {
-			done(0, 0, err)
-			return nil
-		}
-		count, size, err := parseStat(rep.Text)
-		if err != nil {
-			return err
-		}
-		done(count, size, nil)
-		return nil
-	}, "STAT")
-}
-
 // parseStat parses a drop listing, "nn mm" and perhaps more text.
 func parseStat(text string) (int, int64, error) {
 	f := strings.Fields(text)
