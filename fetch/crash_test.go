@@ -262,3 +262,45 @@ func TestCrashAfterRecovery(t *testing.T) {
 		})
 	}
 }
+
+// crashHandOver kills the client at each point of the exactly-once order
+// that a destination which cannot be asked what it stored passes (an MDA,
+// LMTP, SMTP), then lets a clean run finish: a message handed over just
+// before the kill may arrive twice, but every message arrives and, with the
+// default policy, is gone from the server. dest points the account at the
+// destination and returns what it has received, with LF line ends.
+func crashHandOver(t *testing.T, dest func(t *testing.T, a *Account) (received func() []string)) {
+	for _, point := range crashPoints {
+		if strings.HasPrefix(point, "maildir.") {
+			continue
+		}
+		t.Run(point, func(t *testing.T) {
+			p := newPouch(t)
+			msgs := testMessages(6)
+			p.deliver(t, msgs...)
+			a := testAccount(t, p.addr)
+			a.Window = 3
+			received := dest(t, a)
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("child was not killed at %s: %v", point, err)
+			}
+			finish(t, a)
+			seen := map[string]int{}
+			for _, m := range received() {
+				seen[m]++
+			}
+			for _, m := range msgs {
+				if seen[m] == 0 {
+					t.Fatalf("message %q never arrived", m)
+				}
+				delete(seen, m)
+			}
+			if len(seen) != 0 {
+				t.Fatalf("what was not sent arrived: %v", seen)
+			}
+			if n := p.count(t); n != 0 {
+				t.Fatalf("%d messages on the server, want 0", n)
+			}
+		})
+	}
+}
