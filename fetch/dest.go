@@ -110,7 +110,7 @@ func openDestination(spec, rcpt, tag string, sys fsCalls) (Destination, error) {
 	case "maildir":
 		return openMaildir(ExpandHome(arg), tag, sys)
 	case "mbox":
-		return &mbox{path: ExpandHome(arg), fsync: sys.fsync}, nil
+		return &mbox{path: ExpandHome(arg), fsync: sys.fsync, syncDir: sys.syncDir}, nil
 	case "mda":
 		return &mda{cmd: arg}, nil
 	case "lmtp", "smtp":
@@ -231,7 +231,9 @@ const maildirWorkers = 16
 
 func openMaildir(dir, tag string, sys fsCalls) (*maildirDest, error) {
 	for _, sub := range []string{"tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+		// A directory made here is synced into its parent: a message in
+		// new/ is durable only once new/ and the Maildir are.
+		if err := mkdirSynced(filepath.Join(dir, sub), sys.syncDir); err != nil {
 			return nil, fmt.Errorf("maildir: %w", err)
 		}
 	}
@@ -370,13 +372,16 @@ func (m *maildirDest) Close() error {
 // file. Before the first append under a lock, mark (if set) durably records
 // the file's size, so that the next run can cut back an append a kill left
 // unfinished or unrecorded (recoverMbox). A failed Deliver truncates the file
-// back; a failed Sync is sticky.
+// back; a failed Sync is sticky. The first Sync of a run syncs the mbox's
+// directory too, so that a file the run created keeps its name.
 type mbox struct {
-	path  string
-	fsync func(*os.File) error
-	f     *os.File
-	err   error
-	mark  func(size int64, path string) error
+	path      string
+	fsync     func(*os.File) error
+	syncDir   func(dir string) error
+	dirSynced bool
+	f         *os.File
+	err       error
+	mark      func(size int64, path string) error
 }
 
 func (b *mbox) String() string { return "mbox:" + b.path }
@@ -494,6 +499,14 @@ func (b *mbox) Sync() error {
 		b.err = fmt.Errorf("mbox: fsync: %w", err)
 		b.Release()
 		return b.err
+	}
+	if !b.dirSynced {
+		if err := b.syncDir(filepath.Dir(b.path)); err != nil {
+			b.err = fmt.Errorf("mbox: fsync of its directory: %w", err)
+			b.Release()
+			return b.err
+		}
+		b.dirSynced = true
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -173,5 +174,41 @@ func TestRecoveredSyncsDirs(t *testing.T) {
 				t.Fatal("the recovered message is not recorded")
 			}
 		})
+	}
+}
+
+// A Maildir or an mbox that a run creates is synced into its directory,
+// and each directory made for it into its parent, before the journal
+// records a message in it.
+func TestNewDestinationSynced(t *testing.T) {
+	root := t.TempDir()
+	var synced []string
+	sys := osCalls
+	sys.syncDir = func(d string) error { synced = append(synced, d); return osCalls.syncDir(d) }
+	mail := filepath.Join(root, "a", "Mail")
+	d, err := openDestination("maildir:"+mail, "", "", sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	for _, want := range []string{root, filepath.Join(root, "a"), mail} {
+		if !slices.Contains(synced, want) {
+			t.Fatalf("maildir: %s not synced: %q", want, synced)
+		}
+	}
+	synced = nil
+	d, err = openDestination("mbox:"+filepath.Join(root, "mbox"), "", "", sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Deliver(Msg{}, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(synced, root) {
+		t.Fatalf("mbox: its directory not synced: %q", synced)
 	}
 }
