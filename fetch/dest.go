@@ -50,7 +50,9 @@ type (
 	// already: a Maildir finds the digest in its file names, so that a
 	// message stored by a run killed before its journal entry is not
 	// stored twice.
-	deduper interface{ Has(key string) bool }
+	deduper interface {
+		Has(key string) (bool, error)
+	}
 	// dirSyncer makes durable the renames of messages that a killed run
 	// stored (a Maildir's new/ and cur/), before the journal records them.
 	dirSyncer interface{ SyncDirs() error }
@@ -206,10 +208,11 @@ func copyLF(w io.Writer, body io.Reader) error {
 // the next run, and each temporary file ",PA=<tag>" so that a run of the
 // same account can remove those a killed one left.
 type maildirDest struct {
-	dir     string
-	tag     string
-	keys    map[string]bool
-	syncDir func(string) error
+	dir       string
+	tag       string
+	keys      map[string]bool // the digests in new/ and cur/, read by the first Has
+	syncDir   func(string) error
+	readNames func(string) ([]string, error)
 
 	// fsyncs and renames run on a pool of workers, so that the file
 	// system can commit many files in one journal transaction; Sync waits
@@ -237,18 +240,7 @@ func openMaildir(dir, tag string, sys fsCalls) (*maildirDest, error) {
 			return nil, fmt.Errorf("maildir: %w", err)
 		}
 	}
-	m := &maildirDest{dir: dir, tag: tag, keys: map[string]bool{}, syncDir: sys.syncDir, jobs: make(chan maildirJob, 1024)}
-	for _, sub := range []string{"new", "cur"} {
-		names, err := sys.readNames(filepath.Join(dir, sub))
-		if err != nil {
-			return nil, fmt.Errorf("maildir: %w", err)
-		}
-		for _, n := range names {
-			if k := keyOf(n); k != "" {
-				m.keys[k] = true
-			}
-		}
-	}
+	m := &maildirDest{dir: dir, tag: tag, syncDir: sys.syncDir, readNames: sys.readNames, jobs: make(chan maildirJob, 1024)}
 	// Our own temporary files were left by a killed run of this account
 	// (the caller holds its lock); others' are abandoned after 36 hours.
 	if names, err := fsx.Names(filepath.Join(dir, "tmp")); err == nil {
@@ -280,7 +272,27 @@ func keyOf(name string) string {
 
 func (m *maildirDest) String() string { return "maildir:" + m.dir }
 
-func (m *maildirDest) Has(key string) bool { return m.keys[key] }
+// Has reports whether new/ or cur/ holds a file named with the digest key.
+// The names are read at the first call, before this run stores anything:
+// only a run after a killed one asks.
+func (m *maildirDest) Has(key string) (bool, error) {
+	if m.keys == nil {
+		keys := map[string]bool{}
+		for _, sub := range []string{"new", "cur"} {
+			names, err := m.readNames(filepath.Join(m.dir, sub))
+			if err != nil {
+				return false, fmt.Errorf("maildir: %w", err)
+			}
+			for _, n := range names {
+				if k := keyOf(n); k != "" {
+					keys[k] = true
+				}
+			}
+		}
+		m.keys = keys
+	}
+	return m.keys[key], nil
+}
 
 func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
 	m.mu.Lock()

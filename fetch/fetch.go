@@ -808,10 +808,20 @@ func (r *runner) run(ctx context.Context) error {
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
 	var stored func(uid string, size int64) bool
+	var storedErr error // the destination could not tell: nothing is done
 	if dd := r.caps.dedup; dd != nil {
-		stored = func(uid string, size int64) bool { return dd.Has(a.messageKey(uid, size)) }
+		stored = func(uid string, size int64) bool {
+			has, err := dd.Has(a.messageKey(uid, size))
+			if storedErr == nil {
+				storedErr = err
+			}
+			return has
+		}
 	}
 	p := makePlan(planInput{a: a, l: &r.l, ids: r.j.ids, noUIDL: r.noUIDL, stored: stored, now: time.Now()})
+	if storedErr != nil {
+		return storedErr
+	}
 	return r.execute(ctx, p)
 }
 

@@ -2,6 +2,8 @@ package fetch
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -45,13 +47,13 @@ func TestMaildirSyncErrorSticky(t *testing.T) {
 	checkExactlyOnce(t, dir, nil)
 }
 
+// An open that fails leaves no worker behind.
 func TestOpenMaildirNoLeak(t *testing.T) {
-	dir := t.TempDir()
-	sys := osCalls
-	sys.readNames = func(string) ([]string, error) { return nil, syscall.EIO }
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
 	before := runtime.NumGoroutine()
 	for range 5 {
-		if _, err := openMaildir(dir, "t", sys); err == nil {
+		if _, err := openMaildir(file, "t", osCalls); err == nil {
 			t.Fatal("open succeeded")
 		}
 	}
@@ -210,5 +212,58 @@ func TestNewDestinationSynced(t *testing.T) {
 	}
 	if !slices.Contains(synced, root) {
 		t.Fatalf("mbox: its directory not synced: %q", synced)
+	}
+}
+
+// A run reads the names in new/ and cur/ only when a killed run may have
+// stored a message there (a pending record); a failure to read them then
+// ends the run before anything is downloaded or deleted, rather than
+// counting the message as not stored.
+func TestMaildirNamesReadAfterKill(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		t.Run(fmt.Sprint("pending=", pending), func(t *testing.T) {
+			script := `
+				C: LIST
+				S: +OK
+				S: 1 5
+				S: .
+				C: UIDL
+				S: +OK
+				S: 1 x
+				S: .`
+			if !pending {
+				script += `
+				C: RETR 1
+				S: +OK
+				S: abc
+				S: .
+				C: STAT
+				S: +OK 1 5
+				C: DELE 1
+				S: +OK
+				C: QUIT
+				S: +OK`
+			}
+			a, dir := fakeAccount(t, script)
+			if pending {
+				os.MkdirAll(a.StateDir, 0o700)
+				os.WriteFile(filepath.Join(a.StateDir, a.StateName()+".journal"), []byte(journalHeader+"P x 5\n"), 0o600)
+			}
+			reads := 0
+			sys := osCalls
+			sys.readNames = func(string) ([]string, error) { reads++; return nil, syscall.EIO }
+			st, err := runWith(context.Background(), a, nil, sys)
+			if !pending {
+				if err != nil || reads != 0 || st.Fetched != 1 || st.Deleted != 1 {
+					t.Fatalf("%+v %v, %d reads", st, err, reads)
+				}
+				checkExactlyOnce(t, dir, []string{"abc\n"})
+				return
+			}
+			if !errors.Is(err, syscall.EIO) || st.Fetched != 0 || st.Deleted != 0 {
+				t.Fatalf("%+v %v", st, err)
+			}
+			checkExactlyOnce(t, dir, nil)
+		})
 	}
 }

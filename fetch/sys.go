@@ -17,7 +17,7 @@ type fsCalls struct {
 	fdatasync func(f *os.File) error                  // the journal's commits
 	fsync     func(f *os.File) error                  // an mbox after appends, and after one is cut back
 	syncDir   func(dir string) error                  // the parents of the directories a run makes, a Maildir's new/ and cur/, an mbox's directory
-	readNames func(dir string) ([]string, error)      // a Maildir's new/ and cur/, when it is opened
+	readNames func(dir string) ([]string, error)      // a Maildir's new/ and cur/, after a killed run
 }
 
 // osCalls are the real calls.
