@@ -270,6 +270,11 @@ func (a *Account) credentials(ctx context.Context) (cr client.Credentials, tok *
 			return cr, nil, fmt.Errorf("password-file: %w", err)
 		}
 		cr.Password = firstLine(string(data))
+		if cr.Password == "" {
+			// Sent, it would be refused as a wrong password, and count
+			// against the account in the server's defences.
+			return cr, nil, fmt.Errorf("password-file %s: its first line is empty", a.PasswordFile)
+		}
 	default:
 		return cr, nil, errors.New("no secret: give --password-file, --password-command, --oauth-token-command or provider")
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/popscript"
 )
 
 const loginScript = `
@@ -130,6 +132,20 @@ func TestUIDLRefusedWithJournal(t *testing.T) {
 		t.Fatalf("%+v %v", st, err)
 	}
 	checkExactlyOnce(t, dir, nil)
+}
+
+// A password file whose first line is empty is said so, and nothing is
+// sent to the server: it would take an empty password for a wrong one.
+func TestEmptyPasswordFile(t *testing.T) {
+	b := (&popscript.Box{Messages: []popscript.Message{{UID: "u1", Body: "x\n"}}}).Start(t)
+	a := testAccount(t, b.Addr)
+	os.WriteFile(a.PasswordFile, []byte("\nsecret\n"), 0o600)
+	if _, err := Run(context.Background(), a, nil); err == nil || !strings.Contains(err.Error(), "first line is empty") {
+		t.Fatalf("got %v", err)
+	}
+	if c := b.Connects(); len(c) != 0 {
+		t.Fatalf("%d connections", len(c))
+	}
 }
 
 // A 4 MiB line is no problem when LIST tells its size; when LIST tells
