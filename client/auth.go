@@ -43,10 +43,9 @@ func (c *Client) Auth(mech sasl.Client) error {
 		if err := c.Flush(); err != nil {
 			return err
 		}
-		c.conn.SetReadDeadline(timeoutFrom(c.timeout))
-		rep, err := c.r.ReadReply(maxSASLLine)
+		rep, err := c.readReplyMax(maxSASLLine)
 		if err != nil {
-			return c.fail(err)
+			return err
 		}
 		if !rep.Continuation {
 			if err := rep.Err(); err != nil {

@@ -284,9 +284,13 @@ func (c *Client) usable() error {
 	return nil
 }
 
-func (c *Client) readReply() (pop3.Reply, error) {
+func (c *Client) readReply() (pop3.Reply, error) { return c.readReplyMax(maxReplyLine) }
+
+// readReplyMax reads a reply line of at most max octets within the
+// timeout; a failure breaks the connection.
+func (c *Client) readReplyMax(max int) (pop3.Reply, error) {
 	c.conn.SetReadDeadline(time.Now().Add(c.timeout))
-	rep, err := c.r.ReadReply(maxReplyLine)
+	rep, err := c.r.ReadReply(max)
 	if err != nil {
 		return rep, c.fail(err)
 	}
@@ -887,25 +891,6 @@ func (c *Client) SendDele(n int, done func(error)) error {
 	}, "DELE", strconv.Itoa(n))
 }
 
-// SendStat queues STAT (RFC 1939 §5); done is called with the drop
-// listing, or the -ERR as err, when a later ReadRetr, Wait or command reads
-// the reply. A +OK without a drop listing is a protocol error that ends the
-// session.
-func (c *Client) SendStat(done func(count int, size int64, err error)) error {
-	return c.send(func(rep pop3.Reply) error {
-		if err := rep.Err(); err != nil {
-			done(0, 0, err)
-			return nil
-		}
-		count, size, err := parseStat(rep.Text)
-		if err != nil {
-			return err
-		}
-		done(count, size, nil)
-		return nil
-	}, "STAT")
-}
-
 // parseStat parses a drop listing, "nn mm" and perhaps more text.
 func parseStat(text string) (int, int64, error) {
 	f := strings.Fields(text)
@@ -994,5 +979,3 @@ func (b *body) Close() error {
 }
 
 type readerOnly struct{ io.Reader }
-
-func timeoutFrom(d time.Duration) time.Time { return time.Now().Add(d) }

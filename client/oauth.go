@@ -76,10 +76,10 @@ type OAuthError struct {
 func (e *OAuthError) Error() string {
 	if e.BothForms && e.FormRefused() {
 		return fmt.Sprintf("the server refused the %s exchange both on the AUTH line and after a \"+\" continuation as a protocol error (the server said: %s)",
-			e.Mechanism, clean(e.Text))
+			e.Mechanism, oauthsasl.Clean(e.Text))
 	}
 	if e.FormRefused() && e.Form == OAuthTwoStep {
-		return fmt.Sprintf("the server did not accept the token after a \"+\" continuation (the server said: %s)", clean(e.Text))
+		return fmt.Sprintf("the server did not accept the token after a \"+\" continuation (the server said: %s)", oauthsasl.Clean(e.Text))
 	}
 	return oauthsasl.Explain(e.Challenge, e.Text)
 }
@@ -124,20 +124,6 @@ func (e *OAuthError) TokenRefused() bool {
 	}
 	low := strings.ToLower(e.Text)
 	return !e.FormRefused() && !strings.Contains(low, "not enabled for pop") && !strings.Contains(low, "web login required")
-}
-
-// clean keeps a server's text printable and short, for a message.
-func clean(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return -1
-		}
-		return r
-	}, strings.TrimSpace(s))
-	if r := []rune(s); len(r) > 200 {
-		s = string(r[:200]) + "…"
-	}
-	return s
 }
 
 // oauthLogin logs in with an OAuth mechanism (OAUTHBEARER, RFC 7628, or
@@ -214,10 +200,9 @@ func (c *Client) oauthExchange(mech string, cr Credentials, form OAuthForm) erro
 		if err := c.Flush(); err != nil {
 			return err
 		}
-		c.conn.SetReadDeadline(timeoutFrom(c.timeout))
-		rep, err := c.r.ReadReply(maxSASLLine)
+		rep, err := c.readReplyMax(maxSASLLine)
 		if err != nil {
-			return c.fail(err)
+			return err
 		}
 		if !rep.Continuation {
 			if rep.OK {

@@ -196,3 +196,111 @@ func TestCrashWhileQuarantining(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashWhileCompacting kills the client while it compacts its journal
+// (UIDLs left the server), once the new file is synced and once it is
+// renamed over the old one before the directory is synced: no record of a
+// stored message is lost, so a later run downloads nothing twice and keeps
+// what the policy keeps.
+func TestCrashWhileCompacting(t *testing.T) {
+	for _, point := range []string{"fetch.journal.compact-synced", "fetch.journal.compact-renamed"} {
+		t.Run(point, func(t *testing.T) {
+			p := newPouch(t)
+			msgs := testMessages(10)
+			p.deliver(t, msgs[:6]...)
+			a := testAccount(t, p.addr)
+			a.Keep = time.Hour
+			if st, err := Run(context.Background(), a, nil); err != nil || st.Fetched != 6 || st.Kept != 6 {
+				t.Fatalf("first run: %+v %v", st, err)
+			}
+			// Three leave the server another way: their UIDLs become
+			// tombstones, and the next run compacts the journal.
+			p.remove(t, 0, 1, 2)
+			p.deliver(t, msgs[6:]...)
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("child was not killed at %s: %v", point, err)
+			}
+			finish(t, a)
+			checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+			if n := p.count(t); n != 7 {
+				t.Fatalf("%d messages on the server, want 7", n)
+			}
+			quietPoll(t, a, 7)
+		})
+	}
+}
+
+// TestCrashAfterRecovery kills a run once it stored a message but before
+// it journaled it, then kills the next run, which records that message as
+// downloaded from its Maildir digest (and deletes it), at each point
+// of the exactly-once order: a clean run must then leave every message
+// stored exactly once and none on the server.
+func TestCrashAfterRecovery(t *testing.T) {
+	for _, point := range crashPoints {
+		t.Run(point, func(t *testing.T) {
+			p := newPouch(t)
+			msgs := testMessages(10)
+			p.deliver(t, msgs...)
+			a := testAccount(t, p.addr)
+			a.Window = 1 // a batch of one message
+			if err := child(t, a, "fetch.synced").Wait(); !killed(err) {
+				t.Fatalf("first child was not killed at fetch.synced: %v", err)
+			}
+			if n := len(maildirBodies(t, strings.TrimPrefix(a.To, "maildir:"))); n != 1 {
+				t.Fatalf("the first child stored %d messages, want 1", n)
+			}
+			a.Window = 3
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("second child was not killed at %s: %v", point, err)
+			}
+			finish(t, a)
+			checkExactlyOnce(t, strings.TrimPrefix(a.To, "maildir:"), msgs)
+			if n := p.count(t); n != 0 {
+				t.Fatalf("%d messages on the server, want 0", n)
+			}
+			quietPoll(t, a, 0)
+		})
+	}
+}
+
+// crashHandOver kills the client at each point of the exactly-once order
+// that a destination which cannot be asked what it stored passes (an MDA,
+// LMTP, SMTP), then lets a clean run finish: a message handed over just
+// before the kill may arrive twice, but every message arrives and, with the
+// default policy, is gone from the server. dest points the account at the
+// destination and returns what it has received, with LF line ends.
+func crashHandOver(t *testing.T, dest func(t *testing.T, a *Account) (received func() []string)) {
+	for _, point := range crashPoints {
+		if strings.HasPrefix(point, "maildir.") {
+			continue
+		}
+		t.Run(point, func(t *testing.T) {
+			p := newPouch(t)
+			msgs := testMessages(6)
+			p.deliver(t, msgs...)
+			a := testAccount(t, p.addr)
+			a.Window = 3
+			received := dest(t, a)
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("child was not killed at %s: %v", point, err)
+			}
+			finish(t, a)
+			seen := map[string]int{}
+			for _, m := range received() {
+				seen[m]++
+			}
+			for _, m := range msgs {
+				if seen[m] == 0 {
+					t.Fatalf("message %q never arrived", m)
+				}
+				delete(seen, m)
+			}
+			if len(seen) != 0 {
+				t.Fatalf("what was not sent arrived: %v", seen)
+			}
+			if n := p.count(t); n != 0 {
+				t.Fatalf("%d messages on the server, want 0", n)
+			}
+		})
+	}
+}

@@ -50,7 +50,9 @@ type (
 	// already: a Maildir finds the digest in its file names, so that a
 	// message stored by a run killed before its journal entry is not
 	// stored twice.
-	deduper interface{ Has(key string) bool }
+	deduper interface {
+		Has(key string) (bool, error)
+	}
 	// dirSyncer makes durable the renames of messages that a killed run
 	// stored (a Maildir's new/ and cur/), before the journal records them.
 	dirSyncer interface{ SyncDirs() error }
@@ -108,9 +110,9 @@ func openDestination(spec, rcpt, tag string, sys fsCalls) (Destination, error) {
 	}
 	switch kind {
 	case "maildir":
-		return openMaildir(expandHome(arg), tag, sys)
+		return openMaildir(ExpandHome(arg), tag, sys)
 	case "mbox":
-		return &mbox{path: expandHome(arg), fsync: sys.fsync}, nil
+		return &mbox{path: ExpandHome(arg), fsync: sys.fsync, syncDir: sys.syncDir}, nil
 	case "mda":
 		return &mda{cmd: arg}, nil
 	case "lmtp", "smtp":
@@ -124,8 +126,6 @@ func openDestination(spec, rcpt, tag string, sys fsCalls) (Destination, error) {
 	}
 	return nil, fmt.Errorf("destination %q: unknown kind %q", spec, kind)
 }
-
-func expandHome(p string) string { return ExpandHome(p) }
 
 // ExpandHome replaces a leading "~/" in a path with the home directory.
 func ExpandHome(p string) string {
@@ -208,10 +208,11 @@ func copyLF(w io.Writer, body io.Reader) error {
 // the next run, and each temporary file ",PA=<tag>" so that a run of the
 // same account can remove those a killed one left.
 type maildirDest struct {
-	dir     string
-	tag     string
-	keys    map[string]bool
-	syncDir func(string) error
+	dir       string
+	tag       string
+	keys      map[string]bool // the digests in new/ and cur/, read by the first Has
+	syncDir   func(string) error
+	readNames func(string) ([]string, error)
 
 	// fsyncs and renames run on a pool of workers, so that the file
 	// system can commit many files in one journal transaction; Sync waits
@@ -233,22 +234,13 @@ const maildirWorkers = 16
 
 func openMaildir(dir, tag string, sys fsCalls) (*maildirDest, error) {
 	for _, sub := range []string{"tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+		// A directory made here is synced into its parent: a message in
+		// new/ is durable only once new/ and the Maildir are.
+		if err := mkdirSynced(filepath.Join(dir, sub), sys.syncDir); err != nil {
 			return nil, fmt.Errorf("maildir: %w", err)
 		}
 	}
-	m := &maildirDest{dir: dir, tag: tag, keys: map[string]bool{}, syncDir: sys.syncDir, jobs: make(chan maildirJob, 1024)}
-	for _, sub := range []string{"new", "cur"} {
-		names, err := sys.readNames(filepath.Join(dir, sub))
-		if err != nil {
-			return nil, fmt.Errorf("maildir: %w", err)
-		}
-		for _, n := range names {
-			if k := keyOf(n); k != "" {
-				m.keys[k] = true
-			}
-		}
-	}
+	m := &maildirDest{dir: dir, tag: tag, syncDir: sys.syncDir, readNames: sys.readNames, jobs: make(chan maildirJob, 1024)}
 	// Our own temporary files were left by a killed run of this account
 	// (the caller holds its lock); others' are abandoned after 36 hours.
 	if names, err := fsx.Names(filepath.Join(dir, "tmp")); err == nil {
@@ -280,7 +272,27 @@ func keyOf(name string) string {
 
 func (m *maildirDest) String() string { return "maildir:" + m.dir }
 
-func (m *maildirDest) Has(key string) bool { return m.keys[key] }
+// Has reports whether new/ or cur/ holds a file named with the digest key.
+// The names are read at the first call, before this run stores anything:
+// only a run after a killed one asks.
+func (m *maildirDest) Has(key string) (bool, error) {
+	if m.keys == nil {
+		keys := map[string]bool{}
+		for _, sub := range []string{"new", "cur"} {
+			names, err := m.readNames(filepath.Join(m.dir, sub))
+			if err != nil {
+				return false, fmt.Errorf("maildir: %w", err)
+			}
+			for _, n := range names {
+				if k := keyOf(n); k != "" {
+					keys[k] = true
+				}
+			}
+		}
+		m.keys = keys
+	}
+	return m.keys[key], nil
+}
 
 func (m *maildirDest) Deliver(msg Msg, body io.Reader) error {
 	m.mu.Lock()
@@ -372,13 +384,16 @@ func (m *maildirDest) Close() error {
 // file. Before the first append under a lock, mark (if set) durably records
 // the file's size, so that the next run can cut back an append a kill left
 // unfinished or unrecorded (recoverMbox). A failed Deliver truncates the file
-// back; a failed Sync is sticky.
+// back; a failed Sync is sticky. The first Sync of a run syncs the mbox's
+// directory too, so that a file the run created keeps its name.
 type mbox struct {
-	path  string
-	fsync func(*os.File) error
-	f     *os.File
-	err   error
-	mark  func(size int64, path string) error
+	path      string
+	fsync     func(*os.File) error
+	syncDir   func(dir string) error
+	dirSynced bool
+	f         *os.File
+	err       error
+	mark      func(size int64, path string) error
 }
 
 func (b *mbox) String() string { return "mbox:" + b.path }
@@ -496,6 +511,14 @@ func (b *mbox) Sync() error {
 		b.err = fmt.Errorf("mbox: fsync: %w", err)
 		b.Release()
 		return b.err
+	}
+	if !b.dirSynced {
+		if err := b.syncDir(filepath.Dir(b.path)); err != nil {
+			b.err = fmt.Errorf("mbox: fsync of its directory: %w", err)
+			b.Release()
+			return b.err
+		}
+		b.dirSynced = true
 	}
 	return nil
 }

@@ -265,11 +265,16 @@ func (a *Account) credentials(ctx context.Context) (cr client.Credentials, tok *
 		}
 		cr.Password = pw
 	case a.PasswordFile != "":
-		data, err := os.ReadFile(expandHome(a.PasswordFile))
+		data, err := os.ReadFile(ExpandHome(a.PasswordFile))
 		if err != nil {
 			return cr, nil, fmt.Errorf("password-file: %w", err)
 		}
 		cr.Password = firstLine(string(data))
+		if cr.Password == "" {
+			// Sent, it would be refused as a wrong password, and count
+			// against the account in the server's defences.
+			return cr, nil, fmt.Errorf("password-file %s: its first line is empty", a.PasswordFile)
+		}
 	default:
 		return cr, nil, errors.New("no secret: give --password-file, --password-command, --oauth-token-command or provider")
 	}
@@ -300,7 +305,7 @@ func firstLine(s string) string {
 func (a *Account) tlsConfig() (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if a.CAFile != "" {
-		pem, err := os.ReadFile(expandHome(a.CAFile))
+		pem, err := os.ReadFile(ExpandHome(a.CAFile))
 		if err != nil {
 			return nil, fmt.Errorf("ca-file: %w", err)
 		}
@@ -403,7 +408,7 @@ func runWith(ctx context.Context, a *Account, obs Observer, sys fsCalls) (st Sta
 			}
 		}()
 	}
-	stateDir := expandHome(a.StateDir)
+	stateDir := ExpandHome(a.StateDir)
 	if stateDir == "" {
 		stateDir = DefaultStateDir()
 	}
@@ -791,13 +796,37 @@ func (r *runner) run(ctx context.Context) error {
 		if a.KeepForever || a.Keep > 0 {
 			return fmt.Errorf("the server does not support UIDL, so pouch fetch cannot tell old mail from new: only download-and-delete works here (remove --keep); %v", uerr)
 		}
+		// A journal that expects messages on the server learnt them from
+		// this server's UIDL: a refusal now is more likely passing than
+		// the end of UIDL, and downloading and deleting every message
+		// would delete those --mark-existing or quarantine keeps.
+		if n := r.j.expected(func(t time.Time) bool { return a.due(t, time.Now()) }); n > 0 {
+			return fmt.Errorf("the server refused UIDL (%v), but the journal expects %d messages there that must not be deleted (on the server before --mark-existing, quarantined, or not yet downloaded): nothing was downloaded or deleted; if the server no longer offers UIDL, move %s away", uerr, n, r.j.path())
+		}
+		// A journal that expects messages on the server learnt them from
+		// this server's UIDL: a refusal now is more likely passing than
+		// the end of UIDL, and downloading and deleting every message
+		// would delete those --mark-existing or quarantine keeps.
+		if n := r.j.expected(func(t time.Time) bool { return a.due(t, time.Now()) }); n > 0 {
+			return fmt.Errorf("the server refused UIDL (%v), but the journal expects %d messages there that must not be deleted (on the server before --mark-existing, quarantined, or not yet downloaded): nothing was downloaded or deleted; if the server no longer offers UIDL, move %s away", uerr, n, r.j.path())
+		}
 		r.obs.Warn("the server does not support UIDL: downloading and deleting every message; a crash between storing and QUIT can duplicate a message")
 	}
 	var stored func(uid string, size int64) bool
+	var storedErr error // the destination could not tell: nothing is done
 	if dd := r.caps.dedup; dd != nil {
-		stored = func(uid string, size int64) bool { return dd.Has(a.messageKey(uid, size)) }
+		stored = func(uid string, size int64) bool {
+			has, err := dd.Has(a.messageKey(uid, size))
+			if storedErr == nil {
+				storedErr = err
+			}
+			return has
+		}
 	}
 	p := makePlan(planInput{a: a, l: &r.l, ids: r.j.ids, noUIDL: r.noUIDL, stored: stored, now: time.Now()})
+	if storedErr != nil {
+		return storedErr
+	}
 	return r.execute(ctx, p)
 }
 
@@ -880,7 +909,8 @@ func (r *runner) execute(ctx context.Context, p *plan) error {
 // only QUIT commits deletions). Before the first DELE a STAT must count the
 // messages LIST listed, with nothing after its reply: what is left of a
 // body the server cut short, or a reply it sent twice, would answer it
-// instead, and the session then ends without deleting anything.
+// instead, and the session then ends without deleting anything. So does a
+// -ERR, which STAT never answers (RFC 1939 §5): it may be such a line.
 func (r *runner) finish() error {
 	c := r.c
 	if r.dele.len() > 0 {
@@ -888,9 +918,11 @@ func (r *runner) finish() error {
 		switch {
 		case desync(err):
 			return r.broken("STAT", err)
-		case err != nil && !isERR(err):
+		case isERR(err):
+			return r.broken("STAT", fmt.Errorf("%w: STAT answered %q, where only +OK is defined", pop3.ErrProtocol, strings.TrimPrefix(err.Error(), "pop3: ")))
+		case err != nil:
 			return err
-		case err == nil && count != r.l.len():
+		case count != r.l.len():
 			return r.broken("STAT", fmt.Errorf("%w: STAT counts %d messages where LIST listed %d", pop3.ErrProtocol, count, r.l.len()))
 		}
 		for k := range r.dele.len() {

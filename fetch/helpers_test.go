@@ -60,6 +60,20 @@ func (p *pouchSrv) count(t *testing.T) int {
 	return 0
 }
 
+// remove deletes the messages at the given indexes (from 0) from the
+// server's maildrop, as another client's QUIT would.
+func (p *pouchSrv) remove(t *testing.T, idx ...int) {
+	t.Helper()
+	m, err := p.store.Open(context.Background(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Commit(idx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // testMessages returns n distinct messages with dots and From lines.
 func testMessages(n int) []string {
 	var out []string

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pouchmail/pouch/internal/popscript"
 )
 
 const loginScript = `
@@ -110,6 +112,40 @@ func TestNoUIDL(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 	checkExactlyOnce(t, dir, nil)
+}
+
+// A server that refuses UIDL while the journal expects messages there
+// that must not be deleted (from --mark-existing here) is not taken for one
+// without UIDL: nothing is downloaded or deleted.
+func TestUIDLRefusedWithJournal(t *testing.T) {
+	a, dir := fakeAccount(t, `
+		C: LIST
+		S: +OK
+		S: 1 5
+		S: .
+		C: UIDL
+		S: -ERR [SYS/TEMP] try again later`)
+	os.MkdirAll(a.StateDir, 0o700)
+	os.WriteFile(filepath.Join(a.StateDir, a.StateName()+".journal"), []byte(journalHeader+"E 100 u1 5\n"), 0o600)
+	st, err := Run(context.Background(), a, nil)
+	if err == nil || !strings.Contains(err.Error(), "expects 1 messages there") || st.Fetched != 0 || st.Deleted != 0 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	checkExactlyOnce(t, dir, nil)
+}
+
+// A password file whose first line is empty is said so, and nothing is
+// sent to the server: it would take an empty password for a wrong one.
+func TestEmptyPasswordFile(t *testing.T) {
+	b := (&popscript.Box{Messages: []popscript.Message{{UID: "u1", Body: "x\n"}}}).Start(t)
+	a := testAccount(t, b.Addr)
+	os.WriteFile(a.PasswordFile, []byte("\nsecret\n"), 0o600)
+	if _, err := Run(context.Background(), a, nil); err == nil || !strings.Contains(err.Error(), "first line is empty") {
+		t.Fatalf("got %v", err)
+	}
+	if c := b.Connects(); len(c) != 0 {
+		t.Fatalf("%d connections", len(c))
+	}
 }
 
 // A 4 MiB line is no problem when LIST tells its size; when LIST tells

@@ -215,16 +215,15 @@ func (j *Journal) load() error {
 	defer f.Close()
 	br := bufio.NewReaderSize(f, 64<<10)
 	head, err := br.Peek(len(journalHeader))
-	version := 0
+	version, torn := 0, false
 	for v, h := range []string{journalHeaderV1, journalHeaderV2, journalHeaderV3, journalHeaderV4, journalHeader} {
 		if string(head) == h {
 			version = v + 1
 		}
+		torn = torn || err == io.EOF && strings.HasPrefix(h, string(head))
 	}
 	if version == 0 {
-		if err == io.EOF && (strings.HasPrefix(journalHeader, string(head)) || strings.HasPrefix(journalHeaderV4, string(head)) ||
-			strings.HasPrefix(journalHeaderV3, string(head)) || strings.HasPrefix(journalHeaderV2, string(head)) ||
-			strings.HasPrefix(journalHeaderV1, string(head))) {
+		if torn {
 			// A crash while creating it: nothing was recorded yet.
 			if j.readOnly {
 				return nil
@@ -314,12 +313,7 @@ func (j *Journal) parse(line []byte, version int) bool {
 			}
 			return ok
 		case "T":
-			ts, rest, ok := bytes.Cut(rest, []byte(" "))
-			t, err := strconv.ParseInt(string(ts), 10, 64)
-			if !ok || err != nil {
-				return false
-			}
-			r, size, ok := j.sizedEntry(rest, version)
+			r, t, size, ok := j.timedEntry(rest, version)
 			if ok {
 				j.setSeen(r, false)
 				j.ids.Clear(r, fOld)
@@ -341,12 +335,7 @@ func (j *Journal) parse(line []byte, version int) bool {
 			if version < 4 {
 				return false
 			}
-			ts, rest, ok := bytes.Cut(rest, []byte(" "))
-			t, err := strconv.ParseInt(string(ts), 10, 64)
-			if !ok || err != nil {
-				return false
-			}
-			r, size, ok := j.sizedEntry(rest, version)
+			r, t, size, ok := j.timedEntry(rest, version)
 			if ok && (!j.ids.Has(r, fSeen) || j.otherSize(r, size)) {
 				j.setSeen(r, true)
 				j.ids.Set(r, fOld)
@@ -397,6 +386,18 @@ func (j *Journal) sizedEntry(rest []byte, version int) (ref, int64, bool) {
 	}
 	r, ok := j.entry(uid)
 	return r, size, ok
+}
+
+// timedEntry parses "<unix-seconds> SP <uidl> [SP <size>]", as sizedEntry
+// does the part after the time.
+func (j *Journal) timedEntry(rest []byte, version int) (r ref, t, size int64, ok bool) {
+	ts, rest, ok := bytes.Cut(rest, []byte(" "))
+	t, err := strconv.ParseInt(string(ts), 10, 64)
+	if !ok || err != nil {
+		return 0, 0, 0, false
+	}
+	r, size, ok = j.sizedEntry(rest, version)
+	return r, t, size, ok
 }
 
 // otherSize reports whether the entry's recorded size is known and differs
@@ -786,7 +787,8 @@ func (j *Journal) rewrite() error {
 	if j.err != nil {
 		return j.err
 	}
-	tmp, err := fsx.Create(j.path(), fsx.Options{Perm: 0o600, Synced: "fetch.journal.compact-synced"})
+	tmp, err := fsx.Create(j.path(), fsx.Options{Perm: 0o600,
+		Synced: "fetch.journal.compact-synced", Renamed: "fetch.journal.compact-renamed"})
 	if err != nil {
 		return fmt.Errorf("state journal: %w", err)
 	}

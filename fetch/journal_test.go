@@ -539,3 +539,40 @@ func reopen(t *testing.T, j *Journal) *Journal {
 	t.Cleanup(func() { j.Close() })
 	return j
 }
+
+// A journal cut short inside its header (a crash while it was created)
+// opens empty; a file with another first line is refused, not emptied.
+func TestJournalHeader(t *testing.T) {
+	for _, tc := range []struct {
+		content string
+		ok      bool
+	}{
+		{"", true},
+		{"pouch-fetch-jour", true},
+		{journalHeaderV4[:len(journalHeaderV4)-1], true},
+		{"pouch-fetch-journal 9\n", false},
+		{"100 a\n200 b\n300 c\n400 d\n", false},
+		{"pouch-mail\n", false}, // shorter than a header, and not the start of one
+	} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "a.journal")
+		os.WriteFile(path, []byte(tc.content), 0o600)
+		j, err := OpenJournal(dir, "a", false)
+		if tc.ok != (err == nil) {
+			t.Fatalf("%q: %v", tc.content, err)
+		}
+		if err != nil {
+			if b, _ := os.ReadFile(path); string(b) != tc.content {
+				t.Fatalf("%q: the refused journal became %q", tc.content, b)
+			}
+			continue
+		}
+		if j.Len() != 0 {
+			t.Fatalf("%q: %d entries", tc.content, j.Len())
+		}
+		j.Close()
+		if b, _ := os.ReadFile(path); string(b) != journalHeader {
+			t.Fatalf("%q: rewritten as %q", tc.content, b)
+		}
+	}
+}

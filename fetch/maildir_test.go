@@ -2,9 +2,12 @@ package fetch
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,13 +47,13 @@ func TestMaildirSyncErrorSticky(t *testing.T) {
 	checkExactlyOnce(t, dir, nil)
 }
 
+// An open that fails leaves no worker behind.
 func TestOpenMaildirNoLeak(t *testing.T) {
-	dir := t.TempDir()
-	sys := osCalls
-	sys.readNames = func(string) ([]string, error) { return nil, syscall.EIO }
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
 	before := runtime.NumGoroutine()
 	for range 5 {
-		if _, err := openMaildir(dir, "t", sys); err == nil {
+		if _, err := openMaildir(file, "t", osCalls); err == nil {
 			t.Fatal("open succeeded")
 		}
 	}
@@ -172,6 +175,95 @@ func TestRecoveredSyncsDirs(t *testing.T) {
 			if _, ok := j.Seen("x"); !ok {
 				t.Fatal("the recovered message is not recorded")
 			}
+		})
+	}
+}
+
+// A Maildir or an mbox that a run creates is synced into its directory,
+// and each directory made for it into its parent, before the journal
+// records a message in it.
+func TestNewDestinationSynced(t *testing.T) {
+	root := t.TempDir()
+	var synced []string
+	sys := osCalls
+	sys.syncDir = func(d string) error { synced = append(synced, d); return osCalls.syncDir(d) }
+	mail := filepath.Join(root, "a", "Mail")
+	d, err := openDestination("maildir:"+mail, "", "", sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	for _, want := range []string{root, filepath.Join(root, "a"), mail} {
+		if !slices.Contains(synced, want) {
+			t.Fatalf("maildir: %s not synced: %q", want, synced)
+		}
+	}
+	synced = nil
+	d, err = openDestination("mbox:"+filepath.Join(root, "mbox"), "", "", sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Deliver(Msg{}, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(synced, root) {
+		t.Fatalf("mbox: its directory not synced: %q", synced)
+	}
+}
+
+// A run reads the names in new/ and cur/ only when a killed run may have
+// stored a message there (a pending record); a failure to read them then
+// ends the run before anything is downloaded or deleted, rather than
+// counting the message as not stored.
+func TestMaildirNamesReadAfterKill(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		t.Run(fmt.Sprint("pending=", pending), func(t *testing.T) {
+			script := `
+				C: LIST
+				S: +OK
+				S: 1 5
+				S: .
+				C: UIDL
+				S: +OK
+				S: 1 x
+				S: .`
+			if !pending {
+				script += `
+				C: RETR 1
+				S: +OK
+				S: abc
+				S: .
+				C: STAT
+				S: +OK 1 5
+				C: DELE 1
+				S: +OK
+				C: QUIT
+				S: +OK`
+			}
+			a, dir := fakeAccount(t, script)
+			if pending {
+				os.MkdirAll(a.StateDir, 0o700)
+				os.WriteFile(filepath.Join(a.StateDir, a.StateName()+".journal"), []byte(journalHeader+"P x 5\n"), 0o600)
+			}
+			reads := 0
+			sys := osCalls
+			sys.readNames = func(string) ([]string, error) { reads++; return nil, syscall.EIO }
+			st, err := runWith(context.Background(), a, nil, sys)
+			if !pending {
+				if err != nil || reads != 0 || st.Fetched != 1 || st.Deleted != 1 {
+					t.Fatalf("%+v %v, %d reads", st, err, reads)
+				}
+				checkExactlyOnce(t, dir, []string{"abc\n"})
+				return
+			}
+			if !errors.Is(err, syscall.EIO) || st.Fetched != 0 || st.Deleted != 0 {
+				t.Fatalf("%+v %v", st, err)
+			}
+			checkExactlyOnce(t, dir, nil)
 		})
 	}
 }

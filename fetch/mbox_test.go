@@ -49,6 +49,26 @@ func mboxMessages(t *testing.T, path string) []string {
 // A kill in the middle of an mbox append leaves nothing visible after the
 // next run: the mbox is cut back to its size before the append.
 func TestCrashMidMboxAppend(t *testing.T) {
+	crashMbox(t, "fetch.mbox.mid-append")
+}
+
+// TestCrashMboxAtEveryPoint kills the client at each point of the
+// exactly-once order that an mbox destination passes (it stores messages
+// by appending, then fsyncs the mbox before the journal records them).
+func TestCrashMboxAtEveryPoint(t *testing.T) {
+	for _, point := range crashPoints {
+		if strings.HasPrefix(point, "maildir.") {
+			continue
+		}
+		t.Run(point, func(t *testing.T) { crashMbox(t, point) })
+	}
+}
+
+// crashMbox kills the client at point while it appends to an mbox, then
+// lets a clean run finish: each message must be in the mbox exactly once,
+// after what was there before, and, with the default policy, gone from the
+// server.
+func crashMbox(t *testing.T, point string) {
 	for _, keep := range []bool{false, true} {
 		t.Run(fmt.Sprint("keep=", keep), func(t *testing.T) {
 			p := newPouch(t)
@@ -60,8 +80,8 @@ func TestCrashMidMboxAppend(t *testing.T) {
 			box := filepath.Join(t.TempDir(), "mbox")
 			os.WriteFile(box, []byte("From x Thu Jan  1 00:00:00 1970\nearlier\n\n"), 0o600)
 			a.To = "mbox:" + box
-			if err := child(t, a, "fetch.mbox.mid-append").Wait(); !killed(err) {
-				t.Fatalf("child was not killed: %v", err)
+			if err := child(t, a, point).Wait(); !killed(err) {
+				t.Fatalf("child was not killed at %s: %v", point, err)
 			}
 			finish(t, a)
 			got := mboxMessages(t, box)
@@ -77,6 +97,16 @@ func TestCrashMidMboxAppend(t *testing.T) {
 				if seen[w] != 1 {
 					t.Fatalf("message %q stored %d times", w, seen[w])
 				}
+			}
+			if got[0] != want[0] {
+				t.Fatalf("the mbox starts with %q", got[0])
+			}
+			n := 0
+			if keep {
+				n = len(msgs)
+			}
+			if c := p.count(t); c != n {
+				t.Fatalf("%d messages on the server, want %d", c, n)
 			}
 		})
 	}

@@ -70,3 +70,26 @@ func TestMDALargeMessage(t *testing.T) {
 		t.Fatal("early exit accepted")
 	}
 }
+
+// TestCrashMDAAtEveryPoint: see crashHandOver.
+func TestCrashMDAAtEveryPoint(t *testing.T) {
+	crashHandOver(t, func(t *testing.T, a *Account) func() []string {
+		out := t.TempDir()
+		a.To = `mda:f=$(mktemp '` + out + `/m.XXXXXX') && cat > "$f"`
+		return func() []string {
+			names, err := os.ReadDir(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, n := range names {
+				b, err := os.ReadFile(filepath.Join(out, n.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, string(b))
+			}
+			return got
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 
@@ -68,4 +69,31 @@ func TestLMTPAndSMTPDestinations(t *testing.T) {
 		}
 		be.mu.Unlock()
 	}
+}
+
+// TestCrashLMTPAtEveryPoint: see crashHandOver.
+func TestCrashLMTPAtEveryPoint(t *testing.T) {
+	crashHandOver(t, func(t *testing.T, a *Account) func() []string {
+		be := &smtpBackend{}
+		s := smtp.NewServer(be)
+		s.LMTP = true
+		s.Domain = "localhost"
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve(l)
+		t.Cleanup(func() { s.Close() })
+		a.Rcpt = "me@localhost"
+		a.To = "lmtp:" + l.Addr().String()
+		return func() []string {
+			be.mu.Lock()
+			defer be.mu.Unlock()
+			var got []string
+			for _, m := range be.got {
+				got = append(got, strings.ReplaceAll(m, "\r\n", "\n"))
+			}
+			return got
+		}
+	})
 }

@@ -16,8 +16,8 @@ type fsCalls struct {
 	write     func(f *os.File, b []byte) (int, error) // the journal's appends
 	fdatasync func(f *os.File) error                  // the journal's commits
 	fsync     func(f *os.File) error                  // an mbox after appends, and after one is cut back
-	syncDir   func(dir string) error                  // the state directory's parents, a Maildir's new/ and cur/
-	readNames func(dir string) ([]string, error)      // a Maildir's new/ and cur/, when it is opened
+	syncDir   func(dir string) error                  // the parents of the directories a run makes, a Maildir's new/ and cur/, an mbox's directory
+	readNames func(dir string) ([]string, error)      // a Maildir's new/ and cur/, after a killed run
 }
 
 // osCalls are the real calls.

@@ -3,9 +3,7 @@ package oauth
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"html"
@@ -22,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/pouchmail/pouch/internal/random"
 )
 
 // Mode is how Login signs in.
@@ -183,7 +183,7 @@ func browserLogin(ctx context.Context, p *provider, o LoginOptions, finish func(
 	conf := p.oauth
 	conf.RedirectURL = "http://" + net.JoinHostPort(p.redirectHost, strconv.Itoa(port)) + "/"
 	verifier := oauth2.GenerateVerifier()
-	state := randomState()
+	state := random.Hex(16)
 	authURL := conf.AuthCodeURL(state, append([]oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier)}, p.authParams...)...)
 
 	arrivals := make(chan arrival, 1)
@@ -356,12 +356,6 @@ func readPasted(in io.Reader, out io.Writer, taken *atomic.Bool, arrivals chan<-
 		}
 		return
 	}
-}
-
-func randomState() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // lockedWriter serializes writes from the flow and the paste reader.

@@ -113,7 +113,7 @@ func ParseChallenge(b []byte) (Challenge, error) {
 // text of the -ERR that ended the exchange (it may be empty). Neither holds
 // a token, and the sentence names none.
 func Explain(ch *Challenge, serverText string) string {
-	text := clean(serverText)
+	text := Clean(serverText)
 	low := strings.ToLower(text)
 	var s string
 	switch {
@@ -144,7 +144,7 @@ func Explain(ch *Challenge, serverText string) string {
 func explainStatus(ch *Challenge) string {
 	scope := ""
 	if ch.Scope != "" {
-		scope = " (it wants " + clean(ch.Scope) + ")"
+		scope = " (it wants " + Clean(ch.Scope) + ")"
 	}
 	switch strings.ToLower(ch.Status) {
 	case "401", "invalid_token":
@@ -154,11 +154,12 @@ func explainStatus(ch *Challenge) string {
 	case "400", "invalid_request":
 		return "the server found the login malformed: check that the user name is the address you signed in with" + scope
 	}
-	return fmt.Sprintf("the server refused the token with status %q%s", clean(ch.Status), scope)
+	return fmt.Sprintf("the server refused the token with status %q%s", Clean(ch.Status), scope)
 }
 
-// clean keeps a server's text printable and short, for a message.
-func clean(s string) string {
+// Clean keeps a server's text printable and short, for a message: control
+// characters go, and more than 200 characters are cut to 200 and "…".
+func Clean(s string) string {
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return -1
