@@ -530,12 +530,14 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		b = appendEscaped(b, r.maildir)
 		b = append(b, '\n')
 	}
+	// From here on the journal may name every file, even when the append
+	// fails (part of it, or all of it unsynced, can reach the disk): the
+	// staged files stay for the next BeginImport, which finishes the
+	// batch. Removed, they would be taken for placed.
 	if err := im.appendJournal(b); err != nil {
-		return fail(err)
+		return results, err
 	}
 	crashpoint.Hit("maildir.import.journaled")
-	// From here on the journal names every file: on an error, the next
-	// BeginImport finishes the batch.
 	b = b[:0]
 	touched := map[string]bool{}
 	var placed []staged

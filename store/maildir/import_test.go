@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,6 +103,17 @@ func importHelper(root, src string) {
 		if os.Getenv("POUCH_CRASH_IMPORT_LINK") != "" {
 			// A filesystem without RENAME_NOREPLACE.
 			im.rename = func(string, string) error { return syscall.EINVAL }
+		}
+		if n, _ := strconv.ParseUint(os.Getenv("POUCH_CRASH_IMPORT_FSIZE"), 10, 64); n > 0 {
+			// No file may grow past n octets (EFBIG; Go ignores SIGXFSZ):
+			// the journal's append is cut short part way, as a full disk
+			// cuts it.
+			var lim syscall.Rlimit
+			syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim)
+			lim.Cur = n
+			if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+				panic(err)
+			}
 		}
 		_, err = im.Add(context.Background(), fixtureMessages(src, msgs), os.Getenv("POUCH_CRASH_IMPORT_MOVE") != "")
 		if cerr := im.Close(); err == nil {
@@ -472,6 +484,40 @@ func TestCrashDuringImport(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestImportJournalCutShort makes the journal's append of a batch fail
+// part way, as a full disk does, after some of its intents reached the
+// file: the next run must place those messages, not take them for
+// imported.
+func TestImportJournalCutShort(t *testing.T) {
+	root := t.TempDir()
+	src := filepath.Join(root, "old")
+	msgs := importFixture()
+	writeFixture(t, src, msgs)
+	mail := filepath.Join(root, "mail")
+	out, err := crashCommand(mail, "", importHelperEnv+"="+src, "POUCH_CRASH_IMPORT_FSIZE=600").CombinedOutput()
+	if !strings.Contains(string(out), "file too large") {
+		t.Fatalf("the import did not fail writing its journal: %v\n%s", err, out)
+	}
+	recs, err := readImportJournal(filepath.Join(mail, "u"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 || len(recs) == len(msgs) {
+		t.Fatalf("%d intents in the journal, want some but not all of %d", len(recs), len(msgs))
+	}
+	s := New(mail)
+	res, err := runImport(s, "u", src, msgs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status == Refused {
+			t.Errorf("second run, message %d: %+v", i+1, r)
+		}
+	}
+	checkImported(t, s, msgs)
 }
 
 func TestImportPrune(t *testing.T) {
