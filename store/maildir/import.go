@@ -262,6 +262,7 @@ func (im *Import) recover(recs []*importRecord) error {
 		have[e.base] = i
 	}
 	var tail []byte
+	var drop []string // staged copies of abandoned intents (dropAbandoned)
 	touched := map[string]bool{}
 	for _, r := range recs {
 		if r.state != recPending {
@@ -292,7 +293,7 @@ func (im *Import) recover(recs []*importRecord) error {
 				tail = appendEscaped(append(tail, "- "...), r.loc())
 				tail = append(tail, '\n')
 				if !r.move() {
-					os.Remove(from)
+					drop = append(drop, from)
 				}
 				continue
 			}
@@ -319,7 +320,21 @@ func (im *Import) recover(recs []*importRecord) error {
 		}
 	}
 	tail = append(tail, "=\n"...)
-	return im.appendJournal(tail)
+	if err := im.appendJournal(tail); err != nil {
+		return err
+	}
+	dropAbandoned(drop)
+	return nil
+}
+
+// dropAbandoned removes the staged copies of abandoned intents, once the
+// journal says that they are abandoned: until then, an intent whose file is
+// gone and whose name is in the maildrop (here, another file's) is taken
+// for placed.
+func dropAbandoned(staged []string) {
+	for _, f := range staged {
+		os.Remove(f)
+	}
 }
 
 // fromPath is the file an intent places.
@@ -541,6 +556,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 	b = b[:0]
 	touched := map[string]bool{}
 	var placed []staged
+	var drop []string // staged copies of abandoned intents (dropAbandoned)
 	for n, s := range batch {
 		dest := filepath.Join(m.dir, s.e.sub, s.e.name)
 		err := im.place(s.from, dest)
@@ -549,7 +565,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 			b = appendEscaped(append(b, "- "...), s.rec.loc())
 			b = append(b, '\n')
 			if !move {
-				os.Remove(s.from)
+				drop = append(drop, s.from)
 			}
 			results[s.i] = ImportResult{Status: Refused, Err: clash("a file %s appeared in the maildrop meanwhile", dest)}
 			continue
@@ -576,6 +592,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 	if err := im.appendJournal(b); err != nil {
 		return results, err
 	}
+	dropAbandoned(drop)
 	for _, s := range placed {
 		rec := s.rec
 		rec.state = recDone

@@ -104,6 +104,20 @@ func importHelper(root, src string) {
 			// A filesystem without RENAME_NOREPLACE.
 			im.rename = func(string, string) error { return syscall.EINVAL }
 		}
+		if os.Getenv("POUCH_CRASH_IMPORT_CLASH") != "" {
+			// Another program writes a file of the first message's name
+			// just before it is placed.
+			first := true
+			im.rename = func(from, dest string) error {
+				if first {
+					first = false
+					if err := os.WriteFile(dest, []byte("Subject: other\n\n"), 0o600); err != nil {
+						panic(err)
+					}
+				}
+				return renameNoReplace(from, dest)
+			}
+		}
 		if n, _ := strconv.ParseUint(os.Getenv("POUCH_CRASH_IMPORT_FSIZE"), 10, 64); n > 0 {
 			// No file may grow past n octets (EFBIG; Go ignores SIGXFSZ):
 			// the journal's append is cut short part way, as a full disk
@@ -518,6 +532,38 @@ func TestImportJournalCutShort(t *testing.T) {
 		}
 	}
 	checkImported(t, s, msgs)
+}
+
+// TestCrashAfterImportClash kills an import after a file of a message's
+// name appeared in the maildrop while it was placed, before the journal
+// says so: the next run must still find the message not imported, and
+// refuse its UIDL, never count it as imported.
+func TestCrashAfterImportClash(t *testing.T) {
+	for _, point := range []string{"", "maildir.import.placed"} {
+		t.Run("crash="+point, func(t *testing.T) {
+			root := t.TempDir()
+			src := filepath.Join(root, "old")
+			msgs := importFixture()
+			writeFixture(t, src, msgs)
+			mail := filepath.Join(root, "mail")
+			env := []string{importHelperEnv + "=" + src, "POUCH_CRASH_IMPORT_CLASH=1"}
+			if point == "" {
+				crashCommand(mail, "", env...).Run()
+			} else {
+				runCrash(t, mail, point, env...)
+			}
+			res, err := runImport(New(mail), "u", src, msgs, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Status != Refused || !errors.Is(res[0].Err, ErrUIDInUse) {
+				t.Errorf("message 1, whose name was taken: %+v, want refused for its UIDL", res[0])
+			}
+			if names, _ := os.ReadDir(filepath.Join(mail, "u", importStagingDir)); len(names) > 0 {
+				t.Errorf("staging directory not cleaned: %v", names)
+			}
+		})
+	}
 }
 
 func TestImportPrune(t *testing.T) {
