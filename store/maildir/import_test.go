@@ -99,6 +99,22 @@ func importHelper(root, src string) {
 	b, _ := os.ReadFile(filepath.Join(src, "manifest"))
 	json.Unmarshal(b, &msgs)
 	im, err := New(root).BeginImport(context.Background(), "u")
+	if err == nil && os.Getenv("POUCH_CRASH_IMPORT_PRUNE") != "" {
+		_, err = im.Prune(src, func(base string) bool {
+			for _, m := range msgs {
+				if sub, name, _ := strings.Cut(m.File, "/"); baseName(name) == base {
+					_, serr := os.Stat(filepath.Join(src, sub, name))
+					return serr == nil
+				}
+			}
+			return false
+		})
+		if cerr := im.Close(); err == nil {
+			err = cerr
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if err == nil {
 		if os.Getenv("POUCH_CRASH_IMPORT_LINK") != "" {
 			// A filesystem without RENAME_NOREPLACE.
@@ -562,6 +578,55 @@ func TestCrashAfterImportClash(t *testing.T) {
 			if names, _ := os.ReadDir(filepath.Join(mail, "u", importStagingDir)); len(names) > 0 {
 				t.Errorf("staging directory not cleaned: %v", names)
 			}
+		})
+	}
+}
+
+// TestCrashDuringPrune kills a prune at each step of its commit: the
+// message deleted on the old server is gone from the maildrop after the
+// next Open or not yet (before the journal), and nothing else is.
+func TestCrashDuringPrune(t *testing.T) {
+	for _, tc := range []struct {
+		point  string
+		pruned bool
+	}{
+		{"maildir.commit.before-journal", false},
+		{"maildir.commit.journaled", true},
+		{"maildir.commit.first-unlinked", true},
+		{"maildir.commit.disposed", true},
+		{"maildir.import.before-index", true},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			root := t.TempDir()
+			src := filepath.Join(root, "old")
+			msgs := importFixture()
+			writeFixture(t, src, msgs)
+			mail := filepath.Join(root, "mail")
+			s := New(mail)
+			if _, err := runImport(s, "u", src, msgs, false); err != nil {
+				t.Fatal(err)
+			}
+			// A client deleted the second message on the old server.
+			os.Remove(filepath.Join(src, msgs[1].File))
+			runCrash(t, mail, tc.point, importHelperEnv+"="+src, "POUCH_CRASH_IMPORT_PRUNE=1")
+			want := msgs
+			if tc.pruned {
+				want = slices.Delete(slices.Clone(msgs), 1, 2)
+			}
+			checkImported(t, New(mail), want)
+			// A run that finishes prunes what is left to prune, and no more.
+			im, err := New(mail).BeginImport(context.Background(), "u")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := im.Prune(src, func(base string) bool { return base != baseName(msgs[1].File[4:]) })
+			if cerr := im.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil || n != 1 && !tc.pruned || n != 0 && tc.pruned {
+				t.Fatalf("prune after the crash: %d, %v", n, err)
+			}
+			checkImported(t, New(mail), slices.Delete(slices.Clone(msgs), 1, 2))
 		})
 	}
 }
