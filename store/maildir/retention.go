@@ -150,6 +150,7 @@ func (s *Store) SetHold(ctx context.Context, user string, h store.Hold) error {
 
 // Users lists the users that have a Maildir under the root: in the
 // Domains layout, user@domain for each Maildir in a domain's directory.
+// A domain's directory that cannot be listed fails it.
 func (s *Store) Users(ctx context.Context) ([]string, error) {
 	layout, err := s.Layout()
 	if err != nil {
@@ -169,7 +170,15 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 		}
 		d := filepath.Join(s.root, e.Name())
 		if layout == Domains && !isMaildir(d) {
-			if subs, err := os.ReadDir(d); err == nil && !isDir(filepath.Join(d, "cur")) {
+			subs, err := os.ReadDir(d)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				// Its users' maildrops must not go missing from the list.
+				return nil, err
+			}
+			if !isDir(filepath.Join(d, "cur")) {
 				for _, u := range subs {
 					if u.IsDir() && validPart(u.Name()) && isDir(filepath.Join(d, u.Name(), "cur")) {
 						users = append(users, u.Name()+"@"+e.Name())
