@@ -450,17 +450,8 @@ func uidOf(base string) string {
 	if u, ok := keptUID(base); ok {
 		return u // an imported UIDL (import.go)
 	}
-	if len(base) <= maxUIDLen {
-		ok := true
-		for i := 0; i < len(base); i++ {
-			if base[i] < 0x21 || base[i] > 0x7e {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return base
-		}
+	if validUID(base) {
+		return base
 	}
 	sum := sha256.Sum256([]byte(base))
 	return "H" + hex.EncodeToString(sum[:24])
