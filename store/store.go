@@ -53,6 +53,20 @@ type Message struct {
 	Size int64
 }
 
+// ValidUID reports whether uid can be a unique-id listing (RFC 1939 §7):
+// 1 to 70 octets in 0x21–0x7E.
+func ValidUID(uid string) bool {
+	if uid == "" || len(uid) > 70 {
+		return false
+	}
+	for i := 0; i < len(uid); i++ {
+		if uid[i] < 0x21 || uid[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // Maildrop is one session's locked snapshot of a user's mail. It is used by one
 // goroutine at a time.
 type Maildrop interface {

@@ -401,7 +401,7 @@ func (im *Import) checkUID(msg *ImportMessage) (res ImportResult, ok bool) {
 		}
 		return ImportResult{Status: Refused, Err: clash("UIDL %q was imported for another message (%s) already", msg.UID, r.source)}, false
 	}
-	if !validUID(msg.UID) {
+	if !store.ValidUID(msg.UID) {
 		return ImportResult{}, true // imported with a UIDL of Pouch's
 	}
 	if i, found := im.present[msg.UID]; found {
@@ -415,19 +415,6 @@ func (im *Import) checkUID(msg *ImportMessage) (res ImportResult, ok bool) {
 		}
 	}
 	return ImportResult{}, true
-}
-
-// validUID reports whether u can be a UIDL of the maildrop (RFC 1939 §7).
-func validUID(u string) bool {
-	if u == "" || len(u) > maxUIDLen {
-		return false
-	}
-	for i := 0; i < len(u); i++ {
-		if u[i] < 0x21 || u[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // staged is one message of a batch on its way into the maildrop.
@@ -763,11 +750,11 @@ func adoptFile(f *os.File, dir string) {
 // Pouch's delivery writes, with uid in a ",U=" field when it is valid.
 // raw and wire are the message's sizes, lf whether it ends in a line end.
 func (im *Import) nameFor(uid string, raw, wire int64, lf bool, mtime time.Time) string {
-	if validUID(uid) && plainName(uid) && sizesFromName(uid, raw, wire, lf) {
+	if store.ValidUID(uid) && plainName(uid) && sizesFromName(uid, raw, wire, lf) {
 		return uid
 	}
 	name := SizedName(UniqueName(mtime), raw, wire)
-	if validUID(uid) {
+	if store.ValidUID(uid) {
 		name += ",U=" + base64.RawURLEncoding.EncodeToString([]byte(uid))
 	}
 	return name
@@ -812,7 +799,7 @@ func keptUID(base string) (string, bool) {
 		v = v[:j]
 	}
 	b, err := base64.RawURLEncoding.Strict().DecodeString(v)
-	if err != nil || !validUID(string(b)) || base64.RawURLEncoding.EncodeToString(b) != v {
+	if err != nil || !store.ValidUID(string(b)) || base64.RawURLEncoding.EncodeToString(b) != v {
 		return "", false
 	}
 	return string(b), true

@@ -171,8 +171,8 @@ func checkImported(t *testing.T, s *Store, msgs []fixtureMsg) {
 	}
 	for i, f := range msgs {
 		want := f.UID
-		if !validUID(want) {
-			if got[i].UID == f.UID || !validUID(got[i].UID) {
+		if !store.ValidUID(want) {
+			if got[i].UID == f.UID || !store.ValidUID(got[i].UID) {
 				t.Errorf("message %d: UIDL %q for an invalid old one", i+1, got[i].UID)
 			}
 			want = got[i].UID
@@ -211,7 +211,7 @@ func TestImportKeepsUIDLsOrderSizesAndRetrievals(t *testing.T) {
 	}
 	for i, r := range res {
 		want := Imported
-		if !validUID(msgs[i].UID) {
+		if !store.ValidUID(msgs[i].UID) {
 			want = ImportedNewUID
 		}
 		if r.Status != want || r.Err != nil {
@@ -276,7 +276,7 @@ func TestImportRerunImportsNothingTwice(t *testing.T) {
 		switch {
 		case i < 3:
 			want = AlreadyImported
-		case !validUID(msgs[i].UID):
+		case !store.ValidUID(msgs[i].UID):
 			want = ImportedNewUID
 		}
 		if r.Status != want {

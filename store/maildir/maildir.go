@@ -56,7 +56,6 @@ const (
 	lockFile    = "pouch-lock"
 	indexFile   = "pouch-index"
 	expungeFile = "pouch-expunge"
-	maxUIDLen   = 70 // RFC 1939 §7
 )
 
 // Store keeps each user's Maildir under its root, in its Layout.
@@ -450,7 +449,7 @@ func uidOf(base string) string {
 	if u, ok := keptUID(base); ok {
 		return u // an imported UIDL (import.go)
 	}
-	if validUID(base) {
+	if store.ValidUID(base) {
 		return base
 	}
 	sum := sha256.Sum256([]byte(base))

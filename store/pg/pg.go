@@ -62,7 +62,6 @@ const (
 	// uploadMaxAge is the age at which a sweep takes the chunks of a
 	// delivery that never committed (its process died) for garbage.
 	uploadMaxAge = time.Hour
-	maxUIDLen    = 70 // RFC 1939 §7
 )
 
 var (
@@ -559,22 +558,10 @@ type Imported struct {
 // its holding area has a message with that UIDL, so an import that was
 // cut short can be run again.
 func (s *Store) Import(ctx context.Context, user string, m Imported, r io.Reader) error {
-	if !validUID(m.UID) {
+	if !store.ValidUID(m.UID) {
 		return fmt.Errorf("pg: invalid UIDL %q", m.UID)
 	}
 	return s.put(ctx, user, r, &m)
-}
-
-func validUID(uid string) bool {
-	if len(uid) < 1 || len(uid) > maxUIDLen {
-		return false
-	}
-	for i := 0; i < len(uid); i++ {
-		if uid[i] < 0x21 || uid[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // newUID is the UIDL of a message delivered here: its id, which comes from
