@@ -191,6 +191,31 @@ func TestLocationFind(t *testing.T) {
 	}
 }
 
+// TestLocationFindKeepsUnreadable: a Maildir whose cur/ cannot be looked
+// at (here a symbolic link to itself: ELOOP) is found all the same, so
+// that its import's report says why nothing came of it, rather than the
+// user going missing from the import.
+func TestLocationFindKeepsUnreadable(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "alice", "cur"), 0o700)
+	os.MkdirAll(filepath.Join(root, "bob"), 0o700)
+	if err := os.Symlink("cur", filepath.Join(root, "bob", "cur")); err != nil {
+		t.Fatal(err)
+	}
+	loc, err := ParseLocation(root + "/%n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boxes, err := loc.Find()
+	if err != nil || len(boxes) != 2 || boxes[1].User != "bob" {
+		t.Fatalf("found %+v, %v; want alice and bob", boxes, err)
+	}
+	rep := ImportMaildir(context.Background(), maildir.New(t.TempDir()), "bob", boxes[1].Dir, ImportOptions{})
+	if rep.Err == nil {
+		t.Errorf("import of bob's Maildir: %+v, want an error", rep)
+	}
+}
+
 func TestImportMaildirReport(t *testing.T) {
 	dir, root := t.TempDir(), t.TempDir()
 	for _, sub := range []string{"new", "cur", "tmp"} {
