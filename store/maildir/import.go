@@ -466,7 +466,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		todo = append(todo, i)
 	}
 	if !move && len(todo) > 0 {
-		if err := im.ensureStaging(); err != nil {
+		if err := ensureSubdir(m.dir, importStagingDir); err != nil {
 			return results, err
 		}
 	}
@@ -666,19 +666,6 @@ func (im *Import) stage(msg *ImportMessage, move bool, dirDev uint64) (staged, e
 		s.rec.from = filepath.Base(from)
 	}
 	return s, nil
-}
-
-// ensureStaging makes the staging directory, durably.
-func (im *Import) ensureStaging() error {
-	staging := filepath.Join(im.m.dir, importStagingDir)
-	if err := os.Mkdir(staging, 0o700); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil
-		}
-		return err
-	}
-	owner.Adopt(staging)
-	return fsx.SyncDir(im.m.dir)
 }
 
 // importWorkers is how many messages of a batch are staged at once.

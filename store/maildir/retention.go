@@ -52,12 +52,16 @@ func parseHolding(file string) (at time.Time, sub, name string, ok bool) {
 }
 
 // ensureHolding creates the holding area, durably.
-func ensureHolding(dir string) error {
-	p := filepath.Join(dir, holdingDir)
-	if _, err := os.Stat(p); err == nil {
-		return nil
-	}
-	if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+func ensureHolding(dir string) error { return ensureSubdir(dir, holdingDir) }
+
+// ensureSubdir creates the directory name of the Maildir dir if it is
+// missing, given to the Maildir's owner, and syncs dir.
+func ensureSubdir(dir, name string) error {
+	p := filepath.Join(dir, name)
+	if err := os.Mkdir(p, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
 		return err
 	}
 	owner.Adopt(p)
