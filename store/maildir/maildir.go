@@ -196,6 +196,15 @@ func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
 	if err != nil {
 		return nil, err
 	}
+	m, err := s.open(ctx, user, dir)
+	if err != nil {
+		return nil, err // not a nil *maildrop in the interface
+	}
+	return m, nil
+}
+
+// open is Open of user's Maildir dir.
+func (s *Store) open(ctx context.Context, user, dir string) (*maildrop, error) {
 	// The lock comes first: the stamps that load takes must show any change
 	// that a session holding it made. Only a new user's Maildir is created
 	// before it (load creates what else is missing).

@@ -230,25 +230,21 @@ func deliveredAt(dir string, e *entry) time.Time {
 func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time.Time) (store.SweepResult, error) {
 	var res store.SweepResult
 	var m *maildrop
-	if dir, err := s.dir(user); err == nil {
-		// A Maildir that another program made, and that no session opened
-		// yet, gets the journal's reserve before its disk fills up.
-		if err := reserveJournal(dir); err != nil {
-			s.noReserve(user, err)
-		}
+	dir, err := s.dir(user)
+	if err != nil {
+		return res, err
+	}
+	// A Maildir that another program made, and that no session opened
+	// yet, gets the journal's reserve before its disk fills up.
+	if err := reserveJournal(dir); err != nil {
+		s.noReserve(user, err)
 	}
 	if p.Expire > 0 {
-		md, err := s.Open(ctx, user)
-		if err != nil {
+		if m, err = s.open(ctx, user, dir); err != nil {
 			return res, err
 		}
-		m = md.(*maildrop)
 	} else {
 		// Only the holding area to purge: no need to read the maildrop.
-		dir, err := s.dir(user)
-		if err != nil {
-			return res, err
-		}
 		if _, err := os.Stat(filepath.Join(dir, holdingDir)); errors.Is(err, fs.ErrNotExist) {
 			return res, s.cleanTmp(user, dir, now, false)
 		}
