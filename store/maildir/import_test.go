@@ -526,7 +526,10 @@ func TestImportJournalCutShort(t *testing.T) {
 	msgs := importFixture()
 	writeFixture(t, src, msgs)
 	mail := filepath.Join(root, "mail")
-	out, err := crashCommand(mail, "", importHelperEnv+"="+src, "POUCH_CRASH_IMPORT_FSIZE=600").CombinedOutput()
+	// An intent is 100 to 250 octets and the source's path: room for two
+	// or more of the seven, not all.
+	limit := len(importJournalHead) + 1 + 2*(250+len(src))
+	out, err := crashCommand(mail, "", importHelperEnv+"="+src, fmt.Sprintf("POUCH_CRASH_IMPORT_FSIZE=%d", limit)).CombinedOutput()
 	if !strings.Contains(string(out), "file too large") {
 		t.Fatalf("the import did not fail writing its journal: %v\n%s", err, out)
 	}
