@@ -39,11 +39,9 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -229,20 +227,10 @@ func (s *Store) Close() error {
 	return err
 }
 
-// validUser refuses the names that the Maildir backend refuses, so that
-// every maildrop can move between the two.
-func validUser(user string) error {
-	if user == "" || len(user) > 255 || strings.HasPrefix(user, ".") || !utf8.ValidString(user) ||
-		strings.ContainsAny(user, "/\\\x00") {
-		return store.ErrBadUser
-	}
-	return nil
-}
-
 // maildropID returns the id of user's maildrop, creating it when create
 // is set; otherwise a missing one is errNoMaildrop.
 func (s *Store) maildropID(ctx context.Context, user string, create bool) (int64, error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return 0, err
 	}
 	var id int64
@@ -275,7 +263,7 @@ func (s *Store) Create(user string) error {
 // the same transactions as the messages. It takes no lock. A user without
 // a maildrop has none.
 func (s *Store) Usage(user string) (messages int, octets int64, err error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return 0, 0, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.ttl)
@@ -297,7 +285,7 @@ type row struct {
 // holds it) and reads the snapshot: the messages not in the holding area,
 // in delivery order. Both go in one round trip.
 func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return nil, err
 	}
 	n, err := s.currentNode(ctx)
@@ -709,7 +697,7 @@ func finalChecks(res pgx.BatchResults, whole, chunk bool, chunks int, size int64
 // newBody returns the id of user's maildrop, created if need be, and a new
 // id for a message.
 func (s *Store) newBody(ctx context.Context, user string) (md, body int64, err error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return 0, 0, err
 	}
 	for try := 0; ; try++ {
