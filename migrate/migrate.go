@@ -29,8 +29,9 @@ type ImportOptions struct {
 	// them: the source and the maildrop must be on one file system.
 	Move bool
 	// Prune removes from the maildrop what an earlier run copied from
-	// this Maildir and the Maildir no longer has: mail that clients
-	// deleted on the old server since (see maildir.Import.Prune).
+	// this Maildir and the Maildir no longer has, or has with
+	// Options.DeletedFlag: mail that clients deleted on the old server
+	// since (see maildir.Import.Prune).
 	Prune bool
 	// Batch is how many messages are placed with one sync of the
 	// directories and the journal; 0 for 256.

@@ -191,6 +191,64 @@ func TestLocationFind(t *testing.T) {
 	}
 }
 
+// TestLocationFindKeepsUnreadable: a Maildir whose cur/ cannot be looked
+// at (here a symbolic link to itself: ELOOP) is found all the same, so
+// that its import's report says why nothing came of it, rather than the
+// user going missing from the import.
+func TestLocationFindKeepsUnreadable(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "alice", "cur"), 0o700)
+	os.MkdirAll(filepath.Join(root, "bob"), 0o700)
+	if err := os.Symlink("cur", filepath.Join(root, "bob", "cur")); err != nil {
+		t.Fatal(err)
+	}
+	loc, err := ParseLocation(root + "/%n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boxes, err := loc.Find()
+	if err != nil || len(boxes) != 2 || boxes[1].User != "bob" {
+		t.Fatalf("found %+v, %v; want alice and bob", boxes, err)
+	}
+	rep := ImportMaildir(context.Background(), maildir.New(t.TempDir()), "bob", boxes[1].Dir, ImportOptions{})
+	if rep.Err == nil {
+		t.Errorf("import of bob's Maildir: %+v, want an error", rep)
+	}
+}
+
+// TestPruneDeletedFlag: with pop3_deleted_flag, a POP3 client's deletion
+// on the old server sets the keyword and leaves the file; the final
+// import's --prune removes the message all the same, as it removes one
+// whose file is gone.
+func TestPruneDeletedFlag(t *testing.T) {
+	dir, root := t.TempDir(), t.TempDir()
+	for _, sub := range []string{"new", "cur", "tmp"} {
+		os.MkdirAll(filepath.Join(dir, sub), 0o700)
+	}
+	os.WriteFile(filepath.Join(dir, "dovecot-keywords"), []byte("0 $Junk\n1 POP3Deleted\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "cur", "1751000000.M1P1.h:2,S"), []byte("Subject: a\n\na\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "cur", "1751000001.M2P1.h:2,S"), []byte("Subject: b\n\nb\n"), 0o600)
+	st := maildir.New(root)
+	opt := ImportOptions{Options: Options{DeletedFlag: "pop3deleted"}, Prune: true}
+	if rep := ImportMaildir(context.Background(), st, "u", dir, opt); rep.Err != nil || rep.Imported != 2 {
+		t.Fatalf("first run: %+v", rep)
+	}
+	// A client deletes the first message on the old server.
+	os.Rename(filepath.Join(dir, "cur", "1751000000.M1P1.h:2,S"), filepath.Join(dir, "cur", "1751000000.M1P1.h:2,Sb"))
+	rep := ImportMaildir(context.Background(), st, "u", dir, opt)
+	if rep.Err != nil || rep.Pruned != 1 || rep.Hidden != 1 {
+		t.Fatalf("final run: %+v, want 1 pruned", rep)
+	}
+	m, err := st.Open(context.Background(), "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got := m.Messages(); len(got) != 1 || got[0].UID != "1751000001.M2P1.h" {
+		t.Errorf("maildrop after the final run: %+v", got)
+	}
+}
+
 func TestImportMaildirReport(t *testing.T) {
 	dir, root := t.TempDir(), t.TempDir()
 	for _, sub := range []string{"new", "cur", "tmp"} {

@@ -76,7 +76,7 @@ type Source struct {
 	// keyword of Options.DeletedFlag.
 	Hidden int
 	// bases holds the base name of every file of new/ and cur/, skipped
-	// or not.
+	// or not, but those hidden by Options.DeletedFlag.
 	bases map[string]bool
 }
 
@@ -151,7 +151,10 @@ func Scan(dir string, opt Options) (*Source, error) {
 	var listed, fresh []keyed
 	for _, f := range files {
 		if flags, ok := strings.CutPrefix(f.Info, "2,"); ok && hiddenBy != 0 && strings.IndexByte(flags, hiddenBy) >= 0 {
+			// Deleted by a POP3 client: to Prune, as gone as a file
+			// that the old server removed.
 			src.Hidden++
+			delete(src.bases, f.Source)
 			continue
 		}
 		m := Message{ImportMessage: f, OldSize: -1}

@@ -2,12 +2,15 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/pouchmail/pouch/store/maildir"
 )
@@ -121,7 +124,11 @@ func (l *Location) Find() ([]Mailbox, error) {
 	var walk func(dir string, i int, b map[byte]string) error
 	walk = func(dir string, i int, b map[byte]string) error {
 		if i == len(l.dir) {
-			if fi, err := os.Stat(filepath.Join(dir, "cur")); err != nil || !fi.IsDir() {
+			// A cur/ that cannot be looked at is found all the same: the
+			// import's report says why nothing came of it, where a user
+			// left out would go unnoticed.
+			fi, err := os.Stat(filepath.Join(dir, "cur"))
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || err == nil && !fi.IsDir() {
 				return nil
 			}
 			vals := fill(b)

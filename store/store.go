@@ -24,6 +24,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // Errors a backend returns. The server maps them to response codes.
@@ -51,6 +53,32 @@ type Message struct {
 	// Size is the octet count of the message in wire form (Canonical), before
 	// dot-stuffing.
 	Size int64
+}
+
+// CheckUser refuses, with ErrBadUser, the names that no backend gives a
+// maildrop, so that every maildrop can move between them: empty, longer
+// than 255 octets, not valid UTF-8, starting with '.', or holding '/',
+// '\' or NUL (a Maildir's directory is named by it).
+func CheckUser(user string) error {
+	if user == "" || len(user) > 255 || strings.HasPrefix(user, ".") || !utf8.ValidString(user) ||
+		strings.ContainsAny(user, "/\\\x00") {
+		return ErrBadUser
+	}
+	return nil
+}
+
+// ValidUID reports whether uid can be a unique-id listing (RFC 1939 §7):
+// 1 to 70 octets in 0x21–0x7E.
+func ValidUID(uid string) bool {
+	if uid == "" || len(uid) > 70 {
+		return false
+	}
+	for i := 0; i < len(uid); i++ {
+		if uid[i] < 0x21 || uid[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // Maildrop is one session's locked snapshot of a user's mail. It is used by one

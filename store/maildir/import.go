@@ -262,6 +262,7 @@ func (im *Import) recover(recs []*importRecord) error {
 		have[e.base] = i
 	}
 	var tail []byte
+	var drop []string // staged copies of abandoned intents (dropAbandoned)
 	touched := map[string]bool{}
 	for _, r := range recs {
 		if r.state != recPending {
@@ -292,7 +293,7 @@ func (im *Import) recover(recs []*importRecord) error {
 				tail = appendEscaped(append(tail, "- "...), r.loc())
 				tail = append(tail, '\n')
 				if !r.move() {
-					os.Remove(from)
+					drop = append(drop, from)
 				}
 				continue
 			}
@@ -319,7 +320,21 @@ func (im *Import) recover(recs []*importRecord) error {
 		}
 	}
 	tail = append(tail, "=\n"...)
-	return im.appendJournal(tail)
+	if err := im.appendJournal(tail); err != nil {
+		return err
+	}
+	dropAbandoned(drop)
+	return nil
+}
+
+// dropAbandoned removes the staged copies of abandoned intents, once the
+// journal says that they are abandoned: until then, an intent whose file is
+// gone and whose name is in the maildrop (here, another file's) is taken
+// for placed.
+func dropAbandoned(staged []string) {
+	for _, f := range staged {
+		os.Remove(f)
+	}
 }
 
 // fromPath is the file an intent places.
@@ -386,7 +401,7 @@ func (im *Import) checkUID(msg *ImportMessage) (res ImportResult, ok bool) {
 		}
 		return ImportResult{Status: Refused, Err: clash("UIDL %q was imported for another message (%s) already", msg.UID, r.source)}, false
 	}
-	if !validUID(msg.UID) {
+	if !store.ValidUID(msg.UID) {
 		return ImportResult{}, true // imported with a UIDL of Pouch's
 	}
 	if i, found := im.present[msg.UID]; found {
@@ -400,19 +415,6 @@ func (im *Import) checkUID(msg *ImportMessage) (res ImportResult, ok bool) {
 		}
 	}
 	return ImportResult{}, true
-}
-
-// validUID reports whether u can be a UIDL of the maildrop (RFC 1939 §7).
-func validUID(u string) bool {
-	if u == "" || len(u) > maxUIDLen {
-		return false
-	}
-	for i := 0; i < len(u); i++ {
-		if u[i] < 0x21 || u[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // staged is one message of a batch on its way into the maildrop.
@@ -464,7 +466,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		todo = append(todo, i)
 	}
 	if !move && len(todo) > 0 {
-		if err := im.ensureStaging(); err != nil {
+		if err := ensureSubdir(m.dir, importStagingDir); err != nil {
 			return results, err
 		}
 	}
@@ -530,15 +532,18 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 		b = appendEscaped(b, r.maildir)
 		b = append(b, '\n')
 	}
+	// From here on the journal may name every file, even when the append
+	// fails (part of it, or all of it unsynced, can reach the disk): the
+	// staged files stay for the next BeginImport, which finishes the
+	// batch. Removed, they would be taken for placed.
 	if err := im.appendJournal(b); err != nil {
-		return fail(err)
+		return results, err
 	}
 	crashpoint.Hit("maildir.import.journaled")
-	// From here on the journal names every file: on an error, the next
-	// BeginImport finishes the batch.
 	b = b[:0]
 	touched := map[string]bool{}
 	var placed []staged
+	var drop []string // staged copies of abandoned intents (dropAbandoned)
 	for n, s := range batch {
 		dest := filepath.Join(m.dir, s.e.sub, s.e.name)
 		err := im.place(s.from, dest)
@@ -547,7 +552,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 			b = appendEscaped(append(b, "- "...), s.rec.loc())
 			b = append(b, '\n')
 			if !move {
-				os.Remove(s.from)
+				drop = append(drop, s.from)
 			}
 			results[s.i] = ImportResult{Status: Refused, Err: clash("a file %s appeared in the maildrop meanwhile", dest)}
 			continue
@@ -574,6 +579,7 @@ func (im *Import) Add(ctx context.Context, msgs []ImportMessage, move bool) ([]I
 	if err := im.appendJournal(b); err != nil {
 		return results, err
 	}
+	dropAbandoned(drop)
 	for _, s := range placed {
 		rec := s.rec
 		rec.state = recDone
@@ -662,19 +668,6 @@ func (im *Import) stage(msg *ImportMessage, move bool, dirDev uint64) (staged, e
 	return s, nil
 }
 
-// ensureStaging makes the staging directory, durably.
-func (im *Import) ensureStaging() error {
-	staging := filepath.Join(im.m.dir, importStagingDir)
-	if err := os.Mkdir(staging, 0o700); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil
-		}
-		return err
-	}
-	owner.Adopt(staging)
-	return fsx.SyncDir(im.m.dir)
-}
-
 // importWorkers is how many messages of a batch are staged at once.
 const importWorkers = 8
 
@@ -744,11 +737,11 @@ func adoptFile(f *os.File, dir string) {
 // Pouch's delivery writes, with uid in a ",U=" field when it is valid.
 // raw and wire are the message's sizes, lf whether it ends in a line end.
 func (im *Import) nameFor(uid string, raw, wire int64, lf bool, mtime time.Time) string {
-	if validUID(uid) && plainName(uid) && sizesFromName(uid, raw, wire, lf) {
+	if store.ValidUID(uid) && plainName(uid) && sizesFromName(uid, raw, wire, lf) {
 		return uid
 	}
 	name := SizedName(UniqueName(mtime), raw, wire)
-	if validUID(uid) {
+	if store.ValidUID(uid) {
 		name += ",U=" + base64.RawURLEncoding.EncodeToString([]byte(uid))
 	}
 	return name
@@ -793,7 +786,7 @@ func keptUID(base string) (string, bool) {
 		v = v[:j]
 	}
 	b, err := base64.RawURLEncoding.Strict().DecodeString(v)
-	if err != nil || !validUID(string(b)) || base64.RawURLEncoding.EncodeToString(b) != v {
+	if err != nil || !store.ValidUID(string(b)) || base64.RawURLEncoding.EncodeToString(b) != v {
 		return "", false
 	}
 	return string(b), true

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,10 +99,51 @@ func importHelper(root, src string) {
 	b, _ := os.ReadFile(filepath.Join(src, "manifest"))
 	json.Unmarshal(b, &msgs)
 	im, err := New(root).BeginImport(context.Background(), "u")
+	if err == nil && os.Getenv("POUCH_CRASH_IMPORT_PRUNE") != "" {
+		_, err = im.Prune(src, func(base string) bool {
+			for _, m := range msgs {
+				if sub, name, _ := strings.Cut(m.File, "/"); baseName(name) == base {
+					_, serr := os.Stat(filepath.Join(src, sub, name))
+					return serr == nil
+				}
+			}
+			return false
+		})
+		if cerr := im.Close(); err == nil {
+			err = cerr
+		}
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if err == nil {
 		if os.Getenv("POUCH_CRASH_IMPORT_LINK") != "" {
 			// A filesystem without RENAME_NOREPLACE.
 			im.rename = func(string, string) error { return syscall.EINVAL }
+		}
+		if os.Getenv("POUCH_CRASH_IMPORT_CLASH") != "" {
+			// Another program writes a file of the first message's name
+			// just before it is placed.
+			first := true
+			im.rename = func(from, dest string) error {
+				if first {
+					first = false
+					if err := os.WriteFile(dest, []byte("Subject: other\n\n"), 0o600); err != nil {
+						panic(err)
+					}
+				}
+				return renameNoReplace(from, dest)
+			}
+		}
+		if n, _ := strconv.ParseUint(os.Getenv("POUCH_CRASH_IMPORT_FSIZE"), 10, 64); n > 0 {
+			// No file may grow past n octets (EFBIG; Go ignores SIGXFSZ):
+			// the journal's append is cut short part way, as a full disk
+			// cuts it.
+			var lim syscall.Rlimit
+			syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim)
+			lim.Cur = n
+			if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+				panic(err)
+			}
 		}
 		_, err = im.Add(context.Background(), fixtureMessages(src, msgs), os.Getenv("POUCH_CRASH_IMPORT_MOVE") != "")
 		if cerr := im.Close(); err == nil {
@@ -129,8 +171,8 @@ func checkImported(t *testing.T, s *Store, msgs []fixtureMsg) {
 	}
 	for i, f := range msgs {
 		want := f.UID
-		if !validUID(want) {
-			if got[i].UID == f.UID || !validUID(got[i].UID) {
+		if !store.ValidUID(want) {
+			if got[i].UID == f.UID || !store.ValidUID(got[i].UID) {
 				t.Errorf("message %d: UIDL %q for an invalid old one", i+1, got[i].UID)
 			}
 			want = got[i].UID
@@ -169,7 +211,7 @@ func TestImportKeepsUIDLsOrderSizesAndRetrievals(t *testing.T) {
 	}
 	for i, r := range res {
 		want := Imported
-		if !validUID(msgs[i].UID) {
+		if !store.ValidUID(msgs[i].UID) {
 			want = ImportedNewUID
 		}
 		if r.Status != want || r.Err != nil {
@@ -234,7 +276,7 @@ func TestImportRerunImportsNothingTwice(t *testing.T) {
 		switch {
 		case i < 3:
 			want = AlreadyImported
-		case !validUID(msgs[i].UID):
+		case !store.ValidUID(msgs[i].UID):
 			want = ImportedNewUID
 		}
 		if r.Status != want {
@@ -471,6 +513,124 @@ func TestCrashDuringImport(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestImportJournalCutShort makes the journal's append of a batch fail
+// part way, as a full disk does, after some of its intents reached the
+// file: the next run must place those messages, not take them for
+// imported.
+func TestImportJournalCutShort(t *testing.T) {
+	root := t.TempDir()
+	src := filepath.Join(root, "old")
+	msgs := importFixture()
+	writeFixture(t, src, msgs)
+	mail := filepath.Join(root, "mail")
+	// An intent is 100 to 250 octets and the source's path: room for two
+	// or more of the seven, not all.
+	limit := len(importJournalHead) + 1 + 2*(250+len(src))
+	out, err := crashCommand(mail, "", importHelperEnv+"="+src, fmt.Sprintf("POUCH_CRASH_IMPORT_FSIZE=%d", limit)).CombinedOutput()
+	if !strings.Contains(string(out), "file too large") {
+		t.Fatalf("the import did not fail writing its journal: %v\n%s", err, out)
+	}
+	recs, err := readImportJournal(filepath.Join(mail, "u"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 || len(recs) == len(msgs) {
+		t.Fatalf("%d intents in the journal, want some but not all of %d", len(recs), len(msgs))
+	}
+	s := New(mail)
+	res, err := runImport(s, "u", src, msgs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status == Refused {
+			t.Errorf("second run, message %d: %+v", i+1, r)
+		}
+	}
+	checkImported(t, s, msgs)
+}
+
+// TestCrashAfterImportClash kills an import after a file of a message's
+// name appeared in the maildrop while it was placed, before the journal
+// says so: the next run must still find the message not imported, and
+// refuse its UIDL, never count it as imported.
+func TestCrashAfterImportClash(t *testing.T) {
+	for _, point := range []string{"", "maildir.import.placed"} {
+		t.Run("crash="+point, func(t *testing.T) {
+			root := t.TempDir()
+			src := filepath.Join(root, "old")
+			msgs := importFixture()
+			writeFixture(t, src, msgs)
+			mail := filepath.Join(root, "mail")
+			env := []string{importHelperEnv + "=" + src, "POUCH_CRASH_IMPORT_CLASH=1"}
+			if point == "" {
+				crashCommand(mail, "", env...).Run()
+			} else {
+				runCrash(t, mail, point, env...)
+			}
+			res, err := runImport(New(mail), "u", src, msgs, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Status != Refused || !errors.Is(res[0].Err, ErrUIDInUse) {
+				t.Errorf("message 1, whose name was taken: %+v, want refused for its UIDL", res[0])
+			}
+			if names, _ := os.ReadDir(filepath.Join(mail, "u", importStagingDir)); len(names) > 0 {
+				t.Errorf("staging directory not cleaned: %v", names)
+			}
+		})
+	}
+}
+
+// TestCrashDuringPrune kills a prune at each step of its commit: the
+// message deleted on the old server is gone from the maildrop after the
+// next Open or not yet (before the journal), and nothing else is.
+func TestCrashDuringPrune(t *testing.T) {
+	for _, tc := range []struct {
+		point  string
+		pruned bool
+	}{
+		{"maildir.commit.before-journal", false},
+		{"maildir.commit.journaled", true},
+		{"maildir.commit.first-unlinked", true},
+		{"maildir.commit.disposed", true},
+		{"maildir.import.before-index", true},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			root := t.TempDir()
+			src := filepath.Join(root, "old")
+			msgs := importFixture()
+			writeFixture(t, src, msgs)
+			mail := filepath.Join(root, "mail")
+			s := New(mail)
+			if _, err := runImport(s, "u", src, msgs, false); err != nil {
+				t.Fatal(err)
+			}
+			// A client deleted the second message on the old server.
+			os.Remove(filepath.Join(src, msgs[1].File))
+			runCrash(t, mail, tc.point, importHelperEnv+"="+src, "POUCH_CRASH_IMPORT_PRUNE=1")
+			want := msgs
+			if tc.pruned {
+				want = slices.Delete(slices.Clone(msgs), 1, 2)
+			}
+			checkImported(t, New(mail), want)
+			// A run that finishes prunes what is left to prune, and no more.
+			im, err := New(mail).BeginImport(context.Background(), "u")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := im.Prune(src, func(base string) bool { return base != baseName(msgs[1].File[4:]) })
+			if cerr := im.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil || n != 1 && !tc.pruned || n != 0 && tc.pruned {
+				t.Fatalf("prune after the crash: %d, %v", n, err)
+			}
+			checkImported(t, New(mail), slices.Delete(slices.Clone(msgs), 1, 2))
+		})
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pouchmail/pouch/internal/fsx"
 	"github.com/pouchmail/pouch/internal/owner"
 	"github.com/pouchmail/pouch/store"
 )
@@ -248,14 +249,18 @@ type journalFile struct {
 }
 
 // openJournal opens the journal of the Maildir dir, creating the file
-// (empty) if it is missing.
+// (empty) if it is missing, and then syncing dir: a commit's fdatasync of
+// the journal would not make the file's name durable, and a commit whose
+// journal a crash lost could not be finished.
 func openJournal(dir string) (*journalFile, error) {
 	path := filepath.Join(dir, expungeFile)
 	const flags = syscall.O_RDWR | syscall.O_CLOEXEC | syscall.O_NOFOLLOW
 	fd, err := sysOpen(path, flags, 0)
+	created := false
 	if err == syscall.ENOENT {
 		if fd, err = sysOpen(path, flags|syscall.O_CREAT|syscall.O_EXCL, 0o600); err == nil {
 			owner.Adopt(path)
+			created = true
 		} else if err == syscall.EEXIST {
 			fd, err = sysOpen(path, flags, 0)
 		}
@@ -264,6 +269,12 @@ func openJournal(dir string) (*journalFile, error) {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	j := &journalFile{fd: fd, path: path}
+	if created {
+		if err := fsx.SyncDir(dir); err != nil {
+			j.Close()
+			return nil, err
+		}
+	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		j.Close()

@@ -107,8 +107,8 @@ func (s *Store) Dir(user string) (string, error) { return s.dir(user) }
 // and, in the Domains layout, names whose Maildir would be taken for a
 // domain's directory, or the other way round.
 func (s *Store) dir(user string) (string, error) {
-	if !validPart(user) || len(user) > 255 {
-		return "", store.ErrBadUser
+	if err := store.CheckUser(user); err != nil {
+		return "", err
 	}
 	layout, err := s.Layout()
 	if err != nil {

@@ -7,7 +7,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/pouchmail/pouch/store"
 )
@@ -123,5 +126,41 @@ func TestFlatLayout(t *testing.T) {
 	}
 	if l, _ := s.Layout(); l != Flat {
 		t.Errorf("layout %v", l)
+	}
+}
+
+// TestUsersDomainUnreadable lists a mail root with a domain's directory
+// that cannot be listed (here, a path too long to open: ENAMETOOLONG):
+// its users must not go missing from the list without an error, or a
+// migration or a sweep would leave their maildrops out as if they had none.
+func TestUsersDomainUnreadable(t *testing.T) {
+	t.Parallel()
+	const domain = "a-long-domain-name.example"
+	root := t.TempDir()
+	for len(root) < syscall.PathMax-20-255 {
+		root = filepath.Join(root, strings.Repeat("d", 255))
+	}
+	root = filepath.Join(root, strings.Repeat("d", syscall.PathMax-20-len(root)-1))
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// root/DOMAIN is too long a path, so it is made from root's descriptor.
+	fd, err := syscall.Open(root, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{domain, domain + "/alice", domain + "/alice/cur", domain + "/alice/new", domain + "/alice/tmp"} {
+		if err := unix.Mkdirat(fd, p, 0o700); err != nil {
+			syscall.Close(fd)
+			t.Fatal(err)
+		}
+	}
+	syscall.Close(fd)
+	if err := os.MkdirAll(filepath.Join(root, "bob", "cur"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	users, err := NewWithLayout(root, Domains).Users(context.Background())
+	if err == nil {
+		t.Errorf("users %v and no error, with %s unreadable", users, domain)
 	}
 }

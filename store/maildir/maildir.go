@@ -56,7 +56,6 @@ const (
 	lockFile    = "pouch-lock"
 	indexFile   = "pouch-index"
 	expungeFile = "pouch-expunge"
-	maxUIDLen   = 70 // RFC 1939 §7
 )
 
 // Store keeps each user's Maildir under its root, in its Layout.
@@ -197,6 +196,15 @@ func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
 	if err != nil {
 		return nil, err
 	}
+	m, err := s.open(ctx, user, dir)
+	if err != nil {
+		return nil, err // not a nil *maildrop in the interface
+	}
+	return m, nil
+}
+
+// open is Open of user's Maildir dir.
+func (s *Store) open(ctx context.Context, user, dir string) (*maildrop, error) {
 	// The lock comes first: the stamps that load takes must show any change
 	// that a session holding it made. Only a new user's Maildir is created
 	// before it (load creates what else is missing).
@@ -450,17 +458,8 @@ func uidOf(base string) string {
 	if u, ok := keptUID(base); ok {
 		return u // an imported UIDL (import.go)
 	}
-	if len(base) <= maxUIDLen {
-		ok := true
-		for i := 0; i < len(base); i++ {
-			if base[i] < 0x21 || base[i] > 0x7e {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return base
-		}
+	if store.ValidUID(base) {
+		return base
 	}
 	sum := sha256.Sum256([]byte(base))
 	return "H" + hex.EncodeToString(sum[:24])

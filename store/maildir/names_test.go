@@ -433,3 +433,11 @@ func TestTmpCleanup(t *testing.T) {
 		}
 	}
 }
+
+// TestUIDOfEmptyBase: a file named ":2,S" has an empty base name, which
+// is no UIDL (RFC 1939 §7: 1 to 70 characters); it gets a digest.
+func TestUIDOfEmptyBase(t *testing.T) {
+	if u := uidOf(""); !store.ValidUID(u) {
+		t.Errorf("uidOf(\"\") = %q, not a valid UIDL", u)
+	}
+}

@@ -52,12 +52,16 @@ func parseHolding(file string) (at time.Time, sub, name string, ok bool) {
 }
 
 // ensureHolding creates the holding area, durably.
-func ensureHolding(dir string) error {
-	p := filepath.Join(dir, holdingDir)
-	if _, err := os.Stat(p); err == nil {
-		return nil
-	}
-	if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+func ensureHolding(dir string) error { return ensureSubdir(dir, holdingDir) }
+
+// ensureSubdir creates the directory name of the Maildir dir if it is
+// missing, given to the Maildir's owner, and syncs dir.
+func ensureSubdir(dir, name string) error {
+	p := filepath.Join(dir, name)
+	if err := os.Mkdir(p, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
 		return err
 	}
 	owner.Adopt(p)
@@ -150,6 +154,7 @@ func (s *Store) SetHold(ctx context.Context, user string, h store.Hold) error {
 
 // Users lists the users that have a Maildir under the root: in the
 // Domains layout, user@domain for each Maildir in a domain's directory.
+// A domain's directory that cannot be listed fails it.
 func (s *Store) Users(ctx context.Context) ([]string, error) {
 	layout, err := s.Layout()
 	if err != nil {
@@ -169,7 +174,15 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 		}
 		d := filepath.Join(s.root, e.Name())
 		if layout == Domains && !isMaildir(d) {
-			if subs, err := os.ReadDir(d); err == nil && !isDir(filepath.Join(d, "cur")) {
+			subs, err := os.ReadDir(d)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				// Its users' maildrops must not go missing from the list.
+				return nil, err
+			}
+			if !isDir(filepath.Join(d, "cur")) {
 				for _, u := range subs {
 					if u.IsDir() && validPart(u.Name()) && isDir(filepath.Join(d, u.Name(), "cur")) {
 						users = append(users, u.Name()+"@"+e.Name())
@@ -217,25 +230,21 @@ func deliveredAt(dir string, e *entry) time.Time {
 func (s *Store) Sweep(ctx context.Context, user string, p store.Policy, now time.Time) (store.SweepResult, error) {
 	var res store.SweepResult
 	var m *maildrop
-	if dir, err := s.dir(user); err == nil {
-		// A Maildir that another program made, and that no session opened
-		// yet, gets the journal's reserve before its disk fills up.
-		if err := reserveJournal(dir); err != nil {
-			s.noReserve(user, err)
-		}
+	dir, err := s.dir(user)
+	if err != nil {
+		return res, err
+	}
+	// A Maildir that another program made, and that no session opened
+	// yet, gets the journal's reserve before its disk fills up.
+	if err := reserveJournal(dir); err != nil {
+		s.noReserve(user, err)
 	}
 	if p.Expire > 0 {
-		md, err := s.Open(ctx, user)
-		if err != nil {
+		if m, err = s.open(ctx, user, dir); err != nil {
 			return res, err
 		}
-		m = md.(*maildrop)
 	} else {
 		// Only the holding area to purge: no need to read the maildrop.
-		dir, err := s.dir(user)
-		if err != nil {
-			return res, err
-		}
 		if _, err := os.Stat(filepath.Join(dir, holdingDir)); errors.Is(err, fs.ErrNotExist) {
 			return res, s.cleanTmp(user, dir, now, false)
 		}

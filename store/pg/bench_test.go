@@ -5,8 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
+
+	"github.com/pouchmail/pouch/store/maildir"
 )
 
 // The benchmarks run against the test binary's private cluster at
@@ -128,5 +133,59 @@ func BenchmarkOpen10000(b *testing.B) {
 			b.Fatalf("%d messages", len(m.Messages()))
 		}
 		m.Close()
+	}
+}
+
+// BenchmarkDiskUse delivers 1,000 messages of each size into 10 maildrops
+// and reports the disk that the tables take, with their TOAST and indexes,
+// per octet of mail (pg-disk/octet), beside what the same messages take as
+// files of a Maildir in the test's temporary directory (maildir-disk/octet,
+// st_blocks): the figures behind the storage advice of
+// docs/deployment-postgres.md. One iteration is enough (-benchtime=1x).
+func BenchmarkDiskUse(b *testing.B) {
+	const n = 1000
+	for _, size := range []int{2 << 10, 10 << 10, 100 << 10} {
+		b.Run(fmt.Sprintf("%dKB", size>>10), func(b *testing.B) {
+			for b.Loop() {
+				url := newSchema(b)
+				s := connect(b, url, Options{})
+				md := maildir.New(b.TempDir())
+				msg := benchMessage(size)
+				for i := 0; i < n; i++ {
+					user := fmt.Sprintf("u%d", i%10)
+					if err := s.Deliver(context.Background(), user, bytes.NewReader(msg)); err != nil {
+						b.Fatal(err)
+					}
+					if err := md.Deliver(context.Background(), user, bytes.NewReader(msg)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				var pgDisk int64
+				err := s.pool.QueryRow(context.Background(), `SELECT sum(pg_total_relation_size(c.oid))::bigint
+					FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+					WHERE ns.nspname = current_schema() AND c.relkind = 'r'`).Scan(&pgDisk)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var mdDisk int64
+				for i := 0; i < 10; i++ {
+					dir, _ := md.Dir(fmt.Sprintf("u%d", i))
+					ents, err := os.ReadDir(filepath.Join(dir, "new"))
+					if err != nil {
+						b.Fatal(err)
+					}
+					for _, e := range ents {
+						var st syscall.Stat_t
+						if err := syscall.Stat(filepath.Join(dir, "new", e.Name()), &st); err != nil {
+							b.Fatal(err)
+						}
+						mdDisk += st.Blocks * 512
+					}
+				}
+				octets := float64(n * len(msg))
+				b.ReportMetric(float64(pgDisk)/octets, "pg-disk/octet")
+				b.ReportMetric(float64(mdDisk)/octets, "maildir-disk/octet")
+			}
+		})
 	}
 }

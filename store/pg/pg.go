@@ -39,11 +39,9 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -62,7 +60,6 @@ const (
 	// uploadMaxAge is the age at which a sweep takes the chunks of a
 	// delivery that never committed (its process died) for garbage.
 	uploadMaxAge = time.Hour
-	maxUIDLen    = 70 // RFC 1939 §7
 )
 
 var (
@@ -230,20 +227,10 @@ func (s *Store) Close() error {
 	return err
 }
 
-// validUser refuses the names that the Maildir backend refuses, so that
-// every maildrop can move between the two.
-func validUser(user string) error {
-	if user == "" || len(user) > 255 || strings.HasPrefix(user, ".") || !utf8.ValidString(user) ||
-		strings.ContainsAny(user, "/\\\x00") {
-		return store.ErrBadUser
-	}
-	return nil
-}
-
 // maildropID returns the id of user's maildrop, creating it when create
 // is set; otherwise a missing one is errNoMaildrop.
 func (s *Store) maildropID(ctx context.Context, user string, create bool) (int64, error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return 0, err
 	}
 	var id int64
@@ -276,7 +263,7 @@ func (s *Store) Create(user string) error {
 // the same transactions as the messages. It takes no lock. A user without
 // a maildrop has none.
 func (s *Store) Usage(user string) (messages int, octets int64, err error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return 0, 0, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.ttl)
@@ -298,7 +285,7 @@ type row struct {
 // holds it) and reads the snapshot: the messages not in the holding area,
 // in delivery order. Both go in one round trip.
 func (s *Store) Open(ctx context.Context, user string) (store.Maildrop, error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return nil, err
 	}
 	n, err := s.currentNode(ctx)
@@ -559,22 +546,10 @@ type Imported struct {
 // its holding area has a message with that UIDL, so an import that was
 // cut short can be run again.
 func (s *Store) Import(ctx context.Context, user string, m Imported, r io.Reader) error {
-	if !validUID(m.UID) {
+	if !store.ValidUID(m.UID) {
 		return fmt.Errorf("pg: invalid UIDL %q", m.UID)
 	}
 	return s.put(ctx, user, r, &m)
-}
-
-func validUID(uid string) bool {
-	if len(uid) < 1 || len(uid) > maxUIDLen {
-		return false
-	}
-	for i := 0; i < len(uid); i++ {
-		if uid[i] < 0x21 || uid[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // newUID is the UIDL of a message delivered here: its id, which comes from
@@ -722,7 +697,7 @@ func finalChecks(res pgx.BatchResults, whole, chunk bool, chunks int, size int64
 // newBody returns the id of user's maildrop, created if need be, and a new
 // id for a message.
 func (s *Store) newBody(ctx context.Context, user string) (md, body int64, err error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return 0, 0, err
 	}
 	for try := 0; ; try++ {

@@ -30,7 +30,7 @@ func (s *Store) Users(ctx context.Context) ([]string, error) {
 
 // Hold reports the legal hold on user's maildrop.
 func (s *Store) Hold(ctx context.Context, user string) (store.Hold, error) {
-	if err := validUser(user); err != nil {
+	if err := store.CheckUser(user); err != nil {
 		return store.Hold{}, err
 	}
 	var (
