@@ -5,11 +5,15 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/pouchmail/pouch/internal/crashpoint"
 )
 
 func init() {
@@ -376,5 +380,60 @@ func TestDeliverFailureTexts(t *testing.T) {
 	}
 	if n := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "dave")); n != 0 {
 		t.Errorf("%d messages stored by failed deliveries", n)
+	}
+}
+
+// pouch deliver killed at the worst moments of a delivery never exits 0,
+// so the MTA keeps the message queued: killed before the rename into new/,
+// the maildrop holds nothing of it; killed after storing it, the message
+// is there whole. The MTA's retry then delivers it (a second time in the
+// latter case: at least once, never lost).
+func TestDeliverCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := lmtpTestBinary(t)
+	msg := "Subject: crash\n\n" + strings.Repeat("line of the message\n", 5000)
+	want := "Delivered-To: alice\n" + msg
+	for _, tc := range []struct {
+		point  string
+		stored bool
+	}{
+		{"maildir.deliver.synced", false},
+		{"deliver.stored", true},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			data := deliverData(t)
+			deliver := func(env ...string) error {
+				cmd := exec.Command(bin, "deliver", "--data", data, "alice")
+				cmd.Env = append(os.Environ(), env...)
+				cmd.Stdin = strings.NewReader(msg)
+				return cmd.Run()
+			}
+			err := deliver(crashpoint.Env + "=" + tc.point)
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || !ee.Sys().(syscall.WaitStatus).Signaled() {
+				t.Fatalf("pouch deliver was not killed at %s: %v", tc.point, err)
+			}
+			got := deliveredTo(t, data, "alice")
+			if tc.stored && (len(got) != 1 || got[0] != want) || !tc.stored && len(got) != 0 {
+				t.Fatalf("after a kill at %s, new/ holds %d messages (whole: %v)", tc.point, len(got), len(got) == 1 && got[0] == want)
+			}
+			if err := deliver(); err != nil {
+				t.Fatalf("the retry: %v", err)
+			}
+			copies := 1
+			if tc.stored {
+				copies = 2
+			}
+			if got = deliveredTo(t, data, "alice"); len(got) != copies {
+				t.Fatalf("after the retry new/ holds %d messages, want %d", len(got), copies)
+			}
+			for _, m := range got {
+				if m != want {
+					t.Fatalf("a message is not whole: %d octets of %d", len(m), len(want))
+				}
+			}
+		})
 	}
 }
