@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
 func init() {
@@ -384,9 +387,10 @@ func TestDeliverFailureTexts(t *testing.T) {
 }
 
 // pouch deliver killed at the worst moments of a delivery never exits 0,
-// so the MTA keeps the message queued: killed before the rename into new/,
-// the maildrop holds nothing of it; killed after storing it, the message
-// is there whole. The MTA's retry then delivers it (a second time in the
+// so the MTA keeps the message queued: killed before the message is in
+// the maildrop (the rename into new/, the COMMIT in the database), the
+// maildrop holds nothing of it; killed after storing it, the message is
+// there whole. The MTA's retry then delivers it (a second time in the
 // latter case: at least once, never lost).
 func TestDeliverCrash(t *testing.T) {
 	if testing.Short() {
@@ -394,18 +398,55 @@ func TestDeliverCrash(t *testing.T) {
 	}
 	bin := lmtpTestBinary(t)
 	msg := "Subject: crash\n\n" + strings.Repeat("line of the message\n", 5000)
-	want := "Delivered-To: alice\n" + msg
+	// stored lists the sizes of alice's messages: in new/, or in the
+	// database at url.
+	stored := func(t *testing.T, data, url string) []int64 {
+		t.Helper()
+		var sizes []int64
+		if url == "" {
+			for _, m := range deliveredTo(t, data, "alice") {
+				sizes = append(sizes, int64(len(m)))
+			}
+			return sizes
+		}
+		s, err := pg.Connect(context.Background(), url, pg.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		live, _, err := s.Listing(context.Background(), "alice")
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal(err)
+		}
+		for _, m := range live {
+			sizes = append(sizes, m.Size)
+		}
+		return sizes
+	}
 	for _, tc := range []struct {
-		point  string
-		stored bool
+		store, point string
+		stored       bool
 	}{
-		{"maildir.deliver.synced", false},
-		{"deliver.stored", true},
+		{"maildir", "maildir.deliver.synced", false},
+		{"maildir", "deliver.stored", true},
+		{"pg", "pg.deliver.before-commit", false},
+		{"pg", "deliver.stored", true},
 	} {
-		t.Run(tc.point, func(t *testing.T) {
-			data := deliverData(t)
+		t.Run(tc.store+"/"+tc.point, func(t *testing.T) {
+			data, url := deliverData(t), ""
+			args := []string{"deliver", "--data", data, "alice"}
+			if tc.store == "pg" {
+				url = newDatabase(t)
+				if _, e, code := pouch(t, "", "store", "init", "--store", url); code != 0 {
+					t.Fatal(e)
+				}
+				if _, e, code := pouch(t, "correct horse battery staple\n", "user", "add", "--data", data, "--store", url, "alice"); code != 0 {
+					t.Fatal(e)
+				}
+				args = append(args, "--store", url)
+			}
 			deliver := func(env ...string) error {
-				cmd := exec.Command(bin, "deliver", "--data", data, "alice")
+				cmd := exec.Command(bin, args...)
 				cmd.Env = append(os.Environ(), env...)
 				cmd.Stdin = strings.NewReader(msg)
 				return cmd.Run()
@@ -415,23 +456,27 @@ func TestDeliverCrash(t *testing.T) {
 			if !errors.As(err, &ee) || !ee.Sys().(syscall.WaitStatus).Signaled() {
 				t.Fatalf("pouch deliver was not killed at %s: %v", tc.point, err)
 			}
-			got := deliveredTo(t, data, "alice")
-			if tc.stored && (len(got) != 1 || got[0] != want) || !tc.stored && len(got) != 0 {
-				t.Fatalf("after a kill at %s, new/ holds %d messages (whole: %v)", tc.point, len(got), len(got) == 1 && got[0] == want)
+			crashed := stored(t, data, url)
+			if tc.stored != (len(crashed) == 1) || len(crashed) > 1 {
+				t.Fatalf("after a kill at %s the maildrop holds %d messages", tc.point, len(crashed))
 			}
 			if err := deliver(); err != nil {
 				t.Fatalf("the retry: %v", err)
 			}
-			copies := 1
-			if tc.stored {
-				copies = 2
+			after := stored(t, data, url)
+			if len(after) != len(crashed)+1 {
+				t.Fatalf("after the retry the maildrop holds %d messages, %d before", len(after), len(crashed))
 			}
-			if got = deliveredTo(t, data, "alice"); len(got) != copies {
-				t.Fatalf("after the retry new/ holds %d messages, want %d", len(got), copies)
+			for _, size := range after {
+				if size != after[len(after)-1] {
+					t.Fatalf("the messages differ in size (%v): one is not whole", after)
+				}
 			}
-			for _, m := range got {
-				if m != want {
-					t.Fatalf("a message is not whole: %d octets of %d", len(m), len(want))
+			if url == "" {
+				for _, m := range deliveredTo(t, data, "alice") {
+					if m != "Delivered-To: alice\n"+msg {
+						t.Fatalf("a message is not whole: %d octets of %d", len(m), len("Delivered-To: alice\n"+msg))
+					}
 				}
 			}
 		})
