@@ -10,7 +10,9 @@
 # Env: DURATION (each load, 20s), CLIENTS (64, split over the nodes),
 #      KEEP=1 keeps the work directory (profiles, logs, JSON).
 #
-# Every node runs at pouch serve's defaults but for --store, and PostgreSQL
+# Every node runs at pouch serve's defaults (its log and audit log
+# included) but for --store, its own addresses, and --metrics with --pprof
+# for node 1's profile; PostgreSQL
 # at its own defaults (fsync, synchronous_commit on) but for max_connections
 # and pg_stat_statements. The load is pouch bench's "full" session (login,
 # STAT, LIST, UIDL, RETR of all 50 messages of 10 KB, QUIT), 200 users, each
@@ -102,7 +104,7 @@ start_nodes() {
     local d=$W/node$i; mkdir -p $d; chmod 700 $d
     local store="--store $URL"; [ $kind = maildir ] && { d=$P; store=; }
     $B serve --data $d $store --pop3 ${IPS[$i]}:$PORT --pop3s '' --metrics ${IPS[$i]}:$MPORT --pprof \
-      --log-level warn --audit-log off --admin-socket off >/dev/null 2>>$W/node$i.log &
+      >/dev/null 2>>$W/node$i.log &
     PIDS+=($!)
     waitport ${IPS[$i]}:$PORT
   done

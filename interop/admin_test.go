@@ -3,9 +3,7 @@ package interop_test
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/store/maildir"
 )
 
@@ -276,14 +275,6 @@ func loadSession(addr, user, pass string) error {
 	return nil
 }
 
-func randomPassword(t *testing.T) string {
-	b := make([]byte, 12)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
-}
-
 // pouch reload, several times and by SIGHUP, while 20 clients run whole
 // sessions: every session ends with +OK at QUIT, no connection fails.
 func TestAdminReloadUnderLoad(t *testing.T) {
@@ -293,7 +284,7 @@ func TestAdminReloadUnderLoad(t *testing.T) {
 	mail := maildir.New(filepath.Join(data, "mail"))
 	for i := range clients {
 		name := fmt.Sprintf("load%02d", i)
-		passwords[i] = randomPassword(t)
+		passwords[i] = random.Hex(12)
 		if err := auth.AddUser(filepath.Join(data, "users"), name, passwords[i]); err != nil {
 			t.Fatal(err)
 		}
@@ -339,7 +330,7 @@ func TestAdminReloadUnderLoad(t *testing.T) {
 			s.cmd.Process.Signal(syscall.SIGHUP)
 		}
 		if reloads == 4 {
-			if err := auth.AddUser(filepath.Join(data, "users"), "latecomer", randomPassword(t)); err != nil {
+			if err := auth.AddUser(filepath.Join(data, "users"), "latecomer", random.Hex(12)); err != nil {
 				t.Fatal(err)
 			}
 		}

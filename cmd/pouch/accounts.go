@@ -310,63 +310,54 @@ const accountsRetry = 2 * time.Second
 // data; expected says that it should list users (usersExpected). A
 // database or directory is not connected to yet: Watch pings it.
 func openAccounts(s accountsSettings, data string, expected bool, log *slog.Logger) (*accounts, error) {
+	var (
+		b   auth.Backend
+		err error
+	)
 	switch s.source {
-	case sourceStore:
-		b, err := sqlsource.Open(s.sql)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %v", s.where, err)
-		}
-		opts := s.remote
-		opts.Logger = log
-		a := &accounts{remote: auth.NewRemote(b, opts)}
-		if log != nil {
-			// pouch serve: every change of the table (pouch user --store,
-			// on any machine) is taken in at once, not after the TTL.
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				pg.Watch(ctx, s.store, pg.AccountsChannel, accountsRetry, func() error { a.remote.Flush(); return nil }, log)
-			}()
-			a.stop = func() { cancel(); <-done }
-		}
-		return a, nil
-	case sourceSQL:
-		b, err := sqlsource.Open(s.sql)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %v", s.where, err)
-		}
-		opts := s.remote
-		opts.Logger = log
-		return &accounts{remote: auth.NewRemote(b, opts)}, nil
+	case sourceStore, sourceSQL:
+		b, err = sqlsource.Open(s.sql)
 	case sourceLDAP:
 		cfg := s.ldap
 		if s.bindPasswordFile != "" {
-			b, err := os.ReadFile(s.bindPasswordFile)
+			f, err := os.ReadFile(s.bindPasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("%s: bind_password_file: %v", s.where, err)
 			}
-			line, _, _ := strings.Cut(string(b), "\n")
+			line, _, _ := strings.Cut(string(f), "\n")
 			cfg.BindPassword = strings.TrimRight(line, "\r")
 			if cfg.BindPassword == "" {
 				return nil, fmt.Errorf("%s: bind_password_file %s is empty", s.where, s.bindPasswordFile)
 			}
 		}
-		b, err := ldapsource.New(cfg)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %v", s.where, err)
+		b, err = ldapsource.New(cfg)
+	default:
+		users := auth.OpenUsersWith(filepath.Join(data, "users"), auth.UsersOptions{Expected: expected, Logger: log})
+		if log != nil {
+			for _, w := range users.Warnings() {
+				log.Warn("users file", "problem", w)
+			}
 		}
-		opts := s.remote
-		opts.Logger = log
-		return &accounts{remote: auth.NewRemote(b, opts)}, nil
+		return &accounts{users: users}, nil
 	}
-	users := auth.OpenUsersWith(filepath.Join(data, "users"), auth.UsersOptions{Expected: expected, Logger: log})
-	if log != nil {
-		for _, w := range users.Warnings() {
-			log.Warn("users file", "problem", w)
-		}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", s.where, err)
 	}
-	return &accounts{users: users}, nil
+	opts := s.remote
+	opts.Logger = log
+	a := &accounts{remote: auth.NewRemote(b, opts)}
+	if s.source == sourceStore && log != nil {
+		// pouch serve: every change of the table (pouch user --store,
+		// on any machine) is taken in at once, not after the TTL.
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			pg.Watch(ctx, s.store, pg.AccountsChannel, accountsRetry, func() error { a.remote.Flush(); return nil }, log)
+		}()
+		a.stop = func() { cancel(); <-done }
+	}
+	return a, nil
 }
 
 // source is the source as the server, LMTP and retention take it.

@@ -95,7 +95,9 @@ func (s *serveSettings) probe(bad *problems, w io.Writer, user string) {
 	probeListen(s.src.where("metrics"), s.defence.metricsAddr, bad, w)
 	if fi, err := os.Stat(s.data); errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(w, "note: %s does not exist yet; pouch serve will create it\n", s.data)
-	} else if err != nil || !fi.IsDir() {
+	} else if err != nil {
+		bad.add(fmt.Errorf("%s: %v", s.src.where("data"), err))
+	} else if !fi.IsDir() {
 		bad.add(fmt.Errorf("%s: %s is not a directory", s.src.where("data"), s.data))
 	} else if mailEntries, err := checkDataDir(s.data, s.tlsKeys...); err != nil {
 		bad.add(err)

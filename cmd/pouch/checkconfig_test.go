@@ -110,3 +110,22 @@ func freeAddr(t *testing.T) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// A data directory that cannot be looked at is said so with the reason,
+// not called a file.
+func TestCheckConfigDataUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	loop := filepath.Join(dir, "loop")
+	if err := os.Symlink(loop, loop); err != nil {
+		t.Fatal(err)
+	}
+	_, e, code := pouch(t, "", "check-config", "--data", loop, "--pop3", freeAddr(t), "--pop3s", "")
+	if code != 1 || !strings.Contains(e, "too many levels of symbolic links") || strings.Contains(e, "is not a directory") {
+		t.Errorf("check-config with a symlink loop for --data: exit %d\n%s", code, e)
+	}
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	if _, e, code := pouch(t, "", "check-config", "--data", file, "--pop3", freeAddr(t), "--pop3s", ""); code != 1 || !strings.Contains(e, file+" is not a directory") {
+		t.Errorf("check-config with a file for --data: exit %d\n%s", code, e)
+	}
+}

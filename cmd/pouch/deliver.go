@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/pouchmail/pouch/auth"
+	"github.com/pouchmail/pouch/internal/crashpoint"
 	"github.com/pouchmail/pouch/internal/random"
 	"github.com/pouchmail/pouch/lmtp"
 	"github.com/pouchmail/pouch/store/maildir"
@@ -295,6 +296,7 @@ func runDeliver(args []string, stdin io.Reader, stderr io.Writer) error {
 	if _, err := agent.Deliver(ctx, d, stdin); err != nil {
 		return deliverFailure(stderr, err, user)
 	}
+	crashpoint.Hit("deliver.stored") // stored, and the MTA not yet told
 	return nil
 }
 

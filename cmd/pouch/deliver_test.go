@@ -2,14 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/pouchmail/pouch/internal/crashpoint"
+	"github.com/pouchmail/pouch/store/pg"
 )
 
 func init() {
@@ -376,5 +383,102 @@ func TestDeliverFailureTexts(t *testing.T) {
 	}
 	if n := len(deliveredTo(t, data, "alice")) + len(deliveredTo(t, data, "dave")); n != 0 {
 		t.Errorf("%d messages stored by failed deliveries", n)
+	}
+}
+
+// pouch deliver killed at the worst moments of a delivery never exits 0,
+// so the MTA keeps the message queued: killed before the message is in
+// the maildrop (the rename into new/, the COMMIT in the database), the
+// maildrop holds nothing of it; killed after storing it, the message is
+// there whole. The MTA's retry then delivers it (a second time in the
+// latter case: at least once, never lost).
+func TestDeliverCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := lmtpTestBinary(t)
+	msg := "Subject: crash\n\n" + strings.Repeat("line of the message\n", 5000)
+	// stored lists the sizes of alice's messages: in new/, or in the
+	// database at url.
+	stored := func(t *testing.T, data, url string) []int64 {
+		t.Helper()
+		var sizes []int64
+		if url == "" {
+			for _, m := range deliveredTo(t, data, "alice") {
+				sizes = append(sizes, int64(len(m)))
+			}
+			return sizes
+		}
+		s, err := pg.Connect(context.Background(), url, pg.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		live, _, err := s.Listing(context.Background(), "alice")
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal(err)
+		}
+		for _, m := range live {
+			sizes = append(sizes, m.Size)
+		}
+		return sizes
+	}
+	for _, tc := range []struct {
+		store, point string
+		stored       bool
+	}{
+		{"maildir", "maildir.deliver.synced", false},
+		{"maildir", "deliver.stored", true},
+		{"pg", "pg.deliver.before-commit", false},
+		{"pg", "deliver.stored", true},
+	} {
+		t.Run(tc.store+"/"+tc.point, func(t *testing.T) {
+			data, url := deliverData(t), ""
+			args := []string{"deliver", "--data", data, "alice"}
+			if tc.store == "pg" {
+				url = newDatabase(t)
+				if _, e, code := pouch(t, "", "store", "init", "--store", url); code != 0 {
+					t.Fatal(e)
+				}
+				if _, e, code := pouch(t, "correct horse battery staple\n", "user", "add", "--data", data, "--store", url, "alice"); code != 0 {
+					t.Fatal(e)
+				}
+				args = append(args, "--store", url)
+			}
+			deliver := func(env ...string) error {
+				cmd := exec.Command(bin, args...)
+				cmd.Env = append(os.Environ(), env...)
+				cmd.Stdin = strings.NewReader(msg)
+				return cmd.Run()
+			}
+			err := deliver(crashpoint.Env + "=" + tc.point)
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || !ee.Sys().(syscall.WaitStatus).Signaled() {
+				t.Fatalf("pouch deliver was not killed at %s: %v", tc.point, err)
+			}
+			crashed := stored(t, data, url)
+			if tc.stored != (len(crashed) == 1) || len(crashed) > 1 {
+				t.Fatalf("after a kill at %s the maildrop holds %d messages", tc.point, len(crashed))
+			}
+			if err := deliver(); err != nil {
+				t.Fatalf("the retry: %v", err)
+			}
+			after := stored(t, data, url)
+			if len(after) != len(crashed)+1 {
+				t.Fatalf("after the retry the maildrop holds %d messages, %d before", len(after), len(crashed))
+			}
+			for _, size := range after {
+				if size != after[len(after)-1] {
+					t.Fatalf("the messages differ in size (%v): one is not whole", after)
+				}
+			}
+			if url == "" {
+				for _, m := range deliveredTo(t, data, "alice") {
+					if m != "Delivered-To: alice\n"+msg {
+						t.Fatalf("a message is not whole: %d octets of %d", len(m), len("Delivered-To: alice\n"+msg))
+					}
+				}
+			}
+		})
 	}
 }

@@ -95,9 +95,6 @@ func newDaemon(fr fetchRun, out io.Writer) *daemon {
 // run fetches until ctx ends, then waits for the runs in progress, which
 // end gently (the message being stored is finished, and QUIT sent).
 func (d *daemon) run(ctx context.Context) {
-	if d.now == nil {
-		d.now = time.Now
-	}
 	for {
 		d.startDue(ctx)
 		var timer <-chan time.Time

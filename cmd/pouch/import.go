@@ -127,7 +127,7 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 	bar.userDone()
 	bar.clear()
 	printReport(stdout, rep)
-	if !hasAccount(*data, user) {
+	if !accountsOf(*data, stdout)(user) {
 		fmt.Fprintf(stdout, "warning: %s has no account in %s yet: add it (pouch import users, or pouch user add) before the switch\n",
 			user, filepath.Join(*data, "users"))
 	}
@@ -141,15 +141,11 @@ func runImport(args []string, stdout, stderr io.Writer) error {
 func importTree(ctx context.Context, mail *maildir.Store, data string, loc *migrate.Location, opt migrate.ImportOptions,
 	bar *importBar, stdout io.Writer) error {
 	opt.Progress = bar.step
-	known, _ := auth.ListUsers(filepath.Join(data, "users"))
-	has := map[string]bool{}
-	for _, n := range known {
-		has[n] = true
-	}
+	known := accountsOf(data, stdout)
 	start := time.Now()
 	sum, err := migrate.ImportTree(ctx, mail, loc, migrate.TreeOptions{
 		ImportOptions: opt,
-		Known:         func(u string) bool { return has[auth.NormalizeName(u)] },
+		Known:         func(u string) bool { return known(auth.NormalizeName(u)) },
 		Found:         bar.plan,
 		UserDone:      func(*migrate.Report) { bar.userDone() },
 	})
@@ -252,18 +248,21 @@ func printReport(w io.Writer, r *migrate.Report) {
 	}
 }
 
-// hasAccount reports whether the users file of data lists user.
-func hasAccount(data, user string) bool {
-	names, err := auth.ListUsers(filepath.Join(data, "users"))
+// accountsOf returns whether the users file of data lists a user. When the
+// file cannot be read it says so on w, and takes every user for known:
+// the import cannot tell which maildrops lack an account.
+func accountsOf(data string, w io.Writer) func(user string) bool {
+	path := filepath.Join(data, "users")
+	names, err := auth.ListUsers(path)
 	if err != nil {
-		return true // not for the import to judge
+		fmt.Fprintf(w, "warning: cannot tell which maildrops have an account: %v\n", err)
+		return func(string) bool { return true }
 	}
+	has := make(map[string]bool, len(names))
 	for _, n := range names {
-		if n == user {
-			return true
-		}
+		has[n] = true
 	}
-	return false
+	return func(user string) bool { return has[user] }
 }
 
 // importUsers is pouch import users.

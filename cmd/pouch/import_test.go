@@ -256,3 +256,23 @@ func TestImportUsersRefusesNamesOfDomains(t *testing.T) {
 		t.Errorf("users = %q", list)
 	}
 }
+
+// A users file that cannot be read is said to be so, not taken for one
+// that lists nobody (or everybody).
+func TestImportUnreadableUsersFile(t *testing.T) {
+	root, data := t.TempDir(), t.TempDir()
+	oldMaildir(t, filepath.Join(root, "alice"), 1751000001, "Subject: a\n\n1\n")
+	if err := os.Mkdir(filepath.Join(data, "users"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"maildir", "alice", filepath.Join(root, "alice")},
+		{"--layout", filepath.Join(root, "%n")},
+	} {
+		out, e, code := pouch(t, "", append(append([]string{"import"}, args...), "--data", data)...)
+		if code != 0 || !strings.Contains(out, "warning: cannot tell which maildrops have an account") ||
+			!strings.Contains(out, "is a directory") || strings.Contains(out, "no account") {
+			t.Errorf("import %q: exit %d\n%s%s", args, code, out, e)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -158,18 +159,29 @@ func storeAccount(url, user string) (auth.Account, error) {
 	return a.remote.Account(user)
 }
 
-// mailboxExists says whether user has a maildrop in mail or an account.
+// mailboxExists says whether user has a maildrop in mail or an account. A
+// store or users file that cannot be read is that error, not "no maildrop".
 func mailboxExists(ctx context.Context, mail mailStore, data, user string) error {
+	var err error
 	if md, ok := mail.(*maildir.Store); ok {
-		if dir, err := md.Dir(user); err == nil {
-			if fi, err := os.Stat(filepath.Join(dir, "cur")); err == nil && fi.IsDir() {
+		var dir string
+		if dir, err = md.Dir(user); err == nil {
+			var fi os.FileInfo
+			if fi, err = os.Stat(filepath.Join(dir, "cur")); err == nil && fi.IsDir() {
 				return nil
 			}
 		}
-	} else if _, err := mail.Stats(ctx, user); err == nil {
+	} else if _, err = mail.Stats(ctx, user); err == nil {
 		return nil
 	}
-	if ok, err := userExists(filepath.Join(data, "users"), user); err == nil && ok {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, store.ErrBadUser) {
+		return err
+	}
+	ok, err := userExists(filepath.Join(data, "users"), user)
+	switch {
+	case err != nil:
+		return err
+	case ok:
 		return nil
 	}
 	return fmt.Errorf("no maildrop and no user %q in %s", user, data)

@@ -133,3 +133,18 @@ func TestParseSince(t *testing.T) {
 		t.Errorf("parseSince(99999999h): %v", err)
 	}
 }
+
+// A users file that cannot be read is said to be so, not taken for a user
+// that does not exist.
+func TestMailboxUnreadableUsersFile(t *testing.T) {
+	data := t.TempDir()
+	if err := os.Mkdir(filepath.Join(data, "users"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, action := range []string{"restore", "release"} {
+		_, e, code := pouch(t, "", "mailbox", action, "--data", data, "erin")
+		if code != 1 || strings.Contains(e, "no maildrop") || !strings.Contains(e, "is a directory") {
+			t.Errorf("mailbox %s with the users file unreadable: %d %s", action, code, e)
+		}
+	}
+}

@@ -301,8 +301,12 @@ func (m *migration) verify(ctx context.Context, w io.Writer) error {
 		}
 		problems := compareListings("messages", live, dlive)
 		problems = append(problems, compareListings("deletion window", held, dheld)...)
-		if h, err := m.src.Hold(ctx, u); err == nil && h.Set {
-			if dh, err := m.dst.Hold(ctx, u); err != nil || !dh.Set {
+		if h, err := m.src.Hold(ctx, u); err != nil {
+			problems = append(problems, fmt.Sprintf("the legal hold cannot be read here: %v", err))
+		} else if h.Set {
+			if dh, err := m.dst.Hold(ctx, u); err != nil {
+				problems = append(problems, fmt.Sprintf("the legal hold cannot be read in the database: %v", err))
+			} else if !dh.Set {
 				problems = append(problems, "the legal hold is missing")
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -158,6 +159,18 @@ func TestMigrate(t *testing.T) {
 	out, e, code := pouch(t, "", "migrate", "--data", data, "--to", url, "--verify")
 	if code != 0 || !strings.Contains(e, "the users and the 5 maildrops match") {
 		t.Fatalf("verify: exit %d\n%s%s", code, out, e)
+	}
+	// A hold that cannot be read is a difference, not taken for no hold.
+	hold := filepath.Join(data, "mail", "user4", "pouch-hold")
+	if err := os.Mkdir(hold, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	out, e, code = pouch(t, "", "migrate", "--data", data, "--to", url, "--verify")
+	if code != 1 || !strings.Contains(out, "user4: the legal hold cannot be read here") || !strings.Contains(e, "1 of 5 maildrops differ") {
+		t.Fatalf("verify with an unreadable hold: exit %d\n%s%s", code, out, e)
+	}
+	if err := os.Remove(hold); err != nil {
+		t.Fatal(err)
 	}
 
 	// A message lost on the way, and one only in the database: --verify

@@ -233,14 +233,12 @@ func (c *serveConfig) validate(sockets int) (*serveSettings, error) {
 	if w := idleTimeoutWarning(time.Duration(c.IdleTimeout)); w != "" {
 		s.warnings = append(s.warnings, w)
 	}
-	insecure := []netip.Prefix{} // empty, not nil: nowhere
-	for _, n := range c.InsecureNets.list() {
-		p, err := netip.ParsePrefix(n)
-		if err != nil {
-			bad.add(src.problem("insecure-auth-networks", "%q is not a network in CIDR form (like 192.0.2.0/24)", n))
-			continue
-		}
-		insecure = append(insecure, p)
+	insecure, err := guard.ParseNets(c.InsecureNets.String())
+	if err != nil {
+		bad.add(src.problem("insecure-auth-networks", "%v", err))
+	}
+	if insecure == nil {
+		insecure = []netip.Prefix{} // empty, not nil: nowhere
 	}
 	proxyNets, err := guard.ParseNets(c.ProxyNets.String())
 	if err != nil {

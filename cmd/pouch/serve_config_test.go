@@ -5,10 +5,12 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -361,5 +363,22 @@ func TestPrintFlagsAsFlagPackage(t *testing.T) {
 	printFlags(&got, ours)
 	if got.String() != want.String() {
 		t.Fatalf("printFlags:\n%s\nflag.PrintDefaults:\n%s", got.String(), want.String())
+	}
+}
+
+// --insecure-auth-networks reads as every other list of networks: a bare
+// address is that address alone, and an IPv4-mapped network matches the
+// IPv4 clients it names (client addresses are compared unmapped). Empty
+// is no network, not the default.
+func TestInsecureNetworksReadAsOtherLists(t *testing.T) {
+	data := t.TempDir()
+	_, s := checkedSettings(t, "--data", data, "--insecure-auth-networks", "192.0.2.7, ::ffff:10.1.2.3/104")
+	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("10.0.0.0/8")}
+	if got := s.server.InsecureAuthNetworks; !slices.Equal(got, want) {
+		t.Errorf("insecure networks %v, want %v", got, want)
+	}
+	_, s = checkedSettings(t, "--data", data, "--insecure-auth-networks", "")
+	if got := s.server.InsecureAuthNetworks; got == nil || len(got) != 0 {
+		t.Errorf("insecure networks %#v, want none", got)
 	}
 }

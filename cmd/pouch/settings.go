@@ -13,6 +13,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/pouchmail/pouch/internal/netlist"
 	"github.com/pouchmail/pouch/internal/units"
 )
 
@@ -41,7 +42,7 @@ func (v *textSetting) typeName() string   { return "string" }
 func (v *textSetting) tomlValue() string  { return strconv.Quote(string(*v)) }
 
 // list returns the items of a comma-separated list, without blanks.
-func (v textSetting) list() []string { return splitList(string(v)) }
+func (v textSetting) list() []string { return netlist.Split(string(v)) }
 
 // intSetting is a whole number.
 type intSetting int

@@ -94,9 +94,6 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err := bad.err(); err != nil {
 		return err
 	}
-	if accts.source == sourceStore && pos[0] != "list" {
-		return storeUser(pos[0], pos[1:], accts, *data, *breachedList, stdin, stderr)
-	}
 	path := filepath.Join(*data, "users")
 	action, names := pos[0], pos[1:]
 	if action == "list" {
@@ -123,13 +120,17 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(names) != 1 {
 		return usageError("user %s takes exactly one user name", action)
 	}
-	if accts.source != sourcePasswd {
-		return fmt.Errorf("user %s: the accounts are kept in %s (%s): change them there", action, accts.source, accts.where)
-	}
 	// The name as logins see it (PRECIS, RFC 8265; the domain in lower
 	// case, the default domain added), so that the Maildir is made under
 	// the name the server opens.
 	name := auth.AccountName(names[0], accts.defaultDomain)
+	switch accts.source {
+	case sourceStore:
+		return storeUser(action, name, accts, *data, *breachedList, stdin, stderr)
+	case sourcePasswd:
+	default:
+		return fmt.Errorf("user %s: the accounts are kept in %s (%s): change them there", action, accts.source, accts.where)
+	}
 	var done string
 	switch action {
 	case "add", "passwd":
@@ -158,12 +159,9 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 				return fmt.Errorf("user add: %v", err)
 			}
 		}
-		pw, err := readPassword(stdin, stderr)
+		pw, err := newPassword(action, name, *breachedList, stdin, stderr)
 		if err != nil {
-			return fmt.Errorf("user %s: %v", action, err)
-		}
-		if err := auth.CheckStrength(pw, *breachedList, name); err != nil {
-			return fmt.Errorf("user %s: %v", action, err)
+			return err
 		}
 		if action == "add" {
 			// The Maildir first: a user in the users file whose Maildir
@@ -183,9 +181,7 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
 		}
-		if err := auth.SCRAMUsable(pw); err != nil {
-			fmt.Fprintf(stderr, "pouch: warning: %v\n", strings.TrimPrefix(err.Error(), "auth: "))
-		}
+		warnSCRAM(pw, stderr)
 	case "del":
 		if err := auth.DeleteUser(path, name); err != nil {
 			return fmt.Errorf("user del: %v", describe(err, name, path))
@@ -196,21 +192,53 @@ func runUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		done = fmt.Sprintf("deleted user %s (the mail in %s is kept)", name, dir)
 	case "disable", "enable":
-		var v *string
-		if action == "disable" {
-			empty := ""
-			v = &empty
-		}
-		if err := auth.SetFields(path, name, map[string]*string{auth.FieldNoLogin: v}); err != nil {
+		if err := auth.SetFields(path, name, noLogin(action)); err != nil {
 			return fmt.Errorf("user %s: %v", action, describe(err, name, path))
 		}
 		done = action + "d POP3 access for " + name
 	}
-	if err := auditEvent(*data, "user_"+action, "user", name); err != nil {
+	userChanged(*data, action, name, done, stderr)
+	return nil
+}
+
+// newPassword reads the new password of name for pouch user add or passwd
+// and checks it against the password rules.
+func newPassword(action, name, breached string, stdin io.Reader, stderr io.Writer) (string, error) {
+	pw, err := readPassword(stdin, stderr)
+	if err != nil {
+		return "", fmt.Errorf("user %s: %v", action, err)
+	}
+	if err := auth.CheckStrength(pw, breached, name); err != nil {
+		return "", fmt.Errorf("user %s: %v", action, err)
+	}
+	return pw, nil
+}
+
+// warnSCRAM warns when SCRAM logins cannot use the new password pw.
+func warnSCRAM(pw string, stderr io.Writer) {
+	if err := auth.SCRAMUsable(pw); err != nil {
+		fmt.Fprintf(stderr, "pouch: warning: %v\n", strings.TrimPrefix(err.Error(), "auth: "))
+	}
+}
+
+// noLogin is the change of the nologin field that pouch user disable or
+// enable makes.
+func noLogin(action string) map[string]*string {
+	var v *string
+	if action == "disable" {
+		empty := ""
+		v = &empty
+	}
+	return map[string]*string{auth.FieldNoLogin: v}
+}
+
+// userChanged records a change of pouch user in the audit log of data
+// and says what was done.
+func userChanged(data, action, name, done string, stderr io.Writer) {
+	if err := auditEvent(data, "user_"+action, "user", name); err != nil {
 		fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
 	}
 	fmt.Fprintln(stderr, done)
-	return nil
 }
 
 // listAccounts lists the accounts of a database or directory (its iterate

@@ -5,26 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/pouchmail/pouch/auth"
 	"github.com/pouchmail/pouch/store/pg"
 )
 
-// storeUser runs pouch user add, passwd, del, disable and enable on the
-// accounts table of the --store database, as runUser does on the users
-// file: the same names, the same password rules, the same audit events.
-func storeUser(action string, names []string, accts accountsSettings, data, breached string, stdin io.Reader, stderr io.Writer) error {
-	switch action {
-	case "add", "passwd", "del", "disable", "enable":
-	default:
-		return usageError("user: unknown action %q (use add, passwd, del, disable, enable or list)", action)
-	}
-	if len(names) != 1 {
-		return usageError("user %s takes exactly one user name", action)
-	}
-	name := auth.AccountName(names[0], accts.defaultDomain)
+// storeUser runs pouch user add, passwd, del, disable and enable for name
+// on the accounts table of the --store database, as runUser does on the
+// users file: the same names, the same password rules, the same audit
+// events.
+func storeUser(action, name string, accts accountsSettings, data, breached string, stdin io.Reader, stderr io.Writer) error {
 	if err := auth.ValidName(name); err != nil {
 		return usageError("user %s: %v", action, err)
 	}
@@ -50,12 +41,9 @@ func storeUser(action string, names []string, accts accountsSettings, data, brea
 		case err != nil && !errors.Is(err, pg.ErrNoAccount):
 			return fmt.Errorf("user %s: %v", action, err)
 		}
-		pw, err := readPassword(stdin, stderr)
+		pw, err := newPassword(action, name, breached, stdin, stderr)
 		if err != nil {
-			return fmt.Errorf("user %s: %v", action, err)
-		}
-		if err := auth.CheckStrength(pw, breached, name); err != nil {
-			return fmt.Errorf("user %s: %v", action, err)
+			return err
 		}
 		stored, fields, err := auth.NewStoredPassword(pw)
 		if err != nil {
@@ -78,29 +66,19 @@ func storeUser(action string, names []string, accts accountsSettings, data, brea
 		if err != nil {
 			return fmt.Errorf("user %s: %v", action, describeAccountErr(err, name, where))
 		}
-		if err := auth.SCRAMUsable(pw); err != nil {
-			fmt.Fprintf(stderr, "pouch: warning: %v\n", strings.TrimPrefix(err.Error(), "auth: "))
-		}
+		warnSCRAM(pw, stderr)
 	case "del":
 		if err := db.DeleteAccount(ctx, name); err != nil {
 			return fmt.Errorf("user del: %v", describeAccountErr(err, name, where))
 		}
 		done = fmt.Sprintf("deleted user %s (its maildrop is kept)", name)
 	case "disable", "enable":
-		var v *string
-		if action == "disable" {
-			empty := ""
-			v = &empty
-		}
-		if err := db.SetAccountFields(ctx, name, map[string]*string{auth.FieldNoLogin: v}); err != nil {
+		if err := db.SetAccountFields(ctx, name, noLogin(action)); err != nil {
 			return fmt.Errorf("user %s: %v", action, describeAccountErr(err, name, where))
 		}
 		done = action + "d POP3 access for " + name
 	}
-	if err := auditEvent(data, "user_"+action, "user", name); err != nil {
-		fmt.Fprintf(stderr, "pouch: warning: %v\n", err)
-	}
-	fmt.Fprintln(stderr, done)
+	userChanged(data, action, name, done, stderr)
 	return nil
 }
 

@@ -34,7 +34,8 @@ func Parse(s string) ([]netip.Prefix, error) {
 }
 
 // Split splits a comma-separated list into its items, trimmed of white
-// space, leaving out blank ones.
+// space, leaving out blank ones. Every comma-separated setting, of networks
+// or not, is split by it.
 func Split(s string) []string {
 	var out []string
 	for _, item := range strings.Split(s, ",") {
